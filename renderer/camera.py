@@ -1,0 +1,87 @@
+"""Where each object sits relative to the camera, and the camera's rays.
+
+One convention for the whole project (nerfstudio's): OpenGL camera axes, x right, y up, the
+camera looking down -z. The scene is built in the camera frame, so an object pose is its
+object-to-camera transform. Object frames are metric, y up, origin at the centre of the
+object's bounding box (the asset builders put it there).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+
+def view_rotation(
+    azimuth: Float[Tensor, "*batch"],
+    elevation: Float[Tensor, "*batch"],
+    roll: Float[Tensor, "*batch"],
+) -> Float[Tensor, "*batch 3 3"]:
+    """Rotation from object to camera axes for a camera that sees the object from (azimuth,
+    elevation) and is rolled about its viewing axis.
+
+    The camera sits on the object-frame direction ``(cos e sin a, sin e, cos e cos a)``;
+    azimuth 0 and elevation 0 look at the object's +z face with the object's y axis up.
+    Written in closed form (no look-at cross products) so it is smooth at the poles.
+    """
+    ca, sa = torch.cos(azimuth), torch.sin(azimuth)
+    ce, se = torch.cos(elevation), torch.sin(elevation)
+    zero = torch.zeros_like(azimuth)
+    # Camera axes expressed in the object frame (columns of camera-to-object).
+    x_axis = torch.stack([ca, zero, -sa], dim=-1)
+    y_axis = torch.stack([-se * sa, ce, -se * ca], dim=-1)
+    z_axis = torch.stack([ce * sa, se, ce * ca], dim=-1)
+    cam_to_obj = torch.stack([x_axis, y_axis, z_axis], dim=-1)
+    cr, sr = torch.cos(roll), torch.sin(roll)
+    one = torch.ones_like(roll)
+    # Rolling the camera by r about its z axis: camera-to-object becomes R @ Rz(r).
+    rz = torch.stack(
+        [
+            torch.stack([cr, -sr, zero], dim=-1),
+            torch.stack([sr, cr, zero], dim=-1),
+            torch.stack([zero, zero, one], dim=-1),
+        ],
+        dim=-2,
+    )
+    return (cam_to_obj @ rz).transpose(-1, -2)
+
+
+def object_to_camera(
+    azimuth: Float[Tensor, "*batch"],
+    elevation: Float[Tensor, "*batch"],
+    roll: Float[Tensor, "*batch"],
+    distance: Float[Tensor, "*batch"],
+    offset: Float[Tensor, "*batch 2"],
+    fov_deg: float,
+) -> tuple[Float[Tensor, "*batch 3 3"], Float[Tensor, "*batch 3"]]:
+    """Object-to-camera rotation and translation: ``p_cam = R @ p_obj + t``.
+
+    ``distance`` is the depth of the object's centre along the optical axis (metres) and
+    ``offset`` its projected position in units of the image half-size, so the centre projects
+    exactly to ``offset`` whatever the distance. Square images: one field of view.
+    """
+    half = math.tan(math.radians(fov_deg) / 2)
+    t = torch.stack(
+        [offset[..., 0] * distance * half, offset[..., 1] * distance * half, -distance], dim=-1
+    )
+    return view_rotation(azimuth, elevation, roll), t
+
+
+def camera_ray_directions(size: int, fov_deg: float, device: torch.device | str = "cpu") -> Float[Tensor, "H W 3"]:
+    """Unit ray directions through pixel centres of a square pinhole camera, camera frame.
+
+    Row 0 is the top of the image (y up in camera space, so rows go down in y).
+    """
+    focal = focal_length(size, fov_deg)
+    coords = torch.arange(size, dtype=torch.float32, device=device) + 0.5 - size / 2
+    y, x = torch.meshgrid(-coords, coords, indexing="ij")
+    dirs = torch.stack([x / focal, y / focal, -torch.ones_like(x)], dim=-1)
+    return dirs / dirs.norm(dim=-1, keepdim=True)
+
+
+def focal_length(size: int, fov_deg: float) -> float:
+    """Focal length in pixels of the square camera used everywhere in nerfsim."""
+    return (size / 2) / math.tan(math.radians(fov_deg) / 2)
