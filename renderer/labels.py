@@ -1,0 +1,49 @@
+"""Detection labels from instance masks: tight boxes, visible fractions, which slots to keep.
+
+Everything here thresholds masks, so none of it is differentiable (the masks themselves are).
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+MASK_THRESHOLD = 0.5
+"""A pixel belongs to an instance where its soft mask exceeds this."""
+
+
+def boxes_from_masks(masks: Float[Tensor, "*batch H W"], threshold: float = MASK_THRESHOLD) -> Float[Tensor, "*batch 4"]:
+    """Tight xyxy pixel boxes around ``masks > threshold`` (pixel edges, so a single pixel at
+    (x, y) gives (x, y, x + 1, y + 1)); all zeros for empty masks."""
+    inside = masks.detach() > threshold
+    height, width = inside.shape[-2:]
+    cols = inside.any(dim=-2)
+    rows = inside.any(dim=-1)
+    xs = torch.arange(width, device=masks.device)
+    ys = torch.arange(height, device=masks.device)
+    big = max(height, width) + 1
+    x0 = torch.where(cols, xs, big).amin(dim=-1)
+    x1 = torch.where(cols, xs, -1).amax(dim=-1) + 1
+    y0 = torch.where(rows, ys, big).amin(dim=-1)
+    y1 = torch.where(rows, ys, -1).amax(dim=-1) + 1
+    boxes = torch.stack([x0, y0, x1, y1], dim=-1).float()
+    empty = ~cols.any(dim=-1)
+    return torch.where(empty[..., None], torch.zeros_like(boxes), boxes)
+
+
+def visible_fractions(
+    masks: Float[Tensor, "B M H W"], alone_masks: Float[Tensor, "B M H W"], threshold: float = MASK_THRESHOLD
+) -> Float[Tensor, "B M"]:
+    """Visible area (after occlusion) over the object's own area when rendered alone."""
+    visible = (masks.detach() > threshold).flatten(2).sum(-1).float()
+    own = (alone_masks.detach() > threshold).flatten(2).sum(-1).float()
+    return torch.where(own > 0, visible / own.clamp(min=1), torch.zeros_like(own))
+
+
+def kept_slots(
+    present: Bool[Tensor, "B M"], boxes: Float[Tensor, "B M 4"], visible: Float[Tensor, "B M"], min_visible: float
+) -> Bool[Tensor, "B M"]:
+    """Slots that get a label: present, with a non-empty box, at least ``min_visible`` visible."""
+    nonempty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    return present & nonempty & (visible >= min_visible)
