@@ -83,7 +83,7 @@ class BackgroundSet:
             return out
         crops = []
         for i in rows:
-            image = self.images[int(background_ids[i])].to(background_crop.device)
+            image = self.images[int(background_ids[i])].to(background_crop.device, background_crop.dtype)
             _, height, width = image.shape
             short = min(height, width)
             u, v, side = background_crop[i].unbind()

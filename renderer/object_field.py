@@ -150,7 +150,7 @@ class ObjectAssetMeta:
     """Class name of the object."""
     aabb: list[list[float]]
     """Object-frame bounding box, metres: [[min x, y, z], [max x, y, z]]."""
-    field: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
     """The :class:`ObjectFieldConfig` as a dict."""
     training: dict = field(default_factory=dict)
     """How it was trained and how well it did (steps, seconds, held-out PSNR)."""

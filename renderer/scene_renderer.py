@@ -121,7 +121,7 @@ class SceneRenderer:
         device = params.distance.device
         batch, slots = params.batch_size, params.num_slots
         pixels = size * size
-        directions = self.ray_directions(size, device)
+        directions = self.ray_directions(size, device).to(params.distance.dtype)
         rotation, translation = object_to_camera(
             params.azimuth, params.elevation, params.roll, params.distance, params.offset, self.config.fov_deg
         )
