@@ -87,8 +87,11 @@ class ObjectField(nn.Module):
         lo, hi = self.aabb[0], self.aabb[1]
         return (positions - lo) / (hi - lo) * 2 - 1
 
-    def forward(self, positions: Float[Tensor, "N 3"]) -> tuple[Float[Tensor, "N"], Float[Tensor, "N 3"]]:
-        """Density (per metre) and linear RGB in [0, 1] at object-frame points (metres)."""
+    def forward(
+        self, positions: Float[Tensor, "N 3"], directions: Float[Tensor, "N 3"] | None = None
+    ) -> tuple[Float[Tensor, "N"], Float[Tensor, "N 3"]]:
+        """Density (per metre) and RGB in [0, 1] at object-frame points (metres). Colour does not
+        depend on the viewing direction (the argument is accepted for the field protocol)."""
         x = self.normalise(positions)
         if self.config.encoding == "hash":
             features = self.encodings[0]((x + 1) / 2)

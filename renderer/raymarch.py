@@ -2,7 +2,7 @@
 callback.
 
 A field is anything with an ``aabb`` (object frame, metres), an ``occupied(points)`` test for
-empty-space skipping, and ``field(points) -> (density per metre, rgb)``. Samples are kept
+empty-space skipping, and ``field(points, directions) -> (density per metre, rgb)``. Samples are kept
 packed (one flat list over all rays, only where the occupancy grid says there is something),
 so memory follows the number of occupied samples rather than rays x samples.
 
@@ -28,7 +28,9 @@ class RadianceField(Protocol):
 
     def occupied(self, positions: Float[Tensor, "N 3"]) -> Bool[Tensor, "N"]: ...
 
-    def __call__(self, positions: Float[Tensor, "N 3"]) -> tuple[Float[Tensor, "N"], Float[Tensor, "N 3"]]: ...
+    def __call__(
+        self, positions: Float[Tensor, "N 3"], directions: Float[Tensor, "N 3"]
+    ) -> tuple[Float[Tensor, "N"], Float[Tensor, "N 3"]]: ...
 
 
 @dataclass
@@ -96,8 +98,10 @@ def march_field(
     positions = origins[rays, None, :] + t[..., None] * directions[rays, None, :]
     positions = positions.reshape(-1, 3)
     keep = field.occupied(positions).nonzero().squeeze(-1)
-    density, rgb = field(positions[keep])
+    if keep.numel() == 0:
+        return PackedSamples.empty(origins.device)
     sample_ray = rays.repeat_interleave(num_samples)[keep]
+    density, rgb = field(positions[keep], directions[sample_ray])
     return PackedSamples(
         ray_ids=sample_ray,
         t=t.reshape(-1)[keep],

@@ -1,0 +1,97 @@
+"""nerfstudio checkpoints as scene objects, and nerfsim's model as a nerfstudio method."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from nerfstudio.configs.method_configs import all_methods
+from nerfstudio.data.scene_box import SceneBox
+
+from renderer.object_field import ObjectFieldConfig
+from renderer.nerfstudio_asset import load_nerfstudio_field, offline_lpips
+from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
+from renderer.scene_types import SceneParams
+from renderer.train_object import AssetError
+
+
+def save_like_ns_train(tmp_path: Path, method: str = "nerfacto") -> Path:
+    """A model directory exactly as ``ns-train`` leaves it: config.yml, dataparser transform,
+    nerfstudio_models/step-*.ckpt with the pipeline, optimizer and scaler states."""
+    config = all_methods[method]
+    config.output_dir = tmp_path / "outputs"
+    config.pipeline.datamanager.data = tmp_path / "gone"  # the data folder no longer exists
+    # Untrained models that are not empty:
+    if method == "nerfacto":
+        config.pipeline.model.average_init_density = 300.0
+    else:
+        config.pipeline.model.object_field = ObjectFieldConfig(density_bias=5.0)
+    config.set_timestamp()
+    config.save_config()
+    torch.manual_seed(0)
+    with offline_lpips():
+        model = config.pipeline.model.setup(
+            scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=3, metadata={}
+        )
+    base = config.get_base_dir()
+    (base / "dataparser_transforms.json").write_text(
+        json.dumps({"transform": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]], "scale": 4.0})
+    )
+    (base / "nerfstudio_models").mkdir()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    torch.save(
+        {
+            "step": 7,
+            "pipeline": {f"_model.{k}": v for k, v in model.state_dict().items()},
+            "optimizers": {"fields": optimizer.state_dict()},
+            "schedulers": {},
+            "scalers": torch.amp.GradScaler("cpu", enabled=False).state_dict(),
+        },
+        base / "nerfstudio_models" / "step-000000007.ckpt",
+    )
+    return base / "config.yml"
+
+
+@pytest.mark.parametrize("method", ["nerfacto", "nerfsim-object"])
+def test_checkpoint_renders_offline_without_its_data(tmp_path: Path, method: str) -> None:
+    config_path = save_like_ns_train(tmp_path, method)
+    aabb = torch.tensor([[-0.1, -0.1, -0.1], [0.1, 0.1, 0.1]])
+    field = load_nerfstudio_field(config_path, aabb=aabb)
+    assert field.scale == 4.0
+    assert torch.equal(field.aabb, aabb)
+    renderer = SceneRenderer(SceneRendererConfig(samples_per_ray=16), [field])
+    params = SceneParams.single([0], [30.0], [10.0], [0.5])
+    params.azimuth.requires_grad_(True)
+    out = renderer.render(params, 8)
+    assert out.rgb.shape == (1, 3, 8, 8) and torch.isfinite(out.rgb).all()
+    assert out.alpha.max() > 0.1
+    out.rgb.sum().backward()
+    assert params.azimuth.grad is not None and torch.isfinite(params.azimuth.grad).all()
+
+
+def test_corrupt_and_missing_checkpoints_are_clear_errors(tmp_path: Path) -> None:
+    config_path = save_like_ns_train(tmp_path)
+    checkpoint = next((config_path.parent / "nerfstudio_models").glob("*.ckpt"))
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(AssetError, match=r"step-000000007.ckpt: corrupt or unreadable checkpoint"):
+        load_nerfstudio_field(config_path)
+    checkpoint.unlink()
+    with pytest.raises(AssetError, match="no step-.*ckpt checkpoint"):
+        load_nerfstudio_field(config_path)
+    with pytest.raises(AssetError, match="nerfstudio config not found"):
+        load_nerfstudio_field(tmp_path / "nope" / "config.yml")
+
+
+def test_config_naming_foreign_code_is_refused(tmp_path: Path) -> None:
+    config_path = save_like_ns_train(tmp_path)
+    config_path.write_text("!!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(AssetError, match="refusing to build 'os.system'"):
+        load_nerfstudio_field(config_path)
+
+
+def test_nerfsim_object_is_a_registered_nerfstudio_method() -> None:
+    config = all_methods["nerfsim-object"]
+    assert config.pipeline.model._target.__name__ == "NerfsimObjectModel"
+    assert config.pipeline.datamanager.dataparser.auto_scale_poses is False
