@@ -1,0 +1,169 @@
+"""Estimators of the training-data term of the outer gradient,
+
+    dL_val/dpsi = - d/dpsi [ u . dL_train(theta, psi)/dtheta ],   L_train = E_{s ~ p_psi} l(theta, x(s)),
+
+given ``u`` (see :mod:`optimizer.hypergradient`):
+
+- ``pathwise`` (Neural-Sim's): differentiate through the sampled values and the renderer,
+  ``-d/dpsi mean_i [u . dl/dtheta(x(s_i(psi)))]``. Only reparameterised parts learn (azimuth
+  through the biased straight-through Gumbel-softmax); class mix, count and background do not.
+- ``score``: the score-function identity ``-E[(u . dl_i/dtheta) d/dpsi log p_psi(s_i)]`` with
+  the per-sample gradient alignment ``a_i = u . dl_i/dtheta`` as the reward (``-a_i`` is the
+  sample's contribution to the loss gradient), normalised within the batch, and a baseline
+  subtracted. Every part learns; no renderer gradient is needed.
+- ``both``: pathwise for the continuous parts (elevation, distance, exposure, colour gain),
+  score function for the discrete choices (azimuth bin, class mix, count, background). The two
+  sets are disjoint, so each part gets exactly one estimate.
+
+All flat functions over tensors and callbacks; nothing here knows the detector or renderer
+(the per-sample dots, the HVP and the mixed gradient come from ``detector.losses``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from optimizer.hypergradient import MixedGrad, dot, pathwise_backward
+from optimizer.psi import DISCRETE_PARTS, PARTS, REPARAMETERISED_PARTS, OptimizerError
+
+Estimator = Literal["pathwise", "score", "both"]
+AlignmentNormalisation = Literal["none", "standardise", "cosine"]
+
+
+def estimator_parts(estimator: Estimator) -> tuple[frozenset[str], frozenset[str]]:
+    """(parts that get the pathwise gradient, parts that get the score-function gradient):
+    pass the first to :meth:`Psi.replay` and the second to :meth:`Psi.log_prob`."""
+    if estimator == "pathwise":
+        return REPARAMETERISED_PARTS, frozenset()
+    if estimator == "score":
+        return frozenset(), frozenset(PARTS)
+    if estimator == "both":
+        return REPARAMETERISED_PARTS - DISCRETE_PARTS, DISCRETE_PARTS
+    raise OptimizerError(f"estimator_parts: unknown estimator {estimator!r}; use 'pathwise', 'score' or 'both'")
+
+
+def per_sample_gradient_norms(losses: Float[Tensor, "N"], params: Sequence[Tensor]) -> Float[Tensor, "N"]:
+    """``|dl_i/dparams|`` for each sample (one backward pass per sample, graph retained), the
+    denominator of the ``cosine`` normalisation. Detached."""
+    if losses.dim() != 1:
+        raise OptimizerError(f"per_sample_gradient_norms: losses must be one per sample (N,), got shape {tuple(losses.shape)}")
+    params = list(params)
+    norms = []
+    for loss in losses:
+        grads = [g for g in torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) if g is not None]
+        norms.append(dot(grads, grads).sqrt() if grads else torch.zeros((), device=losses.device, dtype=losses.dtype))
+    return torch.stack(norms).detach()
+
+
+def normalise_alignment(
+    dots: Float[Tensor, "N"],
+    normalise: AlignmentNormalisation,
+    *,
+    gradient_norms: Float[Tensor, "N"] | None = None,
+    direction_norm: float | Tensor | None = None,
+) -> Float[Tensor, "N"]:
+    """Rewards from the per-sample gradient alignment ``dots[i] = u . dl_i/dtheta`` (higher:
+    training on sample i lowers the validation loss more; e.g. from
+    ``detector.losses.per_image_gradient_dot``, with BatchNorm on batch statistics, the only
+    mode in which the issue's measurement found it informative). Detached.
+
+    - ``none``: the raw dots — the unbiased score-function reward (losses whose mean is the
+      training loss of the Hessian);
+    - ``standardise``: ``(dots - mean) / std`` within the batch (drops the scale and the part
+      common to all samples; slightly biased, far less variance);
+    - ``cosine``: ``dots / (|u| |dl_i/dtheta|)``, which removes the dependence on each sample's
+      loss and gradient size; needs ``gradient_norms`` (:func:`per_sample_gradient_norms`) and
+      ``direction_norm`` (``|u|``).
+    """
+    dots = dots.detach()
+    if dots.dim() != 1:
+        raise OptimizerError(f"normalise_alignment: dots must be one per sample (N,), got shape {tuple(dots.shape)}")
+    tiny = torch.finfo(dots.dtype).tiny
+    if normalise == "none":
+        return dots
+    if normalise == "standardise":
+        if dots.numel() < 2:
+            raise OptimizerError("normalise_alignment: 'standardise' needs at least 2 samples")
+        return (dots - dots.mean()) / dots.std(unbiased=False).clamp_min(tiny)
+    if normalise == "cosine":
+        if gradient_norms is None or direction_norm is None:
+            raise OptimizerError("normalise_alignment: 'cosine' needs gradient_norms and direction_norm")
+        return dots / (gradient_norms.detach() * direction_norm).clamp_min(tiny)
+    raise OptimizerError(f"normalise_alignment: unknown normalise {normalise!r}; use 'none', 'standardise' or 'cosine'")
+
+
+def score_function_surrogate(
+    log_prob: Float[Tensor, "N"], rewards: Float[Tensor, "N"], baseline: float | Tensor = 0.0
+) -> Tensor:
+    """A scalar whose gradient w.r.t. psi is the score-function estimate
+    ``-mean_i (r_i - b) d/dpsi log p_psi(s_i)`` of the loss gradient (descend on it: samples
+    with reward above the baseline become more likely). Unbiased for any baseline that does
+    not depend on the current samples. Also the REINFORCE step of a whole-run reward (N = 1)."""
+    if log_prob.shape != rewards.shape:
+        raise OptimizerError(f"score_function_surrogate: log_prob {tuple(log_prob.shape)} and rewards {tuple(rewards.shape)} differ")
+    return -((rewards - baseline).detach() * log_prob).mean()
+
+
+@dataclass
+class MovingAverageBaseline:
+    """Exponential moving average of past batches' mean reward, the score-function baseline.
+    Plain fields, so ``dataclasses.asdict`` / ``MovingAverageBaseline(**state)`` checkpoint it."""
+
+    decay: float = 0.9
+    """Weight of the old average at each update."""
+    value: float | None = None
+    """Current average; None before the first batch."""
+
+    def update(self, rewards: Float[Tensor, "N"]) -> float:
+        """The baseline for this batch (the average of earlier batches; the batch's own mean for
+        the very first, a one-off bias of order 1/N), then fold this batch into the average."""
+        if not 0 <= self.decay < 1:
+            raise OptimizerError(f"MovingAverageBaseline.decay must be in [0, 1), got {self.decay}")
+        mean = float(rewards.detach().mean())
+        baseline = mean if self.value is None else self.value
+        self.value = mean if self.value is None else self.decay * self.value + (1 - self.decay) * mean
+        return baseline
+
+
+def outer_gradient(
+    estimator: Estimator,
+    direction: Sequence[Tensor],
+    *,
+    outputs: Tensor | Sequence[Tensor] | None = None,
+    mixed_grad: MixedGrad | None = None,
+    log_prob: Float[Tensor, "N"] | None = None,
+    alignment: Float[Tensor, "N"] | None = None,
+    gradient_norms: Float[Tensor, "N"] | None = None,
+    normalise: AlignmentNormalisation = "standardise",
+    baseline: MovingAverageBaseline | None = None,
+) -> Float[Tensor, "N"] | None:
+    """Accumulate the chosen estimate of ``-d/dpsi [u . dL_train/dtheta]`` into psi's ``.grad``
+    (``direction`` is ``u``). Returns the rewards used (None for ``pathwise``).
+
+    pathwise part (``pathwise``, ``both``): ``outputs`` = images rendered from
+    ``psi.replay(noise, estimator_parts(estimator)[0])`` and ``mixed_grad`` for them.
+    score part (``score``, ``both``): ``log_prob = psi.log_prob(noise, estimator_parts(estimator)[1])``
+    and ``alignment[i] = u . dl_i/dtheta`` for the same images, turned into rewards by
+    :func:`normalise_alignment` (``cosine`` also needs ``gradient_norms``), minus the optional
+    moving-average ``baseline`` (updated here).
+    """
+    pathwise_parts, score_parts = estimator_parts(estimator)
+    rewards = None
+    if pathwise_parts:
+        if outputs is None or mixed_grad is None:
+            raise OptimizerError(f"outer_gradient: estimator {estimator!r} needs outputs and mixed_grad")
+        pathwise_backward(outputs, mixed_grad, direction)
+    if score_parts:
+        if log_prob is None or alignment is None:
+            raise OptimizerError(f"outer_gradient: estimator {estimator!r} needs log_prob and alignment")
+        direction_norm = dot(direction, direction).sqrt() if normalise == "cosine" else None
+        rewards = normalise_alignment(alignment, normalise, gradient_norms=gradient_norms, direction_norm=direction_norm)
+        b = baseline.update(rewards) if baseline is not None else 0.0
+        score_function_surrogate(log_prob, rewards, b).backward()
+    return rewards

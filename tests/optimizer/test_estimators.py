@@ -1,0 +1,175 @@
+"""Outer-gradient estimators: unbiasedness of the score function, per-sample alignment, and
+the split of parts between the pathwise and score-function estimates."""
+
+import math
+from dataclasses import asdict, replace
+
+import pytest
+import torch
+
+from optimizer.estimators import (
+    MovingAverageBaseline,
+    estimator_parts,
+    normalise_alignment,
+    outer_gradient,
+    per_sample_gradient_norms,
+    score_function_surrogate,
+)
+from optimizer.hypergradient import hvp_from_gradients, inverse_hvp, mixed_grad_from_gradients
+from optimizer.psi import PARTS, OptimizerError, Psi, PsiConfig
+
+
+def _azimuth_only(bins: int) -> PsiConfig:
+    return replace(PsiConfig(azimuth_bins=bins).frozen(), learn_azimuth=True)
+
+
+def test_score_function_estimate_is_unbiased_and_a_baseline_cuts_its_variance():
+    psi = Psi(_azimuth_only(5)).double()
+    with torch.no_grad():
+        psi.azimuth_logits.copy_(torch.tensor([[0.5, -0.3, 0.2, 1.0, -1.0]]))
+    probs = psi.azimuth_probs()[0].detach()
+    cost = torch.tensor([3.0, -1.0, 2.0, 0.5, 4.0], dtype=torch.float64) + 10.0
+    (exact,) = torch.autograd.grad((psi.azimuth_probs()[0] * cost).sum(), psi.azimuth_logits)
+
+    noise = psi.sample(40_000, torch.Generator().manual_seed(0)).noise
+    chosen = noise.azimuth_bin[:, 0]
+    rewards = -cost[chosen]  # reward = -cost, so the estimate is of d E[cost] / d logits
+    errors = {}
+    for baseline in (0.0, -12.0):
+        psi.zero_grad()
+        score_function_surrogate(psi.log_prob(noise, parts={"azimuth"}), rewards, baseline).backward()
+        estimate = psi.azimuth_logits.grad[0]
+        contributions = -(rewards - baseline)[:, None] * (torch.nn.functional.one_hot(chosen, 5) - probs)
+        torch.testing.assert_close(estimate, contributions.mean(0), rtol=1e-4, atol=1e-4)
+        standard_error = contributions.std(0) / math.sqrt(len(chosen))
+        assert ((estimate - exact[0]).abs() < 4 * standard_error).all(), baseline
+        errors[baseline] = standard_error
+    assert (errors[-12.0] < 0.5 * errors[0.0]).all()
+
+
+def test_score_function_hypergradient_is_unbiased_on_a_categorical_ridge_problem():
+    """Training inputs drawn from K prototypes with probabilities softmax(psi); ridge inner
+    problem in closed form; the exact dL_val/dpsi by autograd through it."""
+    g = torch.Generator().manual_seed(3)
+    kw = dict(generator=g, dtype=torch.float64)
+    prototypes, targets = torch.randn(4, 3, **kw), torch.randn(4, **kw)
+    x_val, y_val, lam = torch.randn(10, 3, **kw), torch.randn(10, **kw), 0.2
+    psi = Psi(_azimuth_only(4)).double()
+    with torch.no_grad():
+        psi.azimuth_logits.copy_(torch.tensor([[0.4, -0.5, 0.1, 0.3]]))
+
+    def theta_star(p):
+        a = (p[:, None, None] * prototypes[:, :, None] * prototypes[:, None, :]).sum(0) + lam * torch.eye(3, dtype=p.dtype)
+        return torch.linalg.solve(a, (p[:, None] * prototypes * targets[:, None]).sum(0))
+
+    def val_loss(theta):
+        return ((x_val @ theta - y_val) ** 2).mean()
+
+    (exact,) = torch.autograd.grad(val_loss(theta_star(psi.azimuth_probs()[0])), psi.azimuth_logits)
+
+    probs = psi.azimuth_probs()[0].detach()
+    theta = theta_star(probs).detach().requires_grad_()
+    expected_train = (probs * (prototypes @ theta - targets) ** 2).sum() + lam * (theta**2).sum()
+    hvp = hvp_from_gradients(torch.autograd.grad(expected_train, [theta], create_graph=True), [theta])
+    u = inverse_hvp(hvp, torch.autograd.grad(val_loss(theta), [theta]), method="cg", steps=3, tolerance=0.0)
+
+    noise = psi.sample(20_000, torch.Generator().manual_seed(4)).noise
+    chosen = noise.azimuth_bin[:, 0]
+    # Per-sample alignment u . dl_i/dtheta of l_i = (x_i . theta - y_i)^2 + lam |theta|^2.
+    residual = prototypes[chosen] @ theta.detach() - targets[chosen]
+    alignment = 2 * residual * (prototypes[chosen] @ u[0]) + 2 * lam * (theta.detach() @ u[0])
+    psi.zero_grad()
+    rewards = outer_gradient("score", u, log_prob=psi.log_prob(noise), alignment=alignment, normalise="none")
+    contributions = -rewards[:, None] * (torch.nn.functional.one_hot(chosen, 4) - probs)
+    standard_error = contributions.std(0) / math.sqrt(len(chosen))
+    assert ((psi.azimuth_logits.grad[0] - exact[0]).abs() < 4 * standard_error).all()
+    assert (standard_error < 0.1 * exact[0].abs().max()).all()  # the check has power
+
+
+def test_alignment_normalisations():
+    g = torch.Generator().manual_seed(1)
+    weight, bias = torch.randn(2, 3, generator=g).requires_grad_(), torch.randn(2, generator=g).requires_grad_()
+    inputs, targets = torch.randn(6, 3, generator=g), torch.randn(6, 2, generator=g)
+    direction = [torch.randn(2, 3, generator=g), torch.randn(2, generator=g)]
+    losses = ((inputs @ weight.T + bias - targets) ** 2).sum(-1)
+    per_sample = [torch.autograd.grad(loss, [weight, bias], retain_graph=True) for loss in losses]
+    dots = torch.stack([sum((d * gi).sum() for d, gi in zip(direction, grads)) for grads in per_sample])
+    norms = torch.stack([torch.cat([gi.reshape(-1) for gi in grads]).norm() for grads in per_sample])
+    direction_norm = torch.cat([d.reshape(-1) for d in direction]).norm()
+
+    torch.testing.assert_close(per_sample_gradient_norms(losses, [weight, bias]), norms)
+    assert torch.equal(normalise_alignment(dots, "none"), dots)
+    standardised = normalise_alignment(dots, "standardise")
+    torch.testing.assert_close(standardised, (dots - dots.mean()) / dots.std(unbiased=False))
+    cosine = normalise_alignment(dots, "cosine", gradient_norms=norms, direction_norm=direction_norm)
+    assert (cosine.abs() <= 1 + 1e-6).all()
+    torch.testing.assert_close(cosine, dots / (norms * direction_norm))
+    with pytest.raises(OptimizerError, match="needs gradient_norms"):
+        normalise_alignment(dots, "cosine")
+    with pytest.raises(OptimizerError, match="unknown normalise"):
+        normalise_alignment(dots, "rank")
+
+
+def test_both_gives_each_part_exactly_one_estimate():
+    for estimator in ("pathwise", "score", "both"):
+        pathwise, score = estimator_parts(estimator)
+        assert not pathwise & score
+    assert estimator_parts("both")[0] | estimator_parts("both")[1] == set(PARTS)
+
+    config = PsiConfig(num_classes=2, max_objects=2, num_backgrounds=2)
+    psi = Psi(config)
+    noise = psi.sample(12, 6).noise
+    g = torch.Generator().manual_seed(2)
+    theta = torch.randn(8, generator=g).requires_grad_()
+    direction = [torch.randn(8, generator=g)]
+
+    def features(scene):
+        """A stand-in for rendered images: smooth functions of every sampled float."""
+        return torch.cat(
+            [
+                torch.stack([scene.elevation, scene.distance.log(), scene.exposure, scene.azimuth.sin(), scene.azimuth.cos()], -1),
+                scene.color_gain,
+            ],
+            -1,
+        ).sum(1)
+
+    def losses(x):
+        return (x @ theta - 1.0) ** 2
+
+    def alignment(x):
+        """u . dl_i/dtheta for l_i = (x_i . theta - 1)^2."""
+        return 2 * (x @ theta.detach() - 1.0) * (x @ direction[0])
+
+    def run(estimator):
+        psi.zero_grad()
+        pathwise_parts, score_parts = estimator_parts(estimator)
+        x = features(psi.replay(noise, pathwise_parts))
+        x_leaf = x.detach().requires_grad_()
+        mixed = mixed_grad_from_gradients(torch.autograd.grad(losses(x_leaf).mean(), [theta], create_graph=True), x_leaf)
+        outer_gradient(
+            estimator,
+            direction,
+            outputs=x,
+            mixed_grad=mixed,
+            log_prob=psi.log_prob(noise, score_parts),
+            alignment=alignment(x.detach()),
+            normalise="none",
+        )
+        return {name: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for name, p in psi.named_parameters()}
+
+    pathwise, score, both = run("pathwise"), run("score"), run("both")
+    for name in both:
+        reference = score if name in ("azimuth_logits", "class_logits", "count_logits", "background_logits") else pathwise
+        torch.testing.assert_close(both[name], reference[name], msg=name)
+    assert pathwise["azimuth_logits"].abs().sum() > 0  # the straight-through path exists ...
+    assert not torch.allclose(both["azimuth_logits"], pathwise["azimuth_logits"])  # ... and "both" does not add it
+    with pytest.raises(OptimizerError, match="needs log_prob and alignment"):
+        outer_gradient("score", direction, outputs=torch.zeros(1, requires_grad=True))
+
+
+def test_moving_average_baseline():
+    baseline = MovingAverageBaseline(decay=0.5)
+    assert baseline.update(torch.tensor([1.0, 3.0])) == 2.0  # first batch: its own mean
+    assert baseline.update(torch.tensor([6.0])) == 2.0  # then the earlier average
+    assert baseline.value == 4.0
+    assert MovingAverageBaseline(**asdict(baseline)) == baseline

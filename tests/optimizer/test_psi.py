@@ -1,0 +1,236 @@
+"""psi: sampling frequencies, densities, replay, gradients, fixed parts, snapshots."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from optimizer.psi import PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiConfig
+
+TARGET_BINS = [[0.30, 0.20, 0.15, 0.10, 0.10, 0.08, 0.05, 0.02], [0.0, 0.0, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0]]
+
+
+def _chi_square_p(observed: np.ndarray, probs: np.ndarray) -> float:
+    keep = probs > 0
+    assert observed[~keep].sum() == 0, "a zero-probability choice was drawn"
+    return stats.chisquare(observed[keep], observed.sum() * probs[keep] / probs[keep].sum()).pvalue
+
+
+@pytest.fixture(scope="module")
+def target_draw():
+    config = PsiConfig(num_classes=2, max_objects=3, num_backgrounds=3)
+    psi = Psi.from_target(
+        config,
+        azimuth_bin_probs=TARGET_BINS,
+        class_probs=[0.7, 0.3],
+        count_probs=[0.5, 0.3, 0.2],
+        background_probs=[0.1, 0.2, 0.3, 0.4],
+    )
+    return psi, psi.sample(4000, torch.Generator().manual_seed(0))
+
+
+def test_sampler_reproduces_the_bin_probabilities(target_draw):
+    psi, sample = target_draw
+    scene, noise = sample.scene, sample.noise
+    width = 2 * math.pi / 8
+    azimuth = scene.azimuth[scene.present]
+    assert ((azimuth >= 0) & (azimuth < 2 * math.pi)).all()
+    # The value lies inside the recorded bin exactly (straight-through hard sample).
+    assert torch.equal(torch.floor(azimuth / width).long(), noise.azimuth_bin[scene.present])
+    for c in range(2):
+        bins = torch.floor(scene.azimuth[scene.present & (scene.object_ids == c)] / width).long()
+        observed = np.bincount(bins.numpy(), minlength=8)
+        assert _chi_square_p(observed, np.array(TARGET_BINS[c])) > 1e-3
+    # Classes, counts and backgrounds too.
+    assert _chi_square_p(np.bincount(scene.object_ids[scene.present].numpy(), minlength=2), np.array([0.7, 0.3])) > 1e-3
+    assert _chi_square_p(np.bincount(noise.count.numpy(), minlength=4)[1:], np.array([0.5, 0.3, 0.2])) > 1e-3
+    backgrounds = torch.where(scene.background_ids < 0, 3, scene.background_ids)
+    assert _chi_square_p(np.bincount(backgrounds.numpy(), minlength=4), np.array([0.1, 0.2, 0.3, 0.4])) > 1e-3
+
+
+def test_log_prob_matches_the_sampling_frequencies(target_draw):
+    psi, sample = target_draw
+    noise = sample.noise
+    n = noise.batch_size
+    for part, outcome in (("count", noise.count), ("background", noise.background_ids)):
+        prob = psi.log_prob(noise, parts={part}).exp()
+        for value in outcome.unique():
+            chosen = outcome == value
+            frequency = chosen.float().mean()
+            assert torch.allclose(prob[chosen], prob[chosen][0])  # one probability per outcome
+            assert abs(prob[chosen][0] - frequency) < 4 * math.sqrt(frequency * (1 - frequency) / n)
+    # Azimuth: exp(log_prob) of a one-object image is the bin probability over the bin width.
+    single = noise.index(noise.count == 1)
+    density = psi.log_prob(single, parts={"azimuth", "class_mix"}).exp() * (2 * math.pi / 8)
+    cells = single.class_ids[:, 0] * 8 + single.azimuth_bin[:, 0]
+    frequencies = torch.bincount(cells, minlength=16).float() / single.batch_size
+    for cell in cells.unique():
+        f = frequencies[cell]
+        assert abs(density[cells == cell][0] - f) < 4 * math.sqrt(f * (1 - f) / single.batch_size)
+    # Logits are defined up to a constant: shifting them changes no probability.
+    shifted = Psi(psi.config)
+    shifted.load_state_dict({name: value + 1.5 if name.endswith("logits") else value for name, value in psi.state_dict().items()})
+    torch.testing.assert_close(shifted.log_prob(noise), psi.log_prob(noise))
+
+
+def test_log_prob_of_continuous_parts_is_the_true_density():
+    from torch.distributions import AffineTransform, LogNormal, Normal, SigmoidTransform, TransformedDistribution
+
+    config = PsiConfig(elevation_range_deg=(-10.0, 50.0))
+    psi = Psi(config)
+    with torch.no_grad():
+        psi.elevation_loc.fill_(0.4)
+        psi.distance_loc.fill_(-0.3)
+        psi.color_gain_loc.copy_(torch.tensor([[0.1, -0.2, 0.05]]))
+    noise = psi.sample(50, 3).noise
+    scene = psi.replay(noise)
+    lo, hi = math.radians(-10), math.radians(50)
+    elevation = TransformedDistribution(
+        Normal(0.4, math.exp(psi.elevation_log_scale.item())), [SigmoidTransform(), AffineTransform(lo, hi - lo)]
+    )
+    checks = {
+        "elevation": elevation.log_prob(scene.elevation[:, 0].detach()),
+        "distance": LogNormal(-0.3, 0.2).log_prob(scene.distance[:, 0].detach()),
+        "exposure": Normal(0.0, 0.3).log_prob(scene.exposure[:, 0].detach()),
+        "color_gain": LogNormal(torch.tensor([0.1, -0.2, 0.05]), 0.05).log_prob(scene.color_gain[:, 0].detach()).sum(-1),
+    }
+    for part, reference in checks.items():
+        torch.testing.assert_close(psi.log_prob(noise, parts={part}).detach(), reference, rtol=1e-4, atol=1e-3)
+
+
+def test_replay_reproduces_the_sample_and_carries_gradients_to_every_learnable_part():
+    config = PsiConfig(num_classes=3, max_objects=3, num_backgrounds=2, temperature=0.7)
+    psi = Psi(config)
+    with torch.no_grad():
+        for p in psi.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    sample = psi.sample(16, torch.Generator().manual_seed(5))
+    replayed = psi.replay(sample.noise)
+    for name in vars(sample.scene):
+        assert torch.equal(getattr(replayed, name), getattr(sample.scene, name)), name
+    assert sample.scene.azimuth.requires_grad and replayed.distance.requires_grad
+
+    weights = torch.Generator().manual_seed(9)
+    loss = sum(
+        (torch.randn(getattr(replayed, name).shape, generator=weights) * getattr(replayed, name)).sum()
+        for name in ("azimuth", "elevation", "distance", "exposure", "color_gain")
+    )
+    loss.backward()
+    for part, params in psi.part_parameters().items():
+        if part in REPARAMETERISED_PARTS:
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params), part
+        else:
+            assert all(p.grad is None for p in params), part  # no pathwise gradient to integers
+    psi.zero_grad()
+    psi.log_prob(sample.noise).sum().backward()
+    for part, params in psi.part_parameters().items():
+        assert all(p.grad.abs().sum() > 0 for p in params), part
+
+
+def test_straight_through_azimuth_gradient_is_the_relaxed_one():
+    psi = Psi(PsiConfig(azimuth_bins=6, temperature=0.5))
+    with torch.no_grad():
+        psi.azimuth_logits.copy_(torch.tensor([[0.3, -0.2, 0.9, 0.0, -1.0, 0.4]]))
+    noise = psi.sample(1, 11).noise
+    (grad,) = torch.autograd.grad(psi.replay(noise).azimuth.sum(), psi.azimuth_logits)
+    logits = psi.azimuth_logits.detach().requires_grad_()
+    soft = ((logits[0] + noise.azimuth_gumbel[0, 0]) / 0.5).softmax(-1)
+    relaxed = (soft * (torch.arange(6) + noise.azimuth_offset[0, 0]) * (2 * math.pi / 6)).sum()
+    (expected,) = torch.autograd.grad(relaxed, logits)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_replay_after_an_update_keeps_choices_and_moves_continuous_values():
+    psi = Psi(PsiConfig(num_classes=2, max_objects=2))
+    sample = psi.sample(8, 2)
+    with torch.no_grad():
+        psi.distance_loc.add_(0.1)
+        psi.azimuth_logits.add_(torch.randn(2, 8))
+    replayed = psi.replay(sample.noise)
+    assert torch.equal(replayed.azimuth, sample.scene.azimuth)  # bins kept as recorded
+    torch.testing.assert_close(replayed.distance, sample.scene.distance * math.exp(0.1))
+
+
+def test_fixed_parts_get_no_gradient():
+    config = PsiConfig(num_classes=2, learn_azimuth=False, learn_distance=False, learn_class_mix=False)
+    psi = Psi(config)
+    names = {name for name, _ in psi.named_parameters()}
+    assert "azimuth_logits" not in names and "distance_loc" not in names and "class_logits" not in names
+    assert "elevation_loc" in names
+    assert set(psi.learnable_parts) == set(PARTS) - {"azimuth", "distance", "class_mix"}
+    sample = psi.sample(6, 0)
+    assert not sample.scene.azimuth.requires_grad and not sample.scene.distance.requires_grad
+    assert sample.scene.elevation.requires_grad
+    assert not psi.log_prob(sample.noise, parts={"azimuth", "distance", "class_mix"}).requires_grad
+    # Learnable parts left out of pathwise_parts are detached too.
+    only_elevation = Psi(PsiConfig(num_classes=2)).replay(sample.noise, pathwise_parts={"elevation"})
+    assert only_elevation.elevation.requires_grad
+    assert not only_elevation.azimuth.requires_grad and not only_elevation.exposure.requires_grad
+    assert Psi.uniform(config).learnable_parts == () and list(Psi.uniform(config).parameters()) == []
+
+
+def test_sampling_is_reproducible_from_the_seed():
+    psi = Psi(PsiConfig(num_classes=2, max_objects=2))
+    a, b, c = psi.sample(5, 7), psi.sample(5, torch.Generator().manual_seed(7)), psi.sample(5, 8)
+    assert torch.equal(a.scene.azimuth, b.scene.azimuth) and torch.equal(a.noise.count, b.noise.count)
+    assert not torch.equal(a.scene.azimuth, c.scene.azimuth)
+
+
+def test_several_objects_sit_side_by_side_inside_the_image():
+    config = PsiConfig(max_objects=3, object_spacing=0.6, offset_range=(0.3, 0.2))
+    scene = Psi.from_target(config, count_probs=[0, 0, 1]).sample(200, 4).scene
+    x = scene.offset[..., 0]
+    assert scene.present.all() and (scene.offset.abs() < 1).all()
+    assert ((x[:, 1:] - x[:, :-1]) >= 0.3 - 1e-6).all()  # neighbours at least spacing / 2 apart
+    assert (scene.roll == 0).all()
+
+
+def test_temperature_schedule_and_entropy():
+    psi = Psi(PsiConfig(temperature=1.0, temperature_decay=0.5, temperature_min=0.2))
+    assert psi.temperature == 1.0
+    psi.step_temperature()
+    psi.step_temperature()
+    assert psi.temperature == 0.25
+    psi.step_temperature()
+    assert psi.temperature == 0.2
+    restored = Psi(psi.config)
+    restored.load_state_dict(psi.state_dict())
+    assert restored.temperature == 0.2 and psi.sample(1, 0).noise.temperature == 0.2
+    torch.testing.assert_close(psi.entropy(), torch.tensor([math.log(8)]))
+    peaked = Psi.from_target(psi.config, azimuth_bin_probs=[1, 0, 0, 0, 0, 0, 0, 0])
+    assert peaked.entropy().item() == 0.0
+
+
+def test_snapshot_is_json_in_degrees_and_metres():
+    config = PsiConfig(num_classes=2, elevation_range_deg=(0.0, 60.0), num_backgrounds=1)
+    psi = Psi.from_target(
+        config, azimuth_bin_probs=TARGET_BINS, elevation_median_deg=[20.0, 40.0], distance_median=0.4, exposure_mean=-1.0
+    )
+    snapshot = json.loads(json.dumps(psi.snapshot()))
+    assert snapshot["azimuth"]["bin_edges_deg"] == [45.0 * k for k in range(9)]
+    np.testing.assert_allclose(snapshot["azimuth"]["probs"], TARGET_BINS, atol=1e-6)
+    np.testing.assert_allclose(snapshot["elevation_deg"]["median"], [20.0, 40.0], atol=1e-4)
+    assert all(lo < m < hi for lo, m, hi in zip(*(snapshot["elevation_deg"][k] for k in ("q10", "median", "q90"))))
+    np.testing.assert_allclose(snapshot["distance_m"]["median"], [0.4, 0.4], atol=1e-6)
+    np.testing.assert_allclose(snapshot["exposure_stops"]["mean"], [-1.0, -1.0])
+    assert snapshot["learnable"] == []
+    assert len(snapshot["background_probs"]) == 2
+
+
+def test_bad_inputs_name_the_problem():
+    with pytest.raises(OptimizerError, match="elevation_range_deg"):
+        PsiConfig(elevation_range_deg=(40.0, 10.0))
+    with pytest.raises(OptimizerError, match="object_spacing"):
+        PsiConfig(max_objects=4, object_spacing=0.8)
+    with pytest.raises(OptimizerError, match="azimuth_bin_probs"):
+        Psi.from_target(PsiConfig(), azimuth_bin_probs=[0.5, 0.5])
+    with pytest.raises(OptimizerError, match="distance_median"):
+        Psi.from_target(PsiConfig(num_classes=2), distance_median=[0.3, 0.4, 0.5])
+    noise = Psi(PsiConfig(num_classes=3)).sample(2, 0).noise
+    with pytest.raises(OptimizerError, match="unknown parts"):
+        Psi(PsiConfig(num_classes=3)).log_prob(noise, parts={"pose"})
+    with pytest.raises(OptimizerError, match="num_classes"):
+        Psi(PsiConfig(num_classes=1)).replay(noise)
