@@ -11,7 +11,10 @@ predict which box and with what soft target score, runs under ``torch.no_grad`` 
 predictions. Every derivative here therefore treats the assignment as fixed, although the
 assignment (and the soft target scores) move when the images or weights move. A
 :class:`FrozenAssignment` holds it fixed across evaluations, which makes finite differences
-of the loss agree with these derivatives. The box targets are constants too.
+of the loss agree with these derivatives. The box targets are constants too, and so is the
+aspect-ratio weight ``alpha`` of the CIoU loss, which Ultralytics computes under no_grad
+(a small difference). Even with the assignment fixed the loss is only piecewise smooth: CIoU
+takes min / max of predicted and target box edges, and SPPF max-pools.
 
 BatchNorm: every function takes an explicit :class:`BatchNormMode`.
 """
@@ -86,6 +89,10 @@ class FrozenAssignment:
 
     def __init__(self) -> None:
         self._records: dict[tuple[int, int], tuple] = {}
+
+    def __len__(self) -> int:
+        """How many assignments are recorded (one per image and criterion branch)."""
+        return len(self._records)
 
     @contextmanager
     def applied(self, branches: list[v8DetectionLoss], image_index: int) -> Iterator[None]:

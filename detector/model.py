@@ -78,6 +78,7 @@ def build_detector(config: DetectorConfig) -> DetectionModel:
     """
     source = _load_checkpoint_model(config.weights) if config.weights is not None else None
     model_yaml = deepcopy(source.yaml) if source is not None else architecture_yaml(config.arch)
+    model_yaml["nc"] = len(config.class_names)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = DetectionModel(model_yaml, nc=len(config.class_names), verbose=False)

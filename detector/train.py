@@ -7,7 +7,7 @@ import contextlib
 import logging
 import shutil
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -116,6 +116,7 @@ def train_on_dataset(
     device: str | None = None,
     amp: bool = False,
     seed: int = 0,
+    callbacks: dict[str, list[Callable[[DetectionTrainer], None]]] | None = None,
     **trainer_overrides,
 ) -> Path:
     """Train with Ultralytics' ``DetectionTrainer`` on a YOLO dataset; returns the best
@@ -124,8 +125,10 @@ def train_on_dataset(
     ``data_dir`` holds a ``data.yaml`` (as :class:`detector.datasets.DatasetWriter` writes).
     Offline: third-party logging integrations are dropped, the font Ultralytics fetches is
     provided from matplotlib's, and ``amp`` stays False unless asked for, since Ultralytics'
-    AMP self-check on CUDA downloads ``yolo26n.pt``. ``trainer_overrides`` are further
-    Ultralytics train arguments (e.g. ``mosaic=0.0``, ``plots=False``).
+    AMP self-check on CUDA downloads ``yolo26n.pt``. ``callbacks`` maps Ultralytics events
+    (e.g. ``on_train_batch_end``, ``on_fit_epoch_end``) to functions of the trainer, e.g. to
+    report progress. ``trainer_overrides`` are further Ultralytics train arguments (e.g.
+    ``mosaic=0.0``, ``plots=False``).
     """
     data_yaml = Path(data_dir) / "data.yaml"
     if not data_yaml.is_file():
@@ -154,6 +157,9 @@ def train_on_dataset(
     }
     with _ultralytics_logging(progress):
         trainer = _LocalDetectionTrainer(overrides=arguments)
+        for event, functions in (callbacks or {}).items():
+            for function in functions:
+                trainer.add_callback(event, function)
         trainer.train()
     return Path(trainer.best) if Path(trainer.best).is_file() else Path(trainer.last)
 

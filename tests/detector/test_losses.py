@@ -228,3 +228,37 @@ def test_update_mode_moves_running_statistics_and_modes_differ(problem):
     assert not all(torch.equal(a, b) for a, b in zip(before, _running_statistics(model)))
     assert update_loss == batch_loss  # same batch statistics for the forward pass itself
     assert running_loss != batch_loss
+
+
+def test_images_without_boxes_have_a_finite_loss_and_gradients(problem):
+    model, images, targets = problem
+    no_boxes = {key: value[:0] for key, value in targets.items()}
+    vector = [torch.ones_like(p) for p in trainable_parameters(model)]
+
+    losses = detection_loss(model, images, no_boxes, BatchNormMode.BATCH, reduction="none")
+    mixed = image_gradient_of_dot(model, images, no_boxes, vector, BatchNormMode.BATCH)
+
+    assert torch.isfinite(losses).all() and (losses > 0).all()  # the class scores are pushed down
+    assert torch.isfinite(mixed).all() and mixed.abs().sum() > 0
+
+
+def test_end_to_end_checkpoints_use_both_heads_and_freeze_both_assignments(tmp_path, generator):
+    from ultralytics.nn.tasks import DetectionModel
+
+    from detector.model import save_detector
+
+    yolo26 = DetectionModel("yolo26n.yaml", nc=2, verbose=False)
+    yolo26.names = {0: "red", 1: "blue"}
+    weights = save_detector(yolo26, tmp_path / "yolo26n.pt")
+    model = build_detector(DetectorConfig(class_names=["red", "blue"], image_size=SIZE, weights=weights))
+    images, boxes, classes, keep = rectangle_images(2, SIZE, generator)
+    targets = targets_from_boxes(boxes, classes, keep, SIZE)
+    frozen = FrozenAssignment()
+
+    loss = detection_loss(model, images, targets, BatchNormMode.BATCH, frozen=frozen)
+    product = hessian_vector_product(
+        model, images, targets, [torch.ones_like(p) for p in trainable_parameters(model)], BatchNormMode.BATCH, frozen
+    )
+
+    assert len(frozen) == 2 * 2  # (one-to-many, one-to-one) x images
+    assert torch.isfinite(loss) and all(torch.isfinite(p).all() for p in product)

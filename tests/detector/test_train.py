@@ -82,12 +82,23 @@ def test_ultralytics_trainer_runs_offline_and_returns_a_loadable_checkpoint(tmp_
     data = _write_set(tmp_path / "data", 16, generator)
     config = DetectorConfig(arch="yolov8n-cpu", class_names=CLASS_NAMES, image_size=SIZE)
 
+    batches_seen = []
+
     best = train_on_dataset(
-        config, data, epochs=1, image_size=SIZE, out_dir=tmp_path / "run", batch_size=8, progress=False, plots=False
+        config,
+        data,
+        epochs=1,
+        image_size=SIZE,
+        out_dir=tmp_path / "run",
+        batch_size=8,
+        progress=False,
+        callbacks={"on_train_batch_end": [lambda trainer: batches_seen.append(trainer.epoch)]},
+        plots=False,
     )
 
     assert best.is_file() and best.parent == tmp_path / "run" / "train" / "weights"
     assert (tmp_path / "run" / "train" / "results.csv").is_file()
+    assert batches_seen == [0, 0]  # 16 images, batches of 8
     assert YOLO(str(best)).names == {0: "red", 1: "blue"}
     reloaded = load_detector(best)
     assert reloaded.training and reloaded.names == {0: "red", 1: "blue"}
