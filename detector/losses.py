@@ -132,6 +132,8 @@ def detection_loss(
     for a batch holding image ``i`` alone. With ``BatchNormMode.BATCH`` or ``UPDATE`` the
     images still share BatchNorm statistics, so ``L_i`` depends on the other images too.
     """
+    if reduction not in ("mean", "sum", "none"):
+        raise DetectorError(f"unknown reduction {reduction!r}: use 'mean', 'sum' or 'none'")
     with batch_norm_mode(model, bn_mode):
         predictions = model(images)
     criterion = _criterion(model)
