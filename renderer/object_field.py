@@ -145,6 +145,14 @@ def dilate(grid: Bool[Tensor, "R R R"], cells: int = 1) -> Bool[Tensor, "R R R"]
     return pooled[0, 0] > 0
 
 
+def shell(grid: Bool[Tensor, "R R R"], cells: int) -> Bool[Tensor, "R R R"]:
+    """The outer ``cells`` layers of a boolean grid: the grid minus its erosion. Cells outside
+    the grid count as empty, so a solid touching the border keeps its border layers."""
+    padded = nn.functional.pad(grid[None, None].float(), (1,) * 6)
+    eroded = dilate(padded[0, 0] == 0, cells)[1:-1, 1:-1, 1:-1]
+    return grid & eroded
+
+
 @dataclass
 class ObjectAssetMeta:
     """What a saved object asset says about itself (``asset.json``)."""

@@ -19,9 +19,9 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm import tqdm
 
-from renderer.object_field import ObjectAssetMeta, ObjectField, ObjectFieldConfig, dilate
+from renderer.object_field import ObjectAssetMeta, ObjectField, ObjectFieldConfig, dilate, shell
 from renderer.posed_images import PosedImages
-from renderer.raymarch import accumulate, compositing_weights, march_field
+from renderer.raymarch import PackedSamples, accumulate, compositing_weights, march_field
 
 ASSET_META = "asset.json"
 ASSET_WEIGHTS = "field.pt"
@@ -50,8 +50,17 @@ class ObjectTrainerConfig:
     final_learning_rate: float = 0.001
     alpha_weight: float = 0.1
     """Weight of the opacity-vs-mask loss beside the colour loss against random backgrounds."""
-    occupancy_every: int = 250
+    occupancy_every: int = 100
     """Refresh the empty-space grid from the learned density every this many steps."""
+    shell_cells: int = 6
+    """Train only in the outer layers of the visual hull, this many occupancy cells deep: the
+    surface lies there, and sampling a solid object's inside is wasted work."""
+    hull_fit_steps: int = 300
+    """Steps that first fit the density to the visual hull (no rendering: cheap), so that
+    training starts with sharp surfaces and marching skips everything behind them."""
+    visibility_rays: int = 100_000
+    """Training rays rendered at the end to drop the cells that no view sees (the inside and
+    far side of the shell), which makes rendering several times cheaper."""
     seed: int = 0
 
 
@@ -138,6 +147,61 @@ def render_views(
     return rgb, alpha
 
 
+def fit_density_to_hull(
+    field: ObjectField, hull: Bool[Tensor, "G G G"], steps: int, generator: torch.Generator, points: int = 16384
+) -> None:
+    """Regress the field's opacity over one cell to the (trilinearly smoothed) visual hull at
+    random points of the box. For convex objects this is already close to the true shape;
+    concavities are carved later by the photometric loss."""
+    optimizer = torch.optim.Adam(field.parameters(), lr=0.01, eps=1e-15)
+    volume = hull[None, None].float()
+    cell = float(((field.aabb[1] - field.aabb[0]) / hull.shape[0]).norm())
+    for _ in range(steps):
+        unit = torch.rand(points, 3, generator=generator) * 2 - 1
+        # grid_sample indexes (x, y, z) as (W, H, D): flip to match the grid's (i, j, k) layout.
+        target = F.grid_sample(volume, unit.flip(-1)[None, None, None], align_corners=False).reshape(-1)
+        density, _ = field(field.aabb[0] + (unit + 1) / 2 * (field.aabb[1] - field.aabb[0]))
+        opacity = 1 - torch.exp(-density * cell)
+        loss = F.mse_loss(opacity, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+class CellVisibility:
+    """The largest compositing weight that rays gave to samples in each occupancy cell: cells
+    that rays crossed without ever seeing (the inside and far side of a solid) are dropped from
+    the empty-space grid, so marching stops costing work behind surfaces."""
+
+    def __init__(self, resolution: int, min_weight: float = 0.01) -> None:
+        self.resolution = resolution
+        self.min_weight = min_weight
+        self.best = torch.zeros(resolution**3)
+        self.visited = torch.zeros(resolution**3, dtype=torch.bool)
+
+    @torch.no_grad()
+    def record(
+        self,
+        field: ObjectField,
+        origins: Float[Tensor, "R 3"],
+        directions: Float[Tensor, "R 3"],
+        samples: PackedSamples,
+        weights: Float[Tensor, "N"],
+    ) -> None:
+        res = self.resolution
+        points = origins[samples.ray_ids] + samples.t.detach()[:, None] * directions[samples.ray_ids]
+        cell = ((field.normalise(points) + 1) / 2 * res).floor().long().clamp(0, res - 1)
+        flat = (cell[:, 0] * res + cell[:, 1]) * res + cell[:, 2]
+        self.best.scatter_reduce_(0, flat, weights, reduce="amax")
+        self.visited[flat] = True
+
+    def still_needed(self, occupied: Bool[Tensor, "G G G"]) -> Bool[Tensor, "G G G"]:
+        """Cells some ray saw, or occupied cells no ray reached, grown by one cell so surfaces
+        can still move."""
+        keep = (self.best >= self.min_weight) | (~self.visited & occupied.reshape(-1))
+        return dilate(keep.reshape((self.resolution,) * 3))
+
+
 def psnr_on_white(
     rgb: Float[Tensor, "N H W 3"], alpha: Float[Tensor, "N H W 1"], images: PosedImages
 ) -> float:
@@ -158,7 +222,9 @@ def train_object_field(
     generator = torch.Generator().manual_seed(config.seed)
     aabb = images.aabb if images.aabb is not None else hull_bounds(images)
     field_model = ObjectField(config.model, aabb)
-    hull = visual_hull(images, aabb, config.model.occupancy_resolution)
+    full_hull = visual_hull(images, aabb, config.model.occupancy_resolution)
+    fit_density_to_hull(field_model, full_hull, config.hull_fit_steps, generator)
+    hull = shell(full_hull, config.shell_cells)
     field_model.occupancy.copy_(hull)
 
     origins, dirs = pixel_rays(images)
@@ -175,9 +241,14 @@ def train_object_field(
     start = time.perf_counter()
     bar = tqdm(range(config.steps), desc="train object NeRF", disable=not progress, unit="step")
     steps_done, loss_value = 0, math.nan
+    seen = CellVisibility(config.model.occupancy_resolution)
+    history: list[dict] = []
     for step in bar:
         batch = torch.randint(0, origins.shape[0], (config.rays_per_step,), generator=generator)
-        rgb, acc = render_rays(field_model, origins[batch], dirs[batch], config.samples_per_ray, generator)
+        samples = march_field(field_model, origins[batch], dirs[batch], config.samples_per_ray, generator)
+        weights = compositing_weights(samples)
+        rgb = accumulate(weights[:, None] * samples.rgb, samples.ray_ids, config.rays_per_step)
+        acc = accumulate(weights, samples.ray_ids, config.rays_per_step)
         background = torch.rand(config.rays_per_step, 3, generator=generator)
         alpha = target_alpha[batch]
         target = target_rgb[batch] * alpha[:, None] + (1 - alpha[:, None]) * background
@@ -187,19 +258,36 @@ def train_object_field(
         loss.backward()
         optimizer.step()
         scheduler.step()
-        steps_done, loss_value = step + 1, float(loss)
+        seen.record(field_model, origins[batch], dirs[batch], samples, weights.detach())
+        steps_done, loss_value = step + 1, float(loss.detach())
         if steps_done % config.occupancy_every == 0:
+            previous = field_model.occupancy.clone()
             field_model.refresh_occupancy(hull)
+            field_model.occupancy &= seen.still_needed(previous)
+            seen = CellVisibility(config.model.occupancy_resolution)
+            history.append(
+                {"step": steps_done, "seconds": round(time.perf_counter() - start, 1), "loss": loss_value,
+                 "occupied_cells": int(field_model.occupancy.sum())}
+            )
         if steps_done % 10 == 0:
             bar.set_postfix(loss=f"{loss_value:.4f}", psnr=f"{-10 * math.log10(max(loss_value, 1e-10)):.1f}")
         if config.time_budget_s is not None and time.perf_counter() - start > config.time_budget_s:
             break
+    previous = field_model.occupancy.clone()
     field_model.refresh_occupancy(hull)
+    final = CellVisibility(config.model.occupancy_resolution)
+    pick = torch.randperm(origins.shape[0], generator=generator)[: config.visibility_rays]
+    with torch.no_grad():
+        for chunk in pick.split(16384):
+            samples = march_field(field_model, origins[chunk], dirs[chunk], config.samples_per_ray)
+            final.record(field_model, origins[chunk], dirs[chunk], samples, compositing_weights(samples))
+    field_model.occupancy &= final.still_needed(previous)
     stats = {
         "steps": steps_done,
         "seconds": round(time.perf_counter() - start, 1),
         "final_loss": loss_value,
         "occupied_cells": int(field_model.occupancy.sum()),
+        "history": history,
     }
     return field_model, stats
 

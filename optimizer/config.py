@@ -1,0 +1,98 @@
+"""What a closed-loop job is asked to do, and what it reports while it runs.
+
+``OptimizeConfig`` is the loop's whole input besides the output folder (the service converts
+its pydantic ``JobCreate`` into this at the API edge); it is plain JSON-able data, so a job is
+reproducible from its config file. ``Progress`` is what the loop hands to ``on_progress``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+Method = Literal["neural-sim", "uniform", "random-search", "reinforce", "oracle"]
+Estimator = Literal["pathwise", "score", "both"]
+InverseHessian = Literal["identity", "neumann", "cg"]
+Stage = Literal["setup", "outer", "final-render", "final-train", "evaluate", "report", "done"]
+
+
+@dataclass
+class OptimizeConfig:
+    """A closed-loop job. Degrees and metres, as at the API."""
+
+    scene: str = "demo"
+    """'demo' or the path of a scene.json (objects and backgrounds; see renderer.scene_spec)."""
+    target_val: str | None = None
+    """Labelled real validation set: a COCO json or a YOLO folder. Drives the outer loop."""
+    target_test: str | None = None
+    """Labelled real test set for the final evaluation (defaults to none: no test metrics)."""
+    method: Method = "neural-sim"
+    """The bi-level method, or a baseline run through the same code path."""
+    estimator: Estimator = "pathwise"
+    """How d L_val / d psi is estimated (neural-sim only)."""
+    inverse_hessian: InverseHessian = "cg"
+    """Inverse-Hessian-vector-product approximation in the hypergradient."""
+    inverse_hessian_steps: int = 5
+    damping: float = 0.01
+    learnable: list[str] = field(default_factory=lambda: ["azimuth", "elevation", "distance", "exposure"])
+    """Parts of psi that move (see optimizer.psi.PARTS); the rest stay at their initial values."""
+    psi: dict[str, Any] = field(default_factory=dict)
+    """Overrides of optimizer.psi.PsiConfig fields (initial ranges, bins, temperature, ...)."""
+    oracle_psi: dict[str, Any] | None = None
+    """For method 'oracle': Psi.from_target keyword arguments (the target's true distribution)."""
+    psi_learning_rate: float = 0.05
+    entropy_weight: float = 0.01
+    """Weight of the azimuth-bin entropy bonus that guards against collapse onto one bin."""
+    outer_iterations: int = 20
+    images_per_iteration: int = 32
+    """Images rendered per outer step (>= 30 recommended: per-sample alignment is noisy)."""
+    inner_steps: int = 20
+    """Detector fine-tuning steps per outer step (warm start)."""
+    inner_learning_rate: float = 0.005
+    detector: str = "yolov8n-cpu"
+    """Detector architecture (yolov8n, yolo11n, yolov8n-cpu) ..."""
+    detector_weights: str | None = None
+    """... or a user .pt to start from."""
+    image_size: int = 64
+    final_images: int = 200
+    """Images rendered from the learned psi for the final dataset."""
+    final_epochs: int = 10
+    """Epochs of the final detector's training (Ultralytics' trainer)."""
+    seed: int = 0
+    device: str = "auto"
+    """'auto' (CUDA when available), 'cpu' or 'cuda'."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "OptimizeConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown job settings {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Progress:
+    """One progress report of a running job."""
+
+    stage: Stage
+    iteration: int
+    """Outer iteration (0-based) during 'outer'; otherwise the step within the stage."""
+    total: int
+    """Number of iterations or steps of this stage."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Latest numbers: val_loss, train_loss, hypergradient norm, mAP, ..."""
+    psi: dict[str, Any] = field(default_factory=dict)
+    """Psi snapshot (Psi.snapshot()): bin probabilities, elevation/distance/lighting stats."""
+    samples: list[Path] = field(default_factory=list)
+    """A few of the newest rendered images with their boxes drawn (PNG files in the job folder)."""
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["samples"] = [str(p) for p in self.samples]
+        return data

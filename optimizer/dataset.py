@@ -1,0 +1,56 @@
+"""Render a labelled dataset (COCO + YOLO + dataset card) from a scene-parameter distribution."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from detector.datasets import DatasetWriter
+from optimizer.psi import Psi
+from renderer.scene_renderer import SceneRenderer
+from renderer.scene_types import RenderBatch, SceneParams
+
+
+def image_meta(params: SceneParams, batch: RenderBatch, row: int) -> dict:
+    """Pose and lighting of the labelled objects of one image (degrees, metres, stops)."""
+    keep = batch.keep[row]
+    return {
+        "azimuth_deg": torch.rad2deg(params.azimuth[row][keep]).remainder(360).tolist(),
+        "elevation_deg": torch.rad2deg(params.elevation[row][keep]).tolist(),
+        "distance": params.distance[row][keep].tolist(),
+        "exposure": params.exposure[row][keep].tolist(),
+        "visible": batch.visible[row][keep].tolist(),
+        "background_id": int(params.background_ids[row]),
+    }
+
+
+@torch.no_grad()
+def render_dataset(
+    renderer: SceneRenderer,
+    psi: Psi,
+    num_images: int,
+    image_size: int,
+    out_dir: Path,
+    class_names: list[str],
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Path:
+    """Draw ``num_images`` scenes from ``psi``, render them and write them to ``out_dir``."""
+    generator = torch.Generator().manual_seed(seed)
+    bar = tqdm(total=num_images, desc="render dataset", unit="img", disable=not progress)
+    with DatasetWriter(Path(out_dir), class_names) as writer:
+        for _ in range(math.ceil(num_images / batch_size)):
+            count = min(batch_size, num_images - bar.n)
+            params = psi.sample(count, generator).scene
+            batch = renderer.render(params, image_size)
+            for row in range(count):
+                keep = batch.keep[row]
+                writer.add(batch.rgb[row].clamp(0, 1), batch.boxes[row][keep], batch.classes[row][keep],
+                           image_meta(params, batch, row))
+            bar.update(count)
+    bar.close()
+    return Path(out_dir)

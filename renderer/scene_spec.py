@@ -1,0 +1,120 @@
+"""A scene on disk: which objects (nerfsim assets or nerfstudio checkpoints) and which
+backgrounds, described by a ``scene.json``:
+
+```json
+{"name": "demo", "fov_deg": 40,
+ "objects": [{"name": "cracker_box", "path": "cracker_box"},
+             {"name": "mug", "path": "outputs/mug/nerfacto/2024-01-01_000000/config.yml"}],
+ "backgrounds": "photos/", "procedural_backgrounds": 4}
+```
+
+Paths are relative to the ``scene.json``. An object path is a nerfsim asset folder (with
+``asset.json``) or a nerfstudio ``config.yml``. ``backgrounds`` is a folder of photographs
+(optional); ``procedural_backgrounds`` adds that many generated textures (no files needed).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from renderer.backgrounds import BackgroundSet
+from renderer.raymarch import RadianceField
+from renderer.train_object import AssetError, load_object_asset
+
+DEMO_SCENE = Path(__file__).parent / "demo_assets" / "scene.json"
+
+
+class SceneError(ValueError):
+    """A scene description that cannot be used (names the file and the problem)."""
+
+
+@dataclass
+class ObjectSpec:
+    name: str
+    """Class name of the object in the labels."""
+    path: Path
+    """nerfsim asset folder or nerfstudio ``config.yml``."""
+
+
+@dataclass
+class SceneSpec:
+    """What a ``scene.json`` says, with paths resolved."""
+
+    name: str
+    objects: list[ObjectSpec]
+    fov_deg: float = 40.0
+    backgrounds: Path | None = None
+    procedural_backgrounds: int = 0
+    source: Path | None = field(default=None, repr=False)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [o.name for o in self.objects]
+
+
+def read_scene_spec(scene: str | Path) -> SceneSpec:
+    """``"demo"`` (the bundled demo scene) or the path of a ``scene.json`` (or its folder)."""
+    path = DEMO_SCENE if str(scene) == "demo" else Path(scene)
+    if path.is_dir():
+        path = path / "scene.json"
+    if not path.is_file():
+        raise SceneError(f"{path}: scene description not found (give 'demo' or a scene.json)")
+    try:
+        raw = json.loads(path.read_text())
+        objects = [ObjectSpec(str(o["name"]), path.parent / o["path"]) for o in raw["objects"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise SceneError(f"{path}: not a valid scene description ({error!r})") from error
+    if not objects:
+        raise SceneError(f"{path}: the scene lists no objects")
+    names = [o.name for o in objects]
+    if len(set(names)) != len(names):
+        raise SceneError(f"{path}: object names must be unique, got {names}")
+    backgrounds = raw.get("backgrounds")
+    return SceneSpec(
+        name=str(raw.get("name", path.parent.name)),
+        objects=objects,
+        fov_deg=float(raw.get("fov_deg", 40.0)),
+        backgrounds=path.parent / backgrounds if backgrounds else None,
+        procedural_backgrounds=int(raw.get("procedural_backgrounds", 0)),
+        source=path,
+    )
+
+
+def load_object(path: Path) -> RadianceField:
+    """A nerfsim asset folder or a nerfstudio ``config.yml`` as a radiance field."""
+    path = Path(path)
+    if path.suffix in {".yml", ".yaml"}:
+        from renderer.nerfstudio_asset import load_nerfstudio_field
+
+        return load_nerfstudio_field(path).eval()
+    if not path.exists():
+        raise AssetError(f"{path}: object asset not found")
+    field_model, _ = load_object_asset(path)
+    return field_model
+
+
+def procedural_backgrounds(count: int, seed: int = 0, size: int = 256) -> BackgroundSet:
+    """``count`` smooth random textures (coloured noise at a few scales): distractor
+    backgrounds that need no image files."""
+    generator = torch.Generator().manual_seed(seed)
+    images = []
+    for _ in range(count):
+        image = torch.zeros(1, 3, size, size)
+        for cells in (2, 6, 24):
+            noise = torch.rand(1, 3, cells, cells, generator=generator)
+            image += F.interpolate(noise, size=(size, size), mode="bicubic", align_corners=False) / 3
+        images.append(image[0].clamp(0, 1))
+    return BackgroundSet(images, [f"procedural_{i}" for i in range(count)])
+
+
+def load_scene(spec: SceneSpec) -> tuple[list[RadianceField], BackgroundSet]:
+    """The scene's object fields (in class order) and its background set."""
+    fields = [load_object(o.path) for o in spec.objects]
+    photos = BackgroundSet.from_folder(spec.backgrounds) if spec.backgrounds else BackgroundSet.empty()
+    generated = procedural_backgrounds(spec.procedural_backgrounds)
+    return fields, BackgroundSet(photos.images + generated.images, photos.names + generated.names)
