@@ -4,6 +4,12 @@
     nerfsim asset train DIR --out ASSET        object NeRF from a posed image set
     nerfsim render --scene demo --num N --size S --out DIR
                                                labelled dataset (COCO + YOLO + card)
+    nerfsim optimize --config JOB.json --out DIR
+                                               run the closed loop here (resumes from DIR)
+    nerfsim demo [--out DIR]                   the main job on the demo scene, through the service
+    nerfsim serve [--port 8000] [--workers 1]  API + workers (+ embedded Redis without REDIS_URL)
+    nerfsim worker                             a worker of a deployment's Redis (REDIS_URL)
+    nerfsim keys create|list|revoke            API keys (each names a tenant)
 
 Heavy libraries are imported inside the commands, so ``nerfsim --help`` is instant.
 """
@@ -34,33 +40,10 @@ def cmd_asset_from_mesh(args: argparse.Namespace) -> None:
 
 
 def cmd_asset_train(args: argparse.Namespace) -> None:
-    from dataclasses import asdict
+    from service.assets import train_asset
 
-    from renderer.object_field import ObjectAssetMeta
-    from renderer.posed_images import PosedImageError, load_posed_images
-    from renderer.train_object import (
-        ObjectTrainerConfig,
-        psnr_on_white,
-        render_views,
-        save_object_asset,
-        train_object_field,
-    )
-
-    images = load_posed_images(args.dir, "train")
-    config = ObjectTrainerConfig(steps=args.steps, time_budget_s=args.minutes * 60, seed=args.seed)
-    field, stats = train_object_field(images, config, progress=True)
-    try:
-        held_out = load_posed_images(args.dir, "test")
-    except PosedImageError:
-        held_out = None
-    if held_out is not None:
-        rgb, alpha = render_views(field, held_out, config.samples_per_ray)
-        stats["held_out_psnr_db"] = round(psnr_on_white(rgb, alpha, held_out), 2)
-        stats["held_out_views"] = int(held_out.c2w.shape[0])
-    stats.pop("history", None)
     name = args.name or Path(args.dir).resolve().name
-    meta = ObjectAssetMeta(name=name, aabb=field.aabb.tolist(), model=asdict(config.model), training=stats)
-    save_object_asset(field, meta, args.out)
+    stats = train_asset(args.dir, args.out, name, steps=args.steps, minutes=args.minutes, seed=args.seed)
     print(json.dumps({"asset": str(args.out), **stats}, indent=2))
 
 
@@ -87,6 +70,89 @@ def cmd_render(args: argparse.Namespace) -> None:
     )
     out = render_dataset(renderer, psi, args.num, args.size, Path(args.out), spec.class_names, seed=args.seed)
     print(f"dataset: {out} ({args.num} images; images/, annotations.json, labels/, data.yaml, card.md)")
+
+
+def cmd_optimize(args: argparse.Namespace) -> None:
+    from optimizer.config import OptimizeConfig
+    from optimizer.loop import run_optimization
+
+    try:
+        settings = json.loads(Path(args.config).read_text())
+    except FileNotFoundError as error:
+        raise ValueError(f"{args.config}: job config not found") from error
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{args.config}: not valid JSON ({error})") from error
+    try:
+        config = OptimizeConfig.from_dict(settings)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{args.config}: {error}") from error
+    run_optimization(config, Path(args.out), progress_bar=True)
+    print(f"results: {args.out} (dataset/, psi.json, detector.pt, report.json)")
+
+
+def _service_settings(args: argparse.Namespace):
+    from service.settings import ServiceSettings
+
+    settings = ServiceSettings()
+    if getattr(args, "storage", None):
+        settings.storage_root = Path(args.storage)
+    return settings
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from service.api.main import create_app
+    from service.embedded import EmbeddedService
+    from service.logs import configure_logging
+
+    settings = _service_settings(args)
+    configure_logging(settings.log_json)
+    with EmbeddedService(settings, workers=args.workers) as service:
+        print(f"nerfsim: API on http://{args.host}:{args.port} (docs at /docs), Redis {service.settings.redis_url}, "
+              f"storage {service.settings.storage_root.resolve()}, {args.workers} worker(s)", file=sys.stderr)
+        uvicorn.run(create_app(service.settings), host=args.host, port=args.port, log_config=None)
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from service.worker import run_worker
+
+    run_worker(_service_settings(args), burst=args.burst, max_jobs=args.max_jobs, name=args.name)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from service.demo import run_demo
+
+    run_demo(Path(args.out), _service_settings(args), quick=args.quick)
+
+
+def _key_store(args: argparse.Namespace):
+    import redis
+
+    from service.embedded import discover_redis_url
+    from service.keys import KeyStore
+    from service.storage import Storage
+
+    settings = _service_settings(args)
+    url = discover_redis_url(settings)
+    return KeyStore(redis.Redis.from_url(url) if url else None, Storage(settings.storage_root))
+
+
+def cmd_keys_create(args: argparse.Namespace) -> None:
+    key, record = _key_store(args).create(args.tenant, args.name or "")
+    print(f"API key for tenant {record.tenant} (shown once; id {record.key_id}):\n{key}")
+
+
+def cmd_keys_list(args: argparse.Namespace) -> None:
+    for record in _key_store(args).list():
+        state = f"revoked {record.revoked_at:%Y-%m-%d %H:%M}" if record.revoked_at else "active"
+        print(f"{record.key_id}  tenant={record.tenant}  name={record.name or '-'}  "
+              f"created={record.created_at:%Y-%m-%d %H:%M}  {state}")
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> None:
+    record = _key_store(args).revoke(args.key_id)
+    print(f"revoked {record.key_id} (tenant {record.tenant})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +190,46 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--seed", type=int, default=0)
     render.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     render.set_defaults(run=cmd_render)
+
+    optimize = commands.add_parser("optimize", help="run a closed-loop job here, with a progress bar")
+    optimize.add_argument("--config", type=Path, required=True, help="OptimizeConfig as JSON")
+    optimize.add_argument("--out", type=Path, required=True, help="job folder (resumed if it has a checkpoint)")
+    optimize.set_defaults(run=cmd_optimize)
+
+    storage_help = "storage root (default: $NERFSIM_STORAGE_ROOT or ./nerfsim-data)"
+    serve = commands.add_parser("serve", help="run the API and workers (an embedded Redis when REDIS_URL is unset)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes")
+    serve.add_argument("--storage", type=Path, help=storage_help)
+    serve.set_defaults(run=cmd_serve)
+
+    worker = commands.add_parser("worker", help="take jobs from the queue at REDIS_URL")
+    worker.add_argument("--burst", action="store_true", help="stop when the queue is empty")
+    worker.add_argument("--max-jobs", type=int, help="stop after this many jobs")
+    worker.add_argument("--name", help="worker name (default: host.pid.random)")
+    worker.add_argument("--storage", type=Path, help=storage_help)
+    worker.set_defaults(run=cmd_worker)
+
+    demo = commands.add_parser("demo", help="the main job on the bundled demo scene, through the embedded service")
+    demo.add_argument("--out", type=Path, default=Path("out/demo"), help="where the results are written")
+    demo.add_argument("--quick", action="store_true", help="a smaller budget (a minute or two)")
+    demo.add_argument("--storage", type=Path, help="service storage root (default: OUT/service)")
+    demo.set_defaults(run=cmd_demo)
+
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create a key (printed once)")
+    create.add_argument("--tenant", help="tenant of the key (default: a new tenant)")
+    create.add_argument("--name", help="a note on what the key is for")
+    create.add_argument("--storage", type=Path, help=storage_help)
+    create.set_defaults(run=cmd_keys_create)
+    listing = keys.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--storage", type=Path, help=storage_help)
+    listing.set_defaults(run=cmd_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key_id")
+    revoke.add_argument("--storage", type=Path, help=storage_help)
+    revoke.set_defaults(run=cmd_keys_revoke)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""The nerfsim REST API (FastAPI), versioned under /v1."""

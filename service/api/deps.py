@@ -1,0 +1,71 @@
+"""Dependencies of the API's routes, as ``Annotated`` aliases (FastAPI-template style).
+
+The connection and stores are created once per app (``create_app``) and kept in ``app.state``;
+routes get them through these dependencies, which tests replace with
+``app.dependency_overrides``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import redis
+import redis.asyncio
+from fastapi import Depends, Header, Request
+from rq import Queue
+
+from service.keys import AuthError, KeyStore
+from service.records import RecordStore
+from service.settings import ServiceSettings
+
+
+def get_settings(request: Request) -> ServiceSettings:
+    return request.app.state.settings
+
+
+def get_redis(request: Request) -> redis.Redis:
+    return request.app.state.redis
+
+
+def get_async_redis(request: Request) -> redis.asyncio.Redis:
+    return request.app.state.async_redis
+
+
+def get_store(request: Request) -> RecordStore:
+    return request.app.state.store
+
+
+def get_keys(request: Request) -> KeyStore:
+    return request.app.state.keys
+
+
+def get_queue(request: Request) -> Queue:
+    return request.app.state.queue
+
+
+SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
+RedisDep = Annotated[redis.Redis, Depends(get_redis)]
+AsyncRedisDep = Annotated[redis.asyncio.Redis, Depends(get_async_redis)]
+StoreDep = Annotated[RecordStore, Depends(get_store)]
+KeysDep = Annotated[KeyStore, Depends(get_keys)]
+QueueDep = Annotated[Queue, Depends(get_queue)]
+
+
+def get_tenant(
+    keys: KeysDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> str:
+    """The tenant of the request's API key (``Authorization: Bearer <key>`` or ``X-API-Key``)."""
+    presented = x_api_key
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not value:
+            raise AuthError("use 'Authorization: Bearer <API key>'")
+        presented = value.strip()
+    if not presented:
+        raise AuthError("missing API key ('Authorization: Bearer <key>' or 'X-API-Key')")
+    return keys.authenticate(presented)
+
+
+TenantDep = Annotated[str, Depends(get_tenant)]

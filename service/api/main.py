@@ -1,0 +1,88 @@
+"""The API application: routers, error handling, startup (Redis connection, recovery of
+records and queued jobs) and request metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+
+import redis
+import redis.asyncio
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from service.api.routes import assets, health, jobs, targets
+from service.errors import ServiceError
+from service.keys import AuthError, KeyStore
+from service.metrics import build_registry
+from service.queue import get_queue
+from service.records import RecordStore
+from service.recovery import recover
+from service.settings import ServiceSettings, get_settings
+from service.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    """The API for ``settings`` (default: from the environment)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+        storage = Storage(settings.storage_root, settings.artifact_mirror)
+        storage.root.mkdir(parents=True, exist_ok=True)
+        app.state.settings = settings
+        app.state.redis = connection
+        app.state.async_redis = redis.asyncio.Redis.from_url(settings.redis_url)
+        app.state.store = RecordStore(connection, storage)
+        app.state.keys = KeyStore(connection, storage)
+        app.state.queue = get_queue(connection, settings)
+        app.state.metrics, app.state.latency = build_registry(connection, app.state.queue)
+        try:
+            recover(app.state.store, app.state.keys, app.state.queue, settings)
+        except redis.RedisError as error:
+            log.error("recovery skipped: Redis unreachable", extra={"error": str(error)})
+        yield
+        await app.state.async_redis.aclose()
+        connection.close()
+
+    if settings.redis_url is None:
+        raise ServiceError("REDIS_URL is not set (nerfsim serve starts an embedded Redis when it is unset)")
+    app = FastAPI(
+        title="nerfsim",
+        version="1",
+        summary="NeRF-rendered object-detection training data, tuned to your target domain.",
+        lifespan=lifespan,
+        max_body_size=settings.max_upload_bytes + 1024 * 1024,
+    )
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, error: ServiceError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, AuthError) else None
+        return JSONResponse({"detail": str(error)}, status_code=error.status_code, headers=headers)
+
+    @app.exception_handler(redis.ConnectionError)
+    async def redis_down(request: Request, error: redis.ConnectionError) -> JSONResponse:
+        return JSONResponse({"detail": "the job store is unreachable; retry shortly"}, status_code=503,
+                            headers={"Retry-After": "5"})
+
+    @app.middleware("http")
+    async def request_metrics(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        if route is not None and hasattr(app.state, "latency"):
+            app.state.latency.labels(request.method, route.path, str(response.status_code)).observe(
+                time.perf_counter() - start)
+        return response
+
+    app.include_router(health.router)
+    v1 = APIRouter(prefix="/v1")
+    v1.include_router(assets.router)
+    v1.include_router(targets.router)
+    v1.include_router(jobs.router)
+    app.include_router(v1)
+    return app

@@ -1,0 +1,102 @@
+"""Assets: objects of the scene, uploaded as a nerfstudio checkpoint, a posed image set, a
+textured mesh or a ready nerfsim asset (an archive of each). Uploads that need work (training,
+rendering, loading a checkpoint) become asset-building jobs."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+
+from service.api.deps import QueueDep, SettingsDep, StoreDep, TenantDep
+from service.content import check_asset, extract_upload, save_upload
+from service.errors import Conflict, UploadError
+from service.queue import BUILD_ASSET, enqueue
+from service.schemas import AssetBuild, AssetKind, AssetPublic, AssetRecord, AssetsPublic, AssetStatus, JobRecord, new_id
+from service.storage import publish_dir
+
+router = APIRouter(prefix="/assets", tags=["assets"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=AssetPublic)
+async def create_asset(
+    tenant: TenantDep,
+    store: StoreDep,
+    queue: QueueDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="zip or tar archive of the asset's files")],
+    name: Annotated[str, Form(description="Class name of the object")],
+    kind: Annotated[AssetKind, Form()],
+    build: Annotated[str, Form(description="AssetBuild as JSON (mesh and posed-image uploads)")] = "{}",
+) -> AssetRecord:
+    """Upload an asset. Ready kinds (``nerfsim``) are usable at once; the others are built by
+    a worker (``status`` goes from ``building`` to ``ready`` or ``failed``)."""
+    try:
+        build_settings = AssetBuild.model_validate_json(build)
+    except ValidationError as error:
+        raise UploadError(f"build: {error.errors()[0]['msg']} at {error.errors()[0]['loc']}") from error
+    asset_id = new_id("asset")
+    upload_name = file.filename or "upload"
+    scratch = store.storage.scratch_dir() / uuid.uuid4().hex
+    try:
+        archive = await save_upload(file, scratch / "upload.bin", settings.max_upload_bytes)
+        extracted = await run_in_threadpool(extract_upload, archive, scratch / "files", settings, upload_name)
+        source = await run_in_threadpool(check_asset, extracted, upload_name, kind)
+        try:
+            record = AssetRecord(id=asset_id, tenant=tenant, name=name, kind=kind, build=build_settings,
+                                 status="ready" if kind == "nerfsim" else "building")
+        except ValidationError as error:
+            raise UploadError(f"name: {error.errors()[0]['msg']}") from error
+        asset_dir = store.storage.record_dir("asset", tenant, asset_id)
+        asset_dir.mkdir(parents=True)
+        publish_dir(extracted, asset_dir / "upload")
+        relative = source.relative_to(extracted)
+        if kind == "nerfsim":
+            record.object_path = (asset_dir / "upload" / relative).relative_to(asset_dir).as_posix()
+        record.details = {"source": f"upload/{relative.as_posix()}", "upload": upload_name}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    store.create(record)
+    if record.status == "building":
+        enqueue(queue, BUILD_ASSET, tenant, asset_id, settings, description=f"build asset {asset_id} ({kind})")
+    return record
+
+
+@router.get("", response_model=AssetsPublic)
+def list_assets(
+    tenant: TenantDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    kind: AssetKind | None = None,
+    status: AssetStatus | None = None,
+) -> AssetsPublic:
+    where = None
+    if kind or status:
+        def where(r: AssetRecord) -> bool:
+            return (kind is None or r.kind == kind) and (status is None or r.status == status)
+    records, count = store.list(AssetRecord, tenant, offset, min(limit, settings.page_size_max), where)
+    return AssetsPublic(data=records, count=count)
+
+
+@router.get("/{asset_id}", response_model=AssetPublic)
+def get_asset(asset_id: str, tenant: TenantDep, store: StoreDep) -> AssetRecord:
+    return store.get(AssetRecord, tenant, asset_id)
+
+
+@router.delete("/{asset_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_asset(asset_id: str, tenant: TenantDep, store: StoreDep) -> None:
+    """Delete an asset and its files; refused while a queued or running job uses it."""
+    record = store.get(AssetRecord, tenant, asset_id)
+    if record.status == "building":
+        raise Conflict(f"asset {asset_id} is being built; delete it when it is ready or failed")
+    users, _ = store.list(JobRecord, tenant, 0, 1,
+                          lambda j: asset_id in j.assets and j.status in ("queued", "running"))
+    if users:
+        raise Conflict(f"asset {asset_id} is used by job {users[0].id}, which is {users[0].status}")
+    store.delete(record)

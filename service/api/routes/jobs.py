@@ -1,0 +1,244 @@
+"""Jobs: closed-loop runs that tune a scene-parameter distribution to a target set and deliver
+the dataset, the learned distribution, the detector and a report."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import redis
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from service.api.deps import AsyncRedisDep, QueueDep, SettingsDep, StoreDep, TenantDep
+from service.errors import Conflict, NotFound, ServiceError
+from service.events import cancel_key, decode, events_key, publish
+from service.queue import RUN_JOB, cancel_queued, enqueue
+from service.recovery import idempotency_key
+from service.schemas import (
+    TERMINAL_STATUSES,
+    AssetRecord,
+    JobCreate,
+    JobPublic,
+    JobRecord,
+    JobsPublic,
+    JobStatus,
+    TargetRecord,
+    new_id,
+)
+from service.tasks import ARTIFACTS_DIR, WORK_DIR
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+SERVICE_SET_OPTIONS = {"scene", "target_val", "target_test"}
+
+
+def _check_references(job: JobCreate, tenant: str, store) -> None:
+    """Assets ready, names unique, targets of the right role and classes the assets provide."""
+    assets = [store.get(AssetRecord, tenant, asset_id) for asset_id in job.assets]
+    for asset in assets:
+        if asset.status != "ready":
+            raise Conflict(f"asset {asset.id} is {asset.status}, not ready")
+    names = [a.name for a in assets]
+    if len(set(names)) != len(names):
+        raise ServiceError(f"assets: class names must be unique, got {names}")
+    for field, target_id, roles in (("target_val", job.target_val, ("validation", "both")),
+                                    ("target_test", job.target_test, ("test", "both"))):
+        if target_id is None:
+            continue
+        target = store.get(TargetRecord, tenant, target_id)
+        if target.role not in roles:
+            raise ServiceError(f"{field}: target {target_id} was uploaded as a {target.role} set")
+        unknown = sorted(set(target.class_names) - set(names))
+        if unknown:
+            raise ServiceError(f"{field}: target {target_id} has classes {unknown} that no asset provides "
+                               f"(asset classes: {names})")
+    from optimizer.config import OptimizeConfig
+
+    reserved = sorted(SERVICE_SET_OPTIONS & set(job.options))
+    if reserved:
+        raise ServiceError(f"options: {reserved} are set by the service")
+    try:
+        OptimizeConfig.from_dict(job.options)
+    except (TypeError, ValueError) as error:
+        raise ServiceError(f"options: {error}") from error
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+def create_job(
+    job: JobCreate,
+    response: Response,
+    tenant: TenantDep,
+    store: StoreDep,
+    queue: QueueDep,
+    settings: SettingsDep,
+    idempotency_key_header: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+) -> JobRecord:
+    """Create and enqueue a job. With an ``Idempotency-Key``, repeating the request returns the
+    job it created (200) instead of creating another; the same key with a different request is
+    a conflict (409)."""
+    _check_references(job, tenant, store)
+    request_hash = hashlib.sha256(job.model_dump_json().encode()).hexdigest()
+    job_id = new_id("job")
+    if idempotency_key_header:
+        key = idempotency_key(tenant, idempotency_key_header)
+        if not store.redis.set(key, job_id, nx=True):
+            existing = _await_existing(store, tenant, key)
+            if existing.request_hash != request_hash:
+                raise Conflict("Idempotency-Key was used for a different request")
+            response.status_code = status.HTTP_200_OK
+            return existing
+    record = JobRecord(id=job_id, tenant=tenant, status="queued", idempotency_key=idempotency_key_header,
+                       request_hash=request_hash, **job.model_dump())
+    store.create(record)
+    publish(store.redis, job_id, "status", {"status": "queued"}, settings.progress_stream_length)
+    enqueue(queue, RUN_JOB, tenant, job_id, settings, description=f"job {job_id}")
+    return record
+
+
+def _await_existing(store, tenant: str, key: str) -> JobRecord:
+    """The job an idempotency key points to (its creator may still be writing it)."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        job_id = store.redis.get(key).decode()
+        try:
+            return store.get(JobRecord, tenant, job_id)
+        except NotFound:
+            if time.monotonic() > deadline:
+                raise Conflict("a request with this Idempotency-Key is still being processed") from None
+            time.sleep(0.05)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    tenant: TenantDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    status: JobStatus | None = None,
+    asset: str | None = None,
+    target: str | None = None,
+) -> JobsPublic:
+    """Jobs, newest first, optionally only those with a status, an asset or a target."""
+    where = None
+    if status or asset or target:
+        def where(j: JobRecord) -> bool:
+            return ((status is None or j.status == status) and (asset is None or asset in j.assets)
+                    and (target is None or target in (j.target_val, j.target_test)))
+    records, count = store.list(JobRecord, tenant, offset, min(limit, settings.page_size_max), where)
+    return JobsPublic(data=records, count=count)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, tenant: TenantDep, store: StoreDep) -> JobRecord:
+    """Status, latest progress and metric history of a job."""
+    return store.get(JobRecord, tenant, job_id)
+
+
+@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def cancel_job(job_id: str, tenant: TenantDep, store: StoreDep, settings: SettingsDep) -> JobRecord:
+    """Cancel a job: a queued one at once, a running one at its next check (it then keeps what
+    it produced). Cancelling a finished job is a conflict."""
+    record = store.get(JobRecord, tenant, job_id)
+    if record.status in TERMINAL_STATUSES:
+        raise Conflict(f"job {job_id} already {record.status}")
+    store.redis.set(cancel_key(job_id), "1", ex=7 * 24 * 3600)
+
+    def request(current: JobRecord) -> None:
+        current.cancel_requested = True
+
+    record = store.update(JobRecord, tenant, job_id, request)
+    if record.status == "queued" and cancel_queued(store.redis, job_id):
+        def cancelled(current: JobRecord) -> None:
+            if current.status == "queued":
+                current.status = "cancelled"
+
+        record = store.update(JobRecord, tenant, job_id, cancelled)
+        if record.status == "cancelled":
+            publish(store.redis, job_id, "status", {"status": "cancelled"}, settings.progress_stream_length)
+    return record
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_job(job_id: str, tenant: TenantDep, store: StoreDep) -> None:
+    """Delete a finished job and its artifacts (cancel a running one first)."""
+    record = store.get(JobRecord, tenant, job_id)
+    if record.status not in TERMINAL_STATUSES:
+        raise Conflict(f"job {job_id} is {record.status}; cancel it first")
+    store.delete(record)
+    store.redis.delete(events_key(job_id), cancel_key(job_id))
+    if record.idempotency_key:
+        store.redis.delete(idempotency_key(tenant, record.idempotency_key))
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse)
+async def job_events(
+    job_id: str,
+    request: Request,
+    tenant: TenantDep,
+    store: StoreDep,
+    connection: AsyncRedisDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """Server-sent events of a job, in order: ``status`` (queued, running, succeeded, failed,
+    cancelled; retries show as queued again) and ``progress`` (optimizer.config.Progress).
+    Each event's id is its position: reconnect with ``Last-Event-ID`` to continue. The stream
+    ends after the job's final status."""
+    record = await run_in_threadpool(store.get, JobRecord, tenant, job_id)
+    position = last_event_id or "0-0"
+    key = events_key(job_id)
+    finished = record.status in TERMINAL_STATUSES
+    while not await request.is_disconnected():
+        try:
+            batch = await connection.xread({key: position}, count=100, block=1000)
+        except redis.ConnectionError:
+            await asyncio.sleep(1.0)
+            continue
+        entries = batch[0][1] if batch else []
+        for entry_id, fields in entries:
+            position = entry_id.decode()
+            event, data = decode(fields)
+            yield ServerSentEvent(event=event, id=position, data=data)
+            if event == "status" and data.get("status") in TERMINAL_STATUSES:
+                return
+        if not entries and finished:
+            # The job ended before its final event could be written (or events expired).
+            final = await run_in_threadpool(store.get, JobRecord, tenant, job_id)
+            yield ServerSentEvent(event="status", data={"status": final.status, "error": final.error})
+            return
+        if not entries:
+            finished = (await run_in_threadpool(store.get, JobRecord, tenant, job_id)).status in TERMINAL_STATUSES
+
+
+@router.get("/{job_id}/artifacts")
+def list_artifacts(job_id: str, tenant: TenantDep, store: StoreDep) -> dict[str, str]:
+    """Artifact name -> download path (empty until the job ends)."""
+    return store.get(JobRecord, tenant, job_id).artifacts
+
+
+@router.get("/{job_id}/artifacts/{name}")
+def get_artifact(job_id: str, name: str, tenant: TenantDep, store: StoreDep) -> FileResponse:
+    """An artifact: ``dataset.zip`` (images, COCO annotations.json, YOLO labels/ and data.yaml),
+    ``psi.json``, ``detector.pt``, ``report.json`` and its plots, ``samples.zip``."""
+    record = store.get(JobRecord, tenant, job_id)
+    if name not in record.artifacts:
+        raise NotFound(f"job {job_id} has no artifact {name!r} (it has {sorted(record.artifacts)})")
+    path = store.storage.record_dir("job", tenant, job_id) / ARTIFACTS_DIR / name
+    return FileResponse(path, filename=name)
+
+
+@router.get("/{job_id}/files/{path:path}")
+def get_work_file(job_id: str, path: str, tenant: TenantDep, store: StoreDep) -> FileResponse:
+    """A file the running job has written (the sample images that progress events point to)."""
+    store.get(JobRecord, tenant, job_id)
+    work = (store.storage.record_dir("job", tenant, job_id) / WORK_DIR).resolve()
+    file = (work / path).resolve()
+    if not file.is_relative_to(work) or file.suffix.lower() not in {".png", ".jpg", ".json"} or not file.is_file():
+        raise NotFound(f"job {job_id} has no file {path!r}")
+    return FileResponse(file)

@@ -1,0 +1,202 @@
+"""Records (what is stored) and the API's schema families (what is sent and answered).
+
+As in the FastAPI template: ``XBase`` holds the fields a client sets, ``XCreate`` what a create
+request sends, ``XPublic`` what the API answers, ``XsPublic`` a page of them; ``XRecord`` is
+the stored form (with the tenant and bookkeeping the API does not show).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from optimizer.config import Estimator, InverseHessian, Method
+from optimizer.psi import PARTS
+
+AssetKind = Literal["nerfstudio", "posed-images", "mesh", "nerfsim"]
+AssetStatus = Literal["building", "ready", "failed"]
+TargetFormat = Literal["coco", "yolo"]
+TargetRole = Literal["validation", "test", "both"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Record(BaseModel):
+    """Fields every stored record has."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    tenant: str
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    updated_at: dt.datetime = Field(default_factory=utcnow)
+    revision: int = 0
+    """Incremented on every save: the newer of a Redis and a file copy wins on reconcile."""
+
+
+# --------------------------------------------------------------------------------------------
+# assets
+
+
+class AssetBuild(BaseModel):
+    """How an uploaded mesh or posed-image set becomes a nerfsim asset (ignored for ready kinds)."""
+
+    views: int = Field(100, ge=4, le=1000, description="Training views rendered from a mesh.")
+    test_views: int = Field(10, ge=0, le=200, description="Held-out views rendered from a mesh.")
+    view_size: int = Field(128, ge=16, le=1024, description="Side of the rendered views, pixels.")
+    spp: int = Field(64, ge=1, le=1024, description="Samples per pixel of the mesh renders.")
+    train_steps: int = Field(3000, ge=1, le=100_000, description="Object NeRF training steps at most.")
+    train_minutes: float = Field(15.0, gt=0, le=600, description="Object NeRF training time budget.")
+    model: dict[str, Any] = Field(default_factory=dict, description="ObjectFieldConfig overrides.")
+    trainer: dict[str, Any] = Field(default_factory=dict, description="ObjectTrainerConfig overrides.")
+
+
+class AssetBase(BaseModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="Class name of the object in the labels.")
+    kind: AssetKind
+
+
+class AssetPublic(AssetBase):
+    id: str
+    status: AssetStatus
+    error: str | None = None
+    build: AssetBuild
+    details: dict[str, Any] = Field(default_factory=dict)
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class AssetRecord(Record, AssetPublic):
+    object_path: str | None = None
+    """The object for scene.json, relative to the asset's folder (``object`` or a config.yml)."""
+
+
+class AssetsPublic(BaseModel):
+    data: list[AssetPublic]
+    count: int
+
+
+# --------------------------------------------------------------------------------------------
+# targets
+
+
+class TargetBase(BaseModel):
+    name: str = Field(min_length=1, max_length=128)
+    role: TargetRole = "validation"
+
+
+class TargetPublic(TargetBase):
+    id: str
+    format: TargetFormat
+    num_images: int
+    num_boxes: int
+    class_names: list[str]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class TargetRecord(Record, TargetPublic):
+    data_path: str
+    """The COCO json or the YOLO folder, relative to the target's folder."""
+
+
+class TargetsPublic(BaseModel):
+    data: list[TargetPublic]
+    count: int
+
+
+# --------------------------------------------------------------------------------------------
+# jobs
+
+
+class JobBudget(BaseModel):
+    """How much work the job may do."""
+
+    outer_iterations: int = Field(20, ge=1, le=10_000)
+    images_per_iteration: int = Field(32, ge=1, le=4096)
+    inner_steps: int = Field(20, ge=1, le=10_000)
+    final_images: int = Field(200, ge=1, le=1_000_000)
+    final_epochs: int = Field(10, ge=1, le=1000)
+
+
+class JobBase(BaseModel):
+    assets: list[str] = Field(min_length=1, max_length=64, description="Asset ids: the object classes, in order.")
+    target_val: str = Field(description="Target id of the labelled validation set that drives the loop.")
+    target_test: str | None = Field(None, description="Target id of the labelled test set (final metrics).")
+    budget: JobBudget = Field(default_factory=JobBudget)
+    learnable: list[str] = Field(default_factory=lambda: ["azimuth", "elevation", "distance", "exposure"])
+    method: Method = "neural-sim"
+    estimator: Estimator = "pathwise"
+    inverse_hessian: InverseHessian = "cg"
+    detector: str = "yolov8n-cpu"
+    image_size: int = Field(64, ge=32, le=1280)
+    seed: int = 0
+    procedural_backgrounds: int = Field(4, ge=0, le=256, description="Generated distractor backgrounds.")
+    fov_deg: float = Field(40.0, gt=1, lt=170)
+    psi: dict[str, Any] = Field(default_factory=dict, description="optimizer.psi.PsiConfig overrides.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="Further optimizer.config.OptimizeConfig settings (advanced).")
+
+    @field_validator("learnable")
+    @classmethod
+    def _known_parts(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(PARTS))
+        if unknown:
+            raise ValueError(f"unknown parts of psi {unknown}; known: {list(PARTS)}")
+        return value
+
+    @field_validator("image_size")
+    @classmethod
+    def _stride_multiple(cls, value: int) -> int:
+        if value % 32:
+            raise ValueError("image_size must be a multiple of 32 (the detector's stride)")
+        return value
+
+
+class JobCreate(JobBase):
+    pass
+
+
+class JobPublic(JobBase):
+    id: str
+    status: JobStatus
+    attempts: int = 0
+    error: str | None = None
+    progress: dict[str, Any] | None = None
+    """The latest progress report (optimizer.config.Progress as a dict)."""
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    """Metrics of each outer iteration, in order."""
+    artifacts: dict[str, str] = Field(default_factory=dict)
+    """Downloadable artifacts: name -> URL path."""
+    cancel_requested: bool = False
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+
+class JobRecord(Record, JobPublic):
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class Message(BaseModel):
+    message: str

@@ -1,0 +1,111 @@
+"""Where records and artifacts live: a local directory tree, written atomically.
+
+Layout under the storage root::
+
+    keys/<key id>.json                              hashed API keys
+    tenants/<tenant>/<kind>s/<id>/record.json       asset, target and job records
+    tenants/<tenant>/assets/<id>/object/            a ready asset (nerfsim asset or nerfstudio run)
+    tenants/<tenant>/targets/<id>/data/             a validated labelled set
+    tenants/<tenant>/jobs/<id>/work/                the loop's folder (checkpoints, dataset, ...)
+    tenants/<tenant>/jobs/<id>/artifacts/           the job's downloads, published in one rename
+
+Nothing half-written is ever visible under its final name: files are written beside their
+target and renamed over it; folders are filled under a ``.partial`` name and renamed.
+Finished artifacts can also be copied to S3-compatible storage through fsspec
+(``NERFSIM_ARTIFACT_MIRROR``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+RECORD_FILE = "record.json"
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_bytes_atomic(path, json.dumps(data, indent=2, default=str).encode())
+
+
+def staging_dir(final: Path) -> Path:
+    """An empty folder beside ``final`` to fill before :func:`publish_dir` (stale leftovers of
+    an interrupted attempt are cleared first)."""
+    staging = final.with_name(final.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def publish_dir(staging: Path, final: Path) -> Path:
+    """Rename the filled ``staging`` folder to ``final``, replacing a previous version (a
+    retried job publishes again; readers see the old or the new folder, never a mix)."""
+    if final.exists():
+        retired = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
+        final.rename(retired)
+        staging.rename(final)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staging.rename(final)
+    return final
+
+
+def remove_dir(path: Path) -> None:
+    """Remove a record's folder: renamed away first, so it disappears at once."""
+    if not path.exists():
+        return
+    retired = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.deleted")
+    path.rename(retired)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+class Storage:
+    """The storage root and the paths of records and artifacts in it."""
+
+    def __init__(self, root: Path, mirror: str | None = None) -> None:
+        self.root = Path(root).resolve()
+        self.mirror = mirror
+
+    def keys_dir(self) -> Path:
+        return self.root / "keys"
+
+    def tenants_dir(self) -> Path:
+        return self.root / "tenants"
+
+    def record_dir(self, kind: str, tenant: str, record_id: str) -> Path:
+        return self.tenants_dir() / tenant / f"{kind}s" / record_id
+
+    def record_file(self, kind: str, tenant: str, record_id: str) -> Path:
+        return self.record_dir(kind, tenant, record_id) / RECORD_FILE
+
+    def scratch_dir(self) -> Path:
+        """Uploads in progress (removed when handled)."""
+        path = self.root / "scratch"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def mirror_dir(self, local: Path) -> str | None:
+        """Copy a published folder to the artifact mirror (same path below the mirror URL)."""
+        if not self.mirror:
+            return None
+        import fsspec
+
+        target = self.mirror.rstrip("/") + "/" + local.resolve().relative_to(self.root).as_posix()
+        filesystem, path = fsspec.core.url_to_fs(target)
+        filesystem.put(str(local), path, recursive=True)
+        return target

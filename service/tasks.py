@@ -1,0 +1,319 @@
+"""What a worker runs: a closed-loop job, or an asset build. Both are idempotent: they read the
+record, skip work already done, and publish results under their final names in one rename.
+
+A closed-loop job runs ``optimizer.loop.run_optimization`` in the job's ``work/`` folder, where
+the loop keeps its checkpoint: a retried job (its worker was killed, or it raised) resumes from
+the last completed outer iteration. Progress goes to the job's Redis stream and record; the
+job's ``should_stop`` reads the cancellation flag. When it ends - done, cancelled or failed -
+whatever it produced is published to ``artifacts/`` (a failed job keeps its partial artifacts).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq import get_current_job
+
+from service import metrics
+from service.errors import ServiceError
+from service.events import cancel_key, publish
+from service.logs import job_context
+from service.records import RecordStore
+from service.schemas import TERMINAL_STATUSES, AssetRecord, JobRecord, TargetRecord, utcnow
+from service.settings import ServiceSettings, get_settings
+from service.storage import Storage, publish_dir, staging_dir, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+WORK_DIR = "work"
+ARTIFACTS_DIR = "artifacts"
+PRIVATE_FILES = {"checkpoint.pt"}
+"""Files of the loop's folder that are its own state, not results."""
+ZIPPED_FOLDERS = {"dataset": "dataset.zip", "samples": "samples.zip"}
+
+
+def _context(connection: redis.Redis | None = None) -> tuple[ServiceSettings, RecordStore, redis.Redis]:
+    settings = get_settings()
+    if connection is None:
+        connection = get_current_job().connection
+    return settings, RecordStore(connection, Storage(settings.storage_root, settings.artifact_mirror)), connection
+
+
+# --------------------------------------------------------------------------------------------
+# closed-loop jobs
+
+
+def job_config(record: JobRecord, store: RecordStore, job_dir: Path) -> "OptimizeConfig":  # noqa: F821
+    """The loop's config for a job: its scene (``scene.json`` listing the tenant's assets) and
+    its target sets, at their paths in storage."""
+    from optimizer.config import OptimizeConfig
+
+    storage = store.storage
+    objects = []
+    for asset_id in record.assets:
+        asset = store.get(AssetRecord, record.tenant, asset_id)
+        if asset.status != "ready" or asset.object_path is None:
+            raise ServiceError(f"asset {asset_id} is {asset.status}, not ready")
+        path = storage.record_dir("asset", record.tenant, asset_id) / asset.object_path
+        objects.append({"name": asset.name, "path": str(path)})
+    scene = {"name": record.id, "fov_deg": record.fov_deg, "objects": objects,
+             "procedural_backgrounds": record.procedural_backgrounds}
+    write_json_atomic(job_dir / "scene.json", scene)
+
+    def target_path(target_id: str | None) -> str | None:
+        if target_id is None:
+            return None
+        target = store.get(TargetRecord, record.tenant, target_id)
+        return str(storage.record_dir("target", record.tenant, target_id) / target.data_path)
+
+    settings = {
+        **record.options,
+        "scene": str(job_dir / "scene.json"),
+        "target_val": target_path(record.target_val),
+        "target_test": target_path(record.target_test),
+        "method": record.method,
+        "estimator": record.estimator,
+        "inverse_hessian": record.inverse_hessian,
+        "learnable": record.learnable,
+        "psi": record.psi,
+        **record.budget.model_dump(),
+        "detector": record.detector,
+        "image_size": record.image_size,
+        "seed": record.seed,
+        "device": record.device,
+    }
+    return OptimizeConfig.from_dict(settings)
+
+
+class _Reporter:
+    """The loop's ``on_progress``: the job's stream, record (latest report, metric history) and
+    the cluster-wide render counters."""
+
+    def __init__(self, store: RecordStore, record: JobRecord, settings: ServiceSettings, job_dir: Path) -> None:
+        self.store, self.record, self.settings, self.job_dir = store, record, settings, job_dir
+        self.started = time.monotonic()
+
+    def __call__(self, progress) -> None:
+        report = progress.to_dict()
+        report["samples"] = [self._sample_url(Path(p)) for p in progress.samples]
+        publish(self.store.redis, self.record.id, "progress", report, self.settings.progress_stream_length)
+
+        def change(record: JobRecord) -> None:
+            record.progress = report
+            if progress.stage == "outer":
+                entry = {"iteration": progress.iteration, **progress.metrics}
+                record.history = [h for h in record.history if h.get("iteration") != progress.iteration] + [entry]
+
+        try:
+            self.store.update(JobRecord, self.record.tenant, self.record.id, change)
+            if progress.stage == "outer":
+                metrics.count_rendered_images(self.store.redis, self.record.budget.images_per_iteration)
+        except redis.RedisError as error:
+            log.warning("progress not recorded (Redis unreachable)", extra={"error": str(error)})
+
+    def _sample_url(self, path: Path) -> str:
+        try:
+            relative = path.resolve().relative_to((self.job_dir / WORK_DIR).resolve())
+        except ValueError:
+            return path.name
+        return f"/v1/jobs/{self.record.id}/files/{relative.as_posix()}"
+
+
+class _CancelFlag:
+    """The loop's ``should_stop``: the job's cancellation flag, read at most once a second."""
+
+    def __init__(self, connection: redis.Redis, job_id: str) -> None:
+        self.connection, self.key = connection, cancel_key(job_id)
+        self.checked_at, self.cancelled = 0.0, False
+
+    def __call__(self) -> bool:
+        if not self.cancelled and time.monotonic() - self.checked_at > 1.0:
+            self.checked_at = time.monotonic()
+            try:
+                self.cancelled = bool(self.connection.exists(self.key))
+            except redis.RedisError:
+                pass
+        return self.cancelled
+
+
+def publish_artifacts(job_dir: Path, storage: Storage) -> dict[str, str]:
+    """Copy the loop's results (not its checkpoint) from ``work/`` to ``artifacts/`` in one
+    rename: folders become zips (the dataset holds COCO and YOLO labels side by side); returns
+    name -> file name."""
+    work = job_dir / WORK_DIR
+    final = job_dir / ARTIFACTS_DIR
+    staging = staging_dir(final)
+    if work.is_dir():
+        for item in sorted(work.iterdir()):
+            if item.name.startswith(".") or item.name in PRIVATE_FILES or item.suffix in {".tmp", ".partial"}:
+                continue
+            if item.is_file():
+                shutil.copy2(item, staging / item.name)
+            elif item.name in ZIPPED_FOLDERS:
+                _zip_folder(item, staging / ZIPPED_FOLDERS[item.name])
+    publish_dir(staging, final)
+    storage.mirror_dir(final)
+    return {p.name: p.name for p in sorted(final.iterdir())}
+
+
+def _zip_folder(folder: Path, archive: Path) -> None:
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                bundle.write(path, path.relative_to(folder).as_posix())
+
+
+def _finish(store: RecordStore, record: JobRecord, status: str, error: str | None, job_dir: Path) -> None:
+    try:
+        artifacts = publish_artifacts(job_dir, store.storage)
+    except OSError as publish_error:
+        log.exception("could not publish artifacts")
+        artifacts, error = {}, error or f"could not publish artifacts: {publish_error}"
+
+    def change(current: JobRecord) -> None:
+        current.status = status
+        current.error = error
+        current.finished_at = utcnow()
+        current.artifacts = {name: f"/v1/jobs/{current.id}/artifacts/{name}" for name in artifacts}
+
+    final = store.update(JobRecord, record.tenant, record.id, change)
+    duration = (final.finished_at - (final.started_at or final.created_at)).total_seconds()
+    metrics.count_finished_job(store.redis, status, duration)
+    publish(store.redis, record.id, "status", {"status": status, "error": error, "artifacts": final.artifacts})
+    log.info("job finished", extra={"status": status, "error": error, "seconds": round(duration, 1)})
+
+
+def run_job(tenant: str, job_id: str) -> str:
+    """Run (or resume) the closed-loop job ``job_id``; returns its final status."""
+    settings, store, connection = _context()
+    with job_context(job_id):
+        record = store.get(JobRecord, tenant, job_id)
+        if record.status in TERMINAL_STATUSES:
+            return record.status
+        job_dir = store.storage.record_dir("job", tenant, job_id)
+        if record.cancel_requested or connection.exists(cancel_key(job_id)):
+            _finish(store, record, "cancelled", None, job_dir)
+            return "cancelled"
+
+        def start(current: JobRecord) -> None:
+            current.status = "running"
+            current.attempts += 1
+            current.started_at = current.started_at or utcnow()
+
+        record = store.update(JobRecord, tenant, job_id, start)
+        publish(connection, job_id, "status", {"status": "running", "attempt": record.attempts})
+        log.info("job started", extra={"attempt": record.attempts})
+        try:
+            from optimizer.loop import run_optimization
+
+            config = job_config(record, store, job_dir)
+            write_json_atomic(job_dir / "config.json", config.to_dict())
+            should_stop = _CancelFlag(connection, job_id)
+            run_optimization(config, job_dir / WORK_DIR, on_progress=_Reporter(store, record, settings, job_dir),
+                             should_stop=should_stop, progress_bar=False)
+        except ValueError as error:
+            # Bad input (a scene, a target, a setting): retrying cannot help.
+            _finish(store, record, "failed", str(error), job_dir)
+            return "failed"
+        status = "cancelled" if should_stop.cancelled else "succeeded"
+        _finish(store, record, status, None, job_dir)
+        return status
+
+
+def on_failure(job, connection: redis.Redis, exc_type, exc_value, traceback) -> None:
+    """RQ's failure callback (the job raised, timed out, or its worker died): the record goes
+    back to 'queued' when RQ will retry it, else to 'failed' with the reason and whatever the
+    job produced so far."""
+    tenant, record_id = job.args
+    settings, store, _ = _context(connection)
+    record_type = JobRecord if record_id.startswith("job-") else AssetRecord
+    record = store.get(record_type, tenant, record_id)
+    if record.status in TERMINAL_STATUSES + ("ready",):
+        return
+    reason = f"{exc_type.__name__}: {exc_value}" if exc_type is not None else "worker lost"
+    with job_context(record_id):
+        if job.retries_left:
+            log.warning("job will be retried", extra={"reason": reason, "retries_left": job.retries_left})
+
+            def requeue(current) -> None:
+                current.status = "queued" if record_type is JobRecord else "building"
+                current.error = f"retrying after: {reason}"
+
+            store.update(record_type, tenant, record_id, requeue)
+            if record_type is JobRecord:
+                publish(connection, record_id, "status", {"status": "queued", "retry": True, "reason": reason})
+        elif record_type is JobRecord:
+            _finish(store, record, "failed", reason, store.storage.record_dir("job", tenant, record_id))
+        else:
+            _fail_asset(store, record, reason)
+
+
+# --------------------------------------------------------------------------------------------
+# asset builds
+
+
+def _fail_asset(store: RecordStore, record: AssetRecord, reason: str) -> None:
+    def change(current: AssetRecord) -> None:
+        current.status, current.error = "failed", reason
+
+    store.update(AssetRecord, record.tenant, record.id, change)
+    log.info("asset build failed", extra={"asset": record.id, "reason": reason})
+
+
+def build_asset(tenant: str, asset_id: str) -> str:
+    """Make asset ``asset_id`` loadable: check a nerfstudio checkpoint by loading it; train a
+    nerfsim asset from a posed image set, or from a mesh rendered into one first."""
+    settings, store, _ = _context()
+    with job_context(asset_id):
+        record = store.get(AssetRecord, tenant, asset_id)
+        if record.status != "building":
+            return record.status
+        asset_dir = store.storage.record_dir("asset", tenant, asset_id)
+        source = asset_dir / record.details["source"]
+        build = record.build
+        try:
+            details = _build(record, asset_dir, source, settings)
+        except ValueError as error:
+            _fail_asset(store, record, str(error).replace(str(asset_dir) + "/", ""))
+            return "failed"
+
+        def ready(current: AssetRecord) -> None:
+            current.status, current.error = "ready", None
+            current.object_path = details.pop("object_path")
+            current.details = {**current.details, **details}
+
+        store.update(AssetRecord, tenant, asset_id, ready)
+        log.info("asset ready", extra={"asset": asset_id, "kind": record.kind, "build": build.model_dump()})
+        return "ready"
+
+
+def _build(record: AssetRecord, asset_dir: Path, source: Path, settings: ServiceSettings) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(settings.threads)
+    build = record.build
+    if record.kind == "nerfstudio":
+        from renderer.nerfstudio_asset import load_nerfstudio_field
+
+        field = load_nerfstudio_field(source)
+        return {"object_path": source.relative_to(asset_dir).as_posix(), "aabb": field.aabb.tolist()}
+    from service.assets import train_asset
+
+    posed_dir = source.parent
+    if record.kind == "mesh":
+        from renderer.mesh import build_posed_image_set
+
+        views = staging_dir(asset_dir / "views")
+        build_posed_image_set(source, views, num_views=build.views, num_test_views=build.test_views,
+                              size=build.view_size, spp=build.spp, progress=False)
+        posed_dir = publish_dir(views, asset_dir / "views")
+    stats = train_asset(posed_dir, asset_dir / "object", record.name, steps=build.train_steps,
+                        minutes=build.train_minutes, model=build.model, trainer=build.trainer, progress=False)
+    return {"object_path": "object", "training": json.loads(json.dumps(stats, default=float))}
