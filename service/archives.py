@@ -86,10 +86,10 @@ def _extract_zip(archive: Path, out_dir: Path, budget: _Budget) -> None:
     with zipfile.ZipFile(archive) as bundle:
         for info in bundle.infolist():
             path = _member_path(info.filename, budget.archive)
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
+            file_type = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip was not made on Unix
+            if file_type == stat.S_IFLNK:
                 raise UploadError(f"{budget.archive}: member {info.filename!r} is a symbolic link")
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            if file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise UploadError(f"{budget.archive}: member {info.filename!r} is not a regular file")
             if info.flag_bits & 0x1:
                 raise UploadError(f"{budget.archive}: member {info.filename!r} is encrypted")

@@ -93,12 +93,10 @@ def job_config(record: JobRecord, store: RecordStore, job_dir: Path) -> "Optimiz
 
 
 class _Reporter:
-    """The loop's ``on_progress``: the job's stream, record (latest report, metric history) and
-    the cluster-wide render counters."""
+    """The loop's ``on_progress``: the job's stream and record (latest report, metric history)."""
 
     def __init__(self, store: RecordStore, record: JobRecord, settings: ServiceSettings, job_dir: Path) -> None:
         self.store, self.record, self.settings, self.job_dir = store, record, settings, job_dir
-        self.started = time.monotonic()
 
     def __call__(self, progress) -> None:
         report = progress.to_dict()
@@ -113,8 +111,6 @@ class _Reporter:
 
         try:
             self.store.update(JobRecord, self.record.tenant, self.record.id, change)
-            if progress.stage == "outer":
-                metrics.count_rendered_images(self.store.redis, self.record.budget.images_per_iteration)
         except redis.RedisError as error:
             log.warning("progress not recorded (Redis unreachable)", extra={"error": str(error)})
 
@@ -215,14 +211,14 @@ def run_job(tenant: str, job_id: str) -> str:
 
             config = job_config(record, store, job_dir)
             write_json_atomic(job_dir / "config.json", config.to_dict())
-            should_stop = _CancelFlag(connection, job_id)
-            run_optimization(config, job_dir / WORK_DIR, on_progress=_Reporter(store, record, settings, job_dir),
-                             should_stop=should_stop, progress_bar=False)
+            result = run_optimization(config, job_dir / WORK_DIR, on_progress=_Reporter(store, record, settings, job_dir),
+                                      should_stop=_CancelFlag(connection, job_id), progress_bar=False)
         except ValueError as error:
             # Bad input (a scene, a target, a setting): retrying cannot help.
             _finish(store, record, "failed", str(error), job_dir)
             return "failed"
-        status = "cancelled" if should_stop.cancelled else "succeeded"
+        metrics.count_rendered_images(connection, result.images_rendered)
+        status = "cancelled" if result.status == "cancelled" else "succeeded"
         _finish(store, record, status, None, job_dir)
         return status
 

@@ -82,11 +82,13 @@ def client(settings: ServiceSettings) -> Iterator[TestClient]:
 
 @pytest.fixture
 def make_key(settings: ServiceSettings) -> Callable[[str], dict[str, str]]:
-    """Headers with a new API key of ``tenant``."""
+    """Headers with a new API key of a new tenant named after ``tenant`` (unique per test: the
+    session's Redis outlives each test's storage root)."""
     keys = KeyStore(redis.Redis.from_url(settings.redis_url), Storage(settings.storage_root))
+    suffix = uuid.uuid4().hex[:8]
 
     def make(tenant: str) -> dict[str, str]:
-        key, _ = keys.create(tenant)
+        key, _ = keys.create(f"{tenant}-{suffix}")
         return {"Authorization": f"Bearer {key}"}
 
     return make

@@ -1,0 +1,60 @@
+"""Helpers of the job tests: tiny job requests, uploads, and reading an SSE stream."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+TINY_JOB: dict[str, Any] = {
+    "budget": {"outer_iterations": 2, "images_per_iteration": 4, "inner_steps": 2, "final_images": 4,
+               "final_epochs": 1},
+    "image_size": 32,
+    "procedural_backgrounds": 1,
+    "psi": {"distance_median": 0.5},
+    "device": "cpu",
+    "options": {"inverse_hessian_steps": 1, "sample_images": 1, "final_batch_size": 4, "val_batch_size": 8},
+}
+
+
+def upload(client: TestClient, path: str, headers: dict, archive: Path, **form) -> dict:
+    with open(archive, "rb") as handle:
+        response = client.post(path, headers=headers, files={"file": (archive.name, handle)}, data=form)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def setup_job_inputs(client: TestClient, headers: dict, asset_zip: Path, coco_zip: Path) -> tuple[str, str]:
+    """Upload the test box asset and its COCO validation set; returns (asset id, target id)."""
+    asset = upload(client, "/v1/assets", headers, asset_zip, name="box", kind="nerfsim")
+    target = upload(client, "/v1/targets", headers, coco_zip, name="real", role="both", format="coco")
+    return asset["id"], target["id"]
+
+
+def tiny_job(asset_id: str, target_id: str, **changes) -> dict:
+    return {**TINY_JOB, "assets": [asset_id], "target_val": target_id, **changes}
+
+
+def read_events(client: TestClient, job_id: str, headers: dict, last_event_id: str | None = None) -> list[dict]:
+    """Every SSE event of a job until its final status: [{"event", "id", "data"}]."""
+    events, current = [], {}
+    request_headers = {**headers, **({"Last-Event-ID": last_event_id} if last_event_id else {})}
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=request_headers) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith(":"):
+                continue
+            if not line:
+                if current:
+                    events.append(current)
+                    current = {}
+                continue
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            current[field] = json.loads(value) if field == "data" else value
+    if current:
+        events.append(current)
+    return events
