@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import redis
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -177,10 +177,17 @@ def delete_job(job_id: str, tenant: TenantDep, store: StoreDep) -> None:
         store.redis.delete(idempotency_key(tenant, record.idempotency_key))
 
 
+def owned_job(job_id: str, tenant: TenantDep, store: StoreDep) -> JobRecord:
+    """The job ``job_id`` of the caller's tenant (resolved before a streamed answer starts, so
+    that a missing job is a plain 404)."""
+    return store.get(JobRecord, tenant, job_id)
+
+
 @router.get("/{job_id}/events", response_class=EventSourceResponse)
 async def job_events(
     job_id: str,
     request: Request,
+    record: Annotated[JobRecord, Depends(owned_job)],
     tenant: TenantDep,
     store: StoreDep,
     connection: AsyncRedisDep,
@@ -190,7 +197,6 @@ async def job_events(
     cancelled; retries show as queued again) and ``progress`` (optimizer.config.Progress).
     Each event's id is its position: reconnect with ``Last-Event-ID`` to continue. The stream
     ends after the job's final status."""
-    record = await run_in_threadpool(store.get, JobRecord, tenant, job_id)
     position = last_event_id or "0-0"
     key = events_key(job_id)
     finished = record.status in TERMINAL_STATUSES
