@@ -49,11 +49,12 @@ class EmbeddedService:
     ``settings`` has the Redis URL to give the API."""
 
     def __init__(self, settings: ServiceSettings, workers: int = 1, worker_env: dict[str, str] | None = None,
-                 quiet_workers: bool = False) -> None:
+                 worker_log: Path | None = None) -> None:
         self.settings = settings.model_copy()
         self.num_workers = workers
         self.worker_env = worker_env or {}
-        self.quiet_workers = quiet_workers
+        self.worker_log = worker_log
+        """Where the workers' logs go (default: this process's stdout and stderr)."""
         self.redis_server: RedisServer | None = None
         self.workers: list[subprocess.Popen] = []
         self._stopping = threading.Event()
@@ -85,9 +86,11 @@ class EmbeddedService:
         return env
 
     def _start_worker(self) -> subprocess.Popen:
-        output = subprocess.DEVNULL if self.quiet_workers else None
+        output = open(self.worker_log, "a") if self.worker_log is not None else None
         process = subprocess.Popen([sys.executable, "-m", "service.worker"], env=self.worker_environment(),
-                                   stdin=subprocess.DEVNULL, stdout=output, stderr=output)
+                                   stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT if output else None)
+        if output is not None:
+            output.close()  # the child has its own descriptor
         log.info("worker process started", extra={"pid": process.pid})
         return process
 

@@ -25,6 +25,34 @@ from service.storage import Storage
 log = logging.getLogger(__name__)
 
 
+class RequestMetrics:
+    """Observe each request's latency by route template (a plain ASGI middleware: Starlette's
+    ``BaseHTTPMiddleware`` costs more than a status request itself)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_and_note(message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = scope.get("route")
+            state = scope["app"].state if "app" in scope else None
+            if route is not None and state is not None and hasattr(state, "latency"):
+                state.latency.labels(scope["method"], route.path, str(status["code"])).observe(time.perf_counter() - start)
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """The API for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
@@ -69,15 +97,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return JSONResponse({"detail": "the job store is unreachable; retry shortly"}, status_code=503,
                             headers={"Retry-After": "5"})
 
-    @app.middleware("http")
-    async def request_metrics(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        if route is not None and hasattr(app.state, "latency"):
-            app.state.latency.labels(request.method, route.path, str(response.status_code)).observe(
-                time.perf_counter() - start)
-        return response
+    app.add_middleware(RequestMetrics)
 
     app.include_router(health.router)
     v1 = APIRouter(prefix="/v1")

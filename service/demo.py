@@ -1,0 +1,170 @@
+"""``nerfsim demo``: the main job on the bundled demo scene, through the embedded service.
+
+It starts the service as ``nerfsim serve`` does (an embedded Redis, a worker process, the API
+on a free local port), then acts as a client over HTTP: uploads the demo objects as assets and a
+labelled "real" set, creates the job, follows its progress events, downloads the dataset,
+detector and report, and prints where they are. No real photographs ship with nerfsim, so the
+"real" set is rendered from the demo scene with a shifted scene-parameter distribution (the
+objects seen from one side only): the job has to find that shift.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from service.settings import ServiceSettings
+
+TARGET_AZIMUTH_BINS = [0, 0, 1, 1, 0, 0, 0, 0]
+"""The demo's "real" photos show the objects from 90 to 180 degrees of azimuth only."""
+
+
+def demo_budget(quick: bool) -> dict:
+    """Job settings sized for 2 CPU cores (the full demo: about 10 minutes)."""
+    if quick:
+        return {"budget": {"outer_iterations": 3, "images_per_iteration": 16, "inner_steps": 4, "final_images": 32,
+                           "final_epochs": 2}, "image_size": 64,
+                "options": {"sample_images": 2, "inverse_hessian_steps": 2}}
+    return {"budget": {"outer_iterations": 8, "images_per_iteration": 32, "inner_steps": 8, "final_images": 160,
+                       "final_epochs": 6}, "image_size": 64, "options": {"sample_images": 4}}
+
+
+def render_target_set(scene: str, out_dir: Path, count: int, size: int, seed: int = 7) -> Path:
+    """The stand-in "real" set: ``count`` labelled renders of ``scene`` from a shifted psi."""
+    from optimizer.dataset import render_dataset
+    from optimizer.psi import Psi, PsiConfig
+    from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
+    from renderer.scene_spec import load_scene, read_scene_spec
+
+    spec = read_scene_spec(scene)
+    fields, backgrounds = load_scene(spec)
+    renderer = SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds)
+    config = PsiConfig(num_classes=len(fields), num_backgrounds=len(backgrounds))
+    psi = Psi.from_target(config, azimuth_bin_probs=TARGET_AZIMUTH_BINS)
+    render_dataset(renderer, psi, count, size, out_dir, spec.class_names, seed=seed, progress=True)
+    return out_dir
+
+
+def _serve_in_thread(settings: ServiceSettings) -> tuple[str, object, threading.Thread]:
+    import uvicorn
+
+    from service.api.main import create_app
+    from service.redis_server import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, name="api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the demo's API did not start")
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", server, thread
+
+
+def run_demo(out: Path, settings: ServiceSettings, quick: bool = False, scene: str = "demo") -> dict:
+    """Run the demo job; returns the finished job's record."""
+    from renderer.scene_spec import read_scene_spec
+    from service.client import NerfsimClient, zip_folder
+    from service.embedded import EmbeddedService
+    from service.keys import KeyStore
+    from service.logs import configure_logging
+    from service.storage import Storage
+
+    out = Path(out)
+    if settings.storage_root == ServiceSettings.model_fields["storage_root"].default:
+        settings = settings.model_copy(update={"storage_root": out / "service"})
+    settings.storage_root.mkdir(parents=True, exist_ok=True)
+    configure_logging(settings.log_json)
+    spec = read_scene_spec(scene)
+    uploads = out / "uploads"
+    shutil.rmtree(uploads, ignore_errors=True)
+    uploads.mkdir(parents=True)
+
+    print(f"nerfsim demo: rendering the stand-in 'real' set from {spec.source}")
+    target = render_target_set(scene, uploads / "real", count=24 if quick else 48, size=64)
+    (target / "data.yaml").unlink()  # upload it as COCO: annotations.json and images/
+    shutil.rmtree(target / "labels")
+    target_zip = zip_folder(target, uploads / "real.zip")
+
+    with EmbeddedService(settings, workers=1, worker_log=out / "worker.log") as service:
+        url, server, thread = _serve_in_thread(service.settings)
+        key, _ = KeyStore(None, Storage(service.settings.storage_root)).create("demo", "nerfsim demo")
+        client = NerfsimClient(url, key)
+        try:
+            print(f"nerfsim demo: service at {url} (Redis {service.settings.redis_url}, worker log {out / 'worker.log'})")
+            assets = []
+            for obj in spec.objects:
+                if obj.path.suffix in {".yml", ".yaml"}:
+                    archive, kind = zip_folder(obj.path.parent, uploads / f"{obj.name}.zip"), "nerfstudio"
+                else:
+                    archive, kind = zip_folder(obj.path, uploads / f"{obj.name}.zip"), "nerfsim"
+                assets.append(client.upload_asset(archive, obj.name, kind))
+            for index, asset in enumerate(assets):
+                while asset["status"] == "building":
+                    time.sleep(1.0)
+                    asset = client.http.get(f"/v1/assets/{asset['id']}").raise_for_status().json()
+                if asset["status"] != "ready":
+                    raise RuntimeError(f"demo asset {asset['name']} failed: {asset['error']}")
+                assets[index] = asset
+            real = client.upload_target(target_zip, "demo-real", role="both", fmt="coco")
+            request = {"assets": [a["id"] for a in assets], "target_val": real["id"], "target_test": real["id"],
+                       "procedural_backgrounds": spec.procedural_backgrounds or 4, "fov_deg": spec.fov_deg,
+                       **demo_budget(quick)}
+            job = client.create_job(request, idempotency_key=f"demo-{out.resolve()}")
+            print(f"nerfsim demo: job {job['id']} queued: {request['budget']}")
+            job = _follow(client, job["id"], request["budget"]["outer_iterations"])
+            if job["status"] != "succeeded":
+                raise RuntimeError(f"demo job {job['status']}: {job['error']}")
+            results = _download(client, job, out)
+        finally:
+            client.close()
+            server.should_exit = True
+            thread.join(30)
+    print(f"nerfsim demo: done. Results in {out.resolve()}:")
+    for name, path in results.items():
+        print(f"  {name:<14} {path}")
+    return job
+
+
+def _follow(client, job_id: str, outer_iterations: int) -> dict:
+    """Show the job's progress from its event stream; returns its final record."""
+    bar = tqdm(total=outer_iterations, desc="closed loop", unit="iter")
+    stage = None
+    for event, data in client.events(job_id):
+        if event == "status":
+            tqdm.write(f"  status: {data['status']}" + (f" ({data['error']})" if data.get("error") else ""))
+        elif event == "progress":
+            if data["stage"] != stage:
+                stage = data["stage"]
+                if stage != "outer":
+                    tqdm.write(f"  stage: {stage} {data.get('message', '')}".rstrip())
+            if stage == "outer":
+                bar.n = data["iteration"] + 1
+                shown = {k: round(v, 4) for k, v in data["metrics"].items() if isinstance(v, float)}
+                bar.set_postfix(dict(list(shown.items())[:3]))
+                bar.refresh()
+    bar.close()
+    return client.job(job_id)
+
+
+def _download(client, job: dict, out: Path) -> dict[str, Path]:
+    results = {}
+    for name in job["artifacts"]:
+        path = client.download(job["id"], name, out / name)
+        if name == "dataset.zip":
+            shutil.rmtree(out / "dataset", ignore_errors=True)
+            with zipfile.ZipFile(path) as bundle:
+                bundle.extractall(out / "dataset")
+            path.unlink()
+            results["dataset"] = out / "dataset"
+        else:
+            results[name] = path
+    return results
