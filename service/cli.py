@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -99,6 +100,10 @@ def _service_settings(args: argparse.Namespace):
     return settings
 
 
+def _raise_system_exit(signum, frame) -> None:
+    raise SystemExit(0)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -108,6 +113,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     settings = _service_settings(args)
     configure_logging(settings.log_json)
+    # uvicorn re-raises the signal that stopped it; as an exception (not the default handler,
+    # which would end the process at once) it lets the workers and Redis below shut down too.
+    signal.signal(signal.SIGTERM, _raise_system_exit)
     with EmbeddedService(settings, workers=args.workers) as service:
         print(f"nerfsim: API on http://{args.host}:{args.port} (docs at /docs), Redis {service.settings.redis_url}, "
               f"storage {service.settings.storage_root.resolve()}, {args.workers} worker(s)", file=sys.stderr)
