@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from optimizer.config import Estimator, InverseHessian, Method
+from optimizer.config import Estimator, InverseHessian, Method, OptimizeConfig
 from optimizer.psi import PARTS
 
 AssetKind = Literal["nerfstudio", "posed-images", "mesh", "nerfsim"]
@@ -149,6 +149,25 @@ class JobBase(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     options: dict[str, Any] = Field(default_factory=dict,
                                     description="Further optimizer.config.OptimizeConfig settings (advanced).")
+
+    def optimize_config(self, scene: str, target_val: str | None, target_test: str | None) -> OptimizeConfig:
+        """The loop's config for this job, given where its scene and target sets are."""
+        return OptimizeConfig.from_dict({
+            **self.options,
+            "scene": scene,
+            "target_val": target_val,
+            "target_test": target_test,
+            "method": self.method,
+            "estimator": self.estimator,
+            "inverse_hessian": self.inverse_hessian,
+            "learnable": self.learnable,
+            "psi": self.psi,
+            **self.budget.model_dump(),
+            "detector": self.detector,
+            "image_size": self.image_size,
+            "seed": self.seed,
+            "device": self.device,
+        })
 
     @field_validator("learnable")
     @classmethod

@@ -21,6 +21,7 @@ from typing import Any
 import redis
 from rq import get_current_job
 
+from optimizer.config import OptimizeConfig
 from service import metrics
 from service.errors import ServiceError
 from service.events import cancel_key, publish
@@ -50,11 +51,9 @@ def _context(connection: redis.Redis | None = None) -> tuple[ServiceSettings, Re
 # closed-loop jobs
 
 
-def job_config(record: JobRecord, store: RecordStore, job_dir: Path) -> "OptimizeConfig":  # noqa: F821
+def job_config(record: JobRecord, store: RecordStore, job_dir: Path) -> OptimizeConfig:
     """The loop's config for a job: its scene (``scene.json`` listing the tenant's assets) and
     its target sets, at their paths in storage."""
-    from optimizer.config import OptimizeConfig
-
     storage = store.storage
     objects = []
     for asset_id in record.assets:
@@ -73,23 +72,8 @@ def job_config(record: JobRecord, store: RecordStore, job_dir: Path) -> "Optimiz
         target = store.get(TargetRecord, record.tenant, target_id)
         return str(storage.record_dir("target", record.tenant, target_id) / target.data_path)
 
-    settings = {
-        **record.options,
-        "scene": str(job_dir / "scene.json"),
-        "target_val": target_path(record.target_val),
-        "target_test": target_path(record.target_test),
-        "method": record.method,
-        "estimator": record.estimator,
-        "inverse_hessian": record.inverse_hessian,
-        "learnable": record.learnable,
-        "psi": record.psi,
-        **record.budget.model_dump(),
-        "detector": record.detector,
-        "image_size": record.image_size,
-        "seed": record.seed,
-        "device": record.device,
-    }
-    return OptimizeConfig.from_dict(settings)
+    return record.optimize_config(str(job_dir / "scene.json"), target_path(record.target_val),
+                                  target_path(record.target_test))
 
 
 class _Reporter:

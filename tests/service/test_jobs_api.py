@@ -76,6 +76,8 @@ def test_jobs_are_listed_by_status_and_page(client, inputs) -> None:
         ({"budget": {"outer_iterations": 0}}, 422, "outer_iterations"),
         ({"options": {"warp_factor": 9}}, 400, "unknown job settings ['warp_factor']"),
         ({"options": {"scene": "/etc"}}, 400, "set by the service"),
+        ({"options": {"damping": -1}}, 400, "damping: must be >= 0, got -1"),
+        ({"estimator": "pathwise", "learnable": ["background"]}, 400, "gives no gradient to the learnable parts"),
         ({"assets": []}, 422, "assets"),
     ],
 )

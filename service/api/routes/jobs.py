@@ -58,15 +58,15 @@ def _check_references(job: JobCreate, tenant: str, store) -> None:
         if unknown:
             raise ServiceError(f"{field}: target {target_id} has classes {unknown} that no asset provides "
                                f"(asset classes: {names})")
-    from optimizer.config import OptimizeConfig
-
     reserved = sorted(SERVICE_SET_OPTIONS & set(job.options))
     if reserved:
         raise ServiceError(f"options: {reserved} are set by the service")
+    from optimizer.loop import validate_config  # the loop's own checks, so a bad job fails here, not later
+
     try:
-        OptimizeConfig.from_dict(job.options)
+        validate_config(job.optimize_config("scene.json", "validation", "test" if job.target_test else None))
     except (TypeError, ValueError) as error:
-        raise ServiceError(f"options: {error}") from error
+        raise ServiceError(str(error).replace("OptimizeConfig.", "")) from error
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
