@@ -107,5 +107,7 @@ class Storage:
 
         target = self.mirror.rstrip("/") + "/" + local.resolve().relative_to(self.root).as_posix()
         filesystem, path = fsspec.core.url_to_fs(target)
+        if filesystem.exists(path):
+            filesystem.rm(path, recursive=True)  # a republished folder replaces the old copy whole
         filesystem.put(str(local), path, recursive=True)
         return target

@@ -59,6 +59,10 @@ def test_job_lifecycle_over_http(client, make_key, workers, asset_zip: Path, coc
     assert report
     assert client.get(job["artifacts"]["detector.pt"], headers=headers).content[:2] == b"PK"
 
+    # The worker's logs are JSON lines, and the job's lines carry its id.
+    lines = [json.loads(line) for line in workers.logs().splitlines() if line.startswith("{")]
+    assert {"job started", "job finished"} <= {line["message"] for line in lines if line.get("job_id") == job["id"]}
+
     metrics = client.get("/metrics").text
     assert 'nerfsim_jobs_finished_total{status="succeeded"}' in metrics
     assert "nerfsim_rendered_images_total" in metrics

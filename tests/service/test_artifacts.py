@@ -1,0 +1,58 @@
+"""Publishing a job's results: folders zipped, the loop's checkpoint left out, a new version
+replacing the old in one rename, and a copy to an fsspec mirror; structured logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+from pathlib import Path
+
+from service.logs import JsonFormatter, job_context
+from service.storage import Storage
+from service.tasks import publish_artifacts
+
+
+def make_work(job_dir: Path, psi: str) -> None:
+    work = job_dir / "work"
+    (work / "dataset" / "images").mkdir(parents=True)
+    (work / "dataset" / "images" / "000000.png").write_bytes(b"png")
+    (work / "dataset" / "annotations.json").write_text("{}")
+    (work / "samples").mkdir()
+    (work / "samples" / "iter0000_0.png").write_bytes(b"png")
+    (work / "psi.json").write_text(psi)
+    (work / "checkpoint.pt").write_bytes(b"state")
+    (work / ".checkpoint.pt.tmp").write_bytes(b"half-written")
+
+
+def test_results_are_published_without_the_checkpoint(tmp_path: Path) -> None:
+    storage = Storage(tmp_path / "root", mirror=(tmp_path / "mirror").as_uri())
+    job_dir = storage.record_dir("job", "acme", "job-0123456789abcdef")
+    make_work(job_dir, '{"version": 1}')
+    assert publish_artifacts(job_dir, storage) == {n: n for n in ("dataset.zip", "psi.json", "samples.zip")}
+    artifacts = job_dir / "artifacts"
+    with zipfile.ZipFile(artifacts / "dataset.zip") as bundle:
+        assert sorted(bundle.namelist()) == ["annotations.json", "images/000000.png"]
+    mirrored = tmp_path / "mirror" / "tenants" / "acme" / "jobs" / "job-0123456789abcdef" / "artifacts"
+    assert sorted(p.name for p in mirrored.iterdir()) == ["dataset.zip", "psi.json", "samples.zip"]
+
+    # A retried job publishes again: the new version replaces the old whole, nothing is left over.
+    (job_dir / "work" / "psi.json").write_text('{"version": 2}')
+    (job_dir / "work" / "samples" / "iter0000_0.png").unlink()
+    (job_dir / "work" / "samples").rmdir()
+    publish_artifacts(job_dir, storage)
+    assert json.loads((artifacts / "psi.json").read_text()) == {"version": 2}
+    assert sorted(p.name for p in artifacts.iterdir()) == ["dataset.zip", "psi.json"]
+    assert sorted(p.name for p in job_dir.iterdir()) == ["artifacts", "work"]
+    assert json.loads((mirrored / "psi.json").read_text()) == {"version": 2}
+    assert not (mirrored / "artifacts").exists()
+
+
+def test_logs_are_json_lines_with_the_job_id() -> None:
+    record = logging.LogRecord("service.tasks", logging.INFO, __file__, 1, "job started", None, None)
+    record.attempt = 2
+    with job_context("job-42"):
+        line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "job started" and line["job_id"] == "job-42" and line["attempt"] == 2
+    assert line["level"] == "info" and line["time"].endswith("Z")
+    assert "job_id" not in json.loads(JsonFormatter().format(record))
