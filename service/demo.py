@@ -10,6 +10,7 @@ objects seen from one side only): the job has to find that shift.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from service.errors import ServiceError
 from service.settings import ServiceSettings
 
 TARGET_AZIMUTH_BINS = [0, 0, 1, 1, 0, 0, 0, 0]
@@ -82,7 +84,9 @@ def run_demo(out: Path, settings: ServiceSettings, quick: bool = False, scene: s
     if settings.storage_root == ServiceSettings.model_fields["storage_root"].default:
         settings = settings.model_copy(update={"storage_root": out / "service"})
     settings.storage_root.mkdir(parents=True, exist_ok=True)
-    configure_logging(settings.log_json)
+    # The demo talks to a person: the service's own logs (and the worker's, in worker.log) stay
+    # quiet unless something goes wrong.
+    configure_logging(json_lines=False, level=logging.WARNING)
     spec = read_scene_spec(scene)
     uploads = out / "uploads"
     shutil.rmtree(uploads, ignore_errors=True)
@@ -112,7 +116,7 @@ def run_demo(out: Path, settings: ServiceSettings, quick: bool = False, scene: s
                     time.sleep(1.0)
                     asset = client.http.get(f"/v1/assets/{asset['id']}").raise_for_status().json()
                 if asset["status"] != "ready":
-                    raise RuntimeError(f"demo asset {asset['name']} failed: {asset['error']}")
+                    raise ServiceError(f"demo asset {asset['name']} failed: {asset['error']}")
                 assets[index] = asset
             real = client.upload_target(target_zip, "demo-real", role="both", fmt="coco")
             request = {"assets": [a["id"] for a in assets], "target_val": real["id"], "target_test": real["id"],
@@ -122,7 +126,7 @@ def run_demo(out: Path, settings: ServiceSettings, quick: bool = False, scene: s
             print(f"nerfsim demo: job {job['id']} queued: {request['budget']}")
             job = _follow(client, job["id"], request["budget"]["outer_iterations"])
             if job["status"] != "succeeded":
-                raise RuntimeError(f"demo job {job['status']}: {job['error']}")
+                raise ServiceError(f"demo job {job['id']} {job['status']}: {job['error']} (see {out / 'worker.log'})")
             results = _download(client, job, out)
         finally:
             client.close()

@@ -177,4 +177,6 @@ def test_bad_assets_are_refused(client, make_key, settings, box_asset: Path, tmp
     assert response.status_code == 422 and "name" in response.json()["detail"]
     response = post(client, "/v1/assets", headers, good, name="box", kind="mesh", build='{"views": 1}')
     assert response.status_code == 422 and "build" in response.json()["detail"]
+    response = post(client, "/v1/assets", headers, good, name="box", kind="mesh", build='{"trainer": {"speed": 9}}')
+    assert response.status_code == 422 and "build.trainer" in response.json()["detail"] and "speed" in response.json()["detail"]
     assert_nothing_left(client, headers, settings)
