@@ -10,6 +10,7 @@ objects seen from one side only): the job has to find that shift.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
@@ -32,8 +33,8 @@ def demo_budget(quick: bool) -> dict:
         return {"budget": {"outer_iterations": 3, "images_per_iteration": 16, "inner_steps": 4, "final_images": 32,
                            "final_epochs": 2}, "image_size": 64,
                 "options": {"sample_images": 2, "inverse_hessian_steps": 2}}
-    return {"budget": {"outer_iterations": 8, "images_per_iteration": 32, "inner_steps": 8, "final_images": 160,
-                       "final_epochs": 6}, "image_size": 64, "options": {"sample_images": 4}}
+    return {"budget": {"outer_iterations": 10, "images_per_iteration": 32, "inner_steps": 10, "final_images": 400,
+                       "final_epochs": 30}, "image_size": 64, "options": {"sample_images": 4}}
 
 
 def render_target_set(scene: str, out_dir: Path, count: int, size: int, seed: int = 7) -> Path:
@@ -135,26 +136,30 @@ def run_demo(out: Path, settings: ServiceSettings, quick: bool = False, scene: s
     print(f"nerfsim demo: done. Results in {out.resolve()}:")
     for name, path in results.items():
         print(f"  {name:<14} {path}")
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
+    for split, numbers in report.get("final", {}).items():
+        print(f"  final detector on the {split} set: mAP50-95 {numbers.get('map50_95', float('nan')):.3f}, "
+              f"mAP50 {numbers.get('map50', float('nan')):.3f}")
     return job
 
 
 def _follow(client, job_id: str, outer_iterations: int) -> dict:
-    """Show the job's progress from its event stream; returns its final record."""
+    """Show the job's progress from its event stream (a bar over the outer iterations, a line
+    per other stage); returns its final record."""
     bar = tqdm(total=outer_iterations, desc="closed loop", unit="iter")
     stage = None
     for event, data in client.events(job_id):
         if event == "status":
-            tqdm.write(f"  status: {data['status']}" + (f" ({data['error']})" if data.get("error") else ""))
+            tqdm.write(f"  job {data['status']}" + (f": {data['error']}" if data.get("error") else ""))
         elif event == "progress":
-            if data["stage"] != stage:
-                stage = data["stage"]
-                if stage != "outer":
-                    tqdm.write(f"  stage: {stage} {data.get('message', '')}".rstrip())
-            if stage == "outer":
+            if data["stage"] == "outer":
                 bar.n = data["iteration"] + 1
-                shown = {k: round(v, 4) for k, v in data["metrics"].items() if isinstance(v, float)}
+                shown = {k: round(v, 3) for k, v in data["metrics"].items() if isinstance(v, (int, float))}
                 bar.set_postfix(dict(list(shown.items())[:3]))
                 bar.refresh()
+            elif data["stage"] != stage or data["stage"] == "final-train":
+                tqdm.write(f"  {data['stage']}: {data.get('message', '')}".rstrip())
+            stage = data["stage"]
     bar.close()
     return client.job(job_id)
 

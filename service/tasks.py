@@ -37,7 +37,7 @@ WORK_DIR = "work"
 ARTIFACTS_DIR = "artifacts"
 PRIVATE_FILES = {"checkpoint.pt"}
 """Files of the loop's folder that are its own state, not results."""
-ZIPPED_FOLDERS = {"dataset": "dataset.zip", "samples": "samples.zip"}
+ZIPPED_FOLDERS = {"dataset": "dataset.zip", "samples": "samples.zip", "plots": "plots.zip"}
 
 
 def _context(connection: redis.Redis | None = None) -> tuple[ServiceSettings, RecordStore, redis.Redis]:
