@@ -151,6 +151,9 @@ def _zip_folder(folder: Path, archive: Path) -> None:
 
 
 def _finish(store: RecordStore, record: JobRecord, status: str, error: str | None, job_dir: Path) -> None:
+    if error is not None:
+        # Tenants see their files by their place in the storage, not by the server's paths.
+        error = error.replace(str(store.storage.root) + "/", "")
     try:
         artifacts = publish_artifacts(job_dir, store.storage)
     except OSError as publish_error:

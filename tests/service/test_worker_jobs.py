@@ -59,7 +59,7 @@ def test_cancel_fail_and_build_on_a_worker(client, make_key, workers, settings, 
                   / "targets" / target_id / "data" / "images")
     failed = wait_for(finished(client, f"/v1/jobs/{doomed['id']}", headers, ("failed", "succeeded")), 120, "failure")
     assert failed["status"] == "failed" and failed["attempts"] == 1
-    assert "missing image file" in failed["error"]
+    assert "missing image file" in failed["error"] and str(settings.storage_root) not in failed["error"]
 
     for asset in (mesh, views):
         built = wait_for(finished(client, f"/v1/assets/{asset['id']}", headers, ("ready", "failed")), 180, "a build")
