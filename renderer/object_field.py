@@ -1,6 +1,6 @@
 """nerfsim's own object NeRF: a lean radiance field bounded to one object, fast on CPU.
 
-Built from nerfstudio's field components: multi-scale K-Planes (pure torch, differentiable with
+Built from nerfstudio's field components: multi-scale triplanes (pure torch, differentiable with
 respect to the sample positions, which the scene renderer needs for pose gradients) or, where
 asked, nerfstudio's hash grid (tiny-cuda-nn when importable, its torch fallback otherwise),
 followed by one small MLP. Colour is view-independent: the assets are diffuse textured objects,
@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from jaxtyping import Bool, Float
 from nerfstudio.field_components.activations import trunc_exp
-from nerfstudio.field_components.encodings import HashEncoding, KPlanesEncoding
+from nerfstudio.field_components.encodings import Encoding, HashEncoding
 from nerfstudio.field_components.mlp import MLP
 from torch import Tensor, nn
 
@@ -27,13 +27,13 @@ from torch import Tensor, nn
 class ObjectFieldConfig:
     """Configuration of :class:`ObjectField`."""
 
-    encoding: Literal["kplanes", "hash"] = "kplanes"
-    """Spatial encoding: pure-torch multi-scale K-Planes (CPU default) or nerfstudio's hash grid
+    encoding: Literal["triplane", "hash"] = "triplane"
+    """Spatial encoding: pure-torch multi-scale triplanes (CPU default) or nerfstudio's hash grid
     (tiny-cuda-nn when importable)."""
     plane_resolutions: tuple[int, ...] = (32, 64, 128)
-    """K-Planes: one triplane per resolution; features of all scales are concatenated."""
+    """Triplanes: one per resolution; features of all scales are concatenated."""
     plane_components: int = 16
-    """K-Planes: feature channels per plane."""
+    """Triplanes: feature channels per plane."""
     hash_levels: int = 12
     """Hash grid: number of levels (finest resolution 512)."""
     hidden_dim: int = 64
@@ -42,6 +42,28 @@ class ObjectFieldConfig:
     """Cells per axis of the empty-space grid."""
     density_bias: float = -1.0
     """Initial pre-activation offset of the density: starts the field nearly transparent."""
+
+
+class TriplaneProductEncoding(Encoding):
+    """Features at a point: the element-wise product of three feature planes (xy, xz, yz)
+    sampled bilinearly, like nerfstudio's ``TriplaneEncoding`` with ``reduce="product"`` but
+    differentiable with respect to the coordinates (the scene renderer's pose gradients flow
+    through them; nerfstudio's version detaches them) and with all three planes sampled in one
+    ``grid_sample`` call."""
+
+    def __init__(self, resolution: int, num_components: int) -> None:
+        super().__init__(in_dim=3)
+        self.num_components = num_components
+        self.plane_coef = nn.Parameter(torch.empty(3, num_components, resolution, resolution).uniform_(0.1, 0.5))
+
+    def get_out_dim(self) -> int:
+        return self.num_components
+
+    def forward(self, in_tensor: Float[Tensor, "N 3"]) -> Float[Tensor, "N C"]:
+        """``in_tensor`` in [-1, 1] per axis."""
+        planes = torch.stack([in_tensor[:, [0, 1]], in_tensor[:, [0, 2]], in_tensor[:, [1, 2]]])[:, None]
+        features = torch.nn.functional.grid_sample(self.plane_coef, planes, align_corners=True, padding_mode="border")
+        return features.prod(dim=0)[:, 0].T
 
 
 class ObjectField(nn.Module):
@@ -56,10 +78,9 @@ class ObjectField(nn.Module):
         self.register_buffer("aabb", aabb.float().clone())
         res = config.occupancy_resolution
         self.register_buffer("occupancy", torch.ones(res, res, res, dtype=torch.bool))
-        if config.encoding == "kplanes":
+        if config.encoding == "triplane":
             self.encodings = nn.ModuleList(
-                KPlanesEncoding((r, r, r), config.plane_components, reduce="product")
-                for r in config.plane_resolutions
+                TriplaneProductEncoding(r, config.plane_components) for r in config.plane_resolutions
             )
             feature_dim = config.plane_components * len(config.plane_resolutions)
         else:

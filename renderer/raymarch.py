@@ -13,6 +13,7 @@ the occupancy test are thresholds) and the sort that orders samples of several o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,10 +81,18 @@ def march_field(
     directions: Float[Tensor, "R 3"],
     num_samples: int,
     jitter: torch.Generator | None = None,
+    segment: int = 32,
+    min_transmittance: float = 1e-4,
 ) -> PackedSamples:
     """Sample ``num_samples`` evenly spaced points inside the field's box along each ray
     (interval midpoints, or stratified with ``jitter``), keep the occupied ones, and evaluate
-    the field there. ``ray_ids`` index ``origins``."""
+    the field there. ``ray_ids`` index ``origins``; samples come ordered by ray, then by t.
+
+    Rays are marched ``segment`` samples at a time and stop once their transmittance falls
+    below ``min_transmittance`` (early termination: what lies behind an opaque surface changes
+    the colour by less than that, and its gradient as little). The stopping test is not
+    differentiable.
+    """
     t_near, t_far, hit = intersect_aabb(origins, directions, field.aabb)
     rays = hit.nonzero().squeeze(-1)
     if rays.numel() == 0:
@@ -94,20 +103,33 @@ def march_field(
     if jitter is not None:
         noise = torch.rand(rays.numel(), num_samples, generator=jitter, device=origins.device)
         fraction = fraction + noise - 0.5
-    t = near[:, None] + step[:, None] * fraction
-    positions = origins[rays, None, :] + t[..., None] * directions[rays, None, :]
-    positions = positions.reshape(-1, 3)
-    keep = field.occupied(positions).nonzero().squeeze(-1)
-    if keep.numel() == 0:
+    else:
+        fraction = fraction.expand(rays.numel(), num_samples)
+    # Rows of `rays` still being marched, and the optical depth each has accumulated so far.
+    active = torch.arange(rays.numel(), device=origins.device)
+    depth_so_far = torch.zeros(rays.numel(), device=origins.device, dtype=origins.dtype)
+    parts: list[PackedSamples] = []
+    max_depth = -math.log(min_transmittance)
+    for first in range(0, num_samples, segment):
+        count = min(segment, num_samples - first)
+        t = near[active, None] + step[active, None] * fraction[active, first : first + count]
+        ray = rays[active]
+        positions = (origins[ray, None, :] + t[..., None] * directions[ray, None, :]).reshape(-1, 3)
+        keep = field.occupied(positions).nonzero().squeeze(-1)
+        if keep.numel():
+            row = active.repeat_interleave(count)[keep]
+            density, rgb = field(positions[keep], directions[rays[row]])
+            optical_depth = density * step[row]
+            parts.append(PackedSamples(rays[row], t.reshape(-1)[keep], optical_depth, rgb))
+            depth_so_far.index_add_(0, row, optical_depth.detach())
+        active = active[depth_so_far[active] < max_depth]
+        if active.numel() == 0:
+            break
+    if not parts:
         return PackedSamples.empty(origins.device)
-    sample_ray = rays.repeat_interleave(num_samples)[keep]
-    density, rgb = field(positions[keep], directions[sample_ray])
-    return PackedSamples(
-        ray_ids=sample_ray,
-        t=t.reshape(-1)[keep],
-        optical_depth=density * step.repeat_interleave(num_samples)[keep],
-        rgb=rgb,
-    )
+    samples = PackedSamples.cat(parts)
+    # Segments were appended in t order, so a stable sort by ray keeps each ray's samples in t order.
+    return samples.take(torch.argsort(samples.ray_ids, stable=True))
 
 
 def ray_depth_order(samples: PackedSamples) -> Int[Tensor, "N"]:

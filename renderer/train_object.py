@@ -41,7 +41,7 @@ class ObjectTrainerConfig:
     """Optimisation steps (the run also stops at ``time_budget_s``)."""
     time_budget_s: float | None = None
     """Stop early after this many seconds of training, if set."""
-    rays_per_step: int = 4096
+    rays_per_step: int = 2048
     """Rays per step, drawn from the pixels whose rays cross the object's box."""
     samples_per_ray: int = 128
     """Stratified samples across the box along each ray (before empty-space skipping)."""
@@ -52,7 +52,7 @@ class ObjectTrainerConfig:
     """Weight of the opacity-vs-mask loss beside the colour loss against random backgrounds."""
     occupancy_every: int = 100
     """Refresh the empty-space grid from the learned density every this many steps."""
-    shell_cells: int = 6
+    shell_cells: int = 3
     """Train only in the outer layers of the visual hull, this many occupancy cells deep: the
     surface lies there, and sampling a solid object's inside is wasted work."""
     hull_fit_steps: int = 300
@@ -82,12 +82,13 @@ def pixel_rays(images: PosedImages) -> tuple[Float[Tensor, "N 3"], Float[Tensor,
 
 
 def visual_hull(images: PosedImages, aabb: Float[Tensor, "2 3"], resolution: int) -> Bool[Tensor, "R R R"]:
-    """Cells of the box whose centre projects inside the mask of every view that sees it
-    (dilated by one cell, so the hull is conservative)."""
+    """Cells of the box whose centre some view sees and that project inside the mask of every
+    view that sees them (dilated by one cell, so the hull is conservative)."""
     axis = (torch.arange(resolution, dtype=torch.float32) + 0.5) / resolution
     grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
     centres = aabb[0] + grid * (aabb[1] - aabb[0])
     inside = torch.ones(centres.shape[0], dtype=torch.bool)
+    seen_by_any = torch.zeros(centres.shape[0], dtype=torch.bool)
     # Dilate each mask by a pixel so thin parts survive the carving.
     masks = F.max_pool2d(images.alpha.permute(0, 3, 1, 2), 3, stride=1, padding=1)[:, 0] > 0.5
     for view in range(images.c2w.shape[0]):
@@ -100,7 +101,8 @@ def visual_hull(images: PosedImages, aabb: Float[Tensor, "2 3"], resolution: int
         ui = u.long().clamp(0, images.width - 1)
         vi = v.long().clamp(0, images.height - 1)
         inside &= ~seen | masks[view, vi, ui]
-    return dilate(inside.reshape(resolution, resolution, resolution))
+        seen_by_any |= seen
+    return dilate((inside & seen_by_any).reshape(resolution, resolution, resolution))
 
 
 def hull_bounds(images: PosedImages, resolution: int = 64) -> Float[Tensor, "2 3"]:
@@ -223,6 +225,8 @@ def train_object_field(
     aabb = images.aabb if images.aabb is not None else hull_bounds(images)
     field_model = ObjectField(config.model, aabb)
     full_hull = visual_hull(images, aabb, config.model.occupancy_resolution)
+    if not full_hull.any():
+        raise AssetError("the masks carve away everything: no object is visible in the posed images")
     fit_density_to_hull(field_model, full_hull, config.hull_fit_steps, generator)
     hull = shell(full_hull, config.shell_cells)
     field_model.occupancy.copy_(hull)

@@ -236,3 +236,16 @@ def test_writer_refuses_bad_data(tmp_path):
     writer.close()
     with pytest.raises(DatasetError, match="writer is closed"):
         writer.add(torch.rand(3, 8, 8), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+
+
+def test_unreadable_image_does_not_trigger_a_package_install(tmp_path) -> None:
+    """Ultralytics patches PIL.Image.open to pip-install pi-heif on unidentified files."""
+    import PIL.Image
+    from PIL import UnidentifiedImageError
+
+    import detector  # noqa: F401  (imports Ultralytics and neutralises its patch)
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(UnidentifiedImageError):
+        PIL.Image.open(broken)

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from renderer.object_field import ObjectFieldConfig
+
 # The box in its file (z up, like YCB scans, and not centred): 0.1 wide (x), 0.06 deep (y),
 # 0.2 tall (z). In the object frame it is 0.1 x 0.2 x 0.06, its front (file -y) facing +z.
 FILE_LOW = np.array([0.02, -0.05, 0.0])
@@ -50,3 +52,7 @@ def write_box(
     if mtl:
         (folder / "box.mtl").write_text("newmtl box\nKd 1 1 1\n" + ("map_Kd box.png\n" if texture else ""))
     return folder / "box.obj"
+
+
+SMALL_MODEL = ObjectFieldConfig(plane_resolutions=(16, 32), plane_components=8, hidden_dim=32, occupancy_resolution=32)
+"""An object NeRF small enough to train in seconds on the 32 px test views."""

@@ -1,0 +1,140 @@
+"""Scene-rendering throughput beside nerfstudio's default nerfacto, in one run.
+
+Renders the bundled demo objects with nerfsim's scene renderer at 64, 128 and 256 px, forward
+and forward + backward (gradients to every scene parameter), with 1 and 3 objects per image,
+and renders the same camera with nerfstudio's default nerfacto model (untrained: its cost per
+image does not depend on its weights, its sampler draws a fixed number of samples per ray).
+
+    python benchmarks/render.py [--quick] [--threads 2]
+
+Last line: ``render_ratio_vs_nerfacto=<nerfsim 64 px forward images/s over nerfacto's>
+images_per_s_64=<nerfsim images/s, 64 px, 1 object, forward>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import replace
+
+import torch
+
+from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
+from renderer.scene_spec import load_scene, read_scene_spec
+from renderer.scene_types import SceneParams
+
+FLOAT_FIELDS = ["azimuth", "elevation", "roll", "distance", "offset", "exposure", "color_gain", "background_crop",
+                "background_color"]
+
+
+def scenes(num_images: int, num_objects: int, num_classes: int, seed: int = 0) -> SceneParams:
+    """Objects side by side at 0.6 m, random views, plain backgrounds."""
+    g = torch.Generator().manual_seed(seed)
+    b, m = num_images, num_objects
+    offsets = torch.linspace(-0.5, 0.5, m) if m > 1 else torch.zeros(1)
+    return SceneParams(
+        object_ids=torch.arange(b * m).reshape(b, m) % num_classes,
+        present=torch.ones(b, m, dtype=torch.bool),
+        azimuth=torch.rand(b, m, generator=g) * 2 * math.pi,
+        elevation=torch.rand(b, m, generator=g) * 1.0,
+        roll=torch.zeros(b, m),
+        distance=0.55 + 0.1 * torch.rand(b, m, generator=g),
+        offset=torch.stack([offsets.expand(b, m), torch.zeros(b, m)], dim=-1),
+        exposure=torch.zeros(b, m),
+        color_gain=torch.ones(b, m, 3),
+        background_ids=torch.full((b,), -1),
+        background_crop=torch.tensor([[0.5, 0.5, 1.0]]).expand(b, 3),
+        background_color=torch.rand(b, 3, generator=g),
+    )
+
+
+def time_nerfsim(renderer: SceneRenderer, params: SceneParams, size: int, backward: bool, repeats: int) -> float:
+    """Seconds per image."""
+    best = math.inf
+    for _ in range(repeats):
+        if backward:
+            params = replace(params, **{k: getattr(params, k).clone().requires_grad_(True) for k in FLOAT_FIELDS})
+        start = time.perf_counter()
+        if backward:
+            out = renderer.render(params, size)
+            (out.rgb.sum() + out.masks.sum()).backward()
+        else:
+            with torch.no_grad():
+                renderer.render(params, size)
+        best = min(best, (time.perf_counter() - start) / params.batch_size)
+    return best
+
+
+def time_nerfacto(size: int, fov_deg: float, repeats: int) -> float:
+    """Seconds per image for nerfstudio's default nerfacto on the same square camera."""
+    from nerfstudio.cameras.cameras import Cameras, CameraType
+    from nerfstudio.configs.method_configs import all_methods
+    from nerfstudio.data.scene_box import SceneBox
+
+    from renderer.camera import focal_length
+    from renderer.nerfstudio_asset import offline_lpips
+
+    with offline_lpips():
+        model = all_methods["nerfacto"].pipeline.model.setup(
+            scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1, metadata={}
+        )
+    model.eval()
+    c2w = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0.6]])
+    focal = focal_length(size, fov_deg)
+    camera = Cameras(camera_to_worlds=c2w[None], fx=focal, fy=focal, cx=size / 2, cy=size / 2, width=size,
+                     height=size, camera_type=CameraType.PERSPECTIVE)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.get_outputs_for_camera(camera)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats (under 2 minutes)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scene", default="demo")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    spec = read_scene_spec(args.scene)
+    fields, backgrounds = load_scene(spec)
+    renderer = SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds)
+    sizes = [64, 128] if args.quick else [64, 128, 256]
+    repeats = 2 if args.quick else 3
+    rows = []
+    for size in sizes:
+        batch = max(1, 4096 * 8 // (size * size))
+        for objects in (1, 3):
+            params = scenes(batch, objects, len(fields))
+            time_nerfsim(renderer, params, size, False, 1)  # warm-up
+            for backward in (False, True):
+                seconds = time_nerfsim(renderer, params, size, backward, repeats)
+                rows.append({"renderer": "nerfsim", "size": size, "objects": objects,
+                             "pass": "forward+backward" if backward else "forward",
+                             "images_per_s": 1 / seconds, "rays_per_s": size * size / seconds})
+    nerfacto_sizes = [64] if args.quick else [64, 128]
+    for size in nerfacto_sizes:
+        seconds = time_nerfacto(size, spec.fov_deg, 1 if args.quick else 2)
+        rows.append({"renderer": "nerfacto (default)", "size": size, "objects": 1, "pass": "forward",
+                     "images_per_s": 1 / seconds, "rays_per_s": size * size / seconds})
+
+    print(f"{'renderer':<20}{'size':>6}{'objects':>9}  {'pass':<18}{'images/s':>10}{'rays/s':>12}")
+    for r in rows:
+        print(f"{r['renderer']:<20}{r['size']:>6}{r['objects']:>9}  {r['pass']:<18}{r['images_per_s']:>10.2f}"
+              f"{r['rays_per_s']:>12.0f}")
+    ours = next(r for r in rows if r["renderer"] == "nerfsim" and r["size"] == 64 and r["objects"] == 1
+                and r["pass"] == "forward")
+    nerfacto = next(r for r in rows if r["renderer"] != "nerfsim" and r["size"] == 64)
+    print(json.dumps({"threads": args.threads, "rows": rows}))
+    print(f"render_ratio_vs_nerfacto={ours['images_per_s'] / nerfacto['images_per_s']:.1f} "
+          f"images_per_s_64={ours['images_per_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The ``nerfsim`` command line: asset building, dataset rendering, and its errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from detector.datasets import load_coco, load_yolo
+from service.cli import main
+from tests.renderer.meshes import write_box
+
+
+def write_scene(folder: Path, asset: Path, **extra) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    scene = {"name": "test", "objects": [{"name": "box", "path": str(asset)}], **extra}
+    (folder / "scene.json").write_text(json.dumps(scene))
+    return folder / "scene.json"
+
+
+def test_render_writes_a_labelled_dataset(tmp_path: Path, box_asset: Path) -> None:
+    scene = write_scene(tmp_path / "scene", box_asset, procedural_backgrounds=2, fov_deg=40)
+    out = tmp_path / "dataset"
+    assert main(["render", "--scene", str(scene), "--num", "6", "--size", "48", "--out", str(out),
+                 "--max-objects", "2", "--distance", "0.5", "--threads", "1"]) == 0
+    coco = load_coco(out / "annotations.json")
+    yolo = load_yolo(out)
+    assert len(coco) == len(yolo) == 6
+    assert sum(len(image.boxes) for image in coco.images) >= 4
+    card = json.loads((out / "card.json").read_text())
+    assert "azimuth_deg" in json.dumps(card)
+
+
+def test_mesh_without_texture_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    mesh = write_box(tmp_path / "mesh", texture=False)
+    assert main(["asset", "from-mesh", str(mesh), "--out", str(tmp_path / "views"), "--views", "2"]) == 2
+    assert "box.mtl" in capsys.readouterr().err
+
+
+def test_posed_set_naming_a_missing_image_is_a_clear_error(
+    tmp_path: Path, box_views: Path, capsys: pytest.CaptureFixture
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(box_views, broken)
+    (broken / "images" / "frame_00001.png").unlink()
+    assert main(["asset", "train", str(broken), "--out", str(tmp_path / "asset")]) == 2
+    assert "frame_00001.png" in capsys.readouterr().err
+    assert not (tmp_path / "asset").exists()
+
+
+@pytest.mark.parametrize(
+    ("make_scene", "message"),
+    [
+        (lambda folder, asset: write_scene(folder, asset, backgrounds="photos"), "background folder does not exist"),
+        (lambda folder, asset: (folder / "photos").mkdir(parents=True) or write_scene(folder, asset, backgrounds="photos"),
+         "background set is empty"),
+        (lambda folder, asset: write_scene(folder, folder / "no_such_asset"), "object asset not found"),
+        (lambda folder, asset: folder.mkdir() or (folder / "scene.json").write_text("{") and folder / "scene.json",
+         "not a valid scene description"),
+    ],
+)
+def test_bad_scenes_are_clear_errors(tmp_path: Path, box_asset: Path, capsys: pytest.CaptureFixture,
+                                     make_scene, message: str) -> None:
+    scene = make_scene(tmp_path / "scene", box_asset)
+    assert main(["render", "--scene", str(scene), "--num", "1", "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "annotations.json").exists()
