@@ -15,6 +15,9 @@ Method = Literal["neural-sim", "uniform", "random-search", "reinforce", "oracle"
 Estimator = Literal["pathwise", "score", "both"]
 InverseHessian = Literal["identity", "neumann", "cg"]
 Stage = Literal["setup", "outer", "final-render", "final-train", "evaluate", "report", "done"]
+InnerOptimizer = Literal["sgd", "adamw"]
+AlignmentNormalisation = Literal["none", "standardise", "cosine"]
+SearchMetric = Literal["map50_95", "val_loss"]
 
 
 @dataclass
@@ -35,6 +38,24 @@ class OptimizeConfig:
     """Inverse-Hessian-vector-product approximation in the hypergradient."""
     inverse_hessian_steps: int = 5
     damping: float = 0.01
+    neumann_scale: float = 0.01
+    """Step of the Neumann series: every eigenvalue of neumann_scale * (H + damping) must lie in
+    (0, 2) for it to converge (unused by 'identity' and 'cg')."""
+    alignment_normalisation: AlignmentNormalisation = "standardise"
+    """How the score-function estimator turns per-image gradient alignments into rewards
+    (optimizer.estimators.normalise_alignment): the issue's measurement found raw alignments
+    dominated by per-image loss and gradient size."""
+    baseline_decay: float = 0.9
+    """Decay of the moving-average reward baseline (score-function estimator, REINFORCE)."""
+    search_metric: SearchMetric = "map50_95"
+    """What random search keeps the best candidate by, and REINFORCE's reward: the validation
+    mAP50-95 (higher is better) or the validation loss (lower is better). mAP by default:
+    early in training the detection loss rises as the detector gets better (its task-aligned
+    targets grow with the predicted IoUs), so a lower loss is not a better detector there."""
+    normalise_hypergradient: bool = True
+    """Scale psi's outer gradient to unit norm before the entropy bonus is added, so that
+    entropy_weight means the same whatever the size of the hypergradient (Adam itself is
+    insensitive to the gradient's scale)."""
     learnable: list[str] = field(default_factory=lambda: ["azimuth", "elevation", "distance", "exposure"])
     """Parts of psi that move (see optimizer.psi.PARTS); the rest stay at their initial values."""
     psi: dict[str, Any] = field(default_factory=dict)
@@ -50,15 +71,34 @@ class OptimizeConfig:
     inner_steps: int = 20
     """Detector fine-tuning steps per outer step (warm start)."""
     inner_learning_rate: float = 0.005
+    inner_optimizer: InnerOptimizer = "adamw"
+    """Detector optimiser of the inner loop (detector.train.finetune)."""
+    inner_batch_size: int | None = None
+    """Images per inner step, drawn from the iteration's images (None: all of them)."""
+    warmup_steps: int = 100
+    """Detector steps on images from the initial psi before the first outer iteration, in
+    rounds of inner_steps steps on images_per_iteration fresh images each: the hypergradient
+    of an untrained detector says little about psi."""
+    val_batch_size: int = 64
+    """Validation images per forward pass when computing the validation loss and gradient
+    (BatchNorm batch statistics are taken per chunk)."""
+    val_map_every: int = 1
+    """Compute the validation mAP50-95 every this many outer iterations (0: never)."""
+    sample_images: int = 4
+    """Rendered images with their boxes drawn, saved under out_dir/samples/ at every outer
+    iteration and handed to on_progress."""
     detector: str = "yolov8n-cpu"
     """Detector architecture (yolov8n, yolo11n, yolov8n-cpu) ..."""
     detector_weights: str | None = None
     """... or a user .pt to start from."""
     image_size: int = 64
     final_images: int = 200
-    """Images rendered from the learned psi for the final dataset."""
+    """Images rendered from the learned psi for the final dataset (0: no final stage, i.e. no
+    dataset, final detector or test metrics; the report still has the loop's history)."""
     final_epochs: int = 10
     """Epochs of the final detector's training (Ultralytics' trainer)."""
+    final_batch_size: int = 16
+    """Batch size of the final detector's training."""
     seed: int = 0
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu' or 'cuda'."""

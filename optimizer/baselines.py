@@ -1,0 +1,120 @@
+"""psi for each method of the loop, and the random-search proposal.
+
+- ``neural-sim`` and ``reinforce``: psi starts at the config's initial values, the parts named
+  in ``OptimizeConfig.learnable`` are parameters.
+- ``uniform``: the same initial psi with every part fixed (Psi.uniform).
+- ``oracle``: fixed at the target's true distribution (Psi.from_target(**oracle_psi)).
+- ``random-search``: each outer iteration proposes a candidate (:func:`random_candidate`);
+  the incumbent is the candidate whose images gave the lowest validation loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+import torch
+
+from optimizer.config import OptimizeConfig
+from optimizer.psi import PARTS, OptimizerError, Psi, PsiConfig
+
+RANDOM_SEARCH_RANGES = {
+    "distance_log_factor": 0.5,
+    "exposure_stops": 1.0,
+    "color_gain_log": 0.2,
+}
+"""Half-widths of the uniform proposals around the initial psi: distance median times
+exp(+-0.5), exposure mean +-1 stop, colour gain median times exp(+-0.2)."""
+
+
+def psi_config(config: OptimizeConfig, num_classes: int, num_backgrounds: int) -> PsiConfig:
+    """The PsiConfig of a job: ``config.psi`` overrides, the scene's classes and backgrounds,
+    and learnability from ``config.learnable``."""
+    unknown_parts = sorted(set(config.learnable) - set(PARTS))
+    if unknown_parts:
+        raise OptimizerError(f"OptimizeConfig.learnable: unknown parts {unknown_parts}; the parts are {list(PARTS)}")
+    known = {f.name for f in fields(PsiConfig)}
+    reserved = {"num_classes", "num_backgrounds"} | {f"learn_{part}" for part in PARTS}
+    bad = sorted(set(config.psi) - known)
+    if bad:
+        raise OptimizerError(f"OptimizeConfig.psi: unknown PsiConfig fields {bad}; known: {sorted(known - reserved)}")
+    clashing = sorted(set(config.psi) & reserved)
+    if clashing:
+        raise OptimizerError(
+            f"OptimizeConfig.psi: {clashing} are set by the loop (classes and backgrounds come from the scene, "
+            "learnability from 'learnable')"
+        )
+    overrides: dict[str, Any] = {
+        name: tuple(value) if isinstance(value, list) else value for name, value in config.psi.items()
+    }
+    learn = {f"learn_{part}": part in config.learnable for part in PARTS}
+    return PsiConfig(num_classes=num_classes, num_backgrounds=num_backgrounds, **overrides, **learn)
+
+
+def initial_psi(config: OptimizeConfig, psi_cfg: PsiConfig) -> Psi:
+    """psi at the start of a run of ``config.method``."""
+    if config.method == "uniform":
+        return Psi.uniform(psi_cfg)
+    if config.method == "oracle":
+        if config.oracle_psi is None:
+            raise OptimizerError("method 'oracle' needs oracle_psi (Psi.from_target arguments: the target's distribution)")
+        try:
+            return Psi.from_target(psi_cfg, **config.oracle_psi)
+        except TypeError as error:
+            raise OptimizerError(f"OptimizeConfig.oracle_psi: {error}") from error
+    if config.method == "random-search":
+        # The candidates are drawn whole; psi itself is never a parameter.
+        return Psi(psi_cfg.frozen())
+    return Psi(psi_cfg)
+
+
+@torch.no_grad()
+def random_candidate(start: Psi, learnable: set[str], generator: torch.Generator) -> Psi:
+    """A random psi: ``start`` with each part in ``learnable`` redrawn, per class.
+
+    Probability tables (azimuth bins, classes, counts, backgrounds) are drawn uniformly from the
+    simplex (Dirichlet(1)); the elevation median uniformly inside the range; the distance
+    median, exposure mean and colour-gain median uniformly around their initial values (see
+    RANDOM_SEARCH_RANGES). Spreads are kept.
+    """
+    candidate = Psi(start.config.frozen()).to(start.device)
+    candidate.load_state_dict(start.state_dict())
+
+    def uniform(shape: torch.Size, half_width: float) -> torch.Tensor:
+        return ((2 * torch.rand(shape, generator=generator) - 1) * half_width).to(start.device)
+
+    def simplex_logits(shape: torch.Size) -> torch.Tensor:
+        # Normalised exponentials are Dirichlet(1); their logs are logits up to a constant.
+        exponential = -torch.log(torch.rand(shape, generator=generator).clamp_min(1e-12))
+        return exponential.log().to(start.device)
+
+    for part in learnable:
+        if part == "azimuth":
+            candidate.azimuth_logits.copy_(simplex_logits(candidate.azimuth_logits.shape))
+        elif part == "background":
+            candidate.background_logits.copy_(simplex_logits(candidate.background_logits.shape))
+        elif part == "class_mix":
+            candidate.class_logits.copy_(simplex_logits(candidate.class_logits.shape))
+        elif part == "count":
+            candidate.count_logits.copy_(simplex_logits(candidate.count_logits.shape))
+        elif part == "elevation":
+            fraction = 0.05 + 0.9 * torch.rand(candidate.elevation_loc.shape, generator=generator)
+            candidate.elevation_loc.copy_(torch.logit(fraction).to(start.device))
+        elif part == "distance":
+            candidate.distance_loc.add_(uniform(candidate.distance_loc.shape, RANDOM_SEARCH_RANGES["distance_log_factor"]))
+        elif part == "exposure":
+            candidate.exposure_loc.add_(uniform(candidate.exposure_loc.shape, RANDOM_SEARCH_RANGES["exposure_stops"]))
+        elif part == "color_gain":
+            candidate.color_gain_loc.add_(uniform(candidate.color_gain_loc.shape, RANDOM_SEARCH_RANGES["color_gain_log"]))
+    return candidate
+
+
+def azimuth_total_variation(probs: torch.Tensor | list, target: torch.Tensor | list) -> float:
+    """Total-variation distance between azimuth bin distributions ([K] or per class [C K],
+    averaged over classes): half the L1 distance, 0 (equal) to 1 (disjoint)."""
+    p = torch.as_tensor(probs, dtype=torch.float64)
+    q = torch.as_tensor(target, dtype=torch.float64)
+    p, q = torch.broadcast_tensors(p.reshape(-1, p.shape[-1]), q.reshape(-1, q.shape[-1]))
+    q = q / q.sum(-1, keepdim=True)
+    return float(0.5 * (p / p.sum(-1, keepdim=True) - q).abs().sum(-1).mean())
+

@@ -1,0 +1,80 @@
+"""The closed loop's checkpoint: everything an outer iteration leaves behind, written atomically.
+
+One file, ``out_dir/checkpoint.pt``, rewritten after every outer iteration: the job config it
+belongs to, the number of iterations done, psi (``state_dict``, which includes the temperature
+schedule), psi's Adam state, the detector's weights and BatchNorm statistics, the inner
+optimiser's state, the reward baseline, the random-search incumbent, the torch RNG state and
+the history. It is written to a temporary file in the same folder and renamed over the old one,
+so a crash leaves either the previous checkpoint or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from optimizer.psi import OptimizerError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class LoopState:
+    """What the loop carries from one outer iteration to the next (tensors on the CPU)."""
+
+    config: dict[str, Any]
+    """The job config (OptimizeConfig.to_dict()); a resume must use the same one."""
+    iteration: int
+    """Outer iterations completed."""
+    psi: dict[str, torch.Tensor]
+    psi_optimizer: dict
+    detector: dict[str, torch.Tensor]
+    """The loop detector's state_dict (warm-started for neural-sim and the fixed baselines; the
+    reference that every candidate starts from for random search and REINFORCE)."""
+    finetune: dict
+    """detector.train.FinetuneState fields (optimizer state, steps done, losses)."""
+    baseline: dict
+    """optimizer.estimators.MovingAverageBaseline fields."""
+    best: dict | None = None
+    """Random search: the incumbent ({"psi": state_dict, "score": val loss, "iteration": t})."""
+    val_loss_start: float | None = None
+    """Validation loss of the loop detector before the first outer iteration."""
+    torch_rng: torch.Tensor | None = None
+    """torch's global CPU RNG state (the loop draws from explicit generators; saved so that any
+    library draw also replays identically)."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """One record per completed outer iteration."""
+
+
+def checkpoint_path(out_dir: Path) -> Path:
+    return Path(out_dir) / CHECKPOINT_NAME
+
+
+def save_checkpoint(state: LoopState, out_dir: Path) -> Path:
+    """Write ``state`` to ``out_dir/checkpoint.pt`` atomically (temporary file + rename)."""
+    path = checkpoint_path(out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as handle:
+        torch.save(vars(state), handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    return path
+
+
+def load_checkpoint(out_dir: Path) -> LoopState | None:
+    """The checkpoint in ``out_dir``, or None when there is none."""
+    path = checkpoint_path(out_dir)
+    if not path.is_file():
+        return None
+    try:
+        # Plain tensors, dicts, lists and numbers only: weights_only refuses anything else.
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        return LoopState(**data)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise OptimizerError(f"{path}: not a readable nerfsim loop checkpoint ({error}); delete it to start over") from error

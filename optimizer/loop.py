@@ -1,0 +1,747 @@
+"""The Neural-Sim closed loop: learn psi so that the detector trained on its renders does best
+on the user's validation set, then render the final dataset and train the final detector.
+
+One outer iteration ``t`` (every method goes through it; see :mod:`optimizer.baselines`):
+
+1. draw ``images_per_iteration`` scenes from psi (the random-search candidate) with recorded
+   noise, render them (no gradient);
+2. fine-tune a detector on them (``BatchNormMode.UPDATE``, plain training): the loop detector,
+   warm-started, for neural-sim and the fixed baselines; a copy of the reference detector for
+   random search and REINFORCE, so that each candidate or policy sample is scored from the same
+   start (Learning-to-Simulate trains a fresh model per reward);
+3. the validation loss and, for neural-sim, its gradient ``g`` w.r.t. the detector weights;
+   ``u = (H + damping)^-1 g`` with ``H`` the Hessian of the training loss on this iteration's
+   images (identity, Neumann or CG); then the estimator's outer gradient (pathwise: replay the
+   same samples with gradients, render again in chunks and push ``-d/dx [u . dL_train/dtheta]``
+   through the renderer; score: per-image alignments ``u . dL_i/dtheta`` as rewards). Every
+   gradient of the hypergradient uses ``BatchNormMode.BATCH``: the issue's measurement found
+   the per-image alignment informative only with batch statistics;
+4. Adam step on psi with an entropy bonus on the azimuth bins (against collapse onto one bin),
+   after scaling the outer gradient to unit norm; then one temperature-schedule step;
+5. record, checkpoint (atomically), report progress.
+
+Randomness: every draw comes from a generator seeded by (seed, iteration, purpose), so an
+iteration depends only on the state the previous one left, which the checkpoint holds; a run
+resumed from its checkpoint reproduces the uninterrupted one bit for bit (same machine and
+thread count).
+
+The final stage renders ``final_images`` from the learned psi (:func:`optimizer.dataset.render_dataset`),
+trains the final detector from the same initial weights with Ultralytics' trainer, evaluates
+it on the target test (and validation) set and writes ``report.json``, ``psi.json``,
+``detector.pt`` and plots.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+from ultralytics.nn.tasks import DetectionModel
+
+from detector.datasets import LabelledSet, load_dataset
+from detector.evaluate import DetectionMetrics, evaluate
+from detector.losses import (
+    BatchNormMode,
+    detection_loss,
+    parameter_gradient,
+    per_image_gradient_dot,
+    trainable_parameters,
+)
+from detector.model import DetectorConfig, build_detector, load_detector, save_detector
+from detector.targets import ImageBatch
+from detector.train import FinetuneState, finetune, train_on_dataset
+from optimizer.baselines import azimuth_total_variation, initial_psi, psi_config, random_candidate
+from optimizer.checkpoint import LoopState, load_checkpoint, save_checkpoint
+from optimizer.config import OptimizeConfig, Progress
+from optimizer.dataset import render_dataset
+from optimizer.estimators import (
+    MovingAverageBaseline,
+    estimator_parts,
+    outer_gradient,
+    per_sample_gradient_norms,
+    score_function_surrogate,
+)
+from optimizer.hypergradient import hvp_from_gradients, inverse_hvp, mixed_grad_from_gradients, pathwise_backward
+from optimizer.psi import PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiNoise
+from optimizer.report import plot_history, sample_paths, save_sample_images, write_json_atomic
+from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
+from renderer.scene_spec import load_scene, read_scene_spec
+
+Status = Literal["completed", "cancelled"]
+HYPERGRADIENT_BN = BatchNormMode.BATCH
+"""BatchNorm mode of every gradient in the hypergradient (validation gradient, Hessian, mixed
+derivative, per-image alignment) and of the validation loss the baselines are scored with."""
+_PURPOSES = ("render", "finetune", "candidate", "warmup", "final")
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss, gradient, image or psi value became NaN or infinite during the loop."""
+
+
+@dataclass
+class OptimizeResult:
+    """What :func:`run_optimization` leaves, besides the files in ``out_dir``."""
+
+    status: Status
+    out_dir: Path
+    iterations_done: int
+    psi: dict
+    """Psi.snapshot() of the learned (or fixed) psi."""
+    history: list[dict] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    """Final metrics: {"test": {...}, "val": {...}} with map50_95, map50, per_class_ap (empty
+    when cancelled or without a final stage)."""
+    images_rendered: int = 0
+    """Every image rendered: outer iterations (warm-up included) and the final dataset."""
+    report: Path | None = None
+    detector: Path | None = None
+    dataset: Path | None = None
+
+
+def validate_config(config: OptimizeConfig) -> None:
+    """Raise :class:`OptimizerError` naming the first setting of ``config`` that cannot work."""
+
+    def fail(name: str, problem: str) -> None:
+        raise OptimizerError(f"OptimizeConfig.{name}: {problem}")
+
+    choices = {
+        "method": ("neural-sim", "uniform", "random-search", "reinforce", "oracle"),
+        "estimator": ("pathwise", "score", "both"),
+        "inverse_hessian": ("identity", "neumann", "cg"),
+        "inner_optimizer": ("sgd", "adamw"),
+        "alignment_normalisation": ("none", "standardise", "cosine"),
+        "search_metric": ("map50_95", "val_loss"),
+        "device": ("auto", "cpu", "cuda"),
+    }
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            fail(name, f"unknown value {getattr(config, name)!r}; use one of {list(allowed)}")
+    unknown = sorted(set(config.learnable) - set(PARTS))
+    if unknown:
+        fail("learnable", f"unknown parts {unknown}; the parts are {list(PARTS)}")
+    minimum = {
+        "outer_iterations": 0, "images_per_iteration": 1, "inner_steps": 0, "inverse_hessian_steps": 1,
+        "warmup_steps": 0, "val_batch_size": 1, "val_map_every": 0, "sample_images": 0, "final_images": 0,
+        "final_epochs": 1, "final_batch_size": 1,
+    }
+    for name, low in minimum.items():
+        if getattr(config, name) < low:
+            fail(name, f"must be >= {low}, got {getattr(config, name)}")
+    if config.inner_batch_size is not None and config.inner_batch_size < 1:
+        fail("inner_batch_size", f"must be >= 1 or None, got {config.inner_batch_size}")
+    for name in ("psi_learning_rate", "inner_learning_rate", "neumann_scale"):
+        if not getattr(config, name) > 0:
+            fail(name, f"must be > 0, got {getattr(config, name)}")
+    for name in ("damping", "entropy_weight"):
+        if not getattr(config, name) >= 0:
+            fail(name, f"must be >= 0, got {getattr(config, name)}")
+    if not 0 <= config.baseline_decay < 1:
+        fail("baseline_decay", f"must be in [0, 1), got {config.baseline_decay}")
+    if config.image_size <= 0 or config.image_size % 32:
+        fail("image_size", f"must be a positive multiple of 32 (the detector's stride), got {config.image_size}")
+    learns = config.method in ("neural-sim", "random-search", "reinforce")
+    if learns and not config.learnable:
+        fail("learnable", f"method {config.method!r} learns psi, but no part is learnable")
+    if config.method == "oracle" and config.oracle_psi is None:
+        fail("oracle_psi", "method 'oracle' needs the target's distribution (Psi.from_target arguments)")
+    if config.method == "neural-sim":
+        pathwise, score = estimator_parts(config.estimator)
+        reachable = (pathwise | score) & set(config.learnable)
+        missing = sorted(set(config.learnable) - reachable)
+        if missing:
+            fail(
+                "estimator",
+                f"{config.estimator!r} gives no gradient to the learnable parts {missing} (only "
+                f"{sorted(REPARAMETERISED_PARTS)} have a pathwise gradient); use 'score' or 'both'",
+            )
+        if score and config.alignment_normalisation == "standardise" and config.images_per_iteration < 2:
+            fail("images_per_iteration", "standardised alignments need at least 2 images per iteration")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' (CUDA when available), 'cpu' or 'cuda'."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise OptimizerError("OptimizeConfig.device: 'cuda' asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def run_optimization(
+    config: OptimizeConfig,
+    out_dir: Path,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    progress_bar: bool = True,
+) -> OptimizeResult:
+    """Run a closed-loop job: load its scene and target sets, then :func:`run_loop`.
+
+    ``out_dir`` receives everything (see :func:`run_loop`); when it already holds a checkpoint
+    of the same config, the run resumes from it.
+    """
+    validate_config(config)
+    if config.target_val is None:
+        raise OptimizerError("OptimizeConfig.target_val: the loop needs a labelled validation set (COCO json or YOLO folder)")
+    val_set = load_dataset(Path(config.target_val))
+    test_set = load_dataset(Path(config.target_test)) if config.target_test is not None else None
+    spec = read_scene_spec(config.scene)
+    fields, backgrounds = load_scene(spec)
+    renderer = SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds)
+    return run_loop(
+        config, renderer, spec.class_names, val_set, test_set, out_dir,
+        on_progress=on_progress, should_stop=should_stop, progress_bar=progress_bar,
+    )
+
+
+def run_loop(
+    config: OptimizeConfig,
+    renderer: SceneRenderer,
+    class_names: list[str],
+    val_set: LabelledSet,
+    test_set: LabelledSet | None,
+    out_dir: Path,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    progress_bar: bool = True,
+) -> OptimizeResult:
+    """The loop on already-loaded objects (``config.scene``, ``target_val`` and ``target_test``
+    are not read). The renderer's fields are frozen and moved to the run's device.
+
+    Writes to ``out_dir``: ``config.json``, ``checkpoint.pt`` (after every outer iteration),
+    ``samples/`` (images with boxes), and after the final stage ``dataset/``, ``final_train/``,
+    ``detector.pt``, ``psi.json``, ``report.json`` and ``plots/``. ``should_stop()`` is asked
+    before every outer iteration and between final stages; when it says yes the run returns
+    with status 'cancelled' (the checkpoint is current, so calling again resumes).
+    """
+    validate_config(config)
+    loop = _Loop(config, renderer, class_names, val_set, test_set, Path(out_dir), on_progress, should_stop, progress_bar)
+    return loop.run()
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def _seed(seed: int, iteration: int, purpose: str) -> int:
+    """An independent seed for each (run seed, iteration, purpose)."""
+    return int(np.random.SeedSequence([seed, iteration + 1, _PURPOSES.index(purpose)]).generate_state(1)[0])
+
+
+def _generator(seed: int, iteration: int, purpose: str) -> torch.Generator:
+    return torch.Generator().manual_seed(_seed(seed, iteration, purpose))
+
+
+def _remap_classes(dataset: LabelledSet, class_names: list[str], what: str) -> LabelledSet:
+    """``dataset`` with class ids in the scene's order (matched by name)."""
+    if dataset.class_names == class_names:
+        return dataset
+    missing = sorted(set(dataset.class_names) - set(class_names))
+    if missing:
+        raise OptimizerError(f"{dataset.source}: the {what} set has classes {missing} that the scene lacks ({class_names})")
+    mapping = torch.tensor([class_names.index(name) for name in dataset.class_names], dtype=torch.long)
+    images = [copy.copy(item) for item in dataset.images]
+    for item in images:
+        item.classes = mapping[item.classes]
+    return LabelledSet(images, list(class_names), dataset.source)
+
+
+def _check_finite(value: float | Tensor, what: str, iteration: int, hint: str) -> None:
+    finite = math.isfinite(value) if isinstance(value, float) else bool(torch.isfinite(value).all())
+    if not finite:
+        raise TrainingDivergedError(f"outer iteration {iteration}: {what} is not finite; {hint}")
+
+
+def _slice_batch(batch: ImageBatch, rows: Tensor) -> ImageBatch:
+    return ImageBatch(batch.images[rows], batch.boxes[rows], batch.classes[rows], batch.keep[rows])
+
+
+def validation_loss_and_gradient(
+    model: DetectionModel, batch: ImageBatch, chunk: int, with_gradient: bool
+) -> tuple[float, list[Tensor] | None]:
+    """Mean validation loss over ``batch`` (in near-equal chunks of at most ``chunk`` images,
+    BatchNorm on each chunk's statistics) and, if asked, its gradient w.r.t. the detector's
+    trainable parameters."""
+    count = batch.images.shape[0]
+    parameters = trainable_parameters(model)
+    total = 0.0
+    gradient = [torch.zeros_like(p) for p in parameters] if with_gradient else None
+    for rows in torch.arange(count).tensor_split(math.ceil(count / chunk)):
+        part = _slice_batch(batch, rows.to(batch.images.device))
+        weight = len(rows) / count
+        if with_gradient:
+            loss = detection_loss(model, part.images, part.targets(), HYPERGRADIENT_BN)
+            grads = torch.autograd.grad(loss, parameters, allow_unused=True)
+            for total_grad, grad in zip(gradient, grads):
+                if grad is not None:
+                    total_grad.add_(grad, alpha=weight)
+        else:
+            with torch.no_grad():
+                loss = detection_loss(model, part.images, part.targets(), HYPERGRADIENT_BN)
+        total += weight * loss.item()
+    return total, gradient
+
+
+class _Loop:
+    """One run of :func:`run_loop` (the state between its steps)."""
+
+    def __init__(
+        self,
+        config: OptimizeConfig,
+        renderer: SceneRenderer,
+        class_names: list[str],
+        val_set: LabelledSet,
+        test_set: LabelledSet | None,
+        out_dir: Path,
+        on_progress: Callable[[Progress], None] | None,
+        should_stop: Callable[[], bool] | None,
+        progress_bar: bool,
+    ) -> None:
+        self.config = config
+        self.renderer = renderer
+        self.class_names = list(class_names)
+        if len(self.class_names) != len(renderer.fields):
+            raise OptimizerError(f"{len(class_names)} class names for a scene of {len(renderer.fields)} objects")
+        self.val_set = _remap_classes(val_set, self.class_names, "validation")
+        self.test_set = _remap_classes(test_set, self.class_names, "test") if test_set is not None else None
+        self.out_dir = out_dir
+        self.on_progress = on_progress or (lambda progress: None)
+        self.should_stop = should_stop or (lambda: False)
+        self.progress_bar = progress_bar
+        self.device = resolve_device(config.device)
+        self.start_time = time.perf_counter()
+
+        for radiance_field in renderer.fields:
+            radiance_field.requires_grad_(False)
+            radiance_field.to(self.device)
+        self.psi_config = psi_config(config, len(self.class_names), len(renderer.backgrounds))
+        self.learnable = set(config.learnable)
+        self.detector_config = DetectorConfig(
+            arch=config.detector, weights=config.detector_weights, class_names=self.class_names,
+            image_size=config.image_size, seed=config.seed,
+        )
+        self.val_batch = self.val_set.batch(config.image_size).to(self.device)
+        self.target_azimuth = (config.oracle_psi or {}).get("azimuth_bin_probs")
+
+    # ------------------------------------------------------------------ setup and resume
+
+    def emit(self, stage: str, iteration: int, total: int, **kwargs) -> None:
+        self.on_progress(Progress(stage=stage, iteration=iteration, total=total, **kwargs))
+
+    def initial_state(self) -> LoopState:
+        """Psi, detector and optimisers before the first outer iteration (after the warm-up)."""
+        config = self.config
+        self.psi = initial_psi(config, self.psi_config).to(self.device)
+        self.psi_optimizer = self._psi_optimizer()
+        self.detector = build_detector(self.detector_config).to(self.device)
+        self.finetune_state = FinetuneState(optimizer={})
+        self.baseline = MovingAverageBaseline(decay=config.baseline_decay)
+        self.best: dict | None = None
+        self.history: list[dict] = []
+        self.images_rendered = 0
+        # Warm-up rounds of inner_steps steps, each on fresh images (one batch for all steps
+        # would overfit it).
+        round_steps = config.inner_steps or config.warmup_steps
+        for first in range(0, config.warmup_steps, round_steps):
+            noise = self.psi.sample(config.images_per_iteration, _generator(config.seed, first, "warmup")).noise
+            batch = self.render(noise, -1)
+            steps = min(round_steps, config.warmup_steps - first)
+            self.finetune_state = self.train(self.detector, batch, steps, self.finetune_state, -1)
+        val_loss, _ = validation_loss_and_gradient(self.detector, self.val_batch, config.val_batch_size, False)
+        return self.state(iteration=0, val_loss_start=val_loss)
+
+    def warmup_images(self) -> int:
+        round_steps = self.config.inner_steps or self.config.warmup_steps
+        return math.ceil(self.config.warmup_steps / round_steps) * self.config.images_per_iteration if round_steps else 0
+
+    def _psi_optimizer(self) -> torch.optim.Adam | None:
+        parameters = list(self.psi.parameters())
+        return torch.optim.Adam(parameters, lr=self.config.psi_learning_rate) if parameters else None
+
+    def state(self, iteration: int, val_loss_start: float | None) -> LoopState:
+        def cpu(state: dict) -> dict:
+            return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+        return LoopState(
+            config=_plain(self.config.to_dict()),
+            iteration=iteration,
+            psi=cpu(self.psi.state_dict()),
+            psi_optimizer=self.psi_optimizer.state_dict() if self.psi_optimizer is not None else {},
+            detector=cpu(self.detector.state_dict()),
+            finetune=asdict(self.finetune_state),
+            baseline=asdict(self.baseline),
+            best=self.best,
+            val_loss_start=val_loss_start,
+            torch_rng=torch.get_rng_state(),
+            history=self.history,
+        )
+
+    def restore(self, state: LoopState) -> None:
+        saved, wanted = state.config, _plain(self.config.to_dict())
+        if saved != wanted:
+            differing = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+            raise OptimizerError(
+                f"{self.out_dir}: holds a run of another config (settings {differing} differ); "
+                "use a new output folder or the same config"
+            )
+        self.psi = initial_psi(self.config, self.psi_config).to(self.device)
+        self.psi.load_state_dict(state.psi)
+        self.psi_optimizer = self._psi_optimizer()
+        if self.psi_optimizer is not None:
+            self.psi_optimizer.load_state_dict(state.psi_optimizer)
+        self.detector = build_detector(self.detector_config).to(self.device)
+        self.detector.load_state_dict(state.detector)
+        self.finetune_state = FinetuneState(**state.finetune)
+        self.baseline = MovingAverageBaseline(**state.baseline)
+        self.best = state.best
+        self.history = list(state.history)
+        self.images_rendered = self.history[-1]["images_rendered"] if self.history else self.warmup_images()
+        if state.torch_rng is not None:
+            torch.set_rng_state(state.torch_rng)
+
+    # ------------------------------------------------------------------ building blocks
+
+    def render(self, noise: PsiNoise, iteration: int, psi: Psi | None = None) -> ImageBatch:
+        """Render the recorded samples without gradients; labels from the renderer."""
+        with torch.no_grad():
+            out = self.renderer.render((psi or self.psi).replay(noise), self.config.image_size)
+        images = out.rgb.clamp(0, 1)
+        _check_finite(images, "a rendered image", iteration, "the renderer produced NaN or infinite pixels")
+        self.images_rendered += noise.batch_size
+        return ImageBatch(images, out.boxes, out.classes, out.keep)
+
+    def train(self, model: DetectionModel, batch: ImageBatch, steps: int, state: FinetuneState, iteration: int) -> FinetuneState:
+        config = self.config
+        result = finetune(
+            model, batch.images, batch.targets(), steps, config.inner_learning_rate, BatchNormMode.UPDATE,
+            batch_size=config.inner_batch_size, optimizer_name=config.inner_optimizer,
+            generator=_generator(config.seed, iteration, "finetune"), optimizer_state=state, progress=False,
+        )
+        for step, loss in enumerate(result.losses[len(result.losses) - steps :]):
+            _check_finite(loss, f"the detector's training loss at inner step {step}", iteration,
+                          "lower inner_learning_rate or check the rendered images")
+        return result
+
+    def val_loss(self, model: DetectionModel, iteration: int) -> float:
+        loss, _ = validation_loss_and_gradient(model, self.val_batch, self.config.val_batch_size, False)
+        _check_finite(loss, "the validation loss", iteration, "the detector diverged")
+        return loss
+
+    def val_map(self, model: DetectionModel, iteration: int, always: bool = False) -> DetectionMetrics | None:
+        """Validation mAP every ``val_map_every`` iterations (or ``always``)."""
+        every = self.config.val_map_every
+        if not always and (not every or (iteration + 1) % every):
+            return None
+        return evaluate(model, self.val_set, self.config.image_size, progress=False)
+
+    def outer_step_direction(self, batch: ImageBatch, noise: PsiNoise, iteration: int) -> tuple[float, dict]:
+        """Neural-sim: accumulate the estimated dL_val/dpsi into psi's .grad; returns the
+        validation loss and diagnostics."""
+        config = self.config
+        model = self.detector
+        parameters = trainable_parameters(model)
+        val_loss, val_grad = validation_loss_and_gradient(model, self.val_batch, config.val_batch_size, True)
+        _check_finite(val_loss, "the validation loss", iteration, "the detector diverged")
+        targets = batch.targets()
+        images = batch.images.detach().requires_grad_(True)
+        train_grad = parameter_gradient(model, images, targets, HYPERGRADIENT_BN, create_graph=True)
+        u = inverse_hvp(
+            hvp_from_gradients(train_grad, parameters), val_grad, method=config.inverse_hessian,
+            steps=config.inverse_hessian_steps, damping=config.damping, scale=config.neumann_scale,
+        )
+        diagnostics: dict = {"inverse_hessian_fallback": False}
+        if not any(bool(x.any()) for x in u):
+            # CG met non-positive curvature along the validation gradient itself and stayed
+            # at 0, which would leave psi without a signal: fall back to the identity.
+            u = [g.clone() for g in val_grad]
+            diagnostics["inverse_hessian_fallback"] = True
+        _check_finite(torch.cat([x.reshape(-1) for x in u]), "the inverse-Hessian-vector product", iteration,
+                      "raise damping, or use 'cg' or a smaller neumann_scale")
+        pathwise, score = (parts & self.learnable for parts in estimator_parts(config.estimator))
+        if pathwise:
+            # -d/dx [u . dL_train/dtheta], then through the renderer chunk by chunk, so that the
+            # renderer's graph never holds more than one chunk.
+            image_grad = mixed_grad_from_gradients(train_grad, images)(u)[0]
+            step = self.renderer.config.chunk_images
+            for start in range(0, noise.batch_size, step):
+                rows = slice(start, start + step)
+                rgb = self.renderer.render(self.psi.replay(noise.index(rows), pathwise), config.image_size).rgb.clamp(0, 1)
+                pathwise_backward(rgb, lambda _u, g=image_grad[rows]: [g], u)
+        del train_grad
+        if score:
+            alignment = per_image_gradient_dot(model, batch.images, targets, u, HYPERGRADIENT_BN)
+            norms = None
+            if config.alignment_normalisation == "cosine":
+                losses = detection_loss(model, batch.images, targets, HYPERGRADIENT_BN, reduction="none")
+                norms = per_sample_gradient_norms(losses, parameters)
+            rewards = outer_gradient(
+                "score", u, log_prob=self.psi.log_prob(noise, score), alignment=alignment,
+                gradient_norms=norms, normalise=config.alignment_normalisation, baseline=self.baseline,
+            )
+            diagnostics["alignment_mean"] = float(alignment.mean())
+            diagnostics["reward_by_azimuth_bin"] = _mean_by_bin(rewards, noise, self.psi.config.azimuth_bins)
+        return val_loss, diagnostics
+
+    def step_psi(self, iteration: int) -> float:
+        """Normalise psi's gradient, add the entropy bonus, take the Adam step and the
+        temperature step; returns the norm of the outer gradient before normalising."""
+        parameters = [p for p in self.psi.parameters()]
+        grads = [p.grad for p in parameters if p.grad is not None]
+        norm = float(torch.cat([g.reshape(-1) for g in grads]).norm()) if grads else 0.0
+        _check_finite(norm, "the hypergradient", iteration, "lower psi_learning_rate or raise damping")
+        if self.config.normalise_hypergradient and norm > 0:
+            for g in grads:
+                g.div_(norm)
+        if "azimuth" in self.learnable and self.config.entropy_weight > 0:
+            (-self.config.entropy_weight * self.psi.entropy().sum()).backward()
+        self.psi_optimizer.step()
+        self.psi_optimizer.zero_grad(set_to_none=True)
+        self.psi.step_temperature()
+        for name, value in self.psi.named_parameters():
+            _check_finite(value.detach(), f"psi's {name}", iteration, "lower psi_learning_rate")
+        return norm
+
+    # ------------------------------------------------------------------ one outer iteration
+
+    def iteration(self, t: int) -> tuple[dict, ImageBatch]:
+        config = self.config
+        method = config.method
+        record: dict = {"iteration": t}
+        sampler = self.psi
+        if method == "random-search":
+            if t == 0:
+                sampler = self.psi  # the initial psi is the first candidate
+            else:
+                start = initial_psi(config, self.psi_config).to(self.device)
+                sampler = random_candidate(start, self.learnable, _generator(config.seed, t, "candidate"))
+        noise = sampler.sample(config.images_per_iteration, _generator(config.seed, t, "render")).noise
+        batch = self.render(noise, t, sampler)
+
+        if method in ("random-search", "reinforce"):
+            model = copy.deepcopy(self.detector)
+            trained = self.train(model, batch, config.inner_steps, copy.deepcopy(self.finetune_state), t)
+            val_loss = self.val_loss(model, t)
+            metrics = self.val_map(model, t, always=config.search_metric == "map50_95")
+            score = metrics.map50_95 if config.search_metric == "map50_95" else -val_loss
+            if method == "random-search":
+                record["candidate_score"] = score
+                if self.best is None or score > self.best["score"]:
+                    self.best = {"psi": {k: v.detach().cpu().clone() for k, v in sampler.state_dict().items()},
+                                 "score": score, "iteration": t}
+                    self.psi.load_state_dict(self.best["psi"])
+                record["best_candidate"] = self.best["iteration"]
+            else:
+                baseline = self.baseline.update(torch.tensor([score]))
+                rewards = torch.full((noise.batch_size,), score, device=self.device)
+                score_function_surrogate(self.psi.log_prob(noise, self.learnable), rewards, baseline).backward()
+                record["reward"], record["reward_baseline"] = score, baseline
+                record["hypergradient_norm"] = self.step_psi(t)
+        else:
+            model = self.detector
+            trained = self.train(model, batch, config.inner_steps, self.finetune_state, t)
+            self.finetune_state = trained
+            if method == "neural-sim":
+                val_loss, diagnostics = self.outer_step_direction(batch, noise, t)
+                record.update(diagnostics)
+                record["hypergradient_norm"] = self.step_psi(t)
+            else:
+                val_loss = self.val_loss(model, t)
+            metrics = self.val_map(model, t)
+
+        record["val_loss"] = val_loss
+        record["train_loss"] = trained.losses[-1] if trained.losses else None
+        record["val_map50_95"] = metrics.map50_95 if metrics is not None else None
+        record["val_map50"] = metrics.map50 if metrics is not None else None
+        record["temperature"] = self.psi.temperature
+        record["images_rendered"] = self.images_rendered
+        record["psi"] = self.psi.snapshot()
+        if self.target_azimuth is not None:
+            record["azimuth_tv"] = azimuth_total_variation(record["psi"]["azimuth"]["probs"], self.target_azimuth)
+        return record, batch
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> OptimizeResult:
+        config = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        done = self.completed_result()
+        if done is not None:
+            return done
+        write_json_atomic(self.out_dir / "config.json", config.to_dict())
+        self.emit("setup", 0, 1, message=f"{config.method}: {len(self.class_names)} classes, "
+                    f"{len(self.val_set)} validation images, device {self.device}")
+        saved = load_checkpoint(self.out_dir)
+        if saved is None:
+            state = self.initial_state()
+            save_checkpoint(state, self.out_dir)
+        else:
+            self.restore(saved)
+            state = saved
+        val_loss_start = state.val_loss_start
+        start = state.iteration
+
+        total = config.outer_iterations
+        bar = tqdm(range(start, total), initial=start, total=total, desc=f"{config.method} outer", unit="it",
+                   disable=not self.progress_bar)
+        for t in bar:
+            if self.should_stop():
+                bar.close()
+                return self.cancelled(t)
+            began = time.perf_counter()
+            record, batch = self.iteration(t)
+            record["seconds"] = round(time.perf_counter() - began, 3)
+            self.history.append(record)
+            save_checkpoint(self.state(t + 1, val_loss_start), self.out_dir)
+            count = min(config.sample_images, batch.images.shape[0])
+            samples = save_sample_images(
+                batch.images[:count], batch.boxes[:count], batch.classes[:count], batch.keep[:count],
+                self.class_names, sample_paths(self.out_dir, t, count),
+            )
+            metrics = _numbers(record)
+            bar.set_postfix(val_loss=f"{record['val_loss']:.3f}")
+            self.emit("outer", t, total, metrics=metrics, psi=record["psi"], samples=samples,
+                        message=f"outer iteration {t + 1}/{total}")
+        bar.close()
+        return self.final_stage(val_loss_start)
+
+    def cancelled(self, iteration: int) -> OptimizeResult:
+        self.emit("outer", iteration, self.config.outer_iterations, psi=self.psi.snapshot(), message="cancelled")
+        return OptimizeResult(
+            status="cancelled", out_dir=self.out_dir, iterations_done=len(self.history), psi=self.psi.snapshot(),
+            history=self.history, images_rendered=self.images_rendered,
+        )
+
+    def final_stage(self, val_loss_start: float | None) -> OptimizeResult:
+        config = self.config
+        final: dict = {}
+        dataset_dir = detector_path = None
+        stage_seconds: dict[str, float] = {}
+        if config.final_images:
+            if self.should_stop():
+                return self.cancelled(config.outer_iterations)
+            began = time.perf_counter()
+            self.emit("final-render", 0, config.final_images, psi=self.psi.snapshot(),
+                        message=f"rendering {config.final_images} images from the learned psi")
+            dataset_dir = self.out_dir / "dataset"
+            if dataset_dir.exists():
+                shutil.rmtree(dataset_dir)
+            render_dataset(self.renderer, self.psi, config.final_images, config.image_size, dataset_dir,
+                           self.class_names, seed=_seed(config.seed, config.outer_iterations, "final"),
+                           progress=self.progress_bar)
+            self.images_rendered += config.final_images
+            stage_seconds["final_render"] = round(time.perf_counter() - began, 3)
+            self.emit("final-render", config.final_images, config.final_images, message="dataset written")
+
+            if self.should_stop():
+                return self.cancelled(config.outer_iterations)
+            began = time.perf_counter()
+            cancelled = False
+
+            def epoch_done(trainer) -> None:
+                nonlocal cancelled
+                # Ultralytics keeps the epoch's mean loss terms as a dict (box, cls, dfl).
+                losses = {f"train_{name}": float(value) for name, value in (trainer.tloss or {}).items()}
+                self.emit("final-train", trainer.epoch + 1, config.final_epochs, metrics=losses,
+                            message=f"final detector: epoch {trainer.epoch + 1}/{config.final_epochs}")
+                if self.should_stop():
+                    cancelled = trainer.stop = True
+
+            best = train_on_dataset(
+                self.detector_config, dataset_dir, config.final_epochs, config.image_size, self.out_dir / "final_train",
+                progress=self.progress_bar, batch_size=config.final_batch_size,
+                device="cpu" if self.device.type == "cpu" else "0", seed=config.seed,
+                callbacks={"on_fit_epoch_end": [epoch_done]}, val=False, plots=False,
+            )
+            stage_seconds["final_train"] = round(time.perf_counter() - began, 3)
+            if cancelled:
+                return self.cancelled(config.outer_iterations)
+
+            began = time.perf_counter()
+            self.emit("evaluate", 0, 1, message="evaluating the final detector")
+            model = load_detector(best, self.device)
+            sets = {"val": self.val_set, **({"test": self.test_set} if self.test_set is not None else {})}
+            for name, labelled in sets.items():
+                metrics = evaluate(model, labelled, config.image_size, progress=self.progress_bar)
+                final[name] = {"map50_95": metrics.map50_95, "map50": metrics.map50, "per_class_ap": metrics.per_class_ap}
+            detector_path = save_detector(model, self.out_dir / "detector.pt")
+            stage_seconds["evaluate"] = round(time.perf_counter() - began, 3)
+
+        self.emit("report", 0, 1, message="writing the report")
+        snapshot = self.psi.snapshot()
+        write_json_atomic(self.out_dir / "psi.json", {
+            "snapshot": snapshot,
+            "psi_config": _plain(asdict(self.psi.config)),
+            "state": {name: value.detach().cpu().tolist() for name, value in self.psi.state_dict().items()},
+        })
+        plots = plot_history(self.history, self.class_names, final, self.out_dir / "plots")
+        report = {
+            "status": "completed",
+            "config": _plain(config.to_dict()),
+            "class_names": self.class_names,
+            "iterations_done": len(self.history),
+            "images_rendered": self.images_rendered,
+            "val_loss_start": val_loss_start,
+            "final": final,
+            "psi": snapshot,
+            "azimuth_tv": (azimuth_total_variation(snapshot["azimuth"]["probs"], self.target_azimuth)
+                           if self.target_azimuth is not None else None),
+            "seconds": {"outer": round(sum(r["seconds"] for r in self.history), 3), **stage_seconds},
+            "plots": [str(p.relative_to(self.out_dir)) for p in plots],
+            "history": self.history,
+        }
+        report_path = write_json_atomic(self.out_dir / "report.json", report)
+        result = OptimizeResult(
+            status="completed", out_dir=self.out_dir, iterations_done=len(self.history), psi=snapshot,
+            history=self.history, metrics=final, images_rendered=self.images_rendered, report=report_path,
+            detector=detector_path, dataset=dataset_dir,
+        )
+        self.emit("done", 1, 1, metrics=_final_numbers(final), psi=snapshot, message="done")
+        return result
+
+    def completed_result(self) -> OptimizeResult | None:
+        """The result of a finished run of the same config in ``out_dir``, if there is one."""
+        path = self.out_dir / "report.json"
+        if not path.is_file():
+            return None
+        report = json.loads(path.read_text())
+        if report.get("status") != "completed" or report.get("config") != _plain(self.config.to_dict()):
+            return None
+        detector = self.out_dir / "detector.pt"
+        dataset = self.out_dir / "dataset"
+        return OptimizeResult(
+            status="completed", out_dir=self.out_dir, iterations_done=report["iterations_done"], psi=report["psi"],
+            history=report["history"], metrics=report["final"], images_rendered=report["images_rendered"],
+            report=path, detector=detector if detector.is_file() else None, dataset=dataset if dataset.is_dir() else None,
+        )
+
+
+def _plain(data):
+    """JSON round trip: tuples become lists, so configs compare equal after a save and load."""
+    return json.loads(json.dumps(data))
+
+
+def _numbers(record: dict) -> dict[str, float]:
+    """The numeric entries of a history record (Progress.metrics)."""
+    return {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _final_numbers(final: dict) -> dict[str, float]:
+    return {f"{name}_{key}": value for name, metrics in final.items() for key, value in metrics.items()
+            if isinstance(value, float)}
+
+
+def _mean_by_bin(rewards: Tensor, noise: PsiNoise, bins: int) -> list[float | None]:
+    """Mean reward of the images whose first object fell in each azimuth bin (None: no image)."""
+    chosen = noise.azimuth_bin[:, 0].cpu()
+    rewards = rewards.detach().cpu()
+    return [float(rewards[chosen == k].mean()) if (chosen == k).any() else None for k in range(bins)]

@@ -1,0 +1,206 @@
+"""The closed loop at toy scale: resume equals an uninterrupted run, cancellation, every baseline
+through the same path, bad configs, divergence, and psi moving toward a target."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from detector.datasets import LabelledSet
+from optimizer.checkpoint import load_checkpoint
+from optimizer.config import OptimizeConfig, Progress
+from optimizer.loop import TrainingDivergedError, run_loop, run_optimization
+from optimizer.psi import OptimizerError, Psi, PsiConfig
+from tests.optimizer.scenes import SHIFTED_AZIMUTH, FacedBoxField, faced_box_renderer, shifted_psi, target_set
+
+PSI = {"distance_median": 0.35, "elevation_median_deg": 20.0, "elevation_range_deg": [0.0, 50.0]}
+CLASSES = ["box"]
+
+
+def tiny_config(**overrides) -> OptimizeConfig:
+    """Seconds per outer iteration: 32 px, 6 images, 2 inner steps."""
+    settings = dict(
+        method="neural-sim", estimator="both", learnable=["azimuth", "distance"], psi=PSI, outer_iterations=3,
+        images_per_iteration=6, inner_steps=2, warmup_steps=2, inverse_hessian="cg", inverse_hessian_steps=2,
+        detector="yolov8n-cpu", image_size=32, final_images=0, val_map_every=1, sample_images=1, seed=3,
+        psi_learning_rate=0.2, oracle_psi={"azimuth_bin_probs": SHIFTED_AZIMUTH},
+    )
+    return OptimizeConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def val_set(tmp_path_factory) -> LabelledSet:
+    config = PsiConfig(distance_median=0.35, elevation_median_deg=20.0, elevation_range_deg=(0.0, 50.0))
+    folder = tmp_path_factory.mktemp("val")
+    return target_set(faced_box_renderer(), shifted_psi(config), 6, 32, folder, CLASSES, seed=1)
+
+
+def _run(config: OptimizeConfig, val_set: LabelledSet, out_dir: Path, **kwargs):
+    return run_loop(config, faced_box_renderer(), CLASSES, val_set, None, out_dir, progress_bar=False, **kwargs)
+
+
+def test_resume_after_cancellation_equals_the_uninterrupted_run(tmp_path: Path, val_set: LabelledSet) -> None:
+    config = tiny_config()
+    whole = _run(config, val_set, tmp_path / "whole")
+    assert whole.status == "completed" and whole.iterations_done == 3
+
+    asked = []
+
+    def stop_before_the_second_iteration() -> bool:
+        asked.append(True)
+        return len(asked) == 2
+
+    reports: list[Progress] = []
+    first = _run(config, val_set, tmp_path / "split", should_stop=stop_before_the_second_iteration,
+                 on_progress=reports.append)
+    assert first.status == "cancelled" and first.iterations_done == 1
+    assert [r.stage for r in reports] == ["setup", "outer", "outer"] and reports[-1].message == "cancelled"
+    assert load_checkpoint(tmp_path / "split").iteration == 1
+    resumed = _run(config, val_set, tmp_path / "split")
+    assert resumed.status == "completed" and resumed.iterations_done == 3
+
+    a, b = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "split")
+    for name in a.psi:
+        assert torch.equal(a.psi[name], b.psi[name]), name
+    for name in a.detector:
+        assert torch.equal(a.detector[name], b.detector[name]), name
+    assert a.psi_optimizer["state"].keys() == b.psi_optimizer["state"].keys()
+    for key, state in a.psi_optimizer["state"].items():
+        assert all(torch.equal(v, b.psi_optimizer["state"][key][k]) for k, v in state.items())
+    assert [r["val_loss"] for r in whole.history] == [r["val_loss"] for r in resumed.history]
+    assert whole.images_rendered == resumed.images_rendered == 6 * (1 + 3)  # warm-up round + 3 iterations
+    # psi did move (the comparison above is not between two untouched initial states).
+    assert not torch.equal(a.psi["azimuth_logits"], torch.zeros_like(a.psi["azimuth_logits"]))
+    assert not torch.equal(a.psi["distance_loc"], torch.full_like(a.psi["distance_loc"], math.log(0.35)))
+    # Samples with boxes were written and the report of the last iteration carries them.
+    assert (tmp_path / "whole" / "samples" / "iter0002_0.png").is_file()
+
+    with pytest.raises(OptimizerError, match="another config"):
+        _run(replace(config, seed=4), val_set, tmp_path / "whole")
+
+
+def test_cancel_before_the_first_iteration_keeps_a_checkpoint(tmp_path: Path, val_set: LabelledSet) -> None:
+    result = _run(tiny_config(warmup_steps=0), val_set, tmp_path, should_stop=lambda: True)
+    assert result.status == "cancelled" and result.iterations_done == 0 and result.history == []
+    assert load_checkpoint(tmp_path).iteration == 0
+
+
+@pytest.mark.parametrize("method", ["uniform", "oracle", "random-search", "reinforce"])
+def test_each_baseline_runs_through_the_loop(tmp_path: Path, val_set: LabelledSet, method: str) -> None:
+    config = tiny_config(method=method, outer_iterations=2, learnable=["azimuth"], search_metric="val_loss",
+                         sample_images=0, val_map_every=0)
+    reports: list[Progress] = []
+    result = _run(config, val_set, tmp_path, on_progress=reports.append)
+    assert result.status == "completed" and len(result.history) == 2
+    assert [r.stage for r in reports if r.stage == "outer"] == ["outer", "outer"]
+    probs = torch.tensor(result.psi["azimuth"]["probs"][0])
+    uniform = torch.full((8,), 1 / 8)
+    if method == "uniform":
+        torch.testing.assert_close(probs, uniform)
+    elif method == "oracle":
+        torch.testing.assert_close(probs, torch.tensor(SHIFTED_AZIMUTH, dtype=torch.float32) / 2)
+        assert result.history[-1]["azimuth_tv"] == pytest.approx(0.0, abs=1e-6)
+    elif method == "random-search":
+        scores = [r["candidate_score"] for r in result.history]
+        best = max(range(2), key=lambda t: scores[t])
+        assert result.history[-1]["best_candidate"] == best
+        assert torch.allclose(probs, uniform) == (best == 0)  # candidate 0 is the initial psi
+    else:
+        assert result.history[1]["reward"] != result.history[1]["reward_baseline"]
+        assert not torch.allclose(probs, uniform)
+
+
+def test_bad_configs_are_refused(tmp_path: Path, val_set: LabelledSet) -> None:
+    cases = {
+        "unknown parts": tiny_config(learnable=["azimuth", "hue"]),
+        "unknown value 'magic'": tiny_config(method="magic"),
+        "needs the target's distribution": tiny_config(method="oracle", oracle_psi=None),
+        "gives no gradient to the learnable parts": tiny_config(estimator="pathwise", learnable=["class_mix"]),
+        "multiple of 32": tiny_config(image_size=48),
+        "no part is learnable": tiny_config(learnable=[]),
+        "must be > 0": tiny_config(psi_learning_rate=0.0),
+        "set by the loop": tiny_config(psi={"learn_azimuth": False}),
+        "unknown PsiConfig fields": tiny_config(psi={"bins": 4}),
+    }
+    for message, config in cases.items():
+        with pytest.raises(OptimizerError, match=message):
+            _run(config, val_set, tmp_path / "bad")
+    with pytest.raises(OptimizerError, match="needs a labelled validation set"):
+        run_optimization(tiny_config(target_val=None), tmp_path / "bad", progress_bar=False)
+    renamed = LabelledSet(val_set.images, ["mug"], val_set.source)
+    with pytest.raises(OptimizerError, match=r"classes \['mug'\] that the scene lacks"):
+        _run(tiny_config(), renamed, tmp_path / "bad")
+    with pytest.raises(ValueError, match="unknown job settings"):
+        OptimizeConfig.from_dict({"outer_iteration": 3})
+
+
+class _NaNField(FacedBoxField):
+    def forward(self, positions, directions=None):
+        density, rgb = super().forward(positions, directions)
+        return density, rgb * torch.nan
+
+
+def test_non_finite_values_stop_the_run_with_a_clear_error(tmp_path: Path, val_set: LabelledSet) -> None:
+    renderer = faced_box_renderer()
+    renderer.fields[0] = _NaNField((0.05, 0.03, 0.02))
+    with pytest.raises(TrainingDivergedError, match="rendered image is not finite"):
+        run_loop(tiny_config(), renderer, CLASSES, val_set, None, tmp_path / "nan_images", progress_bar=False)
+    with pytest.raises(TrainingDivergedError, match="training loss at inner step"):
+        _run(tiny_config(inner_learning_rate=1e30, warmup_steps=0), val_set, tmp_path / "nan_loss")
+
+
+@pytest.mark.slow
+def test_the_loop_moves_psi_toward_the_target(tmp_path: Path) -> None:
+    """Target: close-ups (median distance 0.22 m) of the faced box; psi starts at 0.45 m.
+    The detector is warmed up first: the hypergradient of an untrained one says little."""
+    initial = {"distance_median": 0.45, "elevation_median_deg": 20.0, "elevation_range_deg": [0.0, 50.0]}
+    psi_cfg = PsiConfig(distance_median=0.45, elevation_median_deg=20.0, elevation_range_deg=(0.0, 50.0))
+    renderer = faced_box_renderer()
+    val = target_set(renderer, Psi.from_target(psi_cfg, distance_median=0.22), 32, 64, tmp_path / "val", CLASSES, seed=1)
+    config = tiny_config(
+        estimator="score", learnable=["distance"], psi=initial, outer_iterations=6, images_per_iteration=24,
+        inner_steps=5, warmup_steps=60, inverse_hessian="identity", image_size=64, psi_learning_rate=0.05,
+        inner_learning_rate=0.002, val_map_every=0, sample_images=0, oracle_psi=None,
+    )
+    result = run_loop(config, renderer, CLASSES, val, None, tmp_path / "run", progress_bar=False)
+    medians = [r["psi"]["distance_m"]["median"][0] for r in result.history]
+    assert medians[-1] < 0.9 * 0.45, medians  # at least a tenth of the way in distance ...
+    assert sum(b < a for a, b in zip(medians, medians[1:])) >= 4, medians  # ... and steadily
+
+
+def test_run_optimization_from_files_writes_the_report(tmp_path: Path, val_set: LabelledSet) -> None:
+    from dataclasses import asdict
+
+    from renderer.object_field import ObjectAssetMeta, ObjectField, ObjectFieldConfig
+    from renderer.train_object import save_object_asset
+
+    # An untrained but opaque field (a high density bias fills its box): a visible object.
+    model = ObjectFieldConfig(plane_resolutions=(8,), plane_components=4, hidden_dim=16, occupancy_resolution=8,
+                              density_bias=6.0)
+    aabb = torch.tensor([[-0.05, -0.03, -0.02], [0.05, 0.03, 0.02]])
+    save_object_asset(ObjectField(model, aabb), ObjectAssetMeta("box", aabb.tolist(), asdict(model)), tmp_path / "box")
+    (tmp_path / "scene.json").write_text(json.dumps({"name": "t", "objects": [{"name": "box", "path": "box"}]}))
+    config = tiny_config(
+        scene=str(tmp_path / "scene.json"), target_val=str(val_set.source), target_test=str(val_set.source),
+        outer_iterations=1, final_images=8, final_epochs=1, final_batch_size=8, warmup_steps=0,
+    )
+    reports: list[Progress] = []
+    result = run_optimization(config, tmp_path / "out", on_progress=reports.append, progress_bar=False)
+    assert result.status == "completed"
+    stages = [r.stage for r in reports]
+    assert stages[0] == "setup" and stages[-1] == "done"
+    assert {"outer", "final-render", "final-train", "evaluate", "report"} <= set(stages)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(report["final"]) == {"val", "test"} and 0 <= report["final"]["test"]["map50_95"] <= 1
+    assert report["images_rendered"] == 6 + 8 and report["iterations_done"] == 1
+    assert json.loads((tmp_path / "out" / "psi.json").read_text())["snapshot"]["azimuth"]["probs"]
+    for name in ("detector.pt", "dataset/annotations.json", "plots/psi_azimuth.png", "plots/val_loss.png", "plots/map.png"):
+        assert (tmp_path / "out" / name).is_file(), name
+    # A finished run in the same folder is not redone.
+    again = run_optimization(config, tmp_path / "out", progress_bar=False)
+    assert again.metrics == result.metrics and again.history == result.history
