@@ -7,6 +7,7 @@
    poses: mean IoU of the object boxes.
 
     python benchmarks/asset_quality.py [--object cracker_box] [--minutes 15] [--quick]
+    python benchmarks/asset_quality.py --asset renderer/demo_assets/cracker_box   (no training)
 
 Needs ../shared/assets/ycb. Last line: ``psnr_db=<x> box_iou=<y> train_minutes=<z>``.
 """
@@ -28,7 +29,14 @@ from renderer.object_field import ObjectAssetMeta
 from renderer.posed_images import load_posed_images
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
 from renderer.scene_types import SceneParams
-from renderer.train_object import ObjectTrainerConfig, psnr_on_white, render_views, save_object_asset, train_object_field
+from renderer.train_object import (
+    ObjectTrainerConfig,
+    load_object_asset,
+    psnr_on_white,
+    render_views,
+    save_object_asset,
+    train_object_field,
+)
 
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets" / "ycb"
 CACHE = Path(__file__).resolve().parent / "cache"
@@ -61,6 +69,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scenes", type=int, default=50)
     parser.add_argument("--quick", action="store_true", help="2-minute training, 10 scenes (a smoke run)")
+    parser.add_argument("--asset", type=Path, help="evaluate this trained asset instead of training one")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     minutes, scenes = (2.0, 10) if args.quick else (args.minutes, args.scenes)
@@ -72,17 +81,23 @@ def main() -> None:
     train, held_out = load_posed_images(views, "train"), load_posed_images(views, "test")
 
     config = ObjectTrainerConfig(steps=100_000, time_budget_s=minutes * 60)
-    start = time.perf_counter()
-    field, stats = train_object_field(train, config, progress=True)
-    train_minutes = (time.perf_counter() - start) / 60
+    if args.asset:
+        field, meta = load_object_asset(args.asset)
+        stats = meta.training
+        train_minutes = stats.get("seconds", math.nan) / 60
+    else:
+        start = time.perf_counter()
+        field, stats = train_object_field(train, config, progress=True)
+        train_minutes = (time.perf_counter() - start) / 60
     rgb, alpha = render_views(field, held_out, config.samples_per_ray)
     psnr = psnr_on_white(rgb, alpha, held_out)
-    save_object_asset(
-        field,
-        ObjectAssetMeta(name=args.object, aabb=field.aabb.tolist(), model=asdict(config.model),
-                        training={**{k: v for k, v in stats.items() if k != "history"}, "held_out_psnr_db": psnr}),
-        CACHE / f"{args.object}_asset",
-    )
+    if not args.asset:
+        save_object_asset(
+            field,
+            ObjectAssetMeta(name=args.object, aabb=field.aabb.tolist(), model=asdict(config.model),
+                            training={**{k: v for k, v in stats.items() if k != "history"}, "held_out_psnr_db": psnr}),
+            CACHE / f"{args.object}_asset",
+        )
 
     params = random_single_object_scenes(scenes, seed=1)
     nerf = SceneRenderer(SceneRendererConfig(min_visible=0.0), [field])

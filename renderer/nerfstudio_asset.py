@@ -20,6 +20,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy
 import torch
 import yaml
 from jaxtyping import Bool, Float
@@ -89,10 +90,20 @@ def latest_checkpoint(config_path: Path) -> Path:
     return checkpoints[-1]
 
 
+# ns-train's scheduler states hold numpy scalars: rebuilding those from a dtype and raw bytes
+# runs no code, so they are allowed beside what weights_only accepts by itself.
+NUMPY_SCALAR_GLOBALS = [
+    numpy.core.multiarray.scalar,
+    numpy.dtype,
+    *(getattr(numpy.dtypes, name) for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType")),
+]
+
+
 def read_model_state(checkpoint: Path, trust_checkpoint: bool = False) -> dict[str, Tensor]:
     """The model's tensors from a nerfstudio checkpoint (``_model.`` keys of the pipeline)."""
     try:
-        loaded = torch.load(checkpoint, map_location="cpu", weights_only=not trust_checkpoint)
+        with torch.serialization.safe_globals(NUMPY_SCALAR_GLOBALS):
+            loaded = torch.load(checkpoint, map_location="cpu", weights_only=not trust_checkpoint)
     except Exception as error:  # pickle, zip and torch errors all mean the same here
         hint = "" if trust_checkpoint else " (if it holds non-tensor objects and you trust it, pass trust_checkpoint)"
         raise AssetError(f"{checkpoint}: corrupt or unreadable checkpoint{hint}: {error}") from error

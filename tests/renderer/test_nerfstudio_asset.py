@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +98,29 @@ def test_nerfsim_object_is_a_registered_nerfstudio_method() -> None:
     config = all_methods["nerfsim-object"]
     assert config.pipeline.model._target.__name__ == "NerfsimObjectModel"
     assert config.pipeline.datamanager.dataparser.auto_scale_poses is False
+
+
+@pytest.mark.slow
+def test_ns_train_trains_nerfsim_object_and_its_checkpoint_loads(tmp_path: Path, box_views: Path) -> None:
+    """The registered method through nerfstudio's own trainer (CPU), then its real checkpoint
+    as a scene object, with and without the training data folder."""
+    data = tmp_path / "views"
+    shutil.copytree(box_views, data)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "ns-train"), "nerfsim-object", "--data", str(data),
+         "--output-dir", str(tmp_path / "outputs"), "--max-num-iterations", "3", "--steps-per-save", "3",
+         "--machine.device-type", "cpu", "--vis", "tensorboard", "--viewer.quit-on-train-completion", "True",
+         "--pipeline.datamanager.train-num-rays-per-batch", "256"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (config_path,) = (tmp_path / "outputs").glob("*/nerfsim-object/*/config.yml")
+    with_data = load_nerfstudio_field(config_path)
+    described = json.loads((data / "transforms.json").read_text())["nerfsim"]["aabb"]
+    assert torch.allclose(with_data.aabb, torch.tensor(described))
+    shutil.rmtree(data)
+    field = load_nerfstudio_field(config_path, aabb=with_data.aabb)
+    out = SceneRenderer(SceneRendererConfig(samples_per_ray=16), [field]).render(
+        SceneParams.single([0], [10.0], [20.0], [0.4]), 8
+    )
+    assert torch.isfinite(out.rgb).all()
