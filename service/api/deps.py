@@ -2,7 +2,9 @@
 
 The connection and stores are created once per app (``create_app``) and kept in ``app.state``;
 routes get them through these dependencies, which tests replace with
-``app.dependency_overrides``.
+``app.dependency_overrides``. The accessors are ``async`` because they do not block: FastAPI
+runs a plain ``def`` dependency in its thread pool, a hop that cost more than a status
+request's own work.
 """
 
 from __future__ import annotations
@@ -19,27 +21,27 @@ from service.records import RecordStore
 from service.settings import ServiceSettings
 
 
-def get_settings(request: Request) -> ServiceSettings:
+async def get_settings(request: Request) -> ServiceSettings:
     return request.app.state.settings
 
 
-def get_redis(request: Request) -> redis.Redis:
+async def get_redis(request: Request) -> redis.Redis:
     return request.app.state.redis
 
 
-def get_async_redis(request: Request) -> redis.asyncio.Redis:
+async def get_async_redis(request: Request) -> redis.asyncio.Redis:
     return request.app.state.async_redis
 
 
-def get_store(request: Request) -> RecordStore:
+async def get_store(request: Request) -> RecordStore:
     return request.app.state.store
 
 
-def get_keys(request: Request) -> KeyStore:
+async def get_keys(request: Request) -> KeyStore:
     return request.app.state.keys
 
 
-def get_queue(request: Request) -> Queue:
+async def get_queue(request: Request) -> Queue:
     return request.app.state.queue
 
 

@@ -135,10 +135,15 @@ def list_jobs(
     return JobsPublic(data=records, count=count)
 
 
+PRIVATE_JOB_FIELDS = set(JobRecord.model_fields) - set(JobPublic.model_fields)
+
+
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, tenant: TenantDep, store: StoreDep) -> JobRecord:
+def get_job(job_id: str, tenant: TenantDep, store: StoreDep) -> Response:
     """Status, latest progress and metric history of a job."""
-    return store.get(JobRecord, tenant, job_id)
+    # The most frequent request: serialised once, without FastAPI validating the record again.
+    record = store.get(JobRecord, tenant, job_id)
+    return Response(record.model_dump_json(exclude=PRIVATE_JOB_FIELDS), media_type="application/json")
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
