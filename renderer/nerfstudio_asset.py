@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy
 import torch
 import yaml
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from renderer.object_field import dilate
@@ -166,28 +166,53 @@ class NerfstudioField(nn.Module):
         return self.scale * (positions @ self.to_model[:, :3].T + self.to_model[:, 3])
 
     def forward(
-        self, positions: Float[Tensor, "N 3"], directions: Float[Tensor, "N 3"]
+        self,
+        positions: Float[Tensor, "N 3"],
+        directions: Float[Tensor, "N 3"],
+        appearance: Int[Tensor, "N"] | None = None,
     ) -> tuple[Float[Tensor, "N"], Float[Tensor, "N 3"]]:
-        """Density per metre and RGB at object-frame points seen along ``directions``."""
+        """Density per metre and RGB at object-frame points seen along ``directions``, with
+        training image ``appearance``'s appearance embedding (-1 or None: the average)."""
         field = self.model.field
         points = self.model_points(positions)
-        if hasattr(field, "get_density"):
-            from nerfstudio.cameras.rays import Frustums, RaySamples
+        if not hasattr(field, "get_density"):
+            density, rgb = field(points, directions)
+            return density * self.scale, rgb
+        model_dirs = directions @ self.to_model[:, :3].T
+        model_dirs = model_dirs / model_dirs.norm(dim=-1, keepdim=True)
+        chosen = appearance is not None and getattr(field, "embedding_appearance", None) is not None
+        if not chosen or bool((appearance < 0).all()):
+            return self._query(points, model_dirs, None)
+        density = points.new_empty(points.shape[0])
+        rgb = points.new_empty(points.shape[0], 3)
+        for rows, ids in ((appearance < 0, None), (appearance >= 0, appearance)):
+            if rows.any():
+                density[rows], rgb[rows] = self._query(points[rows], model_dirs[rows], None if ids is None else ids[rows])
+        return density, rgb
 
-            model_dirs = directions @ self.to_model[:, :3].T
-            model_dirs = model_dirs / model_dirs.norm(dim=-1, keepdim=True)
-            zeros = points.new_zeros(points.shape[0], 1)
-            samples = RaySamples(
-                frustums=Frustums(origins=points, directions=model_dirs, starts=zeros, ends=zeros, pixel_area=zeros + 1e-6),
-                camera_indices=torch.zeros(points.shape[0], 1, dtype=torch.long, device=points.device),
-            )
-            density, embedding = field.get_density(samples)
-            from nerfstudio.field_components.field_heads import FieldHeadNames
+    def _query(
+        self, points: Float[Tensor, "N 3"], directions: Float[Tensor, "N 3"], appearance: Int[Tensor, "N"] | None
+    ) -> tuple[Float[Tensor, "N"], Float[Tensor, "N 3"]]:
+        from nerfstudio.cameras.rays import Frustums, RaySamples
+        from nerfstudio.field_components.field_heads import FieldHeadNames
 
+        field = self.model.field
+        zeros = points.new_zeros(points.shape[0], 1)
+        indices = appearance if appearance is not None else torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
+        samples = RaySamples(
+            frustums=Frustums(origins=points, directions=directions, starts=zeros, ends=zeros, pixel_area=zeros + 1e-6),
+            camera_indices=indices[:, None],
+        )
+        density, embedding = field.get_density(samples)
+        # nerfstudio's fields use the per-image embedding only in training mode (the average at
+        # evaluation): switch the field, and only the field, to training mode for a chosen image.
+        was_training = field.training
+        field.training = appearance is not None
+        try:
             rgb = field.get_outputs(samples, density_embedding=embedding)[FieldHeadNames.RGB]
-            return density.reshape(-1) * self.scale, rgb.reshape(-1, 3)
-        density, rgb = field(points, directions)
-        return density * self.scale, rgb
+        finally:
+            field.training = was_training
+        return density.reshape(-1) * self.scale, rgb.reshape(-1, 3)
 
     def occupied(self, positions: Float[Tensor, "N 3"]) -> Bool[Tensor, "N"]:
         res = self.occupancy.shape[0]

@@ -109,10 +109,14 @@ class ObjectField(nn.Module):
         return (positions - lo) / (hi - lo) * 2 - 1
 
     def forward(
-        self, positions: Float[Tensor, "N 3"], directions: Float[Tensor, "N 3"] | None = None
+        self,
+        positions: Float[Tensor, "N 3"],
+        directions: Float[Tensor, "N 3"] | None = None,
+        appearance: Tensor | None = None,
     ) -> tuple[Float[Tensor, "N"], Float[Tensor, "N 3"]]:
-        """Density (per metre) and RGB in [0, 1] at object-frame points (metres). Colour does not
-        depend on the viewing direction (the argument is accepted for the field protocol)."""
+        """Density (per metre) and RGB in [0, 1] at object-frame points (metres). Colour depends
+        on neither the viewing direction nor an appearance embedding (this model has none; the
+        arguments are accepted for the field protocol)."""
         x = self.normalise(positions)
         if self.config.encoding == "hash":
             features = self.encodings[0]((x + 1) / 2)

@@ -2,7 +2,8 @@
 callback.
 
 A field is anything with an ``aabb`` (object frame, metres), an ``occupied(points)`` test for
-empty-space skipping, and ``field(points, directions) -> (density per metre, rgb)``. Samples are kept
+empty-space skipping, and ``field(points, directions, appearance) -> (density per metre, rgb)``
+(``appearance``: per-sample appearance-embedding ids, or None for the field's default). Samples are kept
 packed (one flat list over all rays, only where the occupancy grid says there is something),
 so memory follows the number of occupied samples rather than rays x samples.
 
@@ -30,7 +31,7 @@ class RadianceField(Protocol):
     def occupied(self, positions: Float[Tensor, "N 3"]) -> Bool[Tensor, "N"]: ...
 
     def __call__(
-        self, positions: Float[Tensor, "N 3"], directions: Float[Tensor, "N 3"]
+        self, positions: Float[Tensor, "N 3"], directions: Float[Tensor, "N 3"], appearance: Int[Tensor, "N"] | None
     ) -> tuple[Float[Tensor, "N"], Float[Tensor, "N 3"]]: ...
 
 
@@ -83,6 +84,7 @@ def march_field(
     jitter: torch.Generator | None = None,
     segment: int = 32,
     min_transmittance: float = 1e-4,
+    appearance: Int[Tensor, "R"] | None = None,
 ) -> PackedSamples:
     """Sample ``num_samples`` evenly spaced points inside the field's box along each ray
     (interval midpoints, or stratified with ``jitter``), keep the occupied ones, and evaluate
@@ -91,7 +93,7 @@ def march_field(
     Rays are marched ``segment`` samples at a time and stop once their transmittance falls
     below ``min_transmittance`` (early termination: what lies behind an opaque surface changes
     the colour by less than that, and its gradient as little). The stopping test is not
-    differentiable.
+    differentiable. ``appearance`` (per ray) is handed to the field per sample.
     """
     t_near, t_far, hit = intersect_aabb(origins, directions, field.aabb)
     rays = hit.nonzero().squeeze(-1)
@@ -118,7 +120,10 @@ def march_field(
         keep = field.occupied(positions).nonzero().squeeze(-1)
         if keep.numel():
             row = active.repeat_interleave(count)[keep]
-            density, rgb = field(positions[keep], directions[rays[row]])
+            sample_rays = rays[row]
+            density, rgb = field(
+                positions[keep], directions[sample_rays], None if appearance is None else appearance[sample_rays]
+            )
             optical_depth = density * step[row]
             parts.append(PackedSamples(rays[row], t.reshape(-1)[keep], optical_depth, rgb))
             depth_so_far.index_add_(0, row, optical_depth.detach())

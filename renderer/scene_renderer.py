@@ -139,7 +139,10 @@ class SceneRenderer:
             b, m = chosen[:, 0], chosen[:, 1]
             ray_dirs = torch.einsum("nji,pj->npi", rotation[b, m], directions).reshape(-1, 3)
             ray_origins = origins[b, m].repeat_interleave(pixels, dim=0)
-            samples = march_field(field, ray_origins, ray_dirs, self.config.samples_per_ray)
+            appearance = (
+                None if params.appearance_ids is None else params.appearance_ids[b, m].repeat_interleave(pixels)
+            )
+            samples = march_field(field, ray_origins, ray_dirs, self.config.samples_per_ray, appearance=appearance)
             which = samples.ray_ids // pixels  # row of `chosen`
             pixel = samples.ray_ids % pixels
             samples.rgb = samples.rgb * gain[b[which], m[which]]

@@ -44,6 +44,10 @@ class SceneParams:
     shorter image side, in (0, 1]."""
     background_color: Float[Tensor, "B 3"]
     """Used where ``background_ids == -1``."""
+    appearance_ids: Int[Tensor, "B M"] | None = None
+    """For objects whose model has per-image appearance embeddings (nerfstudio's nerfacto):
+    which training image's appearance to render, -1 for the average. None: -1 everywhere.
+    Discrete, so not differentiable; objects without embeddings ignore it."""
 
     @property
     def batch_size(self) -> int:
@@ -53,12 +57,15 @@ class SceneParams:
     def num_slots(self) -> int:
         return self.object_ids.shape[1]
 
+    def _tensors(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
     def to(self, device: torch.device | str) -> "SceneParams":
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return replace(self, **{name: value.to(device) for name, value in self._tensors().items()})
 
     def index(self, rows: slice | Tensor) -> "SceneParams":
         """The images ``rows`` (a slice or index tensor) of this batch."""
-        return replace(self, **{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+        return replace(self, **{name: value[rows] for name, value in self._tensors().items()})
 
     @staticmethod
     def single(

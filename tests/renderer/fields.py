@@ -23,6 +23,6 @@ class SolidBoxField(nn.Module):
     def occupied(self, positions: Tensor) -> Tensor:
         return torch.ones(positions.shape[0], dtype=torch.bool, device=positions.device)
 
-    def forward(self, positions: Tensor, directions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, positions: Tensor, directions: Tensor | None = None, appearance: Tensor | None = None) -> tuple[Tensor, Tensor]:
         inside = torch.sigmoid((self.half_extent - positions.abs()) / self.softness).prod(dim=-1)
         return self.peak * inside, self.color.expand(positions.shape[0], 3)

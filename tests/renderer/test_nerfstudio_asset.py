@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,23 @@ def test_ns_train_trains_nerfsim_object_and_its_checkpoint_loads(tmp_path: Path,
         SceneParams.single([0], [10.0], [20.0], [0.4]), 8
     )
     assert torch.isfinite(out.rgb).all()
+
+
+def test_appearance_embedding_is_chosen_per_object(tmp_path: Path) -> None:
+    field = load_nerfstudio_field(save_like_ns_train(tmp_path), aabb=torch.tensor([[-0.1] * 3, [0.1] * 3]))
+    with torch.no_grad():
+        field.model.field.embedding_appearance.embedding.weight.normal_(0, 3.0)
+    renderer = SceneRenderer(SceneRendererConfig(samples_per_ray=16), [field, field])
+    params = SceneParams.single([0, 1], [30.0, 30.0], [10.0, 10.0], [0.8, 0.8], offset=[(-0.6, 0.0), (0.6, 0.0)])
+
+    def render(ids: list[int] | None) -> torch.Tensor:
+        chosen = replace(params, appearance_ids=None if ids is None else torch.tensor([ids]))
+        with torch.no_grad():
+            return renderer.render(chosen, 16).rgb
+
+    average, first, mixed = render(None), render([0, 0]), render([-1, 1])
+    assert torch.allclose(render([-1, -1]), average, atol=1e-6)
+    assert (first - average).abs().max() > 1e-3
+    # Each slot uses its own choice: the left object keeps the average, the right one changes.
+    assert torch.allclose(mixed[..., :8], average[..., :8], atol=1e-5)
+    assert (mixed[..., 8:] - average[..., 8:]).abs().max() > 1e-3
