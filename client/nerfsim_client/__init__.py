@@ -1,0 +1,43 @@
+"""Python SDK of the nerfsim API (torch-free): upload objects and labelled target sets, run
+closed-loop jobs, follow them live, download their dataset, detector and report.
+
+>>> from nerfsim_client import Client
+>>> with Client("http://localhost:8000", api_key="nsk_...") as client:
+...     asset = client.upload_asset("cracker_box/", name="cracker_box")
+...     real = client.upload_target("real_photos.zip", name="shelf", role="both")
+...     job = client.create_job([asset], real, target_test=real).wait()
+...     job.download("dataset", "out/")
+
+:class:`AsyncClient` offers the same calls for asyncio; both share one implementation
+(:mod:`nerfsim_client._core`).
+"""
+
+from nerfsim_client._async import AsyncClient, AsyncJob
+from nerfsim_client._retry import RetryPolicy
+from nerfsim_client._sync import Client, Job
+from nerfsim_client._version import __version__
+from nerfsim_client.errors import (
+    APIConnectionError,
+    APIError,
+    AssetBuildError,
+    AuthenticationError,
+    ConflictError,
+    JobFailedError,
+    NerfsimError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+    ServiceUnavailableError,
+    ValidationError,
+    WaitTimeout,
+)
+from nerfsim_client.models import Asset, Event, Target
+
+__all__ = [
+    "APIConnectionError", "APIError", "Asset", "AssetBuildError", "AsyncClient", "AsyncJob", "AuthenticationError",
+    "Client", "ConflictError", "Event", "Job", "JobFailedError", "NerfsimError", "NotFoundError",
+    "PayloadTooLargeError", "PermissionDeniedError", "RateLimitError", "RetryPolicy", "ServerError",
+    "ServiceUnavailableError", "Target", "ValidationError", "WaitTimeout", "__version__",
+]

@@ -1,0 +1,102 @@
+"""What the API answers, as small read-only objects (the full JSON stays in ``data``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Asset:
+    """An object of the scene (one detection class)."""
+
+    id: str
+    name: str
+    kind: str
+    status: str
+    """``building``, ``ready`` or ``failed``."""
+    error: Optional[str]
+    data: Dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "Asset":
+        return cls(data["id"], data["name"], data["kind"], data["status"], data.get("error"), data)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A labelled set of real images (validation drives the loop, test measures the result)."""
+
+    id: str
+    name: str
+    role: str
+    format: str
+    num_images: int
+    class_names: List[str]
+    data: Dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "Target":
+        return cls(data["id"], data["name"], data["role"], data["format"], data["num_images"],
+                   list(data["class_names"]), data)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One server-sent event of a job: ``status`` (``data["status"]``) or ``progress``
+    (``data["stage"]``, ``iteration``, ``total``, ``metrics``, ``psi``, ``samples``)."""
+
+    event: str
+    data: Dict[str, Any]
+    id: Optional[str] = None
+    """Position in the job's stream (resume with ``events(last_event_id=...)``)."""
+
+    @property
+    def is_final(self) -> bool:
+        """The job's last event: its final status."""
+        return self.event == "status" and self.data.get("status") in TERMINAL_STATUSES
+
+
+class JobData:
+    """Fields of a job record (shared by :class:`~nerfsim_client.Job` and
+    :class:`~nerfsim_client.AsyncJob`)."""
+
+    def __init__(self, data: Dict[str, Any]) -> None:
+        self.data = data
+
+    @property
+    def id(self) -> str:
+        return self.data["id"]
+
+    @property
+    def status(self) -> str:
+        """``queued``, ``running``, ``succeeded``, ``failed`` or ``cancelled``."""
+        return self.data["status"]
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def error(self) -> Optional[str]:
+        return self.data.get("error")
+
+    @property
+    def progress(self) -> Optional[Dict[str, Any]]:
+        """The latest progress report (stage, iteration, total, metrics, psi, samples)."""
+        return self.data.get("progress")
+
+    @property
+    def history(self) -> List[Dict[str, Any]]:
+        """Metrics of each finished outer iteration."""
+        return self.data.get("history", [])
+
+    @property
+    def artifacts(self) -> Dict[str, str]:
+        """Artifact name -> download path (filled when the job ends)."""
+        return self.data.get("artifacts", {})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, status={self.status!r})"
