@@ -63,6 +63,12 @@ class SceneParams:
     def to(self, device: torch.device | str) -> "SceneParams":
         return replace(self, **{name: value.to(device) for name, value in self._tensors().items()})
 
+    @staticmethod
+    def cat(batches: list["SceneParams"]) -> "SceneParams":
+        """Several batches as one (appearance ids kept only if every batch has them)."""
+        names = set.intersection(*(set(b._tensors()) for b in batches))
+        return SceneParams(**{name: torch.cat([getattr(b, name) for b in batches]) for name in names})
+
     def index(self, rows: slice | Tensor) -> "SceneParams":
         """The images ``rows`` (a slice or index tensor) of this batch."""
         return replace(self, **{name: value[rows] for name, value in self._tensors().items()})

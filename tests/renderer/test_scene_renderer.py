@@ -148,7 +148,7 @@ def test_mostly_hidden_object_is_dropped_from_labels() -> None:
 
 def test_chunking_and_checkpointing_do_not_change_results() -> None:
     renderer, params = two_box_scene(torch.float32)
-    batch = SceneParams(**{k: torch.cat([getattr(params, k)] * 3) for k in params.__dataclass_fields__})
+    batch = SceneParams.cat([params] * 3)
     whole = renderer.render(batch, 16)
     renderer.config = replace(renderer.config, chunk_images=1, gradient_checkpointing=True)
     distance = batch.distance.clone().requires_grad_(True)
