@@ -219,3 +219,10 @@ class JobsPublic(BaseModel):
 
 class Message(BaseModel):
     message: str
+
+
+class ErrorDetail(BaseModel):
+    """An error answer: a message naming the problem, or FastAPI's list of request validation
+    problems."""
+
+    detail: str | list[dict[str, Any]]

@@ -54,6 +54,11 @@ class ServiceSettings(BaseSettings):
     (a zip bomb)."""
     progress_stream_length: int = 10_000
     """Progress events kept per job (older ones are trimmed)."""
+    rate_limit_per_s: float = 20.0
+    """Requests a second each API key may make on average (0: no limit); over it the API
+    answers 429 with ``Retry-After``."""
+    rate_limit_burst: int = 100
+    """Requests an API key may make at once before its rate limit applies."""
     page_size_max: int = 200
     """Largest page of a list request."""
     log_json: bool = True

@@ -193,9 +193,9 @@ def run_job(tenant: str, job_id: str) -> str:
         record = store.update(JobRecord, tenant, job_id, start)
         publish(connection, job_id, "status", {"status": "running", "attempt": record.attempts})
         log.info("job started", extra={"attempt": record.attempts})
-        try:
-            from optimizer.loop import run_optimization
+        from optimizer.loop import TrainingDivergedError, run_optimization
 
+        try:
             config = job_config(record, store, job_dir)
             write_json_atomic(job_dir / "config.json", config.to_dict())
             result = run_optimization(config, job_dir / WORK_DIR, on_progress=_Reporter(store, record, settings, job_dir),
@@ -203,6 +203,10 @@ def run_job(tenant: str, job_id: str) -> str:
         except ValueError as error:
             # Bad input (a scene, a target, a setting): retrying cannot help.
             _finish(store, record, "failed", str(error), job_dir)
+            return "failed"
+        except TrainingDivergedError as error:
+            # A seeded retry resumes from the same checkpoint and diverges at the same step.
+            _finish(store, record, "failed", f"training diverged: {error}", job_dir)
             return "failed"
         metrics.count_rendered_images(connection, result.images_rendered)
         status = "cancelled" if result.status == "cancelled" else "succeeded"

@@ -17,6 +17,7 @@ from fastapi import Depends, Header, Request
 from rq import Queue
 
 from service.keys import AuthError, KeyStore
+from service.ratelimit import RateLimiter
 from service.records import RecordStore
 from service.settings import ServiceSettings
 
@@ -45,20 +46,27 @@ async def get_queue(request: Request) -> Queue:
     return request.app.state.queue
 
 
+async def get_rate_limiter(request: Request) -> RateLimiter:
+    return request.app.state.rate_limiter
+
+
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
 AsyncRedisDep = Annotated[redis.asyncio.Redis, Depends(get_async_redis)]
 StoreDep = Annotated[RecordStore, Depends(get_store)]
 KeysDep = Annotated[KeyStore, Depends(get_keys)]
 QueueDep = Annotated[Queue, Depends(get_queue)]
+RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 
 
 def get_tenant(
     keys: KeysDep,
+    limiter: RateLimiterDep,
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> str:
-    """The tenant of the request's API key (``Authorization: Bearer <key>`` or ``X-API-Key``)."""
+    """The tenant of the request's API key (``Authorization: Bearer <key>`` or ``X-API-Key``),
+    within the key's rate limit."""
     presented = x_api_key
     if authorization:
         scheme, _, value = authorization.partition(" ")
@@ -67,7 +75,9 @@ def get_tenant(
         presented = value.strip()
     if not presented:
         raise AuthError("missing API key ('Authorization: Bearer <key>' or 'X-API-Key')")
-    return keys.authenticate(presented)
+    tenant = keys.authenticate(presented)
+    limiter.check(presented.split("_", 2)[1])  # the key id (authenticate checked the form)
+    return tenant
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]

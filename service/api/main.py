@@ -12,11 +12,13 @@ import redis.asyncio
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from service.api.responses import ERROR_RESPONSES
 from service.api.routes import assets, health, jobs, targets
 from service.errors import ServiceError
 from service.keys import AuthError, KeyStore
 from service.metrics import build_registry
 from service.queue import get_queue
+from service.ratelimit import RateLimited, RateLimiter
 from service.records import RecordStore
 from service.recovery import recover
 from service.settings import ServiceSettings, get_settings
@@ -68,6 +70,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         app.state.store = RecordStore(connection, storage)
         app.state.keys = KeyStore(connection, storage)
         app.state.queue = get_queue(connection, settings)
+        app.state.rate_limiter = RateLimiter(connection, settings.rate_limit_per_s, settings.rate_limit_burst)
         app.state.metrics, app.state.latency = build_registry(connection, app.state.queue)
         try:
             recover(app.state.store, app.state.keys, app.state.queue, settings)
@@ -89,7 +92,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, error: ServiceError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, AuthError) else None
+        headers = None
+        if isinstance(error, AuthError):
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif isinstance(error, RateLimited):
+            headers = {"Retry-After": str(error.retry_after_s)}
         return JSONResponse({"detail": str(error)}, status_code=error.status_code, headers=headers)
 
     @app.exception_handler(redis.ConnectionError)
@@ -100,7 +107,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics)
 
     app.include_router(health.router)
-    v1 = APIRouter(prefix="/v1")
+    v1 = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
     v1.include_router(assets.router)
     v1.include_router(targets.router)
     v1.include_router(jobs.router)

@@ -6,7 +6,7 @@ import uuid
 
 import redis
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import RedisDep, StoreDep
@@ -20,7 +20,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "Not ready: Redis unreachable or storage not writable"}})
 def readyz(connection: RedisDep, store: StoreDep) -> JSONResponse:
     """Ready to take requests: Redis answers and the storage root is writable."""
     checks = {}
@@ -39,7 +39,7 @@ def readyz(connection: RedisDep, store: StoreDep) -> JSONResponse:
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 def metrics(request: Request) -> Response:
     """Prometheus metrics: queue depth, running and finished jobs, job durations, rendered images,
     API request latencies."""

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from service.api.deps import AsyncRedisDep, QueueDep, SettingsDep, StoreDep, TenantDep
+from service.api.responses import STREAM_ERROR_RESPONSES
 from service.errors import Conflict, NotFound, ServiceError
 from service.events import cancel_key, decode, events_key, publish
 from service.queue import RUN_JOB, cancel_queued, enqueue
@@ -36,6 +37,9 @@ from service.tasks import ARTIFACTS_DIR, WORK_DIR
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 SERVICE_SET_OPTIONS = {"scene", "target_val", "target_test"}
+FILE_CONTENT = {"content": {media: {"schema": {"type": "string", "format": "binary"}} for media in
+                            ("application/zip", "application/json", "application/octet-stream", "image/png", "image/jpeg")}}
+"""Media types of downloaded files (by their suffix)."""
 
 
 def _check_references(job: JobCreate, tenant: str, store) -> None:
@@ -188,7 +192,7 @@ def owned_job(job_id: str, tenant: TenantDep, store: StoreDep) -> JobRecord:
     return store.get(JobRecord, tenant, job_id)
 
 
-@router.get("/{job_id}/events", response_class=EventSourceResponse)
+@router.get("/{job_id}/events", response_class=EventSourceResponse, responses=STREAM_ERROR_RESPONSES)
 async def job_events(
     job_id: str,
     request: Request,
@@ -233,7 +237,7 @@ def list_artifacts(job_id: str, tenant: TenantDep, store: StoreDep) -> dict[str,
     return store.get(JobRecord, tenant, job_id).artifacts
 
 
-@router.get("/{job_id}/artifacts/{name}")
+@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse, responses={200: FILE_CONTENT})
 def get_artifact(job_id: str, name: str, tenant: TenantDep, store: StoreDep) -> FileResponse:
     """An artifact: ``dataset.zip`` (images, COCO annotations.json, YOLO labels/ and data.yaml),
     ``psi.json``, ``detector.pt``, ``report.json`` and its plots, ``samples.zip``."""
@@ -244,7 +248,7 @@ def get_artifact(job_id: str, name: str, tenant: TenantDep, store: StoreDep) -> 
     return FileResponse(path, filename=name)
 
 
-@router.get("/{job_id}/files/{path:path}")
+@router.get("/{job_id}/files/{path:path}", response_class=FileResponse, responses={200: FILE_CONTENT})
 def get_work_file(job_id: str, path: str, tenant: TenantDep, store: StoreDep) -> FileResponse:
     """A file the running job has written (the sample images that progress events point to)."""
     store.get(JobRecord, tenant, job_id)
