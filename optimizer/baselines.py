@@ -69,8 +69,9 @@ def initial_psi(config: OptimizeConfig, psi_cfg: PsiConfig) -> Psi:
 
 
 @torch.no_grad()
-def random_candidate(start: Psi, learnable: set[str], generator: torch.Generator) -> Psi:
-    """A random psi: ``start`` with each part in ``learnable`` redrawn, per class.
+def random_candidate(start: Psi, learnable: set[str], generator: torch.Generator, shared: bool = False) -> Psi:
+    """A random psi: ``start`` with each part in ``learnable`` redrawn, per class (``shared``:
+    one draw for all classes).
 
     Probability tables (azimuth bins, classes, counts, backgrounds) are drawn uniformly from the
     simplex (Dirichlet(1)); the elevation median uniformly inside the range; the distance
@@ -80,17 +81,23 @@ def random_candidate(start: Psi, learnable: set[str], generator: torch.Generator
     candidate = Psi(start.config.frozen()).to(start.device)
     candidate.load_state_dict(start.state_dict())
 
-    def uniform(shape: torch.Size, half_width: float) -> torch.Tensor:
-        return ((2 * torch.rand(shape, generator=generator) - 1) * half_width).to(start.device)
+    def draw(shape: torch.Size, per_class: bool = True) -> torch.Tensor:
+        """Uniform [0, 1) values of ``shape``; with ``shared``, one row repeated for every class."""
+        if shared and per_class:
+            return torch.rand((1, *shape[1:]), generator=generator).expand(shape).clone()
+        return torch.rand(shape, generator=generator)
 
-    def simplex_logits(shape: torch.Size) -> torch.Tensor:
+    def uniform(shape: torch.Size, half_width: float) -> torch.Tensor:
+        return ((2 * draw(shape) - 1) * half_width).to(start.device)
+
+    def simplex_logits(shape: torch.Size, per_class: bool = False) -> torch.Tensor:
         # Normalised exponentials are Dirichlet(1); their logs are logits up to a constant.
-        exponential = -torch.log(torch.rand(shape, generator=generator).clamp_min(1e-12))
+        exponential = -torch.log(draw(shape, per_class).clamp_min(1e-12))
         return exponential.log().to(start.device)
 
     for part in learnable:
         if part == "azimuth":
-            candidate.azimuth_logits.copy_(simplex_logits(candidate.azimuth_logits.shape))
+            candidate.azimuth_logits.copy_(simplex_logits(candidate.azimuth_logits.shape, per_class=True))
         elif part == "background":
             candidate.background_logits.copy_(simplex_logits(candidate.background_logits.shape))
         elif part == "class_mix":
@@ -98,7 +105,7 @@ def random_candidate(start: Psi, learnable: set[str], generator: torch.Generator
         elif part == "count":
             candidate.count_logits.copy_(simplex_logits(candidate.count_logits.shape))
         elif part == "elevation":
-            fraction = 0.05 + 0.9 * torch.rand(candidate.elevation_loc.shape, generator=generator)
+            fraction = 0.05 + 0.9 * draw(candidate.elevation_loc.shape)
             candidate.elevation_loc.copy_(torch.logit(fraction).to(start.device))
         elif part == "distance":
             candidate.distance_loc.add_(uniform(candidate.distance_loc.shape, RANDOM_SEARCH_RANGES["distance_log_factor"]))

@@ -58,6 +58,10 @@ class OptimizeConfig:
     insensitive to the gradient's scale)."""
     learnable: list[str] = field(default_factory=lambda: ["azimuth", "elevation", "distance", "exposure"])
     """Parts of psi that move (see optimizer.psi.PARTS); the rest stay at their initial values."""
+    share_classes: bool = False
+    """Learn one view and lighting distribution for all classes instead of one per class (the
+    per-class rows of psi get the mean of their gradients, so rows that start equal stay equal):
+    C times the samples per parameter, for targets whose shift is the same for every object."""
     psi: dict[str, Any] = field(default_factory=dict)
     """Overrides of optimizer.psi.PsiConfig fields (initial ranges, bins, temperature, ...)."""
     oracle_psi: dict[str, Any] | None = None

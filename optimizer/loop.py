@@ -5,19 +5,21 @@ One outer iteration ``t`` (every method goes through it; see :mod:`optimizer.bas
 
 1. draw ``images_per_iteration`` scenes from psi (the random-search candidate) with recorded
    noise, render them (no gradient);
-2. fine-tune a detector on them (``BatchNormMode.UPDATE``, plain training): the loop detector,
-   warm-started, for neural-sim and the fixed baselines; a copy of the reference detector for
-   random search and REINFORCE, so that each candidate or policy sample is scored from the same
-   start (Learning-to-Simulate trains a fresh model per reward);
-3. the validation loss and, for neural-sim, its gradient ``g`` w.r.t. the detector weights;
-   ``u = (H + damping)^-1 g`` with ``H`` the Hessian of the training loss on this iteration's
-   images (identity, Neumann or CG); then the estimator's outer gradient (pathwise: replay the
-   same samples with gradients, render again in chunks and push ``-d/dx [u . dL_train/dtheta]``
-   through the renderer; score: per-image alignments ``u . dL_i/dtheta`` as rewards). Every
-   gradient of the hypergradient uses ``BatchNormMode.BATCH``: the issue's measurement found
-   the per-image alignment informative only with batch statistics;
-4. Adam step on psi with an entropy bonus on the azimuth bins (against collapse onto one bin),
-   after scaling the outer gradient to unit norm; then one temperature-schedule step;
+2. neural-sim only, before the detector sees these images: the validation loss's gradient
+   ``g`` w.r.t. the warm-started detector's weights; ``u = (H + damping)^-1 g`` with ``H`` the
+   Hessian of the training loss on the new images (identity, Neumann or CG); the estimator's
+   outer gradient (pathwise: replay the same samples with gradients, render again in chunks and
+   push ``-d/dx [u . dL_train/dtheta]`` through the renderer; score: per-image alignments
+   ``u . dL_i/dtheta`` as rewards). Every gradient here uses ``BatchNormMode.BATCH``: the
+   issue's measurement found the per-image alignment informative only with batch statistics.
+   Then an Adam step on psi with an entropy bonus on the azimuth bins (against collapse onto
+   one bin), after scaling the outer gradient to unit norm, and a temperature-schedule step;
+3. fine-tune a detector on the images (``BatchNormMode.UPDATE``, plain training): the loop
+   detector, warm-started, for neural-sim and the fixed baselines; a copy of the reference
+   detector for random search and REINFORCE, so that each candidate or policy sample is scored
+   from the same start (Learning-to-Simulate trains a fresh model per reward);
+4. the validation loss (and mAP) of the fine-tuned detector; random search keeps the best
+   candidate, REINFORCE takes a score-function step with that score as the reward;
 5. record, checkpoint (atomically), report progress.
 
 Randomness: every draw comes from a generator seeded by (seed, iteration, purpose), so an
@@ -73,7 +75,7 @@ from optimizer.estimators import (
     score_function_surrogate,
 )
 from optimizer.hypergradient import hvp_from_gradients, inverse_hvp, mixed_grad_from_gradients, pathwise_backward
-from optimizer.psi import PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiNoise
+from optimizer.psi import PARTS, PER_CLASS_PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiNoise
 from optimizer.report import plot_history, sample_paths, save_sample_images, write_json_atomic
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
 from renderer.scene_spec import load_scene, read_scene_spec
@@ -504,6 +506,11 @@ class _Loop:
                 g.div_(norm)
         if "azimuth" in self.learnable and self.config.entropy_weight > 0:
             (-self.config.entropy_weight * self.psi.entropy().sum()).backward()
+        if self.config.share_classes:
+            for part, tensors in self.psi.part_parameters().items():
+                if part in PER_CLASS_PARTS:
+                    for tensor in tensors:
+                        tensor.grad.copy_(tensor.grad.mean(0, keepdim=True).expand_as(tensor))
         self.psi_optimizer.step()
         self.psi_optimizer.zero_grad(set_to_none=True)
         self.psi.step_temperature()
@@ -523,7 +530,8 @@ class _Loop:
                 sampler = self.psi  # the initial psi is the first candidate
             else:
                 start = initial_psi(config, self.psi_config).to(self.device)
-                sampler = random_candidate(start, self.learnable, _generator(config.seed, t, "candidate"))
+                sampler = random_candidate(start, self.learnable, _generator(config.seed, t, "candidate"),
+                                           shared=config.share_classes)
         noise = sampler.sample(config.images_per_iteration, _generator(config.seed, t, "render")).noise
         batch = self.render(noise, t, sampler)
 
@@ -548,14 +556,16 @@ class _Loop:
                 record["hypergradient_norm"] = self.step_psi(t)
         else:
             model = self.detector
+            if method == "neural-sim":
+                # The hypergradient first, on images the detector has not been trained on yet:
+                # after fine-tuning on them their gradients describe how well it fits them, not
+                # what they would teach it (a fresh sample estimates the expectation over psi).
+                val_loss_before, diagnostics = self.outer_step_direction(batch, noise, t)
+                record.update(diagnostics, val_loss_before=val_loss_before)
+                record["hypergradient_norm"] = self.step_psi(t)
             trained = self.train(model, batch, config.inner_steps, self.finetune_state, t)
             self.finetune_state = trained
-            if method == "neural-sim":
-                val_loss, diagnostics = self.outer_step_direction(batch, noise, t)
-                record.update(diagnostics)
-                record["hypergradient_norm"] = self.step_psi(t)
-            else:
-                val_loss = self.val_loss(model, t)
+            val_loss = self.val_loss(model, t)
             metrics = self.val_map(model, t)
 
         record["val_loss"] = val_loss

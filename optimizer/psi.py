@@ -64,6 +64,9 @@ DISCRETE_PARTS: frozenset[str] = frozenset({"azimuth", "background", "class_mix"
 """Parts with a discrete choice (for azimuth: the bin), i.e. those a score-function estimator
 handles without relaxation bias."""
 
+PER_CLASS_PARTS: frozenset[str] = frozenset({"azimuth", "elevation", "distance", "exposure", "color_gain"})
+"""Parts with one distribution per class (their tensors' first dimension is the class)."""
+
 _PART_TENSORS: dict[str, tuple[str, ...]] = {
     "azimuth": ("azimuth_logits",),
     "elevation": ("elevation_loc", "elevation_log_scale"),

@@ -78,7 +78,7 @@ def plot_history(history: list[dict], class_names: list[str], final: dict, out_d
 
     probs = np.array([record["psi"]["azimuth"]["probs"] for record in history])  # [T, C, K]
     classes = probs.shape[1]
-    figure, axes = plt.subplots(1, classes, figsize=(3 * classes + 1, 3.2), squeeze=False)
+    figure, axes = plt.subplots(1, classes, figsize=(3 * classes + 1, 3.2), squeeze=False, layout="constrained")
     for c, axis in enumerate(axes[0]):
         shown = axis.imshow(probs[:, c], aspect="auto", cmap="viridis", vmin=0, vmax=max(0.5, float(probs.max())),
                             extent=(0, 360, iterations[-1] + 0.5, iterations[0] - 0.5))

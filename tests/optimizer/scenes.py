@@ -42,7 +42,9 @@ class FacedBoxField(nn.Module):
     def occupied(self, positions: Tensor) -> Tensor:
         return torch.ones(positions.shape[0], dtype=torch.bool, device=positions.device)
 
-    def forward(self, positions: Tensor, directions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, positions: Tensor, directions: Tensor | None = None, appearance: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         inside = torch.sigmoid((self.half_extent - positions.abs()) / self.softness).prod(dim=-1)
         # The face a point is nearest to: the axis where it is closest to the wall, and its side.
         relative = positions / self.half_extent

@@ -140,8 +140,8 @@ def test_bad_configs_are_refused(tmp_path: Path, val_set: LabelledSet) -> None:
 
 
 class _NaNField(FacedBoxField):
-    def forward(self, positions, directions=None):
-        density, rgb = super().forward(positions, directions)
+    def forward(self, positions, directions=None, appearance=None):
+        density, rgb = super().forward(positions, directions, appearance)
         return density, rgb * torch.nan
 
 
@@ -204,3 +204,16 @@ def test_run_optimization_from_files_writes_the_report(tmp_path: Path, val_set: 
     # A finished run in the same folder is not redone.
     again = run_optimization(config, tmp_path / "out", progress_bar=False)
     assert again.metrics == result.metrics and again.history == result.history
+
+
+def test_shared_classes_learn_one_distribution(tmp_path: Path, val_set: LabelledSet) -> None:
+    from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
+
+    renderer = SceneRenderer(SceneRendererConfig(samples_per_ray=24),
+                             [FacedBoxField((0.05, 0.03, 0.02)), FacedBoxField((0.03, 0.03, 0.03))])
+    config = tiny_config(share_classes=True, estimator="score", outer_iterations=2, sample_images=0, val_map_every=0)
+    result = run_loop(config, renderer, ["box", "cube"], val_set, None, tmp_path, progress_bar=False)
+    probs = torch.tensor(result.psi["azimuth"]["probs"])
+    assert not torch.allclose(probs[0], torch.full((8,), 1 / 8))
+    assert torch.equal(probs[0], probs[1])
+    assert result.psi["distance_m"]["median"][0] == result.psi["distance_m"]["median"][1]

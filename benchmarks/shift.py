@@ -1,0 +1,341 @@
+"""Shift benchmarks: does the loop learn the target's scene distribution, and does it pay off?
+
+The paper's YCB-synthetic protocol at CPU scale. Six YCB-Video objects are six classes (NeRF
+assets from benchmarks/assets.py). The target validation and test sets are rendered by the MESH
+renderer (mitsuba: a real domain gap to the NeRF renderer the loop trains on) over real photo
+backgrounds, each with a shifted distribution:
+
+- pose: azimuths from 2 of the 8 bins only (45-135 degrees); psi learns the azimuth bins;
+- zoom: close-ups only (median distance 0.33 m instead of 0.6 m); psi learns the distance;
+- lighting: dim only (-1.5 stops instead of 0); psi learns the exposure.
+
+Methods, all through optimizer.loop.run_loop with the same warm-up, outer iterations, images
+per iteration and final dataset size (equal rendered-image budgets): uniform (psi fixed at its
+initial value), oracle (psi = the target's distribution), neural-sim with each estimator
+(pathwise, score, both), REINFORCE on the validation mAP, random search. The learning methods
+learn one distribution shared by all classes (the shifts are the same for every object). The
+fixed baselines skip the warm-up and outer iterations, which cannot change their result (the
+final detector starts from the initial weights), so they render fewer images. Each is scored by the
+test mAP50-95 of its final detector (trained from the same initial weights on images from its
+final psi); the pose shift also by the total-variation distance of the learned azimuth
+histogram to the target's. gap closed = (method - uniform) / (oracle - uniform), on the mean
+over seeds.
+
+    python benchmarks/shift.py [--quick] [--shifts pose zoom lighting] [--seeds 0 1 2]
+
+--quick: the pose shift only, one seed, uniform / oracle / neural-sim (--headline estimator) /
+REINFORCE, smaller budgets and quicker assets; under 15 minutes on 2 CPU cores once the quick
+assets are cached (building them takes about 6 minutes more, once).
+
+Writes benchmarks/results/shift/<mode>/: results.json, table.md, map.png, pose_histograms.png.
+Last line: ``pose_gap_closed=<x> pose_tv=<y>`` for neural-sim with the headline estimator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from assets import FULL_BUDGET, QUICK_BUDGET, SHIFT_OBJECTS, YCB, load_assets  # noqa: E402
+from detector.datasets import LabelledSet, load_dataset  # noqa: E402
+from optimizer.baselines import azimuth_total_variation  # noqa: E402
+from optimizer.config import OptimizeConfig  # noqa: E402
+from optimizer.dataset import render_dataset  # noqa: E402
+from optimizer.loop import run_loop  # noqa: E402
+from optimizer.psi import Psi, PsiConfig  # noqa: E402
+from renderer.backgrounds import BackgroundSet  # noqa: E402
+from renderer.mesh import MeshSceneRenderer, MeshSceneRendererConfig, load_textured_mesh  # noqa: E402
+from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: E402
+
+BACKGROUNDS = YCB.parent / "backgrounds"
+CACHE = Path(__file__).resolve().parent / "cache" / "shift_targets"
+RESULTS = Path(__file__).resolve().parent / "results" / "shift"
+
+BASE_PSI = {
+    "elevation_range_deg": [0.0, 60.0],
+    "elevation_median_deg": 25.0,
+    "distance_median": 0.6,
+    "distance_log_std": 0.2,
+    "exposure_std": 0.25,
+    "plain_background": False,
+    "offset_range": [0.15, 0.15],
+}
+"""The initial psi of every method (and the untouched parts of every target): JSON-able
+PsiConfig fields."""
+
+SHIFTS = {
+    "pose": {"learnable": ["azimuth"], "target": {"azimuth_bin_probs": [0, 1, 1, 0, 0, 0, 0, 0]}},
+    "zoom": {"learnable": ["distance"], "target": {"distance_median": 0.33, "distance_log_std": 0.12}},
+    "lighting": {"learnable": ["exposure"], "target": {"exposure_mean": -1.5, "exposure_std": 0.2}},
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Work per run (the same for every method)."""
+
+    image_size: int
+    val_images: int
+    test_images: int
+    warmup_steps: int
+    outer_iterations: int
+    images_per_iteration: int
+    inner_steps: int
+    final_images: int
+    final_epochs: int
+
+
+QUICK = Budget(image_size=64, val_images=100, test_images=300, warmup_steps=60, outer_iterations=6,
+               images_per_iteration=32, inner_steps=10, final_images=240, final_epochs=8)
+FULL = Budget(image_size=64, val_images=150, test_images=400, warmup_steps=150, outer_iterations=20,
+              images_per_iteration=48, inner_steps=10, final_images=600, final_epochs=15)
+
+METHODS = {
+    "uniform": {"method": "uniform"},
+    "oracle": {"method": "oracle"},
+    "neural-sim-pathwise": {"method": "neural-sim", "estimator": "pathwise"},
+    "neural-sim-score": {"method": "neural-sim", "estimator": "score"},
+    "neural-sim-both": {"method": "neural-sim", "estimator": "both"},
+    "reinforce": {"method": "reinforce"},
+    "random-search": {"method": "random-search"},
+}
+
+
+def target_sets(shift: str, budget: Budget, backgrounds: BackgroundSet) -> tuple[LabelledSet, LabelledSet]:
+    """Validation and test sets of ``shift``, rendered by the mesh renderer (cached)."""
+    psi_config = PsiConfig(num_classes=len(SHIFT_OBJECTS), num_backgrounds=len(backgrounds),
+                           **{k: tuple(v) if isinstance(v, list) else v for k, v in BASE_PSI.items()})
+    target = Psi.from_target(psi_config, **SHIFTS[shift]["target"])
+    meshes = None
+    sets = []
+    for split, count, seed in (("val", budget.val_images, 1000), ("test", budget.test_images, 2000)):
+        folder = CACHE / f"{shift}_{split}_{count}_{budget.image_size}px"
+        if not (folder / "annotations.json").is_file():
+            if meshes is None:
+                meshes = [load_textured_mesh(YCB / name / "textured.obj") for name in SHIFT_OBJECTS]
+            renderer = MeshSceneRenderer(MeshSceneRendererConfig(spp=16), meshes, backgrounds)
+            render_dataset(renderer, target, count, budget.image_size, folder, list(SHIFT_OBJECTS), seed=seed)
+        sets.append(load_dataset(folder / "annotations.json"))
+    return sets[0], sets[1]
+
+
+def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeConfig:
+    # A fixed psi gains nothing from outer iterations (the final detector starts from the
+    # initial weights and sees only the final dataset), so the fixed baselines skip them.
+    fixed = METHODS[method]["method"] in ("uniform", "oracle")
+    return OptimizeConfig(
+        **METHODS[method],
+        learnable=list(SHIFTS[shift]["learnable"]),
+        share_classes=True,
+        psi=dict(BASE_PSI),
+        oracle_psi=dict(SHIFTS[shift]["target"]),
+        inverse_hessian="identity",
+        psi_learning_rate=0.1,
+        entropy_weight=0.01,
+        outer_iterations=0 if fixed else budget.outer_iterations,
+        images_per_iteration=budget.images_per_iteration,
+        inner_steps=budget.inner_steps,
+        inner_learning_rate=0.002,
+        warmup_steps=0 if fixed else budget.warmup_steps,
+        detector="yolov8n-cpu",
+        image_size=budget.image_size,
+        final_images=budget.final_images,
+        final_epochs=budget.final_epochs,
+        val_map_every=0,
+        sample_images=2,
+        seed=seed,
+    )
+
+
+def distinguishable_bins(renderer: SceneRenderer, class_names: list[str], size: int) -> dict[str, list[float]]:
+    """For each class and azimuth bin: how far its view (bin centre, elevation 25 degrees) is
+    from the nearest other bin's view or that view mirrored (mean absolute RGB difference over
+    a white background). Near 0: the detector cannot tell this bin from another by its image,
+    so no estimator can prefer it."""
+    bins = 8
+    centres = [(k + 0.5) * 360 / bins for k in range(bins)]
+    result = {}
+    for class_id, name in enumerate(class_names):
+        views = []
+        for azimuth in centres:
+            params = _single_view(class_id, azimuth)
+            with torch.no_grad():
+                views.append(renderer.render(params, size).rgb[0])
+        views = torch.stack(views)
+        mirrored = views.flip(-1)
+        distances = []
+        for k in range(bins):
+            others = [j for j in range(bins) if j != k]
+            plain = (views[others] - views[k]).abs().mean((1, 2, 3))
+            flipped = (mirrored[others] - views[k]).abs().mean((1, 2, 3))
+            distances.append(round(float(torch.minimum(plain, flipped).min()), 4))
+        result[name] = distances
+    return result
+
+
+def _single_view(class_id: int, azimuth_deg: float):
+    from renderer.scene_types import SceneParams
+
+    return SceneParams.single([class_id], [azimuth_deg], [25.0], [0.6], background_color=(1.0, 1.0, 1.0))
+
+
+def summarise(values: list[float]) -> dict:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(finite), "std": statistics.pstdev(finite) if len(finite) > 1 else 0.0, "n": len(finite)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--shifts", nargs="+", choices=list(SHIFTS), default=None)
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
+    parser.add_argument("--seeds", nargs="+", type=int, default=None)
+    parser.add_argument("--headline", choices=["pathwise", "score", "both"], default="both",
+                        help="the neural-sim estimator of the last line")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--progress", action="store_true", help="progress bars of every stage")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    budget, asset_budget = (QUICK, QUICK_BUDGET) if args.quick else (FULL, FULL_BUDGET)
+    shifts = args.shifts or (["pose"] if args.quick else list(SHIFTS))
+    headline = f"neural-sim-{args.headline}"
+    methods = args.methods or (["uniform", "oracle", headline, "reinforce"] if args.quick else list(METHODS))
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    out = RESULTS / ("quick" if args.quick else "full")
+    out.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    fields = load_assets(SHIFT_OBJECTS, asset_budget)
+    backgrounds = BackgroundSet.from_folder(BACKGROUNDS, max_side=256)
+    renderer = SceneRenderer(SceneRendererConfig(fov_deg=40.0, samples_per_ray=64), fields, backgrounds)
+    class_names = list(SHIFT_OBJECTS)
+    setup_seconds = time.perf_counter() - started
+    print(f"assets ready in {setup_seconds:.0f} s", flush=True)
+
+    runs: dict[str, dict[str, list[dict]]] = {}
+    for shift in shifts:
+        began = time.perf_counter()
+        val_set, test_set = target_sets(shift, budget, backgrounds)
+        print(f"[{shift}] target sets ready in {time.perf_counter() - began:.0f} s "
+              f"({len(val_set)} val, {len(test_set)} test, mesh-rendered)", flush=True)
+        runs[shift] = {}
+        for method in methods:
+            runs[shift][method] = []
+            for seed in seeds:
+                config = run_config(shift, method, seed, budget)
+                run_dir = out / "runs" / shift / method / f"seed{seed}"
+                began = time.perf_counter()
+                result = run_loop(config, renderer, class_names, val_set, test_set, run_dir, progress_bar=args.progress)
+                seconds = time.perf_counter() - began
+                probs = result.psi["azimuth"]["probs"]
+                record = {
+                    "seed": seed,
+                    "test_map50_95": result.metrics.get("test", {}).get("map50_95"),
+                    "test_map50": result.metrics.get("test", {}).get("map50"),
+                    "val_map50_95": result.metrics.get("val", {}).get("map50_95"),
+                    "pose_tv": azimuth_total_variation(probs, SHIFTS["pose"]["target"]["azimuth_bin_probs"]),
+                    "azimuth_probs": probs,
+                    "distance_median": result.psi["distance_m"]["median"],
+                    "exposure_mean": result.psi["exposure_stops"]["mean"],
+                    "images_rendered": result.images_rendered,
+                    "seconds": round(seconds, 1),
+                }
+                runs[shift][method].append(record)
+                print(f"[{shift}] {method:22s} seed {seed}: test mAP50-95 {record['test_map50_95']:.4f} "
+                      f"pose TV {record['pose_tv']:.3f} images {record['images_rendered']} {seconds:.0f} s", flush=True)
+
+    table = {}
+    for shift, by_method in runs.items():
+        table[shift] = {}
+        uniform = summarise([r["test_map50_95"] for r in by_method.get("uniform", [])])["mean"]
+        oracle = summarise([r["test_map50_95"] for r in by_method.get("oracle", [])])["mean"]
+        for method, records in by_method.items():
+            score = summarise([r["test_map50_95"] for r in records])
+            gap = None
+            if None not in (uniform, oracle, score["mean"]) and oracle != uniform:
+                gap = (score["mean"] - uniform) / (oracle - uniform)
+            table[shift][method] = {
+                "test_map50_95": score,
+                "gap_closed": gap,
+                "pose_tv": summarise([r["pose_tv"] for r in records]),
+                "images_rendered": records[0]["images_rendered"],
+                "seconds": summarise([r["seconds"] for r in records]),
+            }
+
+    bins = distinguishable_bins(renderer, class_names, budget.image_size)
+    total_seconds = time.perf_counter() - started
+    results = {"budget": vars(budget), "asset_budget": vars(asset_budget), "seeds": seeds, "shifts": shifts,
+               "methods": methods, "table": table, "runs": runs, "bin_distinguishability": bins,
+               "seconds_total": round(total_seconds, 1), "seconds_assets": round(setup_seconds, 1)}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "table.md").write_text(markdown_table(table, seeds))
+    plot_results(runs, table, out)
+    print(markdown_table(table, seeds))
+    print(f"bin distinguishability (mean |RGB| difference to the nearest other bin or its mirror image): {bins}")
+    print(f"total {total_seconds / 60:.1f} min (assets {setup_seconds / 60:.1f} min); results in {out}")
+    pose = table.get("pose", {}).get(headline, {})
+    gap = pose.get("gap_closed")
+    tv = pose.get("pose_tv", {}).get("mean")
+    print(f"pose_gap_closed={'nan' if gap is None else f'{gap:.3f}'} pose_tv={'nan' if tv is None else f'{tv:.3f}'}")
+
+
+def markdown_table(table: dict, seeds: list[int]) -> str:
+    lines = [f"test mAP50-95 mean +- std over seeds {seeds}; gap closed = (method - uniform) / (oracle - uniform)", "",
+             "| shift | method | test mAP50-95 | gap closed | pose TV | images rendered | seconds |",
+             "|---|---|---|---|---|---|---|"]
+    for shift, by_method in table.items():
+        for method, row in by_method.items():
+            score, tv, seconds = row["test_map50_95"], row["pose_tv"], row["seconds"]
+            gap = "-" if row["gap_closed"] is None else f"{row['gap_closed']:.2f}"
+            lines.append(f"| {shift} | {method} | {score['mean']:.4f} +- {score['std']:.4f} | {gap} | "
+                         f"{tv['mean']:.3f} | {row['images_rendered']} | {seconds['mean']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(runs: dict, table: dict, out: Path) -> None:
+    shifts = list(table)
+    figure, axes = plt.subplots(1, len(shifts), figsize=(5 * len(shifts), 3.5), squeeze=False)
+    for axis, shift in zip(axes[0], shifts):
+        names = list(table[shift])
+        means = [table[shift][m]["test_map50_95"]["mean"] or 0 for m in names]
+        stds = [table[shift][m]["test_map50_95"]["std"] or 0 for m in names]
+        axis.bar(range(len(names)), means, yerr=stds, capsize=3)
+        axis.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+        axis.set_title(f"{shift} shift")
+        axis.set_ylabel("test mAP50-95")
+    figure.tight_layout()
+    figure.savefig(out / "map.png", dpi=100)
+    plt.close(figure)
+
+    if "pose" in runs:
+        methods = list(runs["pose"])
+        figure, axes = plt.subplots(1, len(methods), figsize=(2.6 * len(methods), 2.6), squeeze=False)
+        target = torch.tensor(SHIFTS["pose"]["target"]["azimuth_bin_probs"], dtype=torch.float)
+        for axis, method in zip(axes[0], methods):
+            probs = torch.tensor([r["azimuth_probs"] for r in runs["pose"][method]]).mean((0, 1))
+            axis.bar(range(8), probs.tolist(), label="learned (mean over classes, seeds)")
+            axis.step(range(8), (target / target.sum()).tolist(), where="mid", color="k", label="target")
+            axis.set_title(method, fontsize=8)
+            axis.set_xlabel("azimuth bin")
+        axes[0][0].legend(fontsize=6)
+        figure.tight_layout()
+        figure.savefig(out / "pose_histograms.png", dpi=100)
+        plt.close(figure)
+
+
+if __name__ == "__main__":
+    main()
