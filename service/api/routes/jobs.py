@@ -37,9 +37,10 @@ from service.tasks import ARTIFACTS_DIR, WORK_DIR
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 SERVICE_SET_OPTIONS = {"scene", "target_val", "target_test"}
-FILE_CONTENT = {"content": {media: {"schema": {"type": "string", "format": "binary"}} for media in
-                            ("application/zip", "application/json", "application/octet-stream", "image/png", "image/jpeg")}}
-"""Media types of downloaded files (by their suffix)."""
+FILE_CONTENT = {"content": {**{media: {"schema": {"type": "string", "format": "binary"}}
+                            for media in ("application/zip", "application/octet-stream", "image/png", "image/jpeg")},
+                            "application/json": {"schema": {}}}}
+"""Media types of downloaded files (by their suffix; JSON files hold any JSON)."""
 
 
 def _check_references(job: JobCreate, tenant: str, store) -> None:

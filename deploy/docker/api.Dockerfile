@@ -1,0 +1,47 @@
+# syntax=docker/dockerfile:1
+# The nerfsim API: slim Python with CPU-only torch. The API never trains or renders, but it
+# loads uploaded assets and checks job settings with the optimizer's own code, so it needs the
+# package and torch. Build from the repository root:
+#     docker build -f deploy/docker/api.Dockerfile -t nerfsim/api .
+ARG PYTHON_VERSION=3.11
+
+FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# CPU wheels first (a few hundred MB instead of the CUDA build's few GB); the package install
+# below finds the pinned versions already satisfied.
+RUN pip install torch==2.14.1 torchvision==0.29.1 --index-url ${TORCH_INDEX_URL}
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY renderer renderer
+COPY detector detector
+COPY optimizer optimizer
+COPY service service
+RUN pip install .
+
+FROM python:${PYTHON_VERSION}-slim-bookworm
+# libGL and glib for OpenCV (imported by Ultralytics).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 libgomp1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --uid 10001 --create-home nerfsim \
+    && mkdir -p /data /opt/nerfsim/yolo \
+    && chown nerfsim /data /opt/nerfsim/yolo
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    NERFSIM_STORAGE_ROOT=/data \
+    YOLO_OFFLINE=1 \
+    YOLO_CONFIG_DIR=/opt/nerfsim/yolo \
+    OMP_NUM_THREADS=1
+USER nerfsim
+WORKDIR /home/nerfsim
+VOLUME /data
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+# The API alone (--workers 0): workers run in their own containers. REDIS_URL must be set;
+# without it `nerfsim serve` would start an embedded Redis inside this container.
+CMD ["nerfsim", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "0"]
