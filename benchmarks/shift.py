@@ -23,6 +23,9 @@ over seeds.
 
     python benchmarks/shift.py [--quick] [--shifts pose zoom lighting] [--seeds 0 1 2]
 
+The full run adds neural-sim@half (the headline estimator with half the outer iterations), to
+see whether it reaches REINFORCE's test mAP with half of REINFORCE's loop images.
+
 --quick: the pose shift only, one seed, uniform / oracle / neural-sim (--headline estimator) /
 REINFORCE, smaller budgets and quicker assets; under 15 minutes on 2 CPU cores once the quick
 assets are cached (building them takes about 6 minutes more, once).
@@ -112,6 +115,9 @@ METHODS = {
     "reinforce": {"method": "reinforce"},
     "random-search": {"method": "random-search"},
 }
+HALF = "@half"
+"""Suffix of a method run with half the outer iterations (e.g. neural-sim-both@half): does it
+reach REINFORCE's test mAP with at most half of REINFORCE's loop images?"""
 
 
 def target_sets(shift: str, budget: Budget, backgrounds: BackgroundSet) -> tuple[LabelledSet, LabelledSet]:
@@ -135,9 +141,11 @@ def target_sets(shift: str, budget: Budget, backgrounds: BackgroundSet) -> tuple
 def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeConfig:
     # A fixed psi gains nothing from outer iterations (the final detector starts from the
     # initial weights and sees only the final dataset), so the fixed baselines skip them.
-    fixed = METHODS[method]["method"] in ("uniform", "oracle")
+    base = method.removesuffix(HALF)
+    fixed = METHODS[base]["method"] in ("uniform", "oracle")
+    iterations = budget.outer_iterations // 2 if method.endswith(HALF) else budget.outer_iterations
     return OptimizeConfig(
-        **METHODS[method],
+        **METHODS[base],
         learnable=list(SHIFTS[shift]["learnable"]),
         share_classes=True,
         psi=dict(BASE_PSI),
@@ -145,7 +153,7 @@ def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeCo
         inverse_hessian="identity",
         psi_learning_rate=SHIFTS[shift]["psi_lr"],
         entropy_weight=0.01,
-        outer_iterations=0 if fixed else budget.outer_iterations,
+        outer_iterations=0 if fixed else iterations,
         images_per_iteration=budget.images_per_iteration,
         inner_steps=budget.inner_steps,
         inner_learning_rate=0.002,
@@ -203,7 +211,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--shifts", nargs="+", choices=list(SHIFTS), default=None)
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help=f"of {list(METHODS)}, each optionally with the suffix {HALF}")
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
     parser.add_argument("--headline", choices=["pathwise", "score", "both"], default="both",
                         help="the neural-sim estimator of the last line")
@@ -215,7 +224,11 @@ def main() -> None:
     budget, asset_budget = (QUICK, QUICK_BUDGET) if args.quick else (FULL, FULL_BUDGET)
     shifts = args.shifts or (["pose"] if args.quick else list(SHIFTS))
     headline = f"neural-sim-{args.headline}"
-    methods = args.methods or (["uniform", "oracle", headline, "reinforce"] if args.quick else list(METHODS))
+    methods = args.methods or (["uniform", "oracle", headline, "reinforce"] if args.quick
+                               else [*METHODS, headline + HALF])
+    unknown = [m for m in methods if m.removesuffix(HALF) not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; use {list(METHODS)}, optionally with the suffix {HALF}")
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     out = RESULTS / ("quick" if args.quick else "full")
     out.mkdir(parents=True, exist_ok=True)
@@ -278,6 +291,14 @@ def main() -> None:
                 "seconds": summarise([r["seconds"] for r in records]),
             }
 
+    half = table.get("pose", {}).get(headline + HALF)
+    reinforce = table.get("pose", {}).get("reinforce")
+    if half and reinforce and None not in (half["test_map50_95"]["mean"], reinforce["test_map50_95"]["mean"]):
+        loop_images = {name: row["images_rendered"] - budget.final_images for name, row in
+                       (("half", half), ("reinforce", reinforce))}
+        print(f"pose: {headline}{HALF} test mAP50-95 {half['test_map50_95']['mean']:.4f} with {loop_images['half']} "
+              f"loop images vs REINFORCE {reinforce['test_map50_95']['mean']:.4f} with {loop_images['reinforce']}: "
+              f"reaches it: {half['test_map50_95']['mean'] >= reinforce['test_map50_95']['mean']}")
     bins = distinguishable_bins(renderer, class_names, budget.image_size)
     total_seconds = time.perf_counter() - started
     results = {"budget": vars(budget), "asset_budget": vars(asset_budget), "seeds": seeds, "shifts": shifts,

@@ -691,7 +691,9 @@ class _Loop:
         write_json_atomic(self.out_dir / "psi.json", {
             "snapshot": snapshot,
             "psi_config": _plain(asdict(self.psi.config)),
-            "state": {name: value.detach().cpu().tolist() for name, value in self.psi.state_dict().items()},
+            # Bins of probability 0 have logit -inf, which JSON cannot hold; -1e4 is as impossible.
+            "state": {name: torch.nan_to_num(value.detach().cpu(), neginf=-1e4).tolist()
+                      for name, value in self.psi.state_dict().items()},
         })
         plots = plot_history(self.history, self.class_names, final, self.out_dir / "plots")
         report = {
