@@ -14,7 +14,13 @@ Needs ../shared/assets/ycb. Last line: ``psnr_db=<x> box_iou=<y> train_minutes=<
 
 from __future__ import annotations
 
-import argparse
+import os
+
+# Idle OpenMP threads sleep instead of spinning (busy-waiting threads are ruinous on a shared
+# machine); must be set before torch starts.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
 import json
 import math
 import time

@@ -13,7 +13,13 @@ images_per_s_64=<nerfsim images/s, 64 px, 1 object, forward>``.
 
 from __future__ import annotations
 
-import argparse
+import os
+
+# Idle OpenMP threads sleep instead of spinning (busy-waiting threads are ruinous on a shared
+# machine); must be set before torch starts.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
 import json
 import math
 import time

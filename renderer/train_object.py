@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from renderer.object_field import ObjectAssetMeta, ObjectField, ObjectFieldConfig, dilate, shell
 from renderer.posed_images import PosedImages
-from renderer.raymarch import PackedSamples, accumulate, compositing_weights, march_field
+from renderer.raymarch import PackedSamples, accumulate, compositing_weights, intersect_aabb, march_field
 
 ASSET_META = "asset.json"
 ASSET_WEIGHTS = "field.pt"
@@ -234,8 +234,7 @@ def train_object_field(
     origins, dirs = pixel_rays(images)
     target_rgb = images.rgb.reshape(-1, 3)
     target_alpha = images.alpha.reshape(-1)
-    probe = march_field(field_model, origins, dirs, 16)  # which rays meet the hull at all
-    useful = torch.unique(probe.ray_ids)
+    _, _, useful = intersect_aabb(origins, dirs, aabb)  # rays that miss the box teach nothing
     origins, dirs = origins[useful], dirs[useful]
     target_rgb, target_alpha = target_rgb[useful], target_alpha[useful]
 
