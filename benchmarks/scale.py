@@ -165,17 +165,21 @@ def wait_for_jobs(client: NerfsimClient, job_ids: list[str], timeout_s: float, p
     return [done[job_id] for job_id in job_ids]
 
 
+def log_entries(log: Path) -> list[dict]:
+    """The JSON-lines entries of a service log (other lines, such as warnings, skipped)."""
+    entries = []
+    for line in log.read_text().splitlines():
+        if line.startswith("{"):
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue
+    return entries
+
+
 def job_starts(worker_log: Path) -> Counter:
-    """How many times each job was started, from the workers' JSON logs."""
-    starts: Counter = Counter()
-    for line in worker_log.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("message") == "job started":
-            starts[entry["job_id"]] += 1
-    return starts
+    """How many times each job was started, from the workers' logs."""
+    return Counter(e["job_id"] for e in log_entries(worker_log) if e.get("message") == "job started")
 
 
 def _time(stamp: str) -> float:

@@ -130,14 +130,18 @@ def publish_artifacts(job_dir: Path, storage: Storage) -> dict[str, str]:
     work = job_dir / WORK_DIR
     final = job_dir / ARTIFACTS_DIR
     staging = staging_dir(final)
-    if work.is_dir():
-        for item in sorted(work.iterdir()):
-            if item.name.startswith(".") or item.name in PRIVATE_FILES or item.suffix in {".tmp", ".partial"}:
-                continue
-            if item.is_file():
-                shutil.copy2(item, staging / item.name)
-            elif item.name in ZIPPED_FOLDERS:
-                _zip_folder(item, staging / ZIPPED_FOLDERS[item.name])
+    try:
+        if work.is_dir():
+            for item in sorted(work.iterdir()):
+                if item.name.startswith(".") or item.name in PRIVATE_FILES or item.suffix in {".tmp", ".partial"}:
+                    continue
+                if item.is_file():
+                    shutil.copy2(item, staging / item.name)
+                elif item.name in ZIPPED_FOLDERS:
+                    _zip_folder(item, staging / ZIPPED_FOLDERS[item.name])
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # (a full disk): the previous artifacts stay as they were
+        raise
     publish_dir(staging, final)
     storage.mirror_dir(final)
     return {p.name: p.name for p in sorted(final.iterdir())}
