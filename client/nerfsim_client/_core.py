@@ -244,16 +244,17 @@ class ProgressBar:
     """One tqdm bar that follows a job's events across its stages."""
 
     def __init__(self, job_id: str, enabled: bool) -> None:
+        self.job_id = job_id
         self.bar = tqdm(total=None, desc=f"{job_id}: waiting", unit="it", disable=not enabled, dynamic_ncols=True)
 
     def __call__(self, event: Event) -> None:
         data = event.data
         if event.event == "status":
-            self.bar.set_description(f"{self.bar.desc.split(':')[0]}: {data.get('status')}")
+            self.bar.set_description(f"{self.job_id}: {data.get('status')}")
         elif event.event == "progress":
             stage = data.get("stage", "")
             done = data.get("iteration", 0) + (1 if stage == "outer" else 0)
-            self.bar.set_description(f"{self.bar.desc.split(':')[0]}: {stage}")
+            self.bar.set_description(f"{self.job_id}: {stage}")
             self.bar.total = data.get("total")
             self.bar.n = done
             shown = {k: f"{v:.4g}" for k, v in data.get("metrics", {}).items()

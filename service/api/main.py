@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import redis
 import redis.asyncio
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from service.api.responses import ERROR_RESPONSES
 from service.api.routes import assets, health, jobs, targets
@@ -25,6 +27,9 @@ from service.settings import ServiceSettings, get_settings
 from service.storage import Storage
 
 log = logging.getLogger(__name__)
+
+DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
+"""The web dashboard's static files (served at ``/``, its scripts and styles under ``/dashboard/``)."""
 
 
 class RequestMetrics:
@@ -112,4 +117,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     v1.include_router(targets.router)
     v1.include_router(jobs.router)
     app.include_router(v1)
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        return FileResponse(DASHBOARD_DIR / "index.html")
+
+    app.mount("/dashboard", StaticFiles(directory=DASHBOARD_DIR), name="dashboard")
     return app

@@ -1,0 +1,719 @@
+// The nerfsim dashboard: sign in with an API key, upload assets and target sets, create jobs,
+// and follow a job live over server-sent events. Plain JavaScript, no build step; every
+// request carries the key in an Authorization header (so events, images and downloads are
+// fetched rather than linked).
+
+import { PALETTE, lineChart, linspace, logNormalDensity, normalDensity, polarChart } from "./charts.js";
+
+const KEY_STORAGE = "nerfsim.apiKey";
+const STAGES = ["queued", "setup", "outer", "final-render", "final-train", "evaluate", "report", "done"];
+const TERMINAL = ["succeeded", "failed", "cancelled"];
+const PARTS = ["azimuth", "elevation", "distance", "exposure", "color_gain", "background", "class_mix", "count"];
+const DEFAULT_LEARNABLE = ["azimuth", "elevation", "distance", "exposure"];
+const FINAL_METRICS = [["test_map50_95", "test mAP50-95"], ["test_map50", "test mAP50"],
+                       ["val_map50_95", "validation mAP50-95"], ["val_map50", "validation mAP50"]];
+
+const app = document.getElementById("app");
+let leaveView = () => {};
+
+// ------------------------------------------------------------------------------------------
+// small helpers
+
+function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else if (name === "dataset") Object.assign(node.dataset, value);
+    else node.setAttribute(name, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined && child !== false) node.append(child);
+  }
+  return node;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const fmt = (value, digits = 3) => (Number.isFinite(value) ? (+value.toPrecision(digits)).toString() : "–");
+const when = (iso) => (iso ? new Date(iso).toLocaleString() : "–");
+
+function newKey() {
+  if (window.crypto && crypto.randomUUID) return `web-${crypto.randomUUID()}`;
+  return `web-${Date.now().toString(16)}-${Math.random().toString(16).slice(2)}`;
+}
+
+function badge(status) {
+  return h("span", { class: `badge ${status}`, "data-status": status }, status);
+}
+
+// ------------------------------------------------------------------------------------------
+// the API
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+function describe(detail) {
+  if (Array.isArray(detail)) {
+    return detail.map((d) => `${(d.loc || []).filter((p) => p !== "body").join(".")}: ${d.msg}`).join("; ");
+  }
+  return typeof detail === "string" ? detail : JSON.stringify(detail);
+}
+
+const api = {
+  key: sessionStorage.getItem(KEY_STORAGE),
+
+  headers(extra = {}) {
+    return { Authorization: `Bearer ${this.key}`, ...extra };
+  },
+
+  async fetch(method, path, { json, form, headers = {}, signal } = {}) {
+    const init = { method, headers: this.headers(headers), signal };
+    if (json !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(json);
+    } else if (form) {
+      init.body = form;
+    }
+    const response = await fetch(path, init);
+    if (!response.ok) {
+      let message = response.statusText;
+      try {
+        message = describe((await response.json()).detail);
+      } catch (_) { /* not JSON */ }
+      if (response.status === 401 && path !== "/v1/jobs?limit=1") signOut(message);
+      throw new ApiError(response.status, message);
+    }
+    return response;
+  },
+
+  async json(method, path, options) {
+    const response = await this.fetch(method, path, options);
+    return response.status === 204 ? null : response.json();
+  },
+
+  get: (path, options) => api.json("GET", path, options),
+};
+
+/**
+ * Follow a job's server-sent events from the first, calling `onEvent({event, data, id})`;
+ * reconnects with Last-Event-ID (backoff with jitter) until the final status or `signal` aborts.
+ */
+async function followEvents(jobId, onEvent, signal) {
+  let lastId = null;
+  let failures = 0;
+  while (!signal.aborted) {
+    try {
+      const headers = { Accept: "text/event-stream", ...(lastId ? { "Last-Event-ID": lastId } : {}) };
+      const response = await api.fetch("GET", `/v1/jobs/${jobId}/events`, { headers, signal });
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      let afterCR = false;
+      let current = { event: "", data: [], id: lastId };
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        let text = value;
+        if (afterCR && text.startsWith("\n")) text = text.slice(1);
+        if (text) afterCR = text.endsWith("\r");
+        const lines = (buffer + text).split(/\r\n|\r|\n/);
+        buffer = lines.pop();
+        for (const line of lines) {
+          if (line === "") {
+            if (current.data.length) {
+              let data;
+              try { data = JSON.parse(current.data.join("\n")); } catch (_) { data = { text: current.data.join("\n") }; }
+              const event = { event: current.event || "message", data, id: current.id };
+              failures = 0;
+              lastId = current.id;
+              onEvent(event);
+              if (event.event === "status" && TERMINAL.includes(data.status)) return;
+            }
+            current = { event: "", data: [], id: current.id };
+          } else if (!line.startsWith(":")) {
+            const at = line.indexOf(":");
+            const field = at < 0 ? line : line.slice(0, at);
+            let rest = at < 0 ? "" : line.slice(at + 1);
+            if (rest.startsWith(" ")) rest = rest.slice(1);
+            if (field === "event") current.event = rest;
+            else if (field === "data") current.data.push(rest);
+            else if (field === "id") current.id = rest || null;
+          }
+        }
+      }
+    } catch (error) {
+      if (signal.aborted) return;
+      if (error instanceof ApiError && error.status < 500 && error.status !== 429) throw error;
+    }
+    failures += 1;
+    const backoff = Math.min(30000, 500 * 2 ** failures);
+    await sleep(backoff / 2 + (Math.random() * backoff) / 2);
+  }
+}
+
+async function blobUrl(path, signal) {
+  const response = await api.fetch("GET", path, { signal });
+  return URL.createObjectURL(await response.blob());
+}
+
+async function download(path, name, status) {
+  status.textContent = "downloading…";
+  try {
+    const url = await blobUrl(path);
+    const link = h("a", { href: url, download: name, style: "display:none" });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+    status.textContent = "saved";
+  } catch (error) {
+    status.textContent = `failed: ${error.message}`;
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// sign in
+
+function signOut(message) {
+  api.key = null;
+  sessionStorage.removeItem(KEY_STORAGE);
+  show(signInView(message));
+}
+
+function signInView(message) {
+  const input = h("input", { id: "api-key", type: "password", placeholder: "nsk_…", autocomplete: "off",
+                             required: true, size: 48 });
+  const error = h("p", { class: "error", id: "sign-in-error" }, message || "");
+  const form = h("form", { id: "sign-in", class: "card sign-in" },
+    h("h1", {}, "nerfsim"),
+    h("p", { class: "muted" }, "Sign in with an API key (create one with ", h("code", {}, "nerfsim keys create"), ")."),
+    h("label", {}, "API key", input),
+    h("button", { type: "submit" }, "Sign in"),
+    error);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    api.key = input.value.trim();
+    try {
+      await api.get("/v1/jobs?limit=1");
+    } catch (failure) {
+      api.key = null;
+      error.textContent = failure.status === 401 ? `Not signed in: ${failure.message}` : failure.message;
+      return;
+    }
+    sessionStorage.setItem(KEY_STORAGE, api.key);
+    location.hash = "#/";
+    route();
+  });
+  return { node: h("main", { class: "centre" }, form) };
+}
+
+// ------------------------------------------------------------------------------------------
+// home: jobs, assets, targets and the forms
+
+function homeView() {
+  const controller = new AbortController();
+  const jobsBody = h("tbody", { id: "jobs" });
+  const assetsList = h("ul", { id: "assets", class: "records" });
+  const targetsList = h("ul", { id: "targets", class: "records" });
+  const jobForm = jobFormView();
+
+  async function refresh() {
+    const [jobs, assets, targets] = await Promise.all([
+      api.get("/v1/jobs?limit=50"), api.get("/v1/assets?limit=200"), api.get("/v1/targets?limit=200")]);
+    jobsBody.replaceChildren(...(jobs.data.length ? jobs.data.map(jobRow)
+      : [h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No jobs yet: upload an asset and a target set, then create one."))]));
+    assetsList.replaceChildren(...assets.data.map((a) => recordItem(a, `${a.kind} · `, a.status, "/v1/assets")));
+    targetsList.replaceChildren(...targets.data.map((t) =>
+      recordItem(t, `${t.role} · ${t.format} · ${t.num_images} images · `, t.class_names.join(", "), "/v1/targets")));
+    jobForm.update(assets.data, targets.data);
+  }
+
+  function recordItem(record, prefix, status, base) {
+    const remove = h("button", { class: "link", title: "delete", onclick: async () => {
+      try { await api.json("DELETE", `${base}/${record.id}`); await refresh(); } catch (error) { alert(error.message); }
+    } }, "×");
+    return h("li", { "data-id": record.id }, h("strong", {}, record.name), " ",
+             h("span", { class: "muted" }, prefix), h("span", { class: `status ${status}` }, status),
+             record.error ? h("div", { class: "error" }, record.error) : null, remove);
+  }
+
+  const assetForm = uploadForm("asset-form", "Upload asset", "/v1/assets", [
+    h("label", {}, "Archive (zip or tar)", h("input", { type: "file", name: "file", required: true })),
+    h("label", {}, "Class name", h("input", { name: "name", required: true, pattern: "[A-Za-z0-9][A-Za-z0-9_.\\-]*" })),
+    h("label", {}, "Kind", h("select", { name: "kind" }, ...["nerfsim", "nerfstudio", "posed-images", "mesh"]
+      .map((k) => h("option", { value: k }, k)))),
+    h("details", {}, h("summary", {}, "Build settings (meshes, posed images)"),
+      h("textarea", { name: "build", rows: 3, placeholder: '{"train_minutes": 15}' })),
+  ], refresh);
+  const targetForm = uploadForm("target-form", "Upload target set", "/v1/targets", [
+    h("label", {}, "Archive of a COCO or YOLO set", h("input", { type: "file", name: "file", required: true })),
+    h("label", {}, "Name", h("input", { name: "name", required: true })),
+    h("label", {}, "Role", h("select", { name: "role" }, ...["validation", "test", "both"]
+      .map((r) => h("option", { value: r }, r)))),
+    h("label", {}, "Format", h("select", { name: "format" }, h("option", { value: "" }, "detect"),
+      h("option", { value: "coco" }, "coco"), h("option", { value: "yolo" }, "yolo"))),
+  ], refresh);
+
+  const node = h("main", { class: "home" },
+    h("section", { class: "card wide" }, h("h2", {}, "Jobs"),
+      h("table", { class: "jobs" }, h("thead", {}, h("tr", {}, ...["Job", "Status", "Method", "Progress", "Created"]
+        .map((t) => h("th", {}, t)))), jobsBody)),
+    h("section", { class: "card" }, h("h2", {}, "New job"), jobForm.node),
+    h("section", { class: "card" }, h("h2", {}, "Assets"), assetsList, assetForm),
+    h("section", { class: "card" }, h("h2", {}, "Target sets"), targetsList, targetForm));
+
+  (async () => {
+    while (!controller.signal.aborted) {
+      try { await refresh(); } catch (error) { if (error.status === 401) return; }
+      await sleep(document.hidden ? 15000 : 4000);
+    }
+  })();
+  return { node, leave: () => controller.abort() };
+}
+
+function jobRow(job) {
+  const p = job.progress;
+  const progress = p ? `${p.stage} ${p.stage === "outer" ? p.iteration + 1 : p.iteration}/${p.total}` : "";
+  return h("tr", { "data-id": job.id },
+    h("td", {}, h("a", { href: `#/jobs/${job.id}` }, job.id)), h("td", {}, badge(job.status)),
+    h("td", {}, job.method), h("td", {}, progress), h("td", {}, when(job.created_at)));
+}
+
+function uploadForm(id, title, path, fields, done) {
+  const message = h("p", { class: "message" });
+  const form = h("form", { id, class: "upload" }, h("h3", {}, title), ...fields,
+                 h("button", { type: "submit" }, "Upload"), message);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const data = new FormData(form);
+    for (const [name, value] of [...data.entries()]) if (value === "") data.delete(name);
+    message.className = "message";
+    message.textContent = "uploading and checking…";
+    try {
+      const record = await api.json("POST", path, { form: data });
+      message.textContent = `uploaded ${record.name} (${record.id})`;
+      form.reset();
+      await done();
+    } catch (error) {
+      message.className = "message error";
+      message.textContent = error.message;
+    }
+  });
+  return form;
+}
+
+function jobFormView() {
+  const assetsBox = h("div", { class: "choices", id: "job-assets" }, h("span", { class: "muted" }, "no ready assets"));
+  const targetVal = h("select", { name: "target_val", required: true });
+  const targetTest = h("select", { name: "target_test" });
+  const number = (name, value, attrs = {}) => h("label", {}, name.replace(/_/g, " "),
+    h("input", { type: "number", name, value, min: 1, ...attrs }));
+  const advanced = h("textarea", { name: "advanced", id: "job-advanced", rows: 4,
+                                   placeholder: '{"options": {"sample_images": 4}, "psi": {}}' });
+  const message = h("p", { class: "message" });
+  let idempotencyKey = newKey();
+  let shownAssets = "";
+
+  const form = h("form", { id: "job-form" },
+    h("fieldset", {}, h("legend", {}, "Objects (classes)"), assetsBox),
+    h("label", {}, "Validation set (drives the loop)", targetVal),
+    h("label", {}, "Test set (final metrics)", targetTest),
+    h("label", {}, "Method", h("select", { name: "method" },
+      ...["neural-sim", "uniform", "random-search", "reinforce", "oracle"].map((m) => h("option", { value: m }, m)))),
+    h("div", { class: "row" }, number("outer_iterations", 20), number("images_per_iteration", 32),
+      number("inner_steps", 20)),
+    h("div", { class: "row" }, number("final_images", 200), number("final_epochs", 10),
+      number("image_size", 64, { step: 32, min: 32 })),
+    h("fieldset", {}, h("legend", {}, "Learnable parts of psi"), h("div", { class: "choices" },
+      ...PARTS.map((part) => h("label", { class: "check" },
+        h("input", { type: "checkbox", name: "learnable", value: part, checked: DEFAULT_LEARNABLE.includes(part) }), part)))),
+    h("details", {}, h("summary", {}, "Advanced settings (JSON, merged into the request)"), advanced),
+    h("button", { type: "submit", id: "create-job" }, "Create job"), message);
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const data = new FormData(form);
+    const request = {
+      assets: data.getAll("assets"),
+      target_val: data.get("target_val"),
+      method: data.get("method"),
+      learnable: data.getAll("learnable"),
+      image_size: +data.get("image_size"),
+      budget: Object.fromEntries(["outer_iterations", "images_per_iteration", "inner_steps", "final_images",
+                                  "final_epochs"].map((k) => [k, +data.get(k)])),
+    };
+    if (data.get("target_test")) request.target_test = data.get("target_test");
+    try {
+      const extra = advanced.value.trim() ? JSON.parse(advanced.value) : {};
+      for (const [key, value] of Object.entries(extra)) {
+        request[key] = value && typeof value === "object" && !Array.isArray(value) && request[key]
+          ? { ...request[key], ...value } : value;
+      }
+    } catch (error) {
+      message.className = "message error";
+      message.textContent = `Advanced settings: ${error.message}`;
+      return;
+    }
+    message.className = "message";
+    message.textContent = "creating…";
+    try {
+      const job = await api.json("POST", "/v1/jobs", { json: request, headers: { "Idempotency-Key": idempotencyKey } });
+      idempotencyKey = newKey();
+      location.hash = `#/jobs/${job.id}`;
+    } catch (error) {
+      message.className = "message error";
+      message.textContent = error.message;
+    }
+  });
+
+  function options(select, targets, roles, optional) {
+    const chosen = select.value;
+    select.replaceChildren(...(optional ? [h("option", { value: "" }, "none")] : []),
+      ...targets.filter((t) => roles.includes(t.role))
+        .map((t) => h("option", { value: t.id, selected: t.id === chosen }, `${t.name} (${t.num_images} images)`)));
+  }
+
+  return {
+    node: form,
+    update(assets, targets) {
+      const ready = assets.filter((a) => a.status === "ready");
+      const signature = ready.map((a) => a.id).join();
+      if (signature !== shownAssets) {  // keep the user's ticks unless the list changed
+        const ticked = new Set(new FormData(form).getAll("assets"));
+        assetsBox.replaceChildren(...(ready.length ? ready.map((a) => h("label", { class: "check" },
+          h("input", { type: "checkbox", name: "assets", value: a.id, checked: ticked.has(a.id) }), a.name))
+          : [h("span", { class: "muted" }, "no ready assets")]));
+        shownAssets = signature;
+      }
+      options(targetVal, targets, ["validation", "both"], false);
+      options(targetTest, targets, ["test", "both"], true);
+    },
+  };
+}
+
+// ------------------------------------------------------------------------------------------
+// job page
+
+function jobView(jobId) {
+  const controller = new AbortController();
+  const state = {
+    job: null,
+    classNames: [],
+    outer: new Map(), // iteration -> {metrics, psi}
+    progress: null,
+    final: null, // the done stage's metrics
+    baseline: undefined, // the uniform baseline job (null: none)
+    samples: [],
+    pinned: null, // iteration chosen on the slider (null: follow the newest)
+  };
+  const el = {
+    title: h("h1", {}, jobId),
+    status: h("span", { id: "job-status" }),
+    meta: h("p", { class: "muted", id: "job-meta" }),
+    actions: h("div", { class: "actions" }),
+    error: h("p", { class: "error", id: "job-error" }),
+    stages: h("ol", { class: "stages", id: "stages" }),
+    bar: h("div", { class: "bar-fill" }),
+    barText: h("span", { id: "progress-text" }),
+    message: h("p", { class: "muted", id: "progress-message" }),
+    latest: h("dl", { class: "metrics", id: "latest-metrics" }),
+    azimuth: h("div", { id: "psi-azimuth", class: "polars" }),
+    slider: h("input", { type: "range", id: "psi-iteration", min: 0, max: 0, value: 0, disabled: true }),
+    sliderLabel: h("span", { id: "psi-iteration-label", class: "muted" }),
+    zoom: h("div", { id: "psi-zoom" }),
+    lighting: h("div", { id: "psi-lighting" }),
+    loss: h("div", { id: "curve-loss" }),
+    map: h("div", { id: "curve-map" }),
+    samples: h("div", { id: "samples", class: "samples" }),
+    finalTable: h("div", { id: "final-metrics" }),
+    artifacts: h("div", { id: "artifacts", class: "artifacts" }),
+  };
+  el.slider.addEventListener("input", () => {
+    const value = +el.slider.value;
+    state.pinned = value === +el.slider.max ? null : value;
+    schedule();
+  });
+
+  const card = (title, ...children) => h("section", { class: "card" }, h("h2", {}, title), ...children);
+  const node = h("main", { class: "job" },
+    h("header", { class: "job-head card wide" }, h("a", { href: "#/", class: "back" }, "← all jobs"),
+      h("div", { class: "title" }, el.title, el.status), el.meta, el.actions, el.error),
+    h("section", { class: "card wide progress" }, el.stages,
+      h("div", { class: "bar", id: "progress-bar" }, el.bar), el.barText, el.message, el.latest),
+    card("Azimuth distribution (psi)", el.azimuth, h("div", { class: "slider" }, el.slider, el.sliderLabel)),
+    card("Zoom (camera distance)", el.zoom),
+    card("Lighting (exposure)", el.lighting),
+    card("Validation loss", el.loss),
+    card("mAP", el.map),
+    card("Newest samples", el.samples),
+    card("Final metrics", el.finalTable),
+    card("Artifacts", el.artifacts));
+
+  let frame = 0;
+  function schedule() {
+    if (!frame) frame = requestAnimationFrame(() => { frame = 0; render(); });
+  }
+
+  function onEvent({ event, data }) {
+    if (event === "status") {
+      if (state.job) state.job.status = data.status;
+      if (data.error && state.job) state.job.error = data.error;
+      if (data.artifacts && state.job) state.job.artifacts = data.artifacts;
+      if (TERMINAL.includes(data.status)) loadJob().then(loadBaseline).catch((e) => { el.error.textContent = e.message; });
+    } else if (event === "progress") {
+      state.progress = data;
+      if (data.stage === "outer" && data.psi && data.psi.azimuth && data.message !== "cancelled") {
+        state.outer.set(data.iteration, { metrics: data.metrics || {}, psi: data.psi });
+      }
+      if (data.samples && data.samples.length) showSamples(data.samples);
+      if (data.stage === "done") state.final = data.metrics;
+    }
+    schedule();
+  }
+
+  async function loadJob() {
+    state.job = await api.get(`/v1/jobs/${jobId}`, { signal: controller.signal });
+    for (const entry of state.job.history || []) {
+      if (!state.outer.has(entry.iteration)) state.outer.set(entry.iteration, { metrics: entry, psi: null });
+    }
+    if (state.job.progress && state.job.progress.stage === "done") state.final = state.job.progress.metrics;
+    if (!state.progress) state.progress = state.job.progress;
+    schedule();
+  }
+
+  async function loadBaseline() {
+    const job = state.job;
+    if (!job || job.method === "uniform") { state.baseline = null; schedule(); return; }
+    const page = await api.get(`/v1/jobs?status=succeeded&target=${encodeURIComponent(job.target_val)}&limit=200`,
+                               { signal: controller.signal });
+    state.baseline = page.data.find((j) => j.method === "uniform" && j.id !== job.id
+      && j.assets.join() === job.assets.join() && j.target_test === job.target_test) || null;
+    schedule();
+  }
+
+  async function showSamples(urls) {
+    const images = await Promise.all(urls.map(async (url) => {
+      try { return h("img", { src: await blobUrl(url, controller.signal), alt: url.split("/").pop() }); } catch (_) { return null; }
+    }));
+    for (const old of el.samples.querySelectorAll("img")) URL.revokeObjectURL(old.src);
+    el.samples.replaceChildren(...images.filter(Boolean));
+    el.samples.dataset.source = urls[0];
+  }
+
+  function render() {
+    const job = state.job;
+    if (!job) return;
+    if (el.status.textContent !== job.status) el.status.replaceChildren(badge(job.status));
+    el.meta.textContent = `${job.method} · ${job.estimator} · ${state.classNames.join(", ") || job.assets.join(", ")}`
+      + ` · created ${when(job.created_at)}${job.finished_at ? ` · finished ${when(job.finished_at)}` : ""}`;
+    el.error.textContent = job.error || "";
+    renderActions(job);
+    renderProgress(job);
+    renderPsi();
+    renderCurves();
+    renderFinal(job);
+    renderArtifacts(job);
+  }
+
+  function renderActions(job) {
+    const signature = [job.status, job.cancel_requested, state.baseline === null].join();
+    if (el.actions.dataset.signature === signature) return; // keep the buttons (and a click on them)
+    el.actions.dataset.signature = signature;
+    const buttons = [];
+    if (!TERMINAL.includes(job.status)) {
+      buttons.push(h("button", { id: "cancel-job", onclick: async () => {
+        try { state.job = await api.json("POST", `/v1/jobs/${jobId}/cancel`); schedule(); } catch (e) { alert(e.message); }
+      } }, job.cancel_requested ? "Cancelling…" : "Cancel"));
+    } else {
+      buttons.push(h("button", { id: "delete-job", class: "secondary", onclick: async () => {
+        if (!confirm(`Delete job ${jobId} and its artifacts?`)) return;
+        try { await api.json("DELETE", `/v1/jobs/${jobId}`); location.hash = "#/"; } catch (e) { alert(e.message); }
+      } }, "Delete"));
+    }
+    if (job.method !== "uniform" && state.baseline === null) {
+      buttons.push(h("button", { id: "run-baseline", class: "secondary", title: "the same job with a fixed uniform psi",
+        onclick: async () => {
+          const fields = ["assets", "target_val", "target_test", "budget", "learnable", "estimator", "inverse_hessian",
+                          "detector", "image_size", "seed", "procedural_backgrounds", "fov_deg", "psi", "device", "options"];
+          const request = Object.fromEntries(fields.filter((f) => job[f] !== null).map((f) => [f, job[f]]));
+          request.method = "uniform";
+          try {
+            const created = await api.json("POST", "/v1/jobs", { json: request, headers: { "Idempotency-Key": `baseline-${jobId}` } });
+            location.hash = `#/jobs/${created.id}`;
+          } catch (e) { alert(e.message); }
+        } }, "Run uniform baseline"));
+    }
+    el.actions.replaceChildren(...buttons);
+  }
+
+  function renderProgress(job) {
+    const p = state.progress;
+    const stage = TERMINAL.includes(job.status) ? (job.status === "succeeded" ? "done" : p ? p.stage : "queued")
+      : job.status === "queued" ? "queued" : p ? p.stage : "setup";
+    const reached = STAGES.indexOf(stage);
+    el.stages.replaceChildren(...STAGES.map((s, i) => h("li", {
+      class: i < reached || (s === "done" && job.status === "succeeded") ? "passed" : i === reached ? "current" : "" }, s)));
+    let fraction = 0;
+    let text = job.status;
+    if (p && p.total) {
+      const done = p.stage === "outer" ? Math.min(p.iteration + 1, p.total) : p.iteration;
+      fraction = done / p.total;
+      text = `${p.stage}: ${done} / ${p.total}`;
+    }
+    if (job.status === "succeeded") { fraction = 1; text = "done"; }
+    el.bar.style.width = `${Math.round(100 * fraction)}%`;
+    el.barText.textContent = text;
+    el.barText.dataset.stage = p ? p.stage : job.status;
+    el.message.textContent = p && p.message && p.message !== text ? p.message : "";
+    const metrics = p && p.metrics ? Object.entries(p.metrics).filter(([, v]) => Number.isFinite(v)).slice(0, 8) : [];
+    el.latest.replaceChildren(...metrics.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, fmt(v, 4))]));
+  }
+
+  function psiAt(iteration) {
+    return state.outer.get(iteration) && state.outer.get(iteration).psi;
+  }
+
+  function renderPsi() {
+    const iterations = [...state.outer.keys()].filter((t) => psiAt(t)).sort((a, b) => a - b);
+    if (!iterations.length) {
+      const note = h("p", { class: "muted" }, "Appears after the first outer iteration.");
+      el.azimuth.replaceChildren(note);
+      el.zoom.replaceChildren(note.cloneNode(true));
+      el.lighting.replaceChildren(note.cloneNode(true));
+      return;
+    }
+    const last = iterations[iterations.length - 1];
+    const shown = state.pinned !== null && psiAt(state.pinned) ? state.pinned : last;
+    Object.assign(el.slider, { min: iterations[0], max: last, value: shown, disabled: iterations.length < 2 });
+    el.sliderLabel.textContent = `iteration ${shown + 1} of ${state.job.budget.outer_iterations}`
+      + (state.pinned === null ? " (newest)" : "");
+    const psi = psiAt(shown);
+    const first = psiAt(iterations[0]);
+    const names = (i) => state.classNames[i] || `class ${i}`;
+    const scaleMax = Math.max(...iterations.flatMap((t) => psiAt(t).azimuth.probs.flat()));
+    el.azimuth.dataset.iteration = shown;
+    el.azimuth.replaceChildren(...psi.azimuth.probs.map((probs, c) => polarChart({
+      probs, edges: psi.azimuth.bin_edges_deg, color: PALETTE[c % PALETTE.length], scaleMax,
+      title: `${names(c)} · iteration ${shown + 1}`, id: c === 0 ? "psi-azimuth-chart" : undefined, iteration: shown })));
+
+    const distance = psi.distance_m;
+    const zoomLo = Math.min(...first.distance_m.q10, ...distance.q10) * 0.6;
+    const zoomHi = Math.max(...first.distance_m.q90, ...distance.q90) * 1.4;
+    const zoomXs = linspace(zoomLo, zoomHi, 90);
+    el.zoom.replaceChildren(lineChart({
+      id: "psi-zoom-chart", xLabel: "camera distance (m)", yLabel: "density",
+      series: distance.median.flatMap((median, c) => [
+        { name: `${names(c)}`, color: PALETTE[c % PALETTE.length], markers: false,
+          points: logNormalDensity(median, distance.q90[c], zoomXs) },
+        ...(shown !== iterations[0] ? [{ color: PALETTE[c % PALETTE.length], dash: "4 3", markers: false,
+          points: logNormalDensity(first.distance_m.median[c], first.distance_m.q90[c], zoomXs) }] : []),
+      ]),
+    }));
+    const exposure = psi.exposure_stops;
+    const spread = Math.max(...exposure.std, ...first.exposure_stops.std);
+    const lightXs = linspace(Math.min(...exposure.mean, ...first.exposure_stops.mean) - 3.5 * spread,
+                             Math.max(...exposure.mean, ...first.exposure_stops.mean) + 3.5 * spread, 90);
+    el.lighting.replaceChildren(lineChart({
+      id: "psi-lighting-chart", xLabel: "exposure (stops)", yLabel: "density",
+      series: exposure.mean.flatMap((mean, c) => [
+        { name: `${names(c)}`, color: PALETTE[c % PALETTE.length], markers: false,
+          points: normalDensity(mean, exposure.std[c], lightXs) },
+        ...(shown !== iterations[0] ? [{ color: PALETTE[c % PALETTE.length], dash: "4 3", markers: false,
+          points: normalDensity(first.exposure_stops.mean[c], first.exposure_stops.std[c], lightXs) }] : []),
+      ]),
+    }));
+    for (const chart of [el.zoom, el.lighting]) {
+      chart.append(h("p", { class: "note" }, shown !== iterations[0] ? "dashed: after the first iteration" : ""));
+    }
+  }
+
+  function renderCurves() {
+    const entries = [...state.outer.entries()].sort((a, b) => a[0] - b[0]);
+    const series = (key, name, color, dash) => ({ name, color, dash,
+      points: entries.map(([t, e]) => [t + 1, e.metrics[key]]).filter(([, y]) => Number.isFinite(y)) });
+    el.loss.replaceChildren(lineChart({ id: "curve-loss-chart", xLabel: "outer iteration", yLabel: "detection loss",
+      integerX: true, series: [series("val_loss", "validation", PALETTE[0]),
+                               series("train_loss", "training (last inner step)", PALETTE[2], "4 3")] }));
+    const final = state.final || {};
+    el.map.replaceChildren(lineChart({ id: "curve-map-chart", xLabel: "outer iteration", yLabel: "mAP50-95",
+      integerX: true, series: [series("val_map50_95", "validation (loop detector)", PALETTE[1])],
+      empty: "measured every few iterations",
+      hlines: [{ y: final.test_map50_95, label: "final detector, test", color: "#333" },
+               { y: final.val_map50_95, label: "final detector, validation", color: "#777", dash: "2 3" }] }));
+  }
+
+  function renderFinal(job) {
+    if (!state.final) {
+      el.finalTable.replaceChildren(h("p", { class: "muted" },
+        TERMINAL.includes(job.status) ? "No final metrics (the job did not finish its final stage)."
+          : "Measured when the job finishes."));
+      return;
+    }
+    const baseline = state.baseline && state.baseline.progress && state.baseline.progress.stage === "done"
+      ? state.baseline.progress.metrics : null;
+    const rows = FINAL_METRICS.filter(([key]) => Number.isFinite(state.final[key]));
+    const table = h("table", { class: "final" },
+      h("thead", {}, h("tr", {}, h("th", {}, "metric"), h("th", {}, job.method),
+        h("th", {}, baseline ? h("a", { href: `#/jobs/${state.baseline.id}` }, "uniform baseline") : "uniform baseline"),
+        h("th", {}, "difference"))),
+      h("tbody", {}, ...rows.map(([key, label]) => {
+        const ours = state.final[key];
+        const theirs = baseline ? baseline[key] : NaN;
+        const delta = ours - theirs;
+        return h("tr", { "data-metric": key }, h("td", {}, label), h("td", {}, fmt(ours)), h("td", {}, fmt(theirs)),
+          h("td", { class: Number.isFinite(delta) ? (delta >= 0 ? "better" : "worse") : "" },
+            Number.isFinite(delta) ? `${delta >= 0 ? "+" : ""}${fmt(delta)}` : "–"));
+      })));
+    const note = job.method === "uniform" ? "This job is a uniform baseline."
+      : !baseline ? "No finished uniform baseline with the same objects and sets yet." : "";
+    el.finalTable.replaceChildren(table, h("p", { class: "muted" }, note));
+  }
+
+  function renderArtifacts(job) {
+    const names = Object.keys(job.artifacts || {}).sort();
+    if (el.artifacts.dataset.names === names.join()) return; // keep download states
+    el.artifacts.dataset.names = names.join();
+    el.artifacts.replaceChildren(...(names.length ? names.map((name) => {
+      const status = h("span", { class: "muted", id: `download-status-${name}` });
+      return h("div", { class: "artifact" }, h("button", { id: `download-${name}`,
+        onclick: () => download(job.artifacts[name], name, status) }, `⬇ ${name}`), status);
+    }) : [h("p", { class: "muted" }, "Published when the job ends.")]));
+  }
+
+  (async () => {
+    try {
+      await loadJob();
+      state.classNames = await Promise.all(state.job.assets.map((id) =>
+        api.get(`/v1/assets/${id}`, { signal: controller.signal }).then((a) => a.name, () => id)));
+      if (TERMINAL.includes(state.job.status)) loadBaseline().catch(() => {});
+      await followEvents(jobId, onEvent, controller.signal);
+    } catch (error) {
+      if (!controller.signal.aborted) el.error.textContent = error.message;
+    }
+  })();
+
+  return { node, leave: () => controller.abort() };
+}
+
+// ------------------------------------------------------------------------------------------
+// routing
+
+function show(view) {
+  leaveView();
+  leaveView = view.leave || (() => {});
+  app.replaceChildren(view.node);
+  document.getElementById("sign-out").hidden = !api.key;
+}
+
+function route() {
+  if (!api.key) return show(signInView());
+  const match = location.hash.match(/^#\/jobs\/([\w-]+)$/);
+  show(match ? jobView(match[1]) : homeView());
+}
+
+document.getElementById("sign-out").addEventListener("click", () => signOut());
+window.addEventListener("hashchange", route);
+route();
