@@ -39,18 +39,27 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+# Run as a script, this file's folder leads sys.path and benchmarks/detector.py would shadow the
+# detector package: put the repository root there instead. Ultralytics stays offline.
+REPO = Path(__file__).resolve().parent.parent
+sys.path[0] = str(REPO)
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO / ".yolo"))
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from assets import FULL_BUDGET, QUICK_BUDGET, SHIFT_OBJECTS, YCB, load_assets  # noqa: E402
+from benchmarks.assets import FULL_BUDGET, QUICK_BUDGET, SHIFT_OBJECTS, YCB, load_assets  # noqa: E402
 from detector.datasets import LabelledSet, load_dataset  # noqa: E402
 from optimizer.baselines import azimuth_total_variation  # noqa: E402
 from optimizer.config import OptimizeConfig  # noqa: E402
@@ -169,27 +178,28 @@ def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeCo
 
 
 def distinguishable_bins(renderer: SceneRenderer, class_names: list[str], size: int) -> dict[str, list[float]]:
-    """For each class and azimuth bin: how far its view (bin centre, elevation 25 degrees) is
-    from the nearest other bin's view or that view mirrored (mean absolute RGB difference over
-    a white background). Near 0: the detector cannot tell this bin from another by its image,
-    so no estimator can prefer it."""
+    """For each class and azimuth bin: how far its view (bin centre, elevation 25 degrees, over
+    white) is from the nearest other bin's view or that view mirrored: the mean absolute RGB
+    difference over the pixels either view covers. Near 0: the detector cannot tell this bin
+    from another by its image, so no estimator can prefer it."""
     bins = 8
-    centres = [(k + 0.5) * 360 / bins for k in range(bins)]
     result = {}
     for class_id, name in enumerate(class_names):
-        views = []
-        for azimuth in centres:
-            params = _single_view(class_id, azimuth)
-            with torch.no_grad():
-                views.append(renderer.render(params, size).rgb[0])
-        views = torch.stack(views)
-        mirrored = views.flip(-1)
+        with torch.no_grad():
+            views = [renderer.render(_single_view(class_id, (k + 0.5) * 360 / bins), size) for k in range(bins)]
+        rgb = torch.stack([v.rgb[0] for v in views])
+        covered = torch.stack([v.alpha[0] for v in views]) > 0.5
         distances = []
         for k in range(bins):
-            others = [j for j in range(bins) if j != k]
-            plain = (views[others] - views[k]).abs().mean((1, 2, 3))
-            flipped = (mirrored[others] - views[k]).abs().mean((1, 2, 3))
-            distances.append(round(float(torch.minimum(plain, flipped).min()), 4))
+            nearest = math.inf
+            for j in range(bins):
+                if j == k:
+                    continue
+                for other, other_covered in ((rgb[j], covered[j]), (rgb[j].flip(-1), covered[j].flip(-1))):
+                    union = (covered[k] | other_covered).float()
+                    difference = ((rgb[k] - other).abs().mean(0, keepdim=True) * union).sum() / union.sum().clamp_min(1)
+                    nearest = min(nearest, float(difference))
+            distances.append(round(nearest, 3))
         result[name] = distances
     return result
 
@@ -308,7 +318,8 @@ def main() -> None:
     (out / "table.md").write_text(markdown_table(table, seeds))
     plot_results(runs, table, out)
     print(markdown_table(table, seeds))
-    print(f"bin distinguishability (mean |RGB| difference to the nearest other bin or its mirror image): {bins}")
+    print("bin distinguishability (mean |RGB| difference over the object to the nearest other bin or its mirror "
+          f"image, per class and bin): {bins}")
     print(f"total {total_seconds / 60:.1f} min (assets {setup_seconds / 60:.1f} min); results in {out}")
     pose = table.get("pose", {}).get(headline, {})
     gap = pose.get("gap_closed")
