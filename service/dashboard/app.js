@@ -78,7 +78,12 @@ const api = {
     } else if (form) {
       init.body = form;
     }
-    const response = await fetch(path, init);
+    let response = await fetch(path, init);
+    for (let attempt = 0; method === "GET" && [429, 503].includes(response.status) && attempt < 4; attempt++) {
+      const wait = Number(response.headers.get("Retry-After")) || 2 ** attempt;
+      await sleep(1000 * Math.min(wait, 30) * (0.75 + Math.random() / 4));
+      response = await fetch(path, init);
+    }
     if (!response.ok) {
       let message = response.statusText;
       try {
@@ -468,7 +473,7 @@ function jobView(jobId) {
       if (data.stage === "outer" && data.psi && data.psi.azimuth && data.message !== "cancelled") {
         state.outer.set(data.iteration, { metrics: data.metrics || {}, psi: data.psi });
       }
-      if (data.samples && data.samples.length) showSamples(data.samples);
+      if (data.samples && data.samples.length) state.samples = data.samples;
       if (data.stage === "done") state.final = data.metrics;
     }
     schedule();
@@ -481,6 +486,7 @@ function jobView(jobId) {
     }
     if (state.job.progress && state.job.progress.stage === "done") state.final = state.job.progress.metrics;
     if (!state.progress) state.progress = state.job.progress;
+    if (!state.samples.length && state.job.progress && state.job.progress.samples) state.samples = state.job.progress.samples;
     schedule();
   }
 
@@ -495,12 +501,19 @@ function jobView(jobId) {
   }
 
   async function showSamples(urls) {
+    // Only the newest: replaying a finished job's events must not fetch every iteration's images.
+    if (!urls.length || el.samples.dataset.source === urls.join()) return;
+    el.samples.dataset.source = urls.join();
     const images = await Promise.all(urls.map(async (url) => {
       try { return h("img", { src: await blobUrl(url, controller.signal), alt: url.split("/").pop() }); } catch (_) { return null; }
     }));
+    const loaded = images.filter(Boolean);
+    if (el.samples.dataset.source !== urls.join()) { // newer ones are on their way
+      for (const image of loaded) URL.revokeObjectURL(image.src);
+      return;
+    }
     for (const old of el.samples.querySelectorAll("img")) URL.revokeObjectURL(old.src);
-    el.samples.replaceChildren(...images.filter(Boolean));
-    el.samples.dataset.source = urls[0];
+    el.samples.replaceChildren(...loaded);
   }
 
   function render() {
@@ -516,6 +529,7 @@ function jobView(jobId) {
     renderCurves();
     renderFinal(job);
     renderArtifacts(job);
+    showSamples(state.samples);
   }
 
   function renderActions(job) {

@@ -12,6 +12,7 @@ from tests.client.conftest import live_api, service  # noqa: F401  (fixtures use
 from tests.service.conftest import (  # noqa: F401
     asset_zip,
     box_target,
+    client,
     coco_zip,
     make_key,
     redis_server,
