@@ -103,6 +103,11 @@ class OptimizeConfig:
     """Epochs of the final detector's training (Ultralytics' trainer)."""
     final_batch_size: int = 16
     """Batch size of the final detector's training."""
+    final_trainer_overrides: dict[str, Any] = field(default_factory=dict)
+    """Further Ultralytics train arguments for the final detector (e.g. {"mosaic": 0.0,
+    "optimizer": "AdamW", "lr0": 0.002}). The loop sets nbs (the nominal batch Ultralytics
+    accumulates gradients up to) to final_batch_size unless given here: with its default of
+    64, a few hundred rendered images make only a handful of optimiser steps per epoch."""
     seed: int = 0
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu' or 'cuda'."""

@@ -670,7 +670,8 @@ class _Loop:
                 self.detector_config, dataset_dir, config.final_epochs, config.image_size, self.out_dir / "final_train",
                 progress=self.progress_bar, batch_size=config.final_batch_size,
                 device="cpu" if self.device.type == "cpu" else "0", seed=config.seed,
-                callbacks={"on_fit_epoch_end": [epoch_done]}, val=False, plots=False,
+                callbacks={"on_fit_epoch_end": [epoch_done]},
+                **{"val": False, "plots": False, "nbs": config.final_batch_size, **config.final_trainer_overrides},
             )
             stage_seconds["final_train"] = round(time.perf_counter() - began, 3)
             if cancelled:
