@@ -1,10 +1,10 @@
 """Scale-out: the same small closed-loop jobs on 1 worker process and on 3, in one run.
 
-One Redis, one API process (``nerfsim serve --workers 0``, as deployed) and the worker
-processes of each round (``nerfsim worker``) talk over the loopback interface, through the
-HTTP API. Each round starts fresh workers, warms each up with one job (the first job of a
-process pays one-off set-up), then submits the measured jobs at once and waits for all of
-them. Throughput is jobs per minute between the first submission and the last finish (the
+One Redis, one API process (``nerfsim serve --workers 0``, as deployed) and worker processes
+(``nerfsim worker``) talk over the loopback interface, through the HTTP API. Three workers
+start and are warmed up with one job each (the first job of a process pays one-off set-up);
+the jobs are submitted at once to the three; then two workers stop and the same jobs are
+submitted to the remaining one. Throughput is jobs per minute between the first submission and the last finish (the
 records' own timestamps); a job's queue wait is its start minus its creation.
 
 Jobs are CPU-bound, so on a machine with C cores 3 workers gain at most min(3, C)x (~2x on 2
@@ -39,7 +39,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from service.client import NerfsimClient  # noqa: E402
-from service.embedded import EmbeddedService  # noqa: E402
 from service.redis_server import free_port  # noqa: E402
 from service.schemas import TERMINAL_STATUSES  # noqa: E402
 from service.settings import ServiceSettings  # noqa: E402
@@ -127,21 +126,63 @@ class ApiServer:
         self.stop()
 
 
-def worker_pool(settings: ServiceSettings, workers: int, log_path: Path) -> EmbeddedService:
-    """``workers`` supervised ``nerfsim worker`` processes (a killed one is restarted) on
-    ``settings``; their JSON logs go to ``log_path``."""
-    return EmbeddedService(settings, workers=workers, worker_env=process_env(settings), worker_log=log_path)
+class WorkerGroup:
+    """``nerfsim worker`` processes on ``settings``, their JSON logs appended to ``log_path``.
+    Not restarted when they die (that is the orchestrator's part: Compose, Kubernetes, or the
+    test).
+
+    Each worker runs in a session of its own, as a container or a service unit would: Linux
+    shares the CPU between sessions first (scheduler autogroups), so workers started in the
+    caller's session would split one session's share among them however many they are."""
+
+    def __init__(self, settings: ServiceSettings, log_path: Path) -> None:
+        self.settings, self.log_path = settings, log_path
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self, count: int = 1) -> list[subprocess.Popen]:
+        started = []
+        for _ in range(count):
+            with open(self.log_path, "a") as log:
+                started.append(subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], cwd=REPO,
+                                                env=process_env(self.settings), stdin=subprocess.DEVNULL, stdout=log,
+                                                stderr=subprocess.STDOUT, start_new_session=True))
+        self.processes += started
+        return started
+
+    @property
+    def alive(self) -> list[subprocess.Popen]:
+        return [p for p in self.processes if p.poll() is None]
+
+    def stop(self, processes: list[subprocess.Popen] | None = None, timeout_s: float = 60.0) -> None:
+        """SIGTERM (a busy worker finishes its job first), SIGKILL after ``timeout_s``."""
+        processes = self.alive if processes is None else processes
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for process in processes:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def __enter__(self) -> "WorkerGroup":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
 
 
 def wait_for_workers(settings: ServiceSettings, count: int, timeout_s: float = 120.0) -> None:
-    """Wait until ``count`` workers listen on the queue."""
+    """Wait until exactly ``count`` workers listen on the queue."""
     from rq import Queue, Worker
 
     queue = Queue(settings.queue_name, connection=redis.Redis.from_url(settings.redis_url))
     deadline = time.monotonic() + timeout_s
-    while len(Worker.all(queue=queue)) < count:
+    while len(Worker.all(queue=queue)) != count:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{count} workers did not register within {timeout_s} s")
+            raise RuntimeError(f"not {count} workers on the queue after {timeout_s} s")
         time.sleep(0.2)
 
 
@@ -161,7 +202,7 @@ def wait_for_jobs(client: NerfsimClient, job_ids: list[str], timeout_s: float, p
             if len(done) < len(wanted):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{len(wanted) - len(done)} of {len(wanted)} jobs unfinished after {timeout_s} s")
-                time.sleep(0.25)
+                time.sleep(0.5)  # the measures come from the records, not from here
     return [done[job_id] for job_id in job_ids]
 
 
@@ -221,25 +262,38 @@ class RoundResult:
                 f"{statistics.median(runs):.1f} s; jobs per worker {sorted(self.ran_on.values(), reverse=True)}")
 
 
-def run_round(client: NerfsimClient, settings: ServiceSettings, workers: int, requests: list[dict], log_dir: Path,
+def warm_up(client: NerfsimClient, workers: int, request: dict, timeout_s: float = 600.0) -> None:
+    """One job per idle worker (each is blocked waiting on the queue, so each takes one): the
+    first job of a process pays one-off set-up that the measured jobs should not."""
+    wait_for_jobs(client, [client.create_job(request)["id"] for _ in range(workers)], timeout_s)
+
+
+def run_round(client: NerfsimClient, settings: ServiceSettings, group: WorkerGroup, requests: list[dict],
               timeout_s: float = 900.0, progress: bool = False) -> RoundResult:
-    """Start ``workers`` fresh worker processes, warm each up with one job, then submit
-    ``requests`` at once and wait for all of them."""
+    """Submit ``requests`` at once to the (idle) workers of ``group`` and wait for all of them."""
     from rq.job import Job
 
-    log_dir.mkdir(parents=True, exist_ok=True)
-    worker_log = log_dir / f"workers-{workers}.log"
+    workers = len(group.alive)
+    wait_for_workers(settings, workers)
+    job_ids = [client.create_job(request)["id"] for request in requests]
+    records = wait_for_jobs(client, job_ids, timeout_s, progress)
     connection = redis.Redis.from_url(settings.redis_url)
-    with worker_pool(settings, workers, worker_log):
-        wait_for_workers(settings, workers)
-        # Every idle worker is blocked waiting on the queue, so each takes one of these.
-        warm_up = [client.create_job(requests[i % len(requests)])["id"] for i in range(workers)]
-        wait_for_jobs(client, warm_up, timeout_s)
-        job_ids = [client.create_job(request)["id"] for request in requests]
-        records = wait_for_jobs(client, job_ids, timeout_s, progress)
     ran_on = Counter(Job.fetch(job_id, connection=connection).worker_name for job_id in job_ids)
-    starts = job_starts(worker_log)
+    starts = job_starts(group.log_path)
     return RoundResult(workers, records, Counter({job_id: starts[job_id] for job_id in job_ids}), ran_on)
+
+
+def scale_rounds(client: NerfsimClient, settings: ServiceSettings, group: WorkerGroup, scaled: list[dict],
+                 single: list[dict], workers: int = 3, progress: bool = False) -> tuple[RoundResult, RoundResult]:
+    """``scaled`` on ``workers`` warm workers, then ``single`` on one of them (the others are
+    stopped): the same processes, warmed up once."""
+    group.start(workers)
+    wait_for_workers(settings, workers)
+    warm_up(client, workers, scaled[0])
+    many = run_round(client, settings, group, scaled, progress=progress)
+    group.stop(group.alive[1:])
+    one = run_round(client, settings, group, single, progress=progress)
+    return many, one
 
 
 def make_upload_inputs(folder: Path) -> tuple[Path, Path]:
@@ -260,7 +314,7 @@ def upload_inputs(client: NerfsimClient, archives: tuple[Path, Path]) -> tuple[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="6 one-iteration jobs per round (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="6 one-iteration jobs per round (2 to 3 minutes)")
     parser.add_argument("--jobs", type=int, help="jobs per round (default 12; 6 with --quick)")
     parser.add_argument("--workers", type=int, default=3, help="workers of the scaled round")
     parser.add_argument("--outer-iterations", type=int, help="outer iterations per job (default 2; 1 with --quick)")
@@ -284,10 +338,9 @@ def main() -> None:
             requests = [small_job(asset_id, target_id, seed=i, outer_iterations=iterations) for i in range(jobs)]
             print(f"{jobs} jobs per round ({iterations} outer iteration(s), 32 px, CPU), {os.cpu_count()} CPU cores; "
                   f"logs in {work}")
-            results = {}
-            for workers in (1, args.workers):
-                results[workers] = run_round(client, settings, workers, requests, work / "logs", progress=True)
-                result = results[workers]
+            with WorkerGroup(settings, work / "workers.log") as group:
+                many, one = scale_rounds(client, settings, group, requests, requests, args.workers, progress=True)
+            for result in (one, many):
                 failed = [r["id"] for r in result.records if r["status"] != "succeeded"]
                 repeated = [job_id for job_id, n in result.starts.items() if n != 1]
                 print(f"  {result.summary()}")
@@ -295,7 +348,7 @@ def main() -> None:
                     print(f"  not succeeded: {failed}; not started exactly once: {repeated}")
     finally:
         server.stop()
-    ratio = results[args.workers].throughput_per_min / results[1].throughput_per_min
+    ratio = many.throughput_per_min / one.throughput_per_min
     print(f"throughput {args.workers} workers / 1 worker: x{ratio:.2f} (at most x{min(args.workers, os.cpu_count() or 1)} "
           f"on this machine's cores)")
     print(f"throughput_{args.workers}_over_1={ratio:.2f}")

@@ -28,7 +28,7 @@ from benchmarks.scale import (
     upload_inputs,
     wait_for_jobs,
     wait_for_workers,
-    worker_pool,
+    WorkerGroup,
 )
 from service.client import NerfsimClient
 from service.keys import KeyStore
@@ -54,7 +54,8 @@ def artifact_bytes(client: NerfsimClient, job_id: str, name: str) -> bytes:
 def test_a_killed_worker_resumes_and_ends_as_an_uninterrupted_run(api_client: NerfsimClient, settings: ServiceSettings,
                                                                   small_job_inputs, tmp_path: Path) -> None:
     request = small_job(*small_job_inputs, seed=7, outer_iterations=4)
-    with worker_pool(settings, 2, tmp_path / "workers.log") as pool:
+    with WorkerGroup(settings, tmp_path / "workers.log") as group:
+        group.start(2)
         wait_for_workers(settings, 2)
         uninterrupted = api_client.create_job(request)["id"]
         killed = api_client.create_job(request)["id"]
@@ -64,7 +65,7 @@ def test_a_killed_worker_resumes_and_ends_as_an_uninterrupted_run(api_client: Ne
         assert victim != worker_pid(settings, uninterrupted)
         os.kill(victim, signal.SIGKILL)
         assert api_client.job(killed)["status"] == "running"
-        wait_for(lambda: victim not in [p.pid for p in pool.workers], 10, "the supervisor to replace the worker")
+        group.start(1)  # the orchestrator's replacement
         records = {r["id"]: r for r in wait_for_jobs(api_client, [uninterrupted, killed], 300)}
     first, second = records[uninterrupted], records[killed]
     assert first["status"] == second["status"] == "succeeded", (first["error"], second["error"])
@@ -144,11 +145,11 @@ def test_a_full_artifact_disk_fails_the_job_with_the_reason_and_no_corrupt_artif
     # The tenant's jobs live on a 2 MiB disk: the job's record fits, the loop's checkpoint not.
     jobs_disk = tiny_disk(Storage(settings.storage_root).tenants_dir() / tenant / "jobs")
     job = client.create_job(small_job(*inputs, outer_iterations=2))["id"]
-    with worker_pool(settings, 1, tmp_path / "workers.log") as pool:
+    with WorkerGroup(settings, tmp_path / "workers.log") as group:
+        (worker,) = group.start(1)
         wait_for_workers(settings, 1)
-        worker = pool.workers[0].pid
         (record,) = wait_for_jobs(client, [job], 300)
-        assert [p.pid for p in pool.workers] == [worker] and pool.workers[0].poll() is None  # the worker lives on
+        assert worker.poll() is None  # the worker lives on
     assert record["status"] == "failed"
     assert "No space left on device" in record["error"], record["error"]
     assert str(settings.storage_root) not in record["error"]
@@ -164,15 +165,15 @@ def test_a_full_artifact_disk_fails_the_job_with_the_reason_and_no_corrupt_artif
 def test_diverging_training_fails_at_once_and_the_worker_lives_on(api_client: NerfsimClient, settings: ServiceSettings,
                                                                   small_job_inputs, tmp_path: Path) -> None:
     diverging = small_job(*small_job_inputs, inner_learning_rate=1e30)
-    with worker_pool(settings, 1, tmp_path / "workers.log") as pool:
+    with WorkerGroup(settings, tmp_path / "workers.log") as group:
+        (worker,) = group.start(1)
         wait_for_workers(settings, 1)
-        worker = pool.workers[0].pid
         bad = api_client.create_job(diverging)["id"]
         (failed,) = wait_for_jobs(api_client, [bad], 180)
         good = api_client.create_job(small_job(*small_job_inputs))["id"]
         (succeeded,) = wait_for_jobs(api_client, [good], 180)
-        assert [p.pid for p in pool.workers] == [worker] and pool.workers[0].poll() is None
+        assert worker.poll() is None
     assert failed["status"] == "failed" and failed["attempts"] == 1  # not retried: it would diverge again
     assert failed["error"].startswith("training diverged: outer iteration 0:") and "not finite" in failed["error"]
     assert succeeded["status"] == "succeeded", succeeded["error"]
-    assert worker_pid(settings, bad) == worker_pid(settings, good) == worker
+    assert worker_pid(settings, bad) == worker_pid(settings, good) == worker.pid
