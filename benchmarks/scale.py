@@ -94,8 +94,9 @@ class ApiServer:
         command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                    "--workers", "0"]
         with open(self.log_path, "a") as log:
+            # A session of its own, as a container's (see WorkerGroup).
             self.process = subprocess.Popen(command, cwd=REPO, env=process_env(self.settings), stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=subprocess.STDOUT)
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while True:
             if self.process.poll() is not None:
