@@ -8,7 +8,8 @@ submitted to the remaining one. Throughput is jobs per minute between the first 
 records' own timestamps); a job's queue wait is its start minus its creation.
 
 Jobs are CPU-bound, so on a machine with C cores 3 workers gain at most min(3, C)x (~2x on 2
-cores), less whatever else runs there.
+cores), less whatever else runs there: the benchmark also measures that ceiling (3 pure-CPU
+loops against 1) right after the jobs.
 
     python benchmarks/scale.py [--quick] [--jobs 12] [--workers 3]
 
@@ -297,6 +298,21 @@ def scale_rounds(client: NerfsimClient, settings: ServiceSettings, group: Worker
     return many, one
 
 
+SPIN = "import time\nend, n = time.perf_counter() + {seconds}, 0\nwhile time.perf_counter() < end: n += 1\nprint(n)"
+
+
+def parallel_ceiling(processes: int = 3, seconds: float = 3.0) -> float:
+    """What ``processes`` pure-CPU loops (each in a session of its own, as the workers) get done
+    together, over one alone, on this machine right now: the most that scaling out can give
+    here (other work on the machine lowers it)."""
+    def spin(count: int) -> int:
+        loops = [subprocess.Popen([sys.executable, "-c", SPIN.format(seconds=seconds)], stdout=subprocess.PIPE, text=True,
+                                  start_new_session=True) for _ in range(count)]
+        return sum(int(loop.communicate()[0]) for loop in loops)
+
+    return spin(processes) / spin(1)
+
+
 def make_upload_inputs(folder: Path) -> tuple[Path, Path]:
     """A small ready asset (an untrained field of class ``thing``) and a 4-image COCO set of
     its class, zipped."""
@@ -350,8 +366,9 @@ def main() -> None:
     finally:
         server.stop()
     ratio = many.throughput_per_min / one.throughput_per_min
-    print(f"throughput {args.workers} workers / 1 worker: x{ratio:.2f} (at most x{min(args.workers, os.cpu_count() or 1)} "
-          f"on this machine's cores)")
+    ceiling = parallel_ceiling(args.workers)
+    print(f"throughput {args.workers} workers / 1 worker: x{ratio:.2f}; {args.workers} pure-CPU loops / 1 on this machine "
+          f"now: x{ceiling:.2f} ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f})")
     print(f"throughput_{args.workers}_over_1={ratio:.2f}")
 
 

@@ -14,7 +14,7 @@ import pytest
 from benchmarks.scale import ApiServer, make_upload_inputs, upload_inputs
 from service.client import NerfsimClient
 from service.settings import ServiceSettings
-from tests.service.conftest import client, make_key, redis_server, redis_url, settings  # noqa: F401  (fixtures)
+from tests.service.conftest import make_key, redis_server, redis_url, settings  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="session")
