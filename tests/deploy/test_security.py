@@ -27,6 +27,8 @@ from service.tasks import WORK_DIR
 from tests.service.conftest import FAST_HEARTBEATS, WorkerProcesses, wait_for
 from tests.service.test_archives import tar_file, write_tar, write_zip
 
+pytestmark = pytest.mark.slow  # the module's service runs a real job on a worker first (~20 s)
+
 V1_OPERATIONS = {
     ("POST", "/v1/assets"), ("GET", "/v1/assets"), ("GET", "/v1/assets/{asset_id}"), ("DELETE", "/v1/assets/{asset_id}"),
     ("POST", "/v1/targets"), ("GET", "/v1/targets"), ("GET", "/v1/targets/{target_id}"),
