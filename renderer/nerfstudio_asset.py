@@ -26,7 +26,7 @@ import yaml
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from renderer.object_field import dilate
+from renderer.object_field import dilate, grid_cell_centres, occupancy_lookup
 from renderer.train_object import AssetError
 
 ALLOWED_YAML_MODULES = ("nerfstudio.", "pathlib.", "torch.optim.", "renderer.nerfstudio_method.", "renderer.object_field.")
@@ -215,18 +215,12 @@ class NerfstudioField(nn.Module):
         return density.reshape(-1) * self.scale, rgb.reshape(-1, 3)
 
     def occupied(self, positions: Float[Tensor, "N 3"]) -> Bool[Tensor, "N"]:
-        res = self.occupancy.shape[0]
-        cell = ((positions.detach() - self.aabb[0]) / (self.aabb[1] - self.aabb[0]) * res).floor().long()
-        inside = ((cell >= 0) & (cell < res)).all(dim=-1)
-        cell = cell.clamp(0, res - 1)
-        return inside & self.occupancy[cell[:, 0], cell[:, 1], cell[:, 2]]
+        return occupancy_lookup(self.occupancy, self.aabb, positions)
 
     @torch.no_grad()
     def _fill_occupancy(self, opacity_threshold: float = 0.01) -> None:
         res = self.occupancy.shape[0]
-        axis = (torch.arange(res, dtype=torch.float32) + 0.5) / res
-        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-        centres = self.aabb[0] + grid * (self.aabb[1] - self.aabb[0])
+        centres = grid_cell_centres(self.aabb, res).reshape(-1, 3)
         step = float(((self.aabb[1] - self.aabb[0]) / res).norm())
         dirs = torch.tensor([[0.0, 0.0, -1.0]]).expand_as(centres)
         density = torch.cat([self(c, d)[0] for c, d in zip(centres.split(65536), dirs.split(65536))])

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from nerfstudio.field_components.activations import trunc_exp
 from nerfstudio.field_components.encodings import Encoding, HashEncoding
 from nerfstudio.field_components.mlp import MLP
@@ -129,18 +129,11 @@ class ObjectField(nn.Module):
 
     def occupied(self, positions: Float[Tensor, "N 3"]) -> Bool[Tensor, "N"]:
         """Whether points fall in occupied cells of the empty-space grid (not differentiable)."""
-        res = self.occupancy.shape[0]
-        cell = ((self.normalise(positions.detach()) + 1) / 2 * res).floor().long()
-        inside = ((cell >= 0) & (cell < res)).all(dim=-1)
-        cell = cell.clamp(0, res - 1)
-        return inside & self.occupancy[cell[:, 0], cell[:, 1], cell[:, 2]]
+        return occupancy_lookup(self.occupancy, self.aabb, positions)
 
     def cell_centres(self) -> Float[Tensor, "R R R 3"]:
         """Object-frame centre of every occupancy cell."""
-        res = self.occupancy.shape[0]
-        axis = (torch.arange(res, dtype=torch.float32, device=self.aabb.device) + 0.5) / res
-        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
-        return self.aabb[0] + grid * (self.aabb[1] - self.aabb[0])
+        return grid_cell_centres(self.aabb, self.occupancy.shape[0])
 
     @torch.no_grad()
     def refresh_occupancy(self, within: Bool[Tensor, "R R R"], opacity_threshold: float = 0.01) -> int:
@@ -161,6 +154,31 @@ class ObjectField(nn.Module):
         grid = dilate(grid) & within
         self.occupancy.copy_(grid)
         return int(grid.sum())
+
+
+def grid_cell_centres(aabb: Float[Tensor, "2 3"], resolution: int) -> Float[Tensor, "R R R 3"]:
+    """Centres of the cells of a ``resolution``^3 grid over the box ``aabb``."""
+    axis = (torch.arange(resolution, dtype=torch.float32, device=aabb.device) + 0.5) / resolution
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
+    return aabb[0] + grid * (aabb[1] - aabb[0])
+
+
+def grid_cells(
+    aabb: Float[Tensor, "2 3"], resolution: int, positions: Float[Tensor, "N 3"]
+) -> tuple[Int[Tensor, "N 3"], Bool[Tensor, "N"]]:
+    """Cell index (clamped into the grid) of each point of a ``resolution``^3 grid over
+    ``aabb``, and whether the point lies inside the grid at all (not differentiable)."""
+    cell = ((positions.detach() - aabb[0]) / (aabb[1] - aabb[0]) * resolution).floor().long()
+    inside = ((cell >= 0) & (cell < resolution)).all(dim=-1)
+    return cell.clamp(0, resolution - 1), inside
+
+
+def occupancy_lookup(
+    occupancy: Bool[Tensor, "R R R"], aabb: Float[Tensor, "2 3"], positions: Float[Tensor, "N 3"]
+) -> Bool[Tensor, "N"]:
+    """Whether points fall in occupied cells of a boolean grid over ``aabb``."""
+    cell, inside = grid_cells(aabb, occupancy.shape[0], positions)
+    return inside & occupancy[cell[:, 0], cell[:, 1], cell[:, 2]]
 
 
 def dilate(grid: Bool[Tensor, "R R R"], cells: int = 1) -> Bool[Tensor, "R R R"]:

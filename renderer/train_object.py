@@ -19,7 +19,15 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm import tqdm
 
-from renderer.object_field import ObjectAssetMeta, ObjectField, ObjectFieldConfig, dilate, shell
+from renderer.object_field import (
+    ObjectAssetMeta,
+    ObjectField,
+    ObjectFieldConfig,
+    dilate,
+    grid_cell_centres,
+    grid_cells,
+    shell,
+)
 from renderer.posed_images import PosedImages
 from renderer.raymarch import PackedSamples, accumulate, compositing_weights, intersect_aabb, march_field
 
@@ -84,9 +92,7 @@ def pixel_rays(images: PosedImages) -> tuple[Float[Tensor, "N 3"], Float[Tensor,
 def visual_hull(images: PosedImages, aabb: Float[Tensor, "2 3"], resolution: int) -> Bool[Tensor, "R R R"]:
     """Cells of the box whose centre some view sees and that project inside the mask of every
     view that sees them (dilated by one cell, so the hull is conservative)."""
-    axis = (torch.arange(resolution, dtype=torch.float32) + 0.5) / resolution
-    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-    centres = aabb[0] + grid * (aabb[1] - aabb[0])
+    centres = grid_cell_centres(aabb, resolution).reshape(-1, 3)
     inside = torch.ones(centres.shape[0], dtype=torch.bool)
     seen_by_any = torch.zeros(centres.shape[0], dtype=torch.bool)
     # Dilate each mask by a pixel so thin parts survive the carving.
@@ -192,7 +198,7 @@ class CellVisibility:
     ) -> None:
         res = self.resolution
         points = origins[samples.ray_ids] + samples.t.detach()[:, None] * directions[samples.ray_ids]
-        cell = ((field.normalise(points) + 1) / 2 * res).floor().long().clamp(0, res - 1)
+        cell, _ = grid_cells(field.aabb, res, points)
         flat = (cell[:, 0] * res + cell[:, 1]) * res + cell[:, 2]
         self.best.scatter_reduce_(0, flat, weights, reduce="amax")
         self.visited[flat] = True
