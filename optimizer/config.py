@@ -45,6 +45,12 @@ class OptimizeConfig:
     """How the score-function estimator turns per-image gradient alignments into rewards
     (optimizer.estimators.normalise_alignment): the issue's measurement found raw alignments
     dominated by per-image loss and gradient size."""
+    pose_group: int = 4
+    """Neural-sim with the azimuth learnt by the score function: draw each outer iteration's
+    images in groups of this many that share everything but the azimuth, and score each image
+    against the mean of its group's others (optimizer.estimators.leave_one_out_baseline), so
+    that differences of class, distance, lighting and background between images cancel.
+    Measured on the pose shift: see README. 1: independent images, moving-average baseline."""
     baseline_decay: float = 0.9
     """Decay of the moving-average reward baseline (score-function estimator, REINFORCE)."""
     search_metric: SearchMetric = "map50_95"

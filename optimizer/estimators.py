@@ -110,6 +110,26 @@ def score_function_surrogate(
     return -((rewards - baseline).detach() * log_prob).mean()
 
 
+def leave_one_out_baseline(rewards: Float[Tensor, "N"], group_size: int) -> Float[Tensor, "N"]:
+    """For each sample, the mean reward of the other members of its group (consecutive groups
+    of ``group_size``; the last may be shorter). With groups drawn by
+    ``Psi.sample(pose_group=group_size)`` the others share the sample's class, view distance,
+    lighting and background, and their azimuths are drawn independently of its own, so this
+    baseline is unbiased for the azimuth's score-function gradient while it cancels what the
+    group has in common. It cancels the gradient of the shared parts too: use it for the
+    azimuth only. A sample alone in its group gets the group's (its own) reward: no signal."""
+    rewards = rewards.detach()
+    if rewards.dim() != 1:
+        raise OptimizerError(f"leave_one_out_baseline: rewards must be one per sample (N,), got shape {tuple(rewards.shape)}")
+    if group_size < 2:
+        raise OptimizerError(f"leave_one_out_baseline: group_size must be >= 2, got {group_size}")
+    group = torch.div(torch.arange(rewards.numel(), device=rewards.device), group_size, rounding_mode="floor")
+    sums = torch.zeros(int(group.max()) + 1, device=rewards.device, dtype=rewards.dtype).index_add_(0, group, rewards)
+    sizes = torch.bincount(group).to(rewards.dtype)
+    others = (sizes[group] - 1).clamp_min(1)
+    return torch.where(sizes[group] > 1, (sums[group] - rewards) / others, rewards)
+
+
 @dataclass
 class MovingAverageBaseline:
     """Exponential moving average of past batches' mean reward, the score-function baseline.
@@ -142,6 +162,8 @@ def outer_gradient(
     gradient_norms: Float[Tensor, "N"] | None = None,
     normalise: AlignmentNormalisation = "standardise",
     baseline: MovingAverageBaseline | None = None,
+    grouped_log_prob: Float[Tensor, "N"] | None = None,
+    group_size: int = 1,
 ) -> Float[Tensor, "N"] | None:
     """Accumulate the chosen estimate of ``-d/dpsi [u . dL_train/dtheta]`` into psi's ``.grad``
     (``direction`` is ``u``). Returns the rewards used (None for ``pathwise``).
@@ -151,7 +173,9 @@ def outer_gradient(
     score part (``score``, ``both``): ``log_prob = psi.log_prob(noise, estimator_parts(estimator)[1])``
     and ``alignment[i] = u . dl_i/dtheta`` for the same images, turned into rewards by
     :func:`normalise_alignment` (``cosine`` also needs ``gradient_norms``), minus the optional
-    moving-average ``baseline`` (updated here).
+    moving-average ``baseline`` (updated here). ``grouped_log_prob`` (the azimuth's, for
+    images drawn in pose groups of ``group_size``) takes the group's
+    :func:`leave_one_out_baseline` instead; ``log_prob`` then covers the other score parts.
     """
     pathwise_parts, score_parts = estimator_parts(estimator)
     rewards = None
@@ -160,10 +184,13 @@ def outer_gradient(
             raise OptimizerError(f"outer_gradient: estimator {estimator!r} needs outputs and mixed_grad")
         pathwise_backward(outputs, mixed_grad, direction)
     if score_parts:
-        if log_prob is None or alignment is None:
+        if (log_prob is None and grouped_log_prob is None) or alignment is None:
             raise OptimizerError(f"outer_gradient: estimator {estimator!r} needs log_prob and alignment")
         direction_norm = dot(direction, direction).sqrt() if normalise == "cosine" else None
         rewards = normalise_alignment(alignment, normalise, gradient_norms=gradient_norms, direction_norm=direction_norm)
         b = baseline.update(rewards) if baseline is not None else 0.0
-        score_function_surrogate(log_prob, rewards, b).backward()
+        if log_prob is not None:
+            score_function_surrogate(log_prob, rewards, b).backward()
+        if grouped_log_prob is not None:
+            score_function_surrogate(grouped_log_prob, rewards, leave_one_out_baseline(rewards, group_size)).backward()
     return rewards

@@ -135,7 +135,7 @@ def validate_config(config: OptimizeConfig) -> None:
     minimum = {
         "outer_iterations": 0, "images_per_iteration": 1, "inner_steps": 0, "inverse_hessian_steps": 1,
         "warmup_steps": 0, "val_batch_size": 1, "val_map_every": 0, "sample_images": 0, "final_images": 0,
-        "final_epochs": 1, "final_batch_size": 1,
+        "final_epochs": 1, "final_batch_size": 1, "pose_group": 1,
     }
     for name, low in minimum.items():
         if getattr(config, name) < low:
@@ -334,6 +334,8 @@ class _Loop:
         )
         self.val_batch = self.val_set.batch(config.image_size).to(self.device)
         self.target_azimuth = (config.oracle_psi or {}).get("azimuth_bin_probs")
+        score_parts = estimator_parts(config.estimator)[1] & self.learnable
+        self.pose_group = config.pose_group if config.method == "neural-sim" and "azimuth" in score_parts else 1
 
     # ------------------------------------------------------------------ setup and resume
 
@@ -486,9 +488,13 @@ class _Loop:
             if config.alignment_normalisation == "cosine":
                 losses = detection_loss(model, batch.images, targets, HYPERGRADIENT_BN, reduction="none")
                 norms = per_sample_gradient_norms(losses, parameters)
+            grouped = self.pose_group > 1 and "azimuth" in score
+            shared = score - {"azimuth"} if grouped else score
             rewards = outer_gradient(
-                "score", u, log_prob=self.psi.log_prob(noise, score), alignment=alignment,
+                "score", u, log_prob=self.psi.log_prob(noise, shared) if shared else None, alignment=alignment,
                 gradient_norms=norms, normalise=config.alignment_normalisation, baseline=self.baseline,
+                grouped_log_prob=self.psi.log_prob(noise, {"azimuth"}) if grouped else None,
+                group_size=self.pose_group,
             )
             diagnostics["alignment_mean"] = float(alignment.mean())
             diagnostics["reward_by_azimuth_bin"] = _mean_by_bin(rewards, noise, self.psi.config.azimuth_bins)
@@ -532,7 +538,7 @@ class _Loop:
                 start = initial_psi(config, self.psi_config).to(self.device)
                 sampler = random_candidate(start, self.learnable, _generator(config.seed, t, "candidate"),
                                            shared=config.share_classes)
-        noise = sampler.sample(config.images_per_iteration, _generator(config.seed, t, "render")).noise
+        noise = sampler.sample(config.images_per_iteration, _generator(config.seed, t, "render"), self.pose_group).noise
         batch = self.render(noise, t, sampler)
 
         if method in ("random-search", "reinforce"):

@@ -520,11 +520,20 @@ class Psi(nn.Module):
         loc, log_scale = (self._tensor(name, part, with_grad)[class_ids] for name in _PART_TENSORS[part])
         return loc + log_scale.exp() * noise
 
-    def sample(self, n: int, generator: torch.Generator | int) -> PsiSample:
+    def sample(self, n: int, generator: torch.Generator | int, pose_group: int = 1) -> PsiSample:
         """Draw ``n`` images. ``generator`` (or a seed) is the only source of randomness; the
-        noise is drawn on its device and moved to psi's."""
+        noise is drawn on its device and moved to psi's.
+
+        ``pose_group`` > 1 draws the images in consecutive groups of that many which share
+        everything but the azimuth (bin and in-bin offset): same count, classes, elevation,
+        distance, lighting, placement and background. Each image is still an exact draw from
+        psi (only the joint distribution changes), and comparing an image with the others of
+        its group isolates the effect of its azimuth (see
+        :func:`optimizer.estimators.leave_one_out_baseline`)."""
         if n < 1:
             raise OptimizerError(f"Psi.sample: n must be >= 1, got {n}")
+        if pose_group < 1:
+            raise OptimizerError(f"Psi.sample: pose_group must be >= 1, got {pose_group}")
         if isinstance(generator, int):
             generator = torch.Generator().manual_seed(generator)
         cfg = self.config
@@ -540,13 +549,19 @@ class Psi(nn.Module):
             gumbel = _gumbel((*shape, logits.shape[-1]), generator).to(self.device)
             return (logits.detach() + gumbel).argmax(-1)
 
-        count = categorical(self.count_logits, n) + 1
-        class_ids = categorical(self.class_logits, n, m)
+        # Row i takes the shared draws of its group's first image (the identity for groups of 1).
+        leader = torch.div(torch.arange(n, device=self.device), pose_group, rounding_mode="floor") * pose_group
+
+        def shared(draw: Tensor) -> Tensor:
+            return draw[leader]
+
+        count = shared(categorical(self.count_logits, n) + 1)
+        class_ids = shared(categorical(self.class_logits, n, m))
         azimuth_gumbel = _gumbel((n, m, k), generator).to(self.device)
         azimuth_bin = (self.azimuth_logits.detach()[class_ids] + azimuth_gumbel).argmax(-1)
         azimuth_offset = uniform(n, m)
-        elevation_noise, distance_noise, exposure_noise = normal(n, m), normal(n, m), normal(n, m)
-        color_gain_noise = normal(n, m, 3)
+        elevation_noise, distance_noise, exposure_noise = shared(normal(n, m)), shared(normal(n, m)), shared(normal(n, m))
+        color_gain_noise = shared(normal(n, m, 3))
 
         # Side-by-side placement: slot j of an image with c objects sits at x = spacing *
         # (j - (c - 1) / 2), then jitters; with several objects the x jitter stays within
@@ -554,21 +569,21 @@ class Psi(nn.Module):
         slots = torch.arange(m, device=self.device, dtype=torch.float32)
         centre_x = torch.where(slots < count[:, None], cfg.object_spacing * (slots - (count[:, None] - 1) / 2), 0.0)
         jitter_x = torch.where(count == 1, cfg.offset_range[0], min(cfg.offset_range[0], cfg.object_spacing / 4))
-        offset = torch.stack(
+        offset = shared(torch.stack(
             [
                 centre_x + jitter_x[:, None] * (2 * uniform(n, m) - 1),
                 cfg.offset_range[1] * (2 * uniform(n, m) - 1),
             ],
             dim=-1,
-        )
+        ))
 
-        background_choice = categorical(self.background_logits, n)
+        background_choice = shared(categorical(self.background_logits, n))
         background_ids = torch.where(background_choice == cfg.num_backgrounds, -1, background_choice)
         side_lo, side_hi = cfg.background_crop_side
-        side = side_lo + (side_hi - side_lo) * uniform(n)
-        centre = side[:, None] / 2 + (1 - side[:, None]) * uniform(n, 2)
+        side = shared(side_lo + (side_hi - side_lo) * uniform(n))
+        centre = shared(side[:, None] / 2 + (1 - side[:, None]) * uniform(n, 2))
         color_lo, color_hi = cfg.background_color_range
-        background_color = color_lo + (color_hi - color_lo) * uniform(n, 3)
+        background_color = shared(color_lo + (color_hi - color_lo) * uniform(n, 3))
 
         none: frozenset[str] = frozenset()
         noise = PsiNoise(

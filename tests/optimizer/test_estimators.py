@@ -9,6 +9,7 @@ import torch
 
 from optimizer.estimators import (
     MovingAverageBaseline,
+    leave_one_out_baseline,
     estimator_parts,
     normalise_alignment,
     outer_gradient,
@@ -173,3 +174,61 @@ def test_moving_average_baseline():
     assert baseline.update(torch.tensor([6.0])) == 2.0  # then the earlier average
     assert baseline.value == 4.0
     assert MovingAverageBaseline(**asdict(baseline)) == baseline
+
+
+def test_pose_groups_share_all_but_the_azimuth_and_keep_the_bin_probabilities():
+    config = PsiConfig(num_classes=3, max_objects=2, num_backgrounds=2)
+    psi = Psi(config)
+    with torch.no_grad():
+        psi.azimuth_logits.copy_(torch.tensor([0.8, -0.4, 0.1, 0.0, -1.0, 0.3, 0.5, -0.2]).expand(3, 8))
+    noise = psi.sample(30_000, torch.Generator().manual_seed(7), pose_group=4).noise
+    leader = torch.arange(noise.batch_size) // 4 * 4
+    for name in ("count", "class_ids", "elevation_logit", "log_distance", "exposure", "log_color_gain", "offset",
+                 "background_ids", "background_crop", "background_color"):
+        assert torch.equal(getattr(noise, name), getattr(noise, name)[leader]), name
+    bins = noise.azimuth_bin[:, 0]
+    assert (bins != bins[leader]).any() and (noise.azimuth_offset != noise.azimuth_offset[leader]).any()
+    # Each image is still an exact draw from psi: chi-square of the bins against its probabilities.
+    observed = torch.bincount(bins, minlength=8).double()
+    expected = psi.azimuth_probs()[0].detach().double() * len(bins)
+    chi_square = float(((observed - expected) ** 2 / expected).sum())
+    assert chi_square < 24.3  # 7 degrees of freedom, p = 0.001
+    assert torch.equal(psi.sample(9, 3, pose_group=1).noise.azimuth_bin, psi.sample(9, 3).noise.azimuth_bin)
+    with pytest.raises(OptimizerError, match="pose_group must be >= 1"):
+        psi.sample(4, 0, pose_group=0)
+
+
+def test_leave_one_out_baseline_is_unbiased_and_cancels_what_a_group_shares():
+    """Reward = a large per-group nuisance (the class, the background ...) + a small effect of
+    the azimuth bin. Scored against its group's others, the azimuth gradient stays unbiased and
+    its standard error falls far below the moving-average baseline's."""
+    torch.testing.assert_close(leave_one_out_baseline(torch.tensor([1.0, 2.0, 6.0, 4.0, 5.0]), 3),
+                               torch.tensor([4.0, 3.5, 1.5, 5.0, 4.0]))
+    with pytest.raises(OptimizerError, match="group_size must be >= 2"):
+        leave_one_out_baseline(torch.ones(4), 1)
+
+    psi = Psi(_azimuth_only(4)).double()
+    with torch.no_grad():
+        psi.azimuth_logits.copy_(torch.tensor([[0.3, -0.2, 0.6, 0.0]]))
+    effect = torch.tensor([1.0, -0.5, 0.2, 0.4], dtype=torch.float64)
+    (exact,) = torch.autograd.grad(-(psi.azimuth_probs()[0] * effect).sum(), psi.azimuth_logits)
+
+    group_size, n = 4, 40_000
+    noise = psi.sample(n, torch.Generator().manual_seed(5), pose_group=group_size).noise
+    chosen = noise.azimuth_bin[:, 0]
+    nuisance = 5.0 * torch.randn(n // group_size, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    rewards = nuisance.repeat_interleave(group_size) + effect[chosen]
+    one_hot = torch.nn.functional.one_hot(chosen, 4) - psi.azimuth_probs()[0].detach()
+
+    errors = {}
+    for name, baseline in (("moving-average", torch.full_like(rewards, float(rewards.mean()))),
+                           ("leave-one-out", leave_one_out_baseline(rewards, group_size))):
+        psi.zero_grad()
+        score_function_surrogate(psi.log_prob(noise, {"azimuth"}), rewards, baseline).backward()
+        # Samples of a group are dependent: the standard error over groups.
+        contributions = (-(rewards - baseline)[:, None] * one_hot).reshape(-1, group_size, 4).mean(1)
+        errors[name] = contributions.std(0) / math.sqrt(contributions.shape[0])
+        torch.testing.assert_close(psi.azimuth_logits.grad[0], contributions.mean(0))
+        assert ((psi.azimuth_logits.grad[0] - exact[0]).abs() < 4 * errors[name]).all(), name
+    assert (errors["leave-one-out"] < 0.2 * errors["moving-average"]).all()
+    assert (errors["leave-one-out"] < 0.1 * exact[0].abs().max()).all()  # the check has power
