@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
 import torch
+from torch import nn
 
 from optimizer.config import OptimizeConfig
 from optimizer.psi import PARTS, OptimizerError, Psi, PsiConfig
@@ -27,28 +29,33 @@ RANDOM_SEARCH_RANGES = {
 exp(+-0.5), exposure mean +-1 stop, colour gain median times exp(+-0.2)."""
 
 
-def psi_config(config: OptimizeConfig, num_classes: int, num_backgrounds: int) -> PsiConfig:
-    """The PsiConfig of a job: ``config.psi`` overrides, the scene's classes and backgrounds,
-    and learnability from ``config.learnable``."""
+def psi_config(config: OptimizeConfig, radiance_fields: Sequence[nn.Module], num_backgrounds: int) -> PsiConfig:
+    """The PsiConfig of a job: ``config.psi`` overrides, the scene's classes (one per object's
+    radiance field, with its ``appearance_embeddings`` count; fields without that attribute
+    have none) and backgrounds, and learnability from ``config.learnable``."""
     unknown_parts = sorted(set(config.learnable) - set(PARTS))
     if unknown_parts:
         raise OptimizerError(f"OptimizeConfig.learnable: unknown parts {unknown_parts}; the parts are {list(PARTS)}")
     known = {f.name for f in fields(PsiConfig)}
-    reserved = {"num_classes", "num_backgrounds"} | {f"learn_{part}" for part in PARTS}
+    reserved = {"num_classes", "num_backgrounds", "appearance_embeddings"} | {f"learn_{part}" for part in PARTS}
     bad = sorted(set(config.psi) - known)
     if bad:
         raise OptimizerError(f"OptimizeConfig.psi: unknown PsiConfig fields {bad}; known: {sorted(known - reserved)}")
     clashing = sorted(set(config.psi) & reserved)
     if clashing:
         raise OptimizerError(
-            f"OptimizeConfig.psi: {clashing} are set by the loop (classes and backgrounds come from the scene, "
-            "learnability from 'learnable')"
+            f"OptimizeConfig.psi: {clashing} are set by the loop (classes, appearance embeddings and "
+            "backgrounds come from the scene, learnability from 'learnable')"
         )
     overrides: dict[str, Any] = {
         name: tuple(value) if isinstance(value, list) else value for name, value in config.psi.items()
     }
     learn = {f"learn_{part}": part in config.learnable for part in PARTS}
-    return PsiConfig(num_classes=num_classes, num_backgrounds=num_backgrounds, **overrides, **learn)
+    appearance_embeddings = tuple(getattr(field, "appearance_embeddings", 0) for field in radiance_fields)
+    return PsiConfig(
+        num_classes=len(radiance_fields), appearance_embeddings=appearance_embeddings, num_backgrounds=num_backgrounds,
+        **overrides, **learn,
+    )
 
 
 def initial_psi(config: OptimizeConfig, psi_cfg: PsiConfig) -> Psi:
@@ -71,12 +78,12 @@ def initial_psi(config: OptimizeConfig, psi_cfg: PsiConfig) -> Psi:
 @torch.no_grad()
 def random_candidate(start: Psi, learnable: set[str], generator: torch.Generator, shared: bool = False) -> Psi:
     """A random psi: ``start`` with each part in ``learnable`` redrawn, per class (``shared``:
-    one draw for all classes).
+    one draw for all classes, except the appearance, whose choices differ between objects).
 
-    Probability tables (azimuth bins, classes, counts, backgrounds) are drawn uniformly from the
-    simplex (Dirichlet(1)); the elevation median uniformly inside the range; the distance
-    median, exposure mean and colour-gain median uniformly around their initial values (see
-    RANDOM_SEARCH_RANGES). Spreads are kept.
+    Probability tables (azimuth bins, classes, counts, backgrounds, each class's appearances)
+    are drawn uniformly from the simplex (Dirichlet(1)); the elevation median uniformly inside
+    the range; the distance median, exposure mean and colour-gain median uniformly around their
+    initial values (see RANDOM_SEARCH_RANGES). Spreads are kept.
     """
     candidate = Psi(start.config.frozen()).to(start.device)
     candidate.load_state_dict(start.state_dict())
@@ -95,9 +102,12 @@ def random_candidate(start: Psi, learnable: set[str], generator: torch.Generator
         exponential = -torch.log(draw(shape, per_class).clamp_min(1e-12))
         return exponential.log().to(start.device)
 
-    for part in learnable:
+    for part in sorted(learnable):  # a fixed order: a set's order changes between processes, and with it the draws
         if part == "azimuth":
             candidate.azimuth_logits.copy_(simplex_logits(candidate.azimuth_logits.shape, per_class=True))
+        elif part == "appearance":
+            # Choices past a class's embeddings get values too; psi masks them out.
+            candidate.appearance_logits.copy_(simplex_logits(candidate.appearance_logits.shape))
         elif part == "background":
             candidate.background_logits.copy_(simplex_logits(candidate.background_logits.shape))
         elif part == "class_mix":

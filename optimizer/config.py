@@ -67,7 +67,8 @@ class OptimizeConfig:
     share_classes: bool = False
     """Learn one view and lighting distribution for all classes instead of one per class (the
     per-class rows of psi get the mean of their gradients, so rows that start equal stay equal):
-    C times the samples per parameter, for targets whose shift is the same for every object."""
+    C times the samples per parameter, for targets whose shift is the same for every object.
+    The appearance stays per class: its choices are each object's own training images."""
     psi: dict[str, Any] = field(default_factory=dict)
     """Overrides of optimizer.psi.PsiConfig fields (initial ranges, bins, temperature, ...)."""
     oracle_psi: dict[str, Any] | None = None

@@ -326,7 +326,7 @@ class _Loop:
         for radiance_field in renderer.fields:
             radiance_field.requires_grad_(False)
             radiance_field.to(self.device)
-        self.psi_config = psi_config(config, len(self.class_names), len(renderer.backgrounds))
+        self.psi_config = psi_config(config, renderer.fields, len(renderer.backgrounds))
         self.learnable = set(config.learnable)
         self.detector_config = DetectorConfig(
             arch=config.detector, weights=config.detector_weights, class_names=self.class_names,

@@ -1,9 +1,9 @@
 """psi: the distribution of scene parameters that the outer loop learns.
 
 One distribution per class (class ``c`` renders object ``c`` of the scene's object list) for
-the view and the lighting, and one distribution per image for the class mix, the number of
-objects and the background. Each part is either learnable (``nn.Parameter``) or fixed (a
-buffer), per :class:`PsiConfig`.
+the view and the lighting (exposure, colour gain, appearance), and one distribution per image
+for the class mix, the number of objects and the background. Each part is either learnable
+(``nn.Parameter``) or fixed (a buffer), per :class:`PsiConfig`.
 
 Parts and how they are sampled:
 
@@ -17,18 +17,22 @@ Parts and how they are sampled:
 - ``distance``: log-normal, ``exp(mu + s*eps)`` metres.
 - ``exposure``: normal, ``mu + s*eps`` stops.
 - ``color_gain``: log-normal per channel around 1, ``exp(mu + s*eps)``.
+- ``appearance``: categorical over the average appearance (id -1, the first choice) and, for
+  an object whose model has per-training-image appearance embeddings (nerfstudio's
+  nerfacto), each of them (ids 0..n-1). Objects without embeddings have only the average.
 - ``background``: categorical over the background images, plus the plain-colour option last.
 - ``class_mix``: categorical over classes, drawn independently for each object slot.
 - ``count``: categorical over 1..max_objects objects per image.
 
 Roll is 0; image-plane offsets, background crops and plain colours are uniform and fixed.
-``class_mix``, ``count`` and ``background`` have no pathwise gradient (the renderer gets
-integers); they learn only through :meth:`Psi.log_prob` (score function).
+``class_mix``, ``count``, ``background`` and ``appearance`` have no pathwise gradient (the
+renderer gets integers); they learn only through :meth:`Psi.log_prob` (score function).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields, replace
 
@@ -50,6 +54,7 @@ PARTS: tuple[str, ...] = (
     "distance",
     "exposure",
     "color_gain",
+    "appearance",
     "background",
     "class_mix",
     "count",
@@ -60,12 +65,14 @@ REPARAMETERISED_PARTS: frozenset[str] = frozenset({"azimuth", "elevation", "dist
 """Parts whose sampled values carry a pathwise gradient (azimuth through the straight-through
 Gumbel-softmax, the others exactly)."""
 
-DISCRETE_PARTS: frozenset[str] = frozenset({"azimuth", "background", "class_mix", "count"})
+DISCRETE_PARTS: frozenset[str] = frozenset({"azimuth", "appearance", "background", "class_mix", "count"})
 """Parts with a discrete choice (for azimuth: the bin), i.e. those a score-function estimator
 handles without relaxation bias."""
 
 PER_CLASS_PARTS: frozenset[str] = frozenset({"azimuth", "elevation", "distance", "exposure", "color_gain"})
-"""Parts with one distribution per class (their tensors' first dimension is the class)."""
+"""Parts with one distribution per class over the same values for every class (their tensors'
+first dimension is the class), so classes can share one. ``appearance`` is per class too, but
+its choices are each object's own training images, which mean nothing for another object."""
 
 _PART_TENSORS: dict[str, tuple[str, ...]] = {
     "azimuth": ("azimuth_logits",),
@@ -73,6 +80,7 @@ _PART_TENSORS: dict[str, tuple[str, ...]] = {
     "distance": ("distance_loc", "distance_log_scale"),
     "exposure": ("exposure_loc", "exposure_log_scale"),
     "color_gain": ("color_gain_loc", "color_gain_log_scale"),
+    "appearance": ("appearance_logits",),
     "background": ("background_logits",),
     "class_mix": ("class_logits",),
     "count": ("count_logits",),
@@ -116,6 +124,11 @@ class PsiConfig:
     """Initial standard deviation of the exposure, stops."""
     color_gain_log_std: float = 0.05
     """Initial standard deviation of each channel's log colour gain (the median gain is 1)."""
+    appearance_embeddings: tuple[int, ...] = ()
+    """Per class, how many per-training-image appearance embeddings its object's model has
+    (ids 0..n-1; nerfstudio's nerfacto has one per training image, nerfsim's own fields
+    none); empty: no object has any. Class c chooses between the average appearance and its
+    n embeddings, initially uniformly."""
     num_backgrounds: int = 0
     """Number of background images the renderer was given (ids 0..num_backgrounds-1)."""
     plain_background: bool = True
@@ -143,6 +156,8 @@ class PsiConfig:
     """Learn the per-class exposure mean and spread."""
     learn_color_gain: bool = True
     """Learn the per-class colour gain median and spread, per channel."""
+    learn_appearance: bool = True
+    """Learn the per-class probabilities of the average appearance and of each embedding."""
     learn_background: bool = True
     """Learn the background probabilities."""
     learn_class_mix: bool = True
@@ -169,6 +184,11 @@ class PsiConfig:
         for name in ("elevation_logit_std", "distance_median", "distance_log_std", "exposure_std", "color_gain_log_std"):
             if not getattr(self, name) > 0:
                 fail(name, f"must be > 0, got {getattr(self, name)}")
+        embeddings = self.appearance_embeddings
+        if embeddings and len(embeddings) != self.num_classes:
+            fail("appearance_embeddings", f"needs one count per class ({self.num_classes}) or none, got {embeddings}")
+        if any(count < 0 for count in embeddings):
+            fail("appearance_embeddings", f"counts must be >= 0, got {embeddings}")
         if self.num_backgrounds < 0:
             fail("num_backgrounds", f"must be >= 0, got {self.num_backgrounds}")
         if self.num_backgrounds == 0 and not self.plain_background:
@@ -191,6 +211,12 @@ class PsiConfig:
     def num_background_choices(self) -> int:
         """Background images plus the plain-colour option (the last choice), if enabled."""
         return self.num_backgrounds + int(self.plain_background)
+
+    @property
+    def appearance_choices(self) -> int:
+        """A: the average appearance plus the most embeddings any class has (the width of the
+        appearance table; a class with fewer has its extra choices masked)."""
+        return 1 + max(self.appearance_embeddings, default=0)
 
     def frozen(self) -> "PsiConfig":
         """This config with every part fixed."""
@@ -219,6 +245,8 @@ class PsiNoise:
     exposure: Float[Tensor, "B M"]
     color_gain_noise: Float[Tensor, "B M 3"]
     log_color_gain: Float[Tensor, "B M 3"]
+    appearance_ids: Int[Tensor, "B M"]
+    """Appearance embedding of each slot's object, or -1 for the average."""
     offset: Float[Tensor, "B M 2"]
     background_ids: Int[Tensor, "B"]
     """Background image index, or -1 for the plain colour."""
@@ -264,6 +292,17 @@ def _normal_log_density(x: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
     return -log_scale - 0.5 * ((x - loc) / log_scale.exp()) ** 2 - 0.5 * math.log(2 * math.pi)
 
 
+def _average_appearance_if_missing(psi: "Psi", state_dict: dict[str, Tensor], prefix: str, *hook_args) -> None:
+    """Load-state-dict pre-hook: checkpoints written before psi had an appearance part lack its
+    table. Their runs rendered every object with the average appearance, so a resumed run
+    keeps doing that."""
+    name = prefix + "appearance_logits"
+    if name not in state_dict:
+        only_average = torch.full_like(psi.appearance_logits, -math.inf)
+        only_average[:, 0] = 0.0
+        state_dict[name] = only_average
+
+
 class Psi(nn.Module):
     """The scene-parameter distribution (see the module docstring for each part).
 
@@ -281,6 +320,8 @@ class Psi(nn.Module):
     exposure_log_scale: Float[Tensor, "C"]
     color_gain_loc: Float[Tensor, "C 3"]
     color_gain_log_scale: Float[Tensor, "C 3"]
+    appearance_logits: Float[Tensor, "C A"]
+    appearance_available: Bool[Tensor, "C A"]
     background_logits: Float[Tensor, "NB"]
     class_logits: Float[Tensor, "C"]
     count_logits: Float[Tensor, "M"]
@@ -302,6 +343,7 @@ class Psi(nn.Module):
             "exposure_log_scale": torch.full((c,), math.log(config.exposure_std)),
             "color_gain_loc": torch.zeros(c, 3),
             "color_gain_log_scale": torch.full((c, 3), math.log(config.color_gain_log_std)),
+            "appearance_logits": torch.zeros(c, config.appearance_choices),
             "background_logits": torch.zeros(config.num_background_choices),
             "class_logits": torch.zeros(c),
             "count_logits": torch.zeros(config.max_objects),
@@ -313,13 +355,18 @@ class Psi(nn.Module):
                 else:
                     self.register_buffer(name, initial[name])
         self.register_buffer("temperature_step", torch.zeros((), dtype=torch.long))
+        # Which appearance choices each class has: fixed by the config, so not saved.
+        embeddings = torch.tensor(config.appearance_embeddings or (0,) * c)
+        available = torch.arange(config.appearance_choices) <= embeddings[:, None]
+        self.register_buffer("appearance_available", available, persistent=False)
+        self.register_load_state_dict_pre_hook(_average_appearance_if_missing)
 
     # ---------------------------------------------------------------- construction
 
     @classmethod
     def uniform(cls, config: PsiConfig) -> "Psi":
-        """Uniform azimuth bins, classes, counts and backgrounds, the config's initial view and
-        lighting, every part fixed (the 'fixed uniform psi' baseline)."""
+        """Uniform azimuth bins, classes, counts, backgrounds and appearances, the config's
+        initial view and lighting, every part fixed (the 'fixed uniform psi' baseline)."""
         return cls(config.frozen())
 
     @classmethod
@@ -336,6 +383,7 @@ class Psi(nn.Module):
         exposure_std: float | Sequence[float] | None = None,
         color_gain_median: Sequence[float] | Sequence[Sequence[float]] | None = None,
         color_gain_log_std: float | Sequence[float] | Sequence[Sequence[float]] | None = None,
+        appearance_probs: Sequence[float] | Sequence[Sequence[float]] | None = None,
         background_probs: Sequence[float] | None = None,
         class_probs: Sequence[float] | None = None,
         count_probs: Sequence[float] | None = None,
@@ -343,8 +391,10 @@ class Psi(nn.Module):
         """A fixed psi equal to a known distribution (the oracle baseline, or a target domain
         to render). Per-class arguments take one value for all classes or one per class
         (azimuth: K probabilities, or C rows of K; colour gains: one value, 3 channels, or C
-        rows of 3). Probabilities are normalised and may be 0 (that choice is never drawn).
-        Parts left out keep the config's initial values."""
+        rows of 3; appearance: one row for all classes or C rows, row c with 1 +
+        appearance_embeddings[c] probabilities, the average first). Probabilities are
+        normalised and may be 0 (that choice is never drawn). Parts left out keep the config's
+        initial values."""
         psi = cls.uniform(config)
         c = config.num_classes
         lo, hi = config.elevation_range_deg
@@ -396,6 +446,16 @@ class Psi(nn.Module):
             values["color_gain_loc"] = positive("color_gain_median", per_class("color_gain_median", color_gain_median, (3,))).log()
         if color_gain_log_std is not None:
             values["color_gain_log_scale"] = positive("color_gain_log_std", per_class("color_gain_log_std", color_gain_log_std, (3,))).log()
+        if appearance_probs is not None:
+            one_row = all(isinstance(p, numbers.Real) for p in appearance_probs)
+            rows = [appearance_probs] * c if one_row else list(appearance_probs)
+            if len(rows) != c:
+                raise OptimizerError(f"Psi.from_target: appearance_probs has {len(rows)} rows for {c} classes")
+            table = torch.zeros(c, config.appearance_choices)
+            for class_id, (row, available) in enumerate(zip(rows, psi.appearance_available)):
+                choices = int(available.sum())
+                table[class_id, :choices] = logits(f"appearance_probs[{class_id}]", row, choices)
+            values["appearance_logits"] = table
         if background_probs is not None:
             values["background_logits"] = logits("background_probs", background_probs, config.num_background_choices)
         if class_probs is not None:
@@ -445,6 +505,17 @@ class Psi(nn.Module):
         """Probability of 1..M objects per image."""
         return self.count_logits.softmax(-1)
 
+    def appearance_log_probs(self) -> Float[Tensor, "C A"]:
+        """Log probability of each class's appearance choices: the average, then each
+        embedding; -inf past the class's embeddings. Masked here rather than stored, so the
+        logits Adam updates stay finite."""
+        return self.appearance_logits.masked_fill(~self.appearance_available, -math.inf).log_softmax(-1)
+
+    def appearance_probs(self) -> Float[Tensor, "C A"]:
+        """Probability of each class's average appearance, then of each embedding (0 past the
+        class's embeddings)."""
+        return self.appearance_log_probs().exp()
+
     def background_probs(self) -> Float[Tensor, "NB"]:
         """Probability of each background image, then of the plain colour (if enabled)."""
         return self.background_logits.softmax(-1)
@@ -464,6 +535,7 @@ class Psi(nn.Module):
 
             elevation_scale = self.elevation_log_scale.exp()
             distance_scale = self.distance_log_scale.exp()
+            choices = self.appearance_available.sum(-1).tolist()
             return {
                 "temperature": self.temperature,
                 "learnable": list(self.learnable_parts),
@@ -484,6 +556,7 @@ class Psi(nn.Module):
                 },
                 "exposure_stops": {"mean": self.exposure_loc.tolist(), "std": self.exposure_log_scale.exp().tolist()},
                 "color_gain": {"median": self.color_gain_loc.exp().tolist(), "log_std": self.color_gain_log_scale.exp().tolist()},
+                "appearance_probs": [row[:n].tolist() for row, n in zip(self.appearance_probs(), choices)],
                 "background_probs": self.background_probs().tolist(),
                 "class_probs": self.class_probs().tolist(),
                 "count_probs": self.count_probs().tolist(),
@@ -509,6 +582,15 @@ class Psi(nn.Module):
                 f"{top_class}); this psi has max_objects={cfg.max_objects}, "
                 f"azimuth_bins={cfg.azimuth_bins}, num_classes={cfg.num_classes}"
             )
+        appearance = noise.appearance_ids
+        if appearance.numel() and (
+            int(appearance.max()) >= cfg.appearance_choices - 1
+            or not self.appearance_available[noise.class_ids, appearance + 1].all()
+        ):
+            raise OptimizerError(
+                f"Psi.{what}: noise drawn for another config (appearance ids up to {int(appearance.max())} for "
+                f"objects with appearance_embeddings={cfg.appearance_embeddings})"
+            )
 
     def _tensor(self, name: str, part: str, with_grad: frozenset[str]) -> Tensor:
         value = getattr(self, name)
@@ -526,9 +608,9 @@ class Psi(nn.Module):
 
         ``pose_group`` > 1 draws the images in consecutive groups of that many which share
         everything but the azimuth (bin and in-bin offset): same count, classes, elevation,
-        distance, lighting, placement and background. Each image is still an exact draw from
-        psi (only the joint distribution changes), and comparing an image with the others of
-        its group isolates the effect of its azimuth (see
+        distance, lighting (appearance included), placement and background. Each image is
+        still an exact draw from psi (only the joint distribution changes), and comparing an
+        image with the others of its group isolates the effect of its azimuth (see
         :func:`optimizer.estimators.leave_one_out_baseline`)."""
         if n < 1:
             raise OptimizerError(f"Psi.sample: n must be >= 1, got {n}")
@@ -585,6 +667,13 @@ class Psi(nn.Module):
         color_lo, color_hi = cfg.background_color_range
         background_color = shared(color_lo + (color_hi - color_lo) * uniform(n, 3))
 
+        # Drawn after every other part, so that a seed gives the scenes it gave before psi had an
+        # appearance; without embeddings nothing is drawn (the generator is left as it was).
+        if cfg.appearance_choices > 1:
+            appearance_ids = shared(categorical(self.appearance_log_probs()[class_ids], n, m) - 1)
+        else:
+            appearance_ids = torch.full((n, m), -1, dtype=torch.long, device=self.device)
+
         none: frozenset[str] = frozenset()
         noise = PsiNoise(
             count=count,
@@ -600,6 +689,7 @@ class Psi(nn.Module):
             exposure=self._gaussian("exposure", class_ids, exposure_noise, none),
             color_gain_noise=color_gain_noise,
             log_color_gain=self._gaussian("color_gain", class_ids, color_gain_noise, none),
+            appearance_ids=appearance_ids,
             offset=offset,
             background_ids=background_ids,
             background_crop=torch.cat([centre, side[:, None]], dim=-1),
@@ -612,10 +702,10 @@ class Psi(nn.Module):
         """The scene that ``noise`` was drawn as, recomputed with gradients.
 
         Under the psi that drew it the values are bit-identical to the sample's. The discrete
-        choices (bins, classes, counts, backgrounds) are kept as recorded; the continuous
-        values are recomputed from the recorded noise, so after psi changes they move with it
-        (the reparameterisation). Only parts in ``pathwise_parts`` (default: all) carry
-        gradients; fixed parts never do.
+        choices (bins, classes, counts, backgrounds, appearances) are kept as recorded; the
+        continuous values are recomputed from the recorded noise, so after psi changes they
+        move with it (the reparameterisation). Only parts in ``pathwise_parts`` (default: all)
+        carry gradients; fixed parts never do.
         """
         with_grad = self._check_parts(pathwise_parts, "replay")
         self._check_noise(noise, "replay")
@@ -654,6 +744,8 @@ class Psi(nn.Module):
             background_ids=noise.background_ids,
             background_crop=noise.background_crop,
             background_color=noise.background_color,
+            # None when no object has embeddings, so renderers that ignore appearance see no change.
+            appearance_ids=noise.appearance_ids if cfg.appearance_choices > 1 else None,
         )
 
     def log_prob(self, noise: PsiNoise, parts: Collection[str] | None = None) -> Float[Tensor, "B"]:
@@ -684,6 +776,9 @@ class Psi(nn.Module):
             log_g = noise.log_color_gain
             density = _normal_log_density(log_g, self.color_gain_loc[class_ids], self.color_gain_log_scale[class_ids]) - log_g
             per_slot = per_slot + density.sum(-1)
+        if "appearance" in parts:
+            choice = (noise.appearance_ids + 1)[..., None]
+            per_slot = per_slot + self.appearance_log_probs()[class_ids].gather(-1, choice)[..., 0]
         if "class_mix" in parts:
             per_slot = per_slot + self.class_logits.log_softmax(-1)[class_ids]
         total = torch.where(present, per_slot, 0.0).sum(-1)

@@ -161,6 +161,14 @@ class NerfstudioField(nn.Module):
         self.register_buffer("occupancy", torch.ones((occupancy_resolution,) * 3, dtype=torch.bool))
         self._fill_occupancy()
 
+    @property
+    def appearance_embeddings(self) -> int:
+        """How many training images have their own appearance embedding (appearance ids
+        0..n-1); 0 for models without any, which render one appearance whatever the id."""
+        field = self.model.field
+        embedding = getattr(field, "embedding_appearance", None)
+        return embedding.in_dim if embedding is not None and hasattr(field, "get_density") else 0
+
     def model_points(self, positions: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
         """Object-frame metres -> the model's coordinates: scale * (R p + t)."""
         return self.scale * (positions @ self.to_model[:, :3].T + self.to_model[:, 3])

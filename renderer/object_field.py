@@ -98,6 +98,11 @@ class ObjectField(nn.Module):
         )
 
     @property
+    def appearance_embeddings(self) -> int:
+        """Appearance embeddings to choose from: none (colour has no per-image appearance)."""
+        return 0
+
+    @property
     def density_unit(self) -> Tensor:
         """Metres per normalised unit: densities are learned per normalised unit of the longest
         half-axis and converted to per metre by dividing by this."""

@@ -8,7 +8,8 @@ import { PALETTE, lineChart, linspace, logNormalDensity, normalDensity, polarCha
 const KEY_STORAGE = "nerfsim.apiKey";
 const STAGES = ["queued", "setup", "outer", "final-render", "final-train", "evaluate", "report", "done"];
 const TERMINAL = ["succeeded", "failed", "cancelled"];
-const PARTS = ["azimuth", "elevation", "distance", "exposure", "color_gain", "background", "class_mix", "count"];
+const PARTS = ["azimuth", "elevation", "distance", "exposure", "color_gain", "appearance", "background", "class_mix",
+               "count"];
 const DEFAULT_LEARNABLE = ["azimuth", "elevation", "distance", "exposure"];
 const FINAL_METRICS = [["test_map50_95", "test mAP50-95"], ["test_map50", "test mAP50"],
                        ["val_map50_95", "validation mAP50-95"], ["val_map50", "validation mAP50"]];

@@ -121,6 +121,9 @@ def test_bad_configs_are_refused(tmp_path: Path, val_set: LabelledSet) -> None:
         "unknown value 'magic'": tiny_config(method="magic"),
         "needs the target's distribution": tiny_config(method="oracle", oracle_psi=None),
         "gives no gradient to the learnable parts": tiny_config(estimator="pathwise", learnable=["class_mix"]),
+        r"no gradient to the learnable parts \['appearance'\]": tiny_config(
+            estimator="pathwise", learnable=["appearance"]
+        ),
         "multiple of 32": tiny_config(image_size=48),
         "no part is learnable": tiny_config(learnable=[]),
         "must be > 0": tiny_config(psi_learning_rate=0.0),

@@ -1,13 +1,15 @@
-"""psi: sampling frequencies, densities, replay, gradients, fixed parts, snapshots."""
+"""psi: sampling frequencies, densities, replay, gradients, fixed parts, snapshots, appearance."""
 
 import json
 import math
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
 import torch
 from scipy import stats
 
+from optimizer.estimators import estimator_parts
 from optimizer.psi import PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiConfig
 
 TARGET_BINS = [[0.30, 0.20, 0.15, 0.10, 0.10, 0.08, 0.05, 0.02], [0.0, 0.0, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0]]
@@ -102,7 +104,9 @@ def test_log_prob_of_continuous_parts_is_the_true_density():
 
 
 def test_replay_reproduces_the_sample_and_carries_gradients_to_every_learnable_part():
-    config = PsiConfig(num_classes=3, max_objects=3, num_backgrounds=2, temperature=0.7)
+    config = PsiConfig(
+        num_classes=3, max_objects=3, num_backgrounds=2, temperature=0.7, appearance_embeddings=(2, 0, 3)
+    )
     psi = Psi(config)
     with torch.no_grad():
         for p in psi.parameters():
@@ -110,9 +114,6 @@ def test_replay_reproduces_the_sample_and_carries_gradients_to_every_learnable_p
     sample = psi.sample(16, torch.Generator().manual_seed(5))
     replayed = psi.replay(sample.noise)
     for name, value in vars(sample.scene).items():
-        if value is None:  # optional fields psi does not set (appearance ids)
-            assert getattr(replayed, name) is None, name
-            continue
         assert torch.equal(getattr(replayed, name), value), name
     assert sample.scene.azimuth.requires_grad and replayed.distance.requires_grad
 
@@ -237,3 +238,126 @@ def test_bad_inputs_name_the_problem():
         Psi(PsiConfig(num_classes=3)).log_prob(noise, parts={"pose"})
     with pytest.raises(OptimizerError, match="num_classes"):
         Psi(PsiConfig(num_classes=1)).replay(noise)
+    with pytest.raises(OptimizerError, match="one count per class"):
+        PsiConfig(num_classes=2, appearance_embeddings=(3,))
+    with_appearance = Psi(PsiConfig(num_classes=3, appearance_embeddings=(4, 4, 4))).sample(8, 0).noise
+    with pytest.raises(OptimizerError, match="appearance ids"):
+        Psi(PsiConfig(num_classes=3)).replay(with_appearance)
+    with pytest.raises(OptimizerError, match=r"appearance_probs\[1\]"):
+        Psi.from_target(PsiConfig(num_classes=2, appearance_embeddings=(1, 2)), appearance_probs=[[0.5, 0.5], [1, 0]])
+
+
+# ---------------------------------------------------------------- appearance
+
+APPEARANCE_PROBS = [[0.5, 0.2, 0.3], [1.0], [0.1, 0.0, 0.4, 0.2, 0.3]]
+"""Per class: the average, then each embedding (class 1's object has none, class 2's first
+embedding is never drawn)."""
+
+
+@pytest.fixture(scope="module")
+def appearance_draw():
+    config = PsiConfig(num_classes=3, max_objects=2, appearance_embeddings=(2, 0, 4))
+    psi = Psi.from_target(config, appearance_probs=APPEARANCE_PROBS)
+    return psi, psi.sample(4000, torch.Generator().manual_seed(1))
+
+
+def test_sampled_appearances_reproduce_the_probabilities(appearance_draw):
+    psi, sample = appearance_draw
+    scene, noise = sample.scene, sample.noise
+    assert torch.equal(scene.appearance_ids, noise.appearance_ids)  # -1: the average
+    for c, probs in enumerate(APPEARANCE_PROBS):
+        choices = scene.appearance_ids[scene.present & (scene.object_ids == c)] + 1
+        observed = np.bincount(choices.numpy(), minlength=5)
+        # Also checks that no zero-probability choice (past the class's embeddings) was drawn.
+        p_value = _chi_square_p(observed, np.array(probs + [0.0] * (5 - len(probs))))
+        assert len(probs) == 1 or p_value > 1e-3  # a single choice leaves nothing to compare
+    # Shared within pose groups, like everything but the azimuth.
+    grouped = psi.sample(400, 2, pose_group=4).noise.appearance_ids.reshape(-1, 4, 2)
+    assert (grouped == grouped[:, :1]).all() and (grouped != grouped[:1, :1]).any()
+    snapshot = json.loads(json.dumps(psi.snapshot()))
+    for reported, expected in zip(snapshot["appearance_probs"], APPEARANCE_PROBS):
+        np.testing.assert_allclose(reported, expected, atol=1e-6)
+
+
+def test_appearance_log_prob_is_the_log_probability_of_each_choice(appearance_draw):
+    psi, sample = appearance_draw
+    noise = sample.noise
+    table = torch.zeros(3, 5)
+    for c, probs in enumerate(APPEARANCE_PROBS):
+        table[c, : len(probs)] = torch.tensor(probs)
+    per_slot = table[noise.class_ids, noise.appearance_ids + 1].log()
+    expected = torch.where(noise.present, per_slot, 0.0).sum(-1)
+    torch.testing.assert_close(psi.log_prob(noise, parts={"appearance"}), expected)
+    torch.testing.assert_close(psi.appearance_probs(), table)
+
+
+def test_score_function_gradient_reaches_the_appearance_logits():
+    psi = Psi(PsiConfig(num_classes=2, max_objects=2, appearance_embeddings=(3, 0)))
+    assert "appearance" in estimator_parts("score")[1] and "appearance" in estimator_parts("both")[1]
+    assert "appearance" not in estimator_parts("pathwise")[0]
+    noise = psi.sample(64, 2).noise
+    psi.log_prob(noise, parts={"appearance"}).sum().backward()
+    # d log p(choice) / d logits = onehot(choice) - probs, summed over the present slots.
+    probs = psi.appearance_probs().detach()
+    present = noise.present
+    onehot = torch.nn.functional.one_hot(noise.appearance_ids[present] + 1, 4).float()
+    expected = torch.zeros(2, 4).index_add_(0, noise.class_ids[present], onehot - probs[noise.class_ids[present]])
+    torch.testing.assert_close(psi.appearance_logits.grad, expected)
+    assert psi.appearance_logits.grad[0].abs().sum() > 0
+    assert (psi.appearance_logits.grad[1] == 0).all()  # one choice: nothing to learn
+    # Masked choices stay out of reach of Adam: finite logits, zero probability.
+    optimizer = torch.optim.Adam(psi.parameters(), lr=0.5)
+    for _ in range(3):
+        optimizer.step()
+    probs = psi.appearance_probs()
+    assert torch.isfinite(psi.appearance_logits).all()
+    assert (probs[1, 1:] == 0).all() and not torch.allclose(probs[0, :3], torch.full((3,), 1 / 3))
+
+
+def test_appearance_from_target_one_row_for_all_classes():
+    config = PsiConfig(num_classes=2, appearance_embeddings=(2, 2))
+    psi = Psi.from_target(config, appearance_probs=[0, 1, 3])
+    torch.testing.assert_close(psi.appearance_probs(), torch.tensor([[0.0, 0.25, 0.75]] * 2))
+    assert (psi.sample(200, 0).noise.appearance_ids >= 0).all()  # the average has probability 0
+    with pytest.raises(OptimizerError, match="rows for 2 classes"):
+        Psi.from_target(config, appearance_probs=[[1, 0, 0]] * 3)
+
+
+def test_seeds_without_embeddings_keep_their_scenes():
+    """The appearance is drawn after everything else, so giving objects embeddings changes no
+    other draw, and without embeddings nothing is drawn at all."""
+    config = PsiConfig(num_classes=2, max_objects=3, num_backgrounds=2)
+    plain, with_embeddings = Psi(config), Psi(replace(config, appearance_embeddings=(3, 5)))
+    for pose_group in (1, 4):
+        a = plain.sample(32, 7, pose_group=pose_group)
+        b = with_embeddings.sample(32, 7, pose_group=pose_group)
+        for field in fields(a.noise):
+            if field.name != "appearance_ids":
+                drawn, redrawn = (torch.as_tensor(getattr(noise, field.name)) for noise in (a.noise, b.noise))
+                assert torch.equal(drawn, redrawn), field.name
+        for name, value in vars(a.scene).items():
+            if name != "appearance_ids":
+                assert torch.equal(value, getattr(b.scene, name)), name
+        assert a.scene.appearance_ids is None and (a.noise.appearance_ids == -1).all()
+        assert (b.noise.appearance_ids >= 0).any()
+    # Without embeddings nothing is drawn; with them, only the appearance's Gumbel noise, last.
+    g_plain, g_embedded = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    plain.sample(5, g_plain)
+    with_embeddings.sample(5, g_embedded)
+    torch.rand((5, 3, 6), generator=g_plain)
+    assert torch.equal(g_plain.get_state(), g_embedded.get_state())
+
+
+def test_appearance_survives_a_checkpoint_and_old_checkpoints_keep_the_average():
+    config = PsiConfig(num_classes=2, appearance_embeddings=(3, 1))
+    psi = Psi.from_target(config, appearance_probs=[[0.1, 0.2, 0.3, 0.4], [0.6, 0.4]])
+    restored = Psi(config)
+    restored.load_state_dict(psi.state_dict())
+    torch.testing.assert_close(restored.appearance_probs(), psi.appearance_probs())
+    assert "appearance_available" not in psi.state_dict()  # derived from the config
+    # A checkpoint from before psi had an appearance part: its runs rendered the average only.
+    old = {name: value for name, value in psi.state_dict().items() if name != "appearance_logits"}
+    resumed = Psi(config)
+    resumed.load_state_dict(old)
+    torch.testing.assert_close(resumed.appearance_probs(), torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0]]))
+    assert (resumed.sample(50, 0).scene.appearance_ids == -1).all()

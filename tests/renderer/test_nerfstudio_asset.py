@@ -65,6 +65,7 @@ def test_checkpoint_renders_offline_without_its_data(tmp_path: Path, method: str
     field = load_nerfstudio_field(config_path, aabb=aabb)
     assert field.scale == 4.0
     assert torch.equal(field.aabb, aabb)
+    assert field.appearance_embeddings == (3 if method == "nerfacto" else 0)  # one per training image
     renderer = SceneRenderer(SceneRendererConfig(samples_per_ray=16), [field])
     params = SceneParams.single([0], [30.0], [10.0], [0.5])
     params.azimuth.requires_grad_(True)
