@@ -10,6 +10,7 @@ whatever it produced is published to ``artifacts/`` (a failed job keeps its part
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -29,7 +30,7 @@ from service.logs import job_context
 from service.records import RecordStore
 from service.schemas import TERMINAL_STATUSES, AssetRecord, JobRecord, TargetRecord, utcnow
 from service.settings import ServiceSettings, get_settings
-from service.storage import Storage, publish_dir, staging_dir, write_json_atomic
+from service.storage import Storage, publish_dir, remove_dir, staging_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,17 @@ def _finish(store: RecordStore, record: JobRecord, status: str, error: str | Non
         current.finished_at = utcnow()
         current.artifacts = {name: f"/v1/jobs/{current.id}/artifacts/{name}" for name in artifacts}
 
-    final = store.update(JobRecord, record.tenant, record.id, change)
+    try:
+        final = store.update(JobRecord, record.tenant, record.id, change)
+    except OSError as write_error:
+        if write_error.errno != errno.ENOSPC:
+            raise
+        # The disk is full: the job's record file would keep saying "running" (and a recovery
+        # from it would queue the job again). The job is over, so its working files (the
+        # loop's checkpoint and scratch images, never published) make room for its record.
+        log.warning("disk full: removing the job's working files to store its final record")
+        remove_dir(job_dir / WORK_DIR)
+        final = store.update(JobRecord, record.tenant, record.id, change)
     duration = (final.finished_at - (final.started_at or final.created_at)).total_seconds()
     metrics.count_finished_job(store.redis, status, duration)
     publish(store.redis, record.id, "status", {"status": status, "error": error, "artifacts": final.artifacts})

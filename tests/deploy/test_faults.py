@@ -158,6 +158,9 @@ def test_a_full_artifact_disk_fails_the_job_with_the_reason_and_no_corrupt_artif
         check_artifact(name, artifact_bytes(client, job, name))
     job_dir = jobs_disk / job
     assert not list(job_dir.glob("*.partial")) and not list(job_dir.glob(".*.tmp")), sorted(job_dir.iterdir())
+    # The record on disk (what recovery after a Redis data loss reads) says so too.
+    on_disk = json.loads((job_dir / "record.json").read_text())
+    assert on_disk["status"] == "failed" and on_disk["error"] == record["error"]
     published = job_dir / "artifacts"
     assert sorted(p.name for p in published.iterdir()) == sorted(record["artifacts"]) if published.exists() else not record["artifacts"]
 
