@@ -1,0 +1,147 @@
+"""Does the per-image reward of the score-function estimator tell the target's azimuth bins apart?
+
+The pose shift's setting (benchmarks/shift.py: six YCB classes, mesh-rendered target validation
+set with azimuths from bins 1 and 2 only). The loop's detector is warmed up on uniform psi for
+``--warmup`` steps (run_loop with no outer iteration), then ``--groups`` scenes are drawn from
+uniform psi and each is rendered at all 8 azimuth bins with everything else equal (class,
+elevation, distance, lighting, background, in-bin offset aside). Rewards are compared within
+each group, so only the azimuth differs:
+
+- ``dot``: ``g_val . dl_i/dtheta`` (the identity-Hessian hypergradient's per-image term);
+- ``cosine``: the same divided by ``|dl_i/dtheta|`` (``--cosine``; one backward pass per image);
+- ``*_rank``: the rank of the reward inside its group.
+
+For each: the target advantage (mean centred reward of bins 1-2 minus that of the other six,
+per group, in units of the reward's spread) with its t statistic over groups, the mean centred
+reward per bin, and the advantage per class. BatchNorm uses batch statistics (chunks of 64
+images that mix groups), as in the loop.
+
+    python benchmarks/alignment.py [--warmup 60 200] [--groups 48] [--cosine]
+
+Last line: ``alignment_t_warmup<W>=<t>`` for the dot reward, per warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[0] = str(REPO)  # not this folder: benchmarks/detector.py would shadow the detector package
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO / ".yolo"))
+
+import torch  # noqa: E402
+
+from benchmarks.assets import QUICK_BUDGET, SHIFT_OBJECTS, load_assets  # noqa: E402
+from benchmarks.shift import BACKGROUNDS, QUICK, SHIFTS, run_config, target_sets  # noqa: E402
+from detector.losses import detection_loss, per_image_gradient_dot, trainable_parameters  # noqa: E402
+from detector.model import DetectorConfig, build_detector  # noqa: E402
+from detector.targets import ImageBatch  # noqa: E402
+from optimizer.baselines import initial_psi, psi_config  # noqa: E402
+from optimizer.checkpoint import load_checkpoint  # noqa: E402
+from optimizer.estimators import per_sample_gradient_norms  # noqa: E402
+from optimizer.loop import HYPERGRADIENT_BN, run_loop, validation_loss_and_gradient  # noqa: E402
+from renderer.backgrounds import BackgroundSet  # noqa: E402
+from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: E402
+
+BINS = 8
+TARGET_BINS = torch.tensor(SHIFTS["pose"]["target"]["azimuth_bin_probs"], dtype=torch.bool)
+
+
+def warmed_up_detector(config, renderer, val_set, warmup: int):
+    """The loop's detector after ``warmup`` steps on uniform psi (its checkpoint's weights)."""
+    config = dataclasses.replace(config, warmup_steps=warmup, outer_iterations=0, final_images=0)
+    with tempfile.TemporaryDirectory() as folder:
+        run_loop(config, renderer, list(SHIFT_OBJECTS), val_set, None, Path(folder))
+        state = load_checkpoint(Path(folder))
+    model = build_detector(DetectorConfig(arch=config.detector, class_names=list(SHIFT_OBJECTS),
+                                          image_size=config.image_size, seed=config.seed))
+    model.load_state_dict(state.detector)
+    return model
+
+
+def enumerated_batch(config, renderer, groups: int, seed: int) -> tuple[ImageBatch, torch.Tensor]:
+    """``groups`` scenes from uniform psi, each at all 8 bins (consecutive rows); their classes."""
+    psi = initial_psi(config, psi_config(config, renderer.fields, len(renderer.backgrounds)))
+    noise = psi.sample(groups * BINS, seed, pose_group=BINS).noise
+    noise.azimuth_bin[:, 0] = torch.arange(BINS).repeat(groups)
+    with torch.no_grad():
+        out = renderer.render(psi.replay(noise), config.image_size)
+    return ImageBatch(out.rgb.clamp(0, 1), out.boxes, out.classes, out.keep), noise.class_ids[:, 0]
+
+
+def rewards(model, batch: ImageBatch, val_batch: ImageBatch, cosine: bool, seed: int) -> dict[str, torch.Tensor]:
+    _, val_gradient = validation_loss_and_gradient(model, val_batch, 64, True)
+    count = batch.images.shape[0]
+    dots, norms = torch.zeros(count), torch.zeros(count)
+    # Chunks that mix groups: BatchNorm statistics then differ from one member to another as
+    # they would in a batch drawn from psi.
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    for rows in order.split(64):
+        part = ImageBatch(batch.images[rows], batch.boxes[rows], batch.classes[rows], batch.keep[rows])
+        dots[rows] = per_image_gradient_dot(model, part.images, part.targets(), val_gradient, HYPERGRADIENT_BN).detach()
+        if cosine:
+            losses = detection_loss(model, part.images, part.targets(), HYPERGRADIENT_BN, reduction="none")
+            norms[rows] = per_sample_gradient_norms(losses, trainable_parameters(model))
+    found = {"dot": dots}
+    if cosine:
+        found["cosine"] = dots / norms.clamp_min(torch.finfo(norms.dtype).tiny)
+    for name, values in list(found.items()):
+        found[f"{name}_rank"] = values.reshape(-1, BINS).argsort(1).argsort(1).float().reshape(-1)
+    return found
+
+
+def summary(values: torch.Tensor, classes: torch.Tensor) -> dict:
+    by_group = values.reshape(-1, BINS)
+    centred = by_group - by_group.mean(1, keepdim=True)
+    centred = centred / centred.std()
+    advantage = centred[:, TARGET_BINS].mean(1) - centred[:, ~TARGET_BINS].mean(1)
+    group_classes = classes.reshape(-1, BINS)[:, 0]
+    return {
+        "advantage": float(advantage.mean()),
+        "t": float(advantage.mean() / (advantage.std() / advantage.numel() ** 0.5)),
+        "per_bin": [round(float(x), 3) for x in centred.mean(0)],
+        "per_class": {name: round(float(advantage[group_classes == c].mean()), 3)
+                      for c, name in enumerate(SHIFT_OBJECTS) if bool((group_classes == c).any())},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--warmup", nargs="+", type=int, default=[60, 200], help="detector steps before measuring")
+    parser.add_argument("--groups", type=int, default=48, help="scenes, each rendered at all 8 bins")
+    parser.add_argument("--cosine", action="store_true", help="also the cosine reward (slower)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    backgrounds = BackgroundSet.from_folder(BACKGROUNDS, max_side=256)
+    renderer = SceneRenderer(SceneRendererConfig(fov_deg=40.0, samples_per_ray=64),
+                             load_assets(SHIFT_OBJECTS, QUICK_BUDGET), backgrounds)
+    val_set, _ = target_sets("pose", QUICK, backgrounds)
+    config = run_config("pose", "neural-sim-both", args.seed, QUICK)
+    val_batch = val_set.batch(config.image_size)
+    batch, classes = enumerated_batch(config, renderer, args.groups, args.seed)
+    results = {}
+    for warmup in args.warmup:
+        began = time.perf_counter()
+        model = warmed_up_detector(config, renderer, val_set, warmup)
+        found = rewards(model, batch, val_batch, args.cosine, args.seed)
+        print(f"warm-up {warmup} steps ({time.perf_counter() - began:.0f} s), {args.groups} groups x {BINS} bins:")
+        for name, values in found.items():
+            row = summary(values, classes)
+            results[(warmup, name)] = row
+            print(f"  {name:12s} target advantage {row['advantage']:+.3f} (t = {row['t']:+.2f}); per bin "
+                  + " ".join(f"{x:+.2f}" for x in row["per_bin"]) + f"; per class {row['per_class']}", flush=True)
+    print(" ".join(f"alignment_t_warmup{w}={results[(w, 'dot')]['t']:.2f}" for w in args.warmup))
+
+
+if __name__ == "__main__":
+    main()
