@@ -90,15 +90,22 @@ BASE_PSI = {
 PsiConfig fields."""
 
 SHIFTS = {
-    "pose": {"learnable": ["azimuth"], "target": {"azimuth_bin_probs": [0, 1, 1, 0, 0, 0, 0, 0]}, "psi_lr": 0.5,
-             "alignment_normalisation": "cosine"},
+    "pose": {"learnable": ["azimuth"], "target": {"azimuth_bin_probs": [0, 1, 1, 0, 0, 0, 0, 0]}, "psi_lr": 0.4,
+             "alignment_normalisation": "cosine", "images_per_iteration": 96},
     "zoom": {"learnable": ["distance"], "target": {"distance_median": 0.33, "distance_log_std": 0.12}, "psi_lr": 0.1},
     "lighting": {"learnable": ["exposure"], "target": {"exposure_mean": -1.5, "exposure_std": 0.2}, "psi_lr": 0.15},
 }
 """Per shift: the part psi learns, the target's distribution (Psi.from_target arguments) and
 psi's Adam step (bin logits need larger steps than a log-distance or an exposure in stops); the
 pose shift's azimuth is learnt by the score function, whose per-image rewards are cosines (see
-README: standardised dot products moved psi away from the target)."""
+README: standardised dot products moved psi away from the target), from more images per outer
+iteration than the budget's (every method of a shift gets the same)."""
+
+
+LEARNED = {"pose": ("pose_tv", 0), "zoom": ("distance_median", 0.33), "lighting": ("exposure_mean", -1.5)}
+"""Per shift: the run record's field that says how far psi moved, and its value at the target
+(pose: the total-variation distance of the azimuth histogram; zoom: the median distance in
+metres, mean over classes; lighting: the mean exposure in stops)."""
 
 
 @dataclass(frozen=True)
@@ -180,7 +187,7 @@ def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeCo
         alignment_normalisation=SHIFTS[shift].get("alignment_normalisation", "standardise"),
         pose_group=4,
         outer_iterations=0 if fixed else iterations,
-        images_per_iteration=budget.images_per_iteration,
+        images_per_iteration=SHIFTS[shift].get("images_per_iteration", budget.images_per_iteration),
         inner_steps=budget.inner_steps,
         inner_learning_rate=0.002,
         warmup_steps=0 if fixed else warmup,
@@ -228,6 +235,15 @@ def _single_view(class_id: int, azimuth_deg: float):
     return SceneParams.single([class_id], [azimuth_deg], [25.0], [0.6], background_color=(1.0, 1.0, 1.0))
 
 
+def finished(run_dir: Path, config: OptimizeConfig) -> bool:
+    """Whether ``run_dir`` holds a completed run of ``config`` (run_loop would reuse it)."""
+    report = run_dir / "report.json"
+    if not report.is_file():
+        return False
+    saved = json.loads(report.read_text())
+    return saved.get("status") == "completed" and saved.get("config") == json.loads(json.dumps(config.to_dict()))
+
+
 def summarise(values: list[float]) -> dict:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite:
@@ -246,6 +262,8 @@ def main() -> None:
                         help="the neural-sim estimator of the last line")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--progress", action="store_true", help="progress bars of every stage")
+    parser.add_argument("--gather", action="store_true",
+                        help="run nothing: tabulate the finished runs among those asked for")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -283,6 +301,8 @@ def main() -> None:
             for seed in seeds:
                 config = run_config(shift, method, seed, budget)
                 run_dir = out / "runs" / shift / method / f"seed{seed}"
+                if args.gather and not finished(run_dir, config):
+                    continue
                 # A finished run of the same config is reused (so runs can be split over
                 # processes and gathered by one last call); its own stage times are kept.
                 result = run_loop(config, renderer, class_names, val_set, test_set, run_dir, progress_bar=args.progress)
@@ -295,14 +315,16 @@ def main() -> None:
                     "val_map50_95": result.metrics.get("val", {}).get("map50_95"),
                     "pose_tv": azimuth_total_variation(probs, SHIFTS["pose"]["target"]["azimuth_bin_probs"]),
                     "azimuth_probs": probs,
-                    "distance_median": result.psi["distance_m"]["median"],
-                    "exposure_mean": result.psi["exposure_stops"]["mean"],
+                    "distance_median": statistics.fmean(result.psi["distance_m"]["median"]),
+                    "exposure_mean": statistics.fmean(result.psi["exposure_stops"]["mean"]),
                     "images_rendered": result.images_rendered,
                     "seconds": round(seconds, 1),
                 }
                 runs[shift][method].append(record)
                 print(f"[{shift}] {method:22s} seed {seed}: test mAP50-95 {record['test_map50_95']:.4f} "
                       f"pose TV {record['pose_tv']:.3f} images {record['images_rendered']} {seconds:.0f} s", flush=True)
+            if not runs[shift][method]:
+                del runs[shift][method]  # (--gather: none finished)
 
     table = {}
     for shift, by_method in runs.items():
@@ -318,6 +340,7 @@ def main() -> None:
                 "test_map50_95": score,
                 "gap_closed": gap,
                 "pose_tv": summarise([r["pose_tv"] for r in records]),
+                "learned": summarise([r[LEARNED[shift][0]] for r in records]),
                 "images_rendered": records[0]["images_rendered"],
                 "seconds": summarise([r["seconds"] for r in records]),
             }
@@ -350,14 +373,15 @@ def main() -> None:
 
 def markdown_table(table: dict, seeds: list[int]) -> str:
     lines = [f"test mAP50-95 mean +- std over seeds {seeds}; gap closed = (method - uniform) / (oracle - uniform)", "",
-             "| shift | method | test mAP50-95 | gap closed | pose TV | images rendered | seconds |",
+             "| shift | method | test mAP50-95 | gap closed | learned psi (target) | images rendered | seconds |",
              "|---|---|---|---|---|---|---|"]
     for shift, by_method in table.items():
         for method, row in by_method.items():
-            score, tv, seconds = row["test_map50_95"], row["pose_tv"], row["seconds"]
+            score, learned, seconds = row["test_map50_95"], row["learned"], row["seconds"]
+            name, target = LEARNED[shift]
             gap = "-" if row["gap_closed"] is None else f"{row['gap_closed']:.2f}"
             lines.append(f"| {shift} | {method} | {score['mean']:.4f} +- {score['std']:.4f} | {gap} | "
-                         f"{tv['mean']:.3f} | {row['images_rendered']} | {seconds['mean']:.0f} |")
+                         f"{name} {learned['mean']:.3f} ({target}) | {row['images_rendered']} | {seconds['mean']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
