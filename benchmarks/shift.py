@@ -92,7 +92,8 @@ PsiConfig fields."""
 SHIFTS = {
     "pose": {"learnable": ["azimuth"], "target": {"azimuth_bin_probs": [0, 1, 1, 0, 0, 0, 0, 0]}, "psi_lr": 0.4,
              "alignment_normalisation": "cosine", "images_per_iteration": 96},
-    "zoom": {"learnable": ["distance"], "target": {"distance_median": 0.33, "distance_log_std": 0.12}, "psi_lr": 0.1},
+    "zoom": {"learnable": ["distance"], "target": {"distance_median": 0.33, "distance_log_std": 0.12}, "psi_lr": 0.1,
+             "alignment_normalisation": "cosine"},
     "lighting": {"learnable": ["exposure"], "target": {"exposure_mean": -1.5, "exposure_std": 0.2}, "psi_lr": 0.15},
 }
 """Per shift: the part psi learns, the target's distribution (Psi.from_target arguments) and
@@ -184,7 +185,8 @@ def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeCo
         inverse_hessian="identity",
         psi_learning_rate=SHIFTS[shift]["psi_lr"],
         entropy_weight=0.01,
-        alignment_normalisation=SHIFTS[shift].get("alignment_normalisation", "standardise"),
+        alignment_normalisation=SHIFTS[shift].get("alignment_normalisation", "standardise") if base.startswith("neural-sim")
+        else "standardise",
         pose_group=4,
         outer_iterations=0 if fixed else iterations,
         images_per_iteration=SHIFTS[shift].get("images_per_iteration", budget.images_per_iteration),
