@@ -32,8 +32,10 @@ class OptimizeConfig:
     """Labelled real test set for the final evaluation (defaults to none: no test metrics)."""
     method: Method = "neural-sim"
     """The bi-level method, or a baseline run through the same code path."""
-    estimator: Estimator = "pathwise"
-    """How d L_val / d psi is estimated (neural-sim only)."""
+    estimator: Estimator = "both"
+    """How d L_val / d psi is estimated (neural-sim only; optimizer.estimators). 'both' by
+    default: the paper's 'pathwise' is biased for the azimuth bins and the geometric parts
+    (README, findings)."""
     inverse_hessian: InverseHessian = "cg"
     """Inverse-Hessian-vector-product approximation in the hypergradient."""
     inverse_hessian_steps: int = 5

@@ -11,9 +11,11 @@ given ``u`` (see :mod:`optimizer.hypergradient`):
   the per-sample gradient alignment ``a_i = u . dl_i/dtheta`` as the reward (``-a_i`` is the
   sample's contribution to the loss gradient), normalised within the batch, and a baseline
   subtracted. Every part learns; no renderer gradient is needed.
-- ``both``: pathwise for the continuous parts (elevation, distance, exposure, colour gain),
-  score function for the discrete choices (azimuth bin, class mix, count, background). The two
-  sets are disjoint, so each part gets exactly one estimate.
+- ``both``: pathwise for the photometric parts (exposure, colour gain), score function for
+  the rest: the discrete choices (azimuth bin, appearance, background, class mix, count) and the
+  geometric parts (elevation, distance), whose pathwise derivative misses that the object's box
+  moves with them (see ``optimizer.psi.GEOMETRIC_PARTS``). The two sets are disjoint, so each
+  part gets exactly one estimate.
 
 All flat functions over tensors and callbacks; nothing here knows the detector or renderer
 (the per-sample dots, the HVP and the mixed gradient come from ``detector.losses``).
@@ -30,7 +32,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from optimizer.hypergradient import MixedGrad, dot, pathwise_backward
-from optimizer.psi import DISCRETE_PARTS, PARTS, REPARAMETERISED_PARTS, OptimizerError
+from optimizer.psi import DISCRETE_PARTS, GEOMETRIC_PARTS, PARTS, REPARAMETERISED_PARTS, OptimizerError
 
 Estimator = Literal["pathwise", "score", "both"]
 AlignmentNormalisation = Literal["none", "standardise", "cosine"]
@@ -44,7 +46,8 @@ def estimator_parts(estimator: Estimator) -> tuple[frozenset[str], frozenset[str
     if estimator == "score":
         return frozenset(), frozenset(PARTS)
     if estimator == "both":
-        return REPARAMETERISED_PARTS - DISCRETE_PARTS, DISCRETE_PARTS
+        pathwise = REPARAMETERISED_PARTS - DISCRETE_PARTS - GEOMETRIC_PARTS
+        return pathwise, frozenset(PARTS) - pathwise
     raise OptimizerError(f"estimator_parts: unknown estimator {estimator!r}; use 'pathwise', 'score' or 'both'")
 
 

@@ -138,7 +138,7 @@ class JobBase(BaseModel):
     budget: JobBudget = Field(default_factory=JobBudget)
     learnable: list[str] = Field(default_factory=lambda: ["azimuth", "elevation", "distance", "exposure"])
     method: Method = "neural-sim"
-    estimator: Estimator = "pathwise"
+    estimator: Estimator = "both"
     inverse_hessian: InverseHessian = "cg"
     detector: str = "yolov8n-cpu"
     image_size: int = Field(64, ge=32, le=1280)

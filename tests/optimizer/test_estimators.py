@@ -159,9 +159,12 @@ def test_both_gives_each_part_exactly_one_estimate():
         return {name: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for name, p in psi.named_parameters()}
 
     pathwise, score, both = run("pathwise"), run("score"), run("both")
-    for name in both:
-        reference = score if name in ("azimuth_logits", "class_logits", "count_logits", "background_logits") else pathwise
+    part_of = {id(tensor): part for part, tensors in psi.part_parameters().items() for tensor in tensors}
+    for name, tensor in psi.named_parameters():
+        # Photometric parts pathwise; discrete and geometric ones (whose boxes move) by the score function.
+        reference = score if part_of[id(tensor)] in estimator_parts("both")[1] else pathwise
         torch.testing.assert_close(both[name], reference[name], msg=name)
+    assert estimator_parts("both")[0] == {"exposure", "color_gain"}
     assert pathwise["azimuth_logits"].abs().sum() > 0  # the straight-through path exists ...
     assert not torch.allclose(both["azimuth_logits"], pathwise["azimuth_logits"])  # ... and "both" does not add it
     with pytest.raises(OptimizerError, match="needs log_prob and alignment"):
