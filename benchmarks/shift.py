@@ -43,6 +43,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -306,6 +307,9 @@ def main() -> None:
                 run_dir = out / "runs" / shift / method / f"seed{seed}"
                 if args.gather and not finished(run_dir, config):
                     continue
+                started_with = run_dir / "config.json"
+                if started_with.is_file() and json.loads(started_with.read_text()) != json.loads(json.dumps(config.to_dict())):
+                    shutil.rmtree(run_dir)  # a run of an older version of this benchmark: start afresh
                 # A finished run of the same config is reused (so runs can be split over
                 # processes and gathered by one last call); its own stage times are kept.
                 result = run_loop(config, renderer, class_names, val_set, test_set, run_dir, progress_bar=args.progress)
