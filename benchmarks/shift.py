@@ -179,7 +179,7 @@ def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeCo
     iterations = budget.outer_iterations // 2 if half else budget.outer_iterations
     warmup = budget.warmup_steps // 2 if half else budget.warmup_steps
     return OptimizeConfig(
-        **METHODS[base],
+        **{"estimator": "both", **METHODS[base]},  # explicit: a changed default would orphan finished runs
         learnable=list(SHIFTS[shift]["learnable"]),
         share_classes=True,
         psi=dict(BASE_PSI),
