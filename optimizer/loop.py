@@ -593,7 +593,6 @@ class _Loop:
         done = self.completed_result()
         if done is not None:
             return done
-        write_json_atomic(self.out_dir / "config.json", config.to_dict())
         self.emit("setup", 0, 1, message=f"{config.method}: {len(self.class_names)} classes, "
                     f"{len(self.val_set)} validation images, device {self.device}")
         saved = load_checkpoint(self.out_dir)
@@ -603,6 +602,8 @@ class _Loop:
         else:
             self.restore(saved)
             state = saved
+        # Only now: a folder holding another config's run keeps saying which config that was.
+        write_json_atomic(self.out_dir / "config.json", config.to_dict())
         val_loss_start = state.val_loss_start
         start = state.iteration
 

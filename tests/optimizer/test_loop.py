@@ -82,6 +82,8 @@ def test_resume_after_cancellation_equals_the_uninterrupted_run(tmp_path: Path, 
 
     with pytest.raises(OptimizerError, match="another config"):
         _run(replace(config, seed=4), val_set, tmp_path / "whole")
+    # The refused run left the folder's record of its config alone.
+    assert json.loads((tmp_path / "whole" / "config.json").read_text())["seed"] == config.seed
 
 
 def test_cancel_before_the_first_iteration_keeps_a_checkpoint(tmp_path: Path, val_set: LabelledSet) -> None:
