@@ -652,8 +652,10 @@ class _Loop:
             dataset_dir = self.out_dir / "dataset"
             if dataset_dir.exists():
                 shutil.rmtree(dataset_dir)
+            # The same draws whatever the method and its iterations (common random numbers): runs
+            # of one seed then differ in their final data only where their psi differ.
             render_dataset(self.renderer, self.psi, config.final_images, config.image_size, dataset_dir,
-                           self.class_names, seed=_seed(config.seed, config.outer_iterations, "final"),
+                           self.class_names, seed=_seed(config.seed, 0, "final"),
                            progress=self.progress_bar)
             self.images_rendered += config.final_images
             stage_seconds["final_render"] = round(time.perf_counter() - began, 3)
