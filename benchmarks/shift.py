@@ -68,7 +68,7 @@ from detector.datasets import LabelledSet, load_dataset  # noqa: E402
 from optimizer.baselines import azimuth_total_variation  # noqa: E402
 from optimizer.config import OptimizeConfig  # noqa: E402
 from optimizer.dataset import render_dataset  # noqa: E402
-from optimizer.loop import run_loop  # noqa: E402
+from optimizer.loop import completed_report, run_loop  # noqa: E402
 from optimizer.psi import Psi, PsiConfig  # noqa: E402
 from renderer.backgrounds import BackgroundSet  # noqa: E402
 from renderer.mesh import MeshSceneRenderer, MeshSceneRendererConfig, load_textured_mesh  # noqa: E402
@@ -239,15 +239,6 @@ def _single_view(class_id: int, azimuth_deg: float):
     return SceneParams.single([class_id], [azimuth_deg], [25.0], [0.6], background_color=(1.0, 1.0, 1.0))
 
 
-def finished(run_dir: Path, config: OptimizeConfig) -> bool:
-    """Whether ``run_dir`` holds a completed run of ``config`` (run_loop would reuse it)."""
-    report = run_dir / "report.json"
-    if not report.is_file():
-        return False
-    saved = json.loads(report.read_text())
-    return saved.get("status") == "completed" and saved.get("config") == json.loads(json.dumps(config.to_dict()))
-
-
 def summarise(values: list[float]) -> dict:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite:
@@ -305,7 +296,7 @@ def main() -> None:
             for seed in seeds:
                 config = run_config(shift, method, seed, budget)
                 run_dir = out / "runs" / shift / method / f"seed{seed}"
-                if args.gather and not finished(run_dir, config):
+                if args.gather and completed_report(run_dir, config) is None:
                     continue
                 started_with = run_dir / "config.json"
                 if started_with.is_file() and json.loads(started_with.read_text()) != json.loads(json.dumps(config.to_dict())):
@@ -346,7 +337,6 @@ def main() -> None:
             table[shift][method] = {
                 "test_map50_95": score,
                 "gap_closed": gap,
-                "pose_tv": summarise([r["pose_tv"] for r in records]),
                 "learned": summarise([r[LEARNED[shift][0]] for r in records]),
                 "images_rendered": records[0]["images_rendered"],
                 "seconds": summarise([r["seconds"] for r in records]),
@@ -374,7 +364,7 @@ def main() -> None:
     print(f"total {total_seconds / 60:.1f} min (assets {setup_seconds / 60:.1f} min); results in {out}")
     pose = table.get("pose", {}).get(headline, {})
     gap = pose.get("gap_closed")
-    tv = pose.get("pose_tv", {}).get("mean")
+    tv = pose.get("learned", {}).get("mean")  # LEARNED["pose"]: the azimuth histogram's TV
     print(f"pose_gap_closed={'nan' if gap is None else f'{gap:.3f}'} pose_tv={'nan' if tv is None else f'{tv:.3f}'}")
 
 

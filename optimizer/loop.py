@@ -488,7 +488,7 @@ class _Loop:
             if config.alignment_normalisation == "cosine":
                 losses = detection_loss(model, batch.images, targets, HYPERGRADIENT_BN, reduction="none")
                 norms = per_sample_gradient_norms(losses, parameters)
-            grouped = self.pose_group > 1 and "azimuth" in score
+            grouped = self.pose_group > 1  # (only when the azimuth is a score part: see __init__)
             shared = score - {"azimuth"} if grouped else score
             rewards = outer_gradient(
                 "score", u, log_prob=self.psi.log_prob(noise, shared) if shared else None, alignment=alignment,
@@ -732,12 +732,10 @@ class _Loop:
 
     def completed_result(self) -> OptimizeResult | None:
         """The result of a finished run of the same config in ``out_dir``, if there is one."""
+        report = completed_report(self.out_dir, self.config)
+        if report is None:
+            return None
         path = self.out_dir / "report.json"
-        if not path.is_file():
-            return None
-        report = json.loads(path.read_text())
-        if report.get("status") != "completed" or report.get("config") != _plain(self.config.to_dict()):
-            return None
         detector = self.out_dir / "detector.pt"
         dataset = self.out_dir / "dataset"
         return OptimizeResult(
@@ -745,6 +743,18 @@ class _Loop:
             history=report["history"], metrics=report["final"], images_rendered=report["images_rendered"],
             report=path, detector=detector if detector.is_file() else None, dataset=dataset if dataset.is_dir() else None,
         )
+
+
+def completed_report(out_dir: Path, config: OptimizeConfig) -> dict | None:
+    """The report of a finished run of ``config`` in ``out_dir`` (what :func:`run_loop` reuses
+    instead of running again), or None."""
+    path = Path(out_dir) / "report.json"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    if report.get("status") != "completed" or report.get("config") != _plain(config.to_dict()):
+        return None
+    return report
 
 
 def _plain(data):
