@@ -129,6 +129,7 @@ def test_bad_configs_are_refused(tmp_path: Path, val_set: LabelledSet) -> None:
         "multiple of 32": tiny_config(image_size=48),
         "no part is learnable": tiny_config(learnable=[]),
         "must be > 0": tiny_config(psi_learning_rate=0.0),
+        r"OptimizeConfig.pose_group: must be >= 1, got 0": tiny_config(pose_group=0),
         "set by the loop": tiny_config(psi={"learn_azimuth": False}),
         "unknown PsiConfig fields": tiny_config(psi={"bins": 4}),
     }
