@@ -7,7 +7,8 @@ reproducible from its config file. ``Progress`` is what the loop hands to ``on_p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,6 +77,11 @@ class OptimizeConfig:
     oracle_psi: dict[str, Any] | None = None
     """For method 'oracle': Psi.from_target keyword arguments (the target's true distribution)."""
     psi_learning_rate: float = 0.05
+    psi_warmup_iterations: int = 0
+    """Outer iterations over which psi's step grows linearly up to psi_learning_rate (iteration
+    t steps with psi_learning_rate * min(1, (t + 1) / (psi_warmup_iterations + 1))). Adam's first
+    updates move every parameter by a full step whatever the gradient's size, so with a noisy
+    hypergradient one early step can carry psi far from the target (README, findings)."""
     entropy_weight: float = 0.01
     """Weight of the azimuth-bin entropy bonus that guards against collapse onto one bin."""
     outer_iterations: int = 20
@@ -131,6 +137,15 @@ class OptimizeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def differences(self, saved: dict[str, Any]) -> list[str]:
+        """The settings in which a saved config (``to_dict()`` after a JSON round trip) differs
+        from this one. A setting the saved config lacks (it predates the setting) counts as its
+        default, which is what that run did."""
+        defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in fields(self)}
+        wanted = json.loads(json.dumps(self.to_dict()))
+        completed = json.loads(json.dumps({**defaults, **saved}))
+        return sorted(k for k in set(wanted) | set(completed) if wanted.get(k) != completed.get(k))
 
 
 @dataclass

@@ -135,7 +135,7 @@ def validate_config(config: OptimizeConfig) -> None:
     minimum = {
         "outer_iterations": 0, "images_per_iteration": 1, "inner_steps": 0, "inverse_hessian_steps": 1,
         "warmup_steps": 0, "val_batch_size": 1, "val_map_every": 0, "sample_images": 0, "final_images": 0,
-        "final_epochs": 1, "final_batch_size": 1, "pose_group": 1,
+        "final_epochs": 1, "final_batch_size": 1, "pose_group": 1, "psi_warmup_iterations": 0,
     }
     for name, low in minimum.items():
         if getattr(config, name) < low:
@@ -233,6 +233,12 @@ def run_loop(
 
 
 # ------------------------------------------------------------------------------------------
+
+
+def psi_step_scale(iteration: int, warmup_iterations: int) -> float:
+    """Fraction of psi_learning_rate used at outer ``iteration`` (0-based): a linear warm-up over
+    the first ``warmup_iterations``, then 1."""
+    return min(1.0, (iteration + 1) / (warmup_iterations + 1))
 
 
 def _seed(seed: int, iteration: int, purpose: str) -> int:
@@ -391,9 +397,8 @@ class _Loop:
         )
 
     def restore(self, state: LoopState) -> None:
-        saved, wanted = state.config, _plain(self.config.to_dict())
-        if saved != wanted:
-            differing = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        differing = self.config.differences(state.config)
+        if differing:
             raise OptimizerError(
                 f"{self.out_dir}: holds a run of another config (settings {differing} differ); "
                 "use a new output folder or the same config"
@@ -501,8 +506,9 @@ class _Loop:
         return val_loss, diagnostics
 
     def step_psi(self, iteration: int) -> float:
-        """Normalise psi's gradient, add the entropy bonus, take the Adam step and the
-        temperature step; returns the norm of the outer gradient before normalising."""
+        """Normalise psi's gradient, add the entropy bonus, take the Adam step (its size warmed
+        up over the first psi_warmup_iterations) and the temperature step; returns the norm of
+        the outer gradient before normalising."""
         parameters = [p for p in self.psi.parameters()]
         grads = [p.grad for p in parameters if p.grad is not None]
         norm = float(torch.cat([g.reshape(-1) for g in grads]).norm()) if grads else 0.0
@@ -517,6 +523,8 @@ class _Loop:
                 if part in PER_CLASS_PARTS:
                     for tensor in tensors:
                         tensor.grad.copy_(tensor.grad.mean(0, keepdim=True).expand_as(tensor))
+        for group in self.psi_optimizer.param_groups:
+            group["lr"] = self.config.psi_learning_rate * psi_step_scale(iteration, self.config.psi_warmup_iterations)
         self.psi_optimizer.step()
         self.psi_optimizer.zero_grad(set_to_none=True)
         self.psi.step_temperature()
@@ -752,7 +760,7 @@ def completed_report(out_dir: Path, config: OptimizeConfig) -> dict | None:
     if not path.is_file():
         return None
     report = json.loads(path.read_text())
-    if report.get("status") != "completed" or report.get("config") != _plain(config.to_dict()):
+    if report.get("status") != "completed" or config.differences(report.get("config") or {}):
         return None
     return report
 

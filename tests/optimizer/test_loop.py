@@ -236,3 +236,25 @@ def test_the_final_dataset_draws_do_not_depend_on_the_method(tmp_path: Path, val
         dataset = tmp_path / name / "dataset"
         datasets.append(sorted((p.relative_to(dataset).as_posix(), p.read_bytes()) for p in dataset.rglob("*.png")))
     assert datasets[0] and datasets[0] == datasets[1]
+
+
+def test_psi_steps_warm_up_over_the_first_iterations(tmp_path: Path, val_set: LabelledSet) -> None:
+    """Adam's first update moves each bin logit by a full step whatever the gradient's size;
+    psi_warmup_iterations=2 makes that first step a third of psi_learning_rate."""
+    first_steps = {}
+    for warmup in (0, 2):
+        config = tiny_config(learnable=["azimuth"], estimator="score", outer_iterations=1, psi_warmup_iterations=warmup,
+                             sample_images=0, val_map_every=0)
+        _run(config, val_set, tmp_path / f"warmup{warmup}")
+        logits = load_checkpoint(tmp_path / f"warmup{warmup}").psi["azimuth_logits"]
+        first_steps[warmup] = float(logits.abs().max())  # from all zeros (uniform)
+    assert first_steps[0] == pytest.approx(0.2, rel=0.05)
+    assert first_steps[2] == pytest.approx(0.2 / 3, rel=0.05)
+
+
+def test_a_saved_config_that_predates_a_setting_means_its_default() -> None:
+    saved = json.loads(json.dumps(tiny_config().to_dict()))
+    del saved["psi_warmup_iterations"]
+    assert tiny_config().differences(saved) == []
+    assert tiny_config(psi_warmup_iterations=2).differences(saved) == ["psi_warmup_iterations"]
+    assert tiny_config(seed=4).differences({**saved, "inner_steps": 7}) == ["inner_steps", "seed"]
