@@ -15,14 +15,17 @@ from renderer.scene_types import RenderBatch, SceneParams
 
 
 def image_meta(params: SceneParams, batch: RenderBatch, row: int) -> dict:
-    """Pose and lighting of the labelled objects of one image (degrees, metres, stops)."""
+    """Pose, lighting and appearance of the labelled objects of one image (degrees, metres,
+    stops; the appearance is the object's training-image embedding rendered, -1 its average)."""
     keep = batch.keep[row]
+    appearance = params.appearance_ids[row][keep].tolist() if params.appearance_ids is not None else [-1] * int(keep.sum())
     return {
         "azimuth_deg": torch.rad2deg(params.azimuth[row][keep]).remainder(360).tolist(),
         "elevation_deg": torch.rad2deg(params.elevation[row][keep]).tolist(),
         "distance": params.distance[row][keep].tolist(),
         "exposure": params.exposure[row][keep].tolist(),
         "visible": batch.visible[row][keep].tolist(),
+        "appearance_id": appearance,
         "background_id": int(params.background_ids[row]),
     }
 
