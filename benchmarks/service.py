@@ -76,7 +76,7 @@ def make_inputs(folder: Path) -> tuple[Path, Path]:
 
     from renderer.object_field import ObjectAssetMeta, ObjectField, ObjectFieldConfig
     from renderer.train_object import save_object_asset
-    from service.client import zip_folder
+    from service.archives import zip_folder
 
     config = ObjectFieldConfig(plane_resolutions=(8,), plane_components=4, hidden_dim=8, occupancy_resolution=8)
     field = ObjectField(config, torch.tensor([[-0.05] * 3, [0.05] * 3]))

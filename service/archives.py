@@ -14,6 +14,7 @@ import shutil
 import stat
 import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from service.errors import UploadError, UploadTooLarge
@@ -121,3 +122,15 @@ def _extract_tar(archive: Path, out_dir: Path, budget: _Budget) -> None:
             source = bundle.extractfile(member)
             # A tar stream is compressed as a whole: bound each member by the whole archive.
             budget.copy(source, target, member.name, compressed)
+
+
+def zip_folder(folder: Path, archive: Path, skip: Callable[[Path], bool] | None = None) -> Path:
+    """``folder``'s files in a zip, paths relative to ``folder``: what uploads send and what a
+    job's folders are published as. ``skip(relative_path)`` true leaves a file out (by default:
+    hidden files)."""
+    skip = skip or (lambda relative: relative.name.startswith("."))
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file() and not skip(path.relative_to(folder)):
+                bundle.write(path, path.relative_to(folder).as_posix())
+    return archive

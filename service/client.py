@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,15 +16,6 @@ class ApiError(RuntimeError):
     def __init__(self, status_code: int, detail: Any) -> None:
         super().__init__(f"HTTP {status_code}: {detail}")
         self.status_code, self.detail = status_code, detail
-
-
-def zip_folder(folder: Path, archive: Path) -> Path:
-    """``folder``'s files in a zip (paths relative to ``folder``)."""
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
-        for path in sorted(Path(folder).rglob("*")):
-            if path.is_file():
-                bundle.write(path, path.relative_to(folder).as_posix())
-    return archive
 
 
 class NerfsimClient:

@@ -75,7 +75,8 @@ def _serve_in_thread(settings: ServiceSettings) -> tuple[str, object, threading.
 def run_demo(out: Path, settings: ServiceSettings, quick: bool = False, scene: str = "demo") -> dict:
     """Run the demo job; returns the finished job's record."""
     from renderer.scene_spec import read_scene_spec
-    from service.client import NerfsimClient, zip_folder
+    from service.archives import zip_folder
+    from service.client import NerfsimClient
     from service.embedded import EmbeddedService
     from service.keys import KeyStore
     from service.logs import configure_logging

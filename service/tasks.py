@@ -15,7 +15,6 @@ import json
 import logging
 import shutil
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from rq import get_current_job
 
 from optimizer.config import OptimizeConfig
 from service import metrics
+from service.archives import zip_folder
 from service.errors import ServiceError
 from service.events import cancel_key, publish
 from service.logs import job_context
@@ -139,20 +139,13 @@ def publish_artifacts(job_dir: Path, storage: Storage) -> dict[str, str]:
                 if item.is_file():
                     shutil.copy2(item, staging / item.name)
                 elif item.name in ZIPPED_FOLDERS:
-                    _zip_folder(item, staging / ZIPPED_FOLDERS[item.name])
+                    zip_folder(item, staging / ZIPPED_FOLDERS[item.name])
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # (a full disk): the previous artifacts stay as they were
         raise
     publish_dir(staging, final)
     storage.mirror_dir(final)
     return {p.name: p.name for p in sorted(final.iterdir())}
-
-
-def _zip_folder(folder: Path, archive: Path) -> None:
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
-                bundle.write(path, path.relative_to(folder).as_posix())
 
 
 def _finish(store: RecordStore, record: JobRecord, status: str, error: str | None, job_dir: Path) -> None:

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import uuid
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.api.main import create_app
+from service.archives import zip_folder
 from service.keys import KeyStore
 from service.redis_server import RedisServer
 from service.settings import ServiceSettings
@@ -138,14 +138,6 @@ def workers(settings: ServiceSettings, tmp_path: Path) -> Iterator[WorkerProcess
     processes = WorkerProcesses(settings, log_dir)
     yield processes
     processes.stop()
-
-
-def zip_folder(folder: Path, archive: Path, skip: Callable[[Path], bool] = lambda p: False) -> Path:
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file() and not skip(path.relative_to(folder)):
-                bundle.write(path, path.relative_to(folder).as_posix())
-    return archive
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 
 from service.api.deps import get_settings
 from tests.renderer.meshes import write_box
-from tests.service.conftest import zip_folder
+from service.archives import zip_folder
 from tests.service.jobs import upload
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from service.archives import zip_folder
 from tests.renderer.meshes import SMALL_MODEL, write_box
-from tests.service.conftest import wait_for, zip_folder
+from tests.service.conftest import wait_for
 from tests.service.jobs import read_events, setup_job_inputs, tiny_job, upload
 
 pytestmark = pytest.mark.slow
