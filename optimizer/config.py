@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 Method = Literal["neural-sim", "uniform", "random-search", "reinforce", "oracle"]
-Estimator = Literal["pathwise", "score", "both"]
+Estimator = Literal["pathwise", "score", "both", "lookahead"]
 InverseHessian = Literal["identity", "neumann", "cg"]
 Stage = Literal["setup", "outer", "final-render", "final-train", "evaluate", "report", "done"]
 InnerOptimizer = Literal["sgd", "adamw"]
@@ -36,7 +36,11 @@ class OptimizeConfig:
     estimator: Estimator = "both"
     """How d L_val / d psi is estimated (neural-sim only; optimizer.estimators). 'both' by
     default: the paper's 'pathwise' is biased for the azimuth bins and the geometric parts
-    (README, findings)."""
+    (README, findings). 'lookahead' learns the azimuth bins only: each outer iteration renders
+    its scenes at every bin, fine-tunes a copy of the detector on each bin's images
+    (inner_steps steps) and scores it on the validation set (search_metric); the bins'
+    gradient is then the exact expectation over the bins (optimizer.estimators.
+    enumerated_bin_gradient). images_per_iteration must be a multiple of the number of bins."""
     inverse_hessian: InverseHessian = "cg"
     """Inverse-Hessian-vector-product approximation in the hypergradient."""
     inverse_hessian_steps: int = 5
@@ -57,7 +61,8 @@ class OptimizeConfig:
     baseline_decay: float = 0.9
     """Decay of the moving-average reward baseline (score-function estimator, REINFORCE)."""
     search_metric: SearchMetric = "map50_95"
-    """What random search keeps the best candidate by, and REINFORCE's reward: the validation
+    """What random search keeps the best candidate by, REINFORCE's and the 'lookahead'
+    estimator's reward: the validation
     mAP50-95 (higher is better) or the validation loss (lower is better). mAP by default:
     early in training the detection loss rises as the detector gets better (its task-aligned
     targets grow with the predicted IoUs), so a lower loss is not a better detector there."""

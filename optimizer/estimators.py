@@ -11,6 +11,10 @@ given ``u`` (see :mod:`optimizer.hypergradient`):
   the per-sample gradient alignment ``a_i = u . dl_i/dtheta`` as the reward (``-a_i`` is the
   sample's contribution to the loss gradient), normalised within the batch, and a baseline
   subtracted. Every part learns; no renderer gradient is needed.
+- ``lookahead`` (the azimuth bins only): render the iteration's scenes at every bin, fine-tune
+  a copy of the detector on each bin's images and score it on the validation set; the bins'
+  gradient is then exact given those scores (:func:`enumerated_bin_gradient`). It measures the
+  outer objective itself over a few inner steps instead of its first-order, per-image proxy.
 - ``both``: pathwise for the photometric parts (exposure, colour gain), score function for
   the rest: the discrete choices (azimuth bin, appearance, background, class mix, count) and the
   geometric parts (elevation, distance), whose pathwise derivative misses that the object's box
@@ -25,22 +29,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from optimizer.config import AlignmentNormalisation, Estimator
 from optimizer.hypergradient import MixedGrad, dot, pathwise_backward
 from optimizer.psi import DISCRETE_PARTS, GEOMETRIC_PARTS, PARTS, REPARAMETERISED_PARTS, OptimizerError
-
-Estimator = Literal["pathwise", "score", "both"]
-AlignmentNormalisation = Literal["none", "standardise", "cosine"]
 
 
 def estimator_parts(estimator: Estimator) -> tuple[frozenset[str], frozenset[str]]:
     """(parts that get the pathwise gradient, parts that get the score-function gradient):
-    pass the first to :meth:`Psi.replay` and the second to :meth:`Psi.log_prob`."""
+    pass the first to :meth:`Psi.replay` and the second to :meth:`Psi.log_prob`. ``lookahead``
+    needs neither (its bins' gradient is :func:`enumerated_bin_gradient`)."""
+    if estimator == "lookahead":
+        return frozenset(), frozenset()
     if estimator == "pathwise":
         return REPARAMETERISED_PARTS, frozenset()
     if estimator == "score":
@@ -48,7 +52,22 @@ def estimator_parts(estimator: Estimator) -> tuple[frozenset[str], frozenset[str
     if estimator == "both":
         pathwise = REPARAMETERISED_PARTS - DISCRETE_PARTS - GEOMETRIC_PARTS
         return pathwise, frozenset(PARTS) - pathwise
-    raise OptimizerError(f"estimator_parts: unknown estimator {estimator!r}; use 'pathwise', 'score' or 'both'")
+    raise OptimizerError(f"estimator_parts: unknown estimator {estimator!r}; use 'pathwise', 'score', 'both' or 'lookahead'")
+
+
+def enumerated_bin_gradient(
+    logits: Float[Tensor, "C K"], rewards: Float[Tensor, "K"]
+) -> Float[Tensor, "C K"]:
+    """The gradient of the loss ``-E_{k ~ softmax(logits)} [r_k]`` w.r.t. the bin logits when
+    every bin's reward is measured (the ``lookahead`` estimator): ``-p_j (r_j - sum_k p_k r_k)``
+    per row. Exact given the rewards: no sampling over the bins, so no score-function variance
+    from which bins were drawn; the rewards' own noise remains. Detached."""
+    if logits.shape[-1] != rewards.shape[-1] or rewards.dim() != 1:
+        raise OptimizerError(f"enumerated_bin_gradient: one reward per bin, got rewards {tuple(rewards.shape)} "
+                             f"for logits {tuple(logits.shape)}")
+    probs = logits.detach().softmax(-1)
+    rewards = rewards.detach().to(probs)
+    return -probs * (rewards - (probs * rewards).sum(-1, keepdim=True))
 
 
 def per_sample_gradient_norms(losses: Float[Tensor, "N"], params: Sequence[Tensor]) -> Float[Tensor, "N"]:

@@ -12,6 +12,9 @@ One outer iteration ``t`` (every method goes through it; see :mod:`optimizer.bas
    push ``-d/dx [u . dL_train/dtheta]`` through the renderer; score: per-image alignments
    ``u . dL_i/dtheta`` as rewards). Every gradient here uses ``BatchNormMode.BATCH``: the
    issue's measurement found the per-image alignment informative only with batch statistics.
+   The ``lookahead`` estimator instead renders the scenes at every azimuth bin, fine-tunes a
+   copy of the detector on each bin's images and scores it on the validation set, and the
+   loop detector then trains on the images resampled in proportion to psi's bin probabilities.
    Then an Adam step on psi with an entropy bonus on the azimuth bins (against collapse onto
    one bin), after scaling the outer gradient to unit norm, and a temperature-schedule step;
 3. fine-tune a detector on the images (``BatchNormMode.UPDATE``, plain training): the loop
@@ -43,7 +46,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -65,10 +68,20 @@ from detector.targets import ImageBatch
 from detector.train import FinetuneState, finetune, train_on_dataset
 from optimizer.baselines import azimuth_total_variation, initial_psi, psi_config, random_candidate
 from optimizer.checkpoint import LoopState, load_checkpoint, save_checkpoint
-from optimizer.config import OptimizeConfig, Progress
+from optimizer.config import (
+    AlignmentNormalisation,
+    Estimator,
+    InnerOptimizer,
+    InverseHessian,
+    Method,
+    OptimizeConfig,
+    Progress,
+    SearchMetric,
+)
 from optimizer.dataset import render_dataset
 from optimizer.estimators import (
     MovingAverageBaseline,
+    enumerated_bin_gradient,
     estimator_parts,
     outer_gradient,
     per_sample_gradient_norms,
@@ -84,7 +97,7 @@ Status = Literal["completed", "cancelled"]
 HYPERGRADIENT_BN = BatchNormMode.BATCH
 """BatchNorm mode of every gradient in the hypergradient (validation gradient, Hessian, mixed
 derivative, per-image alignment) and of the validation loss the baselines are scored with."""
-_PURPOSES = ("render", "finetune", "candidate", "warmup", "final")
+_PURPOSES = ("render", "finetune", "candidate", "warmup", "final", "resample")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -118,12 +131,12 @@ def validate_config(config: OptimizeConfig) -> None:
         raise OptimizerError(f"OptimizeConfig.{name}: {problem}")
 
     choices = {
-        "method": ("neural-sim", "uniform", "random-search", "reinforce", "oracle"),
-        "estimator": ("pathwise", "score", "both"),
-        "inverse_hessian": ("identity", "neumann", "cg"),
-        "inner_optimizer": ("sgd", "adamw"),
-        "alignment_normalisation": ("none", "standardise", "cosine"),
-        "search_metric": ("map50_95", "val_loss"),
+        "method": get_args(Method),
+        "estimator": get_args(Estimator),
+        "inverse_hessian": get_args(InverseHessian),
+        "inner_optimizer": get_args(InnerOptimizer),
+        "alignment_normalisation": get_args(AlignmentNormalisation),
+        "search_metric": get_args(SearchMetric),
         "device": ("auto", "cpu", "cuda"),
     }
     for name, allowed in choices.items():
@@ -157,7 +170,13 @@ def validate_config(config: OptimizeConfig) -> None:
         fail("learnable", f"method {config.method!r} learns psi, but no part is learnable")
     if config.method == "oracle" and config.oracle_psi is None:
         fail("oracle_psi", "method 'oracle' needs the target's distribution (Psi.from_target arguments)")
-    if config.method == "neural-sim":
+    if config.method == "neural-sim" and config.estimator == "lookahead":
+        if set(config.learnable) != {"azimuth"}:
+            fail("learnable", f"the 'lookahead' estimator learns the azimuth bins only, got {config.learnable}; "
+                              "use learnable=['azimuth'], or the 'both' estimator for other parts")
+        if config.inner_steps < 1:
+            fail("inner_steps", "the 'lookahead' estimator fine-tunes a detector copy per bin: needs inner_steps >= 1")
+    elif config.method == "neural-sim":
         pathwise, score = estimator_parts(config.estimator)
         reachable = (pathwise | score) & set(config.learnable)
         missing = sorted(set(config.learnable) - reachable)
@@ -342,6 +361,15 @@ class _Loop:
         self.target_azimuth = (config.oracle_psi or {}).get("azimuth_bin_probs")
         score_parts = estimator_parts(config.estimator)[1] & self.learnable
         self.pose_group = config.pose_group if config.method == "neural-sim" and "azimuth" in score_parts else 1
+        self.lookahead = config.method == "neural-sim" and config.estimator == "lookahead"
+        if self.lookahead:
+            bins = self.psi_config.azimuth_bins
+            if config.images_per_iteration % bins:
+                raise OptimizerError(
+                    f"OptimizeConfig.images_per_iteration: the 'lookahead' estimator renders every scene at each of "
+                    f"the {bins} azimuth bins, so it must be a multiple of {bins}, got {config.images_per_iteration}"
+                )
+            self.pose_group = bins  # scenes that share everything but the azimuth, one image per bin
 
     # ------------------------------------------------------------------ setup and resume
 
@@ -505,6 +533,38 @@ class _Loop:
             diagnostics["reward_by_azimuth_bin"] = _mean_by_bin(rewards, noise, self.psi.config.azimuth_bins)
         return val_loss, diagnostics
 
+    def search_score(self, model: DetectionModel, iteration: int) -> tuple[float, float, DetectionMetrics | None]:
+        """(score, validation loss, metrics) of a fine-tuned detector copy, higher score better:
+        the validation mAP50-95 or minus the validation loss (search_metric)."""
+        val_loss = self.val_loss(model, iteration)
+        metrics = self.val_map(model, iteration, always=self.config.search_metric == "map50_95")
+        score = metrics.map50_95 if self.config.search_metric == "map50_95" else -val_loss
+        return score, val_loss, metrics
+
+    def lookahead_direction(self, batch: ImageBatch, noise: PsiNoise, iteration: int) -> dict:
+        """Estimator 'lookahead': a copy of the detector fine-tuned on each bin's images (the
+        same scenes and minibatch order for every bin), scored on the validation set; the
+        exact expectation of the scores over the bins gives the logits' gradient."""
+        bins = self.psi.config.azimuth_bins
+        chosen = noise.azimuth_bin[:, 0]
+        scores = []
+        for k in range(bins):
+            model = copy.deepcopy(self.detector)
+            rows = (chosen == k).nonzero()[:, 0]
+            self.train(model, _slice_batch(batch, rows), self.config.inner_steps, copy.deepcopy(self.finetune_state), iteration)
+            scores.append(self.search_score(model, iteration)[0])
+        logits = self.psi.azimuth_logits
+        logits.grad = enumerated_bin_gradient(logits, torch.tensor(scores, device=logits.device))
+        return {"score_by_azimuth_bin": scores}
+
+    def resample_by_psi(self, batch: ImageBatch, noise: PsiNoise, iteration: int) -> ImageBatch:
+        """As many rows of an every-bin batch as it has, drawn with replacement in proportion to
+        psi's probability of each row's bin: training images distributed as psi says."""
+        probs = self.psi.azimuth_probs().detach()[noise.class_ids[:, 0], noise.azimuth_bin[:, 0]]
+        rows = torch.multinomial(probs.cpu(), noise.batch_size, replacement=True,
+                                 generator=_generator(self.config.seed, iteration, "resample"))
+        return _slice_batch(batch, rows.to(batch.images.device))
+
     def step_psi(self, iteration: int) -> float:
         """Normalise psi's gradient, add the entropy bonus, take the Adam step (its size warmed
         up over the first psi_warmup_iterations) and the temperature step; returns the norm of
@@ -547,14 +607,15 @@ class _Loop:
                 sampler = random_candidate(start, self.learnable, _generator(config.seed, t, "candidate"),
                                            shared=config.share_classes)
         noise = sampler.sample(config.images_per_iteration, _generator(config.seed, t, "render"), self.pose_group).noise
+        if self.lookahead:  # each group of pose_group scenes at every bin, in order
+            bins = torch.arange(self.pose_group, device=noise.azimuth_bin.device).repeat(noise.batch_size // self.pose_group)
+            noise.azimuth_bin[:] = bins[:, None]
         batch = self.render(noise, t, sampler)
 
         if method in ("random-search", "reinforce"):
             model = copy.deepcopy(self.detector)
             trained = self.train(model, batch, config.inner_steps, copy.deepcopy(self.finetune_state), t)
-            val_loss = self.val_loss(model, t)
-            metrics = self.val_map(model, t, always=config.search_metric == "map50_95")
-            score = metrics.map50_95 if config.search_metric == "map50_95" else -val_loss
+            score, val_loss, metrics = self.search_score(model, t)
             if method == "random-search":
                 record["candidate_score"] = score
                 if self.best is None or score > self.best["score"]:
@@ -570,7 +631,11 @@ class _Loop:
                 record["hypergradient_norm"] = self.step_psi(t)
         else:
             model = self.detector
-            if method == "neural-sim":
+            if self.lookahead:
+                record.update(self.lookahead_direction(batch, noise, t))
+                record["hypergradient_norm"] = self.step_psi(t)
+                batch = self.resample_by_psi(batch, noise, t)
+            elif method == "neural-sim":
                 # The hypergradient first, on images the detector has not been trained on yet:
                 # after fine-tuning on them their gradients describe how well it fits them, not
                 # what they would teach it (a fresh sample estimates the expectation over psi).

@@ -9,8 +9,9 @@ import torch
 
 from optimizer.estimators import (
     MovingAverageBaseline,
-    leave_one_out_baseline,
+    enumerated_bin_gradient,
     estimator_parts,
+    leave_one_out_baseline,
     normalise_alignment,
     outer_gradient,
     per_sample_gradient_norms,
@@ -235,3 +236,14 @@ def test_leave_one_out_baseline_is_unbiased_and_cancels_what_a_group_shares():
         assert ((psi.azimuth_logits.grad[0] - exact[0]).abs() < 4 * errors[name]).all(), name
     assert (errors["leave-one-out"] < 0.2 * errors["moving-average"]).all()
     assert (errors["leave-one-out"] < 0.1 * exact[0].abs().max()).all()  # the check has power
+
+
+def test_the_enumerated_bin_gradient_is_the_exact_expectation_gradient() -> None:
+    logits = torch.randn(3, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    rewards = torch.randn(8, generator=torch.Generator().manual_seed(1))
+    (-(logits.softmax(-1) * rewards).sum()).backward()
+    torch.testing.assert_close(enumerated_bin_gradient(logits, rewards), logits.grad)
+    # Bins with the same reward leave psi where it is.
+    assert enumerated_bin_gradient(logits, torch.full((8,), 0.3)).abs().max() < 1e-7
+    with pytest.raises(OptimizerError, match="one reward per bin"):
+        enumerated_bin_gradient(logits, rewards[:7])

@@ -258,3 +258,27 @@ def test_a_saved_config_that_predates_a_setting_means_its_default() -> None:
     assert tiny_config().differences(saved) == []
     assert tiny_config(psi_warmup_iterations=2).differences(saved) == ["psi_warmup_iterations"]
     assert tiny_config(seed=4).differences({**saved, "inner_steps": 7}) == ["inner_steps", "seed"]
+
+
+def test_the_lookahead_estimator_scores_every_bin_and_trains_on_psi(tmp_path: Path, val_set: LabelledSet) -> None:
+    """Each iteration renders every scene at all 8 bins, scores a detector copy per bin, steps
+    psi by the exact expectation over the bins, and trains the loop detector on images drawn
+    in proportion to psi's bin probabilities."""
+    config = tiny_config(estimator="lookahead", learnable=["azimuth"], images_per_iteration=16, outer_iterations=2,
+                         search_metric="val_loss", sample_images=0, val_map_every=0)
+    result = _run(config, val_set, tmp_path)
+    assert result.images_rendered == 16 * (1 + 2)
+    first = result.history[0]
+    scores = torch.tensor(first["score_by_azimuth_bin"])
+    assert scores.shape == (8,) and len(set(scores.tolist())) > 1  # the bins' copies differ
+    # psi's first (Adam) step raised exactly the bins that scored above the mean.
+    logits = torch.tensor(first["psi"]["azimuth"]["probs"][0]).log()
+    above = scores > scores.mean()
+    assert logits[above].min() > logits[~above].max()
+
+    for bad, message in (
+        (tiny_config(estimator="lookahead", learnable=["azimuth", "distance"]), "learns the azimuth bins only"),
+        (tiny_config(estimator="lookahead", learnable=["azimuth"], images_per_iteration=12), "a multiple of 8"),
+    ):
+        with pytest.raises(OptimizerError, match=message):
+            _run(bad, val_set, tmp_path / "bad")
