@@ -102,8 +102,10 @@ def main() -> None:
     def mean_val_map(name: str) -> float:
         return statistics.fmean(results[name]["val_map"])
 
-    ranking = sorted((n for n in results if n.startswith("bin ")), key=mean_val_map, reverse=True)
-    print("single bins by validation mAP50-95, best first: " + ", ".join(ranking))
+    single_bins = [n for n in results if n.startswith("bin ")]
+    by_loss = sorted(single_bins, key=lambda n: statistics.fmean(results[n]["val_loss"]))
+    print("single bins by validation loss, best first: " + ", ".join(by_loss))
+    print("single bins by validation mAP50-95, best first: " + ", ".join(sorted(single_bins, key=mean_val_map, reverse=True)))
     print(f"target_over_twins_val_map={mean_val_map('target 1-2') / mean_val_map('twins 5-6'):.3f} "
           f"target_over_uniform_val_map={mean_val_map('target 1-2') / mean_val_map('uniform'):.3f}")
 
