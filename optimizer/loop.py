@@ -88,7 +88,7 @@ from optimizer.estimators import (
     score_function_surrogate,
 )
 from optimizer.hypergradient import hvp_from_gradients, inverse_hvp, mixed_grad_from_gradients, pathwise_backward
-from optimizer.psi import PARTS, PER_CLASS_PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiNoise
+from optimizer.psi import PARTS, PER_CLASS_PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiConfig, PsiNoise
 from optimizer.report import plot_history, sample_paths, save_sample_images, write_json_atomic
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
 from renderer.scene_spec import load_scene, read_scene_spec
@@ -176,6 +176,10 @@ def validate_config(config: OptimizeConfig) -> None:
                               "use learnable=['azimuth'], or the 'both' estimator for other parts")
         if config.inner_steps < 1:
             fail("inner_steps", "the 'lookahead' estimator fine-tunes a detector copy per bin: needs inner_steps >= 1")
+        bins = config.psi.get("azimuth_bins", PsiConfig.azimuth_bins)
+        if config.images_per_iteration % bins:
+            fail("images_per_iteration", f"the 'lookahead' estimator renders every scene at each of the {bins} azimuth "
+                                         f"bins, so it must be a multiple of {bins}, got {config.images_per_iteration}")
     elif config.method == "neural-sim":
         pathwise, score = estimator_parts(config.estimator)
         reachable = (pathwise | score) & set(config.learnable)
@@ -363,13 +367,7 @@ class _Loop:
         self.pose_group = config.pose_group if config.method == "neural-sim" and "azimuth" in score_parts else 1
         self.lookahead = config.method == "neural-sim" and config.estimator == "lookahead"
         if self.lookahead:
-            bins = self.psi_config.azimuth_bins
-            if config.images_per_iteration % bins:
-                raise OptimizerError(
-                    f"OptimizeConfig.images_per_iteration: the 'lookahead' estimator renders every scene at each of "
-                    f"the {bins} azimuth bins, so it must be a multiple of {bins}, got {config.images_per_iteration}"
-                )
-            self.pose_group = bins  # scenes that share everything but the azimuth, one image per bin
+            self.pose_group = self.psi_config.azimuth_bins  # scenes that share all but the azimuth, one per bin
 
     # ------------------------------------------------------------------ setup and resume
 
