@@ -40,11 +40,13 @@ import torch  # noqa: E402
 
 from benchmarks.assets import QUICK_BUDGET, SHIFT_OBJECTS, load_assets  # noqa: E402
 from benchmarks.shift import BACKGROUNDS, QUICK, SHIFTS, run_config, target_sets  # noqa: E402
+from detector.datasets import LabelledSet  # noqa: E402
 from detector.losses import detection_loss, per_image_gradient_dot, trainable_parameters  # noqa: E402
 from detector.model import DetectorConfig, build_detector  # noqa: E402
 from detector.targets import ImageBatch  # noqa: E402
 from optimizer.baselines import initial_psi, psi_config  # noqa: E402
 from optimizer.checkpoint import load_checkpoint  # noqa: E402
+from optimizer.config import OptimizeConfig  # noqa: E402
 from optimizer.estimators import per_sample_gradient_norms  # noqa: E402
 from optimizer.loop import HYPERGRADIENT_BN, run_loop, validation_loss_and_gradient  # noqa: E402
 from renderer.backgrounds import BackgroundSet  # noqa: E402
@@ -52,6 +54,15 @@ from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: 
 
 BINS = 8
 TARGET_BINS = torch.tensor(SHIFTS["pose"]["target"]["azimuth_bin_probs"], dtype=torch.bool)
+
+
+def pose_setting(seed: int, budget) -> tuple[SceneRenderer, LabelledSet, LabelledSet, OptimizeConfig]:
+    """The pose shift's renderer, validation and test sets, and its neural-sim run config."""
+    backgrounds = BackgroundSet.from_folder(BACKGROUNDS, max_side=256)
+    renderer = SceneRenderer(SceneRendererConfig(fov_deg=40.0, samples_per_ray=64),
+                             load_assets(SHIFT_OBJECTS, QUICK_BUDGET), backgrounds)
+    val_set, test_set = target_sets("pose", budget, backgrounds)
+    return renderer, val_set, test_set, run_config("pose", "neural-sim-both", seed, budget)
 
 
 def warmed_up_detector(config, renderer, val_set, warmup: int):
@@ -122,11 +133,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    backgrounds = BackgroundSet.from_folder(BACKGROUNDS, max_side=256)
-    renderer = SceneRenderer(SceneRendererConfig(fov_deg=40.0, samples_per_ray=64),
-                             load_assets(SHIFT_OBJECTS, QUICK_BUDGET), backgrounds)
-    val_set, _ = target_sets("pose", QUICK, backgrounds)
-    config = run_config("pose", "neural-sim-both", args.seed, QUICK)
+    renderer, val_set, _, config = pose_setting(args.seed, QUICK)
     val_batch = val_set.batch(config.image_size)
     batch, classes = enumerated_batch(config, renderer, args.groups, args.seed)
     results = {}

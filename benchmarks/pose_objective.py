@@ -31,9 +31,8 @@ os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO / ".yolo"))
 
 import torch  # noqa: E402
 
-from benchmarks.alignment import warmed_up_detector  # noqa: E402
-from benchmarks.assets import QUICK_BUDGET, SHIFT_OBJECTS, load_assets  # noqa: E402
-from benchmarks.shift import BACKGROUNDS, FULL, run_config, target_sets  # noqa: E402
+from benchmarks.alignment import pose_setting, warmed_up_detector  # noqa: E402
+from benchmarks.shift import FULL  # noqa: E402
 from detector.evaluate import evaluate  # noqa: E402
 from detector.losses import BatchNormMode  # noqa: E402
 from detector.targets import ImageBatch  # noqa: E402
@@ -41,8 +40,6 @@ from detector.train import finetune  # noqa: E402
 from optimizer.baselines import psi_config  # noqa: E402
 from optimizer.loop import validation_loss_and_gradient  # noqa: E402
 from optimizer.psi import Psi  # noqa: E402
-from renderer.backgrounds import BackgroundSet  # noqa: E402
-from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: E402
 
 BINS = 8
 
@@ -65,11 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    backgrounds = BackgroundSet.from_folder(BACKGROUNDS, max_side=256)
-    renderer = SceneRenderer(SceneRendererConfig(fov_deg=40.0, samples_per_ray=64),
-                             load_assets(SHIFT_OBJECTS, QUICK_BUDGET), backgrounds)
-    val_set, test_set = target_sets("pose", FULL, backgrounds)
-    config = run_config("pose", "neural-sim-both", args.seed, FULL)
+    renderer, val_set, test_set, config = pose_setting(args.seed, FULL)
     val_batch = val_set.batch(config.image_size)
     began = time.perf_counter()
     warmed = warmed_up_detector(config, renderer, val_set, args.warmup)
