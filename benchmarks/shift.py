@@ -132,7 +132,7 @@ class Budget:
 
 
 QUICK = Budget(image_size=64, val_images=100, test_images=300, warmup_steps=60, pose_warmup_steps=200, outer_iterations=6,
-               images_per_iteration=32, pose_images_per_iteration=48, inner_steps=10, final_images=240, final_epochs=24)
+               images_per_iteration=32, pose_images_per_iteration=96, inner_steps=10, final_images=240, final_epochs=24)
 FULL = Budget(image_size=64, val_images=100, test_images=300, warmup_steps=60, pose_warmup_steps=200, outer_iterations=12,
               images_per_iteration=64, pose_images_per_iteration=96, inner_steps=10, final_images=240, final_epochs=24)
 
@@ -189,8 +189,8 @@ def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeCo
     iterations = budget.outer_iterations // 2 if half else budget.outer_iterations
     warmup = budget.pose_warmup_steps if shift == "pose" else budget.warmup_steps
     warmup = warmup // 2 if half else warmup
-    return OptimizeConfig(
-        **{"estimator": "both", **METHODS[base]},  # explicit: a changed default would orphan finished runs
+    settings = dict(
+        estimator="both",  # explicit: a changed default would orphan finished runs
         learnable=list(SHIFTS[shift]["learnable"]),
         share_classes=True,
         psi=dict(BASE_PSI),
@@ -216,6 +216,7 @@ def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeCo
         sample_images=2,
         seed=seed,
     )
+    return OptimizeConfig(**{**settings, **METHODS[base]})
 
 
 def distinguishable_bins(renderer: SceneRenderer, class_names: list[str], size: int) -> dict[str, list[float]]:
@@ -265,8 +266,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None,
                         help=f"of {list(METHODS)}, each optionally with the suffix {HALF}")
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
-    parser.add_argument("--headline", choices=["pathwise", "score", "both", "lookahead"], default="both",
-                        help="the neural-sim estimator of the last line")
+    parser.add_argument("--headline", choices=["pathwise", "score", "both", "lookahead"], default="lookahead",
+                        help="the neural-sim estimator of the pose shift's last line and of @half")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--progress", action="store_true", help="progress bars of every stage")
     parser.add_argument("--gather", action="store_true",
