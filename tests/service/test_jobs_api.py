@@ -78,6 +78,7 @@ def test_jobs_are_listed_by_status_and_page(client, inputs) -> None:
         ({"options": {"scene": "/etc"}}, 400, "set by the service"),
         ({"options": {"damping": -1}}, 400, "damping: must be >= 0, got -1"),
         ({"estimator": "pathwise", "learnable": ["background"]}, 400, "gives no gradient to the learnable parts"),
+        ({"estimator": "lookahead", "learnable": ["azimuth", "distance"]}, 400, "learns the azimuth bins only"),
         ({"assets": []}, 422, "assets"),
     ],
 )
