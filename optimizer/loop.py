@@ -531,12 +531,16 @@ class _Loop:
             diagnostics["reward_by_azimuth_bin"] = _mean_by_bin(rewards, noise, self.psi.config.azimuth_bins)
         return val_loss, diagnostics
 
-    def search_score(self, model: DetectionModel, iteration: int) -> tuple[float, float, DetectionMetrics | None]:
+    def search_score(
+        self, model: DetectionModel, iteration: int, periodic_map: bool = True
+    ) -> tuple[float, float, DetectionMetrics | None]:
         """(score, validation loss, metrics) of a fine-tuned detector copy, higher score better:
-        the validation mAP50-95 or minus the validation loss (search_metric)."""
+        the validation mAP50-95 or minus the validation loss (search_metric). The mAP is also
+        computed every val_map_every iterations for the record, unless not ``periodic_map``."""
         val_loss = self.val_loss(model, iteration)
-        metrics = self.val_map(model, iteration, always=self.config.search_metric == "map50_95")
-        score = metrics.map50_95 if self.config.search_metric == "map50_95" else -val_loss
+        by_map = self.config.search_metric == "map50_95"
+        metrics = self.val_map(model, iteration, always=by_map) if by_map or periodic_map else None
+        score = metrics.map50_95 if by_map else -val_loss
         return score, val_loss, metrics
 
     def lookahead_direction(self, batch: ImageBatch, noise: PsiNoise, iteration: int) -> dict:
@@ -550,7 +554,7 @@ class _Loop:
             model = copy.deepcopy(self.detector)
             rows = (chosen == k).nonzero()[:, 0]
             self.train(model, _slice_batch(batch, rows), self.config.inner_steps, copy.deepcopy(self.finetune_state), iteration)
-            scores.append(self.search_score(model, iteration)[0])
+            scores.append(self.search_score(model, iteration, periodic_map=False)[0])  # only the score is kept
         logits = self.psi.azimuth_logits
         logits.grad = enumerated_bin_gradient(logits, torch.tensor(scores, device=logits.device))
         return {"score_by_azimuth_bin": scores}
