@@ -101,8 +101,9 @@ SHIFTS = {
 """Per shift: the part psi learns, the target's distribution (Psi.from_target arguments) and
 psi's Adam step (bin logits need larger steps than a log-distance or an exposure in stops; the
 pose shift's grows over its first outer iterations: Adam's first steps are full-size whatever
-the gradient); the pose shift's azimuth is learnt by the score function, whose per-image rewards
-are cosines (see README: standardised dot products moved psi away from the target)."""
+the gradient); where the pose shift's azimuth is learnt by the score function (neural-sim
+score and both), its per-image rewards are cosines (see README: standardised dot products moved
+psi away from the target)."""
 
 
 LEARNED = {"pose": ("pose_tv", 0), "zoom": ("distance_median", 0.33), "lighting": ("exposure_mean", -1.5)}
@@ -120,8 +121,9 @@ class Budget:
     test_images: int
     warmup_steps: int
     pose_warmup_steps: int
-    """The pose shift's (every method's): the azimuth's per-image signal is weak after a short
-    warm-up and grows as the detector learns (README, findings)."""
+    """The pose shift's (every method's): 200 steps, the warm-up after which the outer objective
+    was measured to single out the target's bins (benchmarks/pose_objective.py); the per-image
+    signal was no stronger after 400 (README, findings 8 and 10)."""
     outer_iterations: int
     images_per_iteration: int
     pose_images_per_iteration: int
