@@ -19,6 +19,7 @@ Stage = Literal["setup", "outer", "final-render", "final-train", "evaluate", "re
 InnerOptimizer = Literal["sgd", "adamw"]
 AlignmentNormalisation = Literal["none", "standardise", "cosine"]
 SearchMetric = Literal["map50_95", "val_loss"]
+FinalInit = Literal["initial", "warmup"]
 
 
 @dataclass
@@ -41,6 +42,15 @@ class OptimizeConfig:
     (inner_steps steps) and scores it on the validation set (search_metric); the bins'
     gradient is then the exact expectation over the bins (optimizer.estimators.
     enumerated_bin_gradient). images_per_iteration must be a multiple of the number of bins."""
+    lookahead_bin_share: float = 1.0
+    """'lookahead' only: the share of each bin copy's fine-tuning images that show its bin; the
+    rest are the iteration's images drawn in proportion to psi (the same ones for every copy).
+    1: each copy sees its bin alone, so the scores rank the bins as if the objective were linear
+    in their probabilities, whose best point is one bin (seen: psi collapsing onto one of the
+    target's two bins). Below 1 a copy is scored at the mixture (1 - share) * psi + share * bin,
+    a finite-difference step toward that bin from the current psi: the scores are then the
+    objective's directional derivatives there, so a bin psi already covers well gains less
+    from more of it, and the step stops where the bins' marginal values are equal."""
     inverse_hessian: InverseHessian = "cg"
     """Inverse-Hessian-vector-product approximation in the hypergradient."""
     inverse_hessian_steps: int = 5
@@ -100,9 +110,10 @@ class OptimizeConfig:
     inner_batch_size: int | None = None
     """Images per inner step, drawn from the iteration's images (None: all of them)."""
     warmup_steps: int = 100
-    """Detector steps on images from the initial psi before the first outer iteration, in
-    rounds of inner_steps steps on images_per_iteration fresh images each: the hypergradient
-    of an untrained detector says little about psi."""
+    """Detector steps on images from the config's initial psi (for every method, the oracle's
+    too) before the first outer iteration, in rounds of inner_steps steps on
+    images_per_iteration fresh images each: the hypergradient of an untrained detector says
+    little about psi."""
     val_batch_size: int = 64
     """Validation images per forward pass when computing the validation loss and gradient
     (BatchNorm batch statistics are taken per chunk)."""
@@ -123,6 +134,12 @@ class OptimizeConfig:
     """Epochs of the final detector's training (Ultralytics' trainer)."""
     final_batch_size: int = 16
     """Batch size of the final detector's training."""
+    final_init: FinalInit = "initial"
+    """What the final detector starts from: 'initial', the initial weights (detector_weights,
+    or a random initialisation from the seed); 'warmup', the detector after the warm-up, which
+    trained on images from the config's initial psi for every method (the oracle's too), so all
+    methods of one seed start their final detector from the same weights and differ only in
+    the final dataset's psi. Needs warmup_steps >= 1."""
     final_trainer_overrides: dict[str, Any] = field(default_factory=dict)
     """Further Ultralytics train arguments for the final detector (e.g. {"mosaic": 0.0,
     "optimizer": "AdamW", "lr0": 0.002}). The loop sets nbs (the nominal batch Ultralytics

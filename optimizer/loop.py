@@ -71,6 +71,7 @@ from optimizer.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from optimizer.config import (
     AlignmentNormalisation,
     Estimator,
+    FinalInit,
     InnerOptimizer,
     InverseHessian,
     Method,
@@ -97,7 +98,9 @@ Status = Literal["completed", "cancelled"]
 HYPERGRADIENT_BN = BatchNormMode.BATCH
 """BatchNorm mode of every gradient in the hypergradient (validation gradient, Hessian, mixed
 derivative, per-image alignment) and of the validation loss the baselines are scored with."""
-_PURPOSES = ("render", "finetune", "candidate", "warmup", "final", "resample")
+_PURPOSES = ("render", "finetune", "candidate", "warmup", "final", "resample", "lookahead")
+WARMUP_DETECTOR = "warmup_detector.pt"
+"""The detector after the warm-up, in the run folder when final_init is 'warmup'."""
 
 
 class TrainingDivergedError(RuntimeError):
@@ -137,6 +140,7 @@ def validate_config(config: OptimizeConfig) -> None:
         "inner_optimizer": get_args(InnerOptimizer),
         "alignment_normalisation": get_args(AlignmentNormalisation),
         "search_metric": get_args(SearchMetric),
+        "final_init": get_args(FinalInit),
         "device": ("auto", "cpu", "cuda"),
     }
     for name, allowed in choices.items():
@@ -168,6 +172,8 @@ def validate_config(config: OptimizeConfig) -> None:
     learns = config.method in ("neural-sim", "random-search", "reinforce")
     if learns and not config.learnable:
         fail("learnable", f"method {config.method!r} learns psi, but no part is learnable")
+    if config.final_init == "warmup" and config.warmup_steps < 1:
+        fail("final_init", "'warmup' starts the final detector from the warmed-up detector: needs warmup_steps >= 1")
     if config.method == "oracle" and config.oracle_psi is None:
         fail("oracle_psi", "method 'oracle' needs the target's distribution (Psi.from_target arguments)")
     if config.method == "neural-sim" and config.estimator == "lookahead":
@@ -176,6 +182,8 @@ def validate_config(config: OptimizeConfig) -> None:
                               "use learnable=['azimuth'], or the 'both' estimator for other parts")
         if config.inner_steps < 1:
             fail("inner_steps", "the 'lookahead' estimator fine-tunes a detector copy per bin: needs inner_steps >= 1")
+        if not 0 < config.lookahead_bin_share <= 1:
+            fail("lookahead_bin_share", f"must be in (0, 1], got {config.lookahead_bin_share}")
         bins = config.psi.get("azimuth_bins", PsiConfig.azimuth_bins)
         if config.images_per_iteration % bins:
             fail("images_per_iteration", f"the 'lookahead' estimator renders every scene at each of the {bins} azimuth "
@@ -357,10 +365,7 @@ class _Loop:
             radiance_field.to(self.device)
         self.psi_config = psi_config(config, renderer.fields, len(renderer.backgrounds))
         self.learnable = set(config.learnable)
-        self.detector_config = DetectorConfig(
-            arch=config.detector, weights=config.detector_weights, class_names=self.class_names,
-            image_size=config.image_size, seed=config.seed,
-        )
+        self.detector_config = detector_config(config, self.class_names)
         self.val_batch = self.val_set.batch(config.image_size).to(self.device)
         self.target_azimuth = (config.oracle_psi or {}).get("azimuth_bin_probs")
         score_parts = estimator_parts(config.estimator)[1] & self.learnable
@@ -386,13 +391,19 @@ class _Loop:
         self.history: list[dict] = []
         self.images_rendered = 0
         # Warm-up rounds of inner_steps steps, each on fresh images (one batch for all steps
-        # would overfit it).
+        # would overfit it), from the config's initial psi whatever the method: every method of
+        # a seed then leaves the warm-up with the same detector (see final_init).
+        warmup_psi = Psi.uniform(self.psi_config).to(self.device)
         round_steps = config.inner_steps or config.warmup_steps
         for first in range(0, config.warmup_steps, round_steps):
-            noise = self.psi.sample(config.images_per_iteration, _generator(config.seed, first, "warmup")).noise
-            batch = self.render(noise, -1)
+            noise = warmup_psi.sample(config.images_per_iteration, _generator(config.seed, first, "warmup")).noise
+            batch = self.render(noise, -1, warmup_psi)
             steps = min(round_steps, config.warmup_steps - first)
             self.finetune_state = self.train(self.detector, batch, steps, self.finetune_state, -1)
+        if config.final_init == "warmup":
+            # Before the first checkpoint, so a resumed run always finds it.
+            partial = self.out_dir / f"{WARMUP_DETECTOR}.partial"
+            save_detector(self.detector, partial).replace(self.out_dir / WARMUP_DETECTOR)
         val_loss, _ = validation_loss_and_gradient(self.detector, self.val_batch, config.val_batch_size, False)
         return self.state(iteration=0, val_loss_start=val_loss)
 
@@ -545,26 +556,37 @@ class _Loop:
 
     def lookahead_direction(self, batch: ImageBatch, noise: PsiNoise, iteration: int) -> dict:
         """Estimator 'lookahead': a copy of the detector fine-tuned on each bin's images (the
-        same scenes and minibatch order for every bin), scored on the validation set; the
+        same scenes and minibatch order for every bin), mixed with images drawn by psi
+        (lookahead_bin_share; the same draws for every bin), scored on the validation set; the
         exact expectation of the scores over the bins gives the logits' gradient."""
         bins = self.psi.config.azimuth_bins
         chosen = noise.azimuth_bin[:, 0]
+        per_bin = noise.batch_size // bins
+        share = self.config.lookahead_bin_share
+        from_psi = self.rows_by_psi(noise, iteration, round(per_bin * (1 - share) / share), "lookahead")
         scores = []
         for k in range(bins):
             model = copy.deepcopy(self.detector)
-            rows = (chosen == k).nonzero()[:, 0]
+            rows = torch.cat([(chosen == k).nonzero()[:, 0], from_psi.to(chosen.device)])
             self.train(model, _slice_batch(batch, rows), self.config.inner_steps, copy.deepcopy(self.finetune_state), iteration)
             scores.append(self.search_score(model, iteration, periodic_map=False)[0])  # only the score is kept
         logits = self.psi.azimuth_logits
         logits.grad = enumerated_bin_gradient(logits, torch.tensor(scores, device=logits.device))
         return {"score_by_azimuth_bin": scores}
 
-    def resample_by_psi(self, batch: ImageBatch, noise: PsiNoise, iteration: int) -> ImageBatch:
-        """As many rows of an every-bin batch as it has, drawn with replacement in proportion to
-        psi's probability of each row's bin: training images distributed as psi says."""
+    def rows_by_psi(self, noise: PsiNoise, iteration: int, count: int, purpose: str) -> Tensor:
+        """``count`` rows of an every-bin batch, drawn with replacement in proportion to psi's
+        probability of each row's bin (CPU indices)."""
+        if count == 0:
+            return torch.zeros(0, dtype=torch.long)
         probs = self.psi.azimuth_probs().detach()[noise.class_ids[:, 0], noise.azimuth_bin[:, 0]]
-        rows = torch.multinomial(probs.cpu(), noise.batch_size, replacement=True,
-                                 generator=_generator(self.config.seed, iteration, "resample"))
+        return torch.multinomial(probs.cpu(), count, replacement=True,
+                                 generator=_generator(self.config.seed, iteration, purpose))
+
+    def resample_by_psi(self, batch: ImageBatch, noise: PsiNoise, iteration: int) -> ImageBatch:
+        """As many rows of an every-bin batch as it has, drawn in proportion to psi's
+        probability of each row's bin: training images distributed as psi says."""
+        rows = self.rows_by_psi(noise, iteration, noise.batch_size, "resample")
         return _slice_batch(batch, rows.to(batch.images.device))
 
     def step_psi(self, iteration: int) -> float:
@@ -750,12 +772,9 @@ class _Loop:
                 if self.should_stop():
                     cancelled = trainer.stop = True
 
-            best = train_on_dataset(
-                self.detector_config, dataset_dir, config.final_epochs, config.image_size, self.out_dir / "final_train",
-                progress=self.progress_bar, batch_size=config.final_batch_size,
-                device="cpu" if self.device.type == "cpu" else "0", seed=config.seed,
-                callbacks={"on_fit_epoch_end": [epoch_done]},
-                **{"val": False, "plots": False, "nbs": config.final_batch_size, **config.final_trainer_overrides},
+            best = train_final_detector(
+                config, self.class_names, self.out_dir, self.out_dir / "final_train", seed=config.seed,
+                device=self.device, progress=self.progress_bar, callbacks={"on_fit_epoch_end": [epoch_done]},
             )
             stage_seconds["final_train"] = round(time.perf_counter() - began, 3)
             if cancelled:
@@ -818,6 +837,36 @@ class _Loop:
             history=report["history"], metrics=report["final"], images_rendered=report["images_rendered"],
             report=path, detector=detector if detector.is_file() else None, dataset=dataset if dataset.is_dir() else None,
         )
+
+
+def detector_config(config: OptimizeConfig, class_names: list[str]) -> DetectorConfig:
+    """The detector a run of ``config`` builds at its start."""
+    return DetectorConfig(arch=config.detector, weights=config.detector_weights, class_names=list(class_names),
+                          image_size=config.image_size, seed=config.seed)
+
+
+def train_final_detector(
+    config: OptimizeConfig,
+    class_names: list[str],
+    run_dir: Path,
+    out_dir: Path,
+    *,
+    seed: int,
+    device: torch.device,
+    progress: bool = False,
+    callbacks: dict | None = None,
+) -> Path:
+    """Train a final detector on ``run_dir/dataset`` as the final stage does (from the initial
+    or the warmed-up weights: final_init), with Ultralytics' trainer seeded by ``seed``;
+    returns its best checkpoint."""
+    start = (load_detector(Path(run_dir) / WARMUP_DETECTOR) if config.final_init == "warmup"
+             else detector_config(config, class_names))
+    return train_on_dataset(
+        start, Path(run_dir) / "dataset", config.final_epochs, config.image_size, out_dir,
+        progress=progress, batch_size=config.final_batch_size, device="cpu" if device.type == "cpu" else "0",
+        seed=seed, callbacks=callbacks,
+        **{"val": False, "plots": False, "nbs": config.final_batch_size, **config.final_trainer_overrides},
+    )
 
 
 def completed_report(out_dir: Path, config: OptimizeConfig) -> dict | None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from detector.datasets import LabelledSet
+from detector.model import DetectorConfig, build_detector, load_detector
 from optimizer.checkpoint import load_checkpoint
 from optimizer.config import OptimizeConfig, Progress
 from optimizer.loop import TrainingDivergedError, run_loop, run_optimization
@@ -282,3 +283,59 @@ def test_the_lookahead_estimator_scores_every_bin_and_trains_on_psi(tmp_path: Pa
     ):
         with pytest.raises(OptimizerError, match=message):
             _run(bad, val_set, tmp_path / "bad")
+
+
+def test_final_init_warmup_starts_every_methods_final_detector_from_one_warmed_up_detector(
+    tmp_path: Path, val_set: LabelledSet
+) -> None:
+    """The warm-up draws from the config's initial psi whatever the method (the oracle's too), so
+    uniform, oracle and neural-sim of one seed leave it with the same detector; with
+    final_init='warmup' the final detector's training starts from exactly those weights."""
+    final = dict(final_images=4, final_epochs=1, final_batch_size=4, sample_images=0, val_map_every=0,
+                 final_init="warmup")
+    warmed = {}
+    for method, iterations in (("uniform", 0), ("oracle", 0), ("neural-sim", 1)):
+        result = _run(tiny_config(method=method, outer_iterations=iterations, **final), val_set, tmp_path / method)
+        assert result.status == "completed"
+        warmed[method] = load_detector(tmp_path / method / "warmup_detector.pt").state_dict()
+        started = load_detector(tmp_path / method / "final_train" / "initial.pt").state_dict()
+        assert all(torch.equal(started[name], value) for name, value in warmed[method].items()), method
+    for method in ("oracle", "neural-sim"):
+        assert all(torch.equal(warmed["uniform"][name], value) for name, value in warmed[method].items()), method
+    fresh = build_detector(DetectorConfig(arch="yolov8n-cpu", class_names=CLASSES, image_size=32, seed=3)).state_dict()
+    assert not all(torch.equal(fresh[name], value) for name, value in warmed["uniform"].items())
+    # The default starts from the initial weights, as before.
+    _run(tiny_config(method="uniform", outer_iterations=0, **{**final, "final_init": "initial"}), val_set,
+         tmp_path / "initial")
+    started = load_detector(tmp_path / "initial" / "final_train" / "initial.pt").state_dict()
+    assert all(torch.equal(started[name], value) for name, value in fresh.items())
+    assert not (tmp_path / "initial" / "warmup_detector.pt").exists()
+    with pytest.raises(OptimizerError, match="final_init: 'warmup' .* needs warmup_steps >= 1"):
+        _run(tiny_config(final_init="warmup", warmup_steps=0), val_set, tmp_path / "bad")
+
+
+def test_lookahead_copies_train_on_their_bin_mixed_with_the_same_draws_from_psi(
+    tmp_path: Path, val_set: LabelledSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lookahead_bin_share=0.5: each bin's copy fine-tunes on that bin's scenes plus as many
+    images drawn by psi, and those drawn images are the same for every copy."""
+    from optimizer import loop as loop_module
+
+    batches = []
+    original = loop_module._Loop.train
+
+    def recording_train(self, model, batch, steps, state, iteration):
+        batches.append((iteration, batch.images.clone()))
+        return original(self, model, batch, steps, state, iteration)
+
+    monkeypatch.setattr(loop_module._Loop, "train", recording_train)
+    config = tiny_config(estimator="lookahead", learnable=["azimuth"], images_per_iteration=16, outer_iterations=1,
+                         search_metric="val_loss", sample_images=0, val_map_every=0, lookahead_bin_share=0.5)
+    result = _run(config, val_set, tmp_path)
+    copies = [images for iteration, images in batches if iteration == 0][:8]  # then the loop detector's round
+    assert [len(images) for images in copies] == [2 + 2] * 8
+    assert all(torch.equal(copies[0][2:], images[2:]) for images in copies)  # the same psi draws
+    assert len({images[:2].sum().item() for images in copies}) == 8  # each copy its own bin's scenes
+    assert len(set(result.history[0]["score_by_azimuth_bin"])) > 1
+    with pytest.raises(OptimizerError, match=r"lookahead_bin_share: must be in \(0, 1\]"):
+        _run(replace(config, lookahead_bin_share=0.0), val_set, tmp_path / "bad")
