@@ -51,6 +51,12 @@ class OptimizeConfig:
     a finite-difference step toward that bin from the current psi: the scores are then the
     objective's directional derivatives there, so a bin psi already covers well gains less
     from more of it, and the step stops where the bins' marginal values are equal."""
+    lookahead_memory: int = 1
+    """'lookahead' only: the bin copies fine-tune on the every-bin images of this outer iteration
+    and of the lookahead_memory - 1 before it (kept, not rendered again: the rendered-image
+    budget is unchanged), so each bin's score rests on lookahead_memory times as many scenes.
+    A bin's score varies from one iteration's scenes to the next by more than the target bins'
+    advantage (README, findings)."""
     inverse_hessian: InverseHessian = "cg"
     """Inverse-Hessian-vector-product approximation in the hypergradient."""
     inverse_hessian_steps: int = 5
