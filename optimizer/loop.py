@@ -184,8 +184,9 @@ def validate_config(config: OptimizeConfig) -> None:
             fail("inner_steps", "the 'lookahead' estimator fine-tunes a detector copy per bin: needs inner_steps >= 1")
         if not 0 < config.lookahead_bin_share <= 1:
             fail("lookahead_bin_share", f"must be in (0, 1], got {config.lookahead_bin_share}")
-        if config.lookahead_memory < 1:
-            fail("lookahead_memory", f"must be >= 1, got {config.lookahead_memory}")
+        for name in ("lookahead_memory", "lookahead_steps", "lookahead_batch_size"):
+            if getattr(config, name) is not None and getattr(config, name) < 1:
+                fail(name, f"must be >= 1, got {getattr(config, name)}")
         bins = config.psi.get("azimuth_bins", PsiConfig.azimuth_bins)
         if config.images_per_iteration % bins:
             fail("images_per_iteration", f"the 'lookahead' estimator renders every scene at each of the {bins} azimuth "
@@ -471,11 +472,15 @@ class _Loop:
         self.images_rendered += noise.batch_size
         return ImageBatch(images, out.boxes, out.classes, out.keep)
 
-    def train(self, model: DetectionModel, batch: ImageBatch, steps: int, state: FinetuneState, iteration: int) -> FinetuneState:
+    def train(
+        self, model: DetectionModel, batch: ImageBatch, steps: int, state: FinetuneState, iteration: int,
+        batch_size: int | None = None,
+    ) -> FinetuneState:
+        """``steps`` fine-tuning steps of ``batch_size`` images (default: inner_batch_size)."""
         config = self.config
         result = finetune(
             model, batch.images, batch.targets(), steps, config.inner_learning_rate, BatchNormMode.UPDATE,
-            batch_size=config.inner_batch_size, optimizer_name=config.inner_optimizer,
+            batch_size=batch_size or config.inner_batch_size, optimizer_name=config.inner_optimizer,
             generator=_generator(config.seed, iteration, "finetune"), optimizer_state=state, progress=False,
         )
         for step, loss in enumerate(result.losses[len(result.losses) - steps :]):
@@ -573,13 +578,15 @@ class _Loop:
         chosen = pool["azimuth_bin"]
         share = self.config.lookahead_bin_share
         count = round(len(chosen) // bins * (1 - share) / share)
+        steps = self.config.lookahead_steps or self.config.inner_steps
         from_psi = self.rows_by_psi(pool["class_id"], chosen, iteration, count, "lookahead")
         scores = []
         for k in range(bins):
             model = copy.deepcopy(self.detector)
             rows = torch.cat([(chosen == k).nonzero()[:, 0], from_psi.to(chosen.device)])
-            self.train(model, _slice_batch(pool_batch, rows), self.config.inner_steps, copy.deepcopy(self.finetune_state),
-                       iteration)
+            images = _slice_batch(pool_batch, rows)
+            self.train(model, images, steps, copy.deepcopy(self.finetune_state), iteration,
+                       batch_size=min(self.config.lookahead_batch_size or len(rows), len(rows)))
             scores.append(self.search_score(model, iteration, periodic_map=False)[0])  # only the score is kept
         logits = self.psi.azimuth_logits
         logits.grad = enumerated_bin_gradient(logits, torch.tensor(scores, device=logits.device))
