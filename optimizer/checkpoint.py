@@ -48,9 +48,6 @@ class LoopState:
     library draw also replays identically)."""
     history: list[dict[str, Any]] = field(default_factory=list)
     """One record per completed outer iteration."""
-    lookahead_memory: list[dict[str, torch.Tensor]] = field(default_factory=list)
-    """The 'lookahead' estimator's every-bin batches of the latest iterations (OptimizeConfig.
-    lookahead_memory - 1 of them): images, boxes, classes, keep, and each image's class and bin."""
 
 
 def checkpoint_path(out_dir: Path) -> Path:

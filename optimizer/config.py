@@ -51,20 +51,6 @@ class OptimizeConfig:
     a finite-difference step toward that bin from the current psi: the scores are then the
     objective's directional derivatives there, so a bin psi already covers well gains less
     from more of it, and the step stops where the bins' marginal values are equal."""
-    lookahead_steps: int | None = None
-    """'lookahead' only: fine-tuning steps of each bin's copy (None: inner_steps). A longer
-    look ahead separates the bins by more than the noise does: the outer objective itself,
-    measured after 30 steps, prefers the target's bins by far more than 10 steps show (README,
-    findings)."""
-    lookahead_batch_size: int | None = None
-    """'lookahead' only: images per fine-tuning step of a bin's copy, drawn from its images
-    (None: all of them)."""
-    lookahead_memory: int = 1
-    """'lookahead' only: the bin copies fine-tune on the every-bin images of this outer iteration
-    and of the lookahead_memory - 1 before it (kept, not rendered again: the rendered-image
-    budget is unchanged), so each bin's score rests on lookahead_memory times as many scenes.
-    A bin's score varies from one iteration's scenes to the next by more than the target bins'
-    advantage (README, findings)."""
     inverse_hessian: InverseHessian = "cg"
     """Inverse-Hessian-vector-product approximation in the hypergradient."""
     inverse_hessian_steps: int = 5

@@ -184,9 +184,6 @@ def validate_config(config: OptimizeConfig) -> None:
             fail("inner_steps", "the 'lookahead' estimator fine-tunes a detector copy per bin: needs inner_steps >= 1")
         if not 0 < config.lookahead_bin_share <= 1:
             fail("lookahead_bin_share", f"must be in (0, 1], got {config.lookahead_bin_share}")
-        for name in ("lookahead_memory", "lookahead_steps", "lookahead_batch_size"):
-            if getattr(config, name) is not None and getattr(config, name) < 1:
-                fail(name, f"must be >= 1, got {getattr(config, name)}")
         bins = config.psi.get("azimuth_bins", PsiConfig.azimuth_bins)
         if config.images_per_iteration % bins:
             fail("images_per_iteration", f"the 'lookahead' estimator renders every scene at each of the {bins} azimuth "
@@ -392,7 +389,6 @@ class _Loop:
         self.baseline = MovingAverageBaseline(decay=config.baseline_decay)
         self.best: dict | None = None
         self.history: list[dict] = []
-        self.lookahead_memory: list[dict[str, Tensor]] = []
         self.images_rendered = 0
         # Warm-up rounds of inner_steps steps, each on fresh images (one batch for all steps
         # would overfit it), from the config's initial psi whatever the method: every method of
@@ -435,7 +431,6 @@ class _Loop:
             val_loss_start=val_loss_start,
             torch_rng=torch.get_rng_state(),
             history=self.history,
-            lookahead_memory=[cpu(entry) for entry in self.lookahead_memory],
         )
 
     def restore(self, state: LoopState) -> None:
@@ -456,7 +451,6 @@ class _Loop:
         self.baseline = MovingAverageBaseline(**state.baseline)
         self.best = state.best
         self.history = list(state.history)
-        self.lookahead_memory = [{k: v.to(self.device) for k, v in entry.items()} for entry in state.lookahead_memory]
         self.images_rendered = self.history[-1]["images_rendered"] if self.history else self.warmup_images()
         if state.torch_rng is not None:
             torch.set_rng_state(state.torch_rng)
@@ -472,15 +466,11 @@ class _Loop:
         self.images_rendered += noise.batch_size
         return ImageBatch(images, out.boxes, out.classes, out.keep)
 
-    def train(
-        self, model: DetectionModel, batch: ImageBatch, steps: int, state: FinetuneState, iteration: int,
-        batch_size: int | None = None,
-    ) -> FinetuneState:
-        """``steps`` fine-tuning steps of ``batch_size`` images (default: inner_batch_size)."""
+    def train(self, model: DetectionModel, batch: ImageBatch, steps: int, state: FinetuneState, iteration: int) -> FinetuneState:
         config = self.config
         result = finetune(
             model, batch.images, batch.targets(), steps, config.inner_learning_rate, BatchNormMode.UPDATE,
-            batch_size=batch_size or config.inner_batch_size, optimizer_name=config.inner_optimizer,
+            batch_size=config.inner_batch_size, optimizer_name=config.inner_optimizer,
             generator=_generator(config.seed, iteration, "finetune"), optimizer_state=state, progress=False,
         )
         for step, loss in enumerate(result.losses[len(result.losses) - steps :]):
@@ -570,43 +560,33 @@ class _Loop:
         (lookahead_bin_share; the same draws for every bin), scored on the validation set; the
         exact expectation of the scores over the bins gives the logits' gradient."""
         bins = self.psi.config.azimuth_bins
-        latest = {"images": batch.images, "boxes": batch.boxes, "classes": batch.classes, "keep": batch.keep,
-                  "class_id": noise.class_ids[:, 0], "azimuth_bin": noise.azimuth_bin[:, 0]}
-        entries = [*self.lookahead_memory, latest][-self.config.lookahead_memory:]
-        pool = {key: torch.cat([entry[key] for entry in entries]) for key in latest}
-        pool_batch = ImageBatch(pool["images"], pool["boxes"], pool["classes"], pool["keep"])
-        chosen = pool["azimuth_bin"]
+        chosen = noise.azimuth_bin[:, 0]
+        per_bin = noise.batch_size // bins
         share = self.config.lookahead_bin_share
-        count = round(len(chosen) // bins * (1 - share) / share)
-        steps = self.config.lookahead_steps or self.config.inner_steps
-        from_psi = self.rows_by_psi(pool["class_id"], chosen, iteration, count, "lookahead")
+        from_psi = self.rows_by_psi(noise, iteration, round(per_bin * (1 - share) / share), "lookahead")
         scores = []
         for k in range(bins):
             model = copy.deepcopy(self.detector)
             rows = torch.cat([(chosen == k).nonzero()[:, 0], from_psi.to(chosen.device)])
-            images = _slice_batch(pool_batch, rows)
-            self.train(model, images, steps, copy.deepcopy(self.finetune_state), iteration,
-                       batch_size=min(self.config.lookahead_batch_size or len(rows), len(rows)))
+            self.train(model, _slice_batch(batch, rows), self.config.inner_steps, copy.deepcopy(self.finetune_state), iteration)
             scores.append(self.search_score(model, iteration, periodic_map=False)[0])  # only the score is kept
         logits = self.psi.azimuth_logits
         logits.grad = enumerated_bin_gradient(logits, torch.tensor(scores, device=logits.device))
-        self.lookahead_memory = entries[1:] if len(entries) == self.config.lookahead_memory else entries
         return {"score_by_azimuth_bin": scores}
 
-    def rows_by_psi(self, class_ids: Tensor, bins: Tensor, iteration: int, count: int, purpose: str) -> Tensor:
-        """``count`` rows of an every-bin batch whose images show ``class_ids`` at ``bins`` (their
-        first objects), drawn with replacement in proportion to psi's probability of each row's
-        bin (CPU indices)."""
+    def rows_by_psi(self, noise: PsiNoise, iteration: int, count: int, purpose: str) -> Tensor:
+        """``count`` rows of an every-bin batch, drawn with replacement in proportion to psi's
+        probability of each row's bin (CPU indices)."""
         if count == 0:
             return torch.zeros(0, dtype=torch.long)
-        probs = self.psi.azimuth_probs().detach()[class_ids, bins]
+        probs = self.psi.azimuth_probs().detach()[noise.class_ids[:, 0], noise.azimuth_bin[:, 0]]
         return torch.multinomial(probs.cpu(), count, replacement=True,
                                  generator=_generator(self.config.seed, iteration, purpose))
 
     def resample_by_psi(self, batch: ImageBatch, noise: PsiNoise, iteration: int) -> ImageBatch:
         """As many rows of an every-bin batch as it has, drawn in proportion to psi's
         probability of each row's bin: training images distributed as psi says."""
-        rows = self.rows_by_psi(noise.class_ids[:, 0], noise.azimuth_bin[:, 0], iteration, noise.batch_size, "resample")
+        rows = self.rows_by_psi(noise, iteration, noise.batch_size, "resample")
         return _slice_batch(batch, rows.to(batch.images.device))
 
     def step_psi(self, iteration: int) -> float:
