@@ -33,7 +33,7 @@ total-variation distance of the learned azimuth histogram to the target's. gap c
 
 The full run adds neural-sim@half (the headline estimator with half the warm-up and half the
 outer iterations), to see whether it reaches REINFORCE's test mAP with half of REINFORCE's loop
-images. Both modes use the quick NeRF assets of benchmarks/assets.py. A finished run (same config,
+images, and neural-sim@twice (twice the outer iterations), to see whether psi keeps moving. Both modes use the quick NeRF assets of benchmarks/assets.py. A finished run (same config,
 same folder) is reused, so the runs can be split over processes (--shifts, --methods, --seeds)
 and gathered into one table by a last call with everything.
 
@@ -180,6 +180,14 @@ HALF = "@half"
 """Suffix of a method run with half the warm-up and half the outer iterations, i.e. half the
 images rendered before the final stage (e.g. neural-sim-both@half): does it reach REINFORCE's
 test mAP with at most half of REINFORCE's loop images?"""
+TWICE = "@twice"
+"""Suffix of a method run with twice the outer iterations (the same warm-up): does psi keep
+moving toward the target with more loop images?"""
+
+
+def base_method(method: str) -> str:
+    """``method`` without its budget suffix."""
+    return method.removesuffix(HALF).removesuffix(TWICE)
 
 
 def target_sets(shift: str, budget: Budget, backgrounds: BackgroundSet) -> tuple[LabelledSet, LabelledSet]:
@@ -203,10 +211,10 @@ def target_sets(shift: str, budget: Budget, backgrounds: BackgroundSet) -> tuple
 def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeConfig:
     # A fixed psi gains nothing from outer iterations (the final detector starts from the
     # warmed-up detector and sees only the final dataset), so the fixed baselines skip them.
-    base = method.removesuffix(HALF)
+    base = base_method(method)
     fixed = METHODS[base]["method"] in ("uniform", "oracle")
     half = method.endswith(HALF)
-    iterations = budget.outer_iterations // 2 if half else budget.outer_iterations
+    iterations = budget.outer_iterations // 2 if half else budget.outer_iterations * (2 if method.endswith(TWICE) else 1)
     warmup = budget.pose_warmup_steps if shift == "pose" else budget.warmup_steps
     warmup = warmup // 2 if half else warmup
     settings = dict(
@@ -304,7 +312,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--shifts", nargs="+", choices=list(SHIFTS), default=None)
     parser.add_argument("--methods", nargs="+", default=None,
-                        help=f"of {list(METHODS)}, each optionally with the suffix {HALF}")
+                        help=f"of {list(METHODS)}, each optionally with the suffix {HALF} or {TWICE}")
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
     parser.add_argument("--headline", choices=["pathwise", "score", "both", "lookahead"], default="both",
                         help="the neural-sim estimator of the pose shift's last line and of @half")
@@ -323,10 +331,10 @@ def main() -> None:
     shifts = args.shifts or (["pose"] if args.quick else list(SHIFTS))
     headline = f"neural-sim-{args.headline}"
     methods = args.methods or (["uniform", "oracle", headline, "reinforce"] if args.quick
-                               else [*METHODS, headline + HALF])
-    unknown = [m for m in methods if m.removesuffix(HALF) not in METHODS]
+                               else [*METHODS, headline + HALF, headline + TWICE])
+    unknown = [m for m in methods if base_method(m) not in METHODS]
     if unknown:
-        parser.error(f"unknown methods {unknown}; use {list(METHODS)}, optionally with the suffix {HALF}")
+        parser.error(f"unknown methods {unknown}; use {list(METHODS)}, optionally with the suffix {HALF} or {TWICE}")
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     out = RESULTS / ("quick" if args.quick else "full")
     out.mkdir(parents=True, exist_ok=True)
@@ -347,7 +355,7 @@ def main() -> None:
               f"({len(val_set)} val, {len(test_set)} test, mesh-rendered)", flush=True)
         runs[shift] = {}
         for method in methods:
-            if shift not in ONLY_FOR.get(method.removesuffix(HALF), {shift}):
+            if shift not in ONLY_FOR.get(base_method(method), {shift}):
                 continue
             runs[shift][method] = []
             for seed in seeds:
