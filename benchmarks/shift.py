@@ -143,7 +143,7 @@ class Budget:
     final_epochs: int
     final_detectors: int
     """Final detectors whose mean test mAP scores a run (final_detector_maps): the zoom and
-    lighting shifts' oracle - uniform gaps are about 0.26 and 0.30, far above one detector's
+    lighting shifts' oracle - uniform gaps are about 0.23 and 0.32, far above one detector's
     spread over training seeds (about 0.015)."""
     pose_final_detectors: int
     """The pose shift's: its oracle - uniform gap is about 0.03, twice that spread."""
