@@ -31,9 +31,9 @@ resumed from its checkpoint reproduces the uninterrupted one bit for bit (same m
 thread count).
 
 The final stage renders ``final_images`` from the learned psi (:func:`optimizer.dataset.render_dataset`),
-trains the final detector from the same initial weights with Ultralytics' trainer, evaluates
-it on the target test (and validation) set and writes ``report.json``, ``psi.json``,
-``detector.pt`` and plots.
+trains the final detector with Ultralytics' trainer from the initial weights or the warmed-up
+detector (final_init), evaluates it on the target test (and validation) set and writes
+``report.json``, ``psi.json``, ``detector.pt`` and plots.
 """
 
 from __future__ import annotations
