@@ -33,13 +33,14 @@ total-variation distance of the learned azimuth histogram to the target's. gap c
 
 The full run adds neural-sim@half (the headline estimator with half the warm-up and half the
 outer iterations), to see whether it reaches REINFORCE's test mAP with half of REINFORCE's loop
-images, and neural-sim@twice (twice the outer iterations), to see whether psi keeps moving. Both modes use the quick NeRF assets of benchmarks/assets.py. A finished run (same config,
+images, and neural-sim@twice (twice the outer iterations), to see whether psi keeps moving.
+Both modes use the quick NeRF assets of benchmarks/assets.py. A finished run (same config,
 same folder) is reused, so the runs can be split over processes (--shifts, --methods, --seeds)
 and gathered into one table by a last call with everything.
 
 --quick: the pose shift only, one seed, uniform / oracle / neural-sim (--headline estimator) /
-REINFORCE, a smaller budget; under 15 minutes on 2 CPU cores once the quick
-assets are cached (building them takes about 6 minutes more, once).
+REINFORCE, a smaller budget; about 15 minutes on 2 CPU cores (12.7 measured with one run
+reused, README) once the quick assets are cached (building them takes about 6 minutes more, once).
 
 Writes benchmarks/results/shift/<mode>/: results.json, table.md, map.png, pose_histograms.png.
 Last line: ``pose_gap_closed=<x> pose_tv=<y>`` for neural-sim with the headline estimator.
@@ -320,7 +321,7 @@ def main() -> None:
                         help=f"of {list(METHODS)}, each optionally with the suffix {HALF} or {TWICE}")
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
     parser.add_argument("--headline", choices=["pathwise", "score", "both", "lookahead"], default="both",
-                        help="the neural-sim estimator of the pose shift's last line and of @half")
+                        help="the neural-sim estimator of the pose shift's last line, of @half and of @twice")
     parser.add_argument("--final-detectors", type=int, default=None,
                         help="final detectors trained per run, whose mean test mAP is the run's (default: the budget's)")
     parser.add_argument("--threads", type=int, default=2)
