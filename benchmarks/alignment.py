@@ -87,22 +87,45 @@ def enumerated_batch(config, renderer, groups: int, seed: int) -> tuple[ImageBat
     return ImageBatch(out.rgb.clamp(0, 1), out.boxes, out.classes, out.keep), noise.class_ids[:, 0]
 
 
-def rewards(model, batch: ImageBatch, val_batch: ImageBatch, cosine: bool, seed: int) -> dict[str, torch.Tensor]:
+def class_validation_gradients(model, val_batch: ImageBatch) -> list[list[torch.Tensor]]:
+    """Per class: the validation loss gradient over the validation images of that class
+    (one object per image)."""
+    gradients = []
+    for class_id in range(len(SHIFT_OBJECTS)):
+        rows = (val_batch.classes[:, 0] == class_id).nonzero()[:, 0]
+        part = ImageBatch(val_batch.images[rows], val_batch.boxes[rows], val_batch.classes[rows], val_batch.keep[rows])
+        gradients.append(validation_loss_and_gradient(model, part, 64, True)[1])
+    return gradients
+
+
+def rewards(model, batch: ImageBatch, val_batch: ImageBatch, cosine: bool, class_matched: bool,
+            seed: int) -> dict[str, torch.Tensor]:
     _, val_gradient = validation_loss_and_gradient(model, val_batch, 64, True)
+    by_class = class_validation_gradients(model, val_batch) if class_matched else []
     count = batch.images.shape[0]
-    dots, norms = torch.zeros(count), torch.zeros(count)
+    dots, norms, matched = torch.zeros(count), torch.zeros(count), torch.zeros(count)
     # Chunks that mix groups: BatchNorm statistics then differ from one member to another as
     # they would in a batch drawn from psi.
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
     for rows in order.split(64):
         part = ImageBatch(batch.images[rows], batch.boxes[rows], batch.classes[rows], batch.keep[rows])
         dots[rows] = per_image_gradient_dot(model, part.images, part.targets(), val_gradient, HYPERGRADIENT_BN).detach()
+        for class_id, gradient in enumerate(by_class):
+            own = part.classes[:, 0] == class_id
+            if bool(own.any()):
+                dot = per_image_gradient_dot(model, part.images, part.targets(), gradient, HYPERGRADIENT_BN).detach()
+                size = torch.cat([g.reshape(-1) for g in gradient]).norm()
+                matched[rows[own]] = dot[own] / size
         if cosine:
             losses = detection_loss(model, part.images, part.targets(), HYPERGRADIENT_BN, reduction="none")
             norms[rows] = per_sample_gradient_norms(losses, trainable_parameters(model))
     found = {"dot": dots}
     if cosine:
         found["cosine"] = dots / norms.clamp_min(torch.finfo(norms.dtype).tiny)
+    if class_matched:
+        found["class_dot"] = matched
+        if cosine:
+            found["class_cosine"] = matched / norms.clamp_min(torch.finfo(norms.dtype).tiny)
     for name, values in list(found.items()):
         found[f"{name}_rank"] = values.reshape(-1, BINS).argsort(1).argsort(1).float().reshape(-1)
     return found
@@ -128,6 +151,8 @@ def main() -> None:
     parser.add_argument("--warmup", nargs="+", type=int, default=[60, 200], help="detector steps before measuring")
     parser.add_argument("--groups", type=int, default=48, help="scenes, each rendered at all 8 bins")
     parser.add_argument("--cosine", action="store_true", help="also the cosine reward (slower)")
+    parser.add_argument("--class-matched", action="store_true",
+                        help="also rewards against the validation gradient of the image's own class only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -140,7 +165,7 @@ def main() -> None:
     for warmup in args.warmup:
         began = time.perf_counter()
         model = warmed_up_detector(config, renderer, val_set, warmup)
-        found = rewards(model, batch, val_batch, args.cosine, args.seed)
+        found = rewards(model, batch, val_batch, args.cosine, args.class_matched, args.seed)
         print(f"warm-up {warmup} steps ({time.perf_counter() - began:.0f} s), {args.groups} groups x {BINS} bins:")
         for name, values in found.items():
             row = summary(values, classes)
