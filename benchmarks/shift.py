@@ -31,9 +31,9 @@ total-variation distance of the learned azimuth histogram to the target's. gap c
 
     python benchmarks/shift.py [--quick] [--shifts pose zoom lighting] [--seeds 0 1 2]
 
-The full run adds neural-sim@half (the headline estimator with half the warm-up and half the
-outer iterations), to see whether it reaches REINFORCE's test mAP with half of REINFORCE's loop
-images, and neural-sim@twice (twice the outer iterations), to see whether psi keeps moving.
+The full run adds neural-sim@half (the headline estimator with half the outer iterations), to
+see whether it reaches REINFORCE's test mAP with half of REINFORCE's search images (those of the
+outer iterations: the warm-up is one shared run per seed, see HALF), and neural-sim@twice (twice the outer iterations), to see whether psi keeps moving.
 Both modes use the quick NeRF assets of benchmarks/assets.py. A finished run (same config,
 same folder) is reused, so the runs can be split over processes (--shifts, --methods, --seeds)
 and gathered into one table by a last call with everything.
@@ -183,9 +183,11 @@ spread (benchmarks/pose_objective.py). score is the same estimator as both on th
 shifts (both learns the azimuth and the distance by the score function too), pathwise the same
 as both on the lighting shift (both learns the exposure pathwise)."""
 HALF = "@half"
-"""Suffix of a method run with half the warm-up and half the outer iterations, i.e. half the
-images rendered before the final stage (e.g. neural-sim-both@half): does it reach REINFORCE's
-test mAP with at most half of REINFORCE's loop images?"""
+"""Suffix of a method run with half the outer iterations (e.g. neural-sim-both@half): does it
+reach REINFORCE's test mAP with at most half of REINFORCE's search images? The warm-up stays
+whole: it draws from the initial psi whatever the method, so one seed's methods share its
+detector, which is also where every final detector starts (final_init='warmup'). Halving it
+too (session 4) compared final detectors with different pre-training, not searches."""
 TWICE = "@twice"
 """Suffix of a method run with twice the outer iterations (the same warm-up): does psi keep
 moving toward the target with more loop images?"""
@@ -222,7 +224,6 @@ def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeCo
     half = method.endswith(HALF)
     iterations = budget.outer_iterations // 2 if half else budget.outer_iterations * (2 if method.endswith(TWICE) else 1)
     warmup = budget.pose_warmup_steps if shift == "pose" else budget.warmup_steps
-    warmup = warmup // 2 if half else warmup
     settings = dict(
         estimator="both",  # explicit: a changed default would orphan finished runs
         learnable=list(SHIFTS[shift]["learnable"]),
@@ -419,11 +420,13 @@ def main() -> None:
 
     half = table.get("pose", {}).get(headline + HALF)
     reinforce = table.get("pose", {}).get("reinforce")
-    if half and reinforce and None not in (half["test_map50_95"]["mean"], reinforce["test_map50_95"]["mean"]):
-        loop_images = {name: row["images_rendered"] - budget.final_images for name, row in
-                       (("half", half), ("reinforce", reinforce))}
-        print(f"pose: {headline}{HALF} test mAP50-95 {half['test_map50_95']['mean']:.4f} with {loop_images['half']} "
-              f"loop images vs REINFORCE {reinforce['test_map50_95']['mean']:.4f} with {loop_images['reinforce']}: "
+    shared_only = table.get("pose", {}).get("uniform")  # renders only the shared warm-up and the final images
+    if half and reinforce and shared_only and None not in (half["test_map50_95"]["mean"], reinforce["test_map50_95"]["mean"]):
+        search_images = {name: row["images_rendered"] - shared_only["images_rendered"] for name, row in
+                         (("half", half), ("reinforce", reinforce))}
+        print(f"pose: {headline}{HALF} test mAP50-95 {half['test_map50_95']['mean']:.4f} with {search_images['half']} "
+              f"search images vs REINFORCE {reinforce['test_map50_95']['mean']:.4f} with {search_images['reinforce']} "
+              f"(both after the same warm-up): "
               f"reaches it: {half['test_map50_95']['mean'] >= reinforce['test_map50_95']['mean']}")
     bins = distinguishable_bins(renderer, class_names, budget.image_size)
     total_seconds = time.perf_counter() - started
