@@ -18,7 +18,10 @@ images that mix groups), as in the loop.
 
     python benchmarks/alignment.py [--warmup 60 200] [--groups 48] [--cosine]
 
-Last line: ``alignment_t_warmup<W>=<t>`` for the dot reward, per warm-up.
+``--inverse-hessian cg`` (or ``neumann``) measures the same with u = (H + damping)^-1 g_val
+as the loop computes it, instead of g_val itself.
+
+Last line: ``alignment_t_warmup<W>[_<method>]=<t>`` for the dot reward, per warm-up and u.
 """
 
 from __future__ import annotations
@@ -41,13 +44,14 @@ import torch  # noqa: E402
 from benchmarks.assets import QUICK_BUDGET, SHIFT_OBJECTS, load_assets  # noqa: E402
 from benchmarks.shift import BACKGROUNDS, QUICK, SHIFTS, run_config, target_sets  # noqa: E402
 from detector.datasets import LabelledSet  # noqa: E402
-from detector.losses import detection_loss, per_image_gradient_dot, trainable_parameters  # noqa: E402
+from detector.losses import detection_loss, parameter_gradient, per_image_gradient_dot, trainable_parameters  # noqa: E402
 from detector.model import DetectorConfig, build_detector  # noqa: E402
 from detector.targets import ImageBatch  # noqa: E402
 from optimizer.baselines import initial_psi, psi_config  # noqa: E402
 from optimizer.checkpoint import load_checkpoint  # noqa: E402
 from optimizer.config import OptimizeConfig  # noqa: E402
 from optimizer.estimators import per_sample_gradient_norms  # noqa: E402
+from optimizer.hypergradient import hvp_from_gradients, inverse_hvp  # noqa: E402
 from optimizer.loop import HYPERGRADIENT_BN, run_loop, validation_loss_and_gradient  # noqa: E402
 from renderer.backgrounds import BackgroundSet  # noqa: E402
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: E402
@@ -98,9 +102,24 @@ def class_validation_gradients(model, val_batch: ImageBatch) -> list[list[torch.
     return gradients
 
 
-def rewards(model, batch: ImageBatch, val_batch: ImageBatch, cosine: bool, class_matched: bool,
-            seed: int) -> dict[str, torch.Tensor]:
+def hypergradient_direction(model, config: OptimizeConfig, val_gradient: list[torch.Tensor], batch: ImageBatch,
+                            method: str, seed: int) -> list[torch.Tensor]:
+    """The loop's u: the validation gradient times the approximate inverse Hessian of the
+    training loss on images_per_iteration rows of ``batch`` (mixed groups, as psi would draw them)."""
+    if method == "identity":
+        return val_gradient
+    rows = torch.randperm(batch.images.shape[0], generator=torch.Generator().manual_seed(seed + 1))
+    rows = rows[:config.images_per_iteration]
+    part = ImageBatch(batch.images[rows], batch.boxes[rows], batch.classes[rows], batch.keep[rows])
+    train_gradient = parameter_gradient(model, part.images, part.targets(), HYPERGRADIENT_BN, create_graph=True)
+    return inverse_hvp(hvp_from_gradients(train_gradient, trainable_parameters(model)), val_gradient, method=method,
+                       steps=config.inverse_hessian_steps, damping=config.damping, scale=config.neumann_scale)
+
+
+def rewards(model, config: OptimizeConfig, batch: ImageBatch, val_batch: ImageBatch, cosine: bool,
+            class_matched: bool, inverse_hessian: str, seed: int) -> dict[str, torch.Tensor]:
     _, val_gradient = validation_loss_and_gradient(model, val_batch, 64, True)
+    val_gradient = hypergradient_direction(model, config, val_gradient, batch, inverse_hessian, seed)
     by_class = class_validation_gradients(model, val_batch) if class_matched else []
     count = batch.images.shape[0]
     dots, norms, matched = torch.zeros(count), torch.zeros(count), torch.zeros(count)
@@ -151,6 +170,9 @@ def main() -> None:
     parser.add_argument("--warmup", nargs="+", type=int, default=[60, 200], help="detector steps before measuring")
     parser.add_argument("--groups", type=int, default=48, help="scenes, each rendered at all 8 bins")
     parser.add_argument("--cosine", action="store_true", help="also the cosine reward (slower)")
+    parser.add_argument("--inverse-hessian", nargs="+", choices=["identity", "neumann", "cg"], default=["identity"],
+                        help="u = (H + damping)^-1 g_val as the loop computes it (its default steps, damping, "
+                             "scale; the training images' Hessian), one measurement each")
     parser.add_argument("--class-matched", action="store_true",
                         help="also rewards against the validation gradient of the image's own class only")
     parser.add_argument("--seed", type=int, default=0)
@@ -165,14 +187,17 @@ def main() -> None:
     for warmup in args.warmup:
         began = time.perf_counter()
         model = warmed_up_detector(config, renderer, val_set, warmup)
-        found = rewards(model, batch, val_batch, args.cosine, args.class_matched, args.seed)
-        print(f"warm-up {warmup} steps ({time.perf_counter() - began:.0f} s), {args.groups} groups x {BINS} bins:")
-        for name, values in found.items():
-            row = summary(values, classes)
-            results[(warmup, name)] = row
-            print(f"  {name:12s} target advantage {row['advantage']:+.3f} (t = {row['t']:+.2f}); per bin "
-                  + " ".join(f"{x:+.2f}" for x in row["per_bin"]) + f"; per class {row['per_class']}", flush=True)
-    print(" ".join(f"alignment_t_warmup{w}={results[(w, 'dot')]['t']:.2f}" for w in args.warmup))
+        for method in args.inverse_hessian:
+            found = rewards(model, config, batch, val_batch, args.cosine, args.class_matched, method, args.seed)
+            print(f"warm-up {warmup} steps, u by {method} ({time.perf_counter() - began:.0f} s), "
+                  f"{args.groups} groups x {BINS} bins:")
+            for name, values in found.items():
+                row = summary(values, classes)
+                results[(warmup, method, name)] = row
+                print(f"  {name:12s} target advantage {row['advantage']:+.3f} (t = {row['t']:+.2f}); per bin "
+                      + " ".join(f"{x:+.2f}" for x in row["per_bin"]) + f"; per class {row['per_class']}", flush=True)
+    print(" ".join(f"alignment_t_warmup{w}{'' if m == 'identity' else '_' + m}={results[(w, m, 'dot')]['t']:.2f}"
+                   for w in args.warmup for m in args.inverse_hessian))
 
 
 if __name__ == "__main__":
