@@ -319,7 +319,9 @@ class DatasetWriter:
         categories = [{"id": i, "name": name} for i, name in enumerate(self.class_names)]
         coco = {"images": self._coco_images, "annotations": self._coco_annotations, "categories": categories}
         (self.out_dir / "annotations.json").write_text(json.dumps(coco))
-        data = {"path": str(self.out_dir.resolve()), "train": "images", "val": "images"}
+        # No "path": Ultralytics then resolves the folders from data.yaml's own location, so the
+        # dataset still trains after its folder is moved (a job's output is renamed into place).
+        data = {"train": "images", "val": "images"}
         data["names"] = dict(enumerate(self.class_names))
         (self.out_dir / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
         write_dataset_card(self.out_dir, self.class_names, self._records)

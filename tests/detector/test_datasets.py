@@ -223,6 +223,10 @@ def test_writer_output_reads_back_in_both_formats_and_in_ultralytics(tmp_path):
     assert Image.open(out / "card_grid.png").size == (2 * 256, 2 * 256)
     assert Image.open(out / "card_histograms.png").size[0] > 0
 
+    moved = out.rename(tmp_path / "moved")  # relocatable: data.yaml names no absolute path
+    assert Path(check_det_dataset(str(moved / "data.yaml"))["train"]) == (moved / "images").resolve()
+    assert len(load_yolo(moved)) == 3
+
 
 def test_writer_refuses_bad_data(tmp_path):
     writer = DatasetWriter(tmp_path / "out", ["mug"])
