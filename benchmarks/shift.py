@@ -375,7 +375,9 @@ def main() -> None:
                     shutil.rmtree(run_dir)  # a run of an older version of this benchmark: start afresh
                 # A finished run of the same config is reused (so runs can be split over
                 # processes and gathered by one last call); its own stage times are kept.
-                result = run_loop(config, renderer, class_names, val_set, test_set, run_dir, progress_bar=args.progress)
+                # One warm-up per seed and warm-up setting: every method starts from it (final_init).
+                result = run_loop(config, renderer, class_names, val_set, test_set, run_dir, progress_bar=args.progress,
+                                  warmup_cache=out / "warmups" / asset_budget.tag)
                 seconds = sum(json.loads(result.report.read_text())["seconds"].values())
                 probs = result.psi["azimuth"]["probs"]
                 maps = final_detector_maps(config, class_names, run_dir, test_set, result.metrics["test"]["map50_95"],

@@ -39,8 +39,10 @@ detector (final_init), evaluates it on the target test (and validation) set and 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -101,6 +103,16 @@ derivative, per-image alignment) and of the validation loss the baselines are sc
 _PURPOSES = ("render", "finetune", "candidate", "warmup", "final", "resample", "lookahead")
 WARMUP_DETECTOR = "warmup_detector.pt"
 """The detector after the warm-up, in the run folder when final_init is 'warmup'."""
+AFTER_WARMUP = frozenset({
+    "target_val", "target_test", "method", "estimator", "lookahead_bin_share", "inverse_hessian",
+    "inverse_hessian_steps", "damping", "neumann_scale", "alignment_normalisation", "pose_group", "baseline_decay",
+    "search_metric", "normalise_hypergradient", "oracle_psi", "psi_learning_rate", "psi_warmup_iterations",
+    "entropy_weight", "outer_iterations", "val_batch_size", "val_map_every", "sample_images", "final_images",
+    "final_epochs", "final_batch_size", "final_init", "final_trainer_overrides",
+})
+"""OptimizeConfig settings the warm-up does not read (it draws from the initial psi whatever the
+method): runs that differ only in these share one warm-up (run_loop's warmup_cache). A setting
+not listed here keys the warm-up, so a new one can only cost a cache miss."""
 
 
 class TrainingDivergedError(RuntimeError):
@@ -248,9 +260,15 @@ def run_loop(
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     progress_bar: bool = True,
+    warmup_cache: Path | None = None,
 ) -> OptimizeResult:
     """The loop on already-loaded objects (``config.scene``, ``target_val`` and ``target_test``
     are not read). The renderer's fields are frozen and moved to the run's device.
+
+    ``warmup_cache``: a folder shared by runs with the same renderer, in which the warm-up's
+    result (detector, inner optimiser state, torch RNG state) is kept under a key of the
+    settings it reads (all but AFTER_WARMUP): a run whose warm-up is there starts from it
+    instead of training it again, and continues exactly as if it had (tested).
 
     Writes to ``out_dir``: ``config.json``, ``checkpoint.pt`` (after every outer iteration),
     ``samples/`` (images with boxes), and after the final stage ``dataset/``, ``final_train/``,
@@ -259,7 +277,8 @@ def run_loop(
     with status 'cancelled' (the checkpoint is current, so calling again resumes).
     """
     validate_config(config)
-    loop = _Loop(config, renderer, class_names, val_set, test_set, Path(out_dir), on_progress, should_stop, progress_bar)
+    loop = _Loop(config, renderer, class_names, val_set, test_set, Path(out_dir), on_progress, should_stop, progress_bar,
+                 warmup_cache)
     return loop.run()
 
 
@@ -345,8 +364,10 @@ class _Loop:
         on_progress: Callable[[Progress], None] | None,
         should_stop: Callable[[], bool] | None,
         progress_bar: bool,
+        warmup_cache: Path | None = None,
     ) -> None:
         self.config = config
+        self.warmup_cache = warmup_cache
         self.renderer = renderer
         self.class_names = list(class_names)
         if len(self.class_names) != len(renderer.fields):
@@ -390,9 +411,32 @@ class _Loop:
         self.best: dict | None = None
         self.history: list[dict] = []
         self.images_rendered = 0
-        # Warm-up rounds of inner_steps steps, each on fresh images (one batch for all steps
-        # would overfit it), from the config's initial psi whatever the method: every method of
-        # a seed then leaves the warm-up with the same detector (see final_init).
+        self.warm_up()
+        if config.final_init == "warmup":
+            # Before the first checkpoint, so a resumed run always finds it.
+            partial = self.out_dir / f"{WARMUP_DETECTOR}.partial"
+            save_detector(self.detector, partial).replace(self.out_dir / WARMUP_DETECTOR)
+        val_loss, _ = validation_loss_and_gradient(self.detector, self.val_batch, config.val_batch_size, False)
+        return self.state(iteration=0, val_loss_start=val_loss)
+
+    def warm_up(self) -> None:
+        """Warm-up rounds of inner_steps steps, each on fresh images (one batch for all steps
+        would overfit it), from the config's initial psi whatever the method: every method of a
+        seed then leaves the warm-up with the same detector (see final_init). Taken from the
+        warm-up cache when it is there; stored in it otherwise."""
+        config = self.config
+        cached = None
+        if self.warmup_cache is not None:
+            settings = {k: v for k, v in _plain(config.to_dict()).items() if k not in AFTER_WARMUP}
+            key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+            cached = Path(self.warmup_cache) / f"warmup_{key}.pt"
+            if cached.is_file():
+                saved = torch.load(cached, map_location="cpu", weights_only=True)
+                self.detector.load_state_dict(saved["detector"])
+                self.finetune_state = FinetuneState(**saved["finetune"])
+                torch.set_rng_state(saved["torch_rng"])
+                self.images_rendered = self.warmup_images()
+                return
         warmup_psi = Psi.uniform(self.psi_config).to(self.device)
         round_steps = config.inner_steps or config.warmup_steps
         for first in range(0, config.warmup_steps, round_steps):
@@ -400,12 +444,12 @@ class _Loop:
             batch = self.render(noise, -1, warmup_psi)
             steps = min(round_steps, config.warmup_steps - first)
             self.finetune_state = self.train(self.detector, batch, steps, self.finetune_state, -1)
-        if config.final_init == "warmup":
-            # Before the first checkpoint, so a resumed run always finds it.
-            partial = self.out_dir / f"{WARMUP_DETECTOR}.partial"
-            save_detector(self.detector, partial).replace(self.out_dir / WARMUP_DETECTOR)
-        val_loss, _ = validation_loss_and_gradient(self.detector, self.val_batch, config.val_batch_size, False)
-        return self.state(iteration=0, val_loss_start=val_loss)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")  # runs may share the folder
+            torch.save({"detector": {k: v.detach().cpu() for k, v in self.detector.state_dict().items()},
+                        "finetune": asdict(self.finetune_state), "torch_rng": torch.get_rng_state()}, partial)
+            partial.replace(cached)
 
     def warmup_images(self) -> int:
         round_steps = self.config.inner_steps or self.config.warmup_steps

@@ -339,3 +339,31 @@ def test_lookahead_copies_train_on_their_bin_mixed_with_the_same_draws_from_psi(
     assert len(set(result.history[0]["score_by_azimuth_bin"])) > 1
     with pytest.raises(OptimizerError, match=r"lookahead_bin_share: must be in \(0, 1\]"):
         _run(replace(config, lookahead_bin_share=0.0), val_set, tmp_path / "bad")
+
+
+def test_a_run_from_the_warmup_cache_equals_one_that_warms_up_itself(tmp_path: Path, val_set: LabelledSet) -> None:
+    """Runs that differ only in settings the warm-up does not read share its cached result and
+    continue exactly as the run without a cache; another warm-up setting gets its own entry."""
+    cache = tmp_path / "warmups"
+    config = tiny_config(warmup_steps=4, outer_iterations=2)
+    alone = _run(config, val_set, tmp_path / "alone")
+    first = _run(config, val_set, tmp_path / "first", warmup_cache=cache)
+    assert len(list(cache.glob("warmup_*.pt"))) == 1
+    from_cache = _run(config, val_set, tmp_path / "from_cache", warmup_cache=cache)
+    other_method = _run(replace(config, method="uniform", outer_iterations=0), val_set, tmp_path / "uniform",
+                        warmup_cache=cache)
+    assert len(list(cache.glob("warmup_*.pt"))) == 1  # the uniform run found the same warm-up
+
+    runs = {"alone": alone, "first": first, "from_cache": from_cache}
+    states = {name: load_checkpoint(tmp_path / name) for name in runs}
+    for name, state in states.items():
+        assert [r["val_loss"] for r in runs[name].history] == [r["val_loss"] for r in alone.history], name
+        assert runs[name].images_rendered == alone.images_rendered == 6 * (2 + 2), name
+        assert all(torch.equal(value, states["alone"].detector[key]) for key, value in state.detector.items()), name
+        assert all(torch.equal(value, states["alone"].psi[key]) for key, value in state.psi.items()), name
+    uniform = load_checkpoint(tmp_path / "uniform")
+    assert uniform.val_loss_start == states["alone"].val_loss_start  # the same warmed-up detector
+    assert other_method.images_rendered == 6 * 2
+
+    _run(replace(config, warmup_steps=2, outer_iterations=0), val_set, tmp_path / "shorter", warmup_cache=cache)
+    assert len(list(cache.glob("warmup_*.pt"))) == 2
