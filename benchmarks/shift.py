@@ -39,8 +39,8 @@ same folder) is reused, so the runs can be split over processes (--shifts, --met
 and gathered into one table by a last call with everything.
 
 --quick: the pose shift only, one seed, uniform / oracle / neural-sim (--headline estimator) /
-REINFORCE, a smaller budget; about 15 minutes on 2 CPU cores (12.7 measured with one run
-reused, README) once the quick assets are cached (building them takes about 6 minutes more, once).
+REINFORCE, a smaller budget; 12.1 minutes measured on 2 CPU cores (README) once the quick assets
+are cached (building them takes about 6 minutes more, once): the four runs share one warm-up.
 
 Writes benchmarks/results/shift/<mode>/: results.json, table.md, map.png, pose_histograms.png.
 Last line: ``pose_gap_closed=<x> pose_tv=<y>`` for neural-sim with the headline estimator.
