@@ -33,7 +33,8 @@ total-variation distance of the learned azimuth histogram to the target's. gap c
 
 The full run adds neural-sim@half (the headline estimator with half the outer iterations), to
 see whether it reaches REINFORCE's test mAP with half of REINFORCE's search images (those of the
-outer iterations: the warm-up is one shared run per seed, see HALF), and neural-sim@twice (twice the outer iterations), to see whether psi keeps moving.
+outer iterations: the warm-up is one shared run per seed, see HALF), and neural-sim@twice
+(twice the outer iterations), to see whether psi keeps moving.
 Both modes use the quick NeRF assets of benchmarks/assets.py. A finished run (same config,
 same folder) is reused, so the runs can be split over processes (--shifts, --methods, --seeds)
 and gathered into one table by a last call with everything.

@@ -267,8 +267,9 @@ def run_loop(
 
     ``warmup_cache``: a folder shared by runs with the same renderer, in which the warm-up's
     result (detector, inner optimiser state, torch RNG state) is kept under a key of the
-    settings it reads (all but AFTER_WARMUP): a run whose warm-up is there starts from it
-    instead of training it again, and continues exactly as if it had (tested).
+    settings it reads (all but AFTER_WARMUP) and torch's thread count: a run whose warm-up is
+    there starts from it instead of training it again, and continues exactly as if it had
+    (tested).
 
     Writes to ``out_dir``: ``config.json``, ``checkpoint.pt`` (after every outer iteration),
     ``samples/`` (images with boxes), and after the final stage ``dataset/``, ``final_train/``,
@@ -428,6 +429,7 @@ class _Loop:
         cached = None
         if self.warmup_cache is not None:
             settings = {k: v for k, v in _plain(config.to_dict()).items() if k not in AFTER_WARMUP}
+            settings["torch_threads"] = torch.get_num_threads()  # other thread counts round differently
             key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
             cached = Path(self.warmup_cache) / f"warmup_{key}.pt"
             if cached.is_file():
