@@ -51,7 +51,7 @@ from optimizer.baselines import initial_psi, psi_config  # noqa: E402
 from optimizer.checkpoint import load_checkpoint  # noqa: E402
 from optimizer.config import OptimizeConfig  # noqa: E402
 from optimizer.estimators import per_sample_gradient_norms  # noqa: E402
-from optimizer.hypergradient import hvp_from_gradients, inverse_hvp  # noqa: E402
+from optimizer.hypergradient import dot, hvp_from_gradients, inverse_hvp  # noqa: E402
 from optimizer.loop import HYPERGRADIENT_BN, run_loop, validation_loss_and_gradient  # noqa: E402
 from renderer.backgrounds import BackgroundSet  # noqa: E402
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: E402
@@ -97,7 +97,7 @@ def class_validation_gradients(model, val_batch: ImageBatch) -> list[list[torch.
     gradients = []
     for class_id in range(len(SHIFT_OBJECTS)):
         rows = (val_batch.classes[:, 0] == class_id).nonzero()[:, 0]
-        part = ImageBatch(val_batch.images[rows], val_batch.boxes[rows], val_batch.classes[rows], val_batch.keep[rows])
+        part = val_batch.index(rows)
         gradients.append(validation_loss_and_gradient(model, part, 64, True)[1])
     return gradients
 
@@ -110,7 +110,7 @@ def hypergradient_direction(model, config: OptimizeConfig, val_gradient: list[to
         return val_gradient
     rows = torch.randperm(batch.images.shape[0], generator=torch.Generator().manual_seed(seed + 1))
     rows = rows[:config.images_per_iteration]
-    part = ImageBatch(batch.images[rows], batch.boxes[rows], batch.classes[rows], batch.keep[rows])
+    part = batch.index(rows)
     train_gradient = parameter_gradient(model, part.images, part.targets(), HYPERGRADIENT_BN, create_graph=True)
     return inverse_hvp(hvp_from_gradients(train_gradient, trainable_parameters(model)), val_gradient, method=method,
                        steps=config.inverse_hessian_steps, damping=config.damping, scale=config.neumann_scale)
@@ -121,20 +121,20 @@ def rewards(model, config: OptimizeConfig, batch: ImageBatch, val_batch: ImageBa
     _, val_gradient = validation_loss_and_gradient(model, val_batch, 64, True)
     val_gradient = hypergradient_direction(model, config, val_gradient, batch, inverse_hessian, seed)
     by_class = class_validation_gradients(model, val_batch) if class_matched else []
+    class_norms = [dot(gradient, gradient).sqrt() for gradient in by_class]
     count = batch.images.shape[0]
     dots, norms, matched = torch.zeros(count), torch.zeros(count), torch.zeros(count)
     # Chunks that mix groups: BatchNorm statistics then differ from one member to another as
     # they would in a batch drawn from psi.
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
     for rows in order.split(64):
-        part = ImageBatch(batch.images[rows], batch.boxes[rows], batch.classes[rows], batch.keep[rows])
+        part = batch.index(rows)
         dots[rows] = per_image_gradient_dot(model, part.images, part.targets(), val_gradient, HYPERGRADIENT_BN).detach()
         for class_id, gradient in enumerate(by_class):
             own = part.classes[:, 0] == class_id
             if bool(own.any()):
-                dot = per_image_gradient_dot(model, part.images, part.targets(), gradient, HYPERGRADIENT_BN).detach()
-                size = torch.cat([g.reshape(-1) for g in gradient]).norm()
-                matched[rows[own]] = dot[own] / size
+                own_dots = per_image_gradient_dot(model, part.images, part.targets(), gradient, HYPERGRADIENT_BN).detach()
+                matched[rows[own]] = own_dots[own] / class_norms[class_id]
         if cosine:
             losses = detection_loss(model, part.images, part.targets(), HYPERGRADIENT_BN, reduction="none")
             norms[rows] = per_sample_gradient_norms(losses, trainable_parameters(model))

@@ -36,6 +36,10 @@ class ImageBatch:
     def targets(self) -> UltralyticsTargets:
         return targets_from_boxes(self.boxes, self.classes, self.keep, self.image_size)
 
+    def index(self, rows: slice | Tensor) -> "ImageBatch":
+        """The images ``rows`` (a slice or index tensor on the batch's device) of this batch."""
+        return ImageBatch(self.images[rows], self.boxes[rows], self.classes[rows], self.keep[rows])
+
     def to(self, device: torch.device | str) -> "ImageBatch":
         return ImageBatch(*(t.to(device) for t in (self.images, self.boxes, self.classes, self.keep)))
 

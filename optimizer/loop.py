@@ -321,10 +321,6 @@ def _check_finite(value: float | Tensor, what: str, iteration: int, hint: str) -
         raise TrainingDivergedError(f"outer iteration {iteration}: {what} is not finite; {hint}")
 
 
-def _slice_batch(batch: ImageBatch, rows: Tensor) -> ImageBatch:
-    return ImageBatch(batch.images[rows], batch.boxes[rows], batch.classes[rows], batch.keep[rows])
-
-
 def validation_loss_and_gradient(
     model: DetectionModel, batch: ImageBatch, chunk: int, with_gradient: bool
 ) -> tuple[float, list[Tensor] | None]:
@@ -336,7 +332,7 @@ def validation_loss_and_gradient(
     total = 0.0
     gradient = [torch.zeros_like(p) for p in parameters] if with_gradient else None
     for rows in torch.arange(count).tensor_split(math.ceil(count / chunk)):
-        part = _slice_batch(batch, rows.to(batch.images.device))
+        part = batch.index(rows.to(batch.images.device))
         weight = len(rows) / count
         if with_gradient:
             loss = detection_loss(model, part.images, part.targets(), HYPERGRADIENT_BN)
@@ -614,7 +610,7 @@ class _Loop:
         for k in range(bins):
             model = copy.deepcopy(self.detector)
             rows = torch.cat([(chosen == k).nonzero()[:, 0], from_psi.to(chosen.device)])
-            self.train(model, _slice_batch(batch, rows), self.config.inner_steps, copy.deepcopy(self.finetune_state), iteration)
+            self.train(model, batch.index(rows), self.config.inner_steps, copy.deepcopy(self.finetune_state), iteration)
             scores.append(self.search_score(model, iteration, periodic_map=False)[0])  # only the score is kept
         logits = self.psi.azimuth_logits
         logits.grad = enumerated_bin_gradient(logits, torch.tensor(scores, device=logits.device))
@@ -633,7 +629,7 @@ class _Loop:
         """As many rows of an every-bin batch as it has, drawn in proportion to psi's
         probability of each row's bin: training images distributed as psi says."""
         rows = self.rows_by_psi(noise, iteration, noise.batch_size, "resample")
-        return _slice_batch(batch, rows.to(batch.images.device))
+        return batch.index(rows.to(batch.images.device))
 
     def step_psi(self, iteration: int) -> float:
         """Normalise psi's gradient, add the entropy bonus, take the Adam step (its size warmed

@@ -1,6 +1,6 @@
 import torch
 
-from detector.targets import pad_boxes, select_targets, targets_from_boxes
+from detector.targets import ImageBatch, pad_boxes, select_targets, targets_from_boxes
 
 
 def test_targets_are_normalised_xywh_of_the_kept_boxes_sorted_by_image():
@@ -30,3 +30,16 @@ def test_select_targets_renumbers_in_the_requested_order():
 
     assert chosen["batch_idx"].tolist() == [0, 0, 2]
     assert chosen["cls"].flatten().tolist() == [1, 2, 0]
+
+
+def test_image_batch_index_keeps_each_images_boxes_with_it():
+    boxes, classes, keep = pad_boxes(
+        [torch.tensor([[0.0, 0, 8, 8]]), torch.zeros(0, 4), torch.tensor([[8.0, 8, 16, 16], [0, 0, 4, 4]])],
+        [torch.tensor([0]), torch.zeros(0, dtype=torch.long), torch.tensor([1, 2])],
+    )
+    batch = ImageBatch(torch.arange(3.0).reshape(3, 1, 1, 1).expand(3, 3, 16, 16), boxes, classes, keep)
+    picked = batch.index(torch.tensor([2, 0]))
+    assert picked.images[:, 0, 0, 0].tolist() == [2.0, 0.0]
+    assert picked.classes.tolist() == [[1, 2], [0, 0]] and picked.keep.tolist() == [[True, True], [True, False]]
+    torch.testing.assert_close(picked.boxes[0], boxes[2])
+    assert batch.index(slice(1, 2)).keep.tolist() == [[False, False]]
