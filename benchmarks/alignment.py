@@ -44,15 +44,20 @@ import torch  # noqa: E402
 from benchmarks.assets import QUICK_BUDGET, SHIFT_OBJECTS, load_assets  # noqa: E402
 from benchmarks.shift import BACKGROUNDS, QUICK, SHIFTS, run_config, target_sets  # noqa: E402
 from detector.datasets import LabelledSet  # noqa: E402
-from detector.losses import detection_loss, parameter_gradient, per_image_gradient_dot, trainable_parameters  # noqa: E402
+from detector.losses import detection_loss, per_image_gradient_dot, trainable_parameters  # noqa: E402
 from detector.model import DetectorConfig, build_detector  # noqa: E402
 from detector.targets import ImageBatch  # noqa: E402
 from optimizer.baselines import initial_psi, psi_config  # noqa: E402
 from optimizer.checkpoint import load_checkpoint  # noqa: E402
 from optimizer.config import OptimizeConfig  # noqa: E402
 from optimizer.estimators import per_sample_gradient_norms  # noqa: E402
-from optimizer.hypergradient import dot, hvp_from_gradients, inverse_hvp  # noqa: E402
-from optimizer.loop import HYPERGRADIENT_BN, run_loop, validation_loss_and_gradient  # noqa: E402
+from optimizer.hypergradient import dot  # noqa: E402
+from optimizer.loop import (  # noqa: E402
+    HYPERGRADIENT_BN,
+    inverse_hessian_direction,
+    run_loop,
+    validation_loss_and_gradient,
+)
 from renderer.backgrounds import BackgroundSet  # noqa: E402
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: E402
 
@@ -104,16 +109,16 @@ def class_validation_gradients(model, val_batch: ImageBatch) -> list[list[torch.
 
 def hypergradient_direction(model, config: OptimizeConfig, val_gradient: list[torch.Tensor], batch: ImageBatch,
                             method: str, seed: int) -> list[torch.Tensor]:
-    """The loop's u: the validation gradient times the approximate inverse Hessian of the
-    training loss on images_per_iteration rows of ``batch`` (mixed groups, as psi would draw them)."""
+    """The loop's u (inverse_hessian_direction, by ``method``) with the Hessian of the training
+    loss on images_per_iteration rows of ``batch`` (mixed groups, as psi would draw them)."""
     if method == "identity":
         return val_gradient
     rows = torch.randperm(batch.images.shape[0], generator=torch.Generator().manual_seed(seed + 1))
-    rows = rows[:config.images_per_iteration]
-    part = batch.index(rows)
-    train_gradient = parameter_gradient(model, part.images, part.targets(), HYPERGRADIENT_BN, create_graph=True)
-    return inverse_hvp(hvp_from_gradients(train_gradient, trainable_parameters(model)), val_gradient, method=method,
-                       steps=config.inverse_hessian_steps, damping=config.damping, scale=config.neumann_scale)
+    part = batch.index(rows[:config.images_per_iteration])
+    u, _, fell_back = inverse_hessian_direction(dataclasses.replace(config, inverse_hessian=method), model,
+                                                part.images, part.targets(), val_gradient)
+    print(f"  u by {method}: {'fell back to the validation gradient' if fell_back else 'solved'}", flush=True)
+    return u
 
 
 def rewards(model, config: OptimizeConfig, batch: ImageBatch, val_batch: ImageBatch, cosine: bool,

@@ -52,6 +52,7 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
+from jaxtyping import Float
 from torch import Tensor
 from tqdm import tqdm
 from ultralytics.nn.tasks import DetectionModel
@@ -66,7 +67,7 @@ from detector.losses import (
     trainable_parameters,
 )
 from detector.model import DetectorConfig, build_detector, load_detector, save_detector
-from detector.targets import ImageBatch
+from detector.targets import ImageBatch, UltralyticsTargets
 from detector.train import FinetuneState, finetune, train_on_dataset
 from optimizer.baselines import azimuth_total_variation, initial_psi, psi_config, random_candidate
 from optimizer.checkpoint import LoopState, load_checkpoint, save_checkpoint
@@ -347,6 +348,27 @@ def validation_loss_and_gradient(
     return total, gradient
 
 
+def inverse_hessian_direction(
+    config: OptimizeConfig,
+    model: DetectionModel,
+    images: Float[Tensor, "B 3 S S"],
+    targets: UltralyticsTargets,
+    val_grad: list[Tensor],
+) -> tuple[list[Tensor], list[Tensor], bool]:
+    """``u = (H + damping)^-1 val_grad`` by config.inverse_hessian, ``H`` the Hessian of the
+    training loss on ``images`` (BatchNorm on batch statistics, HYPERGRADIENT_BN). Returns u,
+    the training gradient (its graph kept: the pathwise part differentiates it again) and
+    whether u fell back to val_grad: CG that meets non-positive curvature along the validation
+    gradient itself stays at 0, which would leave psi without a signal."""
+    train_grad = parameter_gradient(model, images, targets, HYPERGRADIENT_BN, create_graph=True)
+    u = inverse_hvp(
+        hvp_from_gradients(train_grad, trainable_parameters(model)), val_grad, method=config.inverse_hessian,
+        steps=config.inverse_hessian_steps, damping=config.damping, scale=config.neumann_scale,
+    )
+    fell_back = not any(bool(x.any()) for x in u)
+    return ([g.clone() for g in val_grad] if fell_back else u), train_grad, fell_back
+
+
 class _Loop:
     """One run of :func:`run_loop` (the state between its steps)."""
 
@@ -542,17 +564,8 @@ class _Loop:
         _check_finite(val_loss, "the validation loss", iteration, "the detector diverged")
         targets = batch.targets()
         images = batch.images.detach().requires_grad_(True)
-        train_grad = parameter_gradient(model, images, targets, HYPERGRADIENT_BN, create_graph=True)
-        u = inverse_hvp(
-            hvp_from_gradients(train_grad, parameters), val_grad, method=config.inverse_hessian,
-            steps=config.inverse_hessian_steps, damping=config.damping, scale=config.neumann_scale,
-        )
-        diagnostics: dict = {"inverse_hessian_fallback": False}
-        if not any(bool(x.any()) for x in u):
-            # CG met non-positive curvature along the validation gradient itself and stayed
-            # at 0, which would leave psi without a signal: fall back to the identity.
-            u = [g.clone() for g in val_grad]
-            diagnostics["inverse_hessian_fallback"] = True
+        u, train_grad, fell_back = inverse_hessian_direction(config, model, images, targets, val_grad)
+        diagnostics: dict = {"inverse_hessian_fallback": fell_back}
         _check_finite(torch.cat([x.reshape(-1) for x in u]), "the inverse-Hessian-vector product", iteration,
                       "raise damping, or use 'cg' or a smaller neumann_scale")
         pathwise, score = (parts & self.learnable for parts in estimator_parts(config.estimator))
