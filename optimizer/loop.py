@@ -451,10 +451,14 @@ class _Loop:
             key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
             cached = Path(self.warmup_cache) / f"warmup_{key}.pt"
             if cached.is_file():
-                saved = torch.load(cached, map_location="cpu", weights_only=True)
-                self.detector.load_state_dict(saved["detector"])
-                self.finetune_state = FinetuneState(**saved["finetune"])
-                torch.set_rng_state(saved["torch_rng"])
+                try:
+                    saved = torch.load(cached, map_location="cpu", weights_only=True)
+                    self.detector.load_state_dict(saved["detector"])
+                    self.finetune_state = FinetuneState(**saved["finetune"])
+                    torch.set_rng_state(saved["torch_rng"])
+                except Exception as error:  # torch raises several types for foreign or damaged files
+                    raise OptimizerError(f"{cached}: not a readable nerfsim warm-up ({error}); "
+                                         "delete it to warm up again") from error
                 self.images_rendered = self.warmup_images()
                 return
         warmup_psi = Psi.uniform(self.psi_config).to(self.device)

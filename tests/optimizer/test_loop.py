@@ -367,3 +367,8 @@ def test_a_run_from_the_warmup_cache_equals_one_that_warms_up_itself(tmp_path: P
 
     _run(replace(config, warmup_steps=2, outer_iterations=0), val_set, tmp_path / "shorter", warmup_cache=cache)
     assert len(list(cache.glob("warmup_*.pt"))) == 2
+
+    for entry in cache.glob("warmup_*.pt"):
+        entry.write_bytes(b"not a warm-up")
+    with pytest.raises(OptimizerError, match=r"(?s)not a readable nerfsim warm-up .*delete it to warm up again"):
+        _run(config, val_set, tmp_path / "damaged", warmup_cache=cache)
