@@ -68,6 +68,21 @@ class OptimizeConfig:
     against the mean of its group's others (optimizer.estimators.leave_one_out_baseline), so
     that differences of class, distance, lighting and background between images cancel.
     Measured on the pose shift: see README. 1: independent images, moving-average baseline."""
+    enumerate_bins: bool = False
+    """Neural-sim with the azimuth learnt by the score function ('score', 'both'): render each
+    group of azimuth_bins scenes at every bin (as 'lookahead' does) and take the bins' gradient
+    as the exact expectation over the bins of each bin's mean per-image reward
+    (optimizer.estimators.enumerated_bin_gradient) instead of the score-function estimate from
+    bins drawn from psi: no variance from which bins were drawn, every bin measured in every
+    scene. The loop detector then fine-tunes on the images resampled in proportion to psi.
+    images_per_iteration must be a multiple of the number of bins."""
+    alignment_ignores: list[str] = field(default_factory=list)
+    """Prefixes of detector parameter names (``model.22.cv3`` is YOLOv8n's classification
+    branch of its Detect head) whose part of the gradients the score-function estimator's
+    per-image alignment leaves out, in the dot product and in the cosine's norms alike. Measured
+    on the pose shift (README, findings): the azimuth's signal sits in the neck and the box
+    branch; the classification branch's part of the alignment ranked the target's bins below
+    the others."""
     baseline_decay: float = 0.9
     """Decay of the moving-average reward baseline (score-function estimator, REINFORCE)."""
     search_metric: SearchMetric = "map50_95"

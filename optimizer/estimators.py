@@ -56,15 +56,18 @@ def estimator_parts(estimator: Estimator) -> tuple[frozenset[str], frozenset[str
 
 
 def enumerated_bin_gradient(
-    logits: Float[Tensor, "C K"], rewards: Float[Tensor, "K"]
+    logits: Float[Tensor, "C K"], rewards: Float[Tensor, "K"] | Float[Tensor, "C K"]
 ) -> Float[Tensor, "C K"]:
     """The gradient of the loss ``-E_{k ~ softmax(logits)} [r_k]`` w.r.t. the bin logits when
-    every bin's reward is measured (the ``lookahead`` estimator): ``-p_j (r_j - sum_k p_k r_k)``
-    per row. Exact given the rewards: no sampling over the bins, so no score-function variance
-    from which bins were drawn; the rewards' own noise remains. Detached."""
-    if logits.shape[-1] != rewards.shape[-1] or rewards.dim() != 1:
-        raise OptimizerError(f"enumerated_bin_gradient: one reward per bin, got rewards {tuple(rewards.shape)} "
-                             f"for logits {tuple(logits.shape)}")
+    every bin's reward is measured (the ``lookahead`` estimator, and ``score`` / ``both`` with
+    ``enumerate_bins``): ``-p_j (r_j - sum_k p_k r_k)`` per row, with one reward per bin for
+    every row or one row of rewards per row of logits. Exact given the rewards: no sampling over
+    the bins, so no score-function variance from which bins were drawn; the rewards' own noise
+    remains. A constant added to a row of rewards changes nothing. Detached."""
+    if rewards.dim() not in (1, 2) or rewards.shape[-1] != logits.shape[-1] or (
+            rewards.dim() == 2 and rewards.shape != logits.shape):
+        raise OptimizerError(f"enumerated_bin_gradient: one reward per bin (K,) or per row and bin (C, K), got "
+                             f"rewards {tuple(rewards.shape)} for logits {tuple(logits.shape)}")
     probs = logits.detach().softmax(-1)
     rewards = rewards.detach().to(probs)
     return -probs * (rewards - (probs * rewards).sum(-1, keepdim=True))

@@ -87,11 +87,12 @@ from optimizer.estimators import (
     MovingAverageBaseline,
     enumerated_bin_gradient,
     estimator_parts,
+    normalise_alignment,
     outer_gradient,
     per_sample_gradient_norms,
     score_function_surrogate,
 )
-from optimizer.hypergradient import hvp_from_gradients, inverse_hvp, mixed_grad_from_gradients, pathwise_backward
+from optimizer.hypergradient import dot, hvp_from_gradients, inverse_hvp, mixed_grad_from_gradients, pathwise_backward
 from optimizer.psi import PARTS, PER_CLASS_PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiConfig, PsiNoise
 from optimizer.report import plot_history, sample_paths, save_sample_images, write_json_atomic
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
@@ -106,7 +107,8 @@ WARMUP_DETECTOR = "warmup_detector.pt"
 """The detector after the warm-up, in the run folder when final_init is 'warmup'."""
 AFTER_WARMUP = frozenset({
     "target_val", "target_test", "method", "estimator", "lookahead_bin_share", "inverse_hessian",
-    "inverse_hessian_steps", "damping", "neumann_scale", "alignment_normalisation", "pose_group", "baseline_decay",
+    "inverse_hessian_steps", "damping", "neumann_scale", "alignment_normalisation", "pose_group", "enumerate_bins", "alignment_ignores",
+    "baseline_decay",
     "search_metric", "normalise_hypergradient", "oracle_psi", "psi_learning_rate", "psi_warmup_iterations",
     "entropy_weight", "outer_iterations", "val_batch_size", "val_map_every", "sample_images", "final_images",
     "final_epochs", "final_batch_size", "final_init", "final_trainer_overrides",
@@ -189,7 +191,10 @@ def validate_config(config: OptimizeConfig) -> None:
         fail("final_init", "'warmup' starts the final detector from the warmed-up detector: needs warmup_steps >= 1")
     if config.method == "oracle" and config.oracle_psi is None:
         fail("oracle_psi", "method 'oracle' needs the target's distribution (Psi.from_target arguments)")
-    if config.method == "neural-sim" and config.estimator == "lookahead":
+    if config.method != "neural-sim":
+        return
+    bins = config.psi.get("azimuth_bins", PsiConfig.azimuth_bins)
+    if config.estimator == "lookahead":
         if set(config.learnable) != {"azimuth"}:
             fail("learnable", f"the 'lookahead' estimator learns the azimuth bins only, got {config.learnable}; "
                               "use learnable=['azimuth'], or the 'both' estimator for other parts")
@@ -197,22 +202,28 @@ def validate_config(config: OptimizeConfig) -> None:
             fail("inner_steps", "the 'lookahead' estimator fine-tunes a detector copy per bin: needs inner_steps >= 1")
         if not 0 < config.lookahead_bin_share <= 1:
             fail("lookahead_bin_share", f"must be in (0, 1], got {config.lookahead_bin_share}")
-        bins = config.psi.get("azimuth_bins", PsiConfig.azimuth_bins)
         if config.images_per_iteration % bins:
             fail("images_per_iteration", f"the 'lookahead' estimator renders every scene at each of the {bins} azimuth "
                                          f"bins, so it must be a multiple of {bins}, got {config.images_per_iteration}")
-    elif config.method == "neural-sim":
-        pathwise, score = estimator_parts(config.estimator)
-        reachable = (pathwise | score) & set(config.learnable)
-        missing = sorted(set(config.learnable) - reachable)
-        if missing:
-            fail(
-                "estimator",
-                f"{config.estimator!r} gives no gradient to the learnable parts {missing} (only "
-                f"{sorted(REPARAMETERISED_PARTS)} have a pathwise gradient); use 'score' or 'both'",
-            )
-        if score and config.alignment_normalisation == "standardise" and config.images_per_iteration < 2:
-            fail("images_per_iteration", "standardised alignments need at least 2 images per iteration")
+        return
+    pathwise, score = estimator_parts(config.estimator)
+    reachable = (pathwise | score) & set(config.learnable)
+    missing = sorted(set(config.learnable) - reachable)
+    if missing:
+        fail(
+            "estimator",
+            f"{config.estimator!r} gives no gradient to the learnable parts {missing} (only "
+            f"{sorted(REPARAMETERISED_PARTS)} have a pathwise gradient); use 'score' or 'both'",
+        )
+    if score and config.alignment_normalisation == "standardise" and config.images_per_iteration < 2:
+        fail("images_per_iteration", "standardised alignments need at least 2 images per iteration")
+    if config.enumerate_bins:
+        if "azimuth" not in score & set(config.learnable):
+            fail("enumerate_bins", f"enumerates the azimuth bins of the score-function estimate: needs 'azimuth' "
+                                   f"learnable and estimator 'score' or 'both', got {config.learnable} and {config.estimator!r}")
+        if config.images_per_iteration % bins:
+            fail("images_per_iteration", f"enumerate_bins renders every scene at each of the {bins} azimuth bins, so it "
+                                         f"must be a multiple of {bins}, got {config.images_per_iteration}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -411,7 +422,10 @@ class _Loop:
         score_parts = estimator_parts(config.estimator)[1] & self.learnable
         self.pose_group = config.pose_group if config.method == "neural-sim" and "azimuth" in score_parts else 1
         self.lookahead = config.method == "neural-sim" and config.estimator == "lookahead"
-        if self.lookahead:
+        self.enumerate_bins = config.method == "neural-sim" and config.enumerate_bins
+        self.every_bin = self.lookahead or self.enumerate_bins
+        self.alignment_kept = self.parameters_aligned()
+        if self.every_bin:
             self.pose_group = self.psi_config.azimuth_bins  # scenes that share all but the azimuth, one per bin
 
     # ------------------------------------------------------------------ setup and resume
@@ -584,6 +598,9 @@ class _Loop:
                 pathwise_backward(rgb, lambda _u, g=image_grad[rows]: [g], u)
         del train_grad
         if score:
+            if self.alignment_kept is not None:
+                u = [x if keep else torch.zeros_like(x) for x, keep in zip(u, self.alignment_kept)]
+                parameters = [p for p, keep in zip(parameters, self.alignment_kept) if keep]
             alignment = per_image_gradient_dot(model, batch.images, targets, u, HYPERGRADIENT_BN)
             norms = None
             if config.alignment_normalisation == "cosine":
@@ -591,15 +608,42 @@ class _Loop:
                 norms = per_sample_gradient_norms(losses, parameters)
             grouped = self.pose_group > 1  # (only when the azimuth is a score part: see __init__)
             shared = score - {"azimuth"} if grouped else score
-            rewards = outer_gradient(
-                "score", u, log_prob=self.psi.log_prob(noise, shared) if shared else None, alignment=alignment,
-                gradient_norms=norms, normalise=config.alignment_normalisation, baseline=self.baseline,
-                grouped_log_prob=self.psi.log_prob(noise, {"azimuth"}) if grouped else None,
-                group_size=self.pose_group,
-            )
+            sampled_bins = grouped and not self.enumerate_bins
+            if shared or sampled_bins:
+                rewards = outer_gradient(
+                    "score", u, log_prob=self.psi.log_prob(noise, shared) if shared else None, alignment=alignment,
+                    gradient_norms=norms, normalise=config.alignment_normalisation, baseline=self.baseline,
+                    grouped_log_prob=self.psi.log_prob(noise, {"azimuth"}) if sampled_bins else None,
+                    group_size=self.pose_group,
+                )
+            else:
+                rewards = normalise_alignment(alignment, config.alignment_normalisation, gradient_norms=norms,
+                                              direction_norm=dot(u, u).sqrt() if norms is not None else None)
+            if self.enumerate_bins:
+                logits = self.psi.azimuth_logits
+                gradient = enumerated_bin_gradient(logits, _mean_by_class_and_bin(rewards, noise, *logits.shape))
+                logits.grad = gradient if logits.grad is None else logits.grad + gradient
             diagnostics["alignment_mean"] = float(alignment.mean())
             diagnostics["reward_by_azimuth_bin"] = _mean_by_bin(rewards, noise, self.psi.config.azimuth_bins)
         return val_loss, diagnostics
+
+    def parameters_aligned(self) -> list[bool] | None:
+        """Per trainable detector parameter: does the per-image alignment use it
+        (alignment_ignores; None: all)? Fails, before any work, naming a prefix that matches no
+        parameter."""
+        if not self.config.alignment_ignores:
+            return None
+        model = build_detector(self.detector_config)
+        names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+        for prefix in self.config.alignment_ignores:
+            if not any(name.startswith(prefix) for name in names):
+                raise OptimizerError(
+                    f"OptimizeConfig.alignment_ignores: {prefix!r} is the start of no parameter name of the "
+                    f"{self.config.detector} detector (they look like {names[0]!r} ... {names[-1]!r})")
+        kept = [not any(name.startswith(prefix) for prefix in self.config.alignment_ignores) for name in names]
+        if not any(kept):
+            raise OptimizerError("OptimizeConfig.alignment_ignores: leaves no parameter for the per-image alignment")
+        return kept
 
     def search_score(
         self, model: DetectionModel, iteration: int, periodic_map: bool = True
@@ -690,7 +734,7 @@ class _Loop:
                 sampler = random_candidate(start, self.learnable, _generator(config.seed, t, "candidate"),
                                            shared=config.share_classes)
         noise = sampler.sample(config.images_per_iteration, _generator(config.seed, t, "render"), self.pose_group).noise
-        if self.lookahead:  # each group of pose_group scenes at every bin, in order
+        if self.every_bin:  # each group of pose_group scenes at every bin, in order
             bins = torch.arange(self.pose_group, device=noise.azimuth_bin.device).repeat(noise.batch_size // self.pose_group)
             noise.azimuth_bin[:] = bins[:, None]
         batch = self.render(noise, t, sampler)
@@ -717,7 +761,6 @@ class _Loop:
             if self.lookahead:
                 record.update(self.lookahead_direction(batch, noise, t))
                 record["hypergradient_norm"] = self.step_psi(t)
-                batch = self.resample_by_psi(batch, noise, t)
             elif method == "neural-sim":
                 # The hypergradient first, on images the detector has not been trained on yet:
                 # after fine-tuning on them their gradients describe how well it fits them, not
@@ -725,6 +768,8 @@ class _Loop:
                 val_loss_before, diagnostics = self.outer_step_direction(batch, noise, t)
                 record.update(diagnostics, val_loss_before=val_loss_before)
                 record["hypergradient_norm"] = self.step_psi(t)
+            if self.every_bin:
+                batch = self.resample_by_psi(batch, noise, t)
             trained = self.train(model, batch, config.inner_steps, self.finetune_state, t)
             self.finetune_state = trained
             val_loss = self.val_loss(model, t)
@@ -953,6 +998,15 @@ def _numbers(record: dict) -> dict[str, float]:
 def _final_numbers(final: dict) -> dict[str, float]:
     return {f"{name}_{key}": value for name, metrics in final.items() for key, value in metrics.items()
             if isinstance(value, float)}
+
+
+def _mean_by_class_and_bin(rewards: Tensor, noise: PsiNoise, classes: int, bins: int) -> Tensor:
+    """(classes, bins): the mean reward of the images whose first object is of each class and
+    fell in each bin; 0 for a class without images (a constant row: no gradient)."""
+    index = (noise.class_ids[:, 0] * bins + noise.azimuth_bin[:, 0]).to(rewards.device)
+    sums = torch.zeros(classes * bins, device=rewards.device, dtype=rewards.dtype).index_add_(0, index, rewards.detach())
+    counts = torch.bincount(index, minlength=classes * bins).to(rewards.dtype)
+    return (sums / counts.clamp_min(1)).reshape(classes, bins)
 
 
 def _mean_by_bin(rewards: Tensor, noise: PsiNoise, bins: int) -> list[float | None]:

@@ -247,3 +247,13 @@ def test_the_enumerated_bin_gradient_is_the_exact_expectation_gradient() -> None
     assert enumerated_bin_gradient(logits, torch.full((8,), 0.3)).abs().max() < 1e-7
     with pytest.raises(OptimizerError, match="one reward per bin"):
         enumerated_bin_gradient(logits, rewards[:7])
+    # One row of rewards per row of logits (per class): each row its own expectation, and a
+    # constant added to a row (a scene's share of every bin's reward) changes nothing.
+    per_row = torch.randn(3, 8, generator=torch.Generator().manual_seed(2))
+    logits.grad = None
+    (-(logits.softmax(-1) * per_row).sum()).backward()
+    torch.testing.assert_close(enumerated_bin_gradient(logits, per_row), logits.grad)
+    shifted = per_row + torch.tensor([[5.0], [-2.0], [0.7]])
+    torch.testing.assert_close(enumerated_bin_gradient(logits, shifted), logits.grad)
+    with pytest.raises(OptimizerError, match="one reward per bin"):
+        enumerated_bin_gradient(logits, per_row[:2])

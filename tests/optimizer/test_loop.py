@@ -41,6 +41,22 @@ def val_set(tmp_path_factory) -> LabelledSet:
     return target_set(faced_box_renderer(), shifted_psi(config), 6, 32, folder, CLASSES, seed=1)
 
 
+@pytest.fixture
+def trained(monkeypatch: pytest.MonkeyPatch) -> list:
+    """(iteration, images) of every detector fine-tuning round of the loop, in order."""
+    from optimizer import loop as loop_module
+
+    rounds = []
+    original = loop_module._Loop.train
+
+    def recording_train(self, model, batch, steps, state, iteration):
+        rounds.append((iteration, batch.images.clone()))
+        return original(self, model, batch, steps, state, iteration)
+
+    monkeypatch.setattr(loop_module._Loop, "train", recording_train)
+    return rounds
+
+
 def _run(config: OptimizeConfig, val_set: LabelledSet, out_dir: Path, **kwargs):
     return run_loop(config, faced_box_renderer(), CLASSES, val_set, None, out_dir, progress_bar=False, **kwargs)
 
@@ -285,6 +301,56 @@ def test_the_lookahead_estimator_scores_every_bin_and_trains_on_psi(tmp_path: Pa
             _run(bad, val_set, tmp_path / "bad")
 
 
+def test_enumerate_bins_scores_every_scene_at_every_bin_and_trains_on_psi(
+    tmp_path: Path, val_set: LabelledSet, trained: list
+) -> None:
+    """enumerate_bins: every scene rendered at all 8 bins, the bins' gradient the exact
+    expectation of their mean per-image rewards (so psi's first Adam step raises exactly the
+    bins whose mean reward is above the mean), and the loop detector trained on as many images
+    drawn in proportion to psi."""
+    config = tiny_config(learnable=["azimuth"], enumerate_bins=True, images_per_iteration=16, outer_iterations=1,
+                         alignment_normalisation="cosine", sample_images=0, val_map_every=0)
+    result = _run(config, val_set, tmp_path)
+    assert result.images_rendered == 16 * (1 + 1)
+    rewards = torch.tensor(result.history[0]["reward_by_azimuth_bin"])
+    assert rewards.shape == (8,) and len(set(rewards.tolist())) == 8  # every bin measured, none alike
+    logits = torch.tensor(result.history[0]["psi"]["azimuth"]["probs"][0]).log()
+    above = rewards > rewards.mean()
+    assert logits[above].min() > logits[~above].max()
+    loop_round = [images for iteration, images in trained if iteration == 0]
+    assert len(loop_round) == 1 and len(loop_round[0]) == 16
+    # Resampled rows: some of the 16 every-bin images twice (psi is no longer uniform after the
+    # step, and 16 draws with replacement from 16 rows repeat one with probability > 0.99).
+    assert len({image.sum().item() for image in loop_round[0]}) < 16
+
+    for bad, message in (
+        (tiny_config(enumerate_bins=True, images_per_iteration=12), "enumerate_bins .* a multiple of 8"),
+        (tiny_config(enumerate_bins=True, estimator="pathwise", learnable=["azimuth"]),
+         "enumerate_bins: .* needs 'azimuth' learnable and estimator 'score' or 'both'"),
+        (tiny_config(enumerate_bins=True, learnable=["distance"], images_per_iteration=16),
+         "enumerate_bins: .* needs 'azimuth' learnable"),
+    ):
+        with pytest.raises(OptimizerError, match=message):
+            _run(bad, val_set, tmp_path / "bad")
+
+
+def test_alignment_ignores_leaves_those_parameters_out_of_the_per_image_rewards(
+    tmp_path: Path, val_set: LabelledSet
+) -> None:
+    """Leaving the Detect head's classification branch out changes the rewards (the same draws
+    otherwise); leaving everything out, or naming no parameter, fails with the setting named."""
+    settings = dict(learnable=["azimuth"], outer_iterations=1, alignment_normalisation="cosine", sample_images=0,
+                    val_map_every=0, pose_group=2)
+    whole = _run(tiny_config(**settings), val_set, tmp_path / "whole").history[0]
+    boxes = _run(tiny_config(**settings, alignment_ignores=["model.22.cv3"]), val_set, tmp_path / "boxes").history[0]
+    assert whole["alignment_mean"] != boxes["alignment_mean"]
+    assert whole["reward_by_azimuth_bin"] != boxes["reward_by_azimuth_bin"]
+    for ignores, message in ((["model.99"], "'model.99' is the start of no parameter name"),
+                             (["model."], "leaves no parameter")):
+        with pytest.raises(OptimizerError, match=f"alignment_ignores: .*{message}"):
+            _run(tiny_config(**settings, alignment_ignores=ignores), val_set, tmp_path / "bad")
+
+
 def test_final_init_warmup_starts_every_methods_final_detector_from_one_warmed_up_detector(
     tmp_path: Path, val_set: LabelledSet
 ) -> None:
@@ -315,24 +381,14 @@ def test_final_init_warmup_starts_every_methods_final_detector_from_one_warmed_u
 
 
 def test_lookahead_copies_train_on_their_bin_mixed_with_the_same_draws_from_psi(
-    tmp_path: Path, val_set: LabelledSet, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, val_set: LabelledSet, trained: list
 ) -> None:
     """lookahead_bin_share=0.5: each bin's copy fine-tunes on that bin's scenes plus as many
     images drawn by psi, and those drawn images are the same for every copy."""
-    from optimizer import loop as loop_module
-
-    batches = []
-    original = loop_module._Loop.train
-
-    def recording_train(self, model, batch, steps, state, iteration):
-        batches.append((iteration, batch.images.clone()))
-        return original(self, model, batch, steps, state, iteration)
-
-    monkeypatch.setattr(loop_module._Loop, "train", recording_train)
     config = tiny_config(estimator="lookahead", learnable=["azimuth"], images_per_iteration=16, outer_iterations=1,
                          search_metric="val_loss", sample_images=0, val_map_every=0, lookahead_bin_share=0.5)
     result = _run(config, val_set, tmp_path)
-    copies = [images for iteration, images in batches if iteration == 0][:8]  # then the loop detector's round
+    copies = [images for iteration, images in trained if iteration == 0][:8]  # then the loop detector's round
     assert [len(images) for images in copies] == [2 + 2] * 8
     assert all(torch.equal(copies[0][2:], images[2:]) for images in copies)  # the same psi draws
     assert len({images[:2].sum().item() for images in copies}) == 8  # each copy its own bin's scenes
