@@ -155,6 +155,50 @@ def rewards(model, config: OptimizeConfig, batch: ImageBatch, val_batch: ImageBa
     return found
 
 
+LAYER_GROUPS = {"backbone": range(0, 10), "neck": range(10, 22), "box_head": ("22.cv2",), "class_head": ("22.cv3",)}
+"""Parameter groups of YOLOv8n-cpu by module path (model.<index>...): the backbone, the neck
+(FPN/PAN), and the Detect head's box-regression (cv2) and classification (cv3) branches."""
+
+
+def layer_group(name: str) -> str | None:
+    """The LAYER_GROUPS entry of the parameter ``name`` (``model.<i>.<...>``), None if none."""
+    parts = name.split(".")
+    for group, members in LAYER_GROUPS.items():
+        if isinstance(members, range) and int(parts[1]) in members or \
+                not isinstance(members, range) and ".".join(parts[1:3]) in members:
+            return group
+    return None
+
+
+def layer_group_rewards(model, batch: ImageBatch, val_gradient: list[torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """Per LAYER_GROUPS entry: each image's dot product and cosine between its loss gradient and
+    the validation gradient over that group's parameters only (one backward pass per image;
+    chunks that mix groups, as in rewards())."""
+    names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    parameters = trainable_parameters(model)
+    member = [layer_group(name) for name in names]
+    count = batch.images.shape[0]
+    dots = {group: torch.zeros(count) for group in LAYER_GROUPS}
+    norms = {group: torch.zeros(count) for group in LAYER_GROUPS}
+    val_norms = {group: sum(float((v * v).sum()) for v, m in zip(val_gradient, member) if m == group) ** 0.5
+                 for group in LAYER_GROUPS}
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    for rows in order.split(64):
+        part = batch.index(rows)
+        losses = detection_loss(model, part.images, part.targets(), HYPERGRADIENT_BN, reduction="none")
+        for row, loss in zip(rows.tolist(), losses):
+            grads = torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
+            for g, v, group in zip(grads, val_gradient, member):
+                if g is not None and group is not None:
+                    dots[group][row] += float((g * v).sum())
+                    norms[group][row] += float((g * g).sum())
+    found = {}
+    for group in LAYER_GROUPS:
+        found[f"{group}_dot"] = dots[group]
+        found[f"{group}_cosine"] = dots[group] / (norms[group].sqrt() * val_norms[group]).clamp_min(1e-30)
+    return found
+
+
 def summary(values: torch.Tensor, classes: torch.Tensor) -> dict:
     by_group = values.reshape(-1, BINS)
     centred = by_group - by_group.mean(1, keepdim=True)
@@ -180,6 +224,8 @@ def main() -> None:
                              "scale; the training images' Hessian), one measurement each")
     parser.add_argument("--class-matched", action="store_true",
                         help="also rewards against the validation gradient of the image's own class only")
+    parser.add_argument("--layer-groups", action="store_true",
+                        help="also the dot and cosine over each of LAYER_GROUPS' parameters only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -194,6 +240,9 @@ def main() -> None:
         model = warmed_up_detector(config, renderer, val_set, warmup)
         for method in args.inverse_hessian:
             found = rewards(model, config, batch, val_batch, args.cosine, args.class_matched, method, args.seed)
+            if args.layer_groups:
+                _, val_gradient = validation_loss_and_gradient(model, val_batch, 64, True)
+                found.update(layer_group_rewards(model, batch, val_gradient, args.seed))
             print(f"warm-up {warmup} steps, u by {method} ({time.perf_counter() - began:.0f} s), "
                   f"{args.groups} groups x {BINS} bins:")
             for name, values in found.items():
