@@ -75,14 +75,14 @@ class OptimizeConfig:
     (optimizer.estimators.enumerated_bin_gradient) instead of the score-function estimate from
     bins drawn from psi: no variance from which bins were drawn, every bin measured in every
     scene. The loop detector then fine-tunes on the images resampled in proportion to psi.
-    images_per_iteration must be a multiple of the number of bins."""
+    images_per_iteration must be a multiple of the number of bins. README, finding 20."""
     alignment_ignores: list[str] = field(default_factory=list)
     """Prefixes of detector parameter names (``model.22.cv3`` is YOLOv8n's classification
     branch of its Detect head) whose part of the gradients the score-function estimator's
     per-image alignment leaves out, in the dot product and in the cosine's norms alike. Measured
-    on the pose shift (README, findings): the azimuth's signal sits in the neck and the box
-    branch; the classification branch's part of the alignment ranked the target's bins below
-    the others."""
+    on the pose shift (README, finding 21): the azimuth's signal sits in the neck and the box
+    branch; for one seed the classification branch's part ranked the target's bins below the
+    others."""
     baseline_decay: float = 0.9
     """Decay of the moving-average reward baseline (score-function estimator, REINFORCE)."""
     search_metric: SearchMetric = "map50_95"
