@@ -15,6 +15,9 @@ One outer iteration ``t`` (every method goes through it; see :mod:`optimizer.bas
    The ``lookahead`` estimator instead renders the scenes at every azimuth bin, fine-tunes a
    copy of the detector on each bin's images and scores it on the validation set, and the
    loop detector then trains on the images resampled in proportion to psi's bin probabilities.
+   With ``enumerate_bins`` the score function's azimuth part renders its scenes at every bin
+   the same way and takes the exact expectation of the bins' mean per-image rewards; the loop
+   detector trains on the resample too.
    Then an Adam step on psi with an entropy bonus on the azimuth bins (against collapse onto
    one bin), after scaling the outer gradient to unit norm, and a temperature-schedule step;
 3. fine-tune a detector on the images (``BatchNormMode.UPDATE``, plain training): the loop
@@ -107,9 +110,8 @@ WARMUP_DETECTOR = "warmup_detector.pt"
 """The detector after the warm-up, in the run folder when final_init is 'warmup'."""
 AFTER_WARMUP = frozenset({
     "target_val", "target_test", "method", "estimator", "lookahead_bin_share", "inverse_hessian",
-    "inverse_hessian_steps", "damping", "neumann_scale", "alignment_normalisation", "pose_group", "enumerate_bins", "alignment_ignores",
-    "baseline_decay",
-    "search_metric", "normalise_hypergradient", "oracle_psi", "psi_learning_rate", "psi_warmup_iterations",
+    "inverse_hessian_steps", "damping", "neumann_scale", "alignment_normalisation", "pose_group", "enumerate_bins",
+    "alignment_ignores", "baseline_decay", "search_metric", "normalise_hypergradient", "oracle_psi", "psi_learning_rate", "psi_warmup_iterations",
     "entropy_weight", "outer_iterations", "val_batch_size", "val_map_every", "sample_images", "final_images",
     "final_epochs", "final_batch_size", "final_init", "final_trainer_overrides",
 })
