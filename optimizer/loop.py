@@ -111,9 +111,10 @@ WARMUP_DETECTOR = "warmup_detector.pt"
 AFTER_WARMUP = frozenset({
     "target_val", "target_test", "method", "estimator", "lookahead_bin_share", "inverse_hessian",
     "inverse_hessian_steps", "damping", "neumann_scale", "alignment_normalisation", "pose_group", "enumerate_bins",
-    "alignment_ignores", "baseline_decay", "search_metric", "normalise_hypergradient", "oracle_psi", "psi_learning_rate", "psi_warmup_iterations",
-    "entropy_weight", "outer_iterations", "val_batch_size", "val_map_every", "sample_images", "final_images",
-    "final_epochs", "final_batch_size", "final_init", "final_trainer_overrides",
+    "alignment_ignores", "baseline_decay", "search_metric", "normalise_hypergradient", "oracle_psi",
+    "psi_learning_rate", "psi_warmup_iterations", "entropy_weight", "outer_iterations", "val_batch_size",
+    "val_map_every", "sample_images", "final_images", "final_epochs", "final_batch_size", "final_init",
+    "final_trainer_overrides",
 })
 """OptimizeConfig settings the warm-up does not read (it draws from the initial psi whatever the
 method): runs that differ only in these share one warm-up (run_loop's warmup_cache). A setting
