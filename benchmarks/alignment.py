@@ -155,19 +155,20 @@ def rewards(model, config: OptimizeConfig, batch: ImageBatch, val_batch: ImageBa
     return found
 
 
-LAYER_GROUPS = {"backbone": range(0, 10), "neck": range(10, 22), "box_head": ("22.cv2",), "class_head": ("22.cv3",)}
-"""Parameter groups of YOLOv8n-cpu by module path (model.<index>...): the backbone, the neck
-(FPN/PAN), and the Detect head's box-regression (cv2) and classification (cv3) branches."""
+LAYER_GROUPS = {
+    "backbone": tuple(f"model.{index}." for index in range(0, 10)),
+    "neck": tuple(f"model.{index}." for index in range(10, 22)),
+    "box_head": ("model.22.cv2.",),
+    "class_head": ("model.22.cv3.",),
+}
+"""Parameter groups of YOLOv8n-cpu as parameter-name prefixes (as OptimizeConfig.alignment_ignores
+takes them): the backbone, the neck (FPN/PAN), and the Detect head's box-regression (cv2) and
+classification (cv3) branches."""
 
 
 def layer_group(name: str) -> str | None:
-    """The LAYER_GROUPS entry of the parameter ``name`` (``model.<i>.<...>``), None if none."""
-    parts = name.split(".")
-    for group, members in LAYER_GROUPS.items():
-        if isinstance(members, range) and int(parts[1]) in members or \
-                not isinstance(members, range) and ".".join(parts[1:3]) in members:
-            return group
-    return None
+    """The LAYER_GROUPS entry of the parameter ``name``, None if none."""
+    return next((group for group, prefixes in LAYER_GROUPS.items() if name.startswith(prefixes)), None)
 
 
 def layer_group_rewards(model, batch: ImageBatch, val_gradient: list[torch.Tensor], seed: int) -> dict[str, torch.Tensor]:

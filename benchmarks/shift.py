@@ -14,8 +14,8 @@ per iteration and final dataset size (equal rendered-image budgets): uniform (ps
 initial value), oracle (psi = the target's distribution), neural-sim with each estimator
 (pathwise, score, both; on the pose shift also lookahead, and both with the azimuth bins
 enumerated, with and without the classification branch left out of the alignment: enumerate,
-enumerate-box, box), REINFORCE on the validation mAP, random search. The learning methods learn one distribution shared by all classes (the shifts are the
-same for every object).
+enumerate-box, box), REINFORCE on the validation mAP, random search. The learning methods
+learn one distribution shared by all classes (the shifts are the same for every object).
 
 The final stage is the same for every method: its final detector starts from the detector the
 warm-up left (the warm-up draws from the initial psi whatever the method, so one seed's runs
@@ -183,7 +183,10 @@ METHODS = {
     "reinforce": {"method": "reinforce"},
     "random-search": {"method": "random-search"},
 }
-ONLY_FOR = {"neural-sim-lookahead": {"pose"}, "neural-sim-enumerate": {"pose"}, "neural-sim-enumerate-box": {"pose"}, "neural-sim-box": {"pose"}, "neural-sim-score": {"lighting"}, "neural-sim-pathwise": {"pose", "zoom"}}
+ONLY_FOR = {
+    "neural-sim-lookahead": {"pose"}, "neural-sim-enumerate": {"pose"}, "neural-sim-enumerate-box": {"pose"},
+    "neural-sim-box": {"pose"}, "neural-sim-score": {"lighting"}, "neural-sim-pathwise": {"pose", "zoom"},
+}
 """Methods run on some shifts only. lookahead learns only the azimuth bins; its reward is the
 validation loss: after the warm-up it ranks the bins as the validation mAP does, with far less
 spread (benchmarks/pose_objective.py). score is the same estimator as both on the pose and zoom
@@ -328,8 +331,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None,
                         help=f"of {list(METHODS)}, each optionally with the suffix {HALF} or {TWICE}")
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
-    parser.add_argument("--headline", choices=[m.removeprefix("neural-sim-") for m in METHODS if m.startswith("neural-sim-")],
-                        default="both",
+    parser.add_argument("--headline", default="both",
+                        choices=[m.removeprefix("neural-sim-") for m in METHODS if m.startswith("neural-sim-")],
                         help="the neural-sim estimator of the pose shift's last line, of @half and of @twice")
     parser.add_argument("--final-detectors", type=int, default=None,
                         help="final detectors trained per run, whose mean test mAP is the run's (default: the budget's)")
