@@ -123,6 +123,18 @@ def normalise_alignment(
     raise OptimizerError(f"normalise_alignment: unknown normalise {normalise!r}; use 'none', 'standardise' or 'cosine'")
 
 
+def alignment_rewards(
+    alignment: Float[Tensor, "N"],
+    direction: Sequence[Tensor],
+    normalise: AlignmentNormalisation,
+    gradient_norms: Float[Tensor, "N"] | None = None,
+) -> Float[Tensor, "N"]:
+    """:func:`normalise_alignment` of ``alignment[i] = u . dl_i/dtheta`` with ``u = direction``
+    (whose norm the ``cosine`` normalisation divides by). Detached."""
+    direction_norm = dot(direction, direction).sqrt() if normalise == "cosine" else None
+    return normalise_alignment(alignment, normalise, gradient_norms=gradient_norms, direction_norm=direction_norm)
+
+
 def score_function_surrogate(
     log_prob: Float[Tensor, "N"], rewards: Float[Tensor, "N"], baseline: float | Tensor = 0.0
 ) -> Tensor:
@@ -211,8 +223,7 @@ def outer_gradient(
     if score_parts:
         if (log_prob is None and grouped_log_prob is None) or alignment is None:
             raise OptimizerError(f"outer_gradient: estimator {estimator!r} needs log_prob and alignment")
-        direction_norm = dot(direction, direction).sqrt() if normalise == "cosine" else None
-        rewards = normalise_alignment(alignment, normalise, gradient_norms=gradient_norms, direction_norm=direction_norm)
+        rewards = alignment_rewards(alignment, direction, normalise, gradient_norms)
         b = baseline.update(rewards) if baseline is not None else 0.0
         if log_prob is not None:
             score_function_surrogate(log_prob, rewards, b).backward()

@@ -88,14 +88,14 @@ from optimizer.config import (
 from optimizer.dataset import render_dataset
 from optimizer.estimators import (
     MovingAverageBaseline,
+    alignment_rewards,
     enumerated_bin_gradient,
     estimator_parts,
-    normalise_alignment,
     outer_gradient,
     per_sample_gradient_norms,
     score_function_surrogate,
 )
-from optimizer.hypergradient import dot, hvp_from_gradients, inverse_hvp, mixed_grad_from_gradients, pathwise_backward
+from optimizer.hypergradient import hvp_from_gradients, inverse_hvp, mixed_grad_from_gradients, pathwise_backward
 from optimizer.psi import PARTS, PER_CLASS_PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiConfig, PsiNoise
 from optimizer.report import plot_history, sample_paths, save_sample_images, write_json_atomic
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
@@ -620,8 +620,7 @@ class _Loop:
                     group_size=self.pose_group,
                 )
             else:
-                rewards = normalise_alignment(alignment, config.alignment_normalisation, gradient_norms=norms,
-                                              direction_norm=dot(u, u).sqrt() if norms is not None else None)
+                rewards = alignment_rewards(alignment, u, config.alignment_normalisation, norms)
             if self.enumerate_bins:
                 logits = self.psi.azimuth_logits
                 gradient = enumerated_bin_gradient(logits, _mean_by_class_and_bin(rewards, noise, *logits.shape))
