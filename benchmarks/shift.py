@@ -180,15 +180,12 @@ METHODS = {
     "neural-sim-enumerate-box": {"method": "neural-sim", "estimator": "both", "enumerate_bins": True,
                                  "alignment_ignores": ["model.22.cv3"]},
     "neural-sim-box": {"method": "neural-sim", "estimator": "both", "alignment_ignores": ["model.22.cv3"]},
-    "neural-sim-enumerate-box-natural": {"method": "neural-sim", "estimator": "both", "enumerate_bins": True,
-                                         "alignment_ignores": ["model.22.cv3"], "natural_bin_gradient": True},
     "reinforce": {"method": "reinforce"},
     "random-search": {"method": "random-search"},
 }
 ONLY_FOR = {
     "neural-sim-lookahead": {"pose"}, "neural-sim-enumerate": {"pose"}, "neural-sim-enumerate-box": {"pose"},
-    "neural-sim-box": {"pose"}, "neural-sim-enumerate-box-natural": {"pose"}, "neural-sim-score": {"lighting"},
-    "neural-sim-pathwise": {"pose", "zoom"},
+    "neural-sim-box": {"pose"}, "neural-sim-score": {"lighting"}, "neural-sim-pathwise": {"pose", "zoom"},
 }
 """Methods run on some shifts only. lookahead learns only the azimuth bins; its reward is the
 validation loss: after the warm-up it ranks the bins as the validation mAP does, with far less

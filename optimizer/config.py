@@ -76,14 +76,6 @@ class OptimizeConfig:
     bins drawn from psi: no variance from which bins were drawn, every bin measured in every
     scene. The loop detector then fine-tunes on the images resampled in proportion to psi.
     images_per_iteration must be a multiple of the number of bins. README, finding 20."""
-    natural_bin_gradient: bool = False
-    """With every bin measured (enumerate_bins, or the 'lookahead' estimator): step the bin
-    logits along the natural gradient of the bins' expected reward, ``r_k - sum_j p_j r_j``,
-    instead of its gradient ``p_k (r_k - sum_j p_j r_j)``
-    (optimizer.estimators.enumerated_bin_gradient). A bin's logit then moves as fast whatever
-    its probability; with the gradient, a bin psi has nearly dropped gets steps as small as its
-    probability however well it scores, and Adam's slowly forgetting second moment, filled
-    while the bin was common, keeps them small."""
     alignment_ignores: list[str] = field(default_factory=list)
     """Prefixes of detector parameter names (``model.22.cv3`` is YOLOv8n's classification
     branch of its Detect head) whose part of the gradients the score-function estimator's

@@ -56,28 +56,21 @@ def estimator_parts(estimator: Estimator) -> tuple[frozenset[str], frozenset[str
 
 
 def enumerated_bin_gradient(
-    logits: Float[Tensor, "C K"], rewards: Float[Tensor, "K"] | Float[Tensor, "C K"], natural: bool = False
+    logits: Float[Tensor, "C K"], rewards: Float[Tensor, "K"] | Float[Tensor, "C K"]
 ) -> Float[Tensor, "C K"]:
     """The gradient of the loss ``-E_{k ~ softmax(logits)} [r_k]`` w.r.t. the bin logits when
     every bin's reward is measured (the ``lookahead`` estimator, and ``score`` / ``both`` with
     ``enumerate_bins``): ``-p_j (r_j - sum_k p_k r_k)`` per row, with one reward per bin for
     every row or one row of rewards per row of logits. Exact given the rewards: no sampling over
     the bins, so no score-function variance from which bins were drawn; the rewards' own noise
-    remains. A constant added to a row of rewards changes nothing. Detached.
-
-    ``natural``: the natural gradient instead, ``-(r_j - sum_k p_k r_k)``: the categorical's
-    Fisher in the logits, ``diag(p) - p p^T``, times it gives the gradient back (and the
-    softmax ignores the Fisher's null space, a constant added to every logit). A bin's logit
-    then moves at the same rate whatever its probability: with the plain gradient a bin psi has
-    nearly dropped gets a step as small as its probability, however well it scores."""
+    remains. A constant added to a row of rewards changes nothing. Detached."""
     if rewards.dim() not in (1, 2) or rewards.shape[-1] != logits.shape[-1] or (
             rewards.dim() == 2 and rewards.shape != logits.shape):
         raise OptimizerError(f"enumerated_bin_gradient: one reward per bin (K,) or per row and bin (C, K), got "
                              f"rewards {tuple(rewards.shape)} for logits {tuple(logits.shape)}")
     probs = logits.detach().softmax(-1)
     rewards = rewards.detach().to(probs)
-    centred = rewards - (probs * rewards).sum(-1, keepdim=True)
-    return -centred.expand_as(probs).clone() if natural else -probs * centred
+    return -probs * (rewards - (probs * rewards).sum(-1, keepdim=True))
 
 
 def per_sample_gradient_norms(losses: Float[Tensor, "N"], params: Sequence[Tensor]) -> Float[Tensor, "N"]:

@@ -111,8 +111,8 @@ WARMUP_DETECTOR = "warmup_detector.pt"
 AFTER_WARMUP = frozenset({
     "target_val", "target_test", "method", "estimator", "lookahead_bin_share", "inverse_hessian",
     "inverse_hessian_steps", "damping", "neumann_scale", "alignment_normalisation", "pose_group", "enumerate_bins",
-    "natural_bin_gradient", "alignment_ignores", "baseline_decay", "search_metric", "normalise_hypergradient",
-    "oracle_psi", "psi_learning_rate", "psi_warmup_iterations", "entropy_weight", "outer_iterations", "val_batch_size",
+    "alignment_ignores", "baseline_decay", "search_metric", "normalise_hypergradient", "oracle_psi",
+    "psi_learning_rate", "psi_warmup_iterations", "entropy_weight", "outer_iterations", "val_batch_size",
     "val_map_every", "sample_images", "final_images", "final_epochs", "final_batch_size", "final_init",
     "final_trainer_overrides",
 })
@@ -227,9 +227,6 @@ def validate_config(config: OptimizeConfig) -> None:
         if config.images_per_iteration % bins:
             fail("images_per_iteration", f"enumerate_bins renders every scene at each of the {bins} azimuth bins, so it "
                                          f"must be a multiple of {bins}, got {config.images_per_iteration}")
-    if config.natural_bin_gradient and not (config.enumerate_bins or config.estimator == "lookahead"):
-        fail("natural_bin_gradient", "is the natural gradient of the bins' expectation, which needs every bin "
-                                     "measured: set enumerate_bins, or use estimator 'lookahead'")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -626,8 +623,7 @@ class _Loop:
                 rewards = alignment_rewards(alignment, u, config.alignment_normalisation, norms)
             if self.enumerate_bins:
                 logits = self.psi.azimuth_logits
-                gradient = enumerated_bin_gradient(logits, _mean_by_class_and_bin(rewards, noise, *logits.shape),
-                                                   config.natural_bin_gradient)
+                gradient = enumerated_bin_gradient(logits, _mean_by_class_and_bin(rewards, noise, *logits.shape))
                 logits.grad = gradient if logits.grad is None else logits.grad + gradient
             diagnostics["alignment_mean"] = float(alignment.mean())
             diagnostics["reward_by_azimuth_bin"] = _mean_by_bin(rewards, noise, self.psi.config.azimuth_bins)
@@ -680,8 +676,7 @@ class _Loop:
             self.train(model, batch.index(rows), self.config.inner_steps, copy.deepcopy(self.finetune_state), iteration)
             scores.append(self.search_score(model, iteration, periodic_map=False)[0])  # only the score is kept
         logits = self.psi.azimuth_logits
-        logits.grad = enumerated_bin_gradient(logits, torch.tensor(scores, device=logits.device),
-                                              self.config.natural_bin_gradient)
+        logits.grad = enumerated_bin_gradient(logits, torch.tensor(scores, device=logits.device))
         return {"score_by_azimuth_bin": scores}
 
     def rows_by_psi(self, noise: PsiNoise, iteration: int, count: int, purpose: str) -> Tensor:

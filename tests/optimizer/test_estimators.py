@@ -257,15 +257,3 @@ def test_the_enumerated_bin_gradient_is_the_exact_expectation_gradient() -> None
     torch.testing.assert_close(enumerated_bin_gradient(logits, shifted), logits.grad)
     with pytest.raises(OptimizerError, match="one reward per bin"):
         enumerated_bin_gradient(logits, per_row[:2])
-    # The natural gradient: each row's categorical Fisher diag(p) - p p^T maps it to the
-    # gradient; it does not shrink with a bin's probability, and shifts change nothing.
-    natural = enumerated_bin_gradient(logits, per_row, natural=True)
-    probs = logits.detach().softmax(-1)
-    for row in range(3):
-        fisher = torch.diag(probs[row]) - torch.outer(probs[row], probs[row])
-        torch.testing.assert_close(fisher @ natural[row], logits.grad[row])
-    torch.testing.assert_close(enumerated_bin_gradient(logits, shifted, natural=True), natural)
-    rare = torch.tensor([[8.0, 0.0, 0.0, 0.0]])  # bin 0 holds ~0.99, bin 1 ~0.0003
-    better = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
-    assert enumerated_bin_gradient(rare, better)[0, 1].abs() < 1e-3
-    assert enumerated_bin_gradient(rare, better, natural=True)[0, 1] < -0.99

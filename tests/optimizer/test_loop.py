@@ -334,20 +334,6 @@ def test_enumerate_bins_scores_every_scene_at_every_bin_and_trains_on_psi(
             _run(bad, val_set, tmp_path / "bad")
 
 
-def test_natural_bin_gradient_steps_the_enumerated_bins_differently_and_needs_every_bin_measured(
-    tmp_path: Path, val_set: LabelledSet
-) -> None:
-    settings = dict(learnable=["azimuth"], enumerate_bins=True, images_per_iteration=16, outer_iterations=2,
-                    alignment_normalisation="cosine", sample_images=0, val_map_every=0)
-    plain, natural = (_run(tiny_config(**settings, natural_bin_gradient=flag), val_set, tmp_path / str(flag)).history
-                      for flag in (False, True))
-    # The same draws and rewards on the first iteration (psi starts uniform), different steps.
-    assert plain[0]["reward_by_azimuth_bin"] == natural[0]["reward_by_azimuth_bin"]
-    assert plain[-1]["psi"]["azimuth"]["probs"] != natural[-1]["psi"]["azimuth"]["probs"]
-    with pytest.raises(OptimizerError, match="natural_bin_gradient: .* set enumerate_bins, or use estimator 'lookahead'"):
-        _run(tiny_config(learnable=["azimuth"], natural_bin_gradient=True), val_set, tmp_path / "bad")
-
-
 def test_alignment_ignores_leaves_those_parameters_out_of_the_per_image_rewards(
     tmp_path: Path, val_set: LabelledSet
 ) -> None:
