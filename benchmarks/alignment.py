@@ -9,6 +9,13 @@ each group, so only the azimuth differs:
 
 - ``dot``: ``g_val . dl_i/dtheta`` (the identity-Hessian hypergradient's per-image term);
 - ``cosine``: the same divided by ``|dl_i/dtheta|`` (``--cosine``; one backward pass per image);
+- ``class_dot`` / ``class_cosine`` (``--class-matched``): against the validation gradient of
+  the image's own class only;
+- ``balanced_dot`` / ``balanced_cosine`` (``--class-balanced``): against the sum of the
+  classes' validation gradients, each scaled to unit length, so that the classes the detector
+  does worst on do not dominate g_val (README, finding 23);
+- ``<group>_dot`` / ``<group>_cosine`` (``--layer-groups``): over one LAYER_GROUPS entry's
+  parameters only;
 - ``*_rank``: the rank of the reward inside its group.
 
 For each: the target advantage (mean centred reward of bins 1-2 minus that of the other six,
@@ -122,20 +129,26 @@ def hypergradient_direction(model, config: OptimizeConfig, val_gradient: list[to
 
 
 def rewards(model, config: OptimizeConfig, batch: ImageBatch, val_batch: ImageBatch, cosine: bool,
-            class_matched: bool, inverse_hessian: str, seed: int) -> dict[str, torch.Tensor]:
+            class_matched: bool, class_balanced: bool, inverse_hessian: str, seed: int) -> dict[str, torch.Tensor]:
     _, val_gradient = validation_loss_and_gradient(model, val_batch, 64, True)
     val_gradient = hypergradient_direction(model, config, val_gradient, batch, inverse_hessian, seed)
-    by_class = class_validation_gradients(model, val_batch) if class_matched else []
+    by_class = class_validation_gradients(model, val_batch) if class_matched or class_balanced else []
     class_norms = [dot(gradient, gradient).sqrt() for gradient in by_class]
+    # Every class's validation gradient at unit length, summed: no class's errors outweigh the others'.
+    balanced = ([sum(gradient[i] / norm for gradient, norm in zip(by_class, class_norms))
+                 for i in range(len(val_gradient))] if class_balanced else None)
     count = batch.images.shape[0]
-    dots, norms, matched = torch.zeros(count), torch.zeros(count), torch.zeros(count)
+    dots, norms, matched, balanced_dots = torch.zeros(count), torch.zeros(count), torch.zeros(count), torch.zeros(count)
     # Chunks that mix groups: BatchNorm statistics then differ from one member to another as
     # they would in a batch drawn from psi.
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
     for rows in order.split(64):
         part = batch.index(rows)
         dots[rows] = per_image_gradient_dot(model, part.images, part.targets(), val_gradient, HYPERGRADIENT_BN).detach()
-        for class_id, gradient in enumerate(by_class):
+        if balanced is not None:
+            balanced_dots[rows] = per_image_gradient_dot(model, part.images, part.targets(), balanced,
+                                                         HYPERGRADIENT_BN).detach()
+        for class_id, gradient in enumerate(by_class if class_matched else []):
             own = part.classes[:, 0] == class_id
             if bool(own.any()):
                 own_dots = per_image_gradient_dot(model, part.images, part.targets(), gradient, HYPERGRADIENT_BN).detach()
@@ -146,6 +159,10 @@ def rewards(model, config: OptimizeConfig, batch: ImageBatch, val_batch: ImageBa
     found = {"dot": dots}
     if cosine:
         found["cosine"] = dots / norms.clamp_min(torch.finfo(norms.dtype).tiny)
+    if class_balanced:
+        found["balanced_dot"] = balanced_dots
+        if cosine:
+            found["balanced_cosine"] = balanced_dots / norms.clamp_min(torch.finfo(norms.dtype).tiny)
     if class_matched:
         found["class_dot"] = matched
         if cosine:
@@ -225,6 +242,8 @@ def main() -> None:
                              "scale; the training images' Hessian), one measurement each")
     parser.add_argument("--class-matched", action="store_true",
                         help="also rewards against the validation gradient of the image's own class only")
+    parser.add_argument("--class-balanced", action="store_true",
+                        help="also rewards against the sum of the classes' validation gradients, each at unit length")
     parser.add_argument("--layer-groups", action="store_true",
                         help="also the dot and cosine over each of LAYER_GROUPS' parameters only")
     parser.add_argument("--seed", type=int, default=0)
@@ -240,7 +259,8 @@ def main() -> None:
         began = time.perf_counter()
         model = warmed_up_detector(config, renderer, val_set, warmup)
         for method in args.inverse_hessian:
-            found = rewards(model, config, batch, val_batch, args.cosine, args.class_matched, method, args.seed)
+            found = rewards(model, config, batch, val_batch, args.cosine, args.class_matched, args.class_balanced,
+                            method, args.seed)
             if args.layer_groups:
                 _, val_gradient = validation_loss_and_gradient(model, val_batch, 64, True)
                 found.update(layer_group_rewards(model, batch, val_gradient, args.seed))
