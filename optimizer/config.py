@@ -18,6 +18,7 @@ InverseHessian = Literal["identity", "neumann", "cg"]
 Stage = Literal["setup", "outer", "final-render", "final-train", "evaluate", "report", "done"]
 InnerOptimizer = Literal["sgd", "adamw"]
 AlignmentNormalisation = Literal["none", "standardise", "cosine"]
+AlignmentObjective = Literal["mean", "mixture"]
 SearchMetric = Literal["map50_95", "val_loss"]
 FinalInit = Literal["initial", "warmup"]
 
@@ -83,8 +84,20 @@ class OptimizeConfig:
     on the pose shift (README, finding 21): the azimuth's signal sits in the neck and the box
     branch; for one seed the classification branch's part ranked the target's bins below the
     others."""
+    alignment_objective: AlignmentObjective = "mean"
+    """With ``enumerate_bins`` and cosine rewards, what the bins' gradient ascends: ``mean``, the
+    mean over psi's images of each one's cosine to u, which is linear in the bin probabilities,
+    so its maximum is a single bin (README, finding 22: psi came to rest on one of the target's
+    two); ``mixture``, the cosine between u and psi's mean unit training gradient
+    (optimizer.estimators.mixture_alignment_gradient), in which a bin gains less the more its
+    images' gradients overlap with those psi already draws, so bins that teach different parts
+    of u are drawn together. Its per-bin means and overlaps are running means over the
+    iterations (optimizer.estimators.MixtureStatistics, decay baseline_decay): a dozen scenes
+    estimate them too noisily. ``mixture`` keeps every image's gradient for the iteration
+    (images_per_iteration times the detector's size)."""
     baseline_decay: float = 0.9
-    """Decay of the moving-average reward baseline (score-function estimator, REINFORCE)."""
+    """Decay of the moving-average reward baseline (score-function estimator, REINFORCE) and of
+    the ``mixture`` alignment's running means."""
     search_metric: SearchMetric = "map50_95"
     """What random search keeps the best candidate by, REINFORCE's and the 'lookahead'
     estimator's reward: the validation

@@ -21,6 +21,10 @@ given ``u`` (see :mod:`optimizer.hypergradient`):
   moves with them (see ``optimizer.psi.GEOMETRIC_PARTS``). The two sets are disjoint, so each
   part gets exactly one estimate.
 
+With every bin measured in every scene, the bins can also ascend the ``mixture`` alignment
+(:func:`mixture_alignment_gradient`): the cosine between u and the mean unit gradient of psi's
+images as a whole, not the mean of each image's cosine.
+
 All flat functions over tensors and callbacks; nothing here knows the detector or renderer
 (the per-sample dots, the HVP and the mixed gradient come from ``detector.losses``).
 """
@@ -31,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from optimizer.config import AlignmentNormalisation, Estimator
@@ -84,6 +88,124 @@ def per_sample_gradient_norms(losses: Float[Tensor, "N"], params: Sequence[Tenso
         grads = [g for g in torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) if g is not None]
         norms.append(dot(grads, grads).sqrt() if grads else torch.zeros((), device=losses.device, dtype=losses.dtype))
     return torch.stack(norms).detach()
+
+
+def per_sample_gradient_gram(losses: Float[Tensor, "N"], params: Sequence[Tensor]) -> Float[Tensor, "N N"]:
+    """``G[i, j] = dl_i/dparams . dl_j/dparams`` (one backward pass per sample, graph retained;
+    the flattened gradients are held until the end, N times the parameters' size): the
+    ``mixture`` alignment's overlaps between images. Its diagonal's square root is
+    :func:`per_sample_gradient_norms`. Detached."""
+    if losses.dim() != 1:
+        raise OptimizerError(f"per_sample_gradient_gram: losses must be one per sample (N,), got shape {tuple(losses.shape)}")
+    params = list(params)
+    flat = []
+    for loss in losses:
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        flat.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).detach()
+                               for g, p in zip(grads, params)]))
+    stacked = torch.stack(flat)
+    return stacked @ stacked.T
+
+
+def mixture_cell_sums(
+    cosines: Float[Tensor, "N"],
+    gram: Float[Tensor, "N N"],
+    cells: Int[Tensor, "N"],
+    scenes: Int[Tensor, "N"],
+    cell_count: int,
+) -> tuple[Float[Tensor, "A"], Float[Tensor, "A A"], int, int]:
+    """One batch's sums behind the ``mixture`` alignment, for images in scenes that each show
+    every cell (class row and azimuth bin of psi; ``enumerate_bins``): per cell the sum over the
+    images of their cosine to u, per pair of cells the sum of the images' unit-gradient overlaps
+    ``g_i.g_j / (|g_i||g_j|)`` over pairs from *different* scenes (``gram``, the Gram matrix of
+    the raw per-image gradients: :func:`per_sample_gradient_gram`), with the number of scenes
+    and of ordered pairs of different scenes they were summed over. An image's overlap with
+    itself, or with its own scene's other views, would count as overlap with the rest of psi's
+    data and penalise the bins psi favours for being favoured."""
+    count = cosines.numel()
+    if gram.shape != (count, count) or not cells.shape == scenes.shape == (count,):
+        raise OptimizerError(f"mixture_cell_sums: cosines {tuple(cosines.shape)}, gram {tuple(gram.shape)}, cells "
+                             f"{tuple(cells.shape)} and scenes {tuple(scenes.shape)} must describe the same N images")
+    scene_ids, scene_index = scenes.unique(return_inverse=True)
+    scene_count = scene_ids.numel()
+    if scene_count < 2:
+        raise OptimizerError("mixture_cell_sums: needs at least 2 scenes (overlaps are measured between scenes)")
+    gram = gram.detach()
+    norms = gram.diagonal().clamp_min(torch.finfo(gram.dtype).tiny).sqrt()
+    overlaps = gram / (norms[:, None] * norms[None, :]) * (scene_index[:, None] != scene_index[None, :]).to(gram)
+    membership = torch.nn.functional.one_hot(cells, cell_count).to(gram)  # N x A
+    aligned = membership.T @ cosines.detach().to(gram)
+    return aligned, membership.T @ overlaps @ membership, scene_count, scene_count * (scene_count - 1)
+
+
+def mixture_alignment_gradient(
+    logits: Float[Tensor, "C K"], aligned: Float[Tensor, "A"], overlap: Float[Tensor, "A A"]
+) -> tuple[Float[Tensor, "C K"], dict[str, float]]:
+    """The bins' gradient of ``-J``, ``J = cos(u, m)``, where ``m = E_{x ~ psi} [g(x) / |g(x)|]``
+    is the mean unit training gradient of psi's images: how well one step on psi's data as a
+    whole points along u (an optimal-size step on an isotropic quadratic model of the validation
+    loss), instead of the mean over images of each one's cosine, which is linear in the bin
+    probabilities, so its maximiser is always a single bin (README, finding 22). Its derivative
+    by a cell's probability is ``(r_a - J m.g_a/|m|) / |m|``: the cell's own cosine less its
+    overlap with what psi's data already teach, so a bin psi already draws often gains less from
+    being drawn more.
+
+    ``aligned[a]`` is a scene's expected sum of cosines over its images in cell a (cell
+    ``c * K + k``: row c of ``logits``, bin k) and ``overlap[a, b]`` the expected sum of
+    unit-gradient overlaps between one scene's images in cell a and another's in cell b: the
+    per-scene and per-pair means of :func:`mixture_cell_sums`. Then ``u.m/|u| = p.aligned`` and
+    ``|m|^2 = p^T overlap p`` with ``p`` the flattened bin probabilities. Returns the gradient
+    (detached) and diagnostics ``mixture_cosine`` (J) and ``mixture_norm`` (|m|); when the
+    estimate of ``|m|^2`` is not positive (a few scenes whose gradients disagree) the gradient is
+    that of ``p.aligned`` alone, flagged ``mixture_fallback``."""
+    if aligned.shape != (logits.numel(),) or overlap.shape != (logits.numel(), logits.numel()):
+        raise OptimizerError(f"mixture_alignment_gradient: aligned {tuple(aligned.shape)} and overlap "
+                             f"{tuple(overlap.shape)} must have one entry per cell of logits {tuple(logits.shape)}")
+    logits = logits.detach().clone().requires_grad_(True)
+    probs = logits.softmax(-1).reshape(-1)
+    dot_u = probs @ aligned.detach().to(probs)
+    norm_sq = probs @ overlap.detach().to(probs) @ probs
+    fallback = not bool(norm_sq > 0)
+    objective = dot_u if fallback else dot_u / norm_sq.sqrt()
+    (gradient,) = torch.autograd.grad(-objective, logits)
+    return gradient.detach(), {"mixture_cosine": float(objective.detach()),
+                               "mixture_norm": float(norm_sq.detach().clamp_min(0).sqrt()),
+                               "mixture_fallback": fallback}
+
+
+@dataclass
+class MixtureStatistics:
+    """Recency-weighted running means of :func:`mixture_cell_sums` over outer iterations: one
+    iteration's dozen scenes estimate ``|m|^2`` too noisily (README, finding 25), and a bin's
+    cells need not change fast (the detector moves by a few steps per iteration). Plain fields,
+    so ``dataclasses.asdict`` / ``MixtureStatistics(**state)`` checkpoint it."""
+
+    decay: float = 0.9
+    """Weight of the old sums at each update."""
+    aligned_sums: Tensor | None = None
+    overlap_sums: Tensor | None = None
+    scenes: float = 0.0
+    """Decayed number of scenes in aligned_sums."""
+    pairs: float = 0.0
+    """Decayed number of ordered pairs of different scenes in overlap_sums."""
+
+    def update(self, cosines: Float[Tensor, "N"], gram: Float[Tensor, "N N"], cells: Int[Tensor, "N"],
+               scenes: Int[Tensor, "N"], cell_count: int) -> None:
+        if not 0 <= self.decay < 1:
+            raise OptimizerError(f"MixtureStatistics.decay must be in [0, 1), got {self.decay}")
+        aligned, overlap, scene_count, pair_count = mixture_cell_sums(cosines, gram, cells, scenes, cell_count)
+        if self.aligned_sums is None:
+            self.aligned_sums, self.overlap_sums = torch.zeros_like(aligned), torch.zeros_like(overlap)
+        self.aligned_sums = self.decay * self.aligned_sums.to(aligned) + aligned
+        self.overlap_sums = self.decay * self.overlap_sums.to(overlap) + overlap
+        self.scenes = self.decay * self.scenes + scene_count
+        self.pairs = self.decay * self.pairs + pair_count
+
+    def gradient(self, logits: Float[Tensor, "C K"]) -> tuple[Float[Tensor, "C K"], dict[str, float]]:
+        """:func:`mixture_alignment_gradient` at the running means (after an update)."""
+        if self.aligned_sums is None:
+            raise OptimizerError("MixtureStatistics.gradient: no batch yet (call update first)")
+        return mixture_alignment_gradient(logits, self.aligned_sums / self.scenes, self.overlap_sums / self.pairs)
 
 
 def normalise_alignment(

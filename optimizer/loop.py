@@ -76,6 +76,7 @@ from optimizer.baselines import azimuth_total_variation, initial_psi, psi_config
 from optimizer.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from optimizer.config import (
     AlignmentNormalisation,
+    AlignmentObjective,
     Estimator,
     FinalInit,
     InnerOptimizer,
@@ -87,11 +88,13 @@ from optimizer.config import (
 )
 from optimizer.dataset import render_dataset
 from optimizer.estimators import (
+    MixtureStatistics,
     MovingAverageBaseline,
     alignment_rewards,
     enumerated_bin_gradient,
     estimator_parts,
     outer_gradient,
+    per_sample_gradient_gram,
     per_sample_gradient_norms,
     score_function_surrogate,
 )
@@ -111,7 +114,7 @@ WARMUP_DETECTOR = "warmup_detector.pt"
 AFTER_WARMUP = frozenset({
     "target_val", "target_test", "method", "estimator", "lookahead_bin_share", "inverse_hessian",
     "inverse_hessian_steps", "damping", "neumann_scale", "alignment_normalisation", "pose_group", "enumerate_bins",
-    "alignment_ignores", "baseline_decay", "search_metric", "normalise_hypergradient", "oracle_psi",
+    "alignment_ignores", "alignment_objective", "baseline_decay", "search_metric", "normalise_hypergradient", "oracle_psi",
     "psi_learning_rate", "psi_warmup_iterations", "entropy_weight", "outer_iterations", "val_batch_size",
     "val_map_every", "sample_images", "final_images", "final_epochs", "final_batch_size", "final_init",
     "final_trainer_overrides",
@@ -157,6 +160,7 @@ def validate_config(config: OptimizeConfig) -> None:
         "inverse_hessian": get_args(InverseHessian),
         "inner_optimizer": get_args(InnerOptimizer),
         "alignment_normalisation": get_args(AlignmentNormalisation),
+        "alignment_objective": get_args(AlignmentObjective),
         "search_metric": get_args(SearchMetric),
         "final_init": get_args(FinalInit),
         "device": ("auto", "cpu", "cuda"),
@@ -227,6 +231,10 @@ def validate_config(config: OptimizeConfig) -> None:
         if config.images_per_iteration % bins:
             fail("images_per_iteration", f"enumerate_bins renders every scene at each of the {bins} azimuth bins, so it "
                                          f"must be a multiple of {bins}, got {config.images_per_iteration}")
+    if config.alignment_objective == "mixture" and not (config.enumerate_bins and config.alignment_normalisation == "cosine"):
+        fail("alignment_objective", f"'mixture' weighs every scene's views by psi, so it needs enumerate_bins and "
+                                    f"alignment_normalisation 'cosine', got enumerate_bins={config.enumerate_bins} "
+                                    f"and {config.alignment_normalisation!r}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -444,6 +452,7 @@ class _Loop:
         self.detector = build_detector(self.detector_config).to(self.device)
         self.finetune_state = FinetuneState(optimizer={})
         self.baseline = MovingAverageBaseline(decay=config.baseline_decay)
+        self.mixture = MixtureStatistics(decay=config.baseline_decay)
         self.best: dict | None = None
         self.history: list[dict] = []
         self.images_rendered = 0
@@ -512,6 +521,7 @@ class _Loop:
             detector=cpu(self.detector.state_dict()),
             finetune=asdict(self.finetune_state),
             baseline=asdict(self.baseline),
+            mixture={k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in asdict(self.mixture).items()},
             best=self.best,
             val_loss_start=val_loss_start,
             torch_rng=torch.get_rng_state(),
@@ -534,6 +544,7 @@ class _Loop:
         self.detector.load_state_dict(state.detector)
         self.finetune_state = FinetuneState(**state.finetune)
         self.baseline = MovingAverageBaseline(**state.baseline)
+        self.mixture = MixtureStatistics(**state.mixture) if state.mixture else MixtureStatistics(decay=self.config.baseline_decay)
         self.best = state.best
         self.history = list(state.history)
         self.images_rendered = self.history[-1]["images_rendered"] if self.history else self.warmup_images()
@@ -605,10 +616,14 @@ class _Loop:
                 u = [x if keep else torch.zeros_like(x) for x, keep in zip(u, self.alignment_kept)]
                 parameters = [p for p, keep in zip(parameters, self.alignment_kept) if keep]
             alignment = per_image_gradient_dot(model, batch.images, targets, u, HYPERGRADIENT_BN)
-            norms = None
+            norms = gram = None
             if config.alignment_normalisation == "cosine":
                 losses = detection_loss(model, batch.images, targets, HYPERGRADIENT_BN, reduction="none")
-                norms = per_sample_gradient_norms(losses, parameters)
+                if config.alignment_objective == "mixture":
+                    gram = per_sample_gradient_gram(losses, parameters)
+                    norms = gram.diagonal().sqrt()
+                else:
+                    norms = per_sample_gradient_norms(losses, parameters)
             grouped = self.pose_group > 1  # (only when the azimuth is a score part: see __init__)
             shared = score - {"azimuth"} if grouped else score
             sampled_bins = grouped and not self.enumerate_bins
@@ -623,7 +638,14 @@ class _Loop:
                 rewards = alignment_rewards(alignment, u, config.alignment_normalisation, norms)
             if self.enumerate_bins:
                 logits = self.psi.azimuth_logits
-                gradient = enumerated_bin_gradient(logits, _mean_by_class_and_bin(rewards, noise, *logits.shape))
+                if gram is not None:
+                    scenes = torch.div(torch.arange(noise.batch_size), self.pose_group, rounding_mode="floor")
+                    cells = noise.class_ids[:, 0] * logits.shape[1] + noise.azimuth_bin[:, 0]
+                    self.mixture.update(rewards, gram, cells.to(logits.device), scenes.to(logits.device), logits.numel())
+                    gradient, found = self.mixture.gradient(logits)
+                    diagnostics.update(found)
+                else:
+                    gradient = enumerated_bin_gradient(logits, _mean_by_class_and_bin(rewards, noise, *logits.shape))
                 logits.grad = gradient if logits.grad is None else logits.grad + gradient
             diagnostics["alignment_mean"] = float(alignment.mean())
             diagnostics["reward_by_azimuth_bin"] = _mean_by_bin(rewards, noise, self.psi.config.azimuth_bins)

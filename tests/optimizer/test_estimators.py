@@ -8,12 +8,16 @@ import pytest
 import torch
 
 from optimizer.estimators import (
+    MixtureStatistics,
     MovingAverageBaseline,
     enumerated_bin_gradient,
     estimator_parts,
     leave_one_out_baseline,
+    mixture_alignment_gradient,
+    mixture_cell_sums,
     normalise_alignment,
     outer_gradient,
+    per_sample_gradient_gram,
     per_sample_gradient_norms,
     score_function_surrogate,
 )
@@ -257,3 +261,125 @@ def test_the_enumerated_bin_gradient_is_the_exact_expectation_gradient() -> None
     torch.testing.assert_close(enumerated_bin_gradient(logits, shifted), logits.grad)
     with pytest.raises(OptimizerError, match="one reward per bin"):
         enumerated_bin_gradient(logits, per_row[:2])
+
+
+def _mixture_inputs(gradients: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-image cosines to u and the Gram matrix, as the loop hands them over."""
+    return gradients @ u / (gradients.norm(dim=1) * u.norm()), gradients @ gradients.T
+
+
+def _mixture_gradient(logits, gradients, u, cells, scenes):
+    aligned, overlap, scene_count, pairs = mixture_cell_sums(*_mixture_inputs(gradients, u), cells, scenes,
+                                                             logits.numel())
+    return mixture_alignment_gradient(logits, aligned / scene_count, overlap / pairs)
+
+
+def test_the_mixture_alignment_is_the_cosine_of_psis_mean_unit_gradient_between_scenes() -> None:
+    generator = torch.Generator().manual_seed(0)
+    scenes_count, bins, classes = 5, 4, 2
+    gradients = torch.randn(scenes_count * bins, 12, generator=generator, dtype=torch.float64) + 0.5
+    u = torch.randn(12, generator=generator, dtype=torch.float64) + 0.5
+    logits = torch.randn(classes, bins, generator=generator, dtype=torch.float64, requires_grad=True)
+    scene_classes = torch.tensor([0, 1, 1, 0, 1])
+    class_ids, scenes = scene_classes.repeat_interleave(bins), torch.arange(scenes_count).repeat_interleave(bins)
+    image_bins = torch.arange(bins).repeat(scenes_count)
+    # Written out with the vectors: each scene's psi-weighted unit gradients, overlaps only
+    # between different scenes.
+    weights = logits.softmax(-1)[class_ids, image_bins] / scenes_count
+    per_scene = torch.stack([(weights[scenes == s, None] * (gradients / gradients.norm(dim=1, keepdim=True))[scenes == s])
+                             .sum(0) for s in range(scenes_count)])
+    mean = per_scene.sum(0)
+    norm_sq = scenes_count / (scenes_count - 1) * (mean @ mean - (per_scene * per_scene).sum())
+    expected = (u @ mean) / u.norm() / norm_sq.sqrt()
+    (-expected).backward()
+    gradient, found = _mixture_gradient(logits, gradients, u, class_ids * bins + image_bins, scenes)
+    torch.testing.assert_close(gradient, logits.grad)
+    assert found["mixture_cosine"] == pytest.approx(float(expected))
+    assert found["mixture_norm"] == pytest.approx(float(norm_sq.sqrt()))
+    assert not found["mixture_fallback"]
+
+
+def test_the_mixture_statistics_are_recency_weighted_means_over_batches() -> None:
+    generator = torch.Generator().manual_seed(4)
+    bins, logits = 4, torch.randn(1, 4, generator=generator, dtype=torch.float64)
+    batches = []
+    for scenes_count in (3, 5):
+        gradients = torch.randn(scenes_count * bins, 6, generator=generator, dtype=torch.float64) + 1.0
+        batches.append((*_mixture_inputs(gradients, torch.ones(6, dtype=torch.float64)), torch.arange(bins).repeat(
+            scenes_count), torch.arange(scenes_count).repeat_interleave(bins)))
+    statistics = MixtureStatistics(decay=0.5)
+    with pytest.raises(OptimizerError, match="no batch yet"):
+        statistics.gradient(logits)
+    for batch in batches:
+        statistics.update(*batch, bins)
+    (a1, o1, s1, p1), (a2, o2, s2, p2) = (mixture_cell_sums(*batch, bins) for batch in batches)
+    expected = mixture_alignment_gradient(logits, (0.5 * a1 + a2) / (0.5 * s1 + s2), (0.5 * o1 + o2) / (0.5 * p1 + p2))
+    torch.testing.assert_close(statistics.gradient(logits)[0], expected[0])
+    # Checkpointed as plain fields: a copy continues identically.
+    copy = MixtureStatistics(**asdict(statistics))
+    for running in (statistics, copy):
+        running.update(*batches[0], bins)
+    torch.testing.assert_close(copy.gradient(logits)[0], statistics.gradient(logits)[0])
+
+
+def _ascend(gradient_of, bins: int, steps: int = 400) -> torch.Tensor:
+    logits = torch.zeros(1, bins, requires_grad=True)
+    optimiser = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(steps):
+        logits.grad = gradient_of(logits.detach())
+        optimiser.step()
+    return logits.detach().softmax(-1)[0]
+
+
+def test_the_mixture_alignment_spreads_psi_over_bins_that_teach_different_parts_of_u() -> None:
+    # u = e0 + e1: bin 0's images teach e0 (a little better), bin 1's e1, bins 2 and 3 nothing
+    # of u; every scene adds its own nuisance direction to all its views.
+    generator = torch.Generator().manual_seed(1)
+    scenes_count, bins, size = 16, 4, 40
+    teach = torch.zeros(bins, size)
+    teach[0, 0], teach[1, 1], teach[2, 2], teach[3, 3] = 1.1, 1.0, 1.0, 1.0
+    nuisance = torch.zeros(scenes_count, size)
+    nuisance[:, 4:] = 0.3 * torch.randn(scenes_count, size - 4, generator=generator)
+    gradients = (teach[None] + nuisance[:, None] + 0.05 * torch.randn(scenes_count, bins, size, generator=generator)
+                 ).reshape(-1, size)
+    u = torch.zeros(size)
+    u[:2] = 1.0
+    image_bins, scenes = torch.arange(bins).repeat(scenes_count), torch.arange(scenes_count).repeat_interleave(bins)
+    mixture = _ascend(lambda logits: _mixture_gradient(logits, gradients, u, image_bins, scenes)[0], bins)
+    cosines = _mixture_inputs(gradients, u)[0]
+    mean_cosine = _ascend(lambda logits: enumerated_bin_gradient(logits, torch.stack(
+        [cosines[image_bins == k].mean() for k in range(bins)])), bins)
+    # The mean cosine piles psi onto the best single bin; the mixture keeps both halves of u.
+    assert mean_cosine[0] > 0.9
+    assert mixture[0] > 0.35 and mixture[1] > 0.35 and mixture[2:].sum() < 0.1
+
+
+def test_the_mixture_alignment_falls_back_to_the_mean_cosine_and_rejects_bad_inputs() -> None:
+    # Two scenes whose gradients point opposite ways: no positive estimate of |m|^2.
+    gradients = torch.tensor([[1.0, 0.1], [1.0, -0.1], [-1.0, 0.2], [-1.0, 0.0]])
+    u = torch.tensor([0.0, 1.0])
+    cosines, gram = _mixture_inputs(gradients, u)
+    image_bins, scenes = torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 1, 1])
+    logits = torch.tensor([[0.3, -0.2]], requires_grad=True)
+    gradient, found = _mixture_gradient(logits, gradients, u, image_bins, scenes)
+    assert found["mixture_fallback"]
+    (-(logits.softmax(-1)[0, image_bins] / 2 * cosines).sum()).backward()
+    torch.testing.assert_close(gradient, logits.grad)
+    with pytest.raises(OptimizerError, match="must describe the same N images"):
+        mixture_cell_sums(cosines, gram[:3, :3], image_bins, scenes, 2)
+    with pytest.raises(OptimizerError, match="at least 2 scenes"):
+        mixture_cell_sums(cosines, gram, image_bins, torch.zeros(4, dtype=torch.long), 2)
+    with pytest.raises(OptimizerError, match="one entry per cell"):
+        mixture_alignment_gradient(logits, torch.zeros(3), torch.zeros(3, 3))
+    with pytest.raises(OptimizerError, match="decay must be in"):
+        MixtureStatistics(decay=1.0).update(cosines, gram, image_bins, scenes, 2)
+
+
+def test_the_per_sample_gradient_gram_holds_every_pair_of_gradients() -> None:
+    weight = torch.randn(3, 2, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    inputs = torch.randn(5, 3, generator=torch.Generator().manual_seed(3))
+    losses = (inputs @ weight).pow(2).sum(1)
+    explicit = torch.stack([torch.autograd.grad(loss, weight, retain_graph=True)[0].reshape(-1) for loss in losses])
+    torch.testing.assert_close(per_sample_gradient_gram(losses, [weight]), explicit @ explicit.T)
+    torch.testing.assert_close(per_sample_gradient_gram(losses, [weight]).diagonal().sqrt(),
+                               per_sample_gradient_norms(losses, [weight]))

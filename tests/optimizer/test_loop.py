@@ -334,6 +334,45 @@ def test_enumerate_bins_scores_every_scene_at_every_bin_and_trains_on_psi(
             _run(bad, val_set, tmp_path / "bad")
 
 
+def test_the_mixture_alignment_objective_steps_psi_from_the_same_rewards_another_way(
+    tmp_path: Path, val_set: LabelledSet
+) -> None:
+    """alignment_objective='mixture': the same draws and per-image cosines as 'mean' (so the same
+    mean reward per bin), a step of psi of its own (the overlaps between scenes enter it), and its
+    objective recorded; it fails without enumerate_bins or cosine rewards, naming the setting."""
+    # 4 scenes: with 2 this tiny detector's two scenes' gradients point apart (no positive
+    # estimate of |m|^2: the mean cosine's fallback, unit-tested in test_estimators).
+    settings = dict(learnable=["azimuth"], enumerate_bins=True, images_per_iteration=32, outer_iterations=1,
+                    alignment_normalisation="cosine", sample_images=0, val_map_every=0)
+    mean = _run(tiny_config(**settings), val_set, tmp_path / "mean").history[0]
+    config = replace(tiny_config(**settings, alignment_objective="mixture"), outer_iterations=2)
+    whole = _run(config, val_set, tmp_path / "mixture")
+    mixture = whole.history[0]
+    torch.testing.assert_close(torch.tensor(mixture["reward_by_azimuth_bin"]), torch.tensor(mean["reward_by_azimuth_bin"]),
+                               rtol=1e-4, atol=1e-6)
+    assert -1 <= mixture["mixture_cosine"] <= 1 and mixture["mixture_norm"] > 0 and not mixture["mixture_fallback"]
+    assert "mixture_cosine" not in mean
+    assert mixture["psi"]["azimuth"]["probs"] != mean["psi"]["azimuth"]["probs"]
+    # Its running sums are checkpointed: a run stopped after one iteration and resumed ends
+    # where the uninterrupted one does.
+    asked = []
+    stopped = _run(config, val_set, tmp_path / "split", should_stop=lambda: asked.append(True) or len(asked) == 2)
+    assert stopped.iterations_done == 1 and load_checkpoint(tmp_path / "split").mixture["scenes"] == 4
+    resumed = _run(config, val_set, tmp_path / "split")
+    assert [r["mixture_cosine"] for r in resumed.history] == [r["mixture_cosine"] for r in whole.history]
+    assert resumed.history[-1]["psi"] == whole.history[-1]["psi"]
+
+    for bad, message in (
+        (tiny_config(alignment_objective="mixture", alignment_normalisation="cosine"),
+         "alignment_objective: 'mixture' .* needs enumerate_bins"),
+        (tiny_config(alignment_objective="mixture", enumerate_bins=True, learnable=["azimuth"], images_per_iteration=16),
+         "alignment_objective: .* alignment_normalisation 'cosine', got enumerate_bins=True and 'standardise'"),
+        (tiny_config(alignment_objective="sum"), "alignment_objective"),
+    ):
+        with pytest.raises(OptimizerError, match=message):
+            _run(bad, val_set, tmp_path / "bad")
+
+
 def test_alignment_ignores_leaves_those_parameters_out_of_the_per_image_rewards(
     tmp_path: Path, val_set: LabelledSet
 ) -> None:
