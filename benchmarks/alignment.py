@@ -18,6 +18,13 @@ each group, so only the azimuth differs:
   parameters only;
 - ``*_rank``: the rank of the reward inside its group.
 
+``--mixture`` asks whether the ``mixture`` alignment objective (the cosine between u and psi's
+mean unit training gradient, optimizer.estimators.mixture_alignment_gradient; the
+classification branch left out, as ``alignment_ignores`` does) has its maximum over the bins
+at the target: it prints that objective at uniform psi, at the target, at each single bin, and
+at the bins that maximise it (from all scenes and from each half of them), with those bins'
+total-variation distance to the target. The mean cosine's maximiser is always a single bin.
+
 For each: the target advantage (mean centred reward of bins 1-2 minus that of the other six,
 per group, in units of the reward's spread) with its t statistic over groups, the mean centred
 reward per bin, and the advantage per class. BatchNorm uses batch statistics (chunks of 64
@@ -57,7 +64,8 @@ from detector.targets import ImageBatch  # noqa: E402
 from optimizer.baselines import initial_psi, psi_config  # noqa: E402
 from optimizer.checkpoint import load_checkpoint  # noqa: E402
 from optimizer.config import OptimizeConfig  # noqa: E402
-from optimizer.estimators import per_sample_gradient_norms  # noqa: E402
+from optimizer.baselines import azimuth_total_variation  # noqa: E402
+from optimizer.estimators import mixture_alignment_gradient, mixture_cell_sums, per_sample_gradient_norms  # noqa: E402
 from optimizer.hypergradient import dot  # noqa: E402
 from optimizer.loop import (  # noqa: E402
     HYPERGRADIENT_BN,
@@ -157,16 +165,14 @@ def rewards(model, config: OptimizeConfig, batch: ImageBatch, val_batch: ImageBa
             losses = detection_loss(model, part.images, part.targets(), HYPERGRADIENT_BN, reduction="none")
             norms[rows] = per_sample_gradient_norms(losses, trainable_parameters(model))
     found = {"dot": dots}
-    if cosine:
-        found["cosine"] = dots / norms.clamp_min(torch.finfo(norms.dtype).tiny)
     if class_balanced:
         found["balanced_dot"] = balanced_dots
-        if cosine:
-            found["balanced_cosine"] = balanced_dots / norms.clamp_min(torch.finfo(norms.dtype).tiny)
     if class_matched:
         found["class_dot"] = matched
-        if cosine:
-            found["class_cosine"] = matched / norms.clamp_min(torch.finfo(norms.dtype).tiny)
+    if cosine:
+        safe_norms = norms.clamp_min(torch.finfo(norms.dtype).tiny)
+        for name in list(found):
+            found[name.removesuffix("dot") + "cosine"] = found[name] / safe_norms
     for name, values in list(found.items()):
         found[f"{name}_rank"] = values.reshape(-1, BINS).argsort(1).argsort(1).float().reshape(-1)
     return found
@@ -217,6 +223,72 @@ def layer_group_rewards(model, batch: ImageBatch, val_gradient: list[torch.Tenso
     return found
 
 
+CLASS_BRANCH = "model.22.cv3."
+
+
+def mixture_inputs(model, batch: ImageBatch, val_batch: ImageBatch, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's cosine to the validation gradient and the Gram matrix of the images' loss
+    gradients, both over the parameters outside the classification branch (chunks that mix
+    groups, as in rewards())."""
+    names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    kept = [not name.startswith(CLASS_BRANCH) for name in names]
+    parameters = [p for p, keep in zip(trainable_parameters(model), kept) if keep]
+    _, val_gradient = validation_loss_and_gradient(model, val_batch, 64, True)
+    u = [g if keep else torch.zeros_like(g) for g, keep in zip(val_gradient, kept)]
+    u_norm = dot(u, u).sqrt()
+    count = batch.images.shape[0]
+    flat = torch.cat([g.reshape(-1) for g, keep in zip(u, kept) if keep])
+    stacked = torch.zeros(count, flat.numel())  # images x parameters: 384 x 0.8M floats, 1.2 GB
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    for rows in order.split(64):
+        part = batch.index(rows)
+        losses = detection_loss(model, part.images, part.targets(), HYPERGRADIENT_BN, reduction="none")
+        for row, loss in zip(rows.tolist(), losses):
+            grads = torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
+            stacked[row] = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                                      for g, p in zip(grads, parameters)])
+    cosines = stacked @ flat / (stacked.norm(dim=1) * u_norm).clamp_min(torch.finfo(flat.dtype).tiny)
+    return cosines, stacked @ stacked.T
+
+
+def mixture_report(cosines: torch.Tensor, gram: torch.Tensor, groups: int) -> dict:
+    """The mixture objective at uniform psi, the target, each single bin and its maximiser (over
+    all scenes and over each half of them)."""
+    bins = torch.arange(BINS).repeat(groups)
+    scenes = torch.arange(groups).repeat_interleave(BINS)
+
+    def statistics(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        aligned, overlap, scene_count, pairs = mixture_cell_sums(cosines[rows], gram[rows][:, rows], bins[rows],
+                                                                 scenes[rows], BINS)
+        return aligned / scene_count, overlap / pairs
+
+    def objective(logits: torch.Tensor, rows: torch.Tensor) -> float:
+        return mixture_alignment_gradient(logits[None], *statistics(rows))[1]["mixture_cosine"]
+
+    def maximiser(rows: torch.Tensor) -> torch.Tensor:
+        means = statistics(rows)
+        logits = torch.zeros(BINS, requires_grad=True)
+        optimiser = torch.optim.Adam([logits], lr=0.05)
+        for _ in range(2000):
+            logits.grad = mixture_alignment_gradient(logits.detach()[None], *means)[0][0]
+            optimiser.step()
+        return logits.detach()
+
+    everything = torch.arange(groups * BINS)
+    halves = [everything[scenes < groups // 2], everything[scenes >= groups // 2]]
+    target = TARGET_BINS.float() / TARGET_BINS.sum()
+    report = {"uniform": objective(torch.zeros(BINS), everything),
+              "target": objective(target.clamp_min(1e-6).log(), everything),
+              "single_bin": [round(objective(torch.full((BINS,), -20.0).index_fill(0, torch.tensor([k]), 0.0),
+                                             everything), 4) for k in range(BINS)]}
+    for name, rows in (("all", everything), ("first_half", halves[0]), ("second_half", halves[1])):
+        best = maximiser(rows)
+        probs = best.softmax(0)
+        report[f"best_{name}"] = {"probs": [round(float(x), 3) for x in probs], "tv": azimuth_total_variation(probs, target),
+                                  "objective": objective(best, rows)}
+    return report
+
+
 def summary(values: torch.Tensor, classes: torch.Tensor) -> dict:
     by_group = values.reshape(-1, BINS)
     centred = by_group - by_group.mean(1, keepdim=True)
@@ -246,6 +318,8 @@ def main() -> None:
                         help="also rewards against the sum of the classes' validation gradients, each at unit length")
     parser.add_argument("--layer-groups", action="store_true",
                         help="also the dot and cosine over each of LAYER_GROUPS' parameters only")
+    parser.add_argument("--mixture", action="store_true",
+                        help="also the mixture alignment objective's values and maximiser over the bins")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -264,6 +338,15 @@ def main() -> None:
             if args.layer_groups:
                 _, val_gradient = validation_loss_and_gradient(model, val_batch, 64, True)
                 found.update(layer_group_rewards(model, batch, val_gradient, args.seed))
+            if args.mixture and method == "identity":
+                report = mixture_report(*mixture_inputs(model, batch, val_batch, args.seed), args.groups)
+                print(f"warm-up {warmup} steps, mixture objective (classification branch left out): "
+                      f"uniform {report['uniform']:.4f}, target {report['target']:.4f}, single bins "
+                      + " ".join(f"{x:.4f}" for x in report["single_bin"]), flush=True)
+                for name in ("all", "first_half", "second_half"):
+                    best = report[f"best_{name}"]
+                    print(f"  maximiser ({name} scenes): probs {best['probs']}, TV to the target {best['tv']:.3f}, "
+                          f"objective {best['objective']:.4f}", flush=True)
             print(f"warm-up {warmup} steps, u by {method} ({time.perf_counter() - began:.0f} s), "
                   f"{args.groups} groups x {BINS} bins:")
             for name, values in found.items():
