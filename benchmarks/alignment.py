@@ -194,10 +194,20 @@ def layer_group(name: str) -> str | None:
     return next((group for group, prefixes in LAYER_GROUPS.items() if name.startswith(prefixes)), None)
 
 
+def per_image_gradients(model, batch: ImageBatch, parameters: list[torch.Tensor], seed: int):
+    """(row, its loss gradient w.r.t. ``parameters``; None where unused) for every image, one
+    backward pass each, in chunks of 64 that mix groups (as in rewards())."""
+    order = torch.randperm(batch.images.shape[0], generator=torch.Generator().manual_seed(seed))
+    for rows in order.split(64):
+        part = batch.index(rows)
+        losses = detection_loss(model, part.images, part.targets(), HYPERGRADIENT_BN, reduction="none")
+        for row, loss in zip(rows.tolist(), losses):
+            yield row, torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
+
+
 def layer_group_rewards(model, batch: ImageBatch, val_gradient: list[torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
     """Per LAYER_GROUPS entry: each image's dot product and cosine between its loss gradient and
-    the validation gradient over that group's parameters only (one backward pass per image;
-    chunks that mix groups, as in rewards())."""
+    the validation gradient over that group's parameters only."""
     names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
     parameters = trainable_parameters(model)
     member = [layer_group(name) for name in names]
@@ -206,16 +216,11 @@ def layer_group_rewards(model, batch: ImageBatch, val_gradient: list[torch.Tenso
     norms = {group: torch.zeros(count) for group in LAYER_GROUPS}
     val_norms = {group: sum(float((v * v).sum()) for v, m in zip(val_gradient, member) if m == group) ** 0.5
                  for group in LAYER_GROUPS}
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
-    for rows in order.split(64):
-        part = batch.index(rows)
-        losses = detection_loss(model, part.images, part.targets(), HYPERGRADIENT_BN, reduction="none")
-        for row, loss in zip(rows.tolist(), losses):
-            grads = torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
-            for g, v, group in zip(grads, val_gradient, member):
-                if g is not None and group is not None:
-                    dots[group][row] += float((g * v).sum())
-                    norms[group][row] += float((g * g).sum())
+    for row, grads in per_image_gradients(model, batch, parameters, seed):
+        for g, v, group in zip(grads, val_gradient, member):
+            if g is not None and group is not None:
+                dots[group][row] += float((g * v).sum())
+                norms[group][row] += float((g * g).sum())
     found = {}
     for group in LAYER_GROUPS:
         found[f"{group}_dot"] = dots[group]
@@ -228,8 +233,7 @@ CLASS_BRANCH = "model.22.cv3."
 
 def mixture_inputs(model, batch: ImageBatch, val_batch: ImageBatch, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each image's cosine to the validation gradient and the Gram matrix of the images' loss
-    gradients, both over the parameters outside the classification branch (chunks that mix
-    groups, as in rewards())."""
+    gradients, both over the parameters outside the classification branch."""
     names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
     kept = [not name.startswith(CLASS_BRANCH) for name in names]
     parameters = [p for p, keep in zip(trainable_parameters(model), kept) if keep]
@@ -239,14 +243,9 @@ def mixture_inputs(model, batch: ImageBatch, val_batch: ImageBatch, seed: int) -
     count = batch.images.shape[0]
     flat = torch.cat([g.reshape(-1) for g, keep in zip(u, kept) if keep])
     stacked = torch.zeros(count, flat.numel())  # images x parameters: 384 x 0.8M floats, 1.2 GB
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
-    for rows in order.split(64):
-        part = batch.index(rows)
-        losses = detection_loss(model, part.images, part.targets(), HYPERGRADIENT_BN, reduction="none")
-        for row, loss in zip(rows.tolist(), losses):
-            grads = torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
-            stacked[row] = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                                      for g, p in zip(grads, parameters)])
+    for row, grads in per_image_gradients(model, batch, parameters, seed):
+        stacked[row] = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                                  for g, p in zip(grads, parameters)])
     cosines = stacked @ flat / (stacked.norm(dim=1) * u_norm).clamp_min(torch.finfo(flat.dtype).tiny)
     return cosines, stacked @ stacked.T
 
