@@ -294,7 +294,7 @@ def test_the_mixture_alignment_is_the_cosine_of_psis_mean_unit_gradient_between_
     (-expected).backward()
     gradient, found = _mixture_gradient(logits, gradients, u, class_ids * bins + image_bins, scenes)
     torch.testing.assert_close(gradient, logits.grad)
-    assert found["mixture_cosine"] == pytest.approx(float(expected))
+    assert found["mixture_cosine"] == pytest.approx(float(expected.detach()))
     assert found["mixture_norm"] == pytest.approx(float(norm_sq.sqrt()))
     assert not found["mixture_fallback"]
 
