@@ -61,11 +61,15 @@ from detector.datasets import LabelledSet  # noqa: E402
 from detector.losses import detection_loss, per_image_gradient_dot, trainable_parameters  # noqa: E402
 from detector.model import DetectorConfig, build_detector  # noqa: E402
 from detector.targets import ImageBatch  # noqa: E402
-from optimizer.baselines import initial_psi, psi_config  # noqa: E402
+from optimizer.baselines import azimuth_total_variation, initial_psi, psi_config  # noqa: E402
 from optimizer.checkpoint import load_checkpoint  # noqa: E402
 from optimizer.config import OptimizeConfig  # noqa: E402
-from optimizer.baselines import azimuth_total_variation  # noqa: E402
-from optimizer.estimators import mixture_alignment_gradient, mixture_cell_sums, per_sample_gradient_norms  # noqa: E402
+from optimizer.estimators import (  # noqa: E402
+    mixture_alignment_gradient,
+    mixture_cell_sums,
+    per_sample_flat_gradients,
+    per_sample_gradient_norms,
+)
 from optimizer.hypergradient import dot  # noqa: E402
 from optimizer.loop import (  # noqa: E402
     HYPERGRADIENT_BN,
@@ -194,15 +198,12 @@ def layer_group(name: str) -> str | None:
     return next((group for group, prefixes in LAYER_GROUPS.items() if name.startswith(prefixes)), None)
 
 
-def per_image_gradients(model, batch: ImageBatch, parameters: list[torch.Tensor], seed: int):
-    """(row, its loss gradient w.r.t. ``parameters``; None where unused) for every image, one
-    backward pass each, in chunks of 64 that mix groups (as in rewards())."""
+def mixed_chunk_losses(model, batch: ImageBatch, seed: int):
+    """(rows, their per-image losses) in chunks of 64 that mix groups (as in rewards())."""
     order = torch.randperm(batch.images.shape[0], generator=torch.Generator().manual_seed(seed))
     for rows in order.split(64):
         part = batch.index(rows)
-        losses = detection_loss(model, part.images, part.targets(), HYPERGRADIENT_BN, reduction="none")
-        for row, loss in zip(rows.tolist(), losses):
-            yield row, torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
+        yield rows, detection_loss(model, part.images, part.targets(), HYPERGRADIENT_BN, reduction="none")
 
 
 def layer_group_rewards(model, batch: ImageBatch, val_gradient: list[torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
@@ -216,11 +217,13 @@ def layer_group_rewards(model, batch: ImageBatch, val_gradient: list[torch.Tenso
     norms = {group: torch.zeros(count) for group in LAYER_GROUPS}
     val_norms = {group: sum(float((v * v).sum()) for v, m in zip(val_gradient, member) if m == group) ** 0.5
                  for group in LAYER_GROUPS}
-    for row, grads in per_image_gradients(model, batch, parameters, seed):
-        for g, v, group in zip(grads, val_gradient, member):
-            if g is not None and group is not None:
-                dots[group][row] += float((g * v).sum())
-                norms[group][row] += float((g * g).sum())
+    for rows, losses in mixed_chunk_losses(model, batch, seed):
+        for row, loss in zip(rows.tolist(), losses):
+            grads = torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
+            for g, v, group in zip(grads, val_gradient, member):
+                if g is not None and group is not None:
+                    dots[group][row] += float((g * v).sum())
+                    norms[group][row] += float((g * g).sum())
     found = {}
     for group in LAYER_GROUPS:
         found[f"{group}_dot"] = dots[group]
@@ -228,14 +231,11 @@ def layer_group_rewards(model, batch: ImageBatch, val_gradient: list[torch.Tenso
     return found
 
 
-CLASS_BRANCH = "model.22.cv3."
-
-
 def mixture_inputs(model, batch: ImageBatch, val_batch: ImageBatch, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each image's cosine to the validation gradient and the Gram matrix of the images' loss
     gradients, both over the parameters outside the classification branch."""
     names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
-    kept = [not name.startswith(CLASS_BRANCH) for name in names]
+    kept = [layer_group(name) != "class_head" for name in names]
     parameters = [p for p, keep in zip(trainable_parameters(model), kept) if keep]
     _, val_gradient = validation_loss_and_gradient(model, val_batch, 64, True)
     u = [g if keep else torch.zeros_like(g) for g, keep in zip(val_gradient, kept)]
@@ -243,9 +243,8 @@ def mixture_inputs(model, batch: ImageBatch, val_batch: ImageBatch, seed: int) -
     count = batch.images.shape[0]
     flat = torch.cat([g.reshape(-1) for g, keep in zip(u, kept) if keep])
     stacked = torch.zeros(count, flat.numel())  # images x parameters: 384 x 0.8M floats, 1.2 GB
-    for row, grads in per_image_gradients(model, batch, parameters, seed):
-        stacked[row] = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                                  for g, p in zip(grads, parameters)])
+    for rows, losses in mixed_chunk_losses(model, batch, seed):
+        stacked[rows] = per_sample_flat_gradients(losses, parameters)
     cosines = stacked @ flat / (stacked.norm(dim=1) * u_norm).clamp_min(torch.finfo(flat.dtype).tiny)
     return cosines, stacked @ stacked.T
 

@@ -90,20 +90,25 @@ def per_sample_gradient_norms(losses: Float[Tensor, "N"], params: Sequence[Tenso
     return torch.stack(norms).detach()
 
 
-def per_sample_gradient_gram(losses: Float[Tensor, "N"], params: Sequence[Tensor]) -> Float[Tensor, "N N"]:
-    """``G[i, j] = dl_i/dparams . dl_j/dparams`` (one backward pass per sample, graph retained;
-    the flattened gradients are held until the end, N times the parameters' size): the
-    ``mixture`` alignment's overlaps between images. Its diagonal's square root is
-    :func:`per_sample_gradient_norms`. Detached."""
+def per_sample_flat_gradients(losses: Float[Tensor, "N"], params: Sequence[Tensor]) -> Float[Tensor, "N P"]:
+    """Row i: ``dl_i/dparams`` flattened, zeros for parameters the loss does not use (one
+    backward pass per sample, graph retained; N times the parameters' size). Detached."""
     if losses.dim() != 1:
-        raise OptimizerError(f"per_sample_gradient_gram: losses must be one per sample (N,), got shape {tuple(losses.shape)}")
+        raise OptimizerError(f"per_sample_flat_gradients: losses must be one per sample (N,), got shape {tuple(losses.shape)}")
     params = list(params)
     flat = []
     for loss in losses:
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
         flat.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).detach()
                                for g, p in zip(grads, params)]))
-    stacked = torch.stack(flat)
+    return torch.stack(flat)
+
+
+def per_sample_gradient_gram(losses: Float[Tensor, "N"], params: Sequence[Tensor]) -> Float[Tensor, "N N"]:
+    """``G[i, j] = dl_i/dparams . dl_j/dparams`` from :func:`per_sample_flat_gradients`: the
+    ``mixture`` alignment's overlaps between images. Its diagonal's square root is
+    :func:`per_sample_gradient_norms`. Detached."""
+    stacked = per_sample_flat_gradients(losses, params)
     return stacked @ stacked.T
 
 
