@@ -3,7 +3,7 @@
 One file, ``out_dir/checkpoint.pt``, rewritten after every outer iteration: the job config it
 belongs to, the number of iterations done, psi (``state_dict``, which includes the temperature
 schedule), psi's Adam state, the detector's weights and BatchNorm statistics, the inner
-optimiser's state, the reward baseline and the mixture alignment's running sums, the random-search incumbent, the torch RNG state and
+optimiser's state, the reward baseline, the mixture alignment's running sums and the appearance objective's sums, the random-search incumbent, the torch RNG state and
 the history. It is written to a temporary file in the same folder and renamed over the old one,
 so a crash leaves either the previous checkpoint or the new one, never a torn file.
 """
@@ -41,6 +41,9 @@ class LoopState:
     """optimizer.estimators.MovingAverageBaseline fields."""
     mixture: dict | None = None
     """optimizer.estimators.MixtureStatistics fields (the 'mixture' alignment's running sums)."""
+    appearance: dict | None = None
+    """optimizer.appearance.AppearanceStatistics fields (the 'appearance' objective's sums; None
+    for other objectives)."""
     best: dict | None = None
     """Random search: the incumbent ({"psi": state_dict, "score": val loss, "iteration": t})."""
     val_loss_start: float | None = None

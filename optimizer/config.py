@@ -18,7 +18,7 @@ InverseHessian = Literal["identity", "neumann", "cg"]
 Stage = Literal["setup", "outer", "final-render", "final-train", "evaluate", "report", "done"]
 InnerOptimizer = Literal["sgd", "adamw"]
 AlignmentNormalisation = Literal["none", "standardise", "cosine"]
-AlignmentObjective = Literal["mean", "mixture"]
+AlignmentObjective = Literal["mean", "mixture", "appearance"]
 SearchMetric = Literal["map50_95", "val_loss"]
 FinalInit = Literal["initial", "warmup"]
 
@@ -94,7 +94,11 @@ class OptimizeConfig:
     of u are drawn together. Its per-bin means and overlaps are running means over the
     iterations (optimizer.estimators.MixtureStatistics, decay baseline_decay): a dozen scenes
     estimate them too noisily. ``mixture`` keeps every image's gradient for the iteration
-    (images_per_iteration times the detector's size)."""
+    (images_per_iteration times the detector's size). ``appearance`` (any normalisation) uses
+    no detector gradient for the bins: they descend the maximum mean discrepancy between the
+    crops of psi's objects and those of the validation objects of their class
+    (optimizer.appearance; README, finding 26), summed over every iteration so far; the other
+    score-function parts keep the mean per-image alignment."""
     baseline_decay: float = 0.9
     """Decay of the moving-average reward baseline (score-function estimator, REINFORCE) and of
     the ``mixture`` alignment's running means."""

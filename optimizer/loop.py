@@ -17,7 +17,9 @@ One outer iteration ``t`` (every method goes through it; see :mod:`optimizer.bas
    loop detector then trains on the images resampled in proportion to psi's bin probabilities.
    With ``enumerate_bins`` the score function's azimuth part renders its scenes at every bin
    the same way and takes the exact expectation of the bins' mean per-image rewards; the loop
-   detector trains on the resample too.
+   detector trains on the resample too. With ``alignment_objective="appearance"`` the bins
+   instead descend the MMD between the crops of psi's objects and the validation objects'
+   (:mod:`optimizer.appearance`), which needs no detector gradient.
    Then an Adam step on psi with an entropy bonus on the azimuth bins (against collapse onto
    one bin), after scaling the outer gradient to unit norm, and a temperature-schedule step;
 3. fine-tune a detector on the images (``BatchNormMode.UPDATE``, plain training): the loop
@@ -72,6 +74,7 @@ from detector.losses import (
 from detector.model import DetectorConfig, build_detector, load_detector, save_detector
 from detector.targets import ImageBatch, UltralyticsTargets
 from detector.train import FinetuneState, finetune, train_on_dataset
+from optimizer.appearance import AppearanceStatistics, crop_bandwidth, object_crops
 from optimizer.baselines import azimuth_total_variation, initial_psi, psi_config, random_candidate
 from optimizer.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from optimizer.config import (
@@ -231,6 +234,8 @@ def validate_config(config: OptimizeConfig) -> None:
         if config.images_per_iteration % bins:
             fail("images_per_iteration", f"enumerate_bins renders every scene at each of the {bins} azimuth bins, so it "
                                          f"must be a multiple of {bins}, got {config.images_per_iteration}")
+    if config.alignment_objective == "appearance" and not config.enumerate_bins:
+        fail("alignment_objective", "'appearance' compares every scene's views at every bin, so it needs enumerate_bins")
     if config.alignment_objective == "mixture" and not (config.enumerate_bins and config.alignment_normalisation == "cosine"):
         fail("alignment_objective", f"'mixture' weighs every scene's views by psi, so it needs enumerate_bins and "
                                     f"alignment_normalisation 'cosine', got enumerate_bins={config.enumerate_bins} "
@@ -438,6 +443,11 @@ class _Loop:
         self.alignment_kept = self.parameters_aligned()
         if self.every_bin:
             self.pose_group = self.psi_config.azimuth_bins  # scenes that share all but the azimuth, one per bin
+        self.by_appearance = self.enumerate_bins and config.alignment_objective == "appearance"
+        if self.by_appearance:
+            self.val_crops, rows, slots = object_crops(self.val_batch.images, self.val_batch.boxes, self.val_batch.keep)
+            self.val_crop_classes = self.val_batch.classes[rows, slots]
+            self.appearance_bandwidth = crop_bandwidth(self.val_crops)  # fails here, before any work
 
     # ------------------------------------------------------------------ setup and resume
 
@@ -453,6 +463,7 @@ class _Loop:
         self.finetune_state = FinetuneState(optimizer={})
         self.baseline = MovingAverageBaseline(decay=config.baseline_decay)
         self.mixture = MixtureStatistics(decay=config.baseline_decay)
+        self.appearance = self.new_appearance_statistics()
         self.best: dict | None = None
         self.history: list[dict] = []
         self.images_rendered = 0
@@ -522,6 +533,7 @@ class _Loop:
             finetune=asdict(self.finetune_state),
             baseline=asdict(self.baseline),
             mixture={k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in asdict(self.mixture).items()},
+            appearance=asdict(self.appearance) if self.appearance is not None else None,
             best=self.best,
             val_loss_start=val_loss_start,
             torch_rng=torch.get_rng_state(),
@@ -545,6 +557,7 @@ class _Loop:
         self.finetune_state = FinetuneState(**state.finetune)
         self.baseline = MovingAverageBaseline(**state.baseline)
         self.mixture = MixtureStatistics(**state.mixture) if state.mixture else MixtureStatistics(decay=self.config.baseline_decay)
+        self.appearance = AppearanceStatistics(**state.appearance) if state.appearance else self.new_appearance_statistics()
         self.best = state.best
         self.history = list(state.history)
         self.images_rendered = self.history[-1]["images_rendered"] if self.history else self.warmup_images()
@@ -586,21 +599,41 @@ class _Loop:
             return None
         return evaluate(model, self.val_set, self.config.image_size, progress=False)
 
+    def new_appearance_statistics(self) -> AppearanceStatistics | None:
+        return AppearanceStatistics(bandwidth=self.appearance_bandwidth) if self.by_appearance else None
+
+    def appearance_gradient(self, batch: ImageBatch, noise: PsiNoise) -> dict:
+        """alignment_objective 'appearance': add this batch's crops to the statistics and put
+        the MMD's derivative into the bin logits' .grad; returns diagnostics."""
+        crops, rows, slots = object_crops(batch.images, batch.boxes, batch.keep)
+        logits = self.psi.azimuth_logits
+        self.appearance.update(crops, batch.classes[rows, slots], noise.azimuth_bin[rows, slots],
+                               torch.div(rows, self.pose_group, rounding_mode="floor"))
+        gradient, found = self.appearance.gradient(logits, self.val_crops, self.val_crop_classes)
+        logits.grad = gradient if logits.grad is None else logits.grad + gradient
+        return found
+
     def outer_step_direction(self, batch: ImageBatch, noise: PsiNoise, iteration: int) -> tuple[float, dict]:
         """Neural-sim: accumulate the estimated dL_val/dpsi into psi's .grad; returns the
         validation loss and diagnostics."""
         config = self.config
         model = self.detector
+        pathwise, score = (parts & self.learnable for parts in estimator_parts(config.estimator))
+        diagnostics: dict = {}
+        if self.by_appearance:
+            diagnostics.update(self.appearance_gradient(batch, noise))
+            score = score - {"azimuth"}
+            if not (pathwise or score):  # nothing else learns: no detector gradient is needed
+                return self.val_loss(model, iteration), diagnostics
         parameters = trainable_parameters(model)
         val_loss, val_grad = validation_loss_and_gradient(model, self.val_batch, config.val_batch_size, True)
         _check_finite(val_loss, "the validation loss", iteration, "the detector diverged")
         targets = batch.targets()
         images = batch.images.detach().requires_grad_(True)
         u, train_grad, fell_back = inverse_hessian_direction(config, model, images, targets, val_grad)
-        diagnostics: dict = {"inverse_hessian_fallback": fell_back}
+        diagnostics["inverse_hessian_fallback"] = fell_back
         _check_finite(torch.cat([x.reshape(-1) for x in u]), "the inverse-Hessian-vector product", iteration,
                       "raise damping, or use 'cg' or a smaller neumann_scale")
-        pathwise, score = (parts & self.learnable for parts in estimator_parts(config.estimator))
         if pathwise:
             # -d/dx [u . dL_train/dtheta], then through the renderer chunk by chunk, so that the
             # renderer's graph never holds more than one chunk.
@@ -636,7 +669,7 @@ class _Loop:
                 )
             else:
                 rewards = alignment_rewards(alignment, u, config.alignment_normalisation, norms)
-            if self.enumerate_bins:
+            if self.enumerate_bins and not self.by_appearance:
                 logits = self.psi.azimuth_logits
                 if gram is not None:
                     scenes = torch.div(torch.arange(noise.batch_size), self.pose_group, rounding_mode="floor")

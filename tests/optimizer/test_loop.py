@@ -373,6 +373,33 @@ def test_the_mixture_alignment_objective_steps_psi_from_the_same_rewards_another
             _run(bad, val_set, tmp_path / "bad")
 
 
+def test_the_appearance_objective_moves_the_bins_toward_the_validation_objects_without_detector_gradients(
+    tmp_path: Path, val_set: LabelledSet
+) -> None:
+    """alignment_objective='appearance': the bins descend the crops' MMD to the validation
+    objects (the faced box's target bins 1-2, SHIFTED_AZIMUTH), psi gets closer to the target,
+    no per-image alignment is computed when nothing else learns (with the distance learnable
+    too it is, for the distance); the crops are checkpointed (resume equals the uninterrupted
+    run); without enumerate_bins it fails, naming the setting."""
+    settings = dict(learnable=["azimuth"], enumerate_bins=True, images_per_iteration=16, outer_iterations=4,
+                    alignment_objective="appearance", psi_learning_rate=0.3, sample_images=0, val_map_every=0)
+    config = tiny_config(**settings)
+    whole = _run(config, val_set, tmp_path / "whole")
+    first, last = whole.history[0], whole.history[-1]
+    assert first["appearance_classes"] == 1 and "alignment_mean" not in first
+    assert last["azimuth_tv"] < first["azimuth_tv"] - 0.1, [r["azimuth_tv"] for r in whole.history]
+    asked = []
+    stopped = _run(config, val_set, tmp_path / "split", should_stop=lambda: asked.append(True) or len(asked) == 3)
+    assert stopped.iterations_done == 2 and load_checkpoint(tmp_path / "split").appearance["crops"].shape[0] == 32
+    resumed = _run(config, val_set, tmp_path / "split")
+    assert resumed.history[-1]["psi"] == whole.history[-1]["psi"]
+    with_distance = _run(replace(config, learnable=["azimuth", "distance"], outer_iterations=1), val_set,
+                         tmp_path / "distance").history[0]
+    assert "alignment_mean" in with_distance and with_distance["appearance_mmd"] == first["appearance_mmd"]
+    with pytest.raises(OptimizerError, match="alignment_objective: 'appearance' .* needs enumerate_bins"):
+        _run(tiny_config(alignment_objective="appearance"), val_set, tmp_path / "bad")
+
+
 def test_alignment_ignores_leaves_those_parameters_out_of_the_per_image_rewards(
     tmp_path: Path, val_set: LabelledSet
 ) -> None:
