@@ -32,6 +32,13 @@ images that mix groups), as in the loop.
 
     python benchmarks/alignment.py [--warmup 60 200] [--groups 48] [--cosine]
 
+``--appearance`` asks the same of the ``appearance`` objective (optimizer.appearance), which
+needs no gradient: per image its crop's mean kernel to the validation crops of its class
+(``appearance_similarity``), and the bins that minimise the crops' MMD to the validation crops
+(from all scenes and from each half), with their TV to the target; and, for comparison, the
+same for the detector's box-pooled features (the Detect head's three inputs, 2x2 roi_align per
+level): ``feature_similarity``.
+
 ``--inverse-hessian cg`` (or ``neumann``) measures the same with u = (H + damping)^-1 g_val
 as the loop computes it, instead of g_val itself.
 
@@ -54,13 +61,21 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO / ".yolo"))
 
 import torch  # noqa: E402
+from torchvision.ops import roi_align  # noqa: E402
 
 from benchmarks.assets import QUICK_BUDGET, SHIFT_OBJECTS, load_assets  # noqa: E402
 from benchmarks.shift import BACKGROUNDS, QUICK, SHIFTS, run_config, target_sets  # noqa: E402
 from detector.datasets import LabelledSet  # noqa: E402
-from detector.losses import detection_loss, per_image_gradient_dot, trainable_parameters  # noqa: E402
+from detector.losses import (  # noqa: E402
+    BatchNormMode,
+    batch_norm_mode,
+    detection_loss,
+    per_image_gradient_dot,
+    trainable_parameters,
+)
 from detector.model import DetectorConfig, build_detector  # noqa: E402
 from detector.targets import ImageBatch  # noqa: E402
+from optimizer.appearance import AppearanceStatistics, crop_bandwidth, gaussian_kernel, object_crops  # noqa: E402
 from optimizer.baselines import azimuth_total_variation, initial_psi, psi_config  # noqa: E402
 from optimizer.checkpoint import load_checkpoint  # noqa: E402
 from optimizer.config import OptimizeConfig  # noqa: E402
@@ -93,11 +108,12 @@ def pose_setting(seed: int, budget) -> tuple[SceneRenderer, LabelledSet, Labelle
     return renderer, val_set, test_set, run_config("pose", "neural-sim-both", seed, budget)
 
 
-def warmed_up_detector(config, renderer, val_set, warmup: int):
-    """The loop's detector after ``warmup`` steps on uniform psi (its checkpoint's weights)."""
+def warmed_up_detector(config, renderer, val_set, warmup: int, warmup_cache: Path | None = None):
+    """The loop's detector after ``warmup`` steps on uniform psi (its checkpoint's weights);
+    from ``warmup_cache`` (as run_loop keeps it) when that holds the same warm-up."""
     config = dataclasses.replace(config, warmup_steps=warmup, outer_iterations=0, final_images=0)
     with tempfile.TemporaryDirectory() as folder:
-        run_loop(config, renderer, list(SHIFT_OBJECTS), val_set, None, Path(folder))
+        run_loop(config, renderer, list(SHIFT_OBJECTS), val_set, None, Path(folder), warmup_cache=warmup_cache)
         state = load_checkpoint(Path(folder))
     model = build_detector(DetectorConfig(arch=config.detector, class_names=list(SHIFT_OBJECTS),
                                           image_size=config.image_size, seed=config.seed))
@@ -287,6 +303,62 @@ def mixture_report(cosines: torch.Tensor, gram: torch.Tensor, groups: int) -> di
     return report
 
 
+def box_features(model, batch: ImageBatch) -> torch.Tensor:
+    """[B, D] the detector's features of each image's first object: the Detect head's inputs
+    roi-aligned to its box (2x2 per level), each level at unit length, BatchNorm with running
+    statistics (so that an image's features do not depend on its batch)."""
+    captured = []
+    handle = model.model[-1].register_forward_pre_hook(lambda module, inputs: captured.append(inputs[0]))
+    first = batch.keep.float().argmax(1)
+    rows = torch.arange(batch.images.shape[0])
+    boxes = torch.cat([rows[:, None].float(), batch.boxes[rows, first].float()], 1)
+    levels = []
+    try:
+        with torch.no_grad(), batch_norm_mode(model, BatchNormMode.RUNNING):
+            for chunk in rows.split(64):
+                captured.clear()
+                model(batch.images[chunk])
+                part = boxes[chunk].clone()
+                part[:, 0] -= int(chunk[0])
+                levels.append(torch.cat([
+                    torch.nn.functional.normalize(roi_align(level, part, 2, spatial_scale=1.0 / float(stride),
+                                                            sampling_ratio=2, aligned=True).flatten(1), dim=1)
+                    for level, stride in zip(captured[0], model.stride)], 1))
+    finally:
+        handle.remove()
+    return torch.cat(levels) / len(model.stride) ** 0.5
+
+
+def appearance_report(features: torch.Tensor, classes: torch.Tensor, val_features: torch.Tensor,
+                      val_classes: torch.Tensor, groups: int) -> tuple[torch.Tensor, dict]:
+    """Each image's mean kernel to its class's validation objects (the bandwidth as the
+    'appearance' objective sets it), and the bins, shared by the classes, that minimise the
+    objective's MMD from all scenes and from each half of them."""
+    bins = torch.arange(BINS).repeat(groups)
+    scenes = torch.arange(groups).repeat_interleave(BINS)
+    bandwidth = crop_bandwidth(val_features)
+    same_class = (classes[:, None] == val_classes[None, :]).float()
+    similarity = (gaussian_kernel(features, val_features, bandwidth) * same_class).sum(1) / same_class.sum(1).clamp_min(1)
+    target = TARGET_BINS.float() / TARGET_BINS.sum()
+    shape = (len(SHIFT_OBJECTS), BINS)
+    report = {"bandwidth": bandwidth}
+    everything = torch.arange(groups * BINS)
+    for name, rows in (("all", everything), ("first_half", everything[scenes < groups // 2]),
+                       ("second_half", everything[scenes >= groups // 2])):
+        statistics = AppearanceStatistics(bandwidth=bandwidth)
+        statistics.update(features[rows], classes[rows], bins[rows], scenes[rows])
+        shared = torch.zeros(BINS, requires_grad=True)  # one distribution for every class, as in the shift benchmark
+        optimiser = torch.optim.Adam([shared], lr=0.05)
+        for _ in range(2000):
+            gradient, found = statistics.gradient(shared.detach().expand(shape), val_features, val_classes)
+            shared.grad = gradient.sum(0)
+            optimiser.step()
+        probs = shared.detach().softmax(0)
+        report[f"best_{name}"] = {"probs": [round(float(x), 3) for x in probs],
+                                  "tv": azimuth_total_variation(probs, target), "mmd": found["appearance_mmd"]}
+    return similarity, report
+
+
 def summary(values: torch.Tensor, classes: torch.Tensor) -> dict:
     by_group = values.reshape(-1, BINS)
     centred = by_group - by_group.mean(1, keepdim=True)
@@ -318,6 +390,11 @@ def main() -> None:
                         help="also the dot and cosine over each of LAYER_GROUPS' parameters only")
     parser.add_argument("--mixture", action="store_true",
                         help="also the mixture alignment objective's values and maximiser over the bins")
+    parser.add_argument("--appearance", action="store_true",
+                        help="also the appearance objective's per-image similarity and MMD minimiser (and the "
+                             "same for the detector's box-pooled features)")
+    parser.add_argument("--warmup-cache", type=Path, default=None,
+                        help="a run_loop warm-up cache (the shift benchmark's: results/shift/<mode>/warmups/<assets>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -329,7 +406,7 @@ def main() -> None:
     results = {}
     for warmup in args.warmup:
         began = time.perf_counter()
-        model = warmed_up_detector(config, renderer, val_set, warmup)
+        model = warmed_up_detector(config, renderer, val_set, warmup, args.warmup_cache)
         for method in args.inverse_hessian:
             found = rewards(model, config, batch, val_batch, args.cosine, args.class_matched, args.class_balanced,
                             method, args.seed)
@@ -345,6 +422,17 @@ def main() -> None:
                     best = report[f"best_{name}"]
                     print(f"  maximiser ({name} scenes): probs {best['probs']}, TV to the target {best['tv']:.3f}, "
                           f"objective {best['objective']:.4f}", flush=True)
+            if args.appearance and method == "identity":
+                for name, extract in (("appearance", lambda b: object_crops(b.images, b.boxes, b.keep)[0]),
+                                      ("feature", lambda b: box_features(model, b))):
+                    similarity, report = appearance_report(extract(batch), classes, extract(val_batch),
+                                                           val_batch.classes[:, 0], args.groups)
+                    found[f"{name}_similarity"] = similarity
+                    print(f"warm-up {warmup} steps, {name} MMD (bandwidth {report['bandwidth']:.3f}):", flush=True)
+                    for half in ("all", "first_half", "second_half"):
+                        best = report[f"best_{half}"]
+                        print(f"  minimiser ({half} scenes): probs {best['probs']}, TV to the target "
+                              f"{best['tv']:.3f}, MMD {best['mmd']:.4f}", flush=True)
             print(f"warm-up {warmup} steps, u by {method} ({time.perf_counter() - began:.0f} s), "
                   f"{args.groups} groups x {BINS} bins:")
             for name, values in found.items():

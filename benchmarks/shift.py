@@ -15,7 +15,9 @@ initial value), oracle (psi = the target's distribution), neural-sim with each e
 (pathwise, score, both; on the pose shift also lookahead, and both with the azimuth bins
 enumerated, with and without the classification branch left out of the alignment: enumerate,
 enumerate-box, box; enumerate-box-mixture ascends the cosine between u and psi's mean unit
-gradient instead of the mean per-image cosine), REINFORCE on the validation mAP, random search. The learning methods
+gradient instead of the mean per-image cosine; appearance moves the bins by no detector
+gradient at all, matching the crops of psi's objects to the validation objects' (optimizer.appearance)),
+REINFORCE on the validation mAP, random search. The learning methods
 learn one distribution shared by all classes (the shifts are the same for every object).
 
 The final stage is the same for every method: its final detector starts from the detector the
@@ -183,12 +185,15 @@ METHODS = {
     "neural-sim-box": {"method": "neural-sim", "estimator": "both", "alignment_ignores": ["model.22.cv3"]},
     "neural-sim-enumerate-box-mixture": {"method": "neural-sim", "estimator": "both", "enumerate_bins": True,
                                          "alignment_ignores": ["model.22.cv3"], "alignment_objective": "mixture"},
+    "neural-sim-appearance": {"method": "neural-sim", "estimator": "both", "enumerate_bins": True,
+                              "alignment_objective": "appearance"},
     "reinforce": {"method": "reinforce"},
     "random-search": {"method": "random-search"},
 }
 ONLY_FOR = {
     "neural-sim-lookahead": {"pose"}, "neural-sim-enumerate": {"pose"}, "neural-sim-enumerate-box": {"pose"},
-    "neural-sim-box": {"pose"}, "neural-sim-enumerate-box-mixture": {"pose"}, "neural-sim-score": {"lighting"}, "neural-sim-pathwise": {"pose", "zoom"},
+    "neural-sim-box": {"pose"}, "neural-sim-enumerate-box-mixture": {"pose"},
+    "neural-sim-appearance": {"pose"}, "neural-sim-score": {"lighting"}, "neural-sim-pathwise": {"pose", "zoom"},
 }
 """Methods run on some shifts only. lookahead learns only the azimuth bins; its reward is the
 validation loss: after the warm-up it ranks the bins as the validation mAP does, with far less
