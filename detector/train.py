@@ -155,12 +155,18 @@ def train_on_dataset(
         "verbose": progress,
         **trainer_overrides,
     }
-    with _ultralytics_logging(progress):
-        trainer = _LocalDetectionTrainer(overrides=arguments)
-        for event, functions in (callbacks or {}).items():
-            for function in functions:
-                trainer.add_callback(event, function)
-        trainer.train()
+    threads = torch.get_num_threads()
+    try:
+        with _ultralytics_logging(progress):
+            trainer = _LocalDetectionTrainer(overrides=arguments)
+            for event, functions in (callbacks or {}).items():
+                for function in functions:
+                    trainer.add_callback(event, function)
+            trainer.train()
+    finally:
+        # Ultralytics' select_device sets the process's torch threads to cpu_count - 1 for good:
+        # everything after a final training (the next run, its warm-up cache key) would change.
+        torch.set_num_threads(threads)
     return Path(trainer.best) if Path(trainer.best).is_file() else Path(trainer.last)
 
 

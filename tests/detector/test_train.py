@@ -1,4 +1,5 @@
 import copy
+import os
 
 import pytest
 import torch
@@ -83,18 +84,25 @@ def test_ultralytics_trainer_runs_offline_and_returns_a_loadable_checkpoint(tmp_
     config = DetectorConfig(arch="yolov8n-cpu", class_names=CLASS_NAMES, image_size=SIZE)
 
     batches_seen = []
-
-    best = train_on_dataset(
-        config,
-        data,
-        epochs=1,
-        image_size=SIZE,
-        out_dir=tmp_path / "run",
-        batch_size=8,
-        progress=False,
-        callbacks={"on_train_batch_end": [lambda trainer: batches_seen.append(trainer.epoch)]},
-        plots=False,
-    )
+    threads = torch.get_num_threads()
+    # Ultralytics' select_device sets torch's threads to cpu_count - 1: train_on_dataset puts
+    # back whatever the caller had.
+    torch.set_num_threads((os.cpu_count() or 1) + 1)
+    try:
+        best = train_on_dataset(
+            config,
+            data,
+            epochs=1,
+            image_size=SIZE,
+            out_dir=tmp_path / "run",
+            batch_size=8,
+            progress=False,
+            callbacks={"on_train_batch_end": [lambda trainer: batches_seen.append(trainer.epoch)]},
+            plots=False,
+        )
+        assert torch.get_num_threads() == (os.cpu_count() or 1) + 1
+    finally:
+        torch.set_num_threads(threads)
 
     assert best.is_file() and best.parent == tmp_path / "run" / "train" / "weights"
     assert (tmp_path / "run" / "train" / "results.csv").is_file()
