@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
-from optimizer.dataset import image_meta
+from optimizer.dataset import image_meta, render_dataset
+from optimizer.psi import Psi, PsiConfig
 from renderer.scene_types import SceneParams
 from tests.optimizer.scenes import faced_box_renderer
 
@@ -23,3 +25,15 @@ def test_image_meta_records_pose_lighting_and_appearance_per_object(appearance_i
     assert meta["azimuth_deg"] == pytest.approx([30.0, 300.0], abs=1e-3)
     assert meta["distance"] == pytest.approx([0.4, 0.5])
     assert meta["appearance_id"] == (appearance_ids[0] if appearance_ids else [-1, -1])
+
+
+def test_render_dataset_with_strata_holds_each_stratum_in_equal_shares(tmp_path) -> None:
+    config = PsiConfig(num_classes=1, plain_background=True)
+    strata = [Psi.from_target(config, azimuth_bin_probs=[float(k == b) for k in range(8)]) for b in (2, 3)]
+    out = render_dataset(faced_box_renderer(8), strata, 7, 16, tmp_path / "stratified", ["box"], progress=False)
+    images = json.loads((out / "annotations.json").read_text())["images"]
+    azimuths = [a for image in images for a in image["meta"]["azimuth_deg"]]
+    # 7 images: 4 from the first stratum (bin 2: 90-135 degrees), 3 from the second (135-180).
+    assert [int(a // 45) for a in azimuths] == [2, 2, 2, 2, 3, 3, 3]
+    with pytest.raises(ValueError, match="empty"):
+        render_dataset(faced_box_renderer(8), [], 1, 16, tmp_path / "none", ["box"], progress=False)
