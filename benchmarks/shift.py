@@ -45,8 +45,9 @@ same folder) is reused, so the runs can be split over processes (--shifts, --met
 and gathered into one table by a last call with everything.
 
 --quick: the pose shift only, one seed, uniform / oracle / neural-sim (--headline estimator) /
-REINFORCE, a smaller budget; 12.1 minutes measured on 2 CPU cores (README) once the quick assets
-are cached (building them takes about 6 minutes more, once): the four runs share one warm-up.
+REINFORCE, a smaller budget; 14.9 minutes measured on 2 CPU cores with one thread (README) once
+the quick assets and target sets are cached (building them takes about 2 minutes more, once): the
+four runs share one warm-up.
 
 Writes benchmarks/results/shift/<mode>/: results.json, table.md, map.png, pose_histograms.png.
 Last line: ``pose_gap_closed=<x> pose_tv=<y>`` for neural-sim with the headline estimator.
@@ -365,7 +366,9 @@ def main() -> None:
                              "appearance, the one that meets the pose targets: README, finding 26)")
     parser.add_argument("--final-detectors", type=int, default=None,
                         help="final detectors trained per run, whose mean test mAP is the run's (default: the budget's)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: at 64 px a second thread hardly helps, and the quick mode "
+                             "took 14.9 min with 1 thread in session 10, 19.0 min with 2 in session 9 on another machine)")
     parser.add_argument("--progress", action="store_true", help="progress bars of every stage")
     parser.add_argument("--gather", action="store_true",
                         help="run no loop: tabulate the finished runs among those asked for")
