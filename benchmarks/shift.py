@@ -237,9 +237,9 @@ def target_sets(shift: str, budget: Budget, backgrounds: BackgroundSet) -> tuple
                            **{k: tuple(v) if isinstance(v, list) else v for k, v in BASE_PSI.items()})
     target = SHIFTS[shift]["target"]
     if shift in STRATIFIED:
-        bins = [k for k, p in enumerate(target["azimuth_bin_probs"]) if p > 0]
-        strata = [Psi.from_target(psi_config, **{**target, "azimuth_bin_probs": [float(k == b) for k in range(8)]})
-                  for b in bins]
+        probs = target["azimuth_bin_probs"]
+        strata = [Psi.from_target(psi_config, **{**target, "azimuth_bin_probs": [float(k == b) for k in range(len(probs))]})
+                  for b, p in enumerate(probs) if p > 0]
     else:
         strata = [Psi.from_target(psi_config, **target)]
     meshes = None

@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from detector.datasets import DatasetWriter
-from optimizer.psi import Psi
+from optimizer.psi import OptimizerError, Psi
 from renderer.scene_renderer import SceneRenderer
 from renderer.scene_types import RenderBatch, SceneParams
 
@@ -50,7 +50,7 @@ def render_dataset(
     drawn from two azimuth bins held 42 / 58)."""
     strata = [psi] if isinstance(psi, Psi) else list(psi)
     if not strata:
-        raise ValueError("render_dataset: psi is an empty sequence")
+        raise OptimizerError("render_dataset: psi is an empty sequence")
     generator = torch.Generator().manual_seed(seed)
     bar = tqdm(total=num_images, desc="render dataset", unit="img", disable=not progress)
     with DatasetWriter(Path(out_dir), class_names) as writer:

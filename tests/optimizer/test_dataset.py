@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from optimizer.dataset import image_meta, render_dataset
-from optimizer.psi import Psi, PsiConfig
+from optimizer.psi import OptimizerError, Psi, PsiConfig
 from renderer.scene_types import SceneParams
 from tests.optimizer.scenes import faced_box_renderer
 
@@ -35,5 +35,5 @@ def test_render_dataset_with_strata_holds_each_stratum_in_equal_shares(tmp_path)
     azimuths = [a for image in images for a in image["meta"]["azimuth_deg"]]
     # 7 images: 4 from the first stratum (bin 2: 90-135 degrees), 3 from the second (135-180).
     assert [int(a // 45) for a in azimuths] == [2, 2, 2, 2, 3, 3, 3]
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(OptimizerError, match="psi is an empty sequence"):
         render_dataset(faced_box_renderer(8), [], 1, 16, tmp_path / "none", ["box"], progress=False)
