@@ -12,6 +12,7 @@ whose ``Image.open`` Ultralytics patches to pip-install a HEIF plugin on unknown
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from jaxtyping import Float, Int
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from ultralytics.data.utils import img2label_paths
 
@@ -36,6 +37,10 @@ BOX_TOLERANCE_PX = 1.0
 boxes within the tolerance are clipped to the image."""
 LETTERBOX_FILL = 114 / 255
 """Grey of the letterbox padding, as in Ultralytics."""
+MAX_IMAGE_PIXELS = 100_000_000
+"""Largest image read (width x height; 300 MB of RGB pixels): a 100 MP photo is still read."""
+HEADER_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+"""Image formats whose declared size is checked before decoding (IMAGE_SUFFIXES')."""
 
 
 @dataclass
@@ -81,13 +86,33 @@ def read_image(path: Path) -> Float[Tensor, "3 H W"]:
 
 
 def _decode(path: Path) -> np.ndarray:
-    """H x W x 3 RGB uint8 pixels of an image file."""
+    """H x W x 3 RGB uint8 pixels of an image file (its declared size checked first)."""
     if not path.is_file():
         raise DatasetError(f"{path}: missing image file")
-    bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
+    _check_declared_size(path)
+    try:
+        bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as error:  # OpenCV asserts on some malformed files instead of returning None
+        raise DatasetError(f"{path}: unreadable image ({str(error).strip().splitlines()[-1]})") from error
     if bgr is None:
         raise DatasetError(f"{path}: unreadable image (not a decodable image file)")
     return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def _check_declared_size(path: Path) -> None:
+    """Refuse an image whose header declares more than MAX_IMAGE_PIXELS, before decoding it
+    (a few bytes of PNG can declare 60000 x 60000). Pillow reads only the header here."""
+    try:
+        with Image.open(path, formats=HEADER_FORMATS) as image:
+            width, height = image.size
+    except UnidentifiedImageError:
+        return  # not a format read here: OpenCV decides
+    except Image.DecompressionBombError as error:  # Pillow's own limit, at twice its MAX_IMAGE_PIXELS
+        raise DatasetError(f"{path}: image over the limit of {MAX_IMAGE_PIXELS} pixels ({error})") from error
+    except (OSError, SyntaxError, ValueError) as error:  # a truncated or corrupt header
+        raise DatasetError(f"{path}: unreadable image header ({error})") from error
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DatasetError(f"{path}: image of {width}x{height} pixels is over the limit of {MAX_IMAGE_PIXELS} pixels")
 
 
 def letterbox(
@@ -137,33 +162,33 @@ def load_coco(json_path: Path, image_dir: Path | None = None) -> LabelledSet:
     if not coco["categories"]:
         raise DatasetError(f"{json_path}: no categories")
 
-    categories = sorted(coco["categories"], key=lambda c: _field(c, "id", json_path, "category"))
+    categories = sorted(coco["categories"], key=lambda c: _field(c, "id", json_path, "category", (int,)))
     _check_unique([c["id"] for c in categories], json_path, "category id")
-    _check_unique([_field(c, "name", json_path, "category") for c in categories], json_path, "category name")
+    _check_unique([_field(c, "name", json_path, "category", (int, str)) for c in categories], json_path, "category name")
     class_of_category = {c["id"]: index for index, c in enumerate(categories)}
-    _check_unique([_field(i, "id", json_path, "image") for i in coco["images"]], json_path, "image id")
-    _check_unique([_field(a, "id", json_path, "annotation") for a in coco["annotations"]], json_path, "annotation id")
+    _check_unique([_field(i, "id", json_path, "image", (int, str)) for i in coco["images"]], json_path, "image id")
+    _check_unique([_field(a, "id", json_path, "annotation", (int, str)) for a in coco["annotations"]], json_path, "annotation id")
 
     annotations_of: dict[int, list[dict]] = {image["id"]: [] for image in coco["images"]}
     for annotation in coco["annotations"]:
         where = f"{json_path}: annotation {annotation['id']}"
-        if _field(annotation, "image_id", json_path, "annotation") not in annotations_of:
+        if _field(annotation, "image_id", json_path, "annotation", (int, str)) not in annotations_of:
             raise DatasetError(f"{where}: unknown image id {annotation['image_id']}")
-        if _field(annotation, "category_id", json_path, "annotation") not in class_of_category:
+        if _field(annotation, "category_id", json_path, "annotation", (int, str)) not in class_of_category:
             raise DatasetError(f"{where}: unknown category {annotation['category_id']}")
         if not annotation.get("iscrowd", 0):
             annotations_of[annotation["image_id"]].append(annotation)
 
     images = []
     for entry in coco["images"]:
-        path = image_dir / _field(entry, "file_name", json_path, "image")
+        path = image_dir / _field(entry, "file_name", json_path, "image", (str,))
         width, height = _check_image_file(path, json_path)
         if (entry.get("width", width), entry.get("height", height)) != (width, height):
             raise DatasetError(
                 f"{json_path}: image {entry['id']} is {entry.get('width')}x{entry.get('height')} in the json "
                 f"but {path} is {width}x{height}"
             )
-        xywh = [_field(a, "bbox", json_path, "annotation") for a in annotations_of[entry["id"]]]
+        xywh = [_bbox(a, json_path) for a in annotations_of[entry["id"]]]
         boxes = torch.tensor(xywh, dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
         names = [f"{json_path}: annotation {a['id']} (image {path.name})" for a in annotations_of[entry["id"]]]
@@ -327,10 +352,26 @@ class DatasetWriter:
         write_dataset_card(self.out_dir, self.class_names, self._records)
 
 
-def _field(entry: dict, key: str, json_path: Path, kind: str):
+def _field(entry: dict, key: str, json_path: Path, kind: str, types: tuple[type, ...] = (object,)):
+    """``entry[key]``, which must be one of ``types`` (a bool is not an int here)."""
+    a = "an" if kind[0] in "aeiou" else "a"
     if not isinstance(entry, dict) or key not in entry:
-        raise DatasetError(f"{json_path}: a {kind} entry has no '{key}': {str(entry)[:200]}")
-    return entry[key]
+        raise DatasetError(f"{json_path}: {a} {kind} entry has no '{key}': {str(entry)[:200]}")
+    value = entry[key]
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types and object not in types):
+        raise DatasetError(f"{json_path}: {a} {kind} entry's '{key}' is {str(value)[:100]}, not "
+                           f"{' or '.join(t.__name__ for t in types)}: {str(entry)[:200]}")
+    return value
+
+
+def _bbox(annotation: dict, json_path: Path) -> list[float]:
+    """An annotation's ``[x, y, width, height]``: four finite numbers."""
+    box = _field(annotation, "bbox", json_path, "annotation", (list,))
+    if len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                for v in box):
+        raise DatasetError(f"{json_path}: annotation {annotation['id']}: bbox {str(box)[:100]} is not "
+                           "[x, y, width, height] (four finite numbers)")
+    return [float(v) for v in box]
 
 
 def _check_unique(values: list, json_path: Path, what: str) -> None:

@@ -68,10 +68,11 @@ def extract_archive(
     out_dir.mkdir(parents=True, exist_ok=False)
     budget = _Budget(name, max_bytes, max_files, max_ratio)
     try:
-        if zipfile.is_zipfile(archive):
+        kind = archive_kind(archive)
+        if kind == "zip":
             _extract_zip(archive, out_dir, budget)
-        elif tarfile.is_tarfile(archive):
-            _extract_tar(archive, out_dir, budget)
+        elif kind is not None:
+            _extract_tar(archive, out_dir, budget, kind)
         else:
             raise UploadError(f"{name}: not a zip or tar archive")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as error:
@@ -81,6 +82,24 @@ def extract_archive(
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
     return out_dir
+
+
+TAR_MAGIC = ((b"\x1f\x8b", "r:gz"), (b"BZh", "r:bz2"), (b"\xfd7zXZ\x00", "r:xz"))
+"""Leading bytes of the compressed tar streams, with their tarfile mode."""
+
+
+def archive_kind(archive: Path) -> str | None:
+    """'zip', the tarfile mode of a (compressed) tar, or None, from a few bytes of the file:
+    ``tarfile.is_tarfile`` decompresses by trial, and takes a file of zeros for an empty tar."""
+    if zipfile.is_zipfile(archive):  # reads the end-of-archive record only
+        return "zip"
+    with open(archive, "rb") as handle:
+        head = handle.read(512)
+    for magic, mode in TAR_MAGIC:
+        if head.startswith(magic):
+            return mode
+    # A plain tar member header: "ustar" at offset 257 (POSIX and GNU tars).
+    return "r:" if head[257:262] == b"ustar" else None
 
 
 def _extract_zip(archive: Path, out_dir: Path, budget: _Budget) -> None:
@@ -104,9 +123,9 @@ def _extract_zip(archive: Path, out_dir: Path, budget: _Budget) -> None:
                 budget.copy(source, target, info.filename, info.compress_size)
 
 
-def _extract_tar(archive: Path, out_dir: Path, budget: _Budget) -> None:
+def _extract_tar(archive: Path, out_dir: Path, budget: _Budget, mode: str) -> None:
     compressed = archive.stat().st_size
-    with tarfile.open(archive, "r:*") as bundle:
+    with tarfile.open(archive, mode) as bundle:
         for member in bundle:
             path = _member_path(member.name, budget.archive)
             if member.issym() or member.islnk():

@@ -127,7 +127,8 @@ def _looks_like_coco(path: Path) -> bool:
 
 
 def _check_coco_files(json_path: Path, namer: _Namer) -> None:
-    for entry in json.loads(json_path.read_text())["images"]:
+    images = json.loads(json_path.read_text())["images"]
+    for entry in images if isinstance(images, list) else []:  # load_coco says what is wrong with the rest
         if isinstance(entry, dict) and isinstance(entry.get("file_name"), str):
             _inside(json_path.parent, entry["file_name"], namer(f"{json_path}: image {entry.get('id')}"), namer)
 

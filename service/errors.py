@@ -10,6 +10,12 @@ class ServiceError(ValueError):
     status_code = 400
 
 
+class InvalidField(ServiceError):
+    """A request field whose value this deployment cannot use (the message names the field)."""
+
+    status_code = 422
+
+
 class UploadError(ServiceError):
     """An uploaded file or archive that is refused (unsafe, malformed or invalid content)."""
 

@@ -11,10 +11,11 @@ import datetime as dt
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from optimizer.config import Estimator, InverseHessian, Method, OptimizeConfig
 from optimizer.psi import PARTS
+from service.job_fields import MAX_BACKGROUNDS, MAX_CLASSES, Architecture, Device, JobOptions, PsiOverrides
 
 AssetKind = Literal["nerfstudio", "posed-images", "mesh", "nerfsim"]
 AssetStatus = Literal["building", "ready", "failed"]
@@ -124,6 +125,8 @@ class TargetsPublic(BaseModel):
 class JobBudget(BaseModel):
     """How much work the job may do."""
 
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     outer_iterations: int = Field(20, ge=1, le=10_000)
     images_per_iteration: int = Field(32, ge=1, le=4096)
     inner_steps: int = Field(20, ge=1, le=10_000)
@@ -132,28 +135,28 @@ class JobBudget(BaseModel):
 
 
 class JobBase(BaseModel):
-    assets: list[str] = Field(min_length=1, max_length=64, description="Asset ids: the object classes, in order.")
+    assets: list[str] = Field(min_length=1, max_length=MAX_CLASSES, description="Asset ids: the object classes, in order.")
     target_val: str = Field(description="Target id of the labelled validation set that drives the loop.")
     target_test: str | None = Field(None, description="Target id of the labelled test set (final metrics).")
     budget: JobBudget = Field(default_factory=JobBudget)
-    learnable: list[str] = Field(default_factory=lambda: ["azimuth", "elevation", "distance", "exposure"])
+    learnable: list[str] = Field(default_factory=lambda: ["azimuth", "elevation", "distance", "exposure"],
+                                 max_length=len(PARTS))
     method: Method = "neural-sim"
     estimator: Estimator = "both"
     inverse_hessian: InverseHessian = "cg"
-    detector: str = "yolov8n-cpu"
+    detector: Architecture = "yolov8n-cpu"
     image_size: int = Field(64, ge=32, le=1280)
-    seed: int = 0
-    procedural_backgrounds: int = Field(4, ge=0, le=256, description="Generated distractor backgrounds.")
-    fov_deg: float = Field(40.0, gt=1, lt=170)
-    psi: dict[str, Any] = Field(default_factory=dict, description="optimizer.psi.PsiConfig overrides.")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    options: dict[str, Any] = Field(default_factory=dict,
-                                    description="Further optimizer.config.OptimizeConfig settings (advanced).")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    procedural_backgrounds: int = Field(4, ge=0, le=MAX_BACKGROUNDS, description="Generated distractor backgrounds.")
+    fov_deg: float = Field(40.0, gt=1, lt=170, allow_inf_nan=False)
+    psi: PsiOverrides = Field(default_factory=PsiOverrides, description="Initial values and shape of psi.")
+    device: Device = "auto"
+    options: JobOptions = Field(default_factory=JobOptions, description="Further loop settings (advanced).")
 
     def optimize_config(self, scene: str, target_val: str | None, target_test: str | None) -> OptimizeConfig:
         """The loop's config for this job, given where its scene and target sets are."""
         return OptimizeConfig.from_dict({
-            **self.options,
+            **self.options.model_dump(),
             "scene": scene,
             "target_val": target_val,
             "target_test": target_test,
@@ -161,7 +164,7 @@ class JobBase(BaseModel):
             "estimator": self.estimator,
             "inverse_hessian": self.inverse_hessian,
             "learnable": self.learnable,
-            "psi": self.psi,
+            "psi": self.psi.model_dump(),
             **self.budget.model_dump(),
             "detector": self.detector,
             "image_size": self.image_size,
@@ -186,7 +189,14 @@ class JobBase(BaseModel):
 
 
 class JobCreate(JobBase):
-    pass
+    # Strict on requests only: stored records keep Record's tolerance of retired fields.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="after")
+    def _something_to_draw(self) -> "JobCreate":
+        if self.psi.plain_background is False and self.procedural_backgrounds == 0:
+            raise ValueError("psi.plain_background false needs procedural_backgrounds >= 1: nothing to draw")
+        return self
 
 
 class JobPublic(JobBase):

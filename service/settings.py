@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +46,14 @@ class ServiceSettings(BaseSettings):
     """Worker time-to-live when idle; it waits at most this long minus 15 s for a job at a time."""
     max_upload_bytes: int = 512 * MiB
     """Largest accepted upload (HTTP body)."""
+    max_json_body_bytes: int = MiB
+    """Largest accepted body of any other request (JSON): over it the API answers 413 without
+    reading the rest."""
+    worker_devices: list[Literal["cpu", "cuda"]] | None = None
+    """Devices the workers can run jobs on; a job asking for another is refused (422). Unset:
+    cpu, plus cuda when the API's own machine has a CUDA device, which is right for ``nerfsim
+    serve`` (its workers run beside it); a deployment whose workers have GPUs the API lacks sets
+    ``NERFSIM_WORKER_DEVICES='["cpu", "cuda"]'``."""
     max_extracted_bytes: int = 2048 * MiB
     """Largest total size of the files in an uploaded archive."""
     max_archive_files: int = 20_000

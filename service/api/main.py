@@ -11,9 +11,11 @@ from pathlib import Path
 import redis
 import redis.asyncio
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from service.api.limits import JsonBodyLimit, validation_error
 from service.api.responses import ERROR_RESPONSES
 from service.api.routes import assets, health, jobs, targets
 from service.errors import ServiceError
@@ -104,11 +106,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             headers = {"Retry-After": str(error.retry_after_s)}
         return JSONResponse({"detail": str(error)}, status_code=error.status_code, headers=headers)
 
+    app.add_exception_handler(RequestValidationError, validation_error)
+
     @app.exception_handler(redis.ConnectionError)
     async def redis_down(request: Request, error: redis.ConnectionError) -> JSONResponse:
         return JSONResponse({"detail": "the job store is unreachable; retry shortly"}, status_code=503,
                             headers={"Retry-After": "5"})
 
+    app.add_middleware(JsonBodyLimit, max_bytes=settings.max_json_body_bytes)
     app.add_middleware(RequestMetrics)
 
     app.include_router(health.router)

@@ -10,7 +10,7 @@ ERRORS = {
     401: "Missing, malformed, unknown or revoked API key",
     404: "No such record for this API key's tenant",
     409: "The record's state does not allow this",
-    413: "Upload over the size limits",
+    413: "Request body or upload over the size limits",
     422: "Invalid request or upload (the message names the problem)",
     429: "Over the API key's rate limit (see Retry-After)",
     503: "The job store is unreachable (see Retry-After)",

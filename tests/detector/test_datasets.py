@@ -1,4 +1,6 @@
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +107,15 @@ def test_batches_are_letterboxed_with_boxes_moved_along(coco_set):
     assert batch.targets()["batch_idx"].tolist() == [0, 1]
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` and holds almost no data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
 def _garbage(path: Path) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n but then nothing an image decoder can use")
 
@@ -138,6 +149,38 @@ COCO_DEFECTS = {
         r"annotations.json: image 1 is 64x32 in the json but .*a.png is 48x32",
     ),
     "not json": (lambda root, j: j.write_text("{images: "), r"annotations.json: not valid JSON"),
+    "bbox not numbers": (
+        lambda root, j: _edit_json(j, lambda c: c["annotations"][0].update(bbox=["x", None, 1, 1])),
+        r"annotations.json: annotation 1: bbox \['x', None, 1, 1\] is not \[x, y, width, height\]",
+    ),
+    "bbox not finite": (
+        lambda root, j: _edit_json(j, lambda c: c["annotations"][0].update(bbox=[float("nan"), 0, 1, 1])),
+        r"annotation 1: bbox \[nan, 0, 1, 1\] is not \[x, y, width, height\] \(four finite numbers\)",
+    ),
+    "bbox of three": (
+        lambda root, j: _edit_json(j, lambda c: c["annotations"][0].update(bbox=[1, 1, 1])),
+        r"annotation 1: bbox \[1, 1, 1\] is not",
+    ),
+    "image id not a scalar": (
+        lambda root, j: _edit_json(j, lambda c: c["images"][0].update(id=[1])),
+        r"an image entry's 'id' is \[1\], not int or str",
+    ),
+    "file name not a string": (
+        lambda root, j: _edit_json(j, lambda c: c["images"][0].update(file_name=7)),
+        r"an image entry's 'file_name' is 7, not str",
+    ),
+    "category id a bool": (
+        lambda root, j: _edit_json(j, lambda c: c["categories"][0].update(id=True)),
+        r"a category entry's 'id' is True, not int",
+    ),
+    "image declaring 60000x60000 pixels": (
+        lambda root, j: (root / "pictures" / "b.png").write_bytes(_png_header(60000, 60000)),
+        r"b.png: image over the limit of 100000000 pixels",
+    ),
+    "image declaring 11000x10000 pixels": (
+        lambda root, j: (root / "pictures" / "b.png").write_bytes(_png_header(11000, 10000)),
+        r"b.png: image of 11000x10000 pixels is over the limit of 100000000 pixels",
+    ),
 }
 
 

@@ -17,8 +17,9 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from service.api.deps import AsyncRedisDep, QueueDep, SettingsDep, StoreDep, TenantDep
 from service.api.responses import STREAM_ERROR_RESPONSES
-from service.errors import Conflict, NotFound, ServiceError
+from service.errors import Conflict, InvalidField, NotFound, ServiceError
 from service.events import cancel_key, decode, events_key, publish
+from service.job_fields import worker_devices
 from service.queue import RUN_JOB, cancel_queued, enqueue
 from service.recovery import idempotency_key
 from service.schemas import (
@@ -36,15 +37,19 @@ from service.tasks import ARTIFACTS_DIR, WORK_DIR
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-SERVICE_SET_OPTIONS = {"scene", "target_val", "target_test"}
 FILE_CONTENT = {"content": {**{media: {"schema": {"type": "string", "format": "binary"}}
                             for media in ("application/zip", "application/octet-stream", "image/png", "image/jpeg")},
                             "application/json": {"schema": {}}}}
 """Media types of downloaded files (by their suffix; JSON files hold any JSON)."""
 
 
-def _check_references(job: JobCreate, tenant: str, store) -> None:
-    """Assets ready, names unique, targets of the right role and classes the assets provide."""
+def _check_references(job: JobCreate, tenant: str, store, settings) -> None:
+    """Assets ready, names unique, targets of the right role and classes the assets provide, a
+    device the workers offer."""
+    offered = worker_devices(settings)
+    if job.device not in ("auto", *offered):
+        raise InvalidField(f"device: {job.device!r} is not offered by this deployment's workers (they offer "
+                           f"{['auto', *offered]}; NERFSIM_WORKER_DEVICES lists them)")
     assets = [store.get(AssetRecord, tenant, asset_id) for asset_id in job.assets]
     for asset in assets:
         if asset.status != "ready":
@@ -63,9 +68,6 @@ def _check_references(job: JobCreate, tenant: str, store) -> None:
         if unknown:
             raise ServiceError(f"{field}: target {target_id} has classes {unknown} that no asset provides "
                                f"(asset classes: {names})")
-    reserved = sorted(SERVICE_SET_OPTIONS & set(job.options))
-    if reserved:
-        raise ServiceError(f"options: {reserved} are set by the service")
     from optimizer.loop import validate_config  # the loop's own checks, so a bad job fails here, not later
 
     try:
@@ -87,7 +89,7 @@ def create_job(
     """Create and enqueue a job. With an ``Idempotency-Key``, repeating the request returns the
     job it created (200) instead of creating another; the same key with a different request is
     a conflict (409)."""
-    _check_references(job, tenant, store)
+    _check_references(job, tenant, store, settings)
     request_hash = hashlib.sha256(job.model_dump_json().encode()).hexdigest()
     job_id = new_id("job")
     if idempotency_key_header:
