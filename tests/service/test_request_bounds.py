@@ -1,0 +1,241 @@
+"""Bounds of what a request may carry: job fields are typed allowlists (no server path, no
+arbitrary trainer argument, no coercion, finite bounded numbers), JSON bodies have a size limit
+that answers before the body is read, and bad uploads are 4xx with a message, never a 5xx."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.api.deps import get_settings
+from service.job_fields import Architecture
+from service.settings import MiB
+from tests.service.jobs import TINY_JOB
+
+JOB = {**TINY_JOB, "assets": ["asset-0000000000000000"], "target_val": "target-0000000000000000"}
+"""A job request valid in itself: every check here refuses it before its ids are looked up."""
+
+
+def refused(client, headers: dict, change: dict, status: int = 422):
+    """The answer to JOB with ``change`` merged in (nested dicts merged one level)."""
+    request = {key: {**JOB[key], **value} if isinstance(value, dict) and isinstance(JOB.get(key), dict) else value
+               for key, value in change.items()}
+    response = client.post("/v1/jobs", headers=headers, json={**JOB, **request})
+    assert response.status_code == status, response.text
+    return response.json()["detail"]
+
+
+def problem(detail: list[dict], *loc: str) -> dict:
+    """The validation problem at ``loc`` (under the body)."""
+    found = [p for p in detail if tuple(p["loc"]) == ("body", *loc)]
+    assert found, detail
+    return found[0]
+
+
+@pytest.fixture
+def headers(make_key) -> dict:
+    return make_key("acme")
+
+
+@pytest.mark.parametrize("loc, value, message", [
+    (("options", "detector_weights"), "/srv/nerfsim-data/tenants/other/evil.pt", "Extra inputs are not permitted"),
+    (("options", "scene"), "/etc", "Extra inputs are not permitted"),
+    (("options", "target_val"), "/etc/passwd", "Extra inputs are not permitted"),
+    (("options", "final_trainer_overrides", "project"), "/tmp/outside", "Extra inputs are not permitted"),
+    (("options", "final_trainer_overrides", "model"), "/tmp/evil.pt", "Extra inputs are not permitted"),
+    (("options", "final_trainer_overrides", "data"), "/etc/data.yaml", "Extra inputs are not permitted"),
+    (("options", "final_trainer_overrides", "optimizer"), "Lion", "Input should be 'auto', 'SGD'"),
+    (("options", "final_trainer_overrides", "lr0"), 5.0, "less than or equal to 1"),
+    (("options", "damping"), "x", "Input should be a valid number"),
+    (("options", "sample_images"), "3", "Input should be a valid integer"),
+    (("options", "sample_images"), True, "Input should be a valid integer"),
+    (("options", "enumerate_bins"), 1, "Input should be a valid boolean"),
+    (("options", "warp_factor"), 9, "Extra inputs are not permitted"),
+    (("options", "alignment_ignores", 0), "../../x", "String should match pattern"),
+    (("psi", "azimuth_bins"), 10_000_000, "less than or equal to 72"),
+    (("psi", "azimuth_bins"), 0, "greater than or equal to 1"),
+    (("psi", "azimuth_bins"), -3, "greater than or equal to 1"),
+    (("psi", "azimuth_bins"), "8", "Input should be a valid integer"),
+    (("psi", "num_classes"), 3, "Extra inputs are not permitted"),
+    (("psi", "learn_azimuth"), False, "Extra inputs are not permitted"),
+    (("psi", "hue_bins"), 3, "Extra inputs are not permitted"),
+    (("psi", "elevation_range_deg"), [0, 50, 80], "List should have at most 2 items"),
+    (("budget", "outer_iterations"), "3", "Input should be a valid integer"),
+    (("budget", "warp"), 1, "Extra inputs are not permitted"),
+    (("seed",), -1, "greater than or equal to 0"),
+    (("seed",), 2**64, "less than or equal to 2147483647"),
+    (("seed",), 10**30, "less than or equal to 2147483647"),
+    (("seed",), "3", "Input should be a valid integer"),
+    (("seed",), True, "Input should be a valid integer"),
+    (("detector",), "bogus", "Input should be 'yolov8n', 'yolo11n' or 'yolov8n-cpu'"),
+    (("image_size",), 64.0, "Input should be a valid integer"),
+    (("detector_weightz",), "x", "Extra inputs are not permitted"),
+])
+def test_bad_fields_are_refused_naming_them(client, headers, loc: tuple, value, message: str) -> None:
+    change: dict = value
+    for key in reversed(loc):
+        change = [change] if isinstance(key, int) else {key: change}
+    detail = refused(client, headers, change)
+    assert message in problem(detail, *loc)["msg"]
+
+
+@pytest.mark.parametrize("psi, message", [
+    ({"elevation_range_deg": [50, 0]}, "elevation_range_deg: need lo <= hi, got [50.0, 0.0]"),
+    ({"background_crop_side": [0.9, 0.2]}, "background_crop_side: need lo <= hi"),
+    ({"elevation_median_deg": 70}, "elevation_median_deg: must lie strictly inside elevation_range_deg"),
+])
+def test_psi_ranges_are_ordered_and_consistent(client, headers, psi: dict, message: str) -> None:
+    assert message in problem(refused(client, headers, {"psi": psi}), "psi")["msg"]
+
+
+@pytest.mark.parametrize("value", ["1e309", "-1e309", "NaN", "Infinity"])
+def test_non_finite_numbers_are_refused_with_a_json_answer(client, headers, value: str) -> None:
+    body = json.dumps(JOB)[:-1] + f', "fov_deg": {value}}}'
+    response = client.post("/v1/jobs", headers={**headers, "Content-Type": "application/json"}, content=body)
+    assert response.status_code == 422, response.text
+    found = problem(response.json()["detail"], "fov_deg")
+    assert found["msg"] == "Input should be a finite number"
+    assert not math.isfinite(float(found["input"]))  # sent back as text: JSON has no inf or NaN
+    for field in ({"options": {"damping": value}}, {"psi": {"distance_median": value}}):
+        key, inner = next(iter(field.items()))
+        body = json.dumps(JOB)[:-1] + f', "{key}": {{"{next(iter(inner))}": {value}}}}}'
+        response = client.post("/v1/jobs", headers={**headers, "Content-Type": "application/json"}, content=body)
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"][:2] == ["body", key], response.text
+
+
+def test_huge_psi_and_unknown_fields_answer_413_without_reading_them(client, headers) -> None:
+    many_keys = {"psi": {f"k{i:07d}": 1 for i in range(1_200_000)}}  # 22 MB of unknown psi keys
+    response = client.post("/v1/jobs", headers=headers, json={**JOB, **many_keys})
+    assert response.status_code == 413
+    assert "larger than the 1048576 byte limit of JSON requests" in response.json()["detail"]
+    body = json.dumps(JOB)[:-1].encode() + b', "padding": "' + b"x" * (100 * MiB) + b'"}'
+    response = client.post("/v1/jobs", headers={**headers, "Content-Type": "application/json"}, content=body)
+    assert response.status_code == 413 and "byte limit of JSON requests" in response.json()["detail"]
+    # Just under the limit the body is read, and its unknown fields are named.
+    under = {**JOB, "psi": {f"k{i:05d}": 1 for i in range(3)}}
+    assert refused(client, headers, under)[0]["msg"] == "Extra inputs are not permitted"
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit(client) -> None:
+    """Without a Content-Length, the body is counted as it arrives: the app stops asking for
+    more past the limit (64 KiB chunks, 1 MiB limit) and answers 413."""
+    chunk = b"x" * 65536
+    pulled, answer = [], {}
+
+    async def receive():
+        pulled.append(1)
+        return {"type": "http.request", "body": chunk, "more_body": len(pulled) < 2000}  # 125 MiB in all
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            answer["body"] = answer.get("body", b"") + message.get("body", b"")
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/jobs", "raw_path": b"/v1/jobs", "query_string": b"",
+             "headers": [(b"content-type", b"application/json")], "http_version": "1.1", "scheme": "http",
+             "server": ("testserver", 80), "client": ("testclient", 1), "root_path": "", "app": client.app}
+    anyio.run(client.app, scope, receive, send)
+    assert answer["status"] == 413 and "byte limit of JSON requests" in json.loads(answer["body"])["detail"]
+    assert len(pulled) <= MiB // len(chunk) + 1
+
+
+def test_cuda_is_refused_where_the_workers_have_none(client, headers, settings) -> None:
+    client.app.dependency_overrides[get_settings] = lambda: settings.model_copy(update={"worker_devices": ["cpu"]})
+    try:
+        detail = refused(client, headers, {"device": "cuda"})
+    finally:
+        client.app.dependency_overrides.clear()
+    assert detail == ("device: 'cuda' is not offered by this deployment's workers (they offer ['auto', 'cpu']; "
+                      "NERFSIM_WORKER_DEVICES lists them)")
+
+
+def test_allowed_fields_reach_the_loop_config() -> None:
+    """What the SDK, the dashboard and the benchmarks send is accepted and converts to the
+    loop's config, trainer overrides as a plain dict and unset fields left to the loop."""
+    from optimizer.config import OptimizeConfig
+    from service.schemas import JobCreate
+
+    request = {**JOB, "psi": {"distance_median": 0.5, "elevation_range_deg": [0, 50]},
+               "options": {"warmup_steps": 1, "val_map_every": 0, "sample_images": 1, "damping": 1,
+                           "oracle_psi": {"azimuth_bin_probs": [0, 0, 1, 1, 0, 0, 0, 0]},
+                           "final_trainer_overrides": {"mosaic": 0.0, "close_mosaic": 0, "fliplr": 0.0,
+                                                       "warmup_epochs": 1.0, "optimizer": "AdamW", "lr0": 0.002}}}
+    job = JobCreate.model_validate(request)
+    config = job.optimize_config("scene.json", "val", None)
+    assert config.psi == {"distance_median": 0.5, "elevation_range_deg": [0.0, 50.0]}
+    assert config.final_trainer_overrides == {"optimizer": "AdamW", "lr0": 0.002, "warmup_epochs": 1.0,
+                                              "close_mosaic": 0, "mosaic": 0.0, "fliplr": 0.0}
+    assert config.oracle_psi == {"azimuth_bin_probs": [0, 0, 1, 1, 0, 0, 0, 0]}
+    assert (config.damping, config.warmup_steps, config.inner_batch_size) == (1.0, 1, None)
+    assert config.neumann_scale == OptimizeConfig.neumann_scale  # unset: the loop's default
+    assert json.loads(job.model_dump_json())["options"]["final_trainer_overrides"]["optimizer"] == "AdamW"
+
+
+def test_the_architectures_are_the_detectors() -> None:
+    from typing import get_args
+
+    from detector.model import Architecture as DetectorArchitecture
+
+    assert get_args(Architecture) == get_args(DetectorArchitecture)
+
+
+# --------------------------------------------------------------------------------------------
+# uploads
+
+
+def _png_header(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def _coco_zip(folder: Path, bbox: list, image: bytes | None = None) -> Path:
+    """A one-image COCO set, zipped (``image``: the PNG's bytes instead of a real 32x32 one)."""
+    pixels = folder / "a.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(pixels)
+    coco = {"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 1, "name": "box"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": bbox}]}
+    archive = folder / "set.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("annotations.json", json.dumps(coco))
+        bundle.writestr("a.png", image if image is not None else pixels.read_bytes())
+    return archive
+
+
+def _post(client, headers: dict, archive: Path):
+    with open(archive, "rb") as handle:
+        return client.post("/v1/targets", headers=headers, files={"file": (archive.name, handle)}, data={"name": "real"})
+
+
+@pytest.mark.parametrize("bbox, image, status, message", [
+    ([4, 4, 8, 8], None, 201, None),
+    (["x", None, 1, 1], None, 422, "set.zip:annotations.json: annotation 1: bbox ['x', None, 1, 1] is not "
+                                   "[x, y, width, height] (four finite numbers)"),
+    ([4, 4, 8], None, 422, "bbox [4, 4, 8] is not [x, y, width, height]"),
+    ([4, 4, 8, 8], _png_header(60000, 60000), 422, "set.zip:a.png: image over the limit of 100000000 pixels"),
+])
+def test_bad_target_content_is_a_4xx(client, headers, tmp_path: Path, bbox, image, status: int, message) -> None:
+    response = _post(client, headers, _coco_zip(tmp_path, bbox, image))
+    assert response.status_code == status, response.text
+    if message:
+        assert message in response.json()["detail"]
+
+
+def test_zeros_named_zip_are_not_an_archive(client, headers, tmp_path: Path) -> None:
+    zeros = tmp_path / "zeros.zip"
+    with open(zeros, "wb") as handle:
+        handle.truncate(16 * MiB)  # sparse: zeros without writing them
+    response = _post(client, headers, zeros)
+    assert response.status_code == 422 and response.json()["detail"] == "zeros.zip: not a zip or tar archive"
