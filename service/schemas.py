@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from optimizer.config import Estimator, InverseHessian, Method, OptimizeConfig
 from optimizer.psi import PARTS
+from service.asset_fields import ObjectFieldOverrides, ObjectTrainerOverrides
 from service.job_fields import MAX_BACKGROUNDS, MAX_CLASSES, Architecture, Device, JobOptions, PsiOverrides
 
 AssetKind = Literal["nerfstudio", "posed-images", "mesh", "nerfsim"]
@@ -53,14 +54,17 @@ class Record(BaseModel):
 class AssetBuild(BaseModel):
     """How an uploaded mesh or posed-image set becomes a nerfsim asset (ignored for ready kinds)."""
 
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     views: int = Field(100, ge=4, le=1000, description="Training views rendered from a mesh.")
     test_views: int = Field(10, ge=0, le=200, description="Held-out views rendered from a mesh.")
     view_size: int = Field(128, ge=16, le=1024, description="Side of the rendered views, pixels.")
     spp: int = Field(64, ge=1, le=1024, description="Samples per pixel of the mesh renders.")
     train_steps: int = Field(3000, ge=1, le=100_000, description="Object NeRF training steps at most.")
     train_minutes: float = Field(15.0, gt=0, le=600, description="Object NeRF training time budget.")
-    model: dict[str, Any] = Field(default_factory=dict, description="ObjectFieldConfig overrides.")
-    trainer: dict[str, Any] = Field(default_factory=dict, description="ObjectTrainerConfig overrides.")
+    model: ObjectFieldOverrides = Field(default_factory=ObjectFieldOverrides, description="ObjectFieldConfig overrides.")
+    trainer: ObjectTrainerOverrides = Field(default_factory=ObjectTrainerOverrides,
+                                            description="ObjectTrainerConfig overrides.")
 
 
 class AssetBase(BaseModel):

@@ -310,5 +310,6 @@ def _build(record: AssetRecord, asset_dir: Path, source: Path, settings: Service
                               size=build.view_size, spp=build.spp, progress=False)
         posed_dir = publish_dir(views, asset_dir / "views")
     stats = train_asset(posed_dir, asset_dir / "object", record.name, steps=build.train_steps,
-                        minutes=build.train_minutes, model=build.model, trainer=build.trainer, progress=False)
+                        minutes=build.train_minutes, model=build.model.model_dump(), trainer=build.trainer.model_dump(),
+                        progress=False)
     return {"object_path": "object", "training": json.loads(json.dumps(stats, default=float))}

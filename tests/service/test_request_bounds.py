@@ -239,3 +239,21 @@ def test_zeros_named_zip_are_not_an_archive(client, headers, tmp_path: Path) -> 
         handle.truncate(16 * MiB)  # sparse: zeros without writing them
     response = _post(client, headers, zeros)
     assert response.status_code == 422 and response.json()["detail"] == "zeros.zip: not a zip or tar archive"
+
+
+@pytest.mark.parametrize("build, message", [
+    ({"trainer": {"rays_per_step": 10**9}}, "build.trainer.rays_per_step: Input should be less than or equal to 65536"),
+    ({"trainer": {"steps": 5}}, "build.trainer.steps: Extra inputs are not permitted"),
+    ({"model": {"hidden_dim": "64"}}, "build.model.hidden_dim: Input should be a valid integer"),
+    ({"model": {"density_bias": "x"}}, "build.model.density_bias: Input should be a valid number"),
+    ({"model": {"plane_resolutions": [16] * 100}}, "build.model.plane_resolutions: List should have at most 6 items after validation, not 100"),
+    ({"spp": 10**6}, "build.spp: Input should be less than or equal to 1024"),
+])
+def test_asset_builds_are_bounded(client, headers, tmp_path: Path, build: dict, message: str) -> None:
+    archive = tmp_path / "mesh.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("box.obj", "v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    with open(archive, "rb") as handle:
+        response = client.post("/v1/assets", headers=headers, files={"file": (archive.name, handle)},
+                               data={"name": "box", "kind": "mesh", "build": json.dumps(build)})
+    assert response.status_code == 422 and response.json()["detail"] == message

@@ -38,8 +38,8 @@ async def create_asset(
     try:
         build_settings = AssetBuild.model_validate_json(build)
     except ValidationError as error:
-        raise UploadError(f"build: {error.errors()[0]['msg']} at {error.errors()[0]['loc']}") from error
-    _check_build(build_settings)
+        first = error.errors()[0]
+        raise UploadError(f"{'.'.join(map(str, ('build', *first['loc'])))}: {first['msg']}") from error
     asset_id = new_id("asset")
     upload_name = file.filename or "upload"
     scratch = store.storage.scratch_dir() / uuid.uuid4().hex
@@ -65,22 +65,6 @@ async def create_asset(
     if record.status == "building":
         enqueue(queue, BUILD_ASSET, tenant, asset_id, settings, description=f"build asset {asset_id} ({kind})")
     return record
-
-
-def _check_build(build: AssetBuild) -> None:
-    """The model and trainer overrides name real settings (checked here, not in the worker)."""
-    from renderer.object_field import ObjectFieldConfig
-    from renderer.train_object import ObjectTrainerConfig
-
-    for what, config_type, overrides in (("model", ObjectFieldConfig, build.model),
-                                         ("trainer", ObjectTrainerConfig, build.trainer)):
-        reserved = {"model", "steps", "time_budget_s", "seed"} & set(overrides) if what == "trainer" else set()
-        try:
-            if reserved:
-                raise TypeError(f"{sorted(reserved)} are set by the build's own fields")
-            config_type(**overrides)
-        except TypeError as error:
-            raise UploadError(f"build.{what}: {error}") from error
 
 
 @router.get("", response_model=AssetsPublic)
