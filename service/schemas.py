@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -24,6 +24,10 @@ TargetFormat = Literal["coco", "yolo"]
 TargetRole = Literal["validation", "test", "both"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+RecordId = Annotated[str, Field(min_length=1, max_length=64)]
+"""A record id as a request names it (ids are ``<kind>-<16 hex digits>``)."""
 
 
 def new_id(prefix: str) -> str:
@@ -139,9 +143,10 @@ class JobBudget(BaseModel):
 
 
 class JobBase(BaseModel):
-    assets: list[str] = Field(min_length=1, max_length=MAX_CLASSES, description="Asset ids: the object classes, in order.")
-    target_val: str = Field(description="Target id of the labelled validation set that drives the loop.")
-    target_test: str | None = Field(None, description="Target id of the labelled test set (final metrics).")
+    assets: list[RecordId] = Field(min_length=1, max_length=MAX_CLASSES,
+                                   description="Asset ids: the object classes, in order.")
+    target_val: RecordId = Field(description="Target id of the labelled validation set that drives the loop.")
+    target_test: RecordId | None = Field(None, description="Target id of the labelled test set (final metrics).")
     budget: JobBudget = Field(default_factory=JobBudget)
     learnable: list[str] = Field(default_factory=lambda: ["azimuth", "elevation", "distance", "exposure"],
                                  max_length=len(PARTS))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from fastapi import Request
+from fastapi import Request, params
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -23,27 +23,30 @@ class BodyTooLarge(HTTPException):
 
 
 class JsonBodyLimit:
-    """ASGI middleware: a request that is not a multipart upload may send at most ``max_bytes``
-    (uploads have their own, larger limit). A declared Content-Length over it is refused at
-    once; a chunked body is counted as it arrives and refused at the first chunk past it."""
+    """ASGI middleware: a request to a route that takes no upload (no form body) may send at
+    most ``max_bytes``; upload routes keep the app's larger limit. Decided when the route reads
+    its body (the router has matched it by then), whatever the Content-Type claims: a declared
+    Content-Length over the limit is refused before any of the body is read, a chunked body at
+    the first chunk past it."""
 
     def __init__(self, app, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope, receive, send) -> None:
-        headers = Headers(scope=scope) if scope["type"] == "http" else None
-        if headers is None or headers.get("content-type", "").startswith("multipart/form-data"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
-            return
+        declared = Headers(scope=scope).get("content-length", "")
+        declared_bytes = int(declared) if declared.isdigit() else 0
         received = 0
         started = False
 
         async def limited_receive():
             nonlocal received
+            if _takes_upload(scope.get("route")):
+                return await receive()
+            if declared_bytes > self.max_bytes:
+                raise BodyTooLarge(self.max_bytes)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
@@ -58,14 +61,16 @@ class JsonBodyLimit:
 
         try:
             await self.app(scope, limited_receive, noting_send)
-        except BodyTooLarge:
+        except BodyTooLarge as error:
             if started:
                 raise
-            await self._refuse(scope, receive, send)
+            await JSONResponse({"detail": error.detail}, status_code=error.status_code)(scope, receive, send)
 
-    async def _refuse(self, scope, receive, send) -> None:
-        error = BodyTooLarge(self.max_bytes)
-        await JSONResponse({"detail": error.detail}, status_code=error.status_code)(scope, receive, send)
+
+def _takes_upload(route) -> bool:
+    """Whether ``route`` reads a form (a multipart upload) as its body."""
+    body_field = getattr(route, "body_field", None)
+    return body_field is not None and isinstance(body_field.field_info, params.Form)
 
 
 def _json_safe(value):

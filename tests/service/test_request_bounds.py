@@ -257,3 +257,16 @@ def test_asset_builds_are_bounded(client, headers, tmp_path: Path, build: dict, 
         response = client.post("/v1/assets", headers=headers, files={"file": (archive.name, handle)},
                                data={"name": "box", "kind": "mesh", "build": json.dumps(build)})
     assert response.status_code == 422 and response.json()["detail"] == message
+
+
+def test_ids_are_bounded(client, headers) -> None:
+    detail = refused(client, headers, {"assets": ["a" * 65]})
+    assert "at most 64 characters" in problem(detail, "assets", 0)["msg"]
+    assert "at most 64 characters" in problem(refused(client, headers, {"target_val": "t" * 1000}), "target_val")["msg"]
+
+
+def test_a_multipart_body_to_a_json_route_has_the_json_limit(client, headers) -> None:
+    """Claiming to be an upload does not lift the JSON limit: the route decides, not the
+    Content-Type (FastAPI reads a non-JSON body to a JSON route whole)."""
+    response = client.post("/v1/jobs", headers=headers, files={"file": ("big.bin", b"x" * (2 * MiB))})
+    assert response.status_code == 413 and "byte limit of JSON requests" in response.json()["detail"]
