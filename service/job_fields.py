@@ -11,7 +11,7 @@ null) keeps the loop's own default, so the stored and answered forms hold only w
 from __future__ import annotations
 
 from functools import cache
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_serializer, model_validator
 
@@ -194,6 +194,21 @@ class JobOptions(Strict):
     final_batch_size: int | None = Field(None, ge=1, le=1024)
     final_init: FinalInit | None = None
     final_trainer_overrides: FinalTrainerOverrides | None = None
+
+
+def drop_retired(data, model: type[BaseModel]):
+    """A stored ``model`` (parsed JSON) without the fields ``model`` no longer has, nested
+    models included: records stored before the allowlists stay readable, and a queued job
+    runs without the settings it may no longer name (server paths, trainer arguments)."""
+    if not isinstance(data, dict):
+        return data
+    kept = {}
+    for name, value in data.items():
+        if name in model.model_fields:
+            nested = [t for t in get_args(model.model_fields[name].annotation) + (model.model_fields[name].annotation,)
+                      if isinstance(t, type) and issubclass(t, BaseModel)]
+            kept[name] = drop_retired(value, nested[0]) if nested else value
+    return kept
 
 
 def worker_devices(settings) -> tuple[str, ...]:

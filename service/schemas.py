@@ -16,7 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from optimizer.config import Estimator, InverseHessian, Method, OptimizeConfig
 from optimizer.psi import PARTS
 from service.asset_fields import ObjectFieldOverrides, ObjectTrainerOverrides
-from service.job_fields import MAX_BACKGROUNDS, MAX_CLASSES, Architecture, Device, JobOptions, PsiOverrides
+from service.job_fields import (
+    MAX_BACKGROUNDS,
+    MAX_CLASSES,
+    Architecture,
+    Device,
+    JobOptions,
+    PsiOverrides,
+    drop_retired,
+)
 
 AssetKind = Literal["nerfstudio", "posed-images", "mesh", "nerfsim"]
 AssetStatus = Literal["building", "ready", "failed"]
@@ -90,6 +98,13 @@ class AssetPublic(AssetBase):
 class AssetRecord(Record, AssetPublic):
     object_path: str | None = None
     """The object for scene.json, relative to the asset's folder (``object`` or a config.yml)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "build" in data:
+            data = {**data, "build": drop_retired(data["build"], AssetBuild)}
+        return data
 
 
 class AssetsPublic(BaseModel):
@@ -229,6 +244,14 @@ class JobPublic(JobBase):
 class JobRecord(Record, JobPublic):
     idempotency_key: str | None = None
     request_hash: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {**data, **{name: drop_retired(data[name], model)
+                               for name, model in (("options", JobOptions), ("psi", PsiOverrides)) if name in data}}
+        return data
 
 
 class JobsPublic(BaseModel):

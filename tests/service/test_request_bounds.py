@@ -270,3 +270,20 @@ def test_a_multipart_body_to_a_json_route_has_the_json_limit(client, headers) ->
     Content-Type (FastAPI reads a non-JSON body to a JSON route whole)."""
     response = client.post("/v1/jobs", headers=headers, files={"file": ("big.bin", b"x" * (2 * MiB))})
     assert response.status_code == 413 and "byte limit of JSON requests" in response.json()["detail"]
+
+
+def test_records_stored_before_the_allowlists_still_load() -> None:
+    """A stored job or asset with settings no longer accepted reads without them (a queued job
+    then runs without the path it named) instead of breaking every listing of its tenant."""
+    from service.schemas import AssetRecord, JobRecord
+
+    legacy_job = {**JOB, "id": "job-0000000000000000", "tenant": "acme", "status": "queued", "psi": {"bins": 3},
+                  "options": {"detector_weights": "/data/tenants/b/evil.pt", "sample_images": 1,
+                              "final_trainer_overrides": {"project": "/tmp", "lr0": 0.002}}}
+    job = JobRecord.model_validate_json(json.dumps(legacy_job))
+    assert job.options.model_dump() == {"sample_images": 1, "final_trainer_overrides": {"lr0": 0.002}}
+    assert job.psi.model_dump() == {}
+    legacy_asset = {"id": "asset-0000000000000000", "tenant": "acme", "name": "box", "kind": "mesh",
+                    "status": "ready", "build": {"views": 12, "trainer": {"steps": 9, "rays_per_step": 512}}}
+    asset = AssetRecord.model_validate_json(json.dumps(legacy_asset))
+    assert asset.build.trainer.model_dump() == {"rays_per_step": 512} and asset.build.views == 12
