@@ -24,6 +24,7 @@ Device = Literal["auto", "cpu", "cuda"]
 MAX_CLASSES = 64
 """Most objects (assets) in a job, as JobBase.assets allows."""
 MAX_AZIMUTH_BINS = 72
+"""Most azimuth bins (5 degrees each): every scene is rendered at each bin by some estimators."""
 MAX_BACKGROUNDS = 256
 """Most procedural backgrounds, as JobBase.procedural_backgrounds allows."""
 MAX_APPEARANCES = 10_000
@@ -113,7 +114,7 @@ class OraclePsi(Strict):
     arguments): a per-class value is one number for all classes or a list of one per class; a
     probability row is normalised by the loop."""
 
-    azimuth_bin_probs: BinRow | list[BinRow] | None = Field(None, description="K bin probabilities, or a row per class.")
+    azimuth_bin_probs: BinRow | PerClass[BinRow] | None = Field(None, description="K bin probabilities, or a row per class.")
     elevation_median_deg: Elevation | PerClass[Elevation] | None = None
     elevation_logit_std: Positive | PerClass[Positive] | None = None
     distance_median: Positive | PerClass[Positive] | None = Field(None, description="Median camera distance, metres.")
@@ -204,10 +205,12 @@ def drop_retired(data, model: type[BaseModel]):
         return data
     kept = {}
     for name, value in data.items():
-        if name in model.model_fields:
-            nested = [t for t in get_args(model.model_fields[name].annotation) + (model.model_fields[name].annotation,)
-                      if isinstance(t, type) and issubclass(t, BaseModel)]
-            kept[name] = drop_retired(value, nested[0]) if nested else value
+        field = model.model_fields.get(name)
+        if field is None:
+            continue
+        nested = next((t for t in (field.annotation, *get_args(field.annotation))
+                       if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        kept[name] = drop_retired(value, nested) if nested else value
     return kept
 
 
