@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.archives import extract_archive
+from service.archives import archive_kind, extract_archive
 from service.errors import UploadError, UploadTooLarge
 
 LIMITS = {"max_bytes": 1 << 20, "max_files": 10, "max_ratio": 50.0}
@@ -119,3 +119,22 @@ def test_corrupt_and_foreign_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "cut.zip").write_bytes(good.read_bytes()[:-30])
     with pytest.raises(UploadError, match="cut.zip"):
         extract_archive(tmp_path / "cut.zip", tmp_path / "b", **LIMITS)
+
+
+@pytest.mark.parametrize("mode, kind", [("w", "r:"), ("w:gz", "r:gz"), ("w:bz2", "r:bz2"), ("w:xz", "r:xz")])
+def test_archives_are_told_apart_by_their_first_bytes(tmp_path: Path, mode: str, kind: str) -> None:
+    with tarfile.open(tmp_path / "set.tar", mode) as bundle:
+        tar_file(bundle, "a.txt", b"tar")
+    assert archive_kind(tmp_path / "set.tar") == kind
+    assert (extract_archive(tmp_path / "set.tar", tmp_path / "out", **LIMITS) / "a.txt").read_bytes() == b"tar"
+    assert archive_kind(write_zip(tmp_path / "set.zip", {"a.txt": b"zip"})) == "zip"
+
+
+def test_zeros_are_not_an_empty_tar(tmp_path: Path) -> None:
+    """tarfile takes a file of zeros for an empty tar (after trying each decompressor on it)."""
+    zeros = tmp_path / "zeros.zip"
+    zeros.write_bytes(bytes(1 << 20))
+    assert archive_kind(zeros) is None
+    with pytest.raises(UploadError, match="zeros.zip: not a zip or tar archive"):
+        extract_archive(zeros, tmp_path / "out", **LIMITS)
+    assert not (tmp_path / "out").exists()
