@@ -218,6 +218,9 @@ def test_run_optimization_from_files_writes_the_report(tmp_path: Path, val_set: 
     stages = [r.stage for r in reports]
     assert stages[0] == "setup" and stages[-1] == "done"
     assert {"outer", "final-render", "final-train", "evaluate", "report"} <= set(stages)
+    # One report per epoch (Ultralytics' validation of the best weights is not an epoch).
+    assert [(r.iteration, r.total, r.message) for r in reports if r.stage == "final-train"] == [
+        (1, 1, "final detector: epoch 1/1")]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set(report["final"]) == {"val", "test"} and 0 <= report["final"]["test"]["map50_95"] <= 1
     assert report["images_rendered"] == 6 + 8 and report["iterations_done"] == 1
