@@ -41,6 +41,7 @@ WORK_DIR = "work"
 ARTIFACTS_DIR = "artifacts"
 PRIVATE_FILES = {"checkpoint.pt"}
 """Files of the loop's folder that are its own state, not results."""
+BUILD_CANCELLED = "the build was cancelled"
 ZIPPED_FOLDERS = {"dataset": "dataset.zip", "samples": "samples.zip", "plots": "plots.zip"}
 
 
@@ -93,7 +94,7 @@ class _Reporter:
 
         def change(record: JobRecord) -> None:
             record.progress = report
-            if progress.stage == "outer":
+            if progress.stage == "outer" and progress.metrics:  # (not the "cancelled" report)
                 # The loop's metrics are floats; the iteration is a count.
                 entry = {**progress.metrics, "iteration": int(progress.iteration)}
                 record.history = [h for h in record.history if h.get("iteration") != progress.iteration] + [entry]
@@ -112,7 +113,8 @@ class _Reporter:
 
 
 class _CancelFlag:
-    """The loop's ``should_stop``: the job's cancellation flag, read at most once a second."""
+    """A job's (or an asset build's) cancellation flag, read at most once a second: the loop's
+    ``should_stop``, and what the interruption watcher polls."""
 
     def __init__(self, connection: redis.Redis, job_id: str) -> None:
         self.connection, self.key = connection, cancel_key(job_id)
@@ -211,9 +213,10 @@ def run_job(tenant: str, job_id: str) -> str:
         try:
             config = job_config(record, store, job_dir)
             write_json_atomic(job_dir / "config.json", config.to_dict())
-            with interruptible(lambda: bool(connection.exists(cancel_key(job_id)))):
+            cancelled = _CancelFlag(connection, job_id)
+            with interruptible(cancelled):
                 result = run_optimization(config, job_dir / WORK_DIR, on_progress=_Reporter(store, record, settings, job_dir),
-                                          should_stop=_CancelFlag(connection, job_id), progress_bar=False)
+                                          should_stop=cancelled, progress_bar=False)
         except JobCancelled:
             # Stopped inside a step: whatever the finished steps produced is published.
             _finish(store, record, "cancelled", None, job_dir)
@@ -296,17 +299,24 @@ def _fail_asset(store: RecordStore, record: AssetRecord, reason: str) -> None:
 def build_asset(tenant: str, asset_id: str) -> str:
     """Make asset ``asset_id`` loadable: check a nerfstudio checkpoint by loading it; train a
     nerfsim asset from a posed image set, or from a mesh rendered into one first."""
-    settings, store, _ = _context()
+    settings, store, connection = _context()
     with job_context(asset_id):
         record = store.get(AssetRecord, tenant, asset_id)
         if record.status != "building":
             return record.status
+        cancelled = _CancelFlag(connection, asset_id)
         asset_dir = store.storage.record_dir("asset", tenant, asset_id)
         source = asset_dir / record.details["source"]
         build = record.build
         try:
-            with interruptible():  # a worker shutdown stops the build at once (it is re-queued)
+            if cancelled():
+                raise JobCancelled
+            # Cancelling stops the build within seconds; a worker shutdown too (it is re-queued).
+            with interruptible(cancelled):
                 details = _build(record, asset_dir, source, settings)
+        except JobCancelled:
+            _fail_asset(store, record, BUILD_CANCELLED)
+            return "failed"
         except ValueError as error:
             _fail_asset(store, record, str(error).replace(str(asset_dir) + "/", ""))
             return "failed"

@@ -4,6 +4,7 @@ and a job cancelled during its final training stops inside it and keeps what it 
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -103,3 +104,31 @@ def test_a_job_cancelled_during_its_final_training_stops_inside_it_and_keeps_wha
     # What it made is kept: the iteration's history, the final dataset and the samples.
     assert len(final["history"]) == 1 and {"dataset.zip", "samples.zip"} <= set(final["artifacts"]), final["artifacts"]
     assert final["attempt_history"][-1]["outcome"] == "cancelled"
+
+
+def test_an_asset_build_is_cancelled_before_it_starts_or_while_it_trains(client, make_key, workers, settings,
+                                                                         box_views: Path, tmp_path: Path) -> None:
+    from service.archives import zip_folder
+    from tests.service.jobs import upload
+    from tests.service.test_worker_jobs import TINY_BUILD
+
+    headers = make_key("builds")
+    archive = zip_folder(box_views, tmp_path / "views.zip")
+    long_build = json.dumps({**TINY_BUILD, "train_steps": 100_000, "train_minutes": 600})
+    waiting, training = (upload(client, "/v1/assets", headers, archive, name=name, kind="posed-images", build=long_build)
+                         for name in ("waiting", "training"))
+    # Not started yet (no worker): it fails at once.
+    answer = client.post(f"/v1/assets/{waiting['id']}/cancel", headers=headers)
+    assert answer.status_code == 202 and answer.json()["status"] == "failed"
+    assert answer.json()["error"] == "the build was cancelled"
+    assert client.post(f"/v1/assets/{waiting['id']}/cancel", headers=headers).status_code == 409
+
+    workers.start()
+    connection = redis.Redis.from_url(settings.redis_url)
+    wait_for(lambda: Job.fetch(training["id"], connection=connection).get_status() == "started", 180, "the build")
+    assert client.post(f"/v1/assets/{training['id']}/cancel", headers=headers).status_code == 202
+    # 100,000 steps or 10 hours of training, stopped within its first minute.
+    built = wait_for(lambda: (a := client.get(f"/v1/assets/{training['id']}", headers=headers).json())["status"]
+                     != "building" and a, 60, "the build to stop")
+    assert (built["status"], built["error"]) == ("failed", "the build was cancelled")
+    assert client.delete(f"/v1/assets/{training['id']}", headers=headers).status_code == 204
