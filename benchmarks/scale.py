@@ -156,7 +156,7 @@ class WorkerGroup:
         return [p for p in self.processes if p.poll() is None]
 
     def stop(self, processes: list[subprocess.Popen] | None = None, timeout_s: float = 60.0) -> None:
-        """SIGTERM (a busy worker finishes its job first), SIGKILL after ``timeout_s``."""
+        """SIGTERM (a busy worker re-queues its job and exits), SIGKILL after ``timeout_s``."""
         processes = self.alive if processes is None else processes
         for process in processes:
             if process.poll() is None:

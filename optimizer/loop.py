@@ -302,7 +302,8 @@ def run_loop(
     Writes to ``out_dir``: ``config.json``, ``checkpoint.pt`` (after every outer iteration),
     ``samples/`` (images with boxes), and after the final stage ``dataset/``, ``final_train/``,
     ``detector.pt``, ``psi.json``, ``report.json`` and ``plots/``. ``should_stop()`` is asked
-    before every outer iteration and between final stages; when it says yes the run returns
+    before every outer iteration, between final stages and after every batch of the final
+    training; when it says yes the run returns
     with status 'cancelled' (the checkpoint is current, so calling again resumes).
     """
     validate_config(config)
@@ -394,6 +395,10 @@ def inverse_hessian_direction(
     )
     fell_back = not any(bool(x.any()) for x in u)
     return ([g.clone() for g in val_grad] if fell_back else u), train_grad, fell_back
+
+
+class _Stopped(Exception):
+    """``should_stop()`` said yes inside a stage (raised to leave Ultralytics' trainer)."""
 
 
 class _Loop:
@@ -922,24 +927,29 @@ class _Loop:
             if self.should_stop():
                 return self.cancelled(config.outer_iterations)
             began = time.perf_counter()
-            cancelled = False
 
             def epoch_done(trainer) -> None:
-                nonlocal cancelled
+                if trainer.epoch >= trainer.epochs:
+                    return  # Ultralytics' validation of the best weights after the last epoch
                 # Ultralytics keeps the epoch's mean loss terms as a dict (box, cls, dfl).
                 losses = {f"train_{name}": float(value) for name, value in (trainer.tloss or {}).items()}
-                self.emit("final-train", trainer.epoch + 1, config.final_epochs, metrics=losses,
-                            message=f"final detector: epoch {trainer.epoch + 1}/{config.final_epochs}")
-                if self.should_stop():
-                    cancelled = trainer.stop = True
+                self.emit("final-train", trainer.epoch + 1, trainer.epochs, metrics=losses,
+                          message=f"final detector: epoch {trainer.epoch + 1}/{trainer.epochs}")
 
-            best = train_final_detector(
-                config, self.class_names, self.out_dir, self.out_dir / "final_train", seed=config.seed,
-                device=self.device, progress=self.progress_bar, callbacks={"on_fit_epoch_end": [epoch_done]},
-            )
-            stage_seconds["final_train"] = round(time.perf_counter() - began, 3)
-            if cancelled:
+            def batch_done(trainer) -> None:
+                # Not trainer.stop: a stopped trainer still validates on the whole dataset.
+                if self.should_stop():
+                    raise _Stopped
+
+            try:
+                best = train_final_detector(
+                    config, self.class_names, self.out_dir, self.out_dir / "final_train", seed=config.seed,
+                    device=self.device, progress=self.progress_bar,
+                    callbacks={"on_fit_epoch_end": [epoch_done], "on_train_batch_end": [batch_done]},
+                )
+            except _Stopped:
                 return self.cancelled(config.outer_iterations)
+            stage_seconds["final_train"] = round(time.perf_counter() - began, 3)
 
             began = time.perf_counter()
             self.emit("evaluate", 0, 1, message="evaluating the final detector")

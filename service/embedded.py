@@ -107,7 +107,7 @@ class EmbeddedService:
             self._supervisor.join()
         for process in self.workers:
             if process.poll() is None:
-                process.terminate()  # warm shutdown: RQ stops after the current job... or at once when idle
+                process.terminate()  # warm shutdown: the current job is re-queued within seconds
         deadline = time.monotonic() + 30
         for process in self.workers:
             try:

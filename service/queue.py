@@ -47,6 +47,19 @@ def enqueue(queue: Queue, function: str, tenant: str, record_id: str, settings: 
     return True
 
 
+def enqueue_again(queue: Queue, function: str, tenant: str, record_id: str, settings: ServiceSettings,
+                  description: str) -> bool:
+    """Like :func:`enqueue`, for a record whose RQ job has ended (failed, finished or cancelled):
+    RQ's record of that run goes first, so the new run starts with all its retries."""
+    if is_active(queue.connection, record_id):
+        return False
+    try:
+        Job.fetch(record_id, connection=queue.connection).delete()
+    except NoSuchJobError:
+        pass
+    return enqueue(queue, function, tenant, record_id, settings, description)
+
+
 def cancel_queued(connection: redis.Redis, rq_id: str) -> bool:
     """Take a job that has not started off the queue; False if it has started (or is gone)."""
     try:

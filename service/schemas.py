@@ -223,11 +223,36 @@ class JobCreate(JobBase):
         return self
 
 
+class JobAttempt(BaseModel):
+    """One run of a job on a worker."""
+
+    number: int
+    """1 for the first run; a retry or a resumption after an interruption adds one."""
+    started_at: dt.datetime
+    resumed_from: int = 0
+    """Outer iterations already done (checkpointed) when it started."""
+    ended_at: dt.datetime | None = None
+    reached: int | None = None
+    """Outer iterations done when it ended."""
+    stage: str | None = None
+    """The loop's stage when it ended (optimizer.config.Stage)."""
+    outcome: Literal["running", "interrupted", "failed", "succeeded", "cancelled"] = "running"
+    reason: str | None = None
+    """Why it ended early (an interruption or a failure)."""
+    counted: bool = False
+    """Whether it used up one of the service's retries: an attempt that ended without any
+    progress did; one that checkpointed progress, or was stopped by a worker shutdown, did not."""
+
+
 class JobPublic(JobBase):
     id: str
     status: JobStatus
     attempts: int = 0
+    """Runs started (interrupted ones included; see attempt_history)."""
     error: str | None = None
+    """Why the job failed (None while it is queued or runs again after an interruption)."""
+    attempt_history: list[JobAttempt] = Field(default_factory=list)
+    """Every run of the job, in order."""
     progress: dict[str, Any] | None = None
     """The latest progress report (optimizer.config.Progress as a dict)."""
     history: list[dict[str, Any]] = Field(default_factory=list)

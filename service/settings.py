@@ -33,8 +33,9 @@ class ServiceSettings(BaseSettings):
     job_timeout_s: int = 6 * 3600
     """A job running longer than this is stopped by its worker."""
     job_retries: int = 2
-    """Retries of a job whose worker died or raised an unexpected error (it resumes from its
-    last checkpoint)."""
+    """Retries of a job whose worker died or raised an unexpected error without getting further
+    than before (it resumes from its last checkpoint); an attempt that made progress, or that a
+    worker shutdown stopped, uses none (service.attempts)."""
     heartbeat_interval_s: int = 10
     """How often a busy worker confirms it is alive."""
     heartbeat_grace_s: int = 60

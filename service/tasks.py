@@ -4,7 +4,8 @@ record, skip work already done, and publish results under their final names in o
 A closed-loop job runs ``optimizer.loop.run_optimization`` in the job's ``work/`` folder, where
 the loop keeps its checkpoint: a retried job (its worker was killed, or it raised) resumes from
 the last completed outer iteration. Progress goes to the job's Redis stream and record; the
-job's ``should_stop`` reads the cancellation flag. When it ends - done, cancelled or failed -
+job's ``should_stop`` reads the cancellation flag between the loop's steps, and
+``service.interruption`` stops it within seconds inside a step. When it ends - done, cancelled or failed -
 whatever it produced is published to ``artifacts/`` (a failed job keeps its partial artifacts).
 """
 
@@ -25,7 +26,9 @@ from optimizer.config import OptimizeConfig
 from service import metrics
 from service.archives import zip_folder
 from service.errors import ServiceError
+from service import attempts
 from service.events import cancel_key, publish
+from service.interruption import JobCancelled, WorkerStopping, interruptible
 from service.logs import job_context
 from service.records import RecordStore
 from service.schemas import TERMINAL_STATUSES, AssetRecord, JobRecord, TargetRecord, utcnow
@@ -38,6 +41,7 @@ WORK_DIR = "work"
 ARTIFACTS_DIR = "artifacts"
 PRIVATE_FILES = {"checkpoint.pt"}
 """Files of the loop's folder that are its own state, not results."""
+BUILD_CANCELLED = "the build was cancelled"
 ZIPPED_FOLDERS = {"dataset": "dataset.zip", "samples": "samples.zip", "plots": "plots.zip"}
 
 
@@ -90,8 +94,9 @@ class _Reporter:
 
         def change(record: JobRecord) -> None:
             record.progress = report
-            if progress.stage == "outer":
-                entry = {"iteration": progress.iteration, **progress.metrics}
+            if progress.stage == "outer" and progress.metrics:  # (not the "cancelled" report)
+                # The loop's metrics are floats; the iteration is a count.
+                entry = {**progress.metrics, "iteration": int(progress.iteration)}
                 record.history = [h for h in record.history if h.get("iteration") != progress.iteration] + [entry]
 
         try:
@@ -108,7 +113,8 @@ class _Reporter:
 
 
 class _CancelFlag:
-    """The loop's ``should_stop``: the job's cancellation flag, read at most once a second."""
+    """A job's (or an asset build's) cancellation flag, read at most once a second: the loop's
+    ``should_stop``, and what the interruption watcher polls."""
 
     def __init__(self, connection: redis.Redis, job_id: str) -> None:
         self.connection, self.key = connection, cancel_key(job_id)
@@ -161,6 +167,7 @@ def _finish(store: RecordStore, record: JobRecord, status: str, error: str | Non
     def change(current: JobRecord) -> None:
         current.status = status
         current.error = error
+        attempts.end_attempt(current, status, error, counted=status == "failed")
         current.finished_at = utcnow()
         current.artifacts = {name: f"/v1/jobs/{current.id}/artifacts/{name}" for name in artifacts}
 
@@ -195,8 +202,8 @@ def run_job(tenant: str, job_id: str) -> str:
 
         def start(current: JobRecord) -> None:
             current.status = "running"
-            current.attempts += 1
-            current.started_at = current.started_at or utcnow()
+            current.error = None
+            attempts.start_attempt(current)
 
         record = store.update(JobRecord, tenant, job_id, start)
         publish(connection, job_id, "status", {"status": "running", "attempt": record.attempts})
@@ -206,8 +213,14 @@ def run_job(tenant: str, job_id: str) -> str:
         try:
             config = job_config(record, store, job_dir)
             write_json_atomic(job_dir / "config.json", config.to_dict())
-            result = run_optimization(config, job_dir / WORK_DIR, on_progress=_Reporter(store, record, settings, job_dir),
-                                      should_stop=_CancelFlag(connection, job_id), progress_bar=False)
+            cancelled = _CancelFlag(connection, job_id)
+            with interruptible(cancelled):
+                result = run_optimization(config, job_dir / WORK_DIR, on_progress=_Reporter(store, record, settings, job_dir),
+                                          should_stop=cancelled, progress_bar=False)
+        except JobCancelled:
+            # Stopped inside a step: whatever the finished steps produced is published.
+            _finish(store, record, "cancelled", None, job_dir)
+            return "cancelled"
         except ValueError as error:
             # Bad input (a scene, a target, a setting): retrying cannot help.
             _finish(store, record, "failed", str(error), job_dir)
@@ -223,29 +236,50 @@ def run_job(tenant: str, job_id: str) -> str:
 
 
 def on_failure(job, connection: redis.Redis, exc_type, exc_value, traceback) -> None:
-    """RQ's failure callback (the job raised, timed out, or its worker died): the record goes
-    back to 'queued' when RQ will retry it, else to 'failed' with the reason and whatever the
-    job produced so far."""
+    """RQ's failure callback (the job raised, timed out, its worker died or was shut down): the
+    record goes back to 'queued' when RQ will retry it, else to 'failed' with the reason and
+    whatever the job produced so far. An attempt that made progress, or that a worker shutdown
+    stopped, gives its retry back (service.attempts)."""
     tenant, record_id = job.args
     settings, store, _ = _context(connection)
-    record_type = JobRecord if record_id.startswith("job-") else AssetRecord
-    record = store.get(record_type, tenant, record_id)
-    if record.status in TERMINAL_STATUSES + ("ready",):
+    if not record_id.startswith("job-"):
+        _asset_failed(job, store, tenant, record_id, attempts.cause(exc_type, exc_value, settings.job_timeout_s),
+                      exc_type is not None and issubclass(exc_type, WorkerStopping))
         return
-    reason = f"{exc_type.__name__}: {exc_value}" if exc_type is not None else "worker lost"
+    record = store.get(JobRecord, tenant, record_id)
+    if record.status in TERMINAL_STATUSES:
+        return
+    counted = attempts.counts_as_failure(record, exc_type)
+    if not counted:
+        job.retries_left = (job.retries_left or 0) + 1  # RQ takes one off as it re-queues the job
+    reason = attempts.describe(record, attempts.cause(exc_type, exc_value, settings.job_timeout_s))
     with job_context(record_id):
         if job.retries_left:
-            log.warning("job will be retried", extra={"reason": reason, "retries_left": job.retries_left})
+            log.warning("job will be retried", extra={"reason": reason, "counted": counted,
+                                                      "retries_left": job.retries_left - 1})
 
-            def requeue(current) -> None:
-                current.status = "queued" if record_type is JobRecord else "building"
-                current.error = f"retrying after: {reason}"
+            def requeue(current: JobRecord) -> None:
+                current.status, current.error = "queued", None
+                attempts.end_attempt(current, "interrupted", reason, counted)
 
-            store.update(record_type, tenant, record_id, requeue)
-            if record_type is JobRecord:
-                publish(connection, record_id, "status", {"status": "queued", "retry": True, "reason": reason})
-        elif record_type is JobRecord:
-            _finish(store, record, "failed", reason, store.storage.record_dir("job", tenant, record_id))
+            store.update(JobRecord, tenant, record_id, requeue)
+            publish(connection, record_id, "status", {"status": "queued", "retry": True, "reason": reason,
+                                                      "counted": counted})
+        else:
+            retries = settings.job_retries
+            _finish(store, record, "failed", f"{reason}; no retries left (job_retries={retries})",
+                    store.storage.record_dir("job", tenant, record_id))
+
+
+def _asset_failed(job, store: RecordStore, tenant: str, asset_id: str, reason: str, shutdown: bool) -> None:
+    record = store.get(AssetRecord, tenant, asset_id)
+    if record.status != "building":
+        return
+    if shutdown:
+        job.retries_left = (job.retries_left or 0) + 1  # a shutdown is not a failure of the build
+    with job_context(asset_id):
+        if job.retries_left:
+            log.warning("asset build will be retried", extra={"reason": reason, "retries_left": job.retries_left - 1})
         else:
             _fail_asset(store, record, reason)
 
@@ -265,16 +299,24 @@ def _fail_asset(store: RecordStore, record: AssetRecord, reason: str) -> None:
 def build_asset(tenant: str, asset_id: str) -> str:
     """Make asset ``asset_id`` loadable: check a nerfstudio checkpoint by loading it; train a
     nerfsim asset from a posed image set, or from a mesh rendered into one first."""
-    settings, store, _ = _context()
+    settings, store, connection = _context()
     with job_context(asset_id):
         record = store.get(AssetRecord, tenant, asset_id)
         if record.status != "building":
             return record.status
+        cancelled = _CancelFlag(connection, asset_id)
         asset_dir = store.storage.record_dir("asset", tenant, asset_id)
         source = asset_dir / record.details["source"]
         build = record.build
         try:
-            details = _build(record, asset_dir, source, settings)
+            if cancelled():
+                raise JobCancelled
+            # Cancelling stops the build within seconds; a worker shutdown too (it is re-queued).
+            with interruptible(cancelled):
+                details = _build(record, asset_dir, source, settings)
+        except JobCancelled:
+            _fail_asset(store, record, BUILD_CANCELLED)
+            return "failed"
         except ValueError as error:
             _fail_asset(store, record, str(error).replace(str(asset_dir) + "/", ""))
             return "failed"

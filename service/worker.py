@@ -10,7 +10,9 @@ serve`` through ``subprocess``), never forked from a process that has run torch.
 While a job runs, a heartbeat thread renews the worker's and the job's liveness every
 ``heartbeat_interval_s``; when a worker dies (kill -9, a lost machine), its job's lease expires
 ``heartbeat_grace_s`` later, and the next maintenance pass of any worker retries it - from its
-last checkpoint. Many workers on many machines may share one Redis and one storage root.
+last checkpoint. A graceful stop (SIGTERM/SIGINT) does not wait for the job to end: the job is
+interrupted within seconds and goes straight back to the queue, where another worker resumes
+it from its checkpoint, without using up a retry. Many workers on many machines may share one Redis and one storage root.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.worker import SimpleWorker, WorkerStatus
 
+from service.interruption import interrupt_current
 from service.logs import configure_logging
 from service.queue import get_queue
 from service.settings import ServiceSettings, get_settings
@@ -54,6 +57,13 @@ class NerfsimWorker(SimpleWorker):
             beat.join()
         self.set_state(WorkerStatus.IDLE)
 
+    def request_stop(self, signum, frame) -> None:
+        """Warm shutdown: RQ's (a second signal stops at once), and the running job, which may
+        have hours left, is interrupted now and re-queued (service.tasks.on_failure)."""
+        super().request_stop(signum, frame)
+        if interrupt_current():
+            log.info("worker stopping: interrupting the running job to re-queue it", extra={"worker": self.name})
+
     def _keep_alive(self, job: Job, execution, done: threading.Event) -> None:
         while not done.wait(self.job_monitoring_interval):
             try:
@@ -77,7 +87,7 @@ def build_worker(settings: ServiceSettings, connection: redis.Redis, name: str |
 
 def run_worker(settings: ServiceSettings | None = None, burst: bool = False, max_jobs: int | None = None,
                name: str | None = None) -> bool:
-    """Work until stopped (SIGTERM/SIGINT: finish the current job; twice: stop now); with
+    """Work until stopped (SIGTERM/SIGINT: re-queue the current job and stop; twice: stop now); with
     ``burst``, until the queue is empty. Returns whether any job ran."""
     settings = settings or get_settings()
     if settings.redis_url is None:

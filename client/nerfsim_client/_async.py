@@ -115,6 +115,11 @@ class AsyncJob(JobData):
         self.data = await self._client._run(self._client._ops.json(Call("POST", f"/v1/jobs/{self.id}/cancel")))
         return self
 
+    async def retry(self) -> "AsyncJob":
+        """See :meth:`Job.retry`."""
+        self.data = await self._client._run(self._client._ops.json(Call("POST", f"/v1/jobs/{self.id}/retry")))
+        return self
+
     async def delete(self) -> None:
         await self._client._run(self._client._ops.json(Call("DELETE", f"/v1/jobs/{self.id}")))
 
@@ -181,6 +186,10 @@ class AsyncClient:
 
     async def get_job(self, job_id: str) -> AsyncJob:
         return AsyncJob(await self._run(self._ops.json(Call("GET", f"/v1/jobs/{job_id}"))), self)
+
+    async def retry_job(self, job: Union[AsyncJob, str]) -> AsyncJob:
+        """See :meth:`Job.retry`."""
+        return AsyncJob(await self._run(self._ops.json(Call("POST", f"/v1/jobs/{getattr(job, 'id', job)}/retry"))), self)
 
     async def list_jobs(self, *, status: Optional[str] = None, asset: Union[Asset, str, None] = None,
                         target: Union[Target, str, None] = None, offset: int = 0, limit: int = 50) -> List[AsyncJob]:

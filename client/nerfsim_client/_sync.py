@@ -121,6 +121,12 @@ class Job(JobData):
         self.data = self._client._run(self._client._ops.json(Call("POST", f"/v1/jobs/{self.id}/cancel")))
         return self
 
+    def retry(self) -> "Job":
+        """Run a failed or cancelled job again (it resumes from its checkpoint); a job in any
+        other state raises :class:`~nerfsim_client.ConflictError`."""
+        self.data = self._client._run(self._client._ops.json(Call("POST", f"/v1/jobs/{self.id}/retry")))
+        return self
+
     def delete(self) -> None:
         self._client._run(self._client._ops.json(Call("DELETE", f"/v1/jobs/{self.id}")))
 
@@ -208,6 +214,10 @@ class Client:
 
     def get_job(self, job_id: str) -> Job:
         return Job(self._run(self._ops.json(Call("GET", f"/v1/jobs/{job_id}"))), self)
+
+    def retry_job(self, job: Union[Job, str]) -> Job:
+        """See :meth:`Job.retry`."""
+        return Job(self._run(self._ops.json(Call("POST", f"/v1/jobs/{getattr(job, 'id', job)}/retry"))), self)
 
     def list_jobs(self, *, status: Optional[str] = None, asset: Union[Asset, str, None] = None,
                   target: Union[Target, str, None] = None, offset: int = 0, limit: int = 50) -> List[Job]:

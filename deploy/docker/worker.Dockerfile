@@ -62,6 +62,6 @@ USER nerfsim
 WORKDIR /home/nerfsim
 VOLUME /data
 ENTRYPOINT ["nerfsim-worker-entrypoint"]
-# Takes jobs from the queue at REDIS_URL, one at a time, until stopped (SIGTERM finishes the
-# current job first; a job cut short is retried from its last checkpoint).
+# Takes jobs from the queue at REDIS_URL, one at a time, until stopped (SIGTERM re-queues the
+# current job, which another worker resumes from its last checkpoint).
 CMD ["nerfsim", "worker"]

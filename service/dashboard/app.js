@@ -543,6 +543,12 @@ function jobView(jobId) {
         try { state.job = await api.json("POST", `/v1/jobs/${jobId}/cancel`); schedule(); } catch (e) { alert(e.message); }
       } }, job.cancel_requested ? "Cancelling…" : "Cancel"));
     } else {
+      if (job.status === "failed" || job.status === "cancelled") {
+        buttons.push(h("button", { id: "retry-job", title: "run it again from its last checkpoint", onclick: async () => {
+          // The job's event stream starts over: follow it from the start again.
+          try { await api.json("POST", `/v1/jobs/${jobId}/retry`); location.reload(); } catch (e) { alert(e.message); }
+        } }, "Retry"));
+      }
       buttons.push(h("button", { id: "delete-job", class: "secondary", onclick: async () => {
         if (!confirm(`Delete job ${jobId} and its artifacts?`)) return;
         try { await api.json("DELETE", `/v1/jobs/${jobId}`); location.hash = "#/"; } catch (e) { alert(e.message); }

@@ -71,7 +71,8 @@ def test_a_killed_worker_resumes_and_ends_as_an_uninterrupted_run(api_client: Ne
     assert first["status"] == second["status"] == "succeeded", (first["error"], second["error"])
     assert (first["attempts"], second["attempts"]) == (1, 2)
     retries = [e for e in log_entries(tmp_path / "workers.log") if e.get("message") == "job will be retried"]
-    assert [(e["job_id"], e["reason"].split(":")[0]) for e in retries] == [(killed, "AbandonedJobError")]
+    assert [(e["job_id"], e["reason"].split(" during ")[0], e["counted"]) for e in retries] == [
+        (killed, "the worker stopped responding (killed, or out of memory)", False)]
     # The same seeded job gives the same results, killed or not: every iteration's metrics,
     # the learned distribution, the final metrics and the detector's weights (wall times aside).
     assert untimed(second["history"]) == untimed(first["history"]) and len(first["history"]) == 4

@@ -218,6 +218,9 @@ def test_run_optimization_from_files_writes_the_report(tmp_path: Path, val_set: 
     stages = [r.stage for r in reports]
     assert stages[0] == "setup" and stages[-1] == "done"
     assert {"outer", "final-render", "final-train", "evaluate", "report"} <= set(stages)
+    # One report per epoch (Ultralytics' validation of the best weights is not an epoch).
+    assert [(r.iteration, r.total, r.message) for r in reports if r.stage == "final-train"] == [
+        (1, 1, "final detector: epoch 1/1")]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set(report["final"]) == {"val", "test"} and 0 <= report["final"]["test"]["map50_95"] <= 1
     assert report["images_rendered"] == 6 + 8 and report["iterations_done"] == 1
@@ -240,6 +243,23 @@ def test_shared_classes_learn_one_distribution(tmp_path: Path, val_set: Labelled
     assert not torch.allclose(probs[0], torch.full((8,), 1 / 8))
     assert torch.equal(probs[0], probs[1])
     assert result.psi["distance_m"]["median"][0] == result.psi["distance_m"]["median"][1]
+
+
+def test_should_stop_is_honoured_inside_the_final_training(tmp_path: Path, val_set: LabelledSet) -> None:
+    """Asked after every batch of Ultralytics' training, not only after an epoch (and its
+    validation on the whole dataset): the run stops at the first batch, keeps its dataset and
+    resumes to completion."""
+    config = tiny_config(outer_iterations=1, final_images=8, final_epochs=2, final_batch_size=2, warmup_steps=0,
+                         sample_images=0, val_map_every=0)
+    out = tmp_path / "run"
+    reports: list[Progress] = []
+    # True once the final training has begun (it first saves the detector it starts from).
+    stopped = _run(config, val_set, out, on_progress=reports.append,
+                   should_stop=lambda: (out / "final_train" / "initial.pt").is_file())
+    assert stopped.status == "cancelled" and stopped.iterations_done == 1
+    assert "final-train" not in {r.stage for r in reports} and (out / "dataset" / "data.yaml").is_file()
+    assert not list((out / "final_train").rglob("last.pt"))
+    assert _run(config, val_set, out).status == "completed"
 
 
 def test_the_final_dataset_draws_do_not_depend_on_the_method(tmp_path: Path, val_set: LabelledSet) -> None:

@@ -95,9 +95,31 @@ def delete_asset(asset_id: str, tenant: TenantDep, store: StoreDep) -> None:
     """Delete an asset and its files; refused while a queued or running job uses it."""
     record = store.get(AssetRecord, tenant, asset_id)
     if record.status == "building":
-        raise Conflict(f"asset {asset_id} is being built; delete it when it is ready or failed")
+        raise Conflict(f"asset {asset_id} is being built; cancel its build or delete it when it is ready or failed")
     users, _ = store.list(JobRecord, tenant, 0, 1,
                           lambda j: asset_id in j.assets and j.status in ("queued", "running"))
     if users:
         raise Conflict(f"asset {asset_id} is used by job {users[0].id}, which is {users[0].status}")
     store.delete(record)
+
+
+@router.post("/{asset_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=AssetPublic)
+def cancel_asset_build(asset_id: str, tenant: TenantDep, store: StoreDep) -> AssetRecord:
+    """Cancel an asset's build: one not started yet at once, a running one within seconds
+    (whatever its stage); the asset then fails with the reason. An asset that is not being
+    built is a conflict."""
+    from service.events import cancel_key
+    from service.queue import cancel_queued
+    from service.tasks import BUILD_CANCELLED
+
+    record = store.get(AssetRecord, tenant, asset_id)
+    if record.status != "building":
+        raise Conflict(f"asset {asset_id} is {record.status}, not being built")
+    store.redis.set(cancel_key(asset_id), "1", ex=7 * 24 * 3600)
+    if cancel_queued(store.redis, asset_id):
+        def cancelled(current: AssetRecord) -> None:
+            if current.status == "building":
+                current.status, current.error = "failed", BUILD_CANCELLED
+
+        record = store.update(AssetRecord, tenant, asset_id, cancelled)
+    return record

@@ -260,3 +260,32 @@ def get_work_file(job_id: str, path: str, tenant: TenantDep, store: StoreDep) ->
     if not file.is_relative_to(work) or file.suffix.lower() not in {".png", ".jpg", ".json"} or not file.is_file():
         raise NotFound(f"job {job_id} has no file {path!r}")
     return FileResponse(file)
+
+
+RETRYABLE = ("failed", "cancelled")
+
+
+@router.post("/{job_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def retry_job(job_id: str, tenant: TenantDep, store: StoreDep, queue: QueueDep, settings: SettingsDep) -> JobRecord:
+    """Run a failed or cancelled job again, with the service's retries anew: it resumes from its
+    last checkpoint (the outer iterations it completed are not redone). Its event stream starts
+    over. A job in any other state is a conflict."""
+    from service.queue import enqueue_again, is_active
+
+    record = store.get(JobRecord, tenant, job_id)
+    if record.status not in RETRYABLE:
+        raise Conflict(f"job {job_id} is {record.status}; only a failed or cancelled job can be retried")
+    if is_active(store.redis, job_id):
+        raise Conflict(f"job {job_id} is still being wound up by its worker; retry it in a few seconds")
+
+    def again(current: JobRecord) -> None:
+        if current.status not in RETRYABLE:  # (another request retried it meanwhile)
+            raise Conflict(f"job {job_id} is {current.status}; only a failed or cancelled job can be retried")
+        current.status, current.error, current.cancel_requested, current.finished_at = "queued", None, False, None
+
+    store.redis.delete(cancel_key(job_id))
+    record = store.update(JobRecord, tenant, job_id, again)
+    store.redis.delete(events_key(job_id))
+    publish(store.redis, job_id, "status", {"status": "queued", "retry": True}, settings.progress_stream_length)
+    enqueue_again(queue, RUN_JOB, tenant, job_id, settings, f"job {job_id} (retried)")
+    return record
