@@ -532,11 +532,11 @@ def run_exploits(bench: Bench, attacker: Tenant) -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few minutes on 2 cores")
-    parser.add_argument("--examples", type=int, help="fuzz examples per operation and mode (default 50; 8 quick)")
+    parser.add_argument("--examples", type=int, help="fuzz examples per operation and mode (default 200; 25 quick)")
     parser.add_argument("--fuzz-minutes", type=float, help="fuzz time cap (default 10; 2 quick)")
     parser.add_argument("--keep", action="store_true", help="keep the working folder (logs, storage)")
     args = parser.parse_args()
-    examples = args.examples or (8 if args.quick else 50)
+    examples = args.examples or (25 if args.quick else 200)
     fuzz_s = 60 * (args.fuzz_minutes or (2 if args.quick else 10))
 
     work = Path(tempfile.mkdtemp(prefix="nerfsim-faults-"))
