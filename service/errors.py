@@ -22,6 +22,12 @@ class UploadTooLarge(UploadError):
     status_code = 413
 
 
+class Unprocessable(ServiceError):
+    """A well-formed request whose parts do not fit together (e.g. weights and assets share no class)."""
+
+    status_code = 422
+
+
 class NotFound(ServiceError):
     """No such record for this tenant (other tenants' records are not found either)."""
 

@@ -17,7 +17,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from service.api.deps import AsyncRedisDep, QueueDep, SettingsDep, StoreDep, TenantDep
 from service.api.responses import STREAM_ERROR_RESPONSES
-from service.errors import Conflict, NotFound, ServiceError
+from service.errors import Conflict, NotFound, ServiceError, Unprocessable
 from service.events import cancel_key, decode, events_key, publish
 from service.queue import RUN_JOB, cancel_queued, enqueue
 from service.recovery import idempotency_key
@@ -30,13 +30,14 @@ from service.schemas import (
     JobsPublic,
     JobStatus,
     TargetRecord,
+    WeightsRecord,
     new_id,
 )
 from service.tasks import ARTIFACTS_DIR, WORK_DIR
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-SERVICE_SET_OPTIONS = {"scene", "target_val", "target_test"}
+SERVICE_SET_OPTIONS = {"scene", "target_val", "target_test", "detector_weights"}
 FILE_CONTENT = {"content": {**{media: {"schema": {"type": "string", "format": "binary"}}
                             for media in ("application/zip", "application/octet-stream", "image/png", "image/jpeg")},
                             "application/json": {"schema": {}}}}
@@ -63,6 +64,8 @@ def _check_references(job: JobCreate, tenant: str, store) -> None:
         if unknown:
             raise ServiceError(f"{field}: target {target_id} has classes {unknown} that no asset provides "
                                f"(asset classes: {names})")
+    if job.detector_weights is not None:
+        _check_weights(job.detector_weights, names, tenant, store)
     reserved = sorted(SERVICE_SET_OPTIONS & set(job.options))
     if reserved:
         raise ServiceError(f"options: {reserved} are set by the service")
@@ -72,6 +75,15 @@ def _check_references(job: JobCreate, tenant: str, store) -> None:
         validate_config(job.optimize_config("scene.json", "validation", "test" if job.target_test else None))
     except (TypeError, ValueError) as error:
         raise ServiceError(str(error).replace("OptimizeConfig.", "")) from error
+
+
+def _check_weights(weights_id: str, asset_names: list[str], tenant: str, store) -> None:
+    """The weights are the tenant's (another tenant's id is not found, like a missing one) and
+    share a class with the assets: with none in common, no class-logit row carries over."""
+    weights = store.get(WeightsRecord, tenant, weights_id)
+    if not set(weights.class_names) & set(asset_names):
+        raise Unprocessable(f"detector_weights: weights {weights_id} have classes {weights.class_names}, none of "
+                            f"which is an asset's class (asset classes: {asset_names})")
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
