@@ -154,3 +154,22 @@ def test_a_job_with_uploaded_weights_starts_its_detector_from_them(client, make_
             assert torch.equal(detector.state_dict()[name][0], tensor[0]) and len(detector.state_dict()[name]) == 1
         else:
             assert torch.equal(detector.state_dict()[name], tensor), name
+
+
+@pytest.mark.slow
+def test_a_job_with_uploaded_weights_runs_on_a_worker(client, make_key, workers, asset_zip: Path, coco_zip: Path,
+                                                      weights_file: Path) -> None:
+    """The worker reads the stored weights with the safe loader, and Ultralytics' trainer gets
+    only the detector nerfsim saved itself: the job succeeds and delivers its detector."""
+    from tests.service.conftest import wait_for
+
+    headers = make_key("acme")
+    asset_id, target_id = setup_job_inputs(client, headers, asset_zip, coco_zip)
+    weights = upload(client, "/v1/weights", headers, weights_file, name="boxes")
+    job = client.post("/v1/jobs", headers=headers, json=tiny_job(asset_id, target_id, detector_weights=weights["id"])).json()
+    workers.start()
+
+    done = wait_for(lambda: (r := client.get(f"/v1/jobs/{job['id']}", headers=headers).json())["status"]
+                    in ("succeeded", "failed", "cancelled") and r, 300, "the job to end")
+    assert done["status"] == "succeeded", (done["error"], workers.logs()[-3000:])
+    assert "detector.pt" in done["artifacts"]
