@@ -18,8 +18,10 @@ memory), and only the tensors are copied in.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
+from collections.abc import Iterator
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +75,8 @@ STRING_ARGUMENTS = frozenset({"nc", "None", "nearest"})
 MAX_LAYERS = 64
 MAX_REPEATS = 16
 MAX_CHANNELS = 4096
-MAX_CLASSES = 10_000
+MAX_CLASSES = 2000
+"""More than LVIS's 1203 classes."""
 MAX_DEPTH = 32
 """Nesting of modules and containers in a checkpoint (Ultralytics' go about 6 deep)."""
 
@@ -142,9 +145,13 @@ def _read(path: Path) -> DetectorCheckpoint:
     model_yaml["nc"] = len(class_names)
     tensors = _module_tensors(source, path)
     _check_architecture(model_yaml, tensors, path)
-    with torch.random.fork_rng(devices=[]):  # the initialisation is overwritten: leave the caller's RNG alone
-        model = DetectionModel(model_yaml, nc=len(class_names), verbose=False)
-    model.load_state_dict(tensors, strict=True)
+    try:
+        with _building(), torch.random.fork_rng(devices=[]):  # the initialisation is overwritten: keep the RNG
+            model = DetectionModel(model_yaml, nc=len(class_names), verbose=False)
+            model.load_state_dict(tensors, strict=True)
+    except Exception as error:  # e.g. layers whose outputs do not fit together, tensors that do not copy
+        raise DetectorError(f"{path}: the model does not build from its yaml and weights "
+                            f"({type(error).__name__}: {error})") from error
     model.names = dict(enumerate(class_names))
     model.eval()
     return DetectorCheckpoint(model=model, class_names=class_names,
@@ -169,7 +176,7 @@ def _class_names(names: Any, path: Path) -> list[str]:
     if isinstance(names, dict) and list(names) == list(range(len(names))):
         names = list(names.values())
     if (not isinstance(names, list) or not 0 < len(names) <= MAX_CLASSES
-            or not all(isinstance(n, str) and 0 < len(n) <= 256 for n in names)):
+            or not all(isinstance(n, str) and 0 < len(n) <= 128 for n in names)):
         raise DetectorError(f"{path}: the model's class names are not a list of 1 to {MAX_CLASSES} names")
     if len(set(names)) != len(names):
         raise DetectorError(f"{path}: duplicate class names in the checkpoint")
@@ -292,16 +299,24 @@ def _module_tensors(source: _Inert, path: Path) -> dict[str, torch.Tensor]:
 def _check_architecture(model_yaml: dict, tensors: dict[str, torch.Tensor], path: Path) -> None:
     """The yaml's layers, built on the meta device (no memory), have exactly the checkpoint's
     tensor names and shapes."""
-    default_activation = Conv.default_act
     try:
-        with torch.device("meta"):
+        with _building(), torch.device("meta"):
             layers, _ = parse_model(deepcopy(model_yaml), ch=3, verbose=False)
     except Exception as error:  # a yaml whose sizes do not fit together
         raise DetectorError(f"{path}: the model yaml does not build ({type(error).__name__}: {error})") from error
-    finally:
-        Conv.default_act = default_activation  # parse_model restores it only when it succeeds
     expected = {f"model.{name}": tuple(t.shape) for name, t in layers.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in tensors.items()}
     if expected != found:
         differing = sorted(set(expected) ^ set(found)) or sorted(n for n in expected if expected[n] != found[n])
         raise DetectorError(f"{path}: the weights do not match the model yaml (first difference: {differing[0]})")
+
+
+@contextlib.contextmanager
+def _building() -> Iterator[None]:
+    """Ultralytics sets the process-wide ``Conv.default_act`` from the yaml and restores it only
+    when the model builds: restore it whatever happens."""
+    default_activation = Conv.default_act
+    try:
+        yield
+    finally:
+        Conv.default_act = default_activation

@@ -152,3 +152,14 @@ def test_other_models_and_files_are_refused(tmp_path):
 
     with pytest.raises(DetectorError, match="not found"):
         read_detector_checkpoint(tmp_path / "none.pt")
+
+
+def test_layers_whose_outputs_do_not_fit_are_refused(tmp_path):
+    """The yaml matches the weights (an upsampling has none) but its forward pass cannot run."""
+    model = build_detector(DetectorConfig(arch="yolov8n-cpu", class_names=["a"]))
+    model.yaml["head"][0][3] = [None, 4, "nearest"]  # P5 upsampled 4x no longer fits P4 in the Concat
+    path = save_detector(model, tmp_path / "mismatch.pt")
+    default_activation = Conv.default_act
+    with pytest.raises(DetectorError, match="mismatch.pt: the model does not build from its yaml and weights"):
+        read_detector_checkpoint(path)
+    assert Conv.default_act is default_activation
