@@ -4,7 +4,8 @@ Ultralytics loads ``.pt`` files with ``torch.load(weights_only=False)``: a craft
 as the caller. Here the file is read with ``weights_only=True``, and the globals it may name
 are exactly those of Ultralytics detection checkpoints (:data:`ALLOWED_GLOBALS`, found with
 ``torch.serialization.get_unsafe_globals_in_checkpoint`` on checkpoints of yolov8n, yolo11n
-and yolov8n-cpu written by :func:`detector.model.save_detector` and by Ultralytics' trainer).
+and yolov8n-cpu written by :func:`detector.model.save_detector` and by Ultralytics' trainer;
+yolo26n's are the same).
 
 Even allowlisted classes are not trusted with the file's data: the restricted unpickler calls
 an allowed class with arguments taken from the file (``REDUCE``), and ``DetectionModel(cfg)``
@@ -59,12 +60,12 @@ ALLOWED_GLOBALS = (
     "ultralytics.utils.IterableSimpleNamespace",
 )
 """Globals (beyond the tensors and containers torch itself allows) of an Ultralytics detection
-checkpoint of the YOLOv8 and YOLO11 families; a checkpoint naming any other is refused."""
+checkpoint of the YOLOv8, YOLO11 and YOLO26 families; a checkpoint naming any other is refused."""
 
 DETECTION_MODEL = "ultralytics.nn.tasks.DetectionModel"
 
 LAYER_MODULES = frozenset({"Conv", "C2f", "C3k2", "C2PSA", "SPPF", "Concat", "Detect", "nn.Upsample"})
-"""Layer names a checkpoint's yaml may use: those of the YOLOv8 and YOLO11 detection yamls."""
+"""Layer names a checkpoint's yaml may use: those of the YOLOv8, YOLO11 and YOLO26 detection yamls."""
 
 ACTIVATION = re.compile(r"(torch\.)?nn\.(SiLU|ReLU|ReLU6|LeakyReLU|Hardswish|Mish|GELU|Identity)\((\d+(\.\d+)?)?\)")
 """An activation spec of the yaml (Ultralytics ``eval``s it): a torch activation, literal argument."""

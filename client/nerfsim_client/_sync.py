@@ -201,7 +201,7 @@ class Client:
     def upload_weights(self, path: Union[str, Path], name: str) -> Weights:
         """Upload an Ultralytics YOLO detection checkpoint (``.pt``) for jobs' detectors to
         start from (``create_job(..., detector_weights=...)``). The service reads it without
-        running its code and refuses anything but a YOLOv8 / YOLO11 detection model (422)."""
+        running its code and refuses anything but a YOLOv8 / YOLO11 / YOLO26 detection model (422)."""
         return Weights.from_json(self._run(self._ops.upload_weights(Path(path), name)))
 
     def get_weights(self, weights_id: str) -> Weights:

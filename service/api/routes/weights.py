@@ -30,7 +30,7 @@ async def create_weights(
     file: Annotated[UploadFile, File(description="Ultralytics YOLO detection checkpoint (.pt)")],
     name: Annotated[str, Form(min_length=1, max_length=128)],
 ) -> WeightsRecord:
-    """Upload detector weights. The checkpoint must hold a YOLOv8 / YOLO11 detection model
+    """Upload detector weights. The checkpoint must hold a YOLOv8 / YOLO11 / YOLO26 detection model
     (saved by Ultralytics' trainer or by nerfsim); anything else answers 422 naming the problem."""
     weights_id = new_id("weights")
     upload_name = file.filename or "upload"
