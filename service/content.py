@@ -1,9 +1,9 @@
 """Uploads: streamed to disk under a size limit, extracted safely, and their content checked.
 
-Detector weights are read with the safe loader of :mod:`detector.checkpoint` on upload (a
-file that names anything but Ultralytics detection layers is refused before any of it is
-unpickled). A labelled target set is validated completely on upload (the readers of ``detector.datasets``
-decode every image and check every box); an asset's files are checked for what can be checked
+A labelled target set is validated completely on upload (the readers of ``detector.datasets``
+decode every image and check every box), and so are detector weights (read with the safe loader
+of :mod:`detector.checkpoint`: a file naming anything but Ultralytics detection layers is refused
+before any of it is unpickled); an asset's files are checked for what can be checked
 without heavy work (the expected files exist, and no file reference leaves the upload), the rest
 happens in its asset-building job. Error messages name files as they are inside the upload,
 never by their path on the server.
