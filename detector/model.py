@@ -2,7 +2,10 @@
 
 Architectures come from the model yamls that ship inside the ``ultralytics`` package, so
 nothing is downloaded. A checkpoint written by :func:`save_detector` has the layout of
-Ultralytics' own checkpoints and loads with plain ``ultralytics.YOLO(path)``.
+Ultralytics' own checkpoints and loads with plain ``ultralytics.YOLO(path)``; checkpoints are
+read back with :func:`detector.checkpoint.read_detector_checkpoint`, never with Ultralytics'
+loader (which unpickles arbitrary code), so the files this project hands to Ultralytics'
+trainer are only ones it wrote itself.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from typing import Literal
 import torch
 from ultralytics import __version__ as ultralytics_version
 from ultralytics.cfg import DEFAULT_CFG, get_cfg
-from ultralytics.nn.tasks import DetectionModel, load_checkpoint, yaml_model_load
+from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
+from detector.checkpoint import read_detector_checkpoint
 from detector.errors import DetectorError
 
 Architecture = Literal["yolov8n", "yolo11n", "yolov8n-cpu"]
@@ -38,8 +42,9 @@ class DetectorConfig:
     block per stage, about 0.9 M parameters instead of 3 M, for CPU-only runs and tests).
     Ignored when ``weights`` is given: the checkpoint brings its own architecture."""
     weights: Path | None = None
-    """User-supplied Ultralytics ``.pt`` checkpoint to start from; its layers are transferred
-    by name and shape, and its class-logit rows by class name where the names match."""
+    """Ultralytics ``.pt`` detection checkpoint to start from, read without running its code
+    (:mod:`detector.checkpoint`); its layers are transferred by name and shape, and its
+    class-logit rows by class name where the names match."""
     class_names: list[str] = field(default_factory=list)
     """The job's classes, in class-id order."""
     image_size: int = 640
@@ -120,15 +125,8 @@ def load_detector(path: Path, device: torch.device | str = "cpu") -> DetectionMo
 
 
 def _load_checkpoint_model(path: Path) -> DetectionModel:
-    if not path.is_file():
-        raise DetectorError(f"{path}: detector weights file not found")
-    try:
-        model, _ = load_checkpoint(path)
-    except (TypeError, ModuleNotFoundError, RuntimeError) as error:
-        raise DetectorError(f"{path}: not a loadable Ultralytics checkpoint ({error})") from error
-    if not isinstance(model, DetectionModel) or getattr(model, "task", "detect") != "detect":
-        raise DetectorError(f"{path}: holds a {type(model).__name__}, not a YOLO detection model")
-    return model
+    # Never Ultralytics' own loader: it unpickles with weights_only=False (see detector.checkpoint).
+    return read_detector_checkpoint(path).model
 
 
 def _prepare_for_training(model: DetectionModel) -> None:

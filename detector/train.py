@@ -29,6 +29,12 @@ from detector.targets import UltralyticsTargets, select_targets
 MAX_GRADIENT_NORM = 10.0
 """Gradient-norm clip of Ultralytics' trainer."""
 
+FILE_ARGUMENTS = ("model", "data", "project", "name", "save_dir", "cfg", "pretrained", "resume", "source", "tracker")
+"""Ultralytics train arguments that name files or folders: Ultralytics' trainer unpickles the
+checkpoints it is pointed at (``weights_only=False``) and writes where it is told, so these
+are set by :func:`train_on_dataset` alone (``pretrained`` and ``resume`` may be booleans, but
+``resume=True`` reads the newest run of the whole machine, so only False)."""
+
 
 @dataclass
 class FinetuneState:
@@ -128,8 +134,12 @@ def train_on_dataset(
     AMP self-check on CUDA downloads ``yolo26n.pt``. ``callbacks`` maps Ultralytics events
     (e.g. ``on_train_batch_end``, ``on_fit_epoch_end``) to functions of the trainer, e.g. to
     report progress. ``trainer_overrides`` are further Ultralytics train arguments (e.g.
-    ``mosaic=0.0``, ``plots=False``).
+    ``mosaic=0.0``, ``plots=False``); none may name a file (:data:`FILE_ARGUMENTS`).
     """
+    named = sorted(k for k, v in trainer_overrides.items() if k in FILE_ARGUMENTS
+                   and not (k == "pretrained" and isinstance(v, bool)) and not (k == "resume" and v is False))
+    if named:
+        raise DetectorError(f"trainer arguments {named} name files or folders: train_on_dataset sets those itself")
     data_yaml = Path(data_dir) / "data.yaml"
     if not data_yaml.is_file():
         raise DetectorError(f"{data_yaml}: file not found (train_on_dataset needs a YOLO dataset folder)")

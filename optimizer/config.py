@@ -157,7 +157,9 @@ class OptimizeConfig:
     detector: str = "yolov8n-cpu"
     """Detector architecture (yolov8n, yolo11n, yolov8n-cpu) ..."""
     detector_weights: str | None = None
-    """... or a user .pt to start from."""
+    """... or the path of an Ultralytics YOLO detection .pt to start from, read without running
+    its code (detector.checkpoint). The service sets it to a job's uploaded weights (named by
+    id in the request), never to a path from a request."""
     image_size: int = 64
     final_images: int = 200
     """Images rendered from the learned psi for the final dataset (0: no final stage, i.e. no

@@ -1,8 +1,11 @@
 """Objects from nerfstudio checkpoints (``config.yml`` + ``nerfstudio_models/step-*.ckpt``).
 
 Loaded without the training data folder and fully offline:
-- ``config.yml`` is read with a YAML loader that only builds objects from nerfstudio, pathlib
-  and a few standard modules (nerfstudio's own loader would run anything the file names).
+- ``config.yml`` is read with a YAML loader that only names objects of nerfstudio, pathlib
+  and a few standard modules, and calls none of them: config dataclasses are created without
+  ``__init__``, only paths and enums are built from arguments (nerfstudio's own loader would
+  run anything the file names, e.g. ``nerfstudio.utils.scripts.run_command``), and the
+  model's ``_target`` must be a nerfstudio model class.
 - The checkpoint is read with ``torch.load(weights_only=True)``; only the model's tensors are
   used. A checkpoint that needs arbitrary unpickling is refused unless the caller trusts it.
 - Models are built from their config with the scene box and appearance-embedding count read
@@ -16,9 +19,11 @@ The object frame (metric, centred, y up) maps into the model's frame through the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import enum
 import json
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PosixPath, PurePosixPath
 
 import numpy
 import torch
@@ -32,19 +37,32 @@ from renderer.train_object import AssetError
 ALLOWED_YAML_MODULES = ("nerfstudio.", "pathlib.", "torch.optim.", "renderer.nerfstudio_method.", "renderer.object_field.")
 
 
+YAML_CALLABLES = (Path, PosixPath, PurePosixPath)
+"""What ``!!python/object/apply`` may call (besides looking an Enum member up by value)."""
+
+
 class _RestrictedLoader(yaml.UnsafeLoader):
     """A YAML loader for nerfstudio configs that refuses objects from modules outside
-    ``ALLOWED_YAML_MODULES``."""
+    ``ALLOWED_YAML_MODULES`` and never calls what the file names, except the paths and enums
+    nerfstudio writes (``!!python/object/apply`` would otherwise call any function of those
+    modules with arguments from the file)."""
+
+    def make_python_instance(self, suffix, node, args=None, kwds=None, newobj=False):  # noqa: D102
+        cls = self.find_python_name(suffix, node.start_mark)
+        if newobj and isinstance(cls, type) and dataclasses.is_dataclass(cls):
+            return cls.__new__(cls)  # !!python/object: the fields come as state, __init__ is not run
+        if cls in YAML_CALLABLES or isinstance(cls, type) and issubclass(cls, enum.Enum):
+            return super().make_python_instance(suffix, node, args, kwds, newobj)
+        raise yaml.constructor.ConstructorError(None, None, f"refusing to call {suffix!r} from a config",
+                                                node.start_mark)
 
     def find_python_name(self, name, mark):  # noqa: D102 (yaml's API)
         if not name.startswith(ALLOWED_YAML_MODULES):
             raise yaml.constructor.ConstructorError(None, None, f"refusing to build {name!r} from a config", mark)
         return super().find_python_name(name, mark)
 
-    def find_python_module(self, name, mark):  # noqa: D102
-        if not name.startswith(ALLOWED_YAML_MODULES):
-            raise yaml.constructor.ConstructorError(None, None, f"refusing to import {name!r} from a config", mark)
-        return super().find_python_module(name, mark)
+    def find_python_module(self, name, mark):  # noqa: D102 (nerfstudio configs name no modules)
+        raise yaml.constructor.ConstructorError(None, None, f"refusing to import {name!r} from a config", mark)
 
 
 class _NoLPIPS(nn.Module):
@@ -75,10 +93,44 @@ def read_trainer_config(config_path: Path):
     config_path = Path(config_path)
     if not config_path.is_file():
         raise AssetError(f"{config_path}: nerfstudio config not found")
+    from nerfstudio.engine.trainer import TrainerConfig
+    from nerfstudio.models.base_model import Model, ModelConfig
+
     try:
-        return yaml.load(config_path.read_text(), Loader=_RestrictedLoader)
+        config = yaml.load(config_path.read_text(), Loader=_RestrictedLoader)
     except yaml.YAMLError as error:
         raise AssetError(f"{config_path}: not a readable nerfstudio config ({error})") from error
+    model = getattr(getattr(config, "pipeline", None), "model", None)
+    target = getattr(model, "_target", None)
+    if not isinstance(config, TrainerConfig) or not isinstance(model, ModelConfig):
+        raise AssetError(f"{config_path}: not a nerfstudio trainer config with a pipeline model")
+    if not (isinstance(target, type) and issubclass(target, Model)):
+        # Model setup calls _target with the config: it must be a model class, not any callable.
+        raise AssetError(f"{config_path}: pipeline.model._target {target!r} is not a nerfstudio model class")
+    for where, found in _targets(config, "config"):
+        if not isinstance(found, type):  # a nested config's setup() calls it too
+            raise AssetError(f"{config_path}: {where}._target {found!r} is not a class")
+    return config
+
+
+def _targets(value, where: str, depth: int = 0) -> Iterator[tuple[str, object]]:
+    """The ``_target`` of every config dataclass nested in ``value`` (through dicts and lists
+    too), with where it is."""
+    if depth > 16:
+        return
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items = vars(value).items()
+    elif isinstance(value, dict):
+        items = ((str(k), v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return
+    for name, item in items:
+        if name == "_target":
+            yield where, item
+        else:
+            yield from _targets(item, f"{where}.{name}", depth + 1)
 
 
 def latest_checkpoint(config_path: Path) -> Path:

@@ -1,7 +1,9 @@
 """Uploads: streamed to disk under a size limit, extracted safely, and their content checked.
 
 A labelled target set is validated completely on upload (the readers of ``detector.datasets``
-decode every image and check every box); an asset's files are checked for what can be checked
+decode every image and check every box), and so are detector weights (read with the safe loader
+of :mod:`detector.checkpoint`: a file naming anything but Ultralytics detection layers is refused
+before any of it is unpickled); an asset's files are checked for what can be checked
 without heavy work (the expected files exist, and no file reference leaves the upload), the rest
 happens in its asset-building job. Error messages name files as they are inside the upload,
 never by their path on the server.
@@ -199,3 +201,21 @@ def check_asset(root: Path, upload_name: str, kind: AssetKind) -> Path:
                                               material.read_text(errors="replace"), re.M):
                         _inside(material.parent, texture, namer(f"{material}: map_Kd"), namer)
     return mesh
+
+
+# --------------------------------------------------------------------------------------------
+# weights
+
+
+def check_weights(path: Path, upload_name: str) -> dict:
+    """The summary of the YOLO detection checkpoint at ``path`` (class names, parameters, scale,
+    yaml), read without running any of its code; :class:`UploadError` naming the problem."""
+    from detector.checkpoint import read_detector_checkpoint
+    from detector.errors import DetectorError
+
+    try:
+        checkpoint = read_detector_checkpoint(path)
+    except DetectorError as error:
+        raise UploadError(str(error).replace(str(path), upload_name)) from error
+    return {"class_names": checkpoint.class_names, "parameters": checkpoint.parameters,
+            "scale": checkpoint.scale, "yaml_file": checkpoint.yaml_file}

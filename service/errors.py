@@ -11,7 +11,8 @@ class ServiceError(ValueError):
 
 
 class InvalidField(ServiceError):
-    """A request field whose value this deployment cannot use (the message names the field)."""
+    """A request field whose value cannot be used: not offered by this deployment, or not fitting the
+    request's other parts (the message names the field)."""
 
     status_code = 422
 

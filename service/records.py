@@ -20,13 +20,14 @@ import redis
 from pydantic import ValidationError
 
 from service.errors import NotFound
-from service.schemas import AssetRecord, JobRecord, Record, TargetRecord, utcnow
-from service.storage import RECORD_FILE, Storage, remove_dir, write_json_atomic
+from service.schemas import AssetRecord, JobRecord, Record, TargetRecord, WeightsRecord, utcnow
+from service.storage import RECORD_FILE, Storage, kind_folder, remove_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 RecordT = TypeVar("RecordT", bound=Record)
-RECORD_TYPES: dict[str, type[Record]] = {"asset": AssetRecord, "target": TargetRecord, "job": JobRecord}
+RECORD_TYPES: dict[str, type[Record]] = {"asset": AssetRecord, "target": TargetRecord, "job": JobRecord,
+                                         "weights": WeightsRecord}
 
 
 def kind_of(record: Record) -> str:
@@ -155,7 +156,7 @@ class RecordStore:
         if not tenants.is_dir():
             return
         for kind in RECORD_TYPES:
-            for path in tenants.glob(f"*/{kind}s/*/{RECORD_FILE}"):
+            for path in tenants.glob(f"*/{kind_folder(kind)}/*/{RECORD_FILE}"):
                 yield kind, path
 
     def reconcile(self) -> list[Record]:

@@ -142,6 +142,36 @@ class TargetsPublic(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------
+# weights
+
+
+class WeightsBase(BaseModel):
+    name: str = Field(min_length=1, max_length=128, description="A name for the weights.")
+
+
+class WeightsPublic(WeightsBase):
+    """An Ultralytics YOLO detection checkpoint a job's detector can start from."""
+
+    id: str
+    class_names: list[str] = Field(description="The checkpoint's classes, in class-id order.")
+    parameters: int = Field(description="Number of parameters of the model.")
+    scale: str | None = Field(None, description="Model scale of its yaml (n, s, m, l, x), when it names one.")
+    yaml_file: str | None = Field(None, description="The model yaml it was built from, when recorded.")
+    size_bytes: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class WeightsRecord(Record, WeightsPublic):
+    """Stored as ``weights.pt`` in the record's folder."""
+
+
+class WeightsListPublic(BaseModel):
+    data: list[WeightsPublic]
+    count: int
+
+
+# --------------------------------------------------------------------------------------------
 # jobs
 
 
@@ -175,6 +205,10 @@ class JobBase(BaseModel):
     fov_deg: float = Field(40.0, gt=1, lt=170, allow_inf_nan=False)
     psi: PsiOverrides = Field(default_factory=PsiOverrides, description="Initial values and shape of psi.")
     device: Device = "auto"
+    detector_weights: str | None = Field(
+        None, pattern=r"^weights-[0-9a-f]{16}$",
+        description="Id of uploaded weights (POST /v1/weights) the detector starts from; they must share a "
+                    "class name with the assets. Default: a random initialisation of `detector`.")
     options: JobOptions = Field(default_factory=JobOptions, description="Further loop settings (advanced).")
 
     def optimize_config(self, scene: str, target_val: str | None, target_test: str | None) -> OptimizeConfig:

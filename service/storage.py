@@ -6,6 +6,7 @@ Layout under the storage root::
     tenants/<tenant>/<kind>s/<id>/record.json       asset, target and job records
     tenants/<tenant>/assets/<id>/object/            a ready asset (nerfsim asset or nerfstudio run)
     tenants/<tenant>/targets/<id>/data/             a validated labelled set
+    tenants/<tenant>/weights/<id>/weights.pt        an uploaded detector checkpoint
     tenants/<tenant>/jobs/<id>/work/                the loop's folder (checkpoints, dataset, ...)
     tenants/<tenant>/jobs/<id>/artifacts/           the job's downloads, published in one rename
 
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 RECORD_FILE = "record.json"
+WEIGHTS_FILE = "weights.pt"
+"""The checkpoint in a weights record's folder."""
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -78,6 +81,11 @@ def remove_dir(path: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
+def kind_folder(kind: str) -> str:
+    """The folder of a tenant's records of ``kind`` (``assets``, ``jobs``; ``weights`` stays)."""
+    return kind if kind.endswith("s") else f"{kind}s"
+
+
 class Storage:
     """The storage root and the paths of records and artifacts in it."""
 
@@ -92,7 +100,7 @@ class Storage:
         return self.root / "tenants"
 
     def record_dir(self, kind: str, tenant: str, record_id: str) -> Path:
-        return self.tenants_dir() / tenant / f"{kind}s" / record_id
+        return self.tenants_dir() / tenant / kind_folder(kind) / record_id
 
     def record_file(self, kind: str, tenant: str, record_id: str) -> Path:
         return self.record_dir(kind, tenant, record_id) / RECORD_FILE

@@ -31,9 +31,9 @@ from service.events import cancel_key, publish
 from service.interruption import JobCancelled, WorkerStopping, interruptible
 from service.logs import job_context
 from service.records import RecordStore
-from service.schemas import TERMINAL_STATUSES, AssetRecord, JobRecord, TargetRecord, utcnow
+from service.schemas import TERMINAL_STATUSES, AssetRecord, JobRecord, TargetRecord, WeightsRecord, utcnow
 from service.settings import ServiceSettings, get_settings
-from service.storage import Storage, publish_dir, remove_dir, staging_dir, write_json_atomic
+from service.storage import WEIGHTS_FILE, Storage, publish_dir, remove_dir, staging_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,9 @@ def _context(connection: redis.Redis | None = None) -> tuple[ServiceSettings, Re
 
 
 def job_config(record: JobRecord, store: RecordStore, job_dir: Path) -> OptimizeConfig:
-    """The loop's config for a job: its scene (``scene.json`` listing the tenant's assets) and
-    its target sets, at their paths in storage."""
+    """The loop's config for a job: its scene (``scene.json`` listing the tenant's assets), its
+    target sets and its uploaded detector weights, at their paths in storage (the only way
+    ``detector_weights`` gets a path: a request names weights by id)."""
     storage = store.storage
     objects = []
     for asset_id in record.assets:
@@ -77,8 +78,12 @@ def job_config(record: JobRecord, store: RecordStore, job_dir: Path) -> Optimize
         target = store.get(TargetRecord, record.tenant, target_id)
         return str(storage.record_dir("target", record.tenant, target_id) / target.data_path)
 
-    return record.optimize_config(str(job_dir / "scene.json"), target_path(record.target_val),
-                                  target_path(record.target_test))
+    config = record.optimize_config(str(job_dir / "scene.json"), target_path(record.target_val),
+                                    target_path(record.target_test))
+    if record.detector_weights is not None:
+        weights = store.get(WeightsRecord, record.tenant, record.detector_weights)
+        config.detector_weights = str(storage.record_dir("weights", record.tenant, weights.id) / WEIGHTS_FILE)
+    return config
 
 
 class _Reporter:

@@ -67,3 +67,28 @@ def test_bad_scenes_are_clear_errors(tmp_path: Path, box_asset: Path, capsys: py
     assert main(["render", "--scene", str(scene), "--num", "1", "--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "annotations.json").exists()
+
+
+def test_optimize_reads_detector_weights_without_running_them(tmp_path: Path, box_asset: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """A config's detector_weights go through the safe loader: a pickle that runs code is refused, unrun."""
+    import torch
+
+    from tests.detector.test_checkpoint import _RunsCode
+
+    scene = write_scene(tmp_path / "scene", box_asset, procedural_backgrounds=1, fov_deg=40)
+    target = tmp_path / "target"
+    assert main(["render", "--scene", str(scene), "--num", "4", "--size", "32", "--out", str(target),
+                 "--distance", "0.5", "--threads", "1"]) == 0
+    marker = tmp_path / "marker"
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"model": _RunsCode(marker)}, hostile)
+    config = {"scene": str(scene), "target_val": str(target / "annotations.json"), "detector_weights": str(hostile),
+              "image_size": 32, "outer_iterations": 1, "images_per_iteration": 2, "inner_steps": 1,
+              "warmup_steps": 0, "final_images": 0, "device": "cpu"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+
+    assert main(["optimize", "--config", str(tmp_path / "config.json"), "--out", str(tmp_path / "run")]) == 2
+    assert "hostile.pt: not a YOLO detection checkpoint: it references posix.system" in capsys.readouterr().err
+    assert not marker.exists()

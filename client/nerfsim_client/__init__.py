@@ -33,11 +33,11 @@ from nerfsim_client.errors import (
     ValidationError,
     WaitTimeout,
 )
-from nerfsim_client.models import Asset, Event, Target
+from nerfsim_client.models import Asset, Event, Target, Weights
 
 __all__ = [
     "APIConnectionError", "APIError", "Asset", "AssetBuildError", "AsyncClient", "AsyncJob", "AuthenticationError",
     "Client", "ConflictError", "Event", "Job", "JobFailedError", "NerfsimError", "NotFoundError",
     "PayloadTooLargeError", "PermissionDeniedError", "RateLimitError", "RetryPolicy", "ServerError",
-    "ServiceUnavailableError", "Target", "ValidationError", "WaitTimeout", "__version__",
+    "ServiceUnavailableError", "Target", "ValidationError", "WaitTimeout", "Weights", "__version__",
 ]

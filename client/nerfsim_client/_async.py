@@ -21,7 +21,7 @@ from nerfsim_client._core import (
     resolve_api_key,
 )
 from nerfsim_client._retry import RetryPolicy
-from nerfsim_client.models import Asset, Event, JobData, Target
+from nerfsim_client.models import Asset, Event, JobData, Target, Weights
 
 
 class _Driver:
@@ -178,9 +178,22 @@ class AsyncClient:
     async def delete_target(self, target: Union[Target, str]) -> None:
         await self._run(self._ops.json(Call("DELETE", f"/v1/targets/{getattr(target, 'id', target)}")))
 
+    async def upload_weights(self, path: Union[str, Path], name: str) -> Weights:
+        return Weights.from_json(await self._run(self._ops.upload_weights(Path(path), name)))
+
+    async def get_weights(self, weights_id: str) -> Weights:
+        return Weights.from_json(await self._run(self._ops.json(Call("GET", f"/v1/weights/{weights_id}"))))
+
+    async def list_weights(self, *, offset: int = 0, limit: int = 50) -> List[Weights]:
+        return [Weights.from_json(w) for w in await self._run(self._ops.listing("/v1/weights", offset, limit, {}))]
+
+    async def delete_weights(self, weights: Union[Weights, str]) -> None:
+        await self._run(self._ops.json(Call("DELETE", f"/v1/weights/{getattr(weights, 'id', weights)}")))
+
     async def create_job(self, assets: Sequence[Union[Asset, str]], target_val: Union[Target, str], *,
                          target_test: Union[Target, str, None] = None, idempotency_key: Optional[str] = None,
-                         **settings: Any) -> AsyncJob:
+                         detector_weights: Union[Weights, str, None] = None, **settings: Any) -> AsyncJob:
+        settings = {**settings, "detector_weights": detector_weights}
         operation = self._ops.create_job(list(assets), target_val, target_test, idempotency_key, settings)
         return AsyncJob(await self._run(operation), self)
 

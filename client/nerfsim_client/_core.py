@@ -338,6 +338,11 @@ class Operations:
         form = {"name": name, "role": role, **({"format": format} if format else {})}
         return (yield from self.upload(path, "/v1/targets", form))
 
+    def upload_weights(self, path: Path, name: str):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such checkpoint file to upload")
+        return (yield from self.upload(path, "/v1/weights", {"name": name}))
+
     def wait_asset(self, asset_id: str, timeout: Optional[float], poll_s: float):
         """Poll an asset until it is built (``ready``); a failed build raises."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -364,6 +369,9 @@ class Operations:
         request = {**settings, "assets": [_ref(a) for a in assets], "target_val": _ref(target_val)}
         if target_test is not None:
             request["target_test"] = _ref(target_test)
+        weights = request.pop("detector_weights", None)
+        if weights is not None:
+            request["detector_weights"] = _ref(weights)
         headers = {"Idempotency-Key": idempotency_key or f"sdk-{uuid.uuid4().hex}"}
         return (yield from self.json(Call("POST", "/v1/jobs", json=request, headers=headers)))
 

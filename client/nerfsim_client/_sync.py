@@ -21,7 +21,7 @@ from nerfsim_client._core import (
     resolve_api_key,
 )
 from nerfsim_client._retry import RetryPolicy
-from nerfsim_client.models import Asset, Event, JobData, Target
+from nerfsim_client.models import Asset, Event, JobData, Target, Weights
 
 
 class _Driver:
@@ -202,14 +202,33 @@ class Client:
     def delete_target(self, target: Union[Target, str]) -> None:
         self._run(self._ops.json(Call("DELETE", f"/v1/targets/{getattr(target, 'id', target)}")))
 
+    # ---------------------------------------------------------------- weights
+
+    def upload_weights(self, path: Union[str, Path], name: str) -> Weights:
+        """Upload an Ultralytics YOLO detection checkpoint (``.pt``) for jobs' detectors to
+        start from (``create_job(..., detector_weights=...)``). The service reads it without
+        running its code and refuses anything but a YOLOv8 / YOLO11 / YOLO26 detection model (422)."""
+        return Weights.from_json(self._run(self._ops.upload_weights(Path(path), name)))
+
+    def get_weights(self, weights_id: str) -> Weights:
+        return Weights.from_json(self._run(self._ops.json(Call("GET", f"/v1/weights/{weights_id}"))))
+
+    def list_weights(self, *, offset: int = 0, limit: int = 50) -> List[Weights]:
+        return [Weights.from_json(w) for w in self._run(self._ops.listing("/v1/weights", offset, limit, {}))]
+
+    def delete_weights(self, weights: Union[Weights, str]) -> None:
+        self._run(self._ops.json(Call("DELETE", f"/v1/weights/{getattr(weights, 'id', weights)}")))
+
     # ---------------------------------------------------------------- jobs
 
     def create_job(self, assets: Sequence[Union[Asset, str]], target_val: Union[Target, str], *,
                    target_test: Union[Target, str, None] = None, idempotency_key: Optional[str] = None,
-                   **settings: Any) -> Job:
+                   detector_weights: Union[Weights, str, None] = None, **settings: Any) -> Job:
         """Create a closed-loop job (``settings``: the service's job fields - ``budget``,
         ``method``, ``learnable``, ``image_size``, ...). An idempotency key is sent (a new one
-        unless given), so a retried call never creates a second job."""
+        unless given), so a retried call never creates a second job. ``detector_weights``:
+        uploaded weights (:meth:`upload_weights`) the detector starts from."""
+        settings = {**settings, "detector_weights": detector_weights}
         return Job(self._run(self._ops.create_job(list(assets), target_val, target_test, idempotency_key, settings)), self)
 
     def get_job(self, job_id: str) -> Job:

@@ -44,6 +44,22 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Weights:
+    """An uploaded YOLO detection checkpoint a job's detector can start from."""
+
+    id: str
+    name: str
+    class_names: List[str]
+    parameters: int
+    size_bytes: int
+    data: Dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "Weights":
+        return cls(data["id"], data["name"], list(data["class_names"]), data["parameters"], data["size_bytes"], data)
+
+
+@dataclass(frozen=True)
 class Event:
     """One server-sent event of a job: ``status`` (``data["status"]``) or ``progress``
     (``data["stage"]``, ``iteration``, ``total``, ``metrics``, ``psi``, ``samples``)."""

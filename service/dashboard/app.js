@@ -224,17 +224,21 @@ function homeView() {
   const jobsBody = h("tbody", { id: "jobs" });
   const assetsList = h("ul", { id: "assets", class: "records" });
   const targetsList = h("ul", { id: "targets", class: "records" });
+  const weightsList = h("ul", { id: "weights", class: "records" });
   const jobForm = jobFormView();
 
   async function refresh() {
-    const [jobs, assets, targets] = await Promise.all([
-      api.get("/v1/jobs?limit=50"), api.get("/v1/assets?limit=200"), api.get("/v1/targets?limit=200")]);
+    const [jobs, assets, targets, weights] = await Promise.all([
+      api.get("/v1/jobs?limit=50"), api.get("/v1/assets?limit=200"), api.get("/v1/targets?limit=200"),
+      api.get("/v1/weights?limit=200")]);
     jobsBody.replaceChildren(...(jobs.data.length ? jobs.data.map(jobRow)
       : [h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No jobs yet: upload an asset and a target set, then create one."))]));
     assetsList.replaceChildren(...assets.data.map((a) => recordItem(a, `${a.kind} · `, a.status, "/v1/assets")));
     targetsList.replaceChildren(...targets.data.map((t) =>
       recordItem(t, `${t.role} · ${t.format} · ${t.num_images} images · `, t.class_names.join(", "), "/v1/targets")));
-    jobForm.update(assets.data, targets.data);
+    weightsList.replaceChildren(...weights.data.map((w) =>
+      recordItem(w, `${fmt(w.parameters / 1e6, 2)} M parameters · `, w.class_names.join(", "), "/v1/weights")));
+    jobForm.update(assets.data, targets.data, weights.data);
   }
 
   function recordItem(record, prefix, status, base) {
@@ -262,6 +266,10 @@ function homeView() {
     h("label", {}, "Format", h("select", { name: "format" }, h("option", { value: "" }, "detect"),
       h("option", { value: "coco" }, "coco"), h("option", { value: "yolo" }, "yolo"))),
   ], refresh);
+  const weightsForm = uploadForm("weights-form", "Upload detector weights", "/v1/weights", [
+    h("label", {}, "Ultralytics YOLO detection checkpoint (.pt)", h("input", { type: "file", name: "file", required: true })),
+    h("label", {}, "Name", h("input", { name: "name", required: true })),
+  ], refresh);
 
   const node = h("main", { class: "home" },
     h("section", { class: "card wide" }, h("h2", {}, "Jobs"),
@@ -269,7 +277,8 @@ function homeView() {
         .map((t) => h("th", {}, t)))), jobsBody)),
     h("section", { class: "card" }, h("h2", {}, "New job"), jobForm.node),
     h("section", { class: "card" }, h("h2", {}, "Assets"), assetsList, assetForm),
-    h("section", { class: "card" }, h("h2", {}, "Target sets"), targetsList, targetForm));
+    h("section", { class: "card" }, h("h2", {}, "Target sets"), targetsList, targetForm),
+    h("section", { class: "card" }, h("h2", {}, "Detector weights"), weightsList, weightsForm));
 
   (async () => {
     while (!controller.signal.aborted) {
@@ -315,6 +324,7 @@ function jobFormView() {
   const assetsBox = h("div", { class: "choices", id: "job-assets" }, h("span", { class: "muted" }, "no ready assets"));
   const targetVal = h("select", { name: "target_val", required: true });
   const targetTest = h("select", { name: "target_test" });
+  const weightsSelect = h("select", { name: "detector_weights" });
   const number = (name, value, attrs = {}) => h("label", {}, name.replace(/_/g, " "),
     h("input", { type: "number", name, value, min: 1, ...attrs }));
   const advanced = h("textarea", { name: "advanced", id: "job-advanced", rows: 4,
@@ -327,6 +337,7 @@ function jobFormView() {
     h("fieldset", {}, h("legend", {}, "Objects (classes)"), assetsBox),
     h("label", {}, "Validation set (drives the loop)", targetVal),
     h("label", {}, "Test set (final metrics)", targetTest),
+    h("label", {}, "Detector starts from", weightsSelect),
     h("label", {}, "Method", h("select", { name: "method" },
       ...["neural-sim", "uniform", "random-search", "reinforce", "oracle"].map((m) => h("option", { value: m }, m)))),
     h("div", { class: "row" }, number("outer_iterations", 20), number("images_per_iteration", 32),
@@ -352,6 +363,7 @@ function jobFormView() {
                                   "final_epochs"].map((k) => [k, +data.get(k)])),
     };
     if (data.get("target_test")) request.target_test = data.get("target_test");
+    if (data.get("detector_weights")) request.detector_weights = data.get("detector_weights");
     try {
       const extra = advanced.value.trim() ? JSON.parse(advanced.value) : {};
       for (const [key, value] of Object.entries(extra)) {
@@ -384,7 +396,7 @@ function jobFormView() {
 
   return {
     node: form,
-    update(assets, targets) {
+    update(assets, targets, weights) {
       const ready = assets.filter((a) => a.status === "ready");
       const signature = ready.map((a) => a.id).join();
       if (signature !== shownAssets) {  // keep the user's ticks unless the list changed
@@ -396,6 +408,10 @@ function jobFormView() {
       }
       options(targetVal, targets, ["validation", "both"], false);
       options(targetTest, targets, ["test", "both"], true);
+      const chosen = weightsSelect.value;
+      weightsSelect.replaceChildren(h("option", { value: "" }, "a random initialisation"),
+        ...weights.map((w) => h("option", { value: w.id, selected: w.id === chosen },
+                                `${w.name} (${w.class_names.join(", ")})`)));
     },
   };
 }
@@ -558,7 +574,8 @@ function jobView(jobId) {
       buttons.push(h("button", { id: "run-baseline", class: "secondary", title: "the same job with a fixed uniform psi",
         onclick: async () => {
           const fields = ["assets", "target_val", "target_test", "budget", "learnable", "estimator", "inverse_hessian",
-                          "detector", "image_size", "seed", "procedural_backgrounds", "fov_deg", "psi", "device", "options"];
+                          "detector", "detector_weights", "image_size", "seed", "procedural_backgrounds", "fov_deg", "psi",
+                          "device", "options"];
           const request = Object.fromEntries(fields.filter((f) => job[f] !== null).map((f) => [f, job[f]]));
           request.method = "uniform";
           try {

@@ -36,6 +36,8 @@ V1_OPERATIONS = {
     ("POST", "/v1/jobs"), ("GET", "/v1/jobs"), ("GET", "/v1/jobs/{job_id}"), ("DELETE", "/v1/jobs/{job_id}"),
     ("POST", "/v1/jobs/{job_id}/cancel"), ("GET", "/v1/jobs/{job_id}/events"), ("GET", "/v1/jobs/{job_id}/artifacts"),
     ("GET", "/v1/jobs/{job_id}/artifacts/{name}"), ("GET", "/v1/jobs/{job_id}/files/{path}"),
+    ("POST", "/v1/weights"), ("GET", "/v1/weights"), ("GET", "/v1/weights/{weights_id}"),
+    ("DELETE", "/v1/weights/{weights_id}"),
 }
 """Every tenant-scoped operation; the tests below fail when the API gains one they do not cover."""
 
@@ -50,6 +52,7 @@ class Tenant:
     artifact: str
     sample: str
     """A file path of the finished job's /files/ (a sample image)."""
+    weights_id: str
 
 
 @dataclass
@@ -86,6 +89,7 @@ def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory, small_inpu
         headers = {"Authorization": f"Bearer {key}"}
         asset = _upload(client, "/v1/assets", headers, small_inputs[0], name="thing", kind="nerfsim").json()
         target = _upload(client, "/v1/targets", headers, small_inputs[1], name="real", format="coco").json()
+        weights = _upload(client, "/v1/weights", headers, _weights_file(root), name="thing detector").json()
         finished = client.post("/v1/jobs", headers=headers, json=small_job(asset["id"], target["id"])).json()
         workers = WorkerProcesses(settings, root)
         workers.start()
@@ -97,8 +101,14 @@ def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory, small_inpu
         assert record["status"] == "succeeded", (record["error"], workers.logs()[-3000:])
         work = Storage(settings.storage_root).record_dir("job", name, finished["id"]) / WORK_DIR
         sample = next(work.glob("samples/*.png")).relative_to(work).as_posix()
-        owner = Tenant(headers, name, asset["id"], target["id"], finished["id"], "psi.json", sample)
+        owner = Tenant(headers, name, asset["id"], target["id"], finished["id"], "psi.json", sample, weights["id"])
         yield Service(settings, client, owner)
+
+
+def _weights_file(folder: Path) -> Path:
+    from detector.model import DetectorConfig, build_detector, save_detector
+
+    return save_detector(build_detector(DetectorConfig(arch="yolov8n-cpu", class_names=["thing"])), folder / "thing.pt")
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,8 +145,10 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(service: 
     # then the writes that change them).
     owner = service.owner
     queued = service.queued_job()
-    ids = {"asset_id": owner.asset_id, "target_id": owner.target_id, "job_id": owner.finished_job}
+    ids = {"asset_id": owner.asset_id, "target_id": owner.target_id, "job_id": owner.finished_job,
+           "weights_id": owner.weights_id}
     real = [("GET", "/v1/assets/{asset_id}", {}), ("GET", "/v1/targets/{target_id}", {}), ("GET", "/v1/jobs/{job_id}", {}),
+            ("GET", "/v1/weights/{weights_id}", {}),
             ("GET", "/v1/jobs/{job_id}/artifacts", {}), ("GET", "/v1/jobs/{job_id}/events", {}),
             ("GET", "/v1/jobs/{job_id}/artifacts/{name}", {"name": owner.artifact}),
             ("GET", "/v1/jobs/{job_id}/artifacts/{name}", {"name": "dataset.zip"}),
@@ -170,9 +182,11 @@ def test_every_endpoint_is_tenant_isolated(service: Service) -> None:
         ("GET", "/v1/jobs/{job_id}/artifacts"): job + "/artifacts",
         ("GET", "/v1/jobs/{job_id}/artifacts/{name}"): f"{job}/artifacts/{owner.artifact}",
         ("GET", "/v1/jobs/{job_id}/files/{path}"): f"{job}/files/{owner.sample}",
+        ("GET", "/v1/weights/{weights_id}"): f"/v1/weights/{owner.weights_id}",
+        ("DELETE", "/v1/weights/{weights_id}"): f"/v1/weights/{owner.weights_id}",
     }
-    listed = {("GET", "/v1/assets"), ("GET", "/v1/targets"), ("GET", "/v1/jobs")}
-    created = {("POST", "/v1/assets"), ("POST", "/v1/targets"), ("POST", "/v1/jobs")}
+    listed = {("GET", "/v1/assets"), ("GET", "/v1/targets"), ("GET", "/v1/jobs"), ("GET", "/v1/weights")}
+    created = {("POST", "/v1/assets"), ("POST", "/v1/targets"), ("POST", "/v1/jobs"), ("POST", "/v1/weights")}
     assert set(not_found) | listed | created == V1_OPERATIONS
 
     for (method, _), path in not_found.items():
@@ -202,7 +216,8 @@ def test_every_endpoint_is_tenant_isolated(service: Service) -> None:
     assert client.get(f"/v1/assets/{uploaded.json()['id']}", headers=owner.headers).status_code == 404
     assert _tree(service.settings.storage_root / "tenants" / owner.name) == owner_files
     # The owner still has everything, unchanged.
-    for path in (job, queued, f"/v1/assets/{owner.asset_id}", f"/v1/targets/{owner.target_id}"):
+    for path in (job, queued, f"/v1/assets/{owner.asset_id}", f"/v1/targets/{owner.target_id}",
+                 f"/v1/weights/{owner.weights_id}"):
         assert client.get(path, headers=owner.headers).status_code == 200, path
     assert client.get(queued, headers=owner.headers).json()["status"] == "queued"
 

@@ -6,6 +6,7 @@ import torch
 from ultralytics import YOLO
 
 from detector.datasets import DatasetWriter, load_coco
+from detector.errors import DetectorError
 from detector.evaluate import evaluate
 from detector.losses import BatchNormMode
 from detector.model import DetectorConfig, build_detector, load_detector
@@ -110,3 +111,19 @@ def test_ultralytics_trainer_runs_offline_and_returns_a_loadable_checkpoint(tmp_
     assert YOLO(str(best)).names == {0: "red", 1: "blue"}
     reloaded = load_detector(best)
     assert reloaded.training and reloaded.names == {0: "red", 1: "blue"}
+
+
+@pytest.mark.parametrize("argument", ["model", "pretrained", "resume", "project", "data"])
+def test_trainer_arguments_that_name_files_are_refused(tmp_path, generator, argument):
+    """Ultralytics' trainer unpickles the checkpoints it is pointed at and writes where it is told."""
+    from tests.detector.test_checkpoint import _RunsCode
+
+    data = _write_set(tmp_path / "data", 8, generator)
+    marker = tmp_path / "marker"
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"model": _RunsCode(marker)}, hostile)
+    config = DetectorConfig(arch="yolov8n-cpu", class_names=CLASS_NAMES, image_size=SIZE)
+    with pytest.raises(DetectorError, match=rf"\['{argument}'\] name files or folders"):
+        train_on_dataset(config, data, epochs=1, image_size=SIZE, out_dir=tmp_path / "run", batch_size=8,
+                         progress=False, plots=False, val=False, **{argument: str(hostile)})
+    assert not marker.exists()

@@ -146,3 +146,38 @@ def test_appearance_embedding_is_chosen_per_object(tmp_path: Path) -> None:
     # Each slot uses its own choice: the left object keeps the average, the right one changes.
     assert torch.allclose(mixed[..., :8], average[..., :8], atol=1e-5)
     assert (mixed[..., 8:] - average[..., 8:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("x: !!python/object/apply:nerfstudio.utils.scripts.run_command ['touch {marker}']",
+         "refusing to call 'nerfstudio.utils.scripts.run_command'"),
+        ("x: !!python/object/new:nerfstudio.utils.scripts.run_command ['touch {marker}']",
+         "refusing to call 'nerfstudio.utils.scripts.run_command'"),
+        ("x: !!python/module:nerfstudio.utils.scripts", "refusing to import 'nerfstudio.utils.scripts'"),
+    ],
+)
+def test_config_calling_code_of_allowed_modules_is_refused(tmp_path: Path, entry: str, message: str) -> None:
+    """Functions of nerfstudio itself run shell commands: a config may name them, never call them."""
+    config_path = save_like_ns_train(tmp_path)
+    marker = tmp_path / "marker"
+    config_path.write_text(config_path.read_text() + entry.format(marker=marker) + "\n")
+    with pytest.raises(AssetError, match=message):
+        load_nerfstudio_field(config_path)
+    assert not marker.exists()
+
+
+def test_config_whose_model_target_is_not_a_model_is_refused(tmp_path: Path) -> None:
+    config_path = save_like_ns_train(tmp_path)
+    text = config_path.read_text()
+    target = "!!python/name:nerfstudio.models.nerfacto.NerfactoModel"
+    assert target in text
+    config_path.write_text(text.replace(target, "!!python/name:nerfstudio.utils.scripts.run_command"))
+    with pytest.raises(AssetError, match="pipeline.model._target .*run_command.* is not a nerfstudio model class"):
+        load_nerfstudio_field(config_path)
+    scheduler = "!!python/name:nerfstudio.engine.schedulers.ExponentialDecayScheduler"
+    assert scheduler in text
+    config_path.write_text(text.replace(scheduler, "!!python/name:nerfstudio.utils.scripts.run_command"))
+    with pytest.raises(AssetError, match=r"config\.optimizers.*\._target .*run_command.* is not a class"):
+        load_nerfstudio_field(config_path)

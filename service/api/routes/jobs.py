@@ -31,6 +31,7 @@ from service.schemas import (
     JobsPublic,
     JobStatus,
     TargetRecord,
+    WeightsRecord,
     new_id,
 )
 from service.tasks import ARTIFACTS_DIR, WORK_DIR
@@ -68,12 +69,23 @@ def _check_references(job: JobCreate, tenant: str, store, settings) -> None:
         if unknown:
             raise ServiceError(f"{field}: target {target_id} has classes {unknown} that no asset provides "
                                f"(asset classes: {names})")
+    if job.detector_weights is not None:
+        _check_weights(job.detector_weights, names, tenant, store)
     from optimizer.loop import validate_config  # the loop's own checks, so a bad job fails here, not later
 
     try:
         validate_config(job.optimize_config("scene.json", "validation", "test" if job.target_test else None))
     except (TypeError, ValueError) as error:
         raise ServiceError(str(error).replace("OptimizeConfig.", "")) from error
+
+
+def _check_weights(weights_id: str, asset_names: list[str], tenant: str, store) -> None:
+    """The weights are the tenant's (another tenant's id is not found, like a missing one) and
+    share a class with the assets: with none in common, no class-logit row carries over."""
+    weights = store.get(WeightsRecord, tenant, weights_id)
+    if not set(weights.class_names) & set(asset_names):
+        raise InvalidField(f"detector_weights: weights {weights_id} have classes {weights.class_names}, none of "
+                            f"which is an asset's class (asset classes: {asset_names})")
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
