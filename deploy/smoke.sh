@@ -72,7 +72,8 @@ if ! pm image exists "$BASE"; then
 fi
 
 # pip in the build trusts the host's CA bundle (a TLS-intercepting proxy's CA, where there is
-# one): mounted for the RUN steps only, so nothing of it stays in the images.
+# one): mounted for the RUN steps only, so nothing of it stays in the images (buildah leaves
+# the two mount points behind as empty files).
 CA_BUNDLE=${SMOKE_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 printf '[global]\ncert = /etc/nerfsim-smoke-ca.crt\n' > "$WORK/pip.conf"
 build() {  # build <api|worker> <image> [build args...]

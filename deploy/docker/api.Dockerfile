@@ -12,9 +12,13 @@ FROM ${BASE_IMAGE} AS build
 ARG PYTHON_VERSION
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
-RUN command -v python${PYTHON_VERSION} >/dev/null \
-    || (apt-get update && apt-get install -y --no-install-recommends python${PYTHON_VERSION}-venv \
-        && rm -rf /var/lib/apt/lists/*)
+# A C++ compiler for the dependencies that PyPI has only as sources (fpsample, via nerfstudio),
+# and Debian's python3.11 with its headers where the base has no Python.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential \
+    && (command -v python${PYTHON_VERSION} >/dev/null \
+        || apt-get install -y --no-install-recommends python${PYTHON_VERSION}-dev python${PYTHON_VERSION}-venv) \
+    && rm -rf /var/lib/apt/lists/*
 RUN python${PYTHON_VERSION} -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # CPU wheels first (a few hundred MB instead of the CUDA build's few GB); the dependencies

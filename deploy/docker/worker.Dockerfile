@@ -20,7 +20,9 @@ ARG TCNN_REF=v2.0
 # Ada, Hopper. Add 100;120 for Blackwell.
 ARG TCNN_CUDA_ARCHITECTURES="75;80;86;89;90"
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# python3.11 from the base's own archive where it has one (Debian bookworm), else deadsnakes.
+# Compilers for tiny-cuda-nn and for the dependencies that PyPI has only as sources (fpsample,
+# via nerfstudio); python3.11 from the base's own archive where it has one (Debian bookworm),
+# else from deadsnakes.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends git build-essential ninja-build \
     && if ! apt-cache show python3.11-venv >/dev/null 2>&1; then \
