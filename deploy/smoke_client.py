@@ -10,6 +10,7 @@ the reason on any failure. The API key comes from ``NERFSIM_SMOKE_KEY``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -98,6 +99,10 @@ def main() -> None:
     if path.stat().st_size == 0:
         sys.exit(f"smoke-client: artifact {name} is empty")
     client.close()
+    if name == "report.json":
+        report = json.loads(path.read_text())
+        log(f"report: {report.get('iterations_done')} outer iteration(s), {report.get('images_rendered')} images "
+            f"rendered, {report.get('seconds')} s")
     log(f"downloaded {name}")
 
 
