@@ -3,28 +3,46 @@
 # loads uploaded assets and checks job settings with the optimizer's own code, so it needs the
 # package and torch. Build from the repository root:
 #     docker build -f deploy/docker/api.Dockerfile -t nerfsim/api .
+# BASE_IMAGE may be any Debian bookworm image: one without Python gets Debian's python3.11
+# (deploy/smoke.sh builds on a plain Debian made with debootstrap, and torch from PyPI).
 ARG PYTHON_VERSION=3.11
+ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim-bookworm
 
-FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+FROM ${BASE_IMAGE} AS build
+ARG PYTHON_VERSION
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
+# A C++ compiler for the dependencies that PyPI has only as sources (fpsample, via nerfstudio),
+# and Debian's python3.11 with its headers where the base has no Python.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential \
+    && (command -v python${PYTHON_VERSION} >/dev/null \
+        || apt-get install -y --no-install-recommends python${PYTHON_VERSION}-dev python${PYTHON_VERSION}-venv) \
+    && rm -rf /var/lib/apt/lists/*
+RUN python${PYTHON_VERSION} -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-# CPU wheels first (a few hundred MB instead of the CUDA build's few GB); the package install
-# below finds the pinned versions already satisfied.
+# CPU wheels first (a few hundred MB instead of the CUDA build's few GB); the dependencies
+# below find the pinned versions already satisfied.
 RUN pip install torch==2.14.1 torchvision==0.29.1 --index-url ${TORCH_INDEX_URL}
 WORKDIR /src
+# The dependencies before the sources, so that a change of the code rebuilds only the last layer.
 COPY pyproject.toml README.md ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > requirements.txt \
+    && pip install -r requirements.txt
 COPY renderer renderer
 COPY detector detector
 COPY optimizer optimizer
 COPY service service
-RUN pip install .
+RUN pip install --no-deps .
 
-FROM python:${PYTHON_VERSION}-slim-bookworm
-# libGL and glib for OpenCV (imported by Ultralytics).
+FROM ${BASE_IMAGE}
+ARG PYTHON_VERSION
+ENV DEBIAN_FRONTEND=noninteractive
+# libGL and glib for OpenCV (imported by Ultralytics); the venv's interpreter where the base has none.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 libgomp1 \
+    && (command -v python${PYTHON_VERSION} >/dev/null || apt-get install -y --no-install-recommends python${PYTHON_VERSION}) \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 10001 --create-home nerfsim \
     && mkdir -p /data /opt/nerfsim/yolo \
