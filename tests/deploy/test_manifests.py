@@ -118,7 +118,7 @@ def test_smoke_script_builds_on_any_base_and_sends_a_valid_job() -> None:
         assert all(re.fullmatch(r"\$\{\w+\}", line.split()[1]) for line in text.splitlines() if line.startswith("FROM "))
     assert passed <= declared, passed - declared
     job = JobCreate(assets=["asset"], target_val="target", **TINY_JOB)
-    assert job.budget.outer_iterations == 1 and job.device == "cpu" and not job.options
+    assert job.budget.outer_iterations == 1 and job.device == "cpu" and not job.options.model_fields_set
 
 
 def run_entrypoint(tmp_path: Path, gpus: int, hold: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
