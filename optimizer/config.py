@@ -177,6 +177,14 @@ class OptimizeConfig:
     "optimizer": "AdamW", "lr0": 0.002}). The loop sets nbs (the nominal batch Ultralytics
     accumulates gradients up to) to final_batch_size unless given here: with its default of
     64, a few hundred rendered images make only a handful of optimiser steps per epoch."""
+    final_real_share: float = 1 / 3
+    """Share of each epoch of the final detector's training made of the job's labelled real
+    photos (the validation set, target_val), each repeated to reach it, beside the rendered
+    dataset (optimizer.real_training says why a third). The validation metrics in the report
+    are then on photos the detector trained on. 0: the rendered dataset alone."""
+    real_only_baseline: bool = True
+    """With a test set (target_test): also train the same detector with the same settings on
+    the real photos alone and report its test metrics beside the final detector's."""
     seed: int = 0
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu' or 'cuda'."""
