@@ -177,6 +177,11 @@ class OptimizeConfig:
     "optimizer": "AdamW", "lr0": 0.002}). The loop sets nbs (the nominal batch Ultralytics
     accumulates gradients up to) to final_batch_size unless given here: with its default of
     64, a few hundred rendered images make only a handful of optimiser steps per epoch."""
+    harvest_backgrounds: bool = True
+    """Render on backgrounds cut from the validation photos away from every labelled box
+    (renderer.harvest) instead of the scene's procedural textures (run_optimization; the
+    scene's own background photos stay). Where no photo leaves a large enough box-free region,
+    the run logs why and keeps the procedural textures."""
     final_real_share: float = 1 / 3
     """Share of each epoch of the final detector's training made of the job's labelled real
     photos (the validation set, target_val), each repeated to reach it, beside the rendered

@@ -103,7 +103,7 @@ from optimizer.estimators import (
 )
 from optimizer.hypergradient import hvp_from_gradients, inverse_hvp, mixed_grad_from_gradients, pathwise_backward
 from optimizer.psi import PARTS, PER_CLASS_PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiConfig, PsiNoise
-from optimizer.real_training import compare_with_real_only, final_training_data, train_real_only
+from optimizer.real_training import compare_with_real_only, final_training_data, photo_backgrounds, train_real_only
 from optimizer.report import plot_history, sample_paths, save_sample_images, write_json_atomic
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
 from renderer.scene_spec import load_scene, read_scene_spec
@@ -272,7 +272,8 @@ def run_optimization(
     val_set = load_dataset(Path(config.target_val))
     test_set = load_dataset(Path(config.target_test)) if config.target_test is not None else None
     spec = read_scene_spec(config.scene)
-    fields, backgrounds = load_scene(spec)
+    # issue 23: backgrounds harvested from the labelled photos (optimizer.real_training).
+    fields, backgrounds = load_scene(spec, photo_backgrounds(val_set) if config.harvest_backgrounds else None)
     renderer = SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds)
     return run_loop(
         config, renderer, spec.class_names, val_set, test_set, out_dir,

@@ -1,6 +1,7 @@
-"""The job's labelled real photos in the final stage: they join the final detector's training
-(beside the rendered dataset), and the same detector trained on them alone is the baseline the
-report sets nerfsim's detector against on the test set.
+"""The job's labelled real photos beyond the loop's validation: backgrounds cut from them away
+from their boxes (renderer.harvest), the final detector's training (beside the rendered
+dataset), and the same detector trained on them alone, the baseline the report sets nerfsim's
+detector against on the test set.
 
 The photos are the validation target (``target_val``), never the test set. Why a third of each
 epoch by default (``OptimizeConfig.final_real_share``): a user brings tens of photos, often
@@ -13,6 +14,7 @@ real domain while two thirds of it still come from the renders. Not tuned on any
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -24,11 +26,26 @@ from detector.evaluate import evaluate
 from detector.mixing import TrainingMix, write_real_only, write_training_mix
 from detector.model import load_detector
 from optimizer.config import OptimizeConfig
+from renderer.backgrounds import BackgroundError, BackgroundSet
+from renderer.harvest import harvested_backgrounds
+
+LOGGER = logging.getLogger(__name__)
 
 MIX_FOLDER = "final_data"
 """Run-folder entry of the final detector's training folder when it holds photos."""
 REAL_ONLY_FOLDER = "real_only"
 """Run-folder entry of the real-only baseline (its training folder and Ultralytics' run)."""
+
+
+def photo_backgrounds(photos: LabelledSet) -> BackgroundSet | None:
+    """Backgrounds harvested from ``photos`` away from every labelled box, or None (logged,
+    with the reason) when no photo leaves a large enough region: the scene's procedural
+    textures are then the fallback."""
+    try:
+        return harvested_backgrounds([(item.path, item.boxes) for item in photos.images])
+    except BackgroundError as error:
+        LOGGER.warning("%s: %s; rendering on the scene's procedural textures instead", photos.source, error)
+        return None
 
 
 def final_training_data(config: OptimizeConfig, photos: LabelledSet, dataset_dir: Path, run_dir: Path) -> TrainingMix:
