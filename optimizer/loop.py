@@ -304,8 +304,10 @@ def run_loop(
     (tested).
 
     Writes to ``out_dir``: ``config.json``, ``checkpoint.pt`` (after every outer iteration),
-    ``samples/`` (images with boxes), and after the final stage ``dataset/``, ``final_train/``,
-    ``detector.pt``, ``psi.json``, ``report.json`` and ``plots/``. ``should_stop()`` is asked
+    ``samples/`` (images with boxes), and after the final stage ``dataset/``, ``final_data/`` (the
+    final training's folder: the dataset plus the photos), ``final_train/``, ``detector.pt``,
+    ``real_only/`` (the real-only baseline, with a test set), ``psi.json``, ``report.json`` and
+    ``plots/``. ``should_stop()`` is asked
     before every outer iteration and between final stages; when it says yes the run returns
     with status 'cancelled' (the checkpoint is current, so calling again resumes).
     """

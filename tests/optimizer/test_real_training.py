@@ -146,3 +146,14 @@ def test_the_baseline_can_be_switched_off(tmp_path: Path, photos: LabelledSet, t
              progress_bar=False)
     assert len(trainings) == 1
     assert "real_only" not in json.loads((tmp_path / "report.json").read_text())
+
+
+def test_a_saved_run_that_predates_the_real_photos_did_without_them() -> None:
+    """A finished run from before these settings trained on renders alone, harvested nothing and
+    had no baseline: it is not reused for a config that asks for them (their defaults)."""
+    saved = json.loads(json.dumps(tiny_config().to_dict()))
+    for name in ("final_real_share", "harvest_backgrounds", "real_only_baseline"):
+        del saved[name]
+    assert tiny_config().differences(saved) == ["final_real_share", "harvest_backgrounds", "real_only_baseline"]
+    old = tiny_config(final_real_share=0.0, harvest_backgrounds=False, real_only_baseline=False)
+    assert old.differences(saved) == []
