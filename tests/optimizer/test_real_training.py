@@ -157,3 +157,10 @@ def test_a_saved_run_that_predates_the_real_photos_did_without_them() -> None:
     assert tiny_config().differences(saved) == ["final_real_share", "harvest_backgrounds", "real_only_baseline"]
     old = tiny_config(final_real_share=0.0, harvest_backgrounds=False, real_only_baseline=False)
     assert old.differences(saved) == []
+
+
+def test_a_stop_during_the_baseline_cancels_the_run(tmp_path: Path, photos: LabelledSet, trainings: list[dict]) -> None:
+    result = run_loop(tiny_config(), faced_box_renderer(), CLASSES, photos, photos, tmp_path, progress_bar=False,
+                      should_stop=lambda: len(trainings) == 2)  # once the baseline's training has started
+    assert result.status == "cancelled" and len(trainings) == 2
+    assert not (tmp_path / "report.json").exists()
