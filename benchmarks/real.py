@@ -17,7 +17,8 @@ photos are not here yet: they need the loop at the photos' scale (other parts of
 
 Assets are built from the meshes in ../shared/assets/ycb by benchmarks/assets.py (quick
 budget) and cached under benchmarks/cache/; renders per seed, and each finished arm's scores,
-are cached under benchmarks/cache/real/ (an interrupted run resumes). Writes benchmarks/results/real/<mode>/results.json and table.md.
+are cached under benchmarks/cache/real/ (an interrupted run resumes). Writes
+benchmarks/results/real/<mode>/results.json and table.md.
 
     python benchmarks/real.py [--quick] [--seeds 0 1 2]
 
