@@ -287,6 +287,10 @@ def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeCo
         final_epochs=budget.final_epochs,
         final_init="warmup",
         final_trainer_overrides=dict(FINAL_TRAINER),
+        # Renders alone, as the recorded results: the target sets are renders too (issue 23's
+        # real photos in the final training would mix the validation set into it).
+        final_real_share=0.0,
+        real_only_baseline=False,
         val_map_every=0,
         sample_images=2,
         seed=seed,

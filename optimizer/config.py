@@ -179,6 +179,19 @@ class OptimizeConfig:
     "optimizer": "AdamW", "lr0": 0.002}). The loop sets nbs (the nominal batch Ultralytics
     accumulates gradients up to) to final_batch_size unless given here: with its default of
     64, a few hundred rendered images make only a handful of optimiser steps per epoch."""
+    harvest_backgrounds: bool = field(default=True, metadata={"before": False})
+    """Render on backgrounds cut from the validation photos away from every labelled box
+    (renderer.harvest) instead of the scene's procedural textures (run_optimization; the
+    scene's own background photos stay). Where no photo leaves a large enough box-free region,
+    the run logs why and keeps the procedural textures."""
+    final_real_share: float = field(default=1 / 3, metadata={"before": 0.0})
+    """Share of each epoch of the final detector's training made of the job's labelled real
+    photos (the validation set, target_val), each repeated to reach it, beside the rendered
+    dataset (optimizer.real_training says why a third). The validation metrics in the report
+    are then on photos the detector trained on. 0: the rendered dataset alone."""
+    real_only_baseline: bool = field(default=True, metadata={"before": False})
+    """With a test set (target_test): also train the same detector with the same settings on
+    the real photos alone and report its test metrics beside the final detector's."""
     seed: int = 0
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu' or 'cuda'."""
@@ -196,9 +209,11 @@ class OptimizeConfig:
 
     def differences(self, saved: dict[str, Any]) -> list[str]:
         """The settings in which a saved config (``to_dict()`` after a JSON round trip) differs
-        from this one. A setting the saved config lacks (it predates the setting) counts as its
-        default, which is what that run did."""
-        defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in fields(self)}
+        from this one. A setting the saved config lacks (it predates the setting) counts as what
+        that run did: the field's ``before`` metadata where the default changed what a run does
+        (e.g. real photos in the final training), else its default."""
+        defaults = {f.name: f.metadata["before"] if "before" in f.metadata else
+                    f.default if f.default_factory is MISSING else f.default_factory() for f in fields(self)}
         wanted = json.loads(json.dumps(self.to_dict()))
         completed = json.loads(json.dumps({**defaults, **saved}))
         return sorted(k for k in set(wanted) | set(completed) if wanted.get(k) != completed.get(k))

@@ -103,6 +103,7 @@ from optimizer.estimators import (
 )
 from optimizer.hypergradient import hvp_from_gradients, inverse_hvp, mixed_grad_from_gradients, pathwise_backward
 from optimizer.psi import PARTS, PER_CLASS_PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiConfig, PsiNoise
+from optimizer.real_training import compare_with_real_only, final_training_data, photo_backgrounds, train_real_only
 from optimizer.report import plot_history, sample_paths, save_sample_images, write_json_atomic
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
 from renderer.scene_spec import load_scene, read_scene_spec
@@ -120,7 +121,7 @@ AFTER_WARMUP = frozenset({
     "alignment_ignores", "alignment_objective", "baseline_decay", "search_metric", "normalise_hypergradient", "oracle_psi",
     "psi_learning_rate", "psi_warmup_iterations", "entropy_weight", "outer_iterations", "val_batch_size",
     "val_map_every", "sample_images", "final_images", "final_epochs", "final_batch_size", "final_init",
-    "final_trainer_overrides",
+    "final_trainer_overrides", "final_real_share", "real_only_baseline",
 })
 """OptimizeConfig settings the warm-up does not read (it draws from the initial psi whatever the
 method): runs that differ only in these share one warm-up (run_loop's warmup_cache). A setting
@@ -197,6 +198,8 @@ def validate_config(config: OptimizeConfig) -> None:
     learns = config.method in ("neural-sim", "random-search", "reinforce")
     if learns and not config.learnable:
         fail("learnable", f"method {config.method!r} learns psi, but no part is learnable")
+    if not 0 <= config.final_real_share < 1:
+        fail("final_real_share", f"must be in [0, 1), got {config.final_real_share}")
     if config.final_init == "warmup" and config.warmup_steps < 1:
         fail("final_init", "'warmup' starts the final detector from the warmed-up detector: needs warmup_steps >= 1")
     if config.method == "oracle" and config.oracle_psi is None:
@@ -269,7 +272,8 @@ def run_optimization(
     val_set = load_dataset(Path(config.target_val))
     test_set = load_dataset(Path(config.target_test)) if config.target_test is not None else None
     spec = read_scene_spec(config.scene)
-    fields, backgrounds = load_scene(spec)
+    # issue 23: backgrounds harvested from the labelled photos (optimizer.real_training).
+    fields, backgrounds = load_scene(spec, photo_backgrounds(val_set) if config.harvest_backgrounds else None)
     renderer = SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds)
     return run_loop(
         config, renderer, spec.class_names, val_set, test_set, out_dir,
@@ -300,10 +304,11 @@ def run_loop(
     (tested).
 
     Writes to ``out_dir``: ``config.json``, ``checkpoint.pt`` (after every outer iteration),
-    ``samples/`` (images with boxes), and after the final stage ``dataset/``, ``final_train/``,
-    ``detector.pt``, ``psi.json``, ``report.json`` and ``plots/``. ``should_stop()`` is asked
-    before every outer iteration, between final stages and after every batch of the final
-    training; when it says yes the run returns
+    ``samples/`` (images with boxes), and after the final stage ``dataset/``, ``final_data/`` (the
+    final training's folder: the dataset plus the photos), ``final_train/``, ``detector.pt``,
+    ``real_only/`` (the real-only baseline, with a test set), ``psi.json``, ``report.json`` and
+    ``plots/``. ``should_stop()`` is asked before every outer iteration, between final stages and
+    after every batch of the final training; when it says yes the run returns
     with status 'cancelled' (the checkpoint is current, so calling again resumes).
     """
     validate_config(config)
@@ -904,6 +909,7 @@ class _Loop:
     def final_stage(self, val_loss_start: float | None) -> OptimizeResult:
         config = self.config
         final: dict = {}
+        real_report: dict = {}  # issue 23: the final training's photos and the real-only baseline
         dataset_dir = detector_path = None
         stage_seconds: dict[str, float] = {}
         if config.final_images:
@@ -936,18 +942,15 @@ class _Loop:
                 self.emit("final-train", trainer.epoch + 1, trainer.epochs, metrics=losses,
                           message=f"final detector: epoch {trainer.epoch + 1}/{trainer.epochs}")
 
-            def batch_done(trainer) -> None:
-                # Not trainer.stop: a stopped trainer still validates on the whole dataset.
-                if self.should_stop():
-                    raise _Stopped
-
-            try:
-                best = train_final_detector(
-                    config, self.class_names, self.out_dir, self.out_dir / "final_train", seed=config.seed,
-                    device=self.device, progress=self.progress_bar,
-                    callbacks={"on_fit_epoch_end": [epoch_done], "on_train_batch_end": [batch_done]},
-                )
-            except _Stopped:
+            # issue 23: the job's labelled photos join the training (optimizer.real_training).
+            mix = final_training_data(config, self.val_set, dataset_dir, self.out_dir)
+            real_report["final_training_data"] = mix.summary()
+            best = train_final_detector(
+                config, self.class_names, self.out_dir, self.out_dir / "final_train", seed=config.seed,
+                device=self.device, progress=self.progress_bar, callbacks={"on_fit_epoch_end": [epoch_done]},
+                data_dir=mix.data_dir, should_stop=self.should_stop,
+            )
+            if best is None:
                 return self.cancelled(config.outer_iterations)
             stage_seconds["final_train"] = round(time.perf_counter() - began, 3)
 
@@ -960,6 +963,20 @@ class _Loop:
                 final[name] = {"map50_95": metrics.map50_95, "map50": metrics.map50, "per_class_ap": metrics.per_class_ap}
             detector_path = save_detector(model, self.out_dir / "detector.pt")
             stage_seconds["evaluate"] = round(time.perf_counter() - began, 3)
+
+            # issue 23: the same detector trained on the photos alone, on the same test set.
+            if self.test_set is not None and config.real_only_baseline:
+                began = time.perf_counter()
+                self.emit("evaluate", 0, 1, message="training and evaluating the real-only baseline")
+                real_only = train_real_only(
+                    config, self.class_names, self.val_set, self.test_set, mix.images_per_epoch, self.out_dir,
+                    train_final_detector, device=self.device, progress=self.progress_bar,
+                    should_stop=self.should_stop,
+                )
+                if real_only is None:
+                    return self.cancelled(config.outer_iterations)
+                real_report["real_only"] = compare_with_real_only(final["test"], real_only)
+                stage_seconds["real_only"] = round(time.perf_counter() - began, 3)
 
         self.emit("report", 0, 1, message="writing the report")
         snapshot = self.psi.snapshot()
@@ -979,6 +996,7 @@ class _Loop:
             "images_rendered": self.images_rendered,
             "val_loss_start": val_loss_start,
             "final": final,
+            **real_report,
             "psi": snapshot,
             "azimuth_tv": (azimuth_total_variation(snapshot["azimuth"]["probs"], self.target_azimuth)
                            if self.target_azimuth is not None else None),
@@ -1026,18 +1044,32 @@ def train_final_detector(
     device: torch.device,
     progress: bool = False,
     callbacks: dict | None = None,
-) -> Path:
-    """Train a final detector on ``run_dir/dataset`` as the final stage does (from the initial
-    or the warmed-up weights: final_init), with Ultralytics' trainer seeded by ``seed``;
-    returns its best checkpoint."""
+    data_dir: Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Path | None:
+    """Train a final detector on ``data_dir`` (a YOLO folder; default ``run_dir/dataset``) as
+    the final stage does (from the initial or the warmed-up weights: final_init), with
+    Ultralytics' trainer seeded by ``seed``; returns its best checkpoint, or None when
+    ``should_stop()``, asked after every batch, said yes."""
     start = (load_detector(Path(run_dir) / WARMUP_DETECTOR) if config.final_init == "warmup"
              else detector_config(config, class_names))
-    return train_on_dataset(
-        start, Path(run_dir) / "dataset", config.final_epochs, config.image_size, out_dir,
-        progress=progress, batch_size=config.final_batch_size, device="cpu" if device.type == "cpu" else "0",
-        seed=seed, callbacks=callbacks,
-        **{"val": False, "plots": False, "nbs": config.final_batch_size, **config.final_trainer_overrides},
-    )
+    callbacks = {event: list(functions) for event, functions in (callbacks or {}).items()}
+    if should_stop is not None:
+        def batch_done(trainer) -> None:
+            # Not trainer.stop: a stopped trainer still validates on the whole dataset.
+            if should_stop():
+                raise _Stopped
+
+        callbacks.setdefault("on_train_batch_end", []).append(batch_done)
+    try:
+        return train_on_dataset(
+            start, Path(data_dir or Path(run_dir) / "dataset"), config.final_epochs, config.image_size, out_dir,
+            progress=progress, batch_size=config.final_batch_size, device="cpu" if device.type == "cpu" else "0",
+            seed=seed, callbacks=callbacks,
+            **{"val": False, "plots": False, "nbs": config.final_batch_size, **config.final_trainer_overrides},
+        )
+    except _Stopped:
+        return None
 
 
 def completed_report(out_dir: Path, config: OptimizeConfig) -> dict | None:

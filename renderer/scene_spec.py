@@ -112,9 +112,13 @@ def procedural_backgrounds(count: int, seed: int = 0, size: int = 256) -> Backgr
     return BackgroundSet(images, [f"procedural_{i}" for i in range(count)])
 
 
-def load_scene(spec: SceneSpec) -> tuple[list[RadianceField], BackgroundSet]:
-    """The scene's object fields (in class order) and its background set."""
+def load_scene(spec: SceneSpec, harvested: BackgroundSet | None = None) -> tuple[list[RadianceField], BackgroundSet]:
+    """The scene's object fields (in class order) and its background set. ``harvested``
+    backgrounds (cut from a job's labelled photos: renderer.harvest) join the scene's
+    photographs in place of its procedural textures, which stay the fallback without them."""
     fields = [load_object(o.path) for o in spec.objects]
     photos = BackgroundSet.from_folder(spec.backgrounds) if spec.backgrounds else BackgroundSet.empty()
+    if harvested is not None and len(harvested):
+        return fields, BackgroundSet(photos.images + harvested.images, photos.names + harvested.names)
     generated = procedural_backgrounds(spec.procedural_backgrounds)
     return fields, BackgroundSet(photos.images + generated.images, photos.names + generated.names)
