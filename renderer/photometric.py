@@ -46,8 +46,9 @@ class PhotometricConfig:
     up to half a stop of exposure error, visible but mild noise, a blurred photo now and then,
     usual JPEG qualities, edges one pixel soft and a few unlabelled things in the background."""
 
-    white_balance: float = 0.08
-    """Standard deviation of each channel's log gain (0.08: about 8 % colour cast)."""
+    white_balance: float = 0.05
+    """Standard deviation of each channel's log gain (0.05: about 5 % colour cast, what auto
+    white balance leaves)."""
     exposure_stops: float = 0.5
     """Exposure error drawn from [-exposure_stops, exposure_stops] stops."""
     gamma: float = 0.15
@@ -179,7 +180,9 @@ def defocus_blur(images: Images, generator: torch.Generator, radius: float = 0.0
     return _filter(images, kernel)
 
 
-def jpeg(images: Images, generator: torch.Generator, quality: tuple[int, int] = (40, 95), probability: float = 1.0) -> Images:
+def jpeg(
+    images: Images, generator: torch.Generator, quality: tuple[int, int] = (40, 95), probability: float = 1.0
+) -> Images:
     """JPEG re-compression (blocking, ringing, chroma subsampling) at a quality drawn from
     ``quality``, in a ``probability`` share of the images. Not differentiable: the result is
     detached."""
@@ -198,7 +201,9 @@ def jpeg(images: Images, generator: torch.Generator, quality: tuple[int, int] = 
     return out
 
 
-def photograph(images: Images, config: PhotometricConfig, generator: torch.Generator, differentiable_only: bool = False) -> Images:
+def photograph(
+    images: Images, config: PhotometricConfig, generator: torch.Generator, differentiable_only: bool = False
+) -> Images:
     """Every image effect of ``config``, roughly in a camera's order: blur (optics, motion),
     exposure and tone curve, noise, colour cast, JPEG (storage; left out with
     ``differentiable_only``, which keeps the result differentiable)."""
@@ -235,7 +240,10 @@ def feather_edges(
 
 
 def paste_clutter(
-    background: Images, generator: torch.Generator, shapes: tuple[int, int] = (0, 4), size: tuple[float, float] = (0.05, 0.3)
+    background: Images,
+    generator: torch.Generator,
+    shapes: tuple[int, int] = (0, 4),
+    size: tuple[float, float] = (0.05, 0.3),
 ) -> Images:
     """Unlabelled textured shapes pasted into the backgrounds (so that the detector learns that
     not everything in a photo is an object): superellipses (diamond, ellipse, rounded box) at
@@ -245,7 +253,7 @@ def paste_clutter(
     longer = max(height, width)
     ys = torch.arange(height, dtype=torch.float64)[:, None] + 0.5
     xs = torch.arange(width, dtype=torch.float64)[None, :] + 0.5
-    out = background
+    out = background.clone()
     for row in range(batch):
         count = int(torch.randint(shapes[0], shapes[1] + 1, (1,), generator=generator))
         for _ in range(count):
@@ -270,7 +278,6 @@ def paste_clutter(
                 texture = background[row].flip(-1).roll(shift, dims=(-2, -1)).double().cpu()
             texture = _like(texture.expand(3, height, width), background)
             weight = _like(mask, background)
-            out = out.clone() if out is background else out
             out[row] = weight * texture + (1 - weight) * out[row]
     return out
 
