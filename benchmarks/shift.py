@@ -250,7 +250,8 @@ def target_sets(shift: str, budget: Budget, backgrounds: BackgroundSet) -> tuple
             if meshes is None:
                 meshes = [load_textured_mesh(YCB / name / "textured.obj") for name in SHIFT_OBJECTS]
             renderer = MeshSceneRenderer(MeshSceneRendererConfig(spp=16), meshes, backgrounds)
-            render_dataset(renderer, strata, count, budget.image_size, folder, list(SHIFT_OBJECTS), seed=seed)
+            render_dataset(renderer, strata, count, budget.image_size, folder, list(SHIFT_OBJECTS), seed=seed,
+                           photometric=None)  # the shifts' targets stay the plain renders they were measured on
         sets.append(load_dataset(folder / "annotations.json"))
     return sets[0], sets[1]
 
@@ -291,6 +292,8 @@ def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeCo
         # real photos in the final training would mix the validation set into it).
         final_real_share=0.0,
         real_only_baseline=False,
+        harvest_backgrounds=False,
+        photometric=None,  # the synthetic shifts keep the plain renders their findings were measured on
         val_map_every=0,
         sample_images=2,
         seed=seed,

@@ -161,6 +161,12 @@ class OptimizeConfig:
     its code (detector.checkpoint). The service sets it to a job's uploaded weights (named by
     id in the request), never to a path from a request."""
     image_size: int = 64
+    photometric: dict[str, Any] | None = field(default_factory=dict, metadata={"before": None})
+    """Photographic effects on the rendered images (renderer.photometric: unlabelled clutter
+    behind the objects, feathered object edges, blur, exposure and tone curve, sensor noise,
+    white balance, JPEG), as overrides of PhotometricConfig's fields: on the final dataset by
+    default, with {"in_loop": true} the differentiable ones on the loop's renders too. None:
+    plain renders, as before issue 23."""
     final_images: int = 200
     """Images rendered from the learned psi for the final dataset (0: no final stage, i.e. no
     dataset, final detector or test metrics; the report still has the loop's history)."""

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from detector.datasets import DatasetWriter
 from optimizer.psi import OptimizerError, Psi
+from renderer.photometric import PhotometricConfig, compositor, over, photograph
 from renderer.scene_renderer import SceneRenderer
 from renderer.scene_types import RenderBatch, SceneParams
 
@@ -41,17 +42,23 @@ def render_dataset(
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
+    photometric: PhotometricConfig | None = PhotometricConfig(),
 ) -> Path:
     """Draw ``num_images`` scenes from ``psi``, render them and write them to ``out_dir``.
 
     A sequence of psis is an equal mixture sampled stratified: each gives an equal share of
     the images (the first ones one more where the count does not divide), so the set holds
     the mixture's proportions exactly instead of a draw from them (a target set of 100 images
-    drawn from two azimuth bins held 42 / 58)."""
+    drawn from two azimuth bins held 42 / 58).
+
+    ``photometric`` makes the images look like photos (renderer.photometric: clutter behind the
+    objects, feathered edges, blur, noise, colour, JPEG); it draws from a stream of its own, so
+    the scenes and labels are those of the plain images. None: plain renders."""
     strata = [psi] if isinstance(psi, Psi) else list(psi)
     if not strata:
         raise OptimizerError("render_dataset: psi is an empty sequence")
     generator = torch.Generator().manual_seed(seed)
+    effects = torch.Generator().manual_seed(seed + 0x5EED)
     bar = tqdm(total=num_images, desc="render dataset", unit="img", disable=not progress)
     with DatasetWriter(Path(out_dir), class_names) as writer:
         for index, stratum in enumerate(strata):
@@ -59,10 +66,14 @@ def render_dataset(
             while remaining:
                 count = min(batch_size, remaining)
                 params = stratum.sample(count, generator).scene
-                batch = renderer.render(params, image_size)
+                compositing = over if photometric is None else compositor(photometric, effects)
+                batch = renderer.render(params, image_size, compositing)
+                images = batch.rgb.clamp(0, 1)
+                if photometric is not None:
+                    images = photograph(images, photometric, effects)
                 for row in range(count):
                     keep = batch.keep[row]
-                    writer.add(batch.rgb[row].clamp(0, 1), batch.boxes[row][keep], batch.classes[row][keep],
+                    writer.add(images[row], batch.boxes[row][keep], batch.classes[row][keep],
                                image_meta(params, batch, row))
                 bar.update(count)
                 remaining -= count

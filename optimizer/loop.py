@@ -105,6 +105,7 @@ from optimizer.hypergradient import hvp_from_gradients, inverse_hvp, mixed_grad_
 from optimizer.psi import PARTS, PER_CLASS_PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiConfig, PsiNoise
 from optimizer.real_training import compare_with_real_only, final_training_data, photo_backgrounds, train_real_only
 from optimizer.report import plot_history, sample_paths, save_sample_images, write_json_atomic
+from renderer.photometric import PhotometricConfig, PhotometricError, photograph
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
 from renderer.scene_spec import load_scene, read_scene_spec
 
@@ -112,7 +113,7 @@ Status = Literal["completed", "cancelled"]
 HYPERGRADIENT_BN = BatchNormMode.BATCH
 """BatchNorm mode of every gradient in the hypergradient (validation gradient, Hessian, mixed
 derivative, per-image alignment) and of the validation loss the baselines are scored with."""
-_PURPOSES = ("render", "finetune", "candidate", "warmup", "final", "resample", "lookahead")
+_PURPOSES = ("render", "finetune", "candidate", "warmup", "final", "resample", "lookahead", "photometric")
 WARMUP_DETECTOR = "warmup_detector.pt"
 """The detector after the warm-up, in the run folder when final_init is 'warmup'."""
 AFTER_WARMUP = frozenset({
@@ -202,6 +203,10 @@ def validate_config(config: OptimizeConfig) -> None:
         fail("final_real_share", f"must be in [0, 1), got {config.final_real_share}")
     if config.final_init == "warmup" and config.warmup_steps < 1:
         fail("final_init", "'warmup' starts the final detector from the warmed-up detector: needs warmup_steps >= 1")
+    try:
+        photometric_config(config)
+    except (TypeError, PhotometricError) as error:
+        fail("photometric", str(error))
     if config.method == "oracle" and config.oracle_psi is None:
         fail("oracle_psi", "method 'oracle' needs the target's distribution (Psi.from_target arguments)")
     if config.method != "neural-sim":
@@ -326,13 +331,21 @@ def psi_step_scale(iteration: int, warmup_iterations: int) -> float:
     return min(1.0, (iteration + 1) / (warmup_iterations + 1))
 
 
-def _seed(seed: int, iteration: int, purpose: str) -> int:
-    """An independent seed for each (run seed, iteration, purpose)."""
-    return int(np.random.SeedSequence([seed, iteration + 1, _PURPOSES.index(purpose)]).generate_state(1)[0])
+def _seed(seed: int, iteration: int, purpose: str, *more: int) -> int:
+    """An independent seed for each (run seed, iteration, purpose, further keys)."""
+    return int(np.random.SeedSequence([seed, iteration + 1, _PURPOSES.index(purpose), *more]).generate_state(1)[0])
 
 
-def _generator(seed: int, iteration: int, purpose: str) -> torch.Generator:
-    return torch.Generator().manual_seed(_seed(seed, iteration, purpose))
+def _generator(seed: int, iteration: int, purpose: str, *more: int) -> torch.Generator:
+    return torch.Generator().manual_seed(_seed(seed, iteration, purpose, *more))
+
+
+def photometric_config(config: OptimizeConfig) -> PhotometricConfig | None:
+    """The job's photographic effects (config.photometric: PhotometricConfig overrides), or None."""
+    if config.photometric is None:
+        return None
+    # JSON turns the tuples into lists.
+    return PhotometricConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.photometric.items()})
 
 
 def _remap_classes(dataset: LabelledSet, class_names: list[str], what: str) -> LabelledSet:
@@ -441,6 +454,7 @@ class _Loop:
             radiance_field.requires_grad_(False)
             radiance_field.to(self.device)
         self.psi_config = psi_config(config, renderer.fields, len(renderer.backgrounds))
+        self.photometric = photometric_config(config)
         self.learnable = set(config.learnable)
         self.detector_config = detector_config(config, self.class_names)
         self.val_batch = self.val_set.batch(config.image_size).to(self.device)
@@ -512,7 +526,7 @@ class _Loop:
         round_steps = config.inner_steps or config.warmup_steps
         for first in range(0, config.warmup_steps, round_steps):
             noise = warmup_psi.sample(config.images_per_iteration, _generator(config.seed, first, "warmup")).noise
-            batch = self.render(noise, -1, warmup_psi)
+            batch = self.render(noise, -1, warmup_psi, round_index=first)
             steps = min(round_steps, config.warmup_steps - first)
             self.finetune_state = self.train(self.detector, batch, steps, self.finetune_state, -1)
         if cached is not None:
@@ -576,14 +590,26 @@ class _Loop:
 
     # ------------------------------------------------------------------ building blocks
 
-    def render(self, noise: PsiNoise, iteration: int, psi: Psi | None = None) -> ImageBatch:
-        """Render the recorded samples without gradients; labels from the renderer."""
+    def render(self, noise: PsiNoise, iteration: int, psi: Psi | None = None, round_index: int = 0) -> ImageBatch:
+        """Render the recorded samples without gradients; labels from the renderer.
+        ``round_index`` tells apart the renders of one iteration (the warm-up's rounds)."""
         with torch.no_grad():
             out = self.renderer.render((psi or self.psi).replay(noise), self.config.image_size)
-        images = out.rgb.clamp(0, 1)
+            step = self.renderer.config.chunk_images
+            images = torch.cat([self.photograph(out.rgb[start : start + step].clamp(0, 1), iteration, round_index, start)
+                                for start in range(0, noise.batch_size, step)])
         _check_finite(images, "a rendered image", iteration, "the renderer produced NaN or infinite pixels")
         self.images_rendered += noise.batch_size
         return ImageBatch(images, out.boxes, out.classes, out.keep)
+
+    def photograph(self, images: Tensor, iteration: int, round_index: int, start: int) -> Tensor:
+        """The differentiable photographic effects on the loop's images from row ``start`` on
+        (PhotometricConfig.in_loop; else the images as they are), drawn per renderer chunk so
+        that the pathwise re-render of a chunk gets what the detector saw."""
+        if self.photometric is None or not self.photometric.in_loop:
+            return images
+        generator = _generator(self.config.seed, iteration, "photometric", round_index, start)
+        return photograph(images, self.photometric, generator, differentiable_only=True)
 
     def train(self, model: DetectionModel, batch: ImageBatch, steps: int, state: FinetuneState, iteration: int) -> FinetuneState:
         config = self.config
@@ -652,6 +678,7 @@ class _Loop:
             for start in range(0, noise.batch_size, step):
                 rows = slice(start, start + step)
                 rgb = self.renderer.render(self.psi.replay(noise.index(rows), pathwise), config.image_size).rgb.clamp(0, 1)
+                rgb = self.photograph(rgb, iteration, 0, start)
                 pathwise_backward(rgb, lambda _u, g=image_grad[rows]: [g], u)
         del train_grad
         if score:
@@ -925,7 +952,7 @@ class _Loop:
             # of one seed then differ in their final data only where their psi differ.
             render_dataset(self.renderer, self.psi, config.final_images, config.image_size, dataset_dir,
                            self.class_names, seed=_seed(config.seed, 0, "final"),
-                           progress=self.progress_bar)
+                           progress=self.progress_bar, photometric=self.photometric)
             self.images_rendered += config.final_images
             stage_seconds["final_render"] = round(time.perf_counter() - began, 3)
             self.emit("final-render", config.final_images, config.final_images, message="dataset written")

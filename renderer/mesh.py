@@ -36,6 +36,7 @@ from tqdm import tqdm
 from renderer.backgrounds import BackgroundSet
 from renderer.camera import camera_ray_directions, focal_length, object_to_camera, view_rotation
 from renderer.labels import boxes_from_masks, kept_slots, visible_fractions
+from renderer.photometric import Compositing, over
 from renderer.scene_types import RenderBatch, SceneParams
 
 if TYPE_CHECKING:
@@ -564,8 +565,9 @@ class MeshSceneRenderer:
         self.backgrounds = backgrounds or BackgroundSet.empty()
 
     @torch.no_grad()
-    def render(self, params: SceneParams, size: int) -> RenderBatch:
-        """Render every image of ``params`` at ``size`` x ``size`` pixels (colours clipped to [0, 1])."""
+    def render(self, params: SceneParams, size: int, compositing: Compositing = over) -> RenderBatch:
+        """Render every image of ``params`` at ``size`` x ``size`` pixels (colours clipped to [0, 1]);
+        ``compositing`` puts the objects over the background (see SceneRenderer.render)."""
         used = params.object_ids[params.present]
         if used.numel() and not 0 <= int(used.min()) <= int(used.max()) < len(self.meshes):
             raise ValueError(
@@ -613,7 +615,7 @@ class MeshSceneRenderer:
         boxes = boxes_from_masks(masks_t)
         visible = visible_fractions(masks_t, alone_t)
         return RenderBatch(
-            rgb=(rgba[:, :3] * alpha + (1 - alpha) * background).clamp(0, 1),
+            rgb=compositing(rgba[:, :3] * alpha, alpha, background).clamp(0, 1),
             alpha=alpha,
             masks=masks_t,
             depth=depth,

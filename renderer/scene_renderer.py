@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from renderer.backgrounds import BackgroundSet
 from renderer.camera import camera_ray_directions, object_to_camera
 from renderer.labels import boxes_from_masks, kept_slots, visible_fractions
+from renderer.photometric import Compositing, over
 from renderer.raymarch import (
     PackedSamples,
     RadianceField,
@@ -78,8 +79,10 @@ class SceneRenderer:
             self._directions[key] = camera_ray_directions(size, self.config.fov_deg, device).reshape(-1, 3)
         return self._directions[key]
 
-    def render(self, params: SceneParams, size: int) -> RenderBatch:
-        """Render every image of ``params`` at ``size`` x ``size`` pixels."""
+    def render(self, params: SceneParams, size: int, compositing: Compositing = over) -> RenderBatch:
+        """Render every image of ``params`` at ``size`` x ``size`` pixels; ``compositing`` puts
+        the objects over the background (renderer.photometric.compositor adds clutter behind
+        them and feathers their edges)."""
         used = params.object_ids[params.present]
         if used.numel() and not 0 <= int(used.min()) <= int(used.max()) < len(self.fields):
             raise ValueError(
@@ -107,7 +110,7 @@ class SceneRenderer:
         boxes = boxes_from_masks(masks)
         visible = visible_fractions(masks, alone)
         return RenderBatch(
-            rgb=rgb + (1 - alpha) * background,
+            rgb=compositing(rgb, alpha, background),
             alpha=alpha,
             masks=masks,
             depth=torch.cat([p.depth for p in parts]),

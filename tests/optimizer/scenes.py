@@ -61,8 +61,8 @@ def faced_box_renderer(samples_per_ray: int = 24) -> SceneRenderer:
 def target_set(
     renderer: SceneRenderer, psi: Psi, count: int, size: int, out_dir: Path, class_names: list[str], seed: int
 ) -> LabelledSet:
-    """``count`` labelled images drawn from ``psi``, written as a dataset and read back."""
-    render_dataset(renderer, psi, count, size, out_dir, class_names, seed=seed, progress=False)
+    """``count`` labelled images drawn from ``psi`` (plain renders), written as a dataset and read back."""
+    render_dataset(renderer, psi, count, size, out_dir, class_names, seed=seed, progress=False, photometric=None)
     return load_dataset(out_dir / "annotations.json")
 
 

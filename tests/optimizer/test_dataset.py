@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from optimizer.dataset import image_meta, render_dataset
 from optimizer.psi import OptimizerError, Psi, PsiConfig
@@ -37,3 +40,20 @@ def test_render_dataset_with_strata_holds_each_stratum_in_equal_shares(tmp_path)
     assert [int(a // 45) for a in azimuths] == [2, 2, 2, 2, 3, 3, 3]
     with pytest.raises(OptimizerError, match="psi is an empty sequence"):
         render_dataset(faced_box_renderer(8), [], 1, 16, tmp_path / "none", ["box"], progress=False)
+
+
+def test_render_dataset_makes_photo_like_images_by_default_with_the_same_labels(tmp_path) -> None:
+    config = PsiConfig(num_classes=1, max_objects=2, plain_background=True)
+    psi = Psi.from_target(config, azimuth_bin_probs=[1.0] * 8)
+    plain = render_dataset(faced_box_renderer(8), psi, 4, 32, tmp_path / "plain", ["box"], seed=5, progress=False,
+                           photometric=None)
+    photo = render_dataset(faced_box_renderer(8), psi, 4, 32, tmp_path / "photo", ["box"], seed=5, progress=False)
+    annotations = [json.loads((folder / "annotations.json").read_text()) for folder in (plain, photo)]
+    assert annotations[0]["annotations"] and annotations[0]["annotations"] == annotations[1]["annotations"]
+    assert [i["meta"] for i in annotations[0]["images"]] == [i["meta"] for i in annotations[1]["images"]]
+    for image in annotations[0]["images"]:
+        name = Path(image["file_name"])
+        label = Path("labels") / name.with_suffix(".txt").name
+        assert (plain / label).read_text() == (photo / label).read_text()
+        pixels = [np.asarray(Image.open(folder / name), dtype=np.float32) for folder in (plain, photo)]
+        assert np.abs(pixels[0] - pixels[1]).mean() > 2  # of 255: every image changed

@@ -514,3 +514,32 @@ def test_a_run_from_the_warmup_cache_equals_one_that_warms_up_itself(tmp_path: P
         entry.write_bytes(b"not a warm-up")
     with pytest.raises(OptimizerError, match=r"(?s)not a readable nerfsim warm-up .*delete it to warm up again"):
         _run(config, val_set, tmp_path / "damaged", warmup_cache=cache)
+
+
+def test_in_loop_photometric_effects_reach_the_detector_and_the_pathwise_rerender_draws_the_same(
+    tmp_path: Path, val_set: LabelledSet, trained: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With PhotometricConfig.in_loop the detector trains on photo-like renders, and the
+    pathwise hypergradient's re-render of a chunk gets the very effects the detector saw."""
+    from optimizer import loop as loop_module
+
+    outputs: dict[tuple, list] = {}
+    original = loop_module._Loop.photograph
+
+    def recording(self, images, iteration, round_index, start):
+        out = original(self, images, iteration, round_index, start)
+        outputs.setdefault((iteration, round_index, start), []).append(out.detach().clone())
+        return out
+
+    monkeypatch.setattr(loop_module._Loop, "photograph", recording)
+    config = tiny_config(estimator="pathwise", learnable=["distance", "exposure"], outer_iterations=1,
+                         val_map_every=0, sample_images=0)
+    _run(config, val_set, tmp_path / "plain")
+    plain = [images for _, images in trained]
+    trained.clear()
+    outputs.clear()
+    _run(replace(config, photometric={"in_loop": True}), val_set, tmp_path / "photo")
+    assert [i for i, _ in trained] == [-1, 0]  # the warm-up round and the iteration
+    assert all(not torch.allclose(a, b, atol=1e-3) for a, (_, b) in zip(plain, trained))
+    rendered, rerendered = outputs[(0, 0, 0)]  # the iteration's images, then the pathwise re-render
+    assert torch.allclose(rendered, rerendered, atol=1e-5)

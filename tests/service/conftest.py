@@ -151,7 +151,7 @@ def box_target(tmp_path_factory: pytest.TempPathFactory, box_asset: Path) -> Pat
     out = tmp_path_factory.mktemp("target") / "set"
     renderer = SceneRenderer(SceneRendererConfig(fov_deg=40), [load_object(box_asset)])
     psi = Psi.from_target(PsiConfig(distance_median=0.5), azimuth_bin_probs=[0, 0, 1, 1, 0, 0, 0, 0])
-    render_dataset(renderer, psi, 8, 32, out, ["box"], seed=3, progress=False)
+    render_dataset(renderer, psi, 8, 32, out, ["box"], seed=3, progress=False, photometric=None)
     return out
 
 
