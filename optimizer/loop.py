@@ -495,7 +495,7 @@ class _Loop:
         if self.warmup_cache is not None:
             settings = {k: v for k, v in _plain(config.to_dict()).items() if k not in AFTER_WARMUP}
             settings["torch_threads"] = torch.get_num_threads()  # other thread counts round differently
-            if self.priors is not None:  # the warm-up's psi then depends on the photos too
+            if self.priors is not None and self.priors["values"]:  # the warm-up's psi depends on the photos too
                 settings["priors"] = self.priors["values"]
             key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
             cached = Path(self.warmup_cache) / f"warmup_{key}.pt"

@@ -13,8 +13,14 @@ A detector is judged on the user's photos, so the scene parameters start where t
 - **offset** (all classes, as in psi): the box centres' range in the letterboxed image, in
   units of the image half-size, y up, becomes ``offset_centre`` +- ``offset_range``.
 - **elevation** is left as configured: a box's aspect depends on the azimuth as much as on the
-  elevation (and not at all for objects that look alike from every side), so the aspect alone
-  does not determine the elevation from a handful of photos without guessing.
+  elevation (and not at all for objects that look alike from every side). Measured on the
+  tests' 10 x 6 x 4 cm box, 32 renders per elevation: the likelihood of the boxes' aspects
+  (averaged over azimuths) peaked at 5 degrees for a true 10, at 15 for a true 30 and was flat
+  for a true 60, so it would be a guess.
+
+Distances are in the scene camera's terms (the depth at which the scene's field of view shows
+the object at the photos' box size), not the physical distance of the photos' camera: what
+the renderer needs to match the photos.
 
 Fallbacks (each written into :meth:`PsiPriors.summary`): a class with no box in the photos gets
 the mean log distance of the classes that have boxes (objects photographed together sit at
@@ -56,8 +62,8 @@ CALIBRATION_SIZE = 64
 occupied cells to the rendered silhouette."""
 VIEW_AZIMUTHS = 16
 VIEW_ELEVATIONS = 5
-"""Views at which objects are projected: azimuths evenly round, elevations evenly over psi's
-elevation range (ends excluded)."""
+"""Views at which objects are projected: azimuths evenly round, elevations at quantiles of the
+class's initial elevation distribution (the views psi draws)."""
 
 
 @dataclass
@@ -202,7 +208,7 @@ def _class_prior(name: str, boxes: list[tuple[float, bool]], renderer: SceneRend
     points = occupied_points(renderer.fields[class_id])
     radius = float(points.norm(dim=-1).max())
     scale = silhouette_log_scale(renderer, class_id, points, radius, elevations)
-    # size ~ 1 / distance; the projected size at the estimate corrects for perspective (twice is plenty).
+    # size ~ 1 / distance; projecting again at the estimate corrects for perspective (it settles in two).
     distance = 1.0
     for _ in range(3):
         view_sizes = projected_log_sizes(points, fov_deg, distance, elevations).double() + scale

@@ -4,6 +4,7 @@ and the loop starts from the priors and reports them."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 
 from detector.datasets import LabelledImage, LabelledSet
 from optimizer.config import OptimizeConfig
-from optimizer.loop import _Loop
+from optimizer.loop import _Loop, run_loop
 from optimizer.priors import MIN_OFFSET_RANGE, apply_priors, derive_priors
 from optimizer.psi import Psi, PsiConfig
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
@@ -168,6 +169,13 @@ def test_the_loop_starts_from_the_priors_unless_turned_off(tmp_path: Path) -> No
     user = loop(psi={"distance_median": 0.7})
     assert user.psi_config.distance_median == 0.7 and user.priors["overridden_by_user"] == [
         "distance_log_std", "distance_median"]
+
+    result = run_loop(OptimizeConfig(method="uniform", outer_iterations=1, images_per_iteration=2, inner_steps=1,
+                                     warmup_steps=0, image_size=32, final_images=0, val_map_every=0, sample_images=0),
+                      renderer, ["box"], photos, None, tmp_path / "report", progress_bar=False)
+    report = json.loads(result.report.read_text())
+    assert report["priors"]["values"] == with_priors.priors["values"]
+    assert report["psi"]["distance_m"]["median"] == pytest.approx(with_priors.priors["values"]["distance_median"], rel=1e-5)
 
 
 def test_a_few_box_centres_widen_to_the_range_they_were_drawn_from() -> None:
