@@ -75,7 +75,7 @@ from detector.model import DetectorConfig, build_detector, load_detector, save_d
 from detector.targets import ImageBatch, UltralyticsTargets
 from detector.train import FinetuneState, finetune, train_on_dataset
 from optimizer.appearance import AppearanceStatistics, crop_bandwidth, object_crops
-from optimizer.baselines import azimuth_total_variation, initial_psi, psi_config, random_candidate
+from optimizer.baselines import azimuth_total_variation, initial_psi, random_candidate
 from optimizer.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from optimizer.config import (
     AlignmentNormalisation,
@@ -102,7 +102,7 @@ from optimizer.estimators import (
     score_function_surrogate,
 )
 from optimizer.hypergradient import hvp_from_gradients, inverse_hvp, mixed_grad_from_gradients, pathwise_backward
-from optimizer.priors import apply_priors, derive_priors
+from optimizer.priors import starting_psi_config
 from optimizer.psi import PARTS, PER_CLASS_PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiConfig, PsiNoise
 from optimizer.report import plot_history, sample_paths, save_sample_images, write_json_atomic
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
@@ -436,11 +436,8 @@ class _Loop:
         for radiance_field in renderer.fields:
             radiance_field.requires_grad_(False)
             radiance_field.to(self.device)
-        self.psi_config = psi_config(config, renderer.fields, len(renderer.backgrounds))
-        self.priors: dict | None = None  # issue 23: the starting psi from the validation photos
-        if config.psi_priors:
-            derived = derive_priors(self.val_set, self.class_names, renderer, self.psi_config)
-            self.psi_config, self.priors = apply_priors(self.psi_config, derived, config.psi)
+        # issue 23: the starting psi from the validation photos (optimizer.priors; None: off).
+        self.psi_config, self.priors = starting_psi_config(config, renderer, self.class_names, self.val_set)
         self.learnable = set(config.learnable)
         self.detector_config = detector_config(config, self.class_names)
         self.val_batch = self.val_set.batch(config.image_size).to(self.device)

@@ -39,6 +39,8 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from detector.datasets import LabelledSet
+from optimizer.baselines import psi_config
+from optimizer.config import OptimizeConfig
 from optimizer.psi import PsiConfig
 from renderer.camera import view_rotation
 from renderer.scene_renderer import SceneRenderer
@@ -129,6 +131,18 @@ def apply_priors(config: PsiConfig, priors: PsiPriors, user_fields: Collection[s
     user = {name for group in GROUPS if set(group) & set(user_fields) for name in group}
     kept = {name: value for name, value in values.items() if name not in user}
     return replace(config, **kept), priors.summary(applied=kept, overridden=set(values) - set(kept))
+
+
+def starting_psi_config(
+    config: OptimizeConfig, renderer: SceneRenderer, class_names: Sequence[str], val_set: LabelledSet
+) -> tuple[PsiConfig, dict | None]:
+    """A job's starting PsiConfig (optimizer.baselines.psi_config) with the priors from
+    ``val_set`` (class ids in the scene's order) when ``config.psi_priors``; and the report's
+    summary of the priors (None when off)."""
+    base = psi_config(config, renderer.fields, len(renderer.backgrounds))
+    if not config.psi_priors:
+        return base, None
+    return apply_priors(base, derive_priors(val_set, class_names, renderer, base), config.psi)
 
 
 def derive_priors(val_set: LabelledSet, class_names: Sequence[str], renderer: SceneRenderer, config: PsiConfig) -> PsiPriors:
