@@ -121,6 +121,12 @@ class OptimizeConfig:
     The appearance stays per class: its choices are each object's own training images."""
     psi: dict[str, Any] = field(default_factory=dict)
     """Overrides of optimizer.psi.PsiConfig fields (initial ranges, bins, temperature, ...)."""
+    psi_priors: bool = field(default=True, metadata={"before": False})
+    """Start psi where the validation photos are (optimizer.priors): each class's distance from
+    its boxes' size and its object's size, the image offsets from the boxes' centres. Fields set
+    in ``psi`` win over the priors; the report's ``priors`` entry says what was derived, from how
+    many boxes, and what was applied. With share_classes the classes' distances move together,
+    each from its own start. False: psi starts from PsiConfig's fixed ranges."""
     oracle_psi: dict[str, Any] | None = None
     """For method 'oracle': Psi.from_target keyword arguments (the target's true distribution)."""
     psi_learning_rate: float = 0.05

@@ -75,7 +75,7 @@ from detector.model import DetectorConfig, build_detector, load_detector, save_d
 from detector.targets import ImageBatch, UltralyticsTargets
 from detector.train import FinetuneState, finetune, train_on_dataset
 from optimizer.appearance import AppearanceStatistics, crop_bandwidth, object_crops
-from optimizer.baselines import azimuth_total_variation, initial_psi, psi_config, random_candidate
+from optimizer.baselines import azimuth_total_variation, initial_psi, random_candidate
 from optimizer.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from optimizer.config import (
     AlignmentNormalisation,
@@ -102,6 +102,7 @@ from optimizer.estimators import (
     score_function_surrogate,
 )
 from optimizer.hypergradient import hvp_from_gradients, inverse_hvp, mixed_grad_from_gradients, pathwise_backward
+from optimizer.priors import starting_psi_config
 from optimizer.psi import PARTS, PER_CLASS_PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiConfig, PsiNoise
 from optimizer.real_training import compare_with_real_only, final_training_data, photo_backgrounds, train_real_only
 from optimizer.report import plot_history, sample_paths, save_sample_images, write_json_atomic
@@ -453,7 +454,8 @@ class _Loop:
         for radiance_field in renderer.fields:
             radiance_field.requires_grad_(False)
             radiance_field.to(self.device)
-        self.psi_config = psi_config(config, renderer.fields, len(renderer.backgrounds))
+        # issue 23: the starting psi from the validation photos (optimizer.priors; None: off).
+        self.psi_config, self.priors = starting_psi_config(config, renderer, self.class_names, self.val_set)
         self.photometric = photometric_config(config)
         self.learnable = set(config.learnable)
         self.detector_config = detector_config(config, self.class_names)
@@ -509,6 +511,8 @@ class _Loop:
         if self.warmup_cache is not None:
             settings = {k: v for k, v in _plain(config.to_dict()).items() if k not in AFTER_WARMUP}
             settings["torch_threads"] = torch.get_num_threads()  # other thread counts round differently
+            if self.priors is not None and self.priors["values"]:  # the warm-up's psi depends on the photos too
+                settings["priors"] = self.priors["values"]
             key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
             cached = Path(self.warmup_cache) / f"warmup_{key}.pt"
             if cached.is_file():
@@ -888,8 +892,9 @@ class _Loop:
         done = self.completed_result()
         if done is not None:
             return done
+        priors = "" if self.priors is None else f", starting psi from the photos ({', '.join(self.priors['applied']) or 'nothing applied'})"
         self.emit("setup", 0, 1, message=f"{config.method}: {len(self.class_names)} classes, "
-                    f"{len(self.val_set)} validation images, device {self.device}")
+                    f"{len(self.val_set)} validation images, device {self.device}{priors}")
         saved = load_checkpoint(self.out_dir)
         if saved is None:
             state = self.initial_state()
@@ -1010,6 +1015,7 @@ class _Loop:
         write_json_atomic(self.out_dir / "psi.json", {
             "snapshot": snapshot,
             "psi_config": _plain(asdict(self.psi.config)),
+            "priors": self.priors,
             # Bins of probability 0 have logit -inf, which JSON cannot hold; -1e4 is as impossible.
             "state": {name: torch.nan_to_num(value.detach().cpu(), neginf=-1e4).tolist()
                       for name, value in self.psi.state_dict().items()},
@@ -1025,6 +1031,7 @@ class _Loop:
             "final": final,
             **real_report,
             "psi": snapshot,
+            "priors": self.priors,
             "azimuth_tv": (azimuth_total_variation(snapshot["azimuth"]["probs"], self.target_azimuth)
                            if self.target_azimuth is not None else None),
             "seconds": {"outer": round(sum(r["seconds"] for r in self.history), 3), **stage_seconds},

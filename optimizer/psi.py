@@ -93,6 +93,9 @@ _PART_TENSORS: dict[str, tuple[str, ...]] = {
     "count": ("count_logits",),
 }
 
+_PER_CLASS_FIELDS = ("elevation_median_deg", "elevation_logit_std", "distance_median", "distance_log_std")
+"""PsiConfig fields that take one value for all classes or one per class."""
+
 _Z90 = 1.2815515655446004
 """Standard-normal 90% quantile: snapshots report the 10% and 90% quantiles."""
 
@@ -117,13 +120,15 @@ class PsiConfig:
     """Floor of the temperature schedule."""
     elevation_range_deg: tuple[float, float] = (0.0, 60.0)
     """(lo, hi): elevations are squashed into this open interval."""
-    elevation_median_deg: float = 25.0
-    """Initial median elevation (the sigmoid's centre maps here)."""
-    elevation_logit_std: float = 1.0
+    elevation_median_deg: float | tuple[float, ...] = 25.0
+    """Initial median elevation (the sigmoid's centre maps here): one for all classes, or one
+    per class (as for the three fields below)."""
+    elevation_logit_std: float | tuple[float, ...] = 1.0
     """Initial spread of the elevation in logit space (about 1.7 is close to uniform on the range)."""
-    distance_median: float = 0.6
-    """Initial median camera distance, metres (depth of the object's centre)."""
-    distance_log_std: float = 0.2
+    distance_median: float | tuple[float, ...] = 0.6
+    """Initial median camera distance, metres (depth of the object's centre). Per class when the
+    starting psi comes from the validation photos (optimizer.priors): objects differ in size."""
+    distance_log_std: float | tuple[float, ...] = 0.2
     """Initial standard deviation of log distance."""
     exposure_mean: float = 0.0
     """Initial mean exposure, stops (colours are multiplied by 2**exposure)."""
@@ -144,9 +149,12 @@ class PsiConfig:
     """Range of the background crop's side, as a fraction of the image's shorter side."""
     background_color_range: tuple[float, float] = (0.0, 1.0)
     """Range of each channel of the plain background colour."""
+    offset_centre: tuple[float, float] = (0.0, 0.0)
+    """(x, y) centre of the image-plane jitter of each object's centre (the middle of the row
+    when an image has several objects), in units of the image half-size, y up."""
     offset_range: tuple[float, float] = (0.2, 0.2)
-    """Half-range (x, y) of the uniform image-plane jitter of each object's centre, in units of
-    the image half-size. With several objects the x jitter is capped at object_spacing / 4 so
+    """Half-range (x, y) of the uniform image-plane jitter of each object's centre around
+    offset_centre, in units of the image half-size. With several objects the x jitter is capped at object_spacing / 4 so
     neighbours keep their order and their centres stay object_spacing / 2 apart."""
     object_spacing: float = 0.6
     """Distance between neighbouring object centres along x (image half-size units) when an
@@ -186,10 +194,14 @@ class PsiConfig:
         lo, hi = self.elevation_range_deg
         if not -90 <= lo < hi <= 90:
             fail("elevation_range_deg", f"need -90 <= lo < hi <= 90, got {self.elevation_range_deg}")
-        if not lo < self.elevation_median_deg < hi:
+        for name in _PER_CLASS_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) and len(value) != self.num_classes:
+                fail(name, f"needs one value for all classes or one per class ({self.num_classes}), got {value}")
+        if not all(lo < median < hi for median in self.per_class("elevation_median_deg")):
             fail("elevation_median_deg", f"must lie strictly inside elevation_range_deg {self.elevation_range_deg}")
         for name in ("elevation_logit_std", "distance_median", "distance_log_std", "exposure_std", "color_gain_log_std"):
-            if not getattr(self, name) > 0:
+            if not all(value > 0 for value in self.per_class(name)):
                 fail(name, f"must be > 0, got {getattr(self, name)}")
         embeddings = self.appearance_embeddings
         if embeddings and len(embeddings) != self.num_classes:
@@ -211,8 +223,13 @@ class PsiConfig:
         if self.object_spacing < 0:
             fail("object_spacing", f"must be >= 0, got {self.object_spacing}")
         jitter_x = self.offset_range[0] if self.max_objects == 1 else min(self.offset_range[0], self.object_spacing / 4)
-        if self.object_spacing * (self.max_objects - 1) / 2 + jitter_x >= 1:
-            fail("object_spacing", "the outermost object centre can leave the image; reduce object_spacing or offset_range")
+        if abs(self.offset_centre[0]) + self.object_spacing * (self.max_objects - 1) / 2 + jitter_x >= 1:
+            fail("object_spacing", "the outermost object centre can leave the image; reduce object_spacing, offset_range or offset_centre")
+
+    def per_class(self, name: str) -> tuple[float, ...]:
+        """Field ``name``'s value for each class (a single value repeated)."""
+        value = getattr(self, name)
+        return (float(value),) * self.num_classes if isinstance(value, numbers.Real) else tuple(map(float, value))
 
     @property
     def num_background_choices(self) -> int:
@@ -339,13 +356,13 @@ class Psi(nn.Module):
         self.config = config
         c = config.num_classes
         lo, hi = config.elevation_range_deg
-        median_fraction = (config.elevation_median_deg - lo) / (hi - lo)
+        median_fraction = (torch.tensor(config.per_class("elevation_median_deg")) - lo) / (hi - lo)
         initial = {
             "azimuth_logits": torch.zeros(c, config.azimuth_bins),
-            "elevation_loc": torch.full((c,), math.log(median_fraction / (1 - median_fraction))),
-            "elevation_log_scale": torch.full((c,), math.log(config.elevation_logit_std)),
-            "distance_loc": torch.full((c,), math.log(config.distance_median)),
-            "distance_log_scale": torch.full((c,), math.log(config.distance_log_std)),
+            "elevation_loc": torch.logit(median_fraction),
+            "elevation_log_scale": torch.tensor(config.per_class("elevation_logit_std")).log(),
+            "distance_loc": torch.tensor(config.per_class("distance_median")).log(),
+            "distance_log_scale": torch.tensor(config.per_class("distance_log_std")).log(),
             "exposure_loc": torch.full((c,), config.exposure_mean),
             "exposure_log_scale": torch.full((c,), math.log(config.exposure_std)),
             "color_gain_loc": torch.zeros(c, 3),
@@ -660,8 +677,8 @@ class Psi(nn.Module):
         jitter_x = torch.where(count == 1, cfg.offset_range[0], min(cfg.offset_range[0], cfg.object_spacing / 4))
         offset = shared(torch.stack(
             [
-                centre_x + jitter_x[:, None] * (2 * uniform(n, m) - 1),
-                cfg.offset_range[1] * (2 * uniform(n, m) - 1),
+                cfg.offset_centre[0] + centre_x + jitter_x[:, None] * (2 * uniform(n, m) - 1),
+                cfg.offset_centre[1] + cfg.offset_range[1] * (2 * uniform(n, m) - 1),
             ],
             dim=-1,
         ))

@@ -192,6 +192,19 @@ def test_several_objects_sit_side_by_side_inside_the_image():
     assert (scene.roll == 0).all()
 
 
+def test_per_class_initial_views_and_an_offset_centre():
+    config = PsiConfig(num_classes=2, distance_median=(0.3, 0.9), distance_log_std=(0.1, 0.2),
+                       elevation_median_deg=(10.0, 40.0), offset_centre=(0.2, -0.3), offset_range=(0.1, 0.05))
+    psi = Psi(config)
+    assert psi.distance_loc.exp().tolist() == pytest.approx([0.3, 0.9])
+    assert psi.distance_log_scale.exp().tolist() == pytest.approx([0.1, 0.2])
+    assert psi.snapshot()["elevation_deg"]["median"] == pytest.approx([10.0, 40.0])
+    offset = psi.sample(200, 0).scene.offset[:, 0]
+    assert ((offset[:, 0] - 0.2).abs() <= 0.1 + 1e-6).all() and ((offset[:, 1] + 0.3).abs() <= 0.05 + 1e-6).all()
+    # The default centre (0, 0) draws exactly what was drawn before the centre existed.
+    assert torch.equal(Psi(PsiConfig()).sample(8, 1).scene.offset, Psi(PsiConfig(offset_centre=(0.0, 0.0))).sample(8, 1).scene.offset)
+
+
 def test_temperature_schedule_and_entropy():
     psi = Psi(PsiConfig(temperature=1.0, temperature_decay=0.5, temperature_min=0.2))
     assert psi.temperature == 1.0
@@ -229,6 +242,14 @@ def test_bad_inputs_name_the_problem():
         PsiConfig(elevation_range_deg=(40.0, 10.0))
     with pytest.raises(OptimizerError, match="object_spacing"):
         PsiConfig(max_objects=4, object_spacing=0.8)
+    with pytest.raises(OptimizerError, match="object_spacing"):
+        PsiConfig(offset_centre=(0.85, 0.0), offset_range=(0.2, 0.2))
+    with pytest.raises(OptimizerError, match=r"distance_median: needs one value for all classes or one per class \(2\)"):
+        PsiConfig(num_classes=2, distance_median=(0.3, 0.4, 0.5))
+    with pytest.raises(OptimizerError, match="distance_log_std: must be > 0"):
+        PsiConfig(num_classes=2, distance_log_std=(0.1, 0.0))
+    with pytest.raises(OptimizerError, match="elevation_median_deg"):
+        PsiConfig(num_classes=2, elevation_median_deg=(10.0, 70.0))
     with pytest.raises(OptimizerError, match="azimuth_bin_probs"):
         Psi.from_target(PsiConfig(), azimuth_bin_probs=[0.5, 0.5])
     with pytest.raises(OptimizerError, match="distance_median"):
