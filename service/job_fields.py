@@ -195,6 +195,18 @@ class JobOptions(Strict):
     final_batch_size: int | None = Field(None, ge=1, le=1024)
     final_init: FinalInit | None = None
     final_trainer_overrides: FinalTrainerOverrides | None = None
+    final_real_share: float | None = Field(None, ge=0, lt=1)
+    real_only_baseline: bool | None = None
+    harvest_backgrounds: bool | None = None
+    psi_priors: bool | None = None
+    photometric: bool | None = Field(None, description="false: the final dataset's images stay plain renders.")
+
+    def loop_settings(self) -> dict:
+        """These settings as OptimizeConfig fields (``photometric``: its default effects, or None for off)."""
+        settings = self.model_dump()
+        if "photometric" in settings:
+            settings["photometric"] = {} if settings["photometric"] else None
+        return settings
 
 
 def drop_retired(data, model: type[BaseModel]):

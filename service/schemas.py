@@ -214,7 +214,7 @@ class JobBase(BaseModel):
     def optimize_config(self, scene: str, target_val: str | None, target_test: str | None) -> OptimizeConfig:
         """The loop's config for this job, given where its scene and target sets are."""
         return OptimizeConfig.from_dict({
-            **self.options.model_dump(),
+            **self.options.loop_settings(),
             "scene": scene,
             "target_val": target_val,
             "target_test": target_test,

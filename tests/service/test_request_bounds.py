@@ -60,6 +60,8 @@ def headers(make_key) -> dict:
     (("options", "sample_images"), True, "Input should be a valid integer"),
     (("options", "enumerate_bins"), 1, "Input should be a valid boolean"),
     (("options", "warp_factor"), 9, "Extra inputs are not permitted"),
+    (("options", "final_real_share"), 1.0, "less than 1"),
+    (("options", "photometric"), {"noise": 1}, "Input should be a valid boolean"),
     (("options", "alignment_ignores", 0), "../../x", "String should match pattern"),
     (("psi", "azimuth_bins"), 10_000_000, "less than or equal to 72"),
     (("psi", "azimuth_bins"), 0, "greater than or equal to 1"),
@@ -179,6 +181,19 @@ def test_allowed_fields_reach_the_loop_config() -> None:
     assert (config.damping, config.warmup_steps, config.inner_batch_size) == (1.0, 1, None)
     assert config.neumann_scale == OptimizeConfig.neumann_scale  # unset: the loop's default
     assert json.loads(job.model_dump_json())["options"]["final_trainer_overrides"]["optimizer"] == "AdamW"
+    assert config.photometric == {} and config.psi_priors and config.harvest_backgrounds  # the loop's defaults
+
+
+def test_the_real_photo_settings_reach_the_loop_config() -> None:
+    from service.schemas import JobCreate
+
+    options = {"final_real_share": 0.5, "real_only_baseline": False, "harvest_backgrounds": False,
+               "psi_priors": False, "photometric": False}
+    config = JobCreate.model_validate({**JOB, "options": options}).optimize_config("scene.json", "val", "test")
+    assert (config.final_real_share, config.real_only_baseline, config.harvest_backgrounds, config.psi_priors,
+            config.photometric) == (0.5, False, False, False, None)
+    on = JobCreate.model_validate({**JOB, "options": {"photometric": True}}).optimize_config("scene.json", "val", None)
+    assert on.photometric == {}
 
 
 def test_the_architectures_are_the_detectors() -> None:
