@@ -9,7 +9,8 @@ import pytest
 
 from nerfsim_client import AsyncClient, Backgrounds, Client, ConflictError, NotFoundError, ValidationError
 from tests.service.jobs import TINY_JOB
-from tests.service.test_backgrounds import photo_bytes, write_zip
+from tests.service.test_archives import write_zip
+from tests.service.test_backgrounds import photo_bytes
 
 
 @pytest.fixture

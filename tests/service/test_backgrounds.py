@@ -22,6 +22,7 @@ from service.schemas import JobRecord
 from service.storage import Storage
 from service.tasks import job_config
 from tests.service.jobs import setup_job_inputs, tiny_job, upload
+from tests.service.test_archives import write_zip
 
 
 def photo_bytes(width: int, height: int, fmt: str = "JPEG", seed: int = 0) -> bytes:
@@ -29,13 +30,6 @@ def photo_bytes(width: int, height: int, fmt: str = "JPEG", seed: int = 0) -> by
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format=fmt)
     return buffer.getvalue()
-
-
-def write_zip(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w") as bundle:
-        for name, data in members.items():
-            bundle.writestr(name, data)
-    return path
 
 
 @pytest.fixture
