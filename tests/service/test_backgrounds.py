@@ -21,7 +21,7 @@ from service.records import RecordStore
 from service.schemas import JobRecord
 from service.storage import Storage
 from service.tasks import job_config
-from tests.service.jobs import setup_job_inputs, tiny_job, upload
+from tests.service.jobs import setup_job_inputs, stored_files, tiny_job, upload
 from tests.service.test_archives import write_zip
 
 
@@ -40,11 +40,6 @@ def photos_zip(tmp_path: Path) -> Path:
         "office/a.jpg": photo_bytes(64, 48, seed=2), "README.txt": b"shot with a phone",
         "__MACOSX/kitchen/._a.jpg": b"\x00\x05\x16\x07 not an image",
     })
-
-
-def _stored_files(storage_root: Path) -> list[Path]:
-    """Files under the storage root other than API keys."""
-    return [p for p in storage_root.rglob("*") if p.is_file() and p.relative_to(storage_root).parts[0] != "keys"]
 
 
 def test_a_photo_set_is_uploaded_listed_read_and_deleted(client, make_key, settings, photos_zip: Path) -> None:
@@ -104,7 +99,7 @@ def test_a_set_without_a_readable_photo_or_with_a_corrupted_one_is_refused(
     assert response.status_code == 422, response.text
     assert response.json()["detail"].startswith(message), response.text
     assert str(settings.storage_root) not in response.text and str(tmp_path) not in response.text
-    assert _stored_files(settings.storage_root) == []
+    assert stored_files(settings.storage_root) == []
     assert not any((settings.storage_root / "scratch").iterdir())
     assert client.get("/v1/backgrounds", headers=headers).json() == {"data": [], "count": 0}
 
@@ -131,7 +126,7 @@ def test_other_single_files_and_too_many_photos_are_refused(client, make_key, se
                                data={"name": "x"})
     assert response.status_code == 413
     assert response.json()["detail"] == "many.zip: 4 images, more than the limit of 3 per background set"
-    assert _stored_files(settings.storage_root) == []
+    assert stored_files(settings.storage_root) == []
 
 
 def test_a_job_names_background_sets_by_id_in_its_own_tenant_only(client, make_key, asset_zip: Path,
