@@ -261,8 +261,10 @@ def store_backgrounds(upload: Path, scratch: Path, images_dir: Path, settings: S
                              f"{settings.max_background_images} per background set")
     sizes = Counter(_photo_size(path, shown[path]) for path in photos)
     images_dir.mkdir(parents=True)
-    for index, path in enumerate(photos):  # flat (the renderer reads one level) and unique names
-        os.replace(path, images_dir / f"{index:05d}_{Path(shown[path]).name}")
+    for index, path in enumerate(photos):  # flat (the renderer reads one level), unique and short names
+        original = Path(shown[path])
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", original.stem)[:60]
+        os.replace(path, images_dir / f"{index:05d}_{stem}{original.suffix.lower()}")
     return {"num_images": len(photos), "image_sizes": {f"{w}x{h}": n for (w, h), n in sorted(sizes.items())},
             "ignored_files": len(files) - len(photos), "size_bytes": sum(p.stat().st_size for p in images_dir.iterdir())}
 

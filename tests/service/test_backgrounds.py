@@ -37,7 +37,7 @@ def photos_zip(tmp_path: Path) -> Path:
     """Three photos in two folders (two of the same name), a text file and a Mac resource fork."""
     return write_zip(tmp_path / "kitchen.zip", {
         "kitchen/a.jpg": photo_bytes(64, 48), "kitchen/b.png": photo_bytes(40, 30, "PNG", seed=1),
-        "office/a.jpg": photo_bytes(64, 48, seed=2), "README.txt": b"shot with a phone",
+        f"office/{'é' * 125}.JPG": photo_bytes(64, 48, seed=2), "README.txt": b"shot with a phone",
         "__MACOSX/kitchen/._a.jpg": b"\x00\x05\x16\x07 not an image",
     })
 
@@ -51,10 +51,10 @@ def test_a_photo_set_is_uploaded_listed_read_and_deleted(client, make_key, setti
     assert backgrounds["image_sizes"] == {"40x30": 1, "64x48": 2}
     folder = next(Storage(settings.storage_root).tenants_dir().glob(f"*/backgrounds/{backgrounds['id']}")) / "images"
     stored = sorted(p.name for p in folder.iterdir())
-    assert stored == ["00000_a.jpg", "00001_b.png", "00002_a.jpg"]
+    assert stored == ["00000_a.jpg", "00001_b.png", f"00002_{'_' * 60}.jpg"]  # flat, unique, short
     assert backgrounds["size_bytes"] == sum(p.stat().st_size for p in folder.iterdir())
     with zipfile.ZipFile(photos_zip) as bundle:
-        assert (folder / "00002_a.jpg").read_bytes() == bundle.read("office/a.jpg")
+        assert (folder / f"00002_{'_' * 60}.jpg").read_bytes() == bundle.read(f"office/{'é' * 125}.JPG")
     assert client.get(f"/v1/backgrounds/{backgrounds['id']}", headers=headers).json() == backgrounds
     page = client.get("/v1/backgrounds", headers=headers).json()
     assert page == {"data": [backgrounds], "count": 1}
