@@ -187,6 +187,12 @@ def test_a_job_lists_its_background_folders_in_its_scene(client, make_key, setti
         config = job_config(store.get(JobRecord, tenant, created["id"]), store, tmp_path / created["id"])
         assert json.loads(Path(config.scene).read_text())["procedural_backgrounds"] == procedural
 
+    # Photos alone are something to draw: no plain colours and no textures is then fine.
+    photos_only = {**request, "psi": {**request["psi"], "plain_background": False}, "procedural_backgrounds": 0}
+    assert client.post("/v1/jobs", headers=headers, json=photos_only).status_code == 201
+    nothing = client.post("/v1/jobs", headers=headers, json={**photos_only, "backgrounds": []})
+    assert nothing.status_code == 422 and "nothing to draw" in nothing.text
+
     for queued in client.get("/v1/jobs", headers=headers).json()["data"]:
         client.post(f"/v1/jobs/{queued['id']}/cancel", headers=headers)
     assert client.delete(f"/v1/backgrounds/{second['id']}", headers=headers).status_code == 204
