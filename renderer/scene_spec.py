@@ -5,12 +5,13 @@ backgrounds, described by a ``scene.json``:
 {"name": "demo", "fov_deg": 40,
  "objects": [{"name": "cracker_box", "path": "cracker_box"},
              {"name": "mug", "path": "outputs/mug/nerfacto/2024-01-01_000000/config.yml"}],
- "backgrounds": "photos/", "procedural_backgrounds": 4}
+ "backgrounds": ["photos/kitchen", "photos/office"], "procedural_backgrounds": 4}
 ```
 
 Paths are relative to the ``scene.json``. An object path is a nerfsim asset folder (with
-``asset.json``) or a nerfstudio ``config.yml``. ``backgrounds`` is a folder of photographs
-(optional); ``procedural_backgrounds`` adds that many generated textures (no files needed).
+``asset.json``) or a nerfstudio ``config.yml``. ``backgrounds`` is a folder of photographs, or a
+list of them (optional; a job's uploaded background sets are one folder each);
+``procedural_backgrounds`` adds that many generated textures (no files needed).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class SceneSpec:
     name: str
     objects: list[ObjectSpec]
     fov_deg: float = 40.0
-    backgrounds: Path | None = None
+    backgrounds: list[Path] = field(default_factory=list)
+    """Folders of background photographs, in order."""
     procedural_backgrounds: int = 0
     source: Path | None = field(default=None, repr=False)
 
@@ -74,12 +76,16 @@ def read_scene_spec(scene: str | Path) -> SceneSpec:
     names = [o.name for o in objects]
     if len(set(names)) != len(names):
         raise SceneError(f"{path}: object names must be unique, got {names}")
-    backgrounds = raw.get("backgrounds")
+    backgrounds = raw.get("backgrounds") or []
+    if isinstance(backgrounds, str):
+        backgrounds = [backgrounds]
+    if not isinstance(backgrounds, list) or not all(isinstance(b, str) and b for b in backgrounds):
+        raise SceneError(f"{path}: 'backgrounds' must be a folder or a list of folders, got {backgrounds!r}")
     return SceneSpec(
         name=str(raw.get("name", path.parent.name)),
         objects=objects,
         fov_deg=float(raw.get("fov_deg", 40.0)),
-        backgrounds=path.parent / backgrounds if backgrounds else None,
+        backgrounds=[path.parent / folder for folder in backgrounds],
         procedural_backgrounds=int(raw.get("procedural_backgrounds", 0)),
         source=path,
     )
@@ -117,8 +123,9 @@ def load_scene(spec: SceneSpec, harvested: BackgroundSet | None = None) -> tuple
     backgrounds (cut from a job's labelled photos: renderer.harvest) join the scene's
     photographs in place of its procedural textures, which stay the fallback without them."""
     fields = [load_object(o.path) for o in spec.objects]
-    photos = BackgroundSet.from_folder(spec.backgrounds) if spec.backgrounds else BackgroundSet.empty()
+    sets = [BackgroundSet.from_folder(folder) for folder in spec.backgrounds]
     if harvested is not None and len(harvested):
-        return fields, BackgroundSet(photos.images + harvested.images, photos.names + harvested.names)
-    generated = procedural_backgrounds(spec.procedural_backgrounds)
-    return fields, BackgroundSet(photos.images + generated.images, photos.names + generated.names)
+        sets.append(harvested)
+    else:
+        sets.append(procedural_backgrounds(spec.procedural_backgrounds))
+    return fields, BackgroundSet([image for s in sets for image in s.images], [name for s in sets for name in s.names])

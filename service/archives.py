@@ -77,7 +77,10 @@ def extract_archive(
             raise UploadError(f"{name}: not a zip or tar archive")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as error:
         shutil.rmtree(out_dir, ignore_errors=True)
-        raise UploadError(f"{name}: corrupt archive ({error})") from error
+        # An OSError names the file on the server (a member name too long for the disk): only
+        # its path inside the archive is told.
+        reason = str(error).replace(str(out_dir) + "/", "")
+        raise UploadError(f"{name}: corrupt archive ({reason})") from error
     except UploadError:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise

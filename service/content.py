@@ -3,7 +3,8 @@
 A labelled target set is validated completely on upload (the readers of ``detector.datasets``
 decode every image and check every box), and so are detector weights (read with the safe loader
 of :mod:`detector.checkpoint`: a file naming anything but Ultralytics detection layers is refused
-before any of it is unpickled); an asset's files are checked for what can be checked
+before any of it is unpickled) and background photo sets (every image decoded once, under the
+labelled sets' pixel limit); an asset's files are checked for what can be checked
 without heavy work (the expected files exist, and no file reference leaves the upload), the rest
 happens in its asset-building job. Error messages name files as they are inside the upload,
 never by their path on the server.
@@ -12,13 +13,15 @@ never by their path on the server.
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import yaml
 from fastapi import UploadFile
 
-from service.archives import extract_archive
+from service.archives import archive_kind, extract_archive
 from service.errors import UploadError, UploadTooLarge
 from service.schemas import AssetKind, TargetFormat
 from service.settings import ServiceSettings
@@ -219,3 +222,60 @@ def check_weights(path: Path, upload_name: str) -> dict:
         raise UploadError(str(error).replace(str(path), upload_name)) from error
     return {"class_names": checkpoint.class_names, "parameters": checkpoint.parameters,
             "scale": checkpoint.scale, "yaml_file": checkpoint.yaml_file}
+
+
+# --------------------------------------------------------------------------------------------
+# backgrounds
+
+
+def _hidden(relative: Path) -> bool:
+    """Dot files and folders, and the ``__MACOSX`` resource forks of zips made on a Mac (whose
+    ``._photo.jpg`` entries are not images)."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in relative.parts)
+
+
+def store_backgrounds(upload: Path, scratch: Path, images_dir: Path, settings: ServiceSettings,
+                      upload_name: str) -> dict:
+    """Check the background photos of ``upload`` (a zip or tar of photos, or one photo, told
+    apart by their leading bytes) and move them into the new flat folder ``images_dir``; the
+    record's summary (count, sizes). Each image is decoded once, with the labelled sets' reader
+    and its pixel limit; files of other types are left out and counted. :class:`UploadError`
+    names the first unreadable photo, or says that the upload holds none."""
+    from renderer.backgrounds import IMAGE_SUFFIXES  # what the renderer reads from the folder
+
+    if archive_kind(upload) is not None:
+        root = extract_upload(upload, scratch / "data", settings, upload_name)
+        files = sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p.relative_to(root)))
+        shown = {p: f"{upload_name}:{p.relative_to(root).as_posix()}" for p in files}
+    else:
+        files, shown = [upload], {upload: upload_name}
+        if Path(upload_name).suffix.lower() not in IMAGE_SUFFIXES:
+            raise UploadError(f"{upload_name}: neither a zip or tar archive nor an image "
+                              f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    photos = [p for p in files if shown[p].lower().endswith(tuple(IMAGE_SUFFIXES))]
+    if not photos:
+        raise UploadError(f"{upload_name}: no image ({', '.join(sorted(IMAGE_SUFFIXES))}) in the upload"
+                          f"{f' ({len(files)} other files)' if files else ''}")
+    if len(photos) > settings.max_background_images:
+        raise UploadTooLarge(f"{upload_name}: {len(photos)} images, more than the limit of "
+                             f"{settings.max_background_images} per background set")
+    sizes = Counter(_photo_size(path, shown[path]) for path in photos)
+    images_dir.mkdir(parents=True)
+    for index, path in enumerate(photos):  # flat (the renderer reads one level), unique and short names
+        original = Path(shown[path])
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", original.stem)[:60]
+        os.replace(path, images_dir / f"{index:05d}_{stem}{original.suffix.lower()}")
+    return {"num_images": len(photos), "image_sizes": {f"{w}x{h}": n for (w, h), n in sorted(sizes.items())},
+            "ignored_files": len(files) - len(photos), "size_bytes": sum(p.stat().st_size for p in images_dir.iterdir())}
+
+
+def _photo_size(path: Path, shown: str) -> tuple[int, int]:
+    """(width, height) of a photo, decoded once; :class:`UploadError` naming it as ``shown``."""
+    from detector.datasets import _decode  # the reader (and pixel limit) of the labelled sets
+    from detector.errors import DatasetError
+
+    try:
+        height, width = _decode(path).shape[:2]
+    except DatasetError as error:
+        raise UploadError(str(error).replace(str(path), shown)) from error
+    return width, height

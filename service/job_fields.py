@@ -27,6 +27,8 @@ MAX_AZIMUTH_BINS = 72
 """Most azimuth bins (5 degrees each): every scene is rendered at each bin by some estimators."""
 MAX_BACKGROUNDS = 256
 """Most procedural backgrounds, as JobBase.procedural_backgrounds allows."""
+MAX_BACKGROUND_SETS = 32
+"""Most uploaded background photo sets in a job, as JobBase.backgrounds allows."""
 MAX_APPEARANCES = 10_000
 """Most appearance embeddings of an object (one per training image of a nerfstudio model)."""
 

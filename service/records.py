@@ -20,14 +20,14 @@ import redis
 from pydantic import ValidationError
 
 from service.errors import NotFound
-from service.schemas import AssetRecord, JobRecord, Record, TargetRecord, WeightsRecord, utcnow
+from service.schemas import AssetRecord, BackgroundsRecord, JobRecord, Record, TargetRecord, WeightsRecord, utcnow
 from service.storage import RECORD_FILE, Storage, kind_folder, remove_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 RecordT = TypeVar("RecordT", bound=Record)
 RECORD_TYPES: dict[str, type[Record]] = {"asset": AssetRecord, "target": TargetRecord, "job": JobRecord,
-                                         "weights": WeightsRecord}
+                                         "weights": WeightsRecord, "backgrounds": BackgroundsRecord}
 
 
 def kind_of(record: Record) -> str:

@@ -17,6 +17,7 @@ from optimizer.config import Estimator, InverseHessian, Method, OptimizeConfig
 from optimizer.psi import PARTS
 from service.asset_fields import ObjectFieldOverrides, ObjectTrainerOverrides
 from service.job_fields import (
+    MAX_BACKGROUND_SETS,
     MAX_BACKGROUNDS,
     MAX_CLASSES,
     Architecture,
@@ -33,6 +34,9 @@ TargetRole = Literal["validation", "test", "both"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
+
+DEFAULT_PROCEDURAL_BACKGROUNDS = 4
+"""Generated backgrounds of a job without photo backgrounds."""
 
 RecordId = Annotated[str, Field(min_length=1, max_length=64)]
 """A record id as a request names it (ids are ``<kind>-<16 hex digits>``)."""
@@ -172,6 +176,38 @@ class WeightsListPublic(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------
+# backgrounds
+
+
+BackgroundsId = Annotated[str, Field(pattern=r"^backgrounds-[0-9a-f]{16}$")]
+
+
+class BackgroundsBase(BaseModel):
+    name: str = Field(min_length=1, max_length=128, description="A name for the photo set.")
+
+
+class BackgroundsPublic(BackgroundsBase):
+    """A set of background photographs a job's scenes are composed on."""
+
+    id: str
+    num_images: int = Field(description="Images in the set (each was decoded on upload).")
+    image_sizes: dict[str, int] = Field(description="How many images have each size: 'WIDTHxHEIGHT' -> count.")
+    ignored_files: int = Field(0, description="Files of the upload that are not images (by suffix), left out.")
+    size_bytes: int = Field(description="Bytes of the stored images.")
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class BackgroundsRecord(Record, BackgroundsPublic):
+    """Stored as a flat folder of images, ``images/`` in the record's folder."""
+
+
+class BackgroundsListPublic(BaseModel):
+    data: list[BackgroundsPublic]
+    count: int
+
+
+# --------------------------------------------------------------------------------------------
 # jobs
 
 
@@ -201,7 +237,13 @@ class JobBase(BaseModel):
     detector: Architecture = "yolov8n-cpu"
     image_size: int = Field(64, ge=32, le=1280)
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    procedural_backgrounds: int = Field(4, ge=0, le=MAX_BACKGROUNDS, description="Generated distractor backgrounds.")
+    backgrounds: list[BackgroundsId] = Field(
+        default_factory=list, max_length=MAX_BACKGROUND_SETS,
+        description="Ids of uploaded background photo sets (POST /v1/backgrounds) the scenes are composed on.")
+    procedural_backgrounds: int | None = Field(
+        None, ge=0, le=MAX_BACKGROUNDS,
+        description="Generated textures added to the backgrounds. Default: 4 when the job has no photo "
+                    "`backgrounds` (a fallback), none when it has.")
     fov_deg: float = Field(40.0, gt=1, lt=170, allow_inf_nan=False)
     psi: PsiOverrides = Field(default_factory=PsiOverrides, description="Initial values and shape of psi.")
     device: Device = "auto"
@@ -210,6 +252,12 @@ class JobBase(BaseModel):
         description="Id of uploaded weights (POST /v1/weights) the detector starts from; they must share a "
                     "class name with the assets. Default: a random initialisation of `detector`.")
     options: JobOptions = Field(default_factory=JobOptions, description="Further loop settings (advanced).")
+
+    def procedural_count(self) -> int:
+        """Generated backgrounds the scene gets: as asked, else a fallback only without photos."""
+        if self.procedural_backgrounds is not None:
+            return self.procedural_backgrounds
+        return 0 if self.backgrounds else DEFAULT_PROCEDURAL_BACKGROUNDS
 
     def optimize_config(self, scene: str, target_val: str | None, target_test: str | None) -> OptimizeConfig:
         """The loop's config for this job, given where its scene and target sets are."""
@@ -238,6 +286,14 @@ class JobBase(BaseModel):
             raise ValueError(f"unknown parts of psi {unknown}; known: {list(PARTS)}")
         return value
 
+    @field_validator("backgrounds")
+    @classmethod
+    def _distinct_sets(cls, value: list[str]) -> list[str]:
+        repeated = sorted({b for b in value if value.count(b) > 1})
+        if repeated:
+            raise ValueError(f"background sets listed more than once: {repeated}")
+        return value
+
     @field_validator("image_size")
     @classmethod
     def _stride_multiple(cls, value: int) -> int:
@@ -252,8 +308,9 @@ class JobCreate(JobBase):
 
     @model_validator(mode="after")
     def _something_to_draw(self) -> "JobCreate":
-        if self.psi.plain_background is False and self.procedural_backgrounds == 0:
-            raise ValueError("psi.plain_background false needs procedural_backgrounds >= 1: nothing to draw")
+        if self.psi.plain_background is False and self.procedural_count() == 0 and not self.backgrounds:
+            raise ValueError("psi.plain_background false needs backgrounds or procedural_backgrounds >= 1: "
+                             "nothing to draw")
         return self
 
 

@@ -62,6 +62,9 @@ class ServiceSettings(BaseSettings):
     max_compression_ratio: float = 200.0
     """An archive member expanding more than this many times its compressed size is refused
     (a zip bomb)."""
+    max_background_images: int = 500
+    """Most photos in an uploaded background set, and in all the sets of one job together (a
+    job's worker holds them in memory, up to 512 pixels a side each)."""
     progress_stream_length: int = 10_000
     """Progress events kept per job (older ones are trimmed)."""
     rate_limit_per_s: float = 20.0

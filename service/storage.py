@@ -7,6 +7,7 @@ Layout under the storage root::
     tenants/<tenant>/assets/<id>/object/            a ready asset (nerfsim asset or nerfstudio run)
     tenants/<tenant>/targets/<id>/data/             a validated labelled set
     tenants/<tenant>/weights/<id>/weights.pt        an uploaded detector checkpoint
+    tenants/<tenant>/backgrounds/<id>/images/       an uploaded background photo set (validated)
     tenants/<tenant>/jobs/<id>/work/                the loop's folder (checkpoints, dataset, ...)
     tenants/<tenant>/jobs/<id>/artifacts/           the job's downloads, published in one rename
 
@@ -22,12 +23,16 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 RECORD_FILE = "record.json"
 WEIGHTS_FILE = "weights.pt"
 """The checkpoint in a weights record's folder."""
+BACKGROUNDS_DIR = "images"
+"""The flat folder of photos in a backgrounds record's folder."""
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -82,7 +87,7 @@ def remove_dir(path: Path) -> None:
 
 
 def kind_folder(kind: str) -> str:
-    """The folder of a tenant's records of ``kind`` (``assets``, ``jobs``; ``weights`` stays)."""
+    """The folder of a tenant's records of ``kind`` (``assets``, ``jobs``; ``weights`` and ``backgrounds`` stay)."""
     return kind if kind.endswith("s") else f"{kind}s"
 
 
@@ -110,6 +115,16 @@ class Storage:
         path = self.root / "scratch"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    @contextmanager
+    def upload_scratch(self) -> Iterator[Path]:
+        """A fresh folder (not yet created) for one upload in progress, removed when the upload
+        is handled: a refused upload leaves nothing behind, a stored one was moved out of it."""
+        scratch = self.scratch_dir() / uuid.uuid4().hex
+        try:
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def mirror_dir(self, local: Path) -> str | None:
         """Copy a published folder to the artifact mirror (same path below the mirror URL)."""

@@ -31,9 +31,17 @@ from service.events import cancel_key, publish
 from service.interruption import JobCancelled, WorkerStopping, interruptible
 from service.logs import job_context
 from service.records import RecordStore
-from service.schemas import TERMINAL_STATUSES, AssetRecord, JobRecord, TargetRecord, WeightsRecord, utcnow
+from service.schemas import (
+    TERMINAL_STATUSES,
+    AssetRecord,
+    BackgroundsRecord,
+    JobRecord,
+    TargetRecord,
+    WeightsRecord,
+    utcnow,
+)
 from service.settings import ServiceSettings, get_settings
-from service.storage import WEIGHTS_FILE, Storage, publish_dir, remove_dir, staging_dir, write_json_atomic
+from service.storage import BACKGROUNDS_DIR, WEIGHTS_FILE, Storage, publish_dir, remove_dir, staging_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +65,10 @@ def _context(connection: redis.Redis | None = None) -> tuple[ServiceSettings, Re
 
 
 def job_config(record: JobRecord, store: RecordStore, job_dir: Path) -> OptimizeConfig:
-    """The loop's config for a job: its scene (``scene.json`` listing the tenant's assets), its
-    target sets and its uploaded detector weights, at their paths in storage (the only way
-    ``detector_weights`` gets a path: a request names weights by id)."""
+    """The loop's config for a job: its scene (``scene.json`` listing the tenant's assets and
+    background photo sets), its target sets and its uploaded detector weights, at their paths in
+    storage (the only way ``detector_weights`` and ``backgrounds`` get a path: a request names
+    them by id)."""
     storage = store.storage
     objects = []
     for asset_id in record.assets:
@@ -68,8 +77,10 @@ def job_config(record: JobRecord, store: RecordStore, job_dir: Path) -> Optimize
             raise ServiceError(f"asset {asset_id} is {asset.status}, not ready")
         path = storage.record_dir("asset", record.tenant, asset_id) / asset.object_path
         objects.append({"name": asset.name, "path": str(path)})
-    scene = {"name": record.id, "fov_deg": record.fov_deg, "objects": objects,
-             "procedural_backgrounds": record.procedural_backgrounds}
+    backgrounds = [str(storage.record_dir("backgrounds", record.tenant, b.id) / BACKGROUNDS_DIR)
+                   for b in (store.get(BackgroundsRecord, record.tenant, i) for i in record.backgrounds)]
+    scene = {"name": record.id, "fov_deg": record.fov_deg, "objects": objects, "backgrounds": backgrounds,
+             "procedural_backgrounds": record.procedural_count()}
     write_json_atomic(job_dir / "scene.json", scene)
 
     def target_path(target_id: str | None) -> str | None:

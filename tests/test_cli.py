@@ -33,6 +33,23 @@ def test_render_writes_a_labelled_dataset(tmp_path: Path, box_asset: Path) -> No
     assert "azimuth_deg" in json.dumps(card)
 
 
+def test_render_composes_on_several_background_folders(tmp_path: Path, box_asset: Path) -> None:
+    """A scene.json may list several photo folders (a job's uploaded background sets)."""
+    import numpy as np
+    from PIL import Image
+
+    for folder, value in (("kitchen", 30), ("office", 220)):
+        (tmp_path / "scene" / folder).mkdir(parents=True)
+        Image.fromarray(np.full((40, 60, 3), value, np.uint8)).save(tmp_path / "scene" / folder / "wall.png")
+    scene = write_scene(tmp_path / "scene", box_asset, backgrounds=["kitchen", "office"])
+    out = tmp_path / "dataset"
+    assert main(["render", "--scene", str(scene), "--num", "8", "--size", "32", "--out", str(out),
+                 "--distance", "0.5", "--threads", "1"]) == 0
+    assert len(load_coco(out / "annotations.json")) == 8
+    # Ids 0 and 1 are the folders' photos (in order), -1 a plain colour: the second folder is drawn from.
+    assert json.loads((out / "card.json").read_text())["meta"]["background_id"]["max"] == 1
+
+
 def test_mesh_without_texture_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     mesh = write_box(tmp_path / "mesh", texture=False)
     assert main(["asset", "from-mesh", str(mesh), "--out", str(tmp_path / "views"), "--views", "2"]) == 2

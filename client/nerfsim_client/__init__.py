@@ -33,10 +33,11 @@ from nerfsim_client.errors import (
     ValidationError,
     WaitTimeout,
 )
-from nerfsim_client.models import Asset, Event, Target, Weights
+from nerfsim_client.models import Asset, Backgrounds, Event, Target, Weights
 
 __all__ = [
     "APIConnectionError", "APIError", "Asset", "AssetBuildError", "AsyncClient", "AsyncJob", "AuthenticationError",
+    "Backgrounds",
     "Client", "ConflictError", "Event", "Job", "JobFailedError", "NerfsimError", "NotFoundError",
     "PayloadTooLargeError", "PermissionDeniedError", "RateLimitError", "RetryPolicy", "ServerError",
     "ServiceUnavailableError", "Target", "ValidationError", "WaitTimeout", "Weights", "__version__",

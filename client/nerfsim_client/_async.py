@@ -21,7 +21,7 @@ from nerfsim_client._core import (
     resolve_api_key,
 )
 from nerfsim_client._retry import RetryPolicy
-from nerfsim_client.models import Asset, Event, JobData, Target, Weights
+from nerfsim_client.models import Asset, Backgrounds, Event, JobData, Target, Weights
 
 
 class _Driver:
@@ -190,10 +190,26 @@ class AsyncClient:
     async def delete_weights(self, weights: Union[Weights, str]) -> None:
         await self._run(self._ops.json(Call("DELETE", f"/v1/weights/{getattr(weights, 'id', weights)}")))
 
+    async def upload_backgrounds(self, path: Union[str, Path], name: str) -> Backgrounds:
+        return Backgrounds.from_json(await self._run(self._ops.upload_backgrounds(Path(path), name)))
+
+    async def get_backgrounds(self, backgrounds_id: str) -> Backgrounds:
+        call = Call("GET", f"/v1/backgrounds/{backgrounds_id}")
+        return Backgrounds.from_json(await self._run(self._ops.json(call)))
+
+    async def list_backgrounds(self, *, offset: int = 0, limit: int = 50) -> List[Backgrounds]:
+        page = await self._run(self._ops.listing("/v1/backgrounds", offset, limit, {}))
+        return [Backgrounds.from_json(b) for b in page]
+
+    async def delete_backgrounds(self, backgrounds: Union[Backgrounds, str]) -> None:
+        await self._run(self._ops.json(Call("DELETE", f"/v1/backgrounds/{getattr(backgrounds, 'id', backgrounds)}")))
+
     async def create_job(self, assets: Sequence[Union[Asset, str]], target_val: Union[Target, str], *,
                          target_test: Union[Target, str, None] = None, idempotency_key: Optional[str] = None,
-                         detector_weights: Union[Weights, str, None] = None, **settings: Any) -> AsyncJob:
-        settings = {**settings, "detector_weights": detector_weights}
+                         detector_weights: Union[Weights, str, None] = None,
+                         backgrounds: Optional[Sequence[Union[Backgrounds, str]]] = None,
+                         **settings: Any) -> AsyncJob:
+        settings = {**settings, "detector_weights": detector_weights, "backgrounds": backgrounds}
         operation = self._ops.create_job(list(assets), target_val, target_test, idempotency_key, settings)
         return AsyncJob(await self._run(operation), self)
 

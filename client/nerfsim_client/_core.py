@@ -209,7 +209,7 @@ def parse_content_range(value: Optional[str]) -> Tuple[Optional[int], Optional[i
 
 
 def archive_for_upload(path: Path, scratch: Path) -> Path:
-    """``path`` itself when it is a file (zip or tar); a folder is zipped into ``scratch``."""
+    """``path`` itself when it is a file (zip or tar, or one photo); a folder is zipped into ``scratch``."""
     path = Path(path)
     if path.is_file():
         return path
@@ -343,6 +343,9 @@ class Operations:
             raise FileNotFoundError(f"{path}: no such checkpoint file to upload")
         return (yield from self.upload(path, "/v1/weights", {"name": name}))
 
+    def upload_backgrounds(self, path: Path, name: str):
+        return (yield from self.upload(path, "/v1/backgrounds", {"name": name}))
+
     def wait_asset(self, asset_id: str, timeout: Optional[float], poll_s: float):
         """Poll an asset until it is built (``ready``); a failed build raises."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -372,6 +375,9 @@ class Operations:
         weights = request.pop("detector_weights", None)
         if weights is not None:
             request["detector_weights"] = _ref(weights)
+        backgrounds = request.pop("backgrounds", None)
+        if backgrounds is not None:
+            request["backgrounds"] = [_ref(b) for b in backgrounds]
         headers = {"Idempotency-Key": idempotency_key or f"sdk-{uuid.uuid4().hex}"}
         return (yield from self.json(Call("POST", "/v1/jobs", json=request, headers=headers)))
 

@@ -21,7 +21,7 @@ from nerfsim_client._core import (
     resolve_api_key,
 )
 from nerfsim_client._retry import RetryPolicy
-from nerfsim_client.models import Asset, Event, JobData, Target, Weights
+from nerfsim_client.models import Asset, Backgrounds, Event, JobData, Target, Weights
 
 
 class _Driver:
@@ -219,16 +219,37 @@ class Client:
     def delete_weights(self, weights: Union[Weights, str]) -> None:
         self._run(self._ops.json(Call("DELETE", f"/v1/weights/{getattr(weights, 'id', weights)}")))
 
+    # ---------------------------------------------------------------- backgrounds
+
+    def upload_backgrounds(self, path: Union[str, Path], name: str) -> Backgrounds:
+        """Upload background photos for jobs' scenes (``create_job(..., backgrounds=[...])``):
+        a folder (zipped on the fly), a zip/tar archive of photos, or one photo. The service
+        decodes every photo and refuses (422) a set with an unreadable one or with none."""
+        return Backgrounds.from_json(self._run(self._ops.upload_backgrounds(Path(path), name)))
+
+    def get_backgrounds(self, backgrounds_id: str) -> Backgrounds:
+        return Backgrounds.from_json(self._run(self._ops.json(Call("GET", f"/v1/backgrounds/{backgrounds_id}"))))
+
+    def list_backgrounds(self, *, offset: int = 0, limit: int = 50) -> List[Backgrounds]:
+        page = self._run(self._ops.listing("/v1/backgrounds", offset, limit, {}))
+        return [Backgrounds.from_json(b) for b in page]
+
+    def delete_backgrounds(self, backgrounds: Union[Backgrounds, str]) -> None:
+        self._run(self._ops.json(Call("DELETE", f"/v1/backgrounds/{getattr(backgrounds, 'id', backgrounds)}")))
+
     # ---------------------------------------------------------------- jobs
 
     def create_job(self, assets: Sequence[Union[Asset, str]], target_val: Union[Target, str], *,
                    target_test: Union[Target, str, None] = None, idempotency_key: Optional[str] = None,
-                   detector_weights: Union[Weights, str, None] = None, **settings: Any) -> Job:
+                   detector_weights: Union[Weights, str, None] = None,
+                   backgrounds: Optional[Sequence[Union[Backgrounds, str]]] = None, **settings: Any) -> Job:
         """Create a closed-loop job (``settings``: the service's job fields - ``budget``,
         ``method``, ``learnable``, ``image_size``, ...). An idempotency key is sent (a new one
         unless given), so a retried call never creates a second job. ``detector_weights``:
-        uploaded weights (:meth:`upload_weights`) the detector starts from."""
-        settings = {**settings, "detector_weights": detector_weights}
+        uploaded weights (:meth:`upload_weights`) the detector starts from; ``backgrounds``:
+        uploaded photo sets (:meth:`upload_backgrounds`) the scenes are composed on (procedural
+        textures are then used only if ``procedural_backgrounds`` asks for them)."""
+        settings = {**settings, "detector_weights": detector_weights, "backgrounds": backgrounds}
         return Job(self._run(self._ops.create_job(list(assets), target_val, target_test, idempotency_key, settings)), self)
 
     def get_job(self, job_id: str) -> Job:

@@ -60,6 +60,23 @@ class Weights:
 
 
 @dataclass(frozen=True)
+class Backgrounds:
+    """An uploaded set of background photographs a job's scenes are composed on."""
+
+    id: str
+    name: str
+    num_images: int
+    image_sizes: Dict[str, int]
+    """How many photos have each size: ``"WIDTHxHEIGHT"`` -> count."""
+    size_bytes: int
+    data: Dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "Backgrounds":
+        return cls(data["id"], data["name"], data["num_images"], dict(data["image_sizes"]), data["size_bytes"], data)
+
+
+@dataclass(frozen=True)
 class Event:
     """One server-sent event of a job: ``status`` (``data["status"]``) or ``progress``
     (``data["stage"]``, ``iteration``, ``total``, ``metrics``, ``psi``, ``samples``)."""

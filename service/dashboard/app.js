@@ -225,12 +225,13 @@ function homeView() {
   const assetsList = h("ul", { id: "assets", class: "records" });
   const targetsList = h("ul", { id: "targets", class: "records" });
   const weightsList = h("ul", { id: "weights", class: "records" });
+  const backgroundsList = h("ul", { id: "backgrounds", class: "records" });
   const jobForm = jobFormView();
 
   async function refresh() {
-    const [jobs, assets, targets, weights] = await Promise.all([
+    const [jobs, assets, targets, weights, backgrounds] = await Promise.all([
       api.get("/v1/jobs?limit=50"), api.get("/v1/assets?limit=200"), api.get("/v1/targets?limit=200"),
-      api.get("/v1/weights?limit=200")]);
+      api.get("/v1/weights?limit=200"), api.get("/v1/backgrounds?limit=200")]);
     jobsBody.replaceChildren(...(jobs.data.length ? jobs.data.map(jobRow)
       : [h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No jobs yet: upload an asset and a target set, then create one."))]));
     assetsList.replaceChildren(...assets.data.map((a) => recordItem(a, `${a.kind} · `, a.status, "/v1/assets")));
@@ -238,7 +239,9 @@ function homeView() {
       recordItem(t, `${t.role} · ${t.format} · ${t.num_images} images · `, t.class_names.join(", "), "/v1/targets")));
     weightsList.replaceChildren(...weights.data.map((w) =>
       recordItem(w, `${fmt(w.parameters / 1e6, 2)} M parameters · `, w.class_names.join(", "), "/v1/weights")));
-    jobForm.update(assets.data, targets.data, weights.data);
+    backgroundsList.replaceChildren(...backgrounds.data.map((b) =>
+      recordItem(b, `${b.num_images} photos · `, Object.keys(b.image_sizes).join(", "), "/v1/backgrounds")));
+    jobForm.update(assets.data, targets.data, weights.data, backgrounds.data);
   }
 
   function recordItem(record, prefix, status, base) {
@@ -270,6 +273,10 @@ function homeView() {
     h("label", {}, "Ultralytics YOLO detection checkpoint (.pt)", h("input", { type: "file", name: "file", required: true })),
     h("label", {}, "Name", h("input", { name: "name", required: true })),
   ], refresh);
+  const backgroundsForm = uploadForm("backgrounds-form", "Upload background photos", "/v1/backgrounds", [
+    h("label", {}, "Photos: a zip or tar of them, or one photo", h("input", { type: "file", name: "file", required: true })),
+    h("label", {}, "Name", h("input", { name: "name", required: true })),
+  ], refresh);
 
   const node = h("main", { class: "home" },
     h("section", { class: "card wide" }, h("h2", {}, "Jobs"),
@@ -278,7 +285,8 @@ function homeView() {
     h("section", { class: "card" }, h("h2", {}, "New job"), jobForm.node),
     h("section", { class: "card" }, h("h2", {}, "Assets"), assetsList, assetForm),
     h("section", { class: "card" }, h("h2", {}, "Target sets"), targetsList, targetForm),
-    h("section", { class: "card" }, h("h2", {}, "Detector weights"), weightsList, weightsForm));
+    h("section", { class: "card" }, h("h2", {}, "Detector weights"), weightsList, weightsForm),
+    h("section", { class: "card" }, h("h2", {}, "Background photos"), backgroundsList, backgroundsForm));
 
   (async () => {
     while (!controller.signal.aborted) {
@@ -320,8 +328,27 @@ function uploadForm(id, title, path, fields, done) {
   return form;
 }
 
+/** A box of checkboxes named ``name``, one per record; ``update(records)`` redraws it only when
+ * the records changed, so the user's ticks stay. */
+function checkList(id, name, label, empty) {
+  const box = h("div", { class: "choices", id }, h("span", { class: "muted" }, empty));
+  let shown = "";
+  function update(records) {
+    const signature = records.map((r) => r.id).join();
+    if (signature === shown) return;
+    const ticked = new Set([...box.querySelectorAll("input:checked")].map((input) => input.value));
+    box.replaceChildren(...(records.length ? records.map((r) => h("label", { class: "check" },
+      h("input", { type: "checkbox", name, value: r.id, checked: ticked.has(r.id) }), label(r)))
+      : [h("span", { class: "muted" }, empty)]));
+    shown = signature;
+  }
+  return { box, update };
+}
+
 function jobFormView() {
-  const assetsBox = h("div", { class: "choices", id: "job-assets" }, h("span", { class: "muted" }, "no ready assets"));
+  const assetsList = checkList("job-assets", "assets", (a) => a.name, "no ready assets");
+  const backgroundsList = checkList("job-backgrounds", "backgrounds", (b) => `${b.name} (${b.num_images} photos)`,
+                                    "none uploaded: generated textures");
   const targetVal = h("select", { name: "target_val", required: true });
   const targetTest = h("select", { name: "target_test" });
   const weightsSelect = h("select", { name: "detector_weights" });
@@ -331,13 +358,13 @@ function jobFormView() {
                                    placeholder: '{"options": {"sample_images": 4}, "psi": {}}' });
   const message = h("p", { class: "message" });
   let idempotencyKey = newKey();
-  let shownAssets = "";
 
   const form = h("form", { id: "job-form" },
-    h("fieldset", {}, h("legend", {}, "Objects (classes)"), assetsBox),
+    h("fieldset", {}, h("legend", {}, "Objects (classes)"), assetsList.box),
     h("label", {}, "Validation set (drives the loop)", targetVal),
     h("label", {}, "Test set (final metrics)", targetTest),
     h("label", {}, "Detector starts from", weightsSelect),
+    h("fieldset", {}, h("legend", {}, "Background photos (none: generated textures)"), backgroundsList.box),
     h("label", {}, "Method", h("select", { name: "method" },
       ...["neural-sim", "uniform", "random-search", "reinforce", "oracle"].map((m) => h("option", { value: m }, m)))),
     h("div", { class: "row" }, number("outer_iterations", 20), number("images_per_iteration", 32),
@@ -364,6 +391,7 @@ function jobFormView() {
     };
     if (data.get("target_test")) request.target_test = data.get("target_test");
     if (data.get("detector_weights")) request.detector_weights = data.get("detector_weights");
+    if (data.getAll("backgrounds").length) request.backgrounds = data.getAll("backgrounds");
     try {
       const extra = advanced.value.trim() ? JSON.parse(advanced.value) : {};
       for (const [key, value] of Object.entries(extra)) {
@@ -396,16 +424,9 @@ function jobFormView() {
 
   return {
     node: form,
-    update(assets, targets, weights) {
-      const ready = assets.filter((a) => a.status === "ready");
-      const signature = ready.map((a) => a.id).join();
-      if (signature !== shownAssets) {  // keep the user's ticks unless the list changed
-        const ticked = new Set(new FormData(form).getAll("assets"));
-        assetsBox.replaceChildren(...(ready.length ? ready.map((a) => h("label", { class: "check" },
-          h("input", { type: "checkbox", name: "assets", value: a.id, checked: ticked.has(a.id) }), a.name))
-          : [h("span", { class: "muted" }, "no ready assets")]));
-        shownAssets = signature;
-      }
+    update(assets, targets, weights, backgrounds) {
+      assetsList.update(assets.filter((a) => a.status === "ready"));
+      backgroundsList.update(backgrounds);
       options(targetVal, targets, ["validation", "both"], false);
       options(targetTest, targets, ["test", "both"], true);
       const chosen = weightsSelect.value;
@@ -574,8 +595,8 @@ function jobView(jobId) {
       buttons.push(h("button", { id: "run-baseline", class: "secondary", title: "the same job with a fixed uniform psi",
         onclick: async () => {
           const fields = ["assets", "target_val", "target_test", "budget", "learnable", "estimator", "inverse_hessian",
-                          "detector", "detector_weights", "image_size", "seed", "procedural_backgrounds", "fov_deg", "psi",
-                          "device", "options"];
+                          "detector", "detector_weights", "backgrounds", "image_size", "seed", "procedural_backgrounds",
+                          "fov_deg", "psi", "device", "options"];
           const request = Object.fromEntries(fields.filter((f) => job[f] !== null).map((f) => [f, job[f]]));
           request.method = "uniform";
           try {

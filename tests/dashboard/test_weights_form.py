@@ -3,17 +3,16 @@ checkpoint through its form, see it listed, pick it in the job form; the job nam
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import httpx
 import pytest
-from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.webdriver.support.ui import Select
 
 from detector.model import DetectorConfig, build_detector, save_detector
-from tests.service.jobs import TINY_JOB, setup_job_inputs
+from tests.dashboard.forms import create_tiny_job, sign_in, tick_first_asset, upload_through
+from tests.service.jobs import setup_job_inputs
 
 pytestmark = pytest.mark.slow
 
@@ -25,30 +24,17 @@ def test_weights_are_uploaded_and_picked_for_a_job(browser, service, asset_zip: 
     headers = {"Authorization": f"Bearer {service.api_key}"}
     with httpx.Client(base_url=service.url, timeout=60) as http:
         setup_job_inputs(http, headers, asset_zip, coco_zip)
-    wait = WebDriverWait(browser, 20, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
-    browser.get(service.url + "/")
-    browser.find_element(By.ID, "api-key").send_keys(service.api_key + "\n")
-    wait.until(lambda b: b.find_elements(By.ID, "weights-form"))
+    wait = sign_in(browser, service, "weights-form")
 
-    form = browser.find_element(By.ID, "weights-form")
-    form.find_element(By.NAME, "file").send_keys(str(weights_file))
-    form.find_element(By.NAME, "name").send_keys("boxes v1")
-    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    wait.until(lambda b: "uploaded boxes v1" in form.text)
+    upload_through(browser, wait, "weights-form", weights_file, "boxes v1")
     wait.until(lambda b: "boxes v1" in b.find_element(By.ID, "weights").text)
 
-    job_form = browser.find_element(By.ID, "job-form")
-    wait.until(lambda b: job_form.find_elements(By.CSS_SELECTOR, "input[name=assets]"))
-    job_form.find_element(By.CSS_SELECTOR, "input[name=assets]").click()
+    job_form = tick_first_asset(browser, wait)
     picker = job_form.find_element(By.NAME, "detector_weights")
     wait.until(lambda b: len(Select(picker).options) == 2)
     Select(picker).select_by_visible_text("boxes v1 (box)")
-    job_form.find_element(By.TAG_NAME, "summary").click()
-    browser.find_element(By.ID, "job-advanced").send_keys(json.dumps(TINY_JOB))
-    browser.find_element(By.ID, "create-job").click()
-    wait.until(lambda b: "#/jobs/job-" in b.current_url)
+    job_id = create_tiny_job(browser, wait, job_form)
 
-    job_id = browser.current_url.rsplit("/", 1)[1]
     with httpx.Client(base_url=service.url, timeout=60) as http:
         job = http.get(f"/v1/jobs/{job_id}", headers=headers).json()
         weights = http.get("/v1/weights", headers=headers).json()["data"]

@@ -38,6 +38,8 @@ V1_OPERATIONS = {
     ("GET", "/v1/jobs/{job_id}/artifacts/{name}"), ("GET", "/v1/jobs/{job_id}/files/{path}"),
     ("POST", "/v1/weights"), ("GET", "/v1/weights"), ("GET", "/v1/weights/{weights_id}"),
     ("DELETE", "/v1/weights/{weights_id}"),
+    ("POST", "/v1/backgrounds"), ("GET", "/v1/backgrounds"), ("GET", "/v1/backgrounds/{backgrounds_id}"),
+    ("DELETE", "/v1/backgrounds/{backgrounds_id}"),
 }
 """Every tenant-scoped operation; the tests below fail when the API gains one they do not cover."""
 
@@ -53,6 +55,8 @@ class Tenant:
     sample: str
     """A file path of the finished job's /files/ (a sample image)."""
     weights_id: str
+    backgrounds_id: str
+    """A background photo set the finished job was composed on."""
 
 
 @dataclass
@@ -79,7 +83,8 @@ def _upload(client: TestClient, path: str, headers: dict, archive: Path, **form)
 @pytest.fixture(scope="module")
 def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory, small_inputs: tuple[Path, Path]) -> Iterator[Service]:
     """The API in-process (no rate limit: schemathesis sends many requests with one key), with
-    a tenant owning an asset, a target, a queued job and a job that a real worker finished."""
+    a tenant owning an asset, a target, weights, a background set, a queued job and a job that a
+    real worker finished (on the background set's photos)."""
     root = tmp_path_factory.mktemp("security")
     settings = ServiceSettings(redis_url=redis_url, storage_root=root / "storage", queue_name=f"sec-{uuid.uuid4().hex[:8]}",
                                rate_limit_per_s=0, **FAST_HEARTBEATS)
@@ -90,7 +95,9 @@ def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory, small_inpu
         asset = _upload(client, "/v1/assets", headers, small_inputs[0], name="thing", kind="nerfsim").json()
         target = _upload(client, "/v1/targets", headers, small_inputs[1], name="real", format="coco").json()
         weights = _upload(client, "/v1/weights", headers, _weights_file(root), name="thing detector").json()
-        finished = client.post("/v1/jobs", headers=headers, json=small_job(asset["id"], target["id"])).json()
+        photos = _upload(client, "/v1/backgrounds", headers, _photos_file(root), name="walls").json()
+        finished = client.post("/v1/jobs", headers=headers,
+                               json={**small_job(asset["id"], target["id"]), "backgrounds": [photos["id"]]}).json()
         workers = WorkerProcesses(settings, root)
         workers.start()
         try:
@@ -101,7 +108,8 @@ def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory, small_inpu
         assert record["status"] == "succeeded", (record["error"], workers.logs()[-3000:])
         work = Storage(settings.storage_root).record_dir("job", name, finished["id"]) / WORK_DIR
         sample = next(work.glob("samples/*.png")).relative_to(work).as_posix()
-        owner = Tenant(headers, name, asset["id"], target["id"], finished["id"], "psi.json", sample, weights["id"])
+        owner = Tenant(headers, name, asset["id"], target["id"], finished["id"], "psi.json", sample, weights["id"],
+                       photos["id"])
         yield Service(settings, client, owner)
 
 
@@ -109,6 +117,12 @@ def _weights_file(folder: Path) -> Path:
     from detector.model import DetectorConfig, build_detector, save_detector
 
     return save_detector(build_detector(DetectorConfig(arch="yolov8n-cpu", class_names=["thing"])), folder / "thing.pt")
+
+
+def _photos_file(folder: Path) -> Path:
+    from tests.service.test_backgrounds import photo_bytes
+
+    return write_zip(folder / "walls.zip", {f"wall_{i}.jpg": photo_bytes(48, 32, seed=i) for i in range(2)})
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,9 +160,9 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(service: 
     owner = service.owner
     queued = service.queued_job()
     ids = {"asset_id": owner.asset_id, "target_id": owner.target_id, "job_id": owner.finished_job,
-           "weights_id": owner.weights_id}
+           "weights_id": owner.weights_id, "backgrounds_id": owner.backgrounds_id}
     real = [("GET", "/v1/assets/{asset_id}", {}), ("GET", "/v1/targets/{target_id}", {}), ("GET", "/v1/jobs/{job_id}", {}),
-            ("GET", "/v1/weights/{weights_id}", {}),
+            ("GET", "/v1/weights/{weights_id}", {}), ("GET", "/v1/backgrounds/{backgrounds_id}", {}),
             ("GET", "/v1/jobs/{job_id}/artifacts", {}), ("GET", "/v1/jobs/{job_id}/events", {}),
             ("GET", "/v1/jobs/{job_id}/artifacts/{name}", {"name": owner.artifact}),
             ("GET", "/v1/jobs/{job_id}/artifacts/{name}", {"name": "dataset.zip"}),
@@ -184,9 +198,13 @@ def test_every_endpoint_is_tenant_isolated(service: Service) -> None:
         ("GET", "/v1/jobs/{job_id}/files/{path}"): f"{job}/files/{owner.sample}",
         ("GET", "/v1/weights/{weights_id}"): f"/v1/weights/{owner.weights_id}",
         ("DELETE", "/v1/weights/{weights_id}"): f"/v1/weights/{owner.weights_id}",
+        ("GET", "/v1/backgrounds/{backgrounds_id}"): f"/v1/backgrounds/{owner.backgrounds_id}",
+        ("DELETE", "/v1/backgrounds/{backgrounds_id}"): f"/v1/backgrounds/{owner.backgrounds_id}",
     }
-    listed = {("GET", "/v1/assets"), ("GET", "/v1/targets"), ("GET", "/v1/jobs"), ("GET", "/v1/weights")}
-    created = {("POST", "/v1/assets"), ("POST", "/v1/targets"), ("POST", "/v1/jobs"), ("POST", "/v1/weights")}
+    listed = {("GET", "/v1/assets"), ("GET", "/v1/targets"), ("GET", "/v1/jobs"), ("GET", "/v1/weights"),
+              ("GET", "/v1/backgrounds")}
+    created = {("POST", "/v1/assets"), ("POST", "/v1/targets"), ("POST", "/v1/jobs"), ("POST", "/v1/weights"),
+               ("POST", "/v1/backgrounds")}
     assert set(not_found) | listed | created == V1_OPERATIONS
 
     for (method, _), path in not_found.items():
@@ -217,7 +235,7 @@ def test_every_endpoint_is_tenant_isolated(service: Service) -> None:
     assert _tree(service.settings.storage_root / "tenants" / owner.name) == owner_files
     # The owner still has everything, unchanged.
     for path in (job, queued, f"/v1/assets/{owner.asset_id}", f"/v1/targets/{owner.target_id}",
-                 f"/v1/weights/{owner.weights_id}"):
+                 f"/v1/weights/{owner.weights_id}", f"/v1/backgrounds/{owner.backgrounds_id}"):
         assert client.get(path, headers=owner.headers).status_code == 200, path
     assert client.get(queued, headers=owner.headers).json()["status"] == "queued"
 

@@ -26,6 +26,11 @@ def upload(client: TestClient, path: str, headers: dict, archive: Path, **form) 
     return response.json()
 
 
+def stored_files(storage_root: Path) -> list[Path]:
+    """Files under the storage root other than API keys (what uploads left behind)."""
+    return [p for p in storage_root.rglob("*") if p.is_file() and p.relative_to(storage_root).parts[0] != "keys"]
+
+
 def setup_job_inputs(client: TestClient, headers: dict, asset_zip: Path, coco_zip: Path) -> tuple[str, str]:
     """Upload the test box asset and its COCO validation set; returns (asset id, target id)."""
     asset = upload(client, "/v1/assets", headers, asset_zip, name="box", kind="nerfsim")

@@ -121,6 +121,14 @@ def test_corrupt_and_foreign_files_are_refused(tmp_path: Path) -> None:
         extract_archive(tmp_path / "cut.zip", tmp_path / "b", **LIMITS)
 
 
+def test_a_member_the_disk_cannot_hold_is_refused_without_server_paths(tmp_path: Path) -> None:
+    archive = write_zip(tmp_path / "long.zip", {f"photos/{'é' * 200}.jpg": b"x"})  # 400 bytes: over NAME_MAX
+    with pytest.raises(UploadError) as caught:
+        extract_archive(archive, tmp_path / "out", **LIMITS, display_name="long.zip")
+    assert str(caught.value).startswith("long.zip: corrupt archive ([Errno 36] File name too long: 'photos/é")
+    assert str(tmp_path) not in str(caught.value) and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("mode, kind", [("w", "r:"), ("w:gz", "r:gz"), ("w:bz2", "r:bz2"), ("w:xz", "r:xz")])
 def test_archives_are_told_apart_by_their_first_bytes(tmp_path: Path, mode: str, kind: str) -> None:
     with tarfile.open(tmp_path / "set.tar", mode) as bundle:

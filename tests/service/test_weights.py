@@ -16,7 +16,7 @@ from service.schemas import JobRecord
 from service.storage import Storage
 from service.tasks import job_config
 from tests.detector.test_checkpoint import _RunsCode
-from tests.service.jobs import setup_job_inputs, tiny_job, upload
+from tests.service.jobs import setup_job_inputs, stored_files, tiny_job, upload
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +29,6 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _record_dir(storage_root: Path, folder: str, record_id: str) -> Path:
     """The folder of a record, whatever tenant owns it (tenants/<tenant>/<folder>/<id>)."""
     return next(Storage(storage_root).tenants_dir().glob(f"*/{folder}/{record_id}"))
-
-
-def _stored_files(storage_root: Path) -> list[Path]:
-    """Files under the storage root other than API keys."""
-    return [p for p in storage_root.rglob("*") if p.is_file() and p.relative_to(storage_root).parts[0] != "keys"]
 
 
 def test_weights_are_uploaded_listed_read_and_deleted(client, make_key, settings, weights_file: Path) -> None:
@@ -69,7 +64,7 @@ def test_a_malicious_pickle_is_refused_and_leaves_nothing(client, make_key, sett
     assert response.json()["detail"] == ("evil.pt: not a YOLO detection checkpoint: it references posix.system "
                                          "(only Ultralytics detection layers are loaded)")
     assert not marker.exists()
-    assert _stored_files(settings.storage_root) == []
+    assert stored_files(settings.storage_root) == []
     assert client.get("/v1/weights", headers=headers).json() == {"data": [], "count": 0}
 
 
@@ -87,7 +82,7 @@ def test_other_uploads_are_refused_with_the_reason(client, make_key, settings, t
     with open(tmp_path / "state.pt", "rb") as handle:
         response = client.post("/v1/weights", headers=headers, files={"file": ("state.pt", handle)}, data={"name": ""})
     assert response.status_code == 422 and "name" in str(response.json()["detail"])
-    assert _stored_files(settings.storage_root) == []
+    assert stored_files(settings.storage_root) == []
 
 
 def test_a_job_names_weights_by_id_in_its_own_tenant_only(client, make_key, asset_zip: Path, coco_zip: Path,

@@ -4,8 +4,6 @@ rendering, loading a checkpoint) become asset-building jobs."""
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile, status
@@ -13,10 +11,11 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from service.api.deps import QueueDep, SettingsDep, StoreDep, TenantDep
+from service.api.in_use import delete_unless_used
 from service.content import check_asset, extract_upload, save_upload
 from service.errors import Conflict, UploadError
 from service.queue import BUILD_ASSET, enqueue
-from service.schemas import AssetBuild, AssetKind, AssetPublic, AssetRecord, AssetsPublic, AssetStatus, JobRecord, new_id
+from service.schemas import AssetBuild, AssetKind, AssetPublic, AssetRecord, AssetsPublic, AssetStatus, new_id
 from service.storage import publish_dir
 
 router = APIRouter(prefix="/assets", tags=["assets"])
@@ -42,8 +41,7 @@ async def create_asset(
         raise UploadError(f"{'.'.join(map(str, ('build', *first['loc'])))}: {first['msg']}") from error
     asset_id = new_id("asset")
     upload_name = file.filename or "upload"
-    scratch = store.storage.scratch_dir() / uuid.uuid4().hex
-    try:
+    with store.storage.upload_scratch() as scratch:
         archive = await save_upload(file, scratch / "upload.bin", settings.max_upload_bytes)
         extracted = await run_in_threadpool(extract_upload, archive, scratch / "files", settings, upload_name)
         source = await run_in_threadpool(check_asset, extracted, upload_name, kind)
@@ -59,8 +57,6 @@ async def create_asset(
         if kind == "nerfsim":
             record.object_path = (asset_dir / "upload" / relative).relative_to(asset_dir).as_posix()
         record.details = {"source": f"upload/{relative.as_posix()}", "upload": upload_name}
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     store.create(record)
     if record.status == "building":
         enqueue(queue, BUILD_ASSET, tenant, asset_id, settings, description=f"build asset {asset_id} ({kind})")
@@ -96,11 +92,7 @@ def delete_asset(asset_id: str, tenant: TenantDep, store: StoreDep) -> None:
     record = store.get(AssetRecord, tenant, asset_id)
     if record.status == "building":
         raise Conflict(f"asset {asset_id} is being built; cancel its build or delete it when it is ready or failed")
-    users, _ = store.list(JobRecord, tenant, 0, 1,
-                          lambda j: asset_id in j.assets and j.status in ("queued", "running"))
-    if users:
-        raise Conflict(f"asset {asset_id} is used by job {users[0].id}, which is {users[0].status}")
-    store.delete(record)
+    delete_unless_used(store, record, f"asset {asset_id} is", lambda job: asset_id in job.assets)
 
 
 @router.post("/{asset_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=AssetPublic)

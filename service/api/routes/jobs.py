@@ -25,6 +25,7 @@ from service.recovery import idempotency_key
 from service.schemas import (
     TERMINAL_STATUSES,
     AssetRecord,
+    BackgroundsRecord,
     JobCreate,
     JobPublic,
     JobRecord,
@@ -71,6 +72,7 @@ def _check_references(job: JobCreate, tenant: str, store, settings) -> None:
                                f"(asset classes: {names})")
     if job.detector_weights is not None:
         _check_weights(job.detector_weights, names, tenant, store)
+    _check_backgrounds(job.backgrounds, tenant, store, settings.max_background_images)
     from optimizer.loop import validate_config  # the loop's own checks, so a bad job fails here, not later
 
     try:
@@ -86,6 +88,15 @@ def _check_weights(weights_id: str, asset_names: list[str], tenant: str, store) 
     if not set(weights.class_names) & set(asset_names):
         raise InvalidField(f"detector_weights: weights {weights_id} have classes {weights.class_names}, none of "
                             f"which is an asset's class (asset classes: {asset_names})")
+
+
+def _check_backgrounds(backgrounds_ids: list[str], tenant: str, store, max_images: int) -> None:
+    """The background sets are the tenant's (another tenant's id is not found, like a missing
+    one) and hold at most ``max_images`` photos together (the worker holds them in memory)."""
+    images = sum(store.get(BackgroundsRecord, tenant, backgrounds_id).num_images for backgrounds_id in backgrounds_ids)
+    if images > max_images:
+        raise InvalidField(f"backgrounds: the sets hold {images} photos together, more than the limit of "
+                           f"{max_images} per job")
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile, status
@@ -12,9 +10,10 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from service.api.deps import SettingsDep, StoreDep, TenantDep
+from service.api.in_use import delete_unless_used
 from service.content import check_target, extract_upload, save_upload
-from service.errors import Conflict, UploadError
-from service.schemas import JobRecord, TargetFormat, TargetPublic, TargetRecord, TargetRole, TargetsPublic, new_id
+from service.errors import UploadError
+from service.schemas import TargetFormat, TargetPublic, TargetRecord, TargetRole, TargetsPublic, new_id
 from service.storage import publish_dir
 
 router = APIRouter(prefix="/targets", tags=["targets"])
@@ -34,8 +33,7 @@ async def create_target(
     found is answered with 422 and names the file inside the upload."""
     target_id = new_id("target")
     upload_name = file.filename or "upload"
-    scratch = store.storage.scratch_dir() / uuid.uuid4().hex
-    try:
+    with store.storage.upload_scratch() as scratch:
         archive = await save_upload(file, scratch / "upload.bin", settings.max_upload_bytes)
         extracted = await run_in_threadpool(extract_upload, archive, scratch / "data", settings, upload_name)
         fmt, data_path, summary = await run_in_threadpool(check_target, extracted, upload_name, format)
@@ -48,8 +46,6 @@ async def create_target(
         target_dir = store.storage.record_dir("target", tenant, target_id)
         target_dir.mkdir(parents=True)
         publish_dir(extracted, target_dir / "data")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return store.create(record)
 
 
@@ -76,8 +72,5 @@ def get_target(target_id: str, tenant: TenantDep, store: StoreDep) -> TargetReco
 def delete_target(target_id: str, tenant: TenantDep, store: StoreDep) -> None:
     """Delete a target set; refused while a queued or running job uses it."""
     record = store.get(TargetRecord, tenant, target_id)
-    users, _ = store.list(JobRecord, tenant, 0, 1,
-                          lambda j: target_id in (j.target_val, j.target_test) and j.status in ("queued", "running"))
-    if users:
-        raise Conflict(f"target {target_id} is used by job {users[0].id}, which is {users[0].status}")
-    store.delete(record)
+    delete_unless_used(store, record, f"target {target_id} is",
+                       lambda job: target_id in (job.target_val, job.target_test))

@@ -6,17 +6,15 @@ Ultralytics detection layers is refused with 422 and leaves no file behind."""
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 
 from service.api.deps import SettingsDep, StoreDep, TenantDep
+from service.api.in_use import delete_unless_used
 from service.content import check_weights, save_upload
-from service.errors import Conflict
-from service.schemas import JobRecord, WeightsListPublic, WeightsPublic, WeightsRecord, new_id
+from service.schemas import WeightsListPublic, WeightsPublic, WeightsRecord, new_id
 from service.storage import WEIGHTS_FILE
 
 router = APIRouter(prefix="/weights", tags=["weights"])
@@ -34,16 +32,13 @@ async def create_weights(
     (saved by Ultralytics' trainer or by nerfsim); anything else answers 422 naming the problem."""
     weights_id = new_id("weights")
     upload_name = file.filename or "upload"
-    scratch = store.storage.scratch_dir() / uuid.uuid4().hex
-    try:
+    with store.storage.upload_scratch() as scratch:
         upload = await save_upload(file, scratch / WEIGHTS_FILE, settings.max_upload_bytes)
         summary = await run_in_threadpool(check_weights, upload, upload_name)
         record = WeightsRecord(id=weights_id, tenant=tenant, name=name, size_bytes=upload.stat().st_size, **summary)
         weights_dir = store.storage.record_dir("weights", tenant, weights_id)
         weights_dir.mkdir(parents=True)
         os.replace(upload, weights_dir / WEIGHTS_FILE)  # scratch is on the same filesystem: one rename
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return store.create(record)
 
 
@@ -68,8 +63,4 @@ def get_weights(weights_id: str, tenant: TenantDep, store: StoreDep) -> WeightsR
 def delete_weights(weights_id: str, tenant: TenantDep, store: StoreDep) -> None:
     """Delete weights; refused while a queued or running job starts from them."""
     record = store.get(WeightsRecord, tenant, weights_id)
-    users, _ = store.list(JobRecord, tenant, 0, 1,
-                          lambda j: j.detector_weights == weights_id and j.status in ("queued", "running"))
-    if users:
-        raise Conflict(f"weights {weights_id} are used by job {users[0].id}, which is {users[0].status}")
-    store.delete(record)
+    delete_unless_used(store, record, f"weights {weights_id} are", lambda job: job.detector_weights == weights_id)
