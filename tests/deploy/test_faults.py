@@ -168,7 +168,8 @@ def test_a_full_artifact_disk_fails_the_job_with_the_reason_and_no_corrupt_artif
 
 def test_diverging_training_fails_at_once_and_the_worker_lives_on(api_client: NerfsimClient, settings: ServiceSettings,
                                                                   small_job_inputs, tmp_path: Path) -> None:
-    diverging = small_job(*small_job_inputs, inner_learning_rate=1e30)
+    # A Neumann series whose step is far too large for the Hessian grows without bound.
+    diverging = {**small_job(*small_job_inputs, neumann_scale=10.0, inverse_hessian_steps=100), "inverse_hessian": "neumann"}
     with WorkerGroup(settings, tmp_path / "workers.log") as group:
         (worker,) = group.start(1)
         wait_for_workers(settings, 1)
