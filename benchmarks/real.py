@@ -6,37 +6,35 @@ arm and seed, never used to choose anything. Arms, with the same detector (yolov
 its seeded random initialisation), training settings, images per epoch and seeds:
 
 - ``real``: the photos alone, each repeated to fill the epoch;
-- ``uniform``: renders alone, drawn from the starting psi (Psi.uniform of the job's PsiConfig,
-  the fixed default ranges; no loop), on backgrounds harvested from the photos
-  (renderer.harvest, the product default);
-- ``uniform+real``: the first two thirds of those renders plus the photos repeated to a third
-  of the epoch (detector.mixing: the product's final-training mix).
+- ``fixed`` (reference): renders from psi uniform over the old fixed default ranges
+  (Psi.uniform of the default PsiConfig), no loop;
+- ``uniform``: renders from a job's starting psi, no loop: what ``run_optimization`` starts
+  from for a job with ``val/`` as its validation set (method 'uniform', no outer iteration),
+  i.e. whatever priors from the photos the product applies by default;
+- ``optimised``: renders from the psi that ``run_optimization`` learns with the product's
+  default method, ``val/`` as target (``Budget.loop``: a job's budget, searching at a lower
+  resolution; ``final_images=0``, so the loop only learns psi and never sees ``test/``);
+- ``uniform+real``, ``optimised+real``: the first two thirds of those renders plus the photos
+  repeated to a third of the epoch (detector.mixing: the product's final-training mix).
 
-The arms with an optimised psi (the loop's target being ``val/``) and the priors from the
-photos are not here yet: they need the loop at the photos' scale (other parts of issue 23).
+The loop runs as a job does: a scene.json listing the built assets, val/'s COCO annotations
+(restricted to the benchmark's classes) as target, so the job's defaults apply (backgrounds
+harvested from val/, priors); the arms are rendered with the renderer such a job builds, from
+the psi the run saved (psi.json), with the same draws for every psi of a seed.
 
 Assets are built from the meshes in ../shared/assets/ycb by benchmarks/assets.py (quick
-budget) and cached under benchmarks/cache/; renders per seed, and each finished arm's scores,
-are cached under benchmarks/cache/real/ (an interrupted run resumes). Writes
+budget) and cached under benchmarks/cache/; each seed's loop runs, renders and each finished
+arm's scores are cached under benchmarks/cache/real/<mode>_<budget hash>/ (an interrupted run
+resumes; delete that folder after a change to the renderer or the loop). Writes
 benchmarks/results/real/<mode>/results.json and table.md.
 
-    python benchmarks/real.py [--quick] [--seeds 0 1 2]
+    python benchmarks/real.py [--quick] [--seeds 0 1 2] [--epochs N]
 
-Last line: ``real_gain_over_real_only=<uniform+real / real mAP50-95>
-synthetic_only_map50=<uniform> power_drill_ap50=<uniform+real> (psi: uniform)``.
+Last line: ``real_gain_over_real_only=<optimised+real / real mAP50-95>
+optimised_over_uniform=<optimised+real / uniform+real mAP50-95>
+synthetic_only_map50=<optimised> power_drill_ap50=<optimised+real>``.
 
-Measured (--quick, seeds 0 1 2, 2 shared CPU cores, one thread: 9.0 minutes with the assets and
-renders cached, about 2.5 more to build them; test/ mAP, mean ± stdev over seeds, AP50 per class;
-master_chef_can has no test boxes):
-
-| arm | mAP50-95 | mAP50 | cracker_box | power_drill | mustard_bottle |
-| --- | --- | --- | --- | --- | --- |
-| real | 0.024 ± 0.020 | 0.149 ± 0.161 | 0.059 ± 0.071 | 0.000 ± 0.000 | 0.388 ± 0.537 |
-| uniform | 0.121 ± 0.060 | 0.376 ± 0.038 | 0.127 ± 0.113 | 0.001 ± 0.002 | 1.000 ± 0.000 |
-| uniform+real | 0.121 ± 0.001 | 0.379 ± 0.112 | 0.268 ± 0.070 | 0.032 ± 0.008 | 0.838 ± 0.281 |
-
-The detector starts from a random initialisation: 40 photos (two scenes, 20 near-duplicate
-frames each) teach it little in 360 steps, which is most of the 5x of uniform+real over real.
+MEASURED
 """
 
 from __future__ import annotations
