@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torchvision.ops import box_iou
 
+from benchmarks.assets import SHARED
 from renderer.mesh import MeshSceneRenderer, MeshSceneRendererConfig, build_posed_image_set, load_textured_mesh
 from renderer.object_field import ObjectAssetMeta
 from renderer.posed_images import load_posed_images
@@ -44,7 +45,7 @@ from renderer.train_object import (
     train_object_field,
 )
 
-ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets" / "ycb"
+ASSETS = SHARED / "assets" / "ycb"
 CACHE = Path(__file__).resolve().parent / "cache"
 
 

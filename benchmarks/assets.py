@@ -33,7 +33,11 @@ from renderer.train_object import (
     train_object_field,
 )
 
-YCB = Path(__file__).resolve().parents[2] / "shared" / "assets" / "ycb"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = next((p / "shared" for p in REPO.parents if (p / "shared").is_dir()), REPO.parent / "shared")
+"""``shared/`` in the nearest folder above the repository that has one: ../shared beside the main
+checkout, /work/shared from a worktree under /work/wt/ (the benchmarks' one rule for it)."""
+YCB = SHARED / "assets" / "ycb"
 CACHE = Path(__file__).resolve().parent / "cache" / "ycb_assets"
 SHIFT_OBJECTS = ("cracker_box", "gelatin_box", "mustard_bottle", "mug", "pitcher_base", "power_drill")
 """Six YCB-Video objects, all without a symmetry about the vertical axis, so that their pose
