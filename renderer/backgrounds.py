@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -26,7 +26,7 @@ def load_image(path: Path, max_side: int | None = None) -> Float[Tensor, "3 H W"
     """An RGB image file as a float tensor in [0, 1], optionally shrunk to ``max_side``."""
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
+            image = ImageOps.exif_transpose(image).convert("RGB")  # upright, as a camera app shows it
             if max_side is not None and max(image.size) > max_side:
                 image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
             array = np.asarray(image, dtype=np.float32) / 255.0

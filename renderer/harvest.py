@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from jaxtyping import Float
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from renderer.backgrounds import BackgroundError, BackgroundSet
@@ -122,7 +122,8 @@ def harvest(
             break
         try:
             with Image.open(path) as opened:
-                photo = opened.convert("RGB")
+                # Upright as the boxes were drawn: the labelled set's reader (OpenCV) applies EXIF rotation.
+                photo = ImageOps.exif_transpose(opened).convert("RGB")
         except (UnidentifiedImageError, OSError) as error:
             raise BackgroundError(f"{path}: not a readable image ({error})") from error
         width, height = photo.size

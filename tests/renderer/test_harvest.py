@@ -70,6 +70,27 @@ def test_no_harvested_background_holds_any_part_of_a_labelled_box(tmp_path: Path
                 assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
 
 
+def test_a_rotated_phone_photo_is_harvested_upright_as_its_boxes_were_drawn(tmp_path: Path) -> None:
+    """Boxes are drawn on the photo as shown (EXIF orientation applied, as the labelled set's
+    reader does): the harvest must cut in that frame, not in the stored pixels' frame."""
+    from detector.datasets import read_image
+
+    box = (0, 0, 120, 90)  # the upper part of an upright 120 x 200 photo
+    pixels = np.full((200, 120, 3), (60, 120, 120), dtype=np.uint8)  # flat: JPEG keeps it flat
+    pixels[box[1]:box[3], box[0]:box[2]] = RED
+    stored = Image.fromarray(pixels).transpose(Image.Transpose.ROTATE_90)  # held sideways by the camera
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to show
+    path = tmp_path / "phone.jpg"
+    stored.save(path, quality=95, exif=exif)
+    assert tuple(read_image(path).shape) == (3, 200, 120)  # the frame the boxes are in
+
+    found = harvest([(path, torch.tensor([box], dtype=torch.float32))], max_side=1000)
+    assert found and all(h.box[1] >= box[3] for h in found)
+    for item in found:
+        assert float(item.image[0].max()) < 100 / 255  # the box's red is 255
+
+
 def test_the_largest_free_region_is_found_first() -> None:
     # One box on the left third: the rest of the 300 x 100 photo is free.
     rectangles = free_rectangles(300, 100, torch.tensor([[0.0, 0.0, 100.0, 100.0]]), min_side=20)
