@@ -293,6 +293,7 @@ def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeCo
         final_real_share=0.0,
         real_only_baseline=False,
         harvest_backgrounds=False,
+        psi_priors=False,
         photometric=None,  # the synthetic shifts keep the plain renders their findings were measured on
         val_map_every=0,
         sample_images=2,

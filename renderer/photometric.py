@@ -105,7 +105,7 @@ def _like(values: Tensor, images: Tensor) -> Tensor:
     return values.to(device=images.device, dtype=images.dtype)
 
 
-def white_balance(images: Images, generator: torch.Generator, strength: float = 0.08) -> Images:
+def white_balance(images: Images, generator: torch.Generator, strength: float = 0.05) -> Images:
     """A colour cast: each channel times ``exp(N(0, strength))``, drawn per image. Differentiable
     (except where the result clips at 0 or 1)."""
     gains = torch.exp(strength * torch.randn(images.shape[0], 3, generator=generator, dtype=torch.float64))

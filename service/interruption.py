@@ -41,7 +41,7 @@ class _Region:
 
     def __init__(self, thread_id: int) -> None:
         self.thread_id = thread_id
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # re-entrant: a SIGTERM handler may interrupt while close() holds it
         self.open = True
         self.raised: type[Interrupted] | None = None
 
