@@ -107,6 +107,11 @@ class Storage:
     def record_dir(self, kind: str, tenant: str, record_id: str) -> Path:
         return self.tenants_dir() / tenant / kind_folder(kind) / record_id
 
+    def without_root(self, text: str) -> str:
+        """``text`` (an error) with the server's storage path taken out: tenants see their files
+        by their place in the storage, not by the server's paths."""
+        return text.replace(str(self.root) + "/", "")
+
     def record_file(self, kind: str, tenant: str, record_id: str) -> Path:
         return self.record_dir(kind, tenant, record_id) / RECORD_FILE
 

@@ -172,8 +172,7 @@ def publish_artifacts(job_dir: Path, storage: Storage) -> dict[str, str]:
 
 def _finish(store: RecordStore, record: JobRecord, status: str, error: str | None, job_dir: Path) -> None:
     if error is not None:
-        # Tenants see their files by their place in the storage, not by the server's paths.
-        error = error.replace(str(store.storage.root) + "/", "")
+        error = store.storage.without_root(error)
     try:
         artifacts = publish_artifacts(job_dir, store.storage)
     except OSError as publish_error:
@@ -259,7 +258,8 @@ def on_failure(job, connection: redis.Redis, exc_type, exc_value, traceback) -> 
     tenant, record_id = job.args
     settings, store, _ = _context(connection)
     if not record_id.startswith("job-"):
-        _asset_failed(job, store, tenant, record_id, attempts.cause(exc_type, exc_value, settings.job_timeout_s),
+        _asset_failed(job, store, tenant, record_id,
+                      store.storage.without_root(attempts.cause(exc_type, exc_value, settings.job_timeout_s)),
                       exc_type is not None and issubclass(exc_type, WorkerStopping))
         return
     record = store.get(JobRecord, tenant, record_id)
@@ -268,7 +268,8 @@ def on_failure(job, connection: redis.Redis, exc_type, exc_value, traceback) -> 
     counted = attempts.counts_as_failure(record, exc_type)
     if not counted:
         job.retries_left = (job.retries_left or 0) + 1  # RQ takes one off as it re-queues the job
-    reason = attempts.describe(record, attempts.cause(exc_type, exc_value, settings.job_timeout_s))
+    reason = store.storage.without_root(attempts.describe(record, attempts.cause(exc_type, exc_value,
+                                                                             settings.job_timeout_s)))
     with job_context(record_id):
         if job.retries_left:
             log.warning("job will be retried", extra={"reason": reason, "counted": counted,

@@ -164,3 +164,15 @@ def test_a_failed_or_cancelled_job_can_be_retried_and_any_other_cannot(client, s
     assert Job.fetch(other["id"], connection=store.redis).get_status() == JobStatus.QUEUED
     assert not store.redis.exists(cancel_key(other["id"]))
 
+
+
+def test_a_retry_reason_names_no_server_path(client, settings, job) -> None:
+    job_id, headers, store, tenant, _ = job
+    run_attempt(store, tenant, job_id, iterations=1)
+    missing = store.storage.record_dir("asset", tenant, "asset-0000000000000000") / "object" / "field.pt"
+    end_attempt(store, settings, job_id, FileNotFoundError(f"no such file: {missing}"))
+    record = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+    reason = record["attempt_history"][0]["reason"]
+    assert str(settings.storage_root) not in json.dumps(record) and "tenants/" in reason, reason
+    published = [decode(fields) for _, fields in store.redis.xrange(events_key(job_id))]  # the job waits: no stream end
+    assert [data["reason"] for event, data in published if data.get("retry")] == [reason]
