@@ -166,6 +166,18 @@ def test_a_failed_or_cancelled_job_can_be_retried_and_any_other_cannot(client, s
 
 
 
+def test_a_job_whose_inputs_are_gone_is_not_retried(client, settings, job) -> None:
+    job_id, headers, store, tenant, request = job
+    for _ in range(3):
+        run_attempt(store, tenant, job_id, iterations=0, stage="setup")
+        end_attempt(store, settings, job_id, AbandonedJobError())
+    asset = request["assets"][0]
+    assert client.delete(f"/v1/assets/{asset}", headers=headers).status_code == 204
+    answer = client.post(f"/v1/jobs/{job_id}/retry", headers=headers)
+    assert answer.status_code == 404 and asset in answer.json()["detail"], answer.text
+    assert client.get(f"/v1/jobs/{job_id}", headers=headers).json()["status"] == "failed"
+    assert Job.fetch(job_id, connection=store.redis).get_status() == JobStatus.FAILED
+
 def test_a_retry_reason_names_no_server_path(client, settings, job) -> None:
     job_id, headers, store, tenant, _ = job
     run_attempt(store, tenant, job_id, iterations=1)

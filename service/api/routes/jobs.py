@@ -300,14 +300,15 @@ def retry_job(job_id: str, tenant: TenantDep, store: StoreDep, queue: QueueDep, 
         raise Conflict(f"job {job_id} is {record.status}; only a failed or cancelled job can be retried")
     if is_active(store.redis, job_id):
         raise Conflict(f"job {job_id} is still being wound up by its worker; retry it in a few seconds")
+    _check_references(record, tenant, store, settings)  # its assets, targets, weights or backgrounds may be gone
 
     def again(current: JobRecord) -> None:
         if current.status not in RETRYABLE:  # (another request retried it meanwhile)
             raise Conflict(f"job {job_id} is {current.status}; only a failed or cancelled job can be retried")
         current.status, current.error, current.cancel_requested, current.finished_at = "queued", None, False, None
 
-    store.redis.delete(cancel_key(job_id))
     record = store.update(JobRecord, tenant, job_id, again)
+    store.redis.delete(cancel_key(job_id))
     store.redis.delete(events_key(job_id))
     publish(store.redis, job_id, "status", {"status": "queued", "retry": True}, settings.progress_stream_length)
     enqueue_again(queue, RUN_JOB, tenant, job_id, settings, f"job {job_id} (retried)")
