@@ -11,7 +11,9 @@ backgrounds, described by a ``scene.json``:
 Paths are relative to the ``scene.json``. An object path is a nerfsim asset folder (with
 ``asset.json``) or a nerfstudio ``config.yml``. ``backgrounds`` is a folder of photographs, or a
 list of them (optional; a job's uploaded background sets are one folder each);
-``procedural_backgrounds`` adds that many generated textures (no files needed).
+``procedural_backgrounds`` adds that many generated textures (no files needed); ``null`` asks
+for the fallback: :data:`FALLBACK_PROCEDURAL_BACKGROUNDS` textures when the scene has no
+photographs (its folders, or those harvested from a job's labelled photos), none when it has.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ class ObjectSpec:
     """nerfsim asset folder or nerfstudio ``config.yml``."""
 
 
+FALLBACK_PROCEDURAL_BACKGROUNDS = 4
+"""Generated textures of a scene that asks for the fallback and has no photographs."""
+
+
 @dataclass
 class SceneSpec:
     """What a ``scene.json`` says, with paths resolved."""
@@ -51,7 +57,8 @@ class SceneSpec:
     fov_deg: float = 40.0
     backgrounds: list[Path] = field(default_factory=list)
     """Folders of background photographs, in order."""
-    procedural_backgrounds: int = 0
+    procedural_backgrounds: int | None = 0
+    """Generated textures added to the backgrounds; None: the fallback (see the module docstring)."""
     source: Path | None = field(default=None, repr=False)
 
     @property
@@ -81,12 +88,13 @@ def read_scene_spec(scene: str | Path) -> SceneSpec:
         backgrounds = [backgrounds]
     if not isinstance(backgrounds, list) or not all(isinstance(b, str) and b for b in backgrounds):
         raise SceneError(f"{path}: 'backgrounds' must be a folder or a list of folders, got {backgrounds!r}")
+    procedural = raw.get("procedural_backgrounds", 0)
     return SceneSpec(
         name=str(raw.get("name", path.parent.name)),
         objects=objects,
         fov_deg=float(raw.get("fov_deg", 40.0)),
         backgrounds=[path.parent / folder for folder in backgrounds],
-        procedural_backgrounds=int(raw.get("procedural_backgrounds", 0)),
+        procedural_backgrounds=None if procedural is None else int(procedural),
         source=path,
     )
 
@@ -119,13 +127,15 @@ def procedural_backgrounds(count: int, seed: int = 0, size: int = 256) -> Backgr
 
 
 def load_scene(spec: SceneSpec, harvested: BackgroundSet | None = None) -> tuple[list[RadianceField], BackgroundSet]:
-    """The scene's object fields (in class order) and its background set. ``harvested``
-    backgrounds (cut from a job's labelled photos: renderer.harvest) join the scene's
-    photographs in place of its procedural textures, which stay the fallback without them."""
+    """The scene's object fields (in class order) and its background set: its photographs,
+    ``harvested`` backgrounds (cut from a job's labelled photos: renderer.harvest), then its
+    procedural textures (as many as asked, or the fallback when it asks for None)."""
     fields = [load_object(o.path) for o in spec.objects]
-    sets = [BackgroundSet.from_folder(folder) for folder in spec.backgrounds]
+    photos = [BackgroundSet.from_folder(folder) for folder in spec.backgrounds]
     if harvested is not None and len(harvested):
-        sets.append(harvested)
-    else:
-        sets.append(procedural_backgrounds(spec.procedural_backgrounds))
+        photos.append(harvested)
+    count = spec.procedural_backgrounds
+    if count is None:
+        count = 0 if any(len(s) for s in photos) else FALLBACK_PROCEDURAL_BACKGROUNDS
+    sets = [*photos, procedural_backgrounds(count)]
     return fields, BackgroundSet([image for s in sets for image in s.images], [name for s in sets for name in s.names])

@@ -34,10 +34,6 @@ TargetRole = Literal["validation", "test", "both"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
-
-DEFAULT_PROCEDURAL_BACKGROUNDS = 4
-"""Generated backgrounds of a job without photo backgrounds."""
-
 RecordId = Annotated[str, Field(min_length=1, max_length=64)]
 """A record id as a request names it (ids are ``<kind>-<16 hex digits>``)."""
 
@@ -243,7 +239,8 @@ class JobBase(BaseModel):
     procedural_backgrounds: int | None = Field(
         None, ge=0, le=MAX_BACKGROUNDS,
         description="Generated textures added to the backgrounds. Default: 4 when the job has no photo "
-                    "`backgrounds` (a fallback), none when it has.")
+                    "backgrounds (uploaded `backgrounds`, or harvested from its labelled photos), none when "
+                    "it has.")
     fov_deg: float = Field(40.0, gt=1, lt=170, allow_inf_nan=False)
     psi: PsiOverrides = Field(default_factory=PsiOverrides, description="Initial values and shape of psi.")
     device: Device = "auto"
@@ -252,12 +249,6 @@ class JobBase(BaseModel):
         description="Id of uploaded weights (POST /v1/weights) the detector starts from; they must share a "
                     "class name with the assets. Default: a random initialisation of `detector`.")
     options: JobOptions = Field(default_factory=JobOptions, description="Further loop settings (advanced).")
-
-    def procedural_count(self) -> int:
-        """Generated backgrounds the scene gets: as asked, else a fallback only without photos."""
-        if self.procedural_backgrounds is not None:
-            return self.procedural_backgrounds
-        return 0 if self.backgrounds else DEFAULT_PROCEDURAL_BACKGROUNDS
 
     def optimize_config(self, scene: str, target_val: str | None, target_test: str | None) -> OptimizeConfig:
         """The loop's config for this job, given where its scene and target sets are."""
@@ -308,7 +299,7 @@ class JobCreate(JobBase):
 
     @model_validator(mode="after")
     def _something_to_draw(self) -> "JobCreate":
-        if self.psi.plain_background is False and self.procedural_count() == 0 and not self.backgrounds:
+        if self.psi.plain_background is False and self.procedural_backgrounds == 0 and not self.backgrounds:
             raise ValueError("psi.plain_background false needs backgrounds or procedural_backgrounds >= 1: "
                              "nothing to draw")
         return self

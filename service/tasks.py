@@ -80,7 +80,7 @@ def job_config(record: JobRecord, store: RecordStore, job_dir: Path) -> Optimize
     backgrounds = [str(storage.record_dir("backgrounds", record.tenant, b.id) / BACKGROUNDS_DIR)
                    for b in (store.get(BackgroundsRecord, record.tenant, i) for i in record.backgrounds)]
     scene = {"name": record.id, "fov_deg": record.fov_deg, "objects": objects, "backgrounds": backgrounds,
-             "procedural_backgrounds": record.procedural_count()}
+             "procedural_backgrounds": record.procedural_backgrounds}
     write_json_atomic(job_dir / "scene.json", scene)
 
     def target_path(target_id: str | None) -> str | None:

@@ -108,20 +108,20 @@ def test_a_covered_photo_gives_none_and_no_usable_region_anywhere_is_a_clear_err
         harvest([(covered, torch.tensor([[5.0, 5.0, 95.0, 75.0]]))] * 2)
 
 
-def test_harvested_backgrounds_replace_the_procedural_textures(tmp_path: Path) -> None:
-    spec = SceneSpec(name="t", objects=[], procedural_backgrounds=3)
-    _, fallback = load_scene(spec)
-    assert fallback.names == ["procedural_0", "procedural_1", "procedural_2"]
+def test_harvested_backgrounds_replace_the_fallback_textures_not_those_asked_for(tmp_path: Path) -> None:
     harvested = BackgroundSet([torch.zeros(3, 8, 8)], ["photo_0_0_8_8"])
-    _, backgrounds = load_scene(spec, harvested)
-    assert backgrounds.names == ["photo_0_0_8_8"]
+    fallback = SceneSpec(name="t", objects=[], procedural_backgrounds=None)
+    assert load_scene(fallback)[1].names == [f"procedural_{i}" for i in range(4)]
+    assert load_scene(fallback, harvested)[1].names == ["photo_0_0_8_8"]
+    asked = SceneSpec(name="t", objects=[], procedural_backgrounds=2)
+    assert load_scene(asked, harvested)[1].names == ["photo_0_0_8_8", "procedural_0", "procedural_1"]
 
 
 # ---------------------------------------------------------------- through run_optimization
 
 
 def _scene_and_photos(tmp_path: Path, boxes: list[tuple[int, int, int, int]]) -> tuple[Path, Path]:
-    """A one-object scene with procedural textures, and a COCO set of two labelled photos."""
+    """A one-object scene with the fallback textures, and a COCO set of two labelled photos."""
     from renderer.object_field import ObjectAssetMeta, ObjectField, ObjectFieldConfig
     from renderer.train_object import save_object_asset
 
@@ -129,7 +129,7 @@ def _scene_and_photos(tmp_path: Path, boxes: list[tuple[int, int, int, int]]) ->
     aabb = torch.tensor([[-0.05, -0.03, -0.02], [0.05, 0.03, 0.02]])
     save_object_asset(ObjectField(model, aabb), ObjectAssetMeta("box", aabb.tolist(), asdict(model)), tmp_path / "box")
     scene = tmp_path / "scene.json"
-    scene.write_text(json.dumps({"name": "t", "objects": [{"name": "box", "path": "box"}], "procedural_backgrounds": 2}))
+    scene.write_text(json.dumps({"name": "t", "objects": [{"name": "box", "path": "box"}], "procedural_backgrounds": None}))
     (tmp_path / "images").mkdir()
     coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "box"}]}
     for index in range(2):
@@ -166,7 +166,7 @@ def test_a_job_renders_on_backgrounds_from_its_photos_by_default(
     if harvest_backgrounds:
         assert names and all(name.startswith(("0_", "1_")) for name in names)
     else:
-        assert names == ["procedural_0", "procedural_1"]
+        assert names == [f"procedural_{i}" for i in range(4)]
 
 
 def test_photos_without_a_free_region_fall_back_to_procedural_textures_and_say_why(
@@ -178,6 +178,6 @@ def test_photos_without_a_free_region_fall_back_to_procedural_textures_and_say_w
     scene, photos = _scene_and_photos(tmp_path, [(0, 0, 160, 120)])
     with caplog.at_level(logging.WARNING):
         run_optimization(OptimizeConfig(scene=str(scene), target_val=str(photos)), tmp_path / "out", progress_bar=False)
-    assert renderers[0].backgrounds.names == ["procedural_0", "procedural_1"]
+    assert renderers[0].backgrounds.names == [f"procedural_{i}" for i in range(4)]
     assert "none of the 2 labelled photos has a region clear of its labelled boxes" in caplog.text
     assert "procedural textures instead" in caplog.text

@@ -175,7 +175,7 @@ def test_a_job_lists_its_background_folders_in_its_scene(client, make_key, setti
 
     scene = json.loads(Path(config.scene).read_text())
     folders = [str(store.storage.record_dir("backgrounds", tenant, b["id"]) / "images") for b in (second, first)]
-    assert scene["backgrounds"] == folders and scene["procedural_backgrounds"] == 0  # photos: no fallback
+    assert scene["backgrounds"] == folders and scene["procedural_backgrounds"] is None  # the fallback: none here
     _, backgrounds = load_scene(read_scene_spec(config.scene))
     assert len(backgrounds) == 4 and [tuple(image.shape) for image in backgrounds.images[:2]] == [(3, 24, 24),
                                                                                                  (3, 48, 64)]
@@ -185,7 +185,8 @@ def test_a_job_lists_its_background_folders_in_its_scene(client, make_key, setti
         body = {**request, **changes}
         created = client.post("/v1/jobs", headers=headers, json=body).json()
         config = job_config(store.get(JobRecord, tenant, created["id"]), store, tmp_path / created["id"])
-        assert json.loads(Path(config.scene).read_text())["procedural_backgrounds"] == procedural
+        names = load_scene(read_scene_spec(config.scene))[1].names
+        assert sum(name.startswith("procedural_") for name in names) == procedural
 
     # Photos alone are something to draw: no plain colours and no textures is then fine.
     photos_only = {**request, "psi": {**request["psi"], "plain_background": False}, "procedural_backgrounds": 0}
