@@ -3,8 +3,8 @@
 The loop asks ``should_stop()`` only between its steps, and a step may be minutes long (a
 warm-up round, an Ultralytics epoch, an evaluation, an object NeRF's training). While a job
 runs inside :func:`interruptible`, a watcher thread polls the job's cancellation flag; when it
-is set - or when the worker is asked to stop (:func:`interrupt_current`, from its SIGTERM
-handler) - the job's thread gets an :class:`Interrupted` exception raised asynchronously at its
+has been set for ``GRACE_S`` without the job stopping by itself - or at once when the worker is
+asked to stop (:func:`interrupt_current`, from its SIGTERM handler) - the job's thread gets an :class:`Interrupted` exception raised asynchronously at its
 next Python bytecode (as RQ's own job timeouts raise theirs from a signal handler). The
 interruptions derive from ``BaseException``, so the libraries' ``except Exception`` clauses
 (checkpoint readers, Ultralytics' retries) do not swallow them.
@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.5
 """How often the watcher reads the cancellation flag."""
+GRACE_S = 3.0
+"""After the flag is set, how long the job's own checks (the loop's ``should_stop`` between its
+steps and after every batch of its final training) get to stop it cleanly, at a point of its
+choosing, before it is interrupted wherever it is."""
 
 
 class Interrupted(BaseException):
@@ -72,8 +76,8 @@ def _set_async_exception(thread_id: int, error: type[BaseException] | None) -> N
 @contextmanager
 def interruptible(cancelled: Callable[[], bool] | None = None) -> Iterator[None]:
     """Run the body so that it can be interrupted: :class:`JobCancelled` once ``cancelled()``
-    says so (polled every ``POLL_S`` in a thread), :class:`WorkerStopping` on
-    :func:`interrupt_current`."""
+    has said so (polled every ``POLL_S`` in a thread) for ``GRACE_S`` without the body ending,
+    :class:`WorkerStopping` at once on :func:`interrupt_current`."""
     global _current
     region = _Region(threading.get_ident())
     done = threading.Event()
@@ -82,10 +86,13 @@ def interruptible(cancelled: Callable[[], bool] | None = None) -> Iterator[None]
         while not done.wait(POLL_S):
             try:
                 if cancelled():
-                    region.interrupt(JobCancelled)
-                    return
+                    break
             except Exception as error:  # (Redis unreachable): the loop's own checks remain
                 log.warning("could not read the cancellation flag", extra={"error": str(error)})
+        else:
+            return  # the body ended
+        if not done.wait(GRACE_S):
+            region.interrupt(JobCancelled)
 
     watcher = threading.Thread(target=watch, name="cancel-watch", daemon=True) if cancelled else None
     _current = region

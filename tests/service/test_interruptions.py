@@ -132,3 +132,25 @@ def test_an_asset_build_is_cancelled_before_it_starts_or_while_it_trains(client,
                      != "building" and a, 60, "the build to stop")
     assert (built["status"], built["error"]) == ("failed", "the build was cancelled")
     assert client.delete(f"/v1/assets/{training['id']}", headers=headers).status_code == 204
+
+
+def test_a_cancelled_job_may_stop_by_itself_before_it_is_interrupted() -> None:
+    """The loop's own checks stop a job cleanly at a point of its choosing; only a job still
+    running GRACE_S after the flag is interrupted wherever it is."""
+    import time
+
+    from service.interruption import GRACE_S, JobCancelled, interruptible
+
+    flag = {"set": False}
+    began = time.monotonic()
+    with interruptible(lambda: flag["set"]):  # stops by itself within the grace: not interrupted
+        flag["set"] = True
+        while time.monotonic() - began < GRACE_S / 2:
+            time.sleep(0.02)
+    flag["set"], began = False, time.monotonic()
+    with pytest.raises(JobCancelled):
+        with interruptible(lambda: flag["set"]):
+            flag["set"] = True
+            while time.monotonic() - began < 10 * GRACE_S:
+                time.sleep(0.02)
+    assert GRACE_S <= time.monotonic() - began < 10 * GRACE_S  # after the grace, not at the end of the body
