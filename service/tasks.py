@@ -267,7 +267,7 @@ def on_failure(job, connection: redis.Redis, exc_type, exc_value, traceback) -> 
         return
     counted = attempts.counts_as_failure(record, exc_type)
     if not counted:
-        job.retries_left = (job.retries_left or 0) + 1  # RQ takes one off as it re-queues the job
+        _give_back_retry(job)
     reason = store.storage.without_root(attempts.describe(record, attempts.cause(exc_type, exc_value,
                                                                              settings.job_timeout_s)))
     with job_context(record_id):
@@ -288,12 +288,18 @@ def on_failure(job, connection: redis.Redis, exc_type, exc_value, traceback) -> 
                     store.storage.record_dir("job", tenant, record_id))
 
 
+def _give_back_retry(job) -> None:
+    """The attempt that just ended uses no retry: RQ takes one off as it re-queues the job (its
+    failure callback runs before it decides), so one is added here."""
+    job.retries_left = (job.retries_left or 0) + 1
+
+
 def _asset_failed(job, store: RecordStore, tenant: str, asset_id: str, reason: str, shutdown: bool) -> None:
     record = store.get(AssetRecord, tenant, asset_id)
     if record.status != "building":
         return
     if shutdown:
-        job.retries_left = (job.retries_left or 0) + 1  # a shutdown is not a failure of the build
+        _give_back_retry(job)  # a shutdown is not a failure of the build
     with job_context(asset_id):
         if job.retries_left:
             log.warning("asset build will be retried", extra={"reason": reason, "retries_left": job.retries_left - 1})
