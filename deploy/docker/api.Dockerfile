@@ -25,11 +25,13 @@ ENV PATH=/opt/venv/bin:$PATH
 # below find the pinned versions already satisfied.
 RUN pip install torch==2.14.1 torchvision==0.29.1 --index-url ${TORCH_INDEX_URL}
 WORKDIR /src
-# The dependencies before the sources, so that a change of the code rebuilds only the last layer.
-COPY pyproject.toml README.md ./
+# The dependencies before the sources, so that a change of the code skips their install.
+# The dependency layer depends on pyproject.toml alone: a README edit must not reinstall torch.
+COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > requirements.txt \
     && pip install -r requirements.txt
+COPY README.md ./
 COPY renderer renderer
 COPY detector detector
 COPY optimizer optimizer

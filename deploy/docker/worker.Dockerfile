@@ -38,11 +38,13 @@ ENV TCNN_CUDA_ARCHITECTURES=${TCNN_CUDA_ARCHITECTURES}
 RUN if [ -n "${TCNN_REF}" ]; then pip install --no-build-isolation \
     "tinycudann @ git+https://github.com/NVlabs/tiny-cuda-nn@${TCNN_REF}#subdirectory=bindings/torch"; fi
 WORKDIR /src
-# The dependencies before the sources, so that a change of the code rebuilds only the last layer.
-COPY pyproject.toml README.md ./
+# The dependencies before the sources, so that a change of the code skips their install.
+# The dependency layer depends on pyproject.toml alone: a README edit must not reinstall torch.
+COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > requirements.txt \
     && pip install -r requirements.txt
+COPY README.md ./
 COPY renderer renderer
 COPY detector detector
 COPY optimizer optimizer
