@@ -41,9 +41,8 @@ class TrainingMix:
         return self.synthetic_images + self.real_photos * self.repeats
 
     def summary(self) -> dict:
-        """JSON-able numbers for a report."""
-        data = asdict(self)
-        data["data_dir"] = str(self.data_dir)
+        """JSON-able numbers for a report (not the folder: reports hold no server paths)."""
+        data = {name: value for name, value in asdict(self).items() if name != "data_dir"}
         data["images_per_epoch"] = self.images_per_epoch
         data["real_share"] = round(self.real_photos * self.repeats / max(1, self.images_per_epoch), 4)
         return data

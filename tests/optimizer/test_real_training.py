@@ -102,6 +102,7 @@ def test_the_photos_reach_the_final_training_with_their_labels_repeated_to_a_thi
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["final_training_data"]["repeats"] == 2 and report["final_training_data"]["real_share"] == 0.3333
     assert "real_only" not in report  # no test set
+    assert str(tmp_path) not in json.dumps(report["final_training_data"])  # a report holds no server path
     # The rendered dataset, the job's deliverable, holds the renders only.
     assert len(list((tmp_path / "dataset" / "images").iterdir())) == 12
 
