@@ -103,7 +103,8 @@ RESULTS = REPO / "benchmarks" / "results" / "real"
 ARMS = ("real", "fixed", "uniform", "optimised", "uniform+real", "optimised+real")
 PSI_ARMS = ("fixed", "uniform", "optimised")
 """The arms whose renders come from a psi of their own (the +real arms reuse them)."""
-REAL_SHARE = 1 / 3
+REAL_SHARE = OptimizeConfig.final_real_share
+"""The photos' share of a +real arm's epoch: the product's default, so the arm measures its mix."""
 
 
 @dataclass(frozen=True)
