@@ -15,6 +15,8 @@ from jaxtyping import Float, Int
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from renderer.camera import Size, band_origin, image_shape
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
@@ -68,12 +70,17 @@ class BackgroundSet:
         background_ids: Int[Tensor, "B"],
         background_crop: Float[Tensor, "B 3"],
         background_color: Float[Tensor, "B 3"],
-        size: int,
+        size: Size,
     ) -> Float[Tensor, "B 3 H W"]:
-        """Square ``size`` backgrounds: a crop of image ``id`` (centre u, v in [0, 1]; side as a
-        fraction of the image's shorter side), or the plain colour where ``id == -1``."""
+        """Backgrounds of ``size`` (renderer.camera): a square crop of image ``id`` (centre u, v
+        in [0, 1]; side as a fraction of the image's shorter side) resized to the longer side,
+        of which a rectangular ``size`` keeps the centre band; or the plain colour where
+        ``id == -1``."""
         batch = background_ids.shape[0]
-        out = background_color[:, :, None, None].expand(batch, 3, size, size)
+        height, width = image_shape(size)
+        longer = max(height, width)
+        top, left = band_origin(size)
+        out = background_color[:, :, None, None].expand(batch, 3, height, width)
         if batch and int(background_ids.max()) >= len(self.images):
             raise BackgroundError(
                 f"background id {int(background_ids.max())} out of range: the set has {len(self.images)} images"
@@ -84,18 +91,19 @@ class BackgroundSet:
         crops = []
         for i in rows:
             image = self.images[int(background_ids[i])].to(background_crop.device, background_crop.dtype)
-            _, height, width = image.shape
-            short = min(height, width)
+            _, image_height, image_width = image.shape
+            short = min(image_height, image_width)
             u, v, side = background_crop[i].unbind()
             # Affine grid in normalised [-1, 1] image coordinates: scale to the crop, move it to
             # its centre, clamped so the crop stays inside the image.
-            sx = side * short / width
-            sy = side * short / height
+            sx = side * short / image_width
+            sy = side * short / image_height
             cx = (u * 2 - 1).clamp(-1 + sx, 1 - sx)
             cy = (v * 2 - 1).clamp(-1 + sy, 1 - sy)
             zero = torch.zeros_like(sx)
             theta = torch.stack([torch.stack([sx, zero, cx]), torch.stack([zero, sy, cy])])[None]
-            grid = F.affine_grid(theta, [1, 3, size, size], align_corners=False)
+            grid = F.affine_grid(theta, [1, 3, longer, longer], align_corners=False)
+            grid = grid[:, top : top + height, left : left + width]  # only the band is sampled
             crops.append(F.grid_sample(image[None], grid, mode="bilinear", align_corners=False)[0])
         out = out.clone()
         out[rows] = torch.stack(crops)

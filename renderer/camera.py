@@ -4,6 +4,13 @@ One convention for the whole project (nerfstudio's): OpenGL camera axes, x right
 camera looking down -z. The scene is built in the camera frame, so an object pose is its
 object-to-camera transform. Object frames are metric, y up, origin at the centre of the
 object's bounding box (the asset builders put it there).
+
+Image sizes are an int (a square) or ``(height, width)``. The field of view spans the longer
+side, and a W x H image (W >= H) is exactly the centre band of rows of the W x W square image
+(the band starts at row ``(W - H) // 2``; likewise a centre band of columns when H > W), so
+object offsets stay in units of half the longer side and an object has the same scale and
+position in a square render (the letterboxed frame the closed loop searches in) and in a
+rectangular one (the photos' aspect). Only the band's rays are generated.
 """
 
 from __future__ import annotations
@@ -60,8 +67,8 @@ def object_to_camera(
     """Object-to-camera rotation and translation: ``p_cam = R @ p_obj + t``.
 
     ``distance`` is the depth of the object's centre along the optical axis (metres) and
-    ``offset`` its projected position in units of the image half-size, so the centre projects
-    exactly to ``offset`` whatever the distance. Square images: one field of view.
+    ``offset`` its projected position in units of half the image's longer side (the side the
+    field of view spans), so the centre projects exactly to ``offset`` whatever the distance.
     """
     half = math.tan(math.radians(fov_deg) / 2)
     t = torch.stack(
@@ -70,18 +77,43 @@ def object_to_camera(
     return view_rotation(azimuth, elevation, roll), t
 
 
-def camera_ray_directions(size: int, fov_deg: float, device: torch.device | str = "cpu") -> Float[Tensor, "H W 3"]:
-    """Unit ray directions through pixel centres of a square pinhole camera, camera frame.
+Size = int | tuple[int, int]
+"""An image size: an int for a square, or ``(height, width)``."""
+
+
+def image_shape(size: Size) -> tuple[int, int]:
+    """``(height, width)`` of ``size``; raises ValueError for a non-positive side."""
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got {height}x{width} (height x width)")
+    return height, width
+
+
+def band_origin(size: Size) -> tuple[int, int]:
+    """Row and column of the square (longer side) image at which the ``size`` band starts."""
+    height, width = image_shape(size)
+    longer = max(height, width)
+    return (longer - height) // 2, (longer - width) // 2
+
+
+def camera_ray_directions(size: Size, fov_deg: float, device: torch.device | str = "cpu") -> Float[Tensor, "H W 3"]:
+    """Unit ray directions through pixel centres of a pinhole camera, camera frame: the centre
+    band ``size`` of the square camera whose side is ``size``'s longer side (module docstring).
 
     Row 0 is the top of the image (y up in camera space, so rows go down in y).
     """
-    focal = focal_length(size, fov_deg)
-    coords = torch.arange(size, dtype=torch.float32, device=device) + 0.5 - size / 2
-    y, x = torch.meshgrid(-coords, coords, indexing="ij")
+    height, width = image_shape(size)
+    longer = max(height, width)
+    top, left = band_origin(size)
+    focal = focal_length(longer, fov_deg)
+    xs = torch.arange(left, left + width, dtype=torch.float32, device=device) + 0.5 - longer / 2
+    ys = torch.arange(top, top + height, dtype=torch.float32, device=device) + 0.5 - longer / 2
+    y, x = torch.meshgrid(-ys, xs, indexing="ij")
     dirs = torch.stack([x / focal, y / focal, -torch.ones_like(x)], dim=-1)
     return dirs / dirs.norm(dim=-1, keepdim=True)
 
 
-def focal_length(size: int, fov_deg: float) -> float:
-    """Focal length in pixels of the square camera used everywhere in nerfsim."""
-    return (size / 2) / math.tan(math.radians(fov_deg) / 2)
+def focal_length(size: Size, fov_deg: float) -> float:
+    """Focal length in pixels of the camera used everywhere in nerfsim (the field of view spans
+    the longer side)."""
+    return (max(image_shape(size)) / 2) / math.tan(math.radians(fov_deg) / 2)

@@ -34,7 +34,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from renderer.backgrounds import BackgroundSet
-from renderer.camera import camera_ray_directions, focal_length, object_to_camera, view_rotation
+from renderer.camera import Size, band_origin, camera_ray_directions, focal_length, image_shape, object_to_camera, view_rotation
 from renderer.labels import boxes_from_masks, kept_slots, visible_fractions
 from renderer.photometric import Compositing, over
 from renderer.scene_types import RenderBatch, SceneParams
@@ -565,9 +565,14 @@ class MeshSceneRenderer:
         self.backgrounds = backgrounds or BackgroundSet.empty()
 
     @torch.no_grad()
-    def render(self, params: SceneParams, size: int, compositing: Compositing = over) -> RenderBatch:
-        """Render every image of ``params`` at ``size`` x ``size`` pixels (colours clipped to [0, 1]);
-        ``compositing`` puts the objects over the background (see SceneRenderer.render)."""
+    def render(self, params: SceneParams, size: Size, compositing: Compositing = over) -> RenderBatch:
+        """Render every image of ``params`` at ``size`` (colours clipped to [0, 1]; a rectangle is
+        cut from the square of its longer side, renderer.camera); ``compositing`` puts the objects
+        over the background (see SceneRenderer.render)."""
+        height, width = image_shape(size)
+        top, left = band_origin(size)
+        band = np.s_[..., top : top + height, left : left + width]
+        size = max(height, width)
         used = params.object_ids[params.present]
         if used.numel() and not 0 <= int(used.min()) <= int(used.max()) < len(self.meshes):
             raise ValueError(
@@ -606,16 +611,16 @@ class MeshSceneRenderer:
             nearest = hit_depth.argmin(axis=0)
             masks[b] = hit & (nearest[None] == np.arange(slots)[:, None, None])
 
-        rgba, depth = (torch.from_numpy(x.astype(np.float32)).permute(0, 3, 1, 2) for x in _straight(color))
+        rgba, depth = (torch.from_numpy(x.astype(np.float32)).permute(0, 3, 1, 2)[band] for x in _straight(color))
         alpha = rgba[:, 3:]
         background = self.backgrounds.compose(
-            params.background_ids, params.background_crop, params.background_color, size
+            params.background_ids, params.background_crop, params.background_color, (height, width)
         )
-        masks_t, alone_t = torch.from_numpy(masks), torch.from_numpy(alone)
+        masks_t, alone_t = torch.from_numpy(masks[band].copy()), torch.from_numpy(alone[band].copy())
         boxes = boxes_from_masks(masks_t)
         visible = visible_fractions(masks_t, alone_t)
         return RenderBatch(
-            rgb=compositing(rgba[:, :3] * alpha, alpha, background).clamp(0, 1),
+            rgb=compositing(rgba[:, :3] * alpha, alpha, background, masks_t).clamp(0, 1),
             alpha=alpha,
             masks=masks_t,
             depth=depth,

@@ -10,7 +10,7 @@ boxes derived from the renderer's masks stay correct.
 
 Differentiable (with respect to the images, and for compositing also the alpha and the
 background): white balance, exposure and gamma, sensor noise (additive, reparameterised), motion
-and defocus blur, edge feathering, clutter. Not differentiable: JPEG re-compression.
+and defocus blur, light direction, edge feathering, clutter. Not differentiable: JPEG re-compression.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from torch import Tensor
 
 Images = Float[Tensor, "B 3 H W"]
 
-Compositing = Callable[[Tensor, Tensor, Tensor], Tensor]
+Compositing = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 """How a renderer puts its objects over the background: (premultiplied object colour
-``B 3 H W``, alpha ``B 1 H W``, background ``B 3 H W``) -> image ``B 3 H W``."""
+``B 3 H W``, alpha ``B 1 H W``, background ``B 3 H W``, per-instance soft masks ``B M H W``)
+-> image ``B 3 H W``."""
 
 
 class PhotometricError(ValueError):
@@ -44,7 +45,8 @@ class PhotometricConfig:
 
     The defaults are those of an ordinary indoor phone or webcam photo: a slight colour cast,
     up to half a stop of exposure error, visible but mild noise, a blurred photo now and then,
-    usual JPEG qualities, edges one pixel soft and a few unlabelled things in the background."""
+    usual JPEG qualities, edges one pixel soft, objects lit a little from one side and a few
+    unlabelled things in the background."""
 
     white_balance: float = 0.05
     """Standard deviation of each channel's log gain (0.05: about 5 % colour cast, what auto
@@ -73,6 +75,10 @@ class PhotometricConfig:
     edge_feather: float = 1.0
     """Largest Gaussian sigma (pixels) with which the objects' alpha is feathered at their
     boundary with the background."""
+    light_ramp: float = 0.15
+    """Largest brightness change at an object's far edges from the light's direction: each
+    object's colour is scaled by ``1 + s t``, ``t`` running from -1 to 1 across the object
+    along a random direction in the image plane, ``s`` drawn from [0, light_ramp] (0: off)."""
     clutter_shapes: tuple[int, int] = (0, 4)
     """Range of the number of unlabelled textured shapes pasted into each background."""
     clutter_size: tuple[float, float] = (0.05, 0.3)
@@ -83,7 +89,7 @@ class PhotometricConfig:
 
     def __post_init__(self) -> None:
         for name in ("white_balance", "exposure_stops", "gamma", "shot_noise", "read_noise", "motion_blur",
-                     "defocus_blur", "edge_feather"):
+                     "defocus_blur", "edge_feather", "light_ramp"):
             if not getattr(self, name) >= 0:
                 raise PhotometricError(f"PhotometricConfig.{name}: must be >= 0, got {getattr(self, name)}")
         for name in ("motion_blur_probability", "defocus_blur_probability", "jpeg_probability"):
@@ -217,9 +223,40 @@ def photograph(
     return images
 
 
-def over(rgb: Images, alpha: Float[Tensor, "B 1 H W"], background: Images) -> Images:
-    """Plain compositing of premultiplied object colour over the background."""
+def over(rgb: Images, alpha: Float[Tensor, "B 1 H W"], background: Images, masks: Tensor | None = None) -> Images:
+    """Plain compositing of premultiplied object colour over the background (``masks`` unused)."""
     return rgb + (1 - alpha) * background
+
+
+def light_ramp(
+    rgb: Images, masks: Float[Tensor, "B M H W"], generator: torch.Generator, strength: float = 0.15
+) -> Images:
+    """A directional light the object's capture did not have: a NeRF's colours bake the lighting
+    of its capture, so every render of an object is lit alike. This approximates a light from one
+    side (Lambertian shading of a roughly convex object, to first order) by a linear brightness
+    ramp across each object's mask: the object's premultiplied colour times ``1 + s t``, where
+    ``t`` is the pixel's position along a random image-plane direction, scaled so that it runs
+    from about -1 to 1 across the mask (its mean +- sqrt(3) standard deviations, clamped), and
+    ``s`` is drawn from [0, strength] per object. Pixels shared by several objects blend their
+    ramps by mask share; background pixels are unchanged. The ramp comes from the detached masks,
+    so it is differentiable in ``rgb`` (a constant factor per pixel)."""
+    batch, slots, height, width = masks.shape
+    if strength == 0 or slots == 0:
+        return rgb
+    angle = _uniform(batch * slots, 0, 2 * math.pi, generator).reshape(batch, slots, 1, 1)
+    scale = _uniform(batch * slots, 0, strength, generator).reshape(batch, slots, 1, 1)
+    weights = masks.detach().double().cpu()
+    ys = torch.arange(height, dtype=torch.float64)[:, None] + 0.5
+    xs = torch.arange(width, dtype=torch.float64)[None, :] + 0.5
+    along = xs * torch.cos(angle) + ys * torch.sin(angle)  # B M H W
+    total = weights.sum(dim=(-2, -1), keepdim=True).clamp(min=1e-9)
+    mean = (weights * along).sum(dim=(-2, -1), keepdim=True) / total
+    spread = ((weights * (along - mean) ** 2).sum(dim=(-2, -1), keepdim=True) / total).sqrt()
+    t = ((along - mean) / (math.sqrt(3) * spread).clamp(min=1e-6)).clamp(-1, 1)
+    # Each pixel's gain is its objects' ramps weighted by their share of its opacity.
+    share = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-9)
+    gain = 1 + (share * scale * t).sum(dim=1, keepdim=True)
+    return rgb * _like(gain, rgb)  # clipped at white where the image is clipped
 
 
 def feather_edges(
@@ -283,10 +320,12 @@ def paste_clutter(
 
 
 def compositor(config: PhotometricConfig, generator: torch.Generator) -> Compositing:
-    """The renderers' compositing step with ``config``'s clutter behind the objects and
-    feathered edges (a renderer's ``compositing`` argument)."""
+    """The renderers' compositing step with ``config``'s light direction on the objects, clutter
+    behind them and feathered edges (a renderer's ``compositing`` argument)."""
 
-    def composite(rgb: Images, alpha: Float[Tensor, "B 1 H W"], background: Images) -> Images:
+    def composite(rgb: Images, alpha: Float[Tensor, "B 1 H W"], background: Images,
+                  masks: Float[Tensor, "B M H W"]) -> Images:
+        rgb = light_ramp(rgb, masks, generator, config.light_ramp)
         background = paste_clutter(background, generator, config.clutter_shapes, config.clutter_size)
         return feather_edges(rgb, alpha, background, generator, config.edge_feather)
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from renderer.backgrounds import BackgroundSet
-from renderer.camera import camera_ray_directions, object_to_camera
+from renderer.camera import Size, camera_ray_directions, image_shape, object_to_camera
 from renderer.labels import boxes_from_masks, kept_slots, visible_fractions
 from renderer.photometric import Compositing, over
 from renderer.raymarch import (
@@ -36,7 +36,7 @@ class SceneRendererConfig:
     """Configuration of :class:`SceneRenderer`."""
 
     fov_deg: float = 40.0
-    """Field of view of the square camera."""
+    """Field of view across the image's longer side (renderer.camera)."""
     samples_per_ray: int = 96
     """Evenly spaced samples across each object's box along a ray (before empty-space skipping)."""
     min_visible: float = 0.3
@@ -71,18 +71,19 @@ class SceneRenderer:
         self.config = config
         self.fields = fields
         self.backgrounds = backgrounds or BackgroundSet.empty()
-        self._directions: dict[tuple[int, str], Tensor] = {}
+        self._directions: dict[tuple[int, int, str], Tensor] = {}
 
-    def ray_directions(self, size: int, device: torch.device) -> Float[Tensor, "P 3"]:
-        key = (size, str(device))
+    def ray_directions(self, size: Size, device: torch.device) -> Float[Tensor, "P 3"]:
+        key = (*image_shape(size), str(device))
         if key not in self._directions:
             self._directions[key] = camera_ray_directions(size, self.config.fov_deg, device).reshape(-1, 3)
         return self._directions[key]
 
-    def render(self, params: SceneParams, size: int, compositing: Compositing = over) -> RenderBatch:
-        """Render every image of ``params`` at ``size`` x ``size`` pixels; ``compositing`` puts
-        the objects over the background (renderer.photometric.compositor adds clutter behind
-        them and feathers their edges)."""
+    def render(self, params: SceneParams, size: Size, compositing: Compositing = over) -> RenderBatch:
+        """Render every image of ``params`` at ``size`` (an int: a square; or ``(height,
+        width)``: the centre band of the square of the longer side, renderer.camera);
+        ``compositing`` puts the objects over the background (renderer.photometric.compositor
+        shades them, adds clutter behind them and feathers their edges)."""
         used = params.object_ids[params.present]
         if used.numel() and not 0 <= int(used.min()) <= int(used.max()) < len(self.fields):
             raise ValueError(
@@ -110,7 +111,7 @@ class SceneRenderer:
         boxes = boxes_from_masks(masks)
         visible = visible_fractions(masks, alone)
         return RenderBatch(
-            rgb=compositing(rgb, alpha, background),
+            rgb=compositing(rgb, alpha, background, masks),
             alpha=alpha,
             masks=masks,
             depth=torch.cat([p.depth for p in parts]),
@@ -120,10 +121,11 @@ class SceneRenderer:
             keep=kept_slots(params.present, boxes, visible, self.config.min_visible),
         )
 
-    def _render_chunk(self, params: SceneParams, size: int) -> tuple[Tensor, ...]:
+    def _render_chunk(self, params: SceneParams, size: Size) -> tuple[Tensor, ...]:
         device = params.distance.device
         batch, slots = params.batch_size, params.num_slots
-        pixels = size * size
+        height, width = image_shape(size)
+        pixels = height * width
         directions = self.ray_directions(size, device).to(params.distance.dtype)
         rotation, translation = object_to_camera(
             params.azimuth, params.elevation, params.roll, params.distance, params.offset, self.config.fov_deg
@@ -173,12 +175,12 @@ class SceneRenderer:
         depth = torch.where(alpha > 1e-4, depth_sum / alpha.clamp(min=1e-4), torch.zeros_like(depth_sum))
 
         def image(x: Tensor, channels: int) -> Tensor:
-            return x.reshape(batch, size, size, channels).permute(0, 3, 1, 2)
+            return x.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
 
         return (
             image(rgb, 3),
             image(alpha[:, None], 1),
-            masks.reshape(batch, slots, size, size),
-            alone.reshape(batch, slots, size, size),
+            masks.reshape(batch, slots, height, width),
+            alone.reshape(batch, slots, height, width),
             image(depth[:, None], 1),
         )

@@ -144,7 +144,7 @@ def test_clutter_stays_behind_labelled_objects_and_adds_no_labels() -> None:
     params = SceneParams.single([0, 0], [30.0, 200.0], [20.0, 10.0], [0.35, 0.45], offset=[(-0.4, 0.1), (0.4, -0.2)],
                                 background_color=(0.5, 0.5, 0.5))
     plain = renderer.render(params, 32)
-    config = PhotometricConfig(clutter_shapes=(6, 6), clutter_size=(0.2, 0.5), edge_feather=0.0)
+    config = PhotometricConfig(clutter_shapes=(6, 6), clutter_size=(0.2, 0.5), edge_feather=0.0, light_ramp=0.0)
     cluttered = renderer.render(params, 32, compositor(config, seeded()))
     for name in ("boxes", "keep", "masks", "visible", "alpha"):
         assert torch.equal(getattr(plain, name), getattr(cluttered, name)), name
