@@ -167,6 +167,11 @@ class OptimizeConfig:
     its code (detector.checkpoint). The service sets it to a job's uploaded weights (named by
     id in the request), never to a path from a request."""
     image_size: int = 64
+    final_image_size: int | None = None
+    """Longer side of the final dataset's images, at which the final detector (and the real-only
+    baseline) trains and is evaluated; a multiple of 32. None: the validation photos' longer side
+    rounded to a multiple of 32 (image_size when the job has no photos). The final images have
+    the validation photos' most common aspect; the loop keeps searching at image_size."""
     photometric: dict[str, Any] | None = field(default_factory=dict, metadata={"before": None})
     """Photographic effects on the rendered images (renderer.photometric: unlabelled clutter
     behind the objects, feathered object edges, blur, exposure and tone curve, sensor noise,

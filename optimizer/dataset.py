@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from detector.datasets import DatasetWriter
 from optimizer.psi import OptimizerError, Psi
+from renderer.camera import Size
 from renderer.photometric import PhotometricConfig, compositor, over, photograph
 from renderer.scene_renderer import SceneRenderer
 from renderer.scene_types import RenderBatch, SceneParams
@@ -36,7 +37,7 @@ def render_dataset(
     renderer: SceneRenderer,
     psi: Psi | Sequence[Psi],
     num_images: int,
-    image_size: int,
+    image_size: Size,
     out_dir: Path,
     class_names: list[str],
     seed: int = 0,
@@ -44,7 +45,8 @@ def render_dataset(
     progress: bool = True,
     photometric: PhotometricConfig | None = PhotometricConfig(),
 ) -> Path:
-    """Draw ``num_images`` scenes from ``psi``, render them and write them to ``out_dir``.
+    """Draw ``num_images`` scenes from ``psi``, render them at ``image_size`` (an int: squares;
+    ``(height, width)``: the photos' aspect, renderer.camera) and write them to ``out_dir``.
 
     A sequence of psis is an equal mixture sampled stratified: each gives an equal share of
     the images (the first ones one more where the count does not divide), so the set holds

@@ -104,6 +104,7 @@ from optimizer.estimators import (
 from optimizer.hypergradient import hvp_from_gradients, inverse_hvp, mixed_grad_from_gradients, pathwise_backward
 from optimizer.priors import starting_psi_config
 from optimizer.psi import PARTS, PER_CLASS_PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiConfig, PsiNoise
+from optimizer.final_size import final_image_shape
 from optimizer.real_training import compare_with_real_only, final_training_data, photo_backgrounds, train_real_only
 from optimizer.report import plot_history, sample_paths, save_sample_images, write_json_atomic
 from renderer.photometric import PhotometricConfig, PhotometricError, photograph
@@ -197,6 +198,8 @@ def validate_config(config: OptimizeConfig) -> None:
         fail("baseline_decay", f"must be in [0, 1), got {config.baseline_decay}")
     if config.image_size <= 0 or config.image_size % 32:
         fail("image_size", f"must be a positive multiple of 32 (the detector's stride), got {config.image_size}")
+    if config.final_image_size is not None and (config.final_image_size <= 0 or config.final_image_size % 32):
+        fail("final_image_size", f"must be a positive multiple of 32 or None, got {config.final_image_size}")
     learns = config.method in ("neural-sim", "random-search", "reinforce")
     if learns and not config.learnable:
         fail("learnable", f"method {config.method!r} learns psi, but no part is learnable")
@@ -944,7 +947,10 @@ class _Loop:
         real_report: dict = {}  # issue 23: the final training's photos and the real-only baseline
         dataset_dir = detector_path = None
         stage_seconds: dict[str, float] = {}
+        # The photos' aspect and pixel scale (optimizer.final_size); the loop searched at image_size.
+        shape = final_image_shape(config, self.val_set)
         if config.final_images:
+            real_report["final_image"] = {"height": shape[0], "width": shape[1]}
             if self.should_stop():
                 return self.cancelled(config.outer_iterations)
             began = time.perf_counter()
@@ -955,7 +961,7 @@ class _Loop:
                 shutil.rmtree(dataset_dir)
             # The same draws whatever the method and its iterations (common random numbers): runs
             # of one seed then differ in their final data only where their psi differ.
-            render_dataset(self.renderer, self.psi, config.final_images, config.image_size, dataset_dir,
+            render_dataset(self.renderer, self.psi, config.final_images, shape, dataset_dir,
                            self.class_names, seed=_seed(config.seed, 0, "final"),
                            progress=self.progress_bar, photometric=self.photometric)
             self.images_rendered += config.final_images
@@ -980,7 +986,7 @@ class _Loop:
             best = train_final_detector(
                 config, self.class_names, self.out_dir, self.out_dir / "final_train", seed=config.seed,
                 device=self.device, progress=self.progress_bar, callbacks={"on_fit_epoch_end": [epoch_done]},
-                data_dir=mix.data_dir, should_stop=self.should_stop,
+                data_dir=mix.data_dir, should_stop=self.should_stop, image_size=max(shape),
             )
             if best is None:
                 return self.cancelled(config.outer_iterations)
@@ -991,7 +997,7 @@ class _Loop:
             model = load_detector(best, self.device)
             sets = {"val": self.val_set, **({"test": self.test_set} if self.test_set is not None else {})}
             for name, labelled in sets.items():
-                metrics = evaluate(model, labelled, config.image_size, progress=self.progress_bar)
+                metrics = evaluate(model, labelled, max(shape), progress=self.progress_bar)
                 final[name] = {"map50_95": metrics.map50_95, "map50": metrics.map50, "per_class_ap": metrics.per_class_ap}
             detector_path = save_detector(model, self.out_dir / "detector.pt")
             stage_seconds["evaluate"] = round(time.perf_counter() - began, 3)
@@ -1003,7 +1009,7 @@ class _Loop:
                 real_only = train_real_only(
                     config, self.class_names, self.val_set, self.test_set, mix.images_per_epoch, self.out_dir,
                     train_final_detector, device=self.device, progress=self.progress_bar,
-                    should_stop=self.should_stop,
+                    should_stop=self.should_stop, image_size=max(shape),
                 )
                 if real_only is None:
                     return self.cancelled(config.outer_iterations)
@@ -1080,11 +1086,13 @@ def train_final_detector(
     callbacks: dict | None = None,
     data_dir: Path | None = None,
     should_stop: Callable[[], bool] | None = None,
+    image_size: int | None = None,
 ) -> Path | None:
     """Train a final detector on ``data_dir`` (a YOLO folder; default ``run_dir/dataset``) as
-    the final stage does (from the initial or the warmed-up weights: final_init), with
-    Ultralytics' trainer seeded by ``seed``; returns its best checkpoint, or None when
-    ``should_stop()``, asked after every batch, said yes."""
+    the final stage does (from the initial or the warmed-up weights: final_init), at
+    ``image_size`` (default ``config.image_size``; the final stage passes the photos' size,
+    optimizer.final_size), with Ultralytics' trainer seeded by ``seed``; returns its best
+    checkpoint, or None when ``should_stop()``, asked after every batch, said yes."""
     start = (load_detector(Path(run_dir) / WARMUP_DETECTOR) if config.final_init == "warmup"
              else detector_config(config, class_names))
     callbacks = {event: list(functions) for event, functions in (callbacks or {}).items()}
@@ -1097,7 +1105,8 @@ def train_final_detector(
         callbacks.setdefault("on_train_batch_end", []).append(batch_done)
     try:
         return train_on_dataset(
-            start, Path(data_dir or Path(run_dir) / "dataset"), config.final_epochs, config.image_size, out_dir,
+            start, Path(data_dir or Path(run_dir) / "dataset"), config.final_epochs, image_size or config.image_size,
+            out_dir,
             progress=progress, batch_size=config.final_batch_size, device="cpu" if device.type == "cpu" else "0",
             seed=seed, callbacks=callbacks,
             **{"val": False, "plots": False, "nbs": config.final_batch_size, **config.final_trainer_overrides},

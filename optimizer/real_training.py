@@ -67,9 +67,10 @@ def train_real_only(
     device: torch.device,
     progress: bool,
     should_stop: Callable[[], bool],
+    image_size: int,
 ) -> dict | None:
-    """Train the final detector's architecture with the same settings (epochs, batch, image
-    size, trainer overrides, seed) from the config's initial weights (never the warmed-up
+    """Train the final detector's architecture with the same settings (epochs, batch,
+    ``image_size``: the final detector's, trainer overrides, seed) from the config's initial weights (never the warmed-up
     ones: they have seen renders) on ``photos`` alone, repeated to ``images_per_epoch`` per
     epoch, i.e. as many optimiser steps as the final detector made; evaluate it on
     ``test_set``. ``train`` is :func:`optimizer.loop.train_final_detector`. Returns the test
@@ -77,10 +78,11 @@ def train_real_only(
     folder = Path(run_dir) / REAL_ONLY_FOLDER
     mix = write_real_only(photos, folder / "data", images_per_epoch)
     best = train(replace(config, final_init="initial"), class_names, run_dir, folder / "train", seed=config.seed,
-                 device=device, progress=progress, data_dir=mix.data_dir, should_stop=should_stop)
+                 device=device, progress=progress, data_dir=mix.data_dir, should_stop=should_stop,
+                 image_size=image_size)
     if best is None:
         return None
-    metrics = evaluate(load_detector(best, device), test_set, config.image_size, progress=progress)
+    metrics = evaluate(load_detector(best, device), test_set, image_size, progress=progress)
     return {"map50_95": metrics.map50_95, "map50": metrics.map50, "per_class_ap": metrics.per_class_ap,
             "training_data": mix.summary()}
 
