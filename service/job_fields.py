@@ -195,6 +195,10 @@ class JobOptions(Strict):
     val_map_every: int | None = Field(None, ge=0, le=10_000)
     sample_images: int | None = Field(None, ge=0, le=64)
     final_batch_size: int | None = Field(None, ge=1, le=1024)
+    final_image_size: int | None = Field(
+        None, ge=32, le=1280, multiple_of=32,
+        description="Longer side of the final dataset's images and the final detector's input. Unset: the "
+                    "validation photos' longer side (rounded to a multiple of 32).")
     final_init: FinalInit | None = None
     final_trainer_overrides: FinalTrainerOverrides | None = None
     final_real_share: float | None = Field(None, ge=0, lt=1)

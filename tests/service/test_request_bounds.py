@@ -61,6 +61,9 @@ def headers(make_key) -> dict:
     (("options", "enumerate_bins"), 1, "Input should be a valid boolean"),
     (("options", "warp_factor"), 9, "Extra inputs are not permitted"),
     (("options", "final_real_share"), 1.0, "less than 1"),
+    (("options", "final_image_size"), 48, "Input should be a multiple of 32"),
+    (("options", "final_image_size"), 1312, "less than or equal to 1280"),
+    (("options", "final_image_size"), 0, "greater than or equal to 32"),
     (("options", "photometric"), {"noise": 1}, "Input should be a valid boolean"),
     (("options", "alignment_ignores", 0), "../../x", "String should match pattern"),
     (("psi", "azimuth_bins"), 10_000_000, "less than or equal to 72"),
@@ -302,3 +305,13 @@ def test_records_stored_before_the_allowlists_still_load() -> None:
                     "status": "ready", "build": {"views": 12, "trainer": {"steps": 9, "rays_per_step": 512}}}
     asset = AssetRecord.model_validate_json(json.dumps(legacy_asset))
     assert asset.build.trainer.model_dump() == {"rays_per_step": 512} and asset.build.views == 12
+
+
+def test_the_final_image_size_option_reaches_the_loop_config() -> None:
+    from optimizer.config import OptimizeConfig
+    from service.job_fields import JobOptions
+
+    settings = JobOptions(final_image_size=640).loop_settings()
+    assert settings == {"final_image_size": 640}
+    assert OptimizeConfig.from_dict(settings).final_image_size == 640
+    assert "final_image_size" not in JobOptions().loop_settings()  # unset: the photos' size
