@@ -17,6 +17,10 @@ its seeded random initialisation), training settings, images per epoch and seeds
 - ``uniform+real``, ``optimised+real``: the first two thirds of those renders plus the photos
   repeated to a third of the epoch (detector.mixing: the product's final-training mix).
 
+Renders have the photos' aspect with the longer side ``Budget.image_size`` (640x480 photos:
+160x120 renders at 160), as a job's final dataset (optimizer.final_size); every arm trains and
+is scored at ``Budget.image_size`` (Ultralytics letterboxes).
+
 The loop runs as a job does: a scene.json listing the built assets, val/'s COCO annotations
 (restricted to the benchmark's classes) as target, so the job's defaults apply (backgrounds
 harvested from val/, priors); the arms are rendered with the renderer such a job builds, from
@@ -34,10 +38,11 @@ Last line: ``real_gain_over_real_only=<optimised+real / real mAP50-95>
 optimised_over_uniform=<optimised+real / uniform+real mAP50-95>
 synthetic_only_map50=<optimised> power_drill_ap50=<optimised+real>``.
 
-Measured (--quick, seeds 0 1 2, 2 shared CPU cores, one thread, assets cached: 14.9 minutes;
-with the product's defaults of this session: priors from the photos, backgrounds harvested from
-val/, photometric effects and clutter on the renders; test/ mAP, mean ± stdev over seeds, AP50
-per class; master_chef_can has no test boxes):
+Measured on square renders, before they took the photos' aspect (2026-12-06; to be rerun)
+(--quick, seeds 0 1 2, 2 shared CPU cores, one thread, assets cached: 14.9 minutes; with the
+product's defaults of this session: priors from the photos, backgrounds harvested from val/,
+photometric effects and clutter on the renders; test/ mAP, mean ± stdev over seeds, AP50 per
+class; master_chef_can has no test boxes):
 
 | arm | mAP50-95 | mAP50 | cracker_box | power_drill | mustard_bottle |
 | --- | --- | --- | --- | --- | --- |
@@ -91,6 +96,7 @@ from detector.train import train_on_dataset  # noqa: E402
 from optimizer.baselines import psi_config  # noqa: E402
 from optimizer.config import OptimizeConfig  # noqa: E402
 from optimizer.dataset import render_dataset  # noqa: E402
+from optimizer.final_size import final_image_shape  # noqa: E402
 from optimizer.loop import run_optimization  # noqa: E402
 from optimizer.psi import Psi, PsiConfig  # noqa: E402
 from optimizer.real_training import photo_backgrounds  # noqa: E402
@@ -221,15 +227,17 @@ def psi_from_run(run_dir: Path) -> Psi:
     return psi
 
 
-def render_seed(renderer: SceneRenderer, psi: Psi, names: list[str], budget: Budget, seed: int, folder: Path) -> Path:
-    """``budget.renders`` renders from ``psi`` in ``folder`` (kept once complete)."""
+def render_seed(renderer: SceneRenderer, psi: Psi, names: list[str], budget: Budget, shape: tuple[int, int], seed: int,
+                folder: Path) -> Path:
+    """``budget.renders`` renders of ``shape`` (height, width) from ``psi`` in ``folder`` (kept
+    once complete)."""
     if not (folder / "data.yaml").is_file():
         if folder.exists():
             shutil.rmtree(folder)
         partial = folder.with_name(folder.name + ".partial")
         if partial.exists():
             shutil.rmtree(partial)
-        render_dataset(renderer, psi, budget.renders, budget.image_size, partial, names, seed=seed, progress=False)
+        render_dataset(renderer, psi, budget.renders, shape, partial, names, seed=seed, progress=False)
         partial.rename(folder)
     return folder
 
@@ -331,16 +339,21 @@ def main() -> None:
                 "optimised": learn_psi(OptimizeConfig.method, scene, val, budget, seed, work / "loop_optimised")}
         loop_seconds.append(round(time.perf_counter() - loop_began, 1))
         data = {"real": write_real_only(real, work / "data" / "real", budget.renders).data_dir}
+        # Renders at the photos' aspect, longer side budget.image_size (as a job's final dataset).
+        shape = final_image_shape(OptimizeConfig(final_image_size=budget.image_size), photos[1])
+        renders = f"{shape[1]}x{shape[0]}px"
         kept = round(budget.renders * (1 - REAL_SHARE))
         for arm in PSI_ARMS:
-            folder = work / "data" / f"renders_{arm}_{budget.image_size}px_{budget.renders}"
-            data[arm] = render_seed(renderer, psis[arm], names, budget, seed, folder)
+            folder = work / "data" / f"renders_{arm}_{renders}_{budget.renders}"
+            data[arm] = render_seed(renderer, psis[arm], names, budget, shape, seed, folder)
             if arm != "fixed":
                 kept_renders = first_renders(data[arm], kept, work / "data" / f"{arm}_kept")
                 data[f"{arm}+real"] = write_training_mix(kept_renders, real, work / "data" / f"{arm}_mix",
                                                          REAL_SHARE).data_dir
         for arm in ARMS:
-            runs[arm].append(run_arm(arm, data[arm], names, test, budget, seed, work / arm.replace("+", "_")))
+            # Arms with renders name their size: scores of the earlier square renders are not reused.
+            arm_dir = work / (arm if arm == "real" else f"{arm.replace('+', '_')}_{renders}")
+            runs[arm].append(run_arm(arm, data[arm], names, test, budget, seed, arm_dir))
 
     summary = summarise(runs)
     out = RESULTS / mode
