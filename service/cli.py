@@ -2,7 +2,7 @@
 
     nerfsim asset from-mesh MESH --out DIR     posed image set from a textured mesh
     nerfsim asset train DIR --out ASSET        object NeRF from a posed image set
-    nerfsim render --scene demo --num N --size S --out DIR
+    nerfsim render --scene demo --num N --size S|WxH --out DIR
                                                labelled dataset (COCO + YOLO + card)
     nerfsim optimize --config JOB.json --out DIR
                                                run the closed loop here (resumes from DIR)
@@ -31,6 +31,18 @@ def _offline_environment() -> None:
     # made training steps 30x slower. Set here, before torch starts its thread pool.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("YOLO_CONFIG_DIR", str(Path.cwd() / ".yolo"))
+
+
+def image_size_arg(text: str) -> int | tuple[int, int]:
+    """``--size``: S (S x S squares) or WxH (the photos' aspect; the field of view spans the
+    longer side, renderer.camera) as render_dataset takes it."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts, default=0) < 1:
+        raise argparse.ArgumentTypeError(f"--size: expected S or WxH in pixels (e.g. 128 or 640x480), got {text!r}")
+    return parts[0] if len(parts) == 1 else (parts[1], parts[0])
 
 
 def cmd_asset_from_mesh(args: argparse.Namespace) -> None:
@@ -194,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     render = commands.add_parser("render", help="render a labelled dataset of a scene")
     render.add_argument("--scene", default="demo", help="'demo' or a scene.json")
     render.add_argument("--num", type=int, default=100)
-    render.add_argument("--size", type=int, default=128)
+    render.add_argument("--size", type=image_size_arg, default=128, help="S or WxH pixels (default 128)")
     render.add_argument("--out", type=Path, required=True)
     render.add_argument("--max-objects", type=int, default=3)
     render.add_argument("--distance", type=float, default=0.6, help="median object distance, metres")

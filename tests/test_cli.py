@@ -33,6 +33,17 @@ def test_render_writes_a_labelled_dataset(tmp_path: Path, box_asset: Path) -> No
     assert "azimuth_deg" in json.dumps(card)
 
 
+def test_render_takes_width_x_height(tmp_path: Path, box_asset: Path, capsys: pytest.CaptureFixture) -> None:
+    scene = write_scene(tmp_path / "scene", box_asset, procedural_backgrounds=1)
+    out = tmp_path / "dataset"
+    assert main(["render", "--scene", str(scene), "--num", "2", "--size", "40x24", "--out", str(out),
+                 "--distance", "0.5", "--threads", "1"]) == 0
+    assert {(image.width, image.height) for image in load_yolo(out).images} == {(40, 24)}
+    with pytest.raises(SystemExit):
+        main(["render", "--scene", str(scene), "--size", "40x", "--out", str(out)])
+    assert "--size: expected S or WxH" in capsys.readouterr().err
+
+
 def test_render_composes_on_several_background_folders(tmp_path: Path, box_asset: Path) -> None:
     """A scene.json may list several photo folders (a job's uploaded background sets)."""
     import numpy as np

@@ -210,3 +210,14 @@ def test_posed_image_set_round_trip(tmp_path: Path) -> None:
         outputs = parser.get_dataparser_outputs(split)
         assert sorted(outputs.image_filenames) == sorted(expected.image_paths)
         assert float(outputs.cameras.fx[0]) == pytest.approx(expected.fx)
+
+
+def test_a_rectangular_scene_is_the_centre_band_of_the_square(tmp_path: Path) -> None:
+    params, renderer = two_box_scene(tmp_path, near_slot=0)
+    square = renderer.render(params, SIZE)
+    height, width = SIZE, SIZE - 8  # a portrait band: columns 4 .. SIZE - 4
+    band = renderer.render(params, (height, width))
+    assert band.rgb.shape == (1, 3, height, width) and band.masks.shape == (1, 2, height, width)
+    for name in ("rgb", "alpha", "masks", "depth"):
+        torch.testing.assert_close(getattr(band, name), getattr(square, name)[..., 4 : 4 + width], atol=0.02, rtol=0)
+    torch.testing.assert_close(band.boxes[0, :, [0, 2]], (square.boxes[0, :, [0, 2]] - 4).clamp(0, width))
