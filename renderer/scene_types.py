@@ -20,8 +20,9 @@ class SceneParams:
     Every float field is differentiable: the renderer's outputs carry gradients back to it.
     An object is seen from (azimuth, elevation) in its own frame (y up, azimuth 0 = looking at
     the object's +z face), rolled about the viewing axis, ``distance`` metres from the camera,
-    with its centre shifted in the image plane by ``offset`` (fractions of the half-width /
-    half-height, so ``offset = (1, 0)`` puts the centre on the right edge).
+    with its centre shifted in the image plane by ``offset`` (fractions of half the image's
+    longer side, renderer.camera: on a square image ``offset = (1, 0)`` puts the centre on the
+    right edge).
     """
 
     object_ids: Int[Tensor, "B M"]
