@@ -243,20 +243,21 @@ def light_ramp(
     batch, slots, height, width = masks.shape
     if strength == 0 or slots == 0:
         return rgb
-    angle = _uniform(batch * slots, 0, 2 * math.pi, generator).reshape(batch, slots, 1, 1)
-    scale = _uniform(batch * slots, 0, strength, generator).reshape(batch, slots, 1, 1)
-    weights = masks.detach().double().cpu()
-    ys = torch.arange(height, dtype=torch.float64)[:, None] + 0.5
-    xs = torch.arange(width, dtype=torch.float64)[None, :] + 0.5
+    angle = _like(_uniform(batch * slots, 0, 2 * math.pi, generator), rgb).reshape(batch, slots, 1, 1)
+    scale = _like(_uniform(batch * slots, 0, strength, generator), rgb).reshape(batch, slots, 1, 1)
+    weights = masks.detach().to(rgb.dtype)
+    ys = torch.arange(height, dtype=rgb.dtype, device=rgb.device)[:, None] + 0.5
+    xs = torch.arange(width, dtype=rgb.dtype, device=rgb.device)[None, :] + 0.5
     along = xs * torch.cos(angle) + ys * torch.sin(angle)  # B M H W
     total = weights.sum(dim=(-2, -1), keepdim=True).clamp(min=1e-9)
     mean = (weights * along).sum(dim=(-2, -1), keepdim=True) / total
-    spread = ((weights * (along - mean) ** 2).sum(dim=(-2, -1), keepdim=True) / total).sqrt()
-    t = ((along - mean) / (math.sqrt(3) * spread).clamp(min=1e-6)).clamp(-1, 1)
+    along -= mean
+    spread = ((weights * along**2).sum(dim=(-2, -1), keepdim=True) / total).sqrt()
+    t = (along / (math.sqrt(3) * spread).clamp(min=1e-6)).clamp_(-1, 1)
     # Each pixel's gain is its objects' ramps weighted by their share of its opacity.
     share = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-9)
     gain = 1 + (share * scale * t).sum(dim=1, keepdim=True)
-    return rgb * _like(gain, rgb)  # clipped at white where the image is clipped
+    return rgb * gain  # clipped at white where the image is clipped
 
 
 def feather_edges(
