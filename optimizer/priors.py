@@ -36,13 +36,14 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from jaxtyping import Float
-from torch import Tensor, nn
+from torch import Tensor
 
 from detector.datasets import LabelledSet
 from optimizer.baselines import psi_config
 from optimizer.config import OptimizeConfig
 from optimizer.psi import PsiConfig
 from renderer.camera import view_rotation
+from renderer.resting import occupied_points
 from renderer.scene_renderer import SceneRenderer
 from renderer.scene_types import SceneParams
 
@@ -56,8 +57,6 @@ MIN_OFFSET_RANGE = 0.05
 MAX_OFFSET = 0.95
 """Largest |offset| a derived range reaches, in image half-sizes (psi needs object centres
 inside the image)."""
-GRID = 32
-"""Cells per axis of the grid on which an object's occupied volume is found."""
 CALIBRATION_AZIMUTHS = 4
 CALIBRATION_SIZE = 64
 """Views (azimuths x the elevations) and image size of the renders that scale the projected
@@ -245,30 +244,6 @@ def _fill_missing(priors: PsiPriors) -> None:
         if c.distance_median is None:
             c.distance_median, c.distance_log_std = round(math.exp(log_mean), 4), widest
             c.note += "; given the mean distance of the classes with boxes (objects photographed together sit at similar depths)"
-
-
-@torch.no_grad()
-def occupied_points(object_field: nn.Module, grid: int = GRID) -> Float[Tensor, "P 3"]:
-    """Object-frame centres of the cells of a ``grid``^3 grid over the field's ``aabb`` that are
-    opaque (crossing one cell hides what is behind it: 1 - exp(-density * cell) > 0.5) and that
-    the ray marcher samples (``occupied``); the aabb's corners if none is."""
-    aabb = object_field.aabb.detach().float()
-    axis = (torch.arange(grid, dtype=torch.float32, device=aabb.device) + 0.5) / grid
-    cells = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-    positions = aabb[0] + cells * (aabb[1] - aabb[0])
-    cell = float((aabb[1] - aabb[0]).min()) / grid
-    opaque = []
-    for chunk in positions.split(8192):
-        directions = torch.zeros_like(chunk)
-        directions[:, 2] = -1
-        density, _ = object_field(chunk, directions, None)
-        opaque.append((1 - torch.exp(-density * cell) > 0.5) & object_field.occupied(chunk))
-    points = positions[torch.cat(opaque)].cpu()
-    aabb = aabb.cpu()
-    if points.numel() == 0:
-        corners = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=torch.float32)
-        return aabb[0] + corners * (aabb[1] - aabb[0])
-    return points
 
 
 @torch.no_grad()
