@@ -44,6 +44,8 @@ class RestingConfig:
     canonical pose when the object has no other stable face)."""
     max_poses: int = 6
     """Most non-canonical poses kept (the most probable ones)."""
+    min_probability: float = 0.01
+    """Stable faces less likely than this (e.g. the tiny bevels of a voxelised corner) are left out."""
     coplanar_deg: float = 3.0
     """Hull triangles whose normals differ by less than this are merged into one face; a face
     this close to the canonical bottom (normal -y) is the canonical pose itself."""
@@ -53,6 +55,8 @@ class RestingConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.canonical_pose_share <= 1:
             raise RestingError(f"RestingConfig.canonical_pose_share: must be in [0, 1], got {self.canonical_pose_share}")
+        if not 0 <= self.min_probability < 1:
+            raise RestingError(f"RestingConfig.min_probability: must be in [0, 1), got {self.min_probability}")
         if self.max_poses < 0:
             raise RestingError(f"RestingConfig.max_poses: must be >= 0, got {self.max_poses}")
         if not 0 < self.coplanar_deg < 45:
@@ -180,7 +184,8 @@ def resting_poses(points: Float[Tensor, "N 3"], config: RestingConfig = RestingC
     stable_total = sum(face[3] for face in stable) or 1.0
     cos_canonical = math.cos(math.radians(config.coplanar_deg))
     canonical_geometric = sum(f[3] for f in stable if f[0][1] < -cos_canonical) / stable_total
-    others = sorted((f for f in stable if f[0][1] >= -cos_canonical), key=lambda f: -f[3])[: config.max_poses]
+    others = [f for f in stable if f[0][1] >= -cos_canonical and f[3] / stable_total >= config.min_probability]
+    others = sorted(others, key=lambda f: -f[3])[: config.max_poses]
     rotations = torch.tensor(np.array([rotation_to_down(f[0]) for f in others]).reshape(-1, 3, 3), dtype=torch.float32)
     return PoseTable(
         rotations=rotations,

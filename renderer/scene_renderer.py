@@ -9,7 +9,7 @@ each slot's share of the compositing weights; a slot rendered alone gives the vi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Float
@@ -20,6 +20,8 @@ from renderer.backgrounds import BackgroundSet
 from renderer.camera import camera_ray_directions, object_to_camera
 from renderer.labels import boxes_from_masks, kept_slots, visible_fractions
 from renderer.photometric import Compositing, over
+from renderer.resting import PoseTable
+from renderer.shadows import ContactShadowConfig, contact_shadow_mask
 from renderer.raymarch import (
     PackedSamples,
     RadianceField,
@@ -46,6 +48,8 @@ class SceneRendererConfig:
     gradient_checkpointing: bool = False
     """Recompute each chunk in the backward pass instead of keeping its graph: memory stays
     bounded by one chunk when rendering many images with gradients."""
+    contact_shadows: ContactShadowConfig = field(default_factory=ContactShadowConfig)
+    """Shadows cast on the support plane by objects in resting poses (scenes with pose ids)."""
 
 
 @dataclass
@@ -65,13 +69,19 @@ class SceneRenderer:
         config: SceneRendererConfig,
         fields: list[RadianceField],
         backgrounds: BackgroundSet | None = None,
+        poses: list[PoseTable] | None = None,
     ) -> None:
+        """``poses``: each object's resting poses (renderer.resting), needed for scenes with
+        ``pose_ids``."""
         if not fields:
             raise ValueError("a scene needs at least one object field")
         self.config = config
         self.fields = fields
         self.backgrounds = backgrounds or BackgroundSet.empty()
         self._directions: dict[tuple[int, str], Tensor] = {}
+        self.poses = poses
+        if poses is not None and len(poses) != len(fields):
+            raise ValueError(f"poses: one pose table per object ({len(fields)}), got {len(poses)}")
 
     def ray_directions(self, size: int, device: torch.device) -> Float[Tensor, "P 3"]:
         key = (size, str(device))
@@ -89,6 +99,8 @@ class SceneRenderer:
                 f"object ids must lie in [0, {len(self.fields)}): the scene has {len(self.fields)} objects, "
                 f"got ids {sorted(set(used.tolist()))}"
             )
+        if params.pose_ids is not None:
+            self._check_poses(params)
         step = self.config.chunk_images
         parts = []
         for start in range(0, params.batch_size, step):
@@ -106,6 +118,10 @@ class SceneRenderer:
         background = self.backgrounds.compose(
             params.background_ids, params.background_crop, params.background_color, size
         )
+        shadows = self.config.contact_shadows
+        if params.pose_ids is not None and shadows.strength > 0:
+            mask = contact_shadow_mask(params, self.poses, self.config.fov_deg, size, shadows)
+            background = background * (1 - shadows.strength * mask)
         alpha = torch.cat([p.alpha for p in parts])
         boxes = boxes_from_masks(masks)
         visible = visible_fractions(masks, alone)
@@ -120,6 +136,27 @@ class SceneRenderer:
             keep=kept_slots(params.present, boxes, visible, self.config.min_visible),
         )
 
+    def _check_poses(self, params: SceneParams) -> None:
+        if self.poses is None:
+            raise ValueError("pose_ids: this renderer has no pose tables (SceneRenderer(poses=...))")
+        for object_id, table in enumerate(self.poses):
+            ids = params.pose_ids[params.present & (params.object_ids == object_id)]
+            if ids.numel() and not -1 <= int(ids.min()) <= int(ids.max()) < table.num_poses:
+                raise ValueError(f"pose_ids: object {object_id} has poses -1..{table.num_poses - 1}, got {sorted(set(ids.tolist()))}")
+
+    def _rested(self, view: Tensor, params: SceneParams) -> Tensor:
+        """Object-to-camera rotations with each slot's resting pose applied before its view
+        (the view is then taken in the resting frame, above the support plane). Slots in the
+        canonical pose keep the view rotation itself (bit for bit)."""
+        if params.pose_ids is None:
+            return view
+        table = torch.eye(3, device=view.device, dtype=view.dtype).repeat(len(self.fields), 1 + max(t.num_poses for t in self.poses), 1, 1)
+        for object_id, poses in enumerate(self.poses):
+            table[object_id, 1 : 1 + poses.num_poses] = poses.rotations.to(table)
+        # Empty slots may hold any ids: clamped, they index some table entry that goes unused.
+        pose = table[params.object_ids.clamp(0, len(self.fields) - 1), params.pose_ids.clamp(-1, table.shape[1] - 2) + 1]
+        return torch.where((params.pose_ids >= 0)[..., None, None], view @ pose, view)
+
     def _render_chunk(self, params: SceneParams, size: int) -> tuple[Tensor, ...]:
         device = params.distance.device
         batch, slots = params.batch_size, params.num_slots
@@ -128,6 +165,7 @@ class SceneRenderer:
         rotation, translation = object_to_camera(
             params.azimuth, params.elevation, params.roll, params.distance, params.offset, self.config.fov_deg
         )
+        rotation = self._rested(rotation, params)
         # The camera sits at the origin of the camera frame; in an object's frame it is at
         # -R^T t, and a camera ray direction d becomes R^T d.
         origins = -torch.einsum("bmji,bmj->bmi", rotation, translation)
