@@ -17,8 +17,8 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from renderer.backgrounds import BackgroundSet
-from renderer.camera import camera_ray_directions, object_to_camera
-from renderer.labels import boxes_from_masks, kept_slots, visible_fractions
+from renderer.camera import camera_ray_directions, focal_length, object_to_camera
+from renderer.labels import boxes_from_masks, in_image_fractions, kept_slots, visible_fractions
 from renderer.photometric import Compositing, over
 from renderer.resting import PoseTable
 from renderer.shadows import ContactShadowConfig, contact_shadow_mask
@@ -124,7 +124,7 @@ class SceneRenderer:
             background = background * (1 - shadows.strength * mask)
         alpha = torch.cat([p.alpha for p in parts])
         boxes = boxes_from_masks(masks)
-        visible = visible_fractions(masks, alone)
+        visible = visible_fractions(masks, alone) * self._in_image(params, size)
         return RenderBatch(
             rgb=compositing(rgb, alpha, background),
             alpha=alpha,
@@ -135,6 +135,21 @@ class SceneRenderer:
             visible=visible,
             keep=kept_slots(params.present, boxes, visible, self.config.min_visible),
         )
+
+    @torch.no_grad()
+    def _in_image(self, params: SceneParams, size: int) -> Tensor:
+        """Each slot's share inside the image (renderer.labels.in_image_fractions), from its
+        object's aabb corners in its pose."""
+        rotation, translation = object_to_camera(
+            params.azimuth, params.elevation, params.roll, params.distance, params.offset, self.config.fov_deg
+        )
+        rotation = self._rested(rotation, params)
+        pick = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], device=rotation.device)
+        boxes = torch.stack([f.aabb.detach().to(rotation) for f in self.fields])  # O 2 3
+        corners = boxes[:, pick, torch.arange(3, device=rotation.device)]  # O 8 3
+        slot_corners = corners[params.object_ids.clamp(0, len(self.fields) - 1)]  # B M 8 3
+        camera = torch.einsum("bmij,bmkj->bmki", rotation, slot_corners) + translation[:, :, None]
+        return in_image_fractions(camera, focal_length(size, self.config.fov_deg), size)
 
     def _check_poses(self, params: SceneParams) -> None:
         if self.poses is None:

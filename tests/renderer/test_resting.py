@@ -143,3 +143,20 @@ def test_shadow_mask_has_gradients_for_the_view() -> None:
     out = renderer(0.8).render(params, 32)
     (out.rgb.sum()).backward()
     assert params.distance.grad.abs().sum() > 0 and params.elevation.grad.abs().sum() > 0
+
+
+@torch.no_grad()
+def test_an_object_cut_by_the_border_keeps_its_visible_box_unless_only_a_sliver_is_left() -> None:
+    """Truncation: half outside the image, the object is labelled with the box of its visible
+    half; with about a tenth inside it is not labelled (min_visible 0.3), although nothing
+    occludes it."""
+    scenes = renderer(strength=0.0)
+    size = 64
+    labels = []
+    for x in (1.0, 1.3):
+        params = dataclasses.replace(SceneParams.single([0], [0], [0], [0.5], offset=[(x, 0.0)]), pose_ids=torch.tensor([[-1]]))
+        labels.append(scenes.render(params, size))
+    half, sliver = labels
+    assert half.keep[0, 0] and half.boxes[0, 0, 2] == size and 0.35 < half.visible[0, 0] < 0.65
+    assert half.boxes[0, 0, 0] > size / 2  # the box is the visible part only
+    assert (sliver.masks[0, 0] > 0.5).any() and sliver.visible[0, 0] < 0.3 and not sliver.keep[0, 0]
