@@ -805,7 +805,7 @@ class Psi(nn.Module):
         """The scene that ``noise`` was drawn as, recomputed with gradients.
 
         Under the psi that drew it the values are bit-identical to the sample's. The discrete
-        choices (bins, classes, counts, backgrounds, appearances) are kept as recorded; the
+        choices (bins, classes, counts, backgrounds, appearances, poses) are kept as recorded; the
         continuous values are recomputed from the recorded noise, so after psi changes they
         move with it (the reparameterisation). Only parts in ``pathwise_parts`` (default: all)
         carry gradients; fixed parts never do.

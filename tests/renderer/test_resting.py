@@ -13,6 +13,7 @@ from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
 from renderer.scene_types import SceneParams
 from renderer.shadows import ContactShadowConfig
 from tests.renderer.fields import SolidBoxField
+from tests.renderer.test_harvest import _scene_and_photos, renderers  # noqa: F401 (a fixture)
 
 HALF = (0.05, 0.03, 0.02)
 
@@ -160,3 +161,24 @@ def test_an_object_cut_by_the_border_keeps_its_visible_box_unless_only_a_sliver_
     assert half.keep[0, 0] and half.boxes[0, 0, 2] == size and 0.35 < half.visible[0, 0] < 0.65
     assert half.boxes[0, 0, 0] > size / 2  # the box is the visible part only
     assert (sliver.masks[0, 0] > 0.5).any() and sliver.visible[0, 0] < 0.3 and not sliver.keep[0, 0]
+
+
+@pytest.mark.parametrize("resting", [True, False])
+def test_a_job_renders_its_objects_in_resting_poses_by_default(tmp_path, renderers: list, resting: bool) -> None:
+    """run_optimization gives the renderer each asset's pose table, and the starting psi draws
+    poses with the tables' probabilities; resting_poses=False keeps floating objects."""
+    from detector.datasets import load_dataset
+    from optimizer.config import OptimizeConfig
+    from optimizer.loop import run_optimization
+    from optimizer.priors import starting_psi_config
+
+    scene, photos = _scene_and_photos(tmp_path, [(60, 40, 100, 80)])
+    config = OptimizeConfig(scene=str(scene), target_val=str(photos), resting_poses=resting)
+    run_optimization(config, tmp_path / "out", progress_bar=False)
+    (built,) = renderers
+    psi_config, _ = starting_psi_config(config, built, ["object"] * len(built.fields), load_dataset(photos))
+    if resting:
+        assert len(built.poses) == len(built.fields)
+        assert psi_config.pose_probs == tuple(tuple(t.choice_probs()) for t in built.poses)
+    else:
+        assert built.poses is None and psi_config.pose_probs == ()
