@@ -5,6 +5,9 @@ object-to-camera pose, camera rays are carried into each object's frame, each ob
 marched inside its box, and the samples of all objects along a pixel's ray are merged front to
 back, which gives correct occlusion (also for interpenetrating boxes). Per-instance masks are
 each slot's share of the compositing weights; a slot rendered alone gives the visible fraction.
+Scenes with pose ids put each object in a resting pose (renderer.resting) before its view, so
+the view is taken above its support plane, and darken the background with contact shadows
+(renderer.shadows) before the objects are composited over it.
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ from renderer.backgrounds import BackgroundSet
 from renderer.camera import camera_ray_directions, focal_length, object_to_camera
 from renderer.labels import boxes_from_masks, in_image_fractions, kept_slots, visible_fractions
 from renderer.photometric import Compositing, over
-from renderer.resting import PoseTable
-from renderer.shadows import ContactShadowConfig, contact_shadow_mask
 from renderer.raymarch import (
     PackedSamples,
     RadianceField,
@@ -30,7 +31,9 @@ from renderer.raymarch import (
     march_field,
     ray_depth_order,
 )
+from renderer.resting import PoseTable
 from renderer.scene_types import RenderBatch, SceneParams
+from renderer.shadows import ContactShadowConfig, contact_shadow_mask
 
 
 @dataclass
