@@ -19,6 +19,7 @@ from torch import nn
 
 from optimizer.config import OptimizeConfig
 from optimizer.psi import PARTS, OptimizerError, Psi, PsiConfig
+from renderer.resting import PoseTable
 
 RANDOM_SEARCH_RANGES = {
     "distance_log_factor": 0.5,
@@ -29,32 +30,36 @@ RANDOM_SEARCH_RANGES = {
 exp(+-0.5), exposure mean +-1 stop, colour gain median times exp(+-0.2)."""
 
 
-def psi_config(config: OptimizeConfig, radiance_fields: Sequence[nn.Module], num_backgrounds: int) -> PsiConfig:
+def psi_config(
+    config: OptimizeConfig, radiance_fields: Sequence[nn.Module], num_backgrounds: int, poses: Sequence[PoseTable] | None = None
+) -> PsiConfig:
     """The PsiConfig of a job: ``config.psi`` overrides, the scene's classes (one per object's
     radiance field, with its ``appearance_embeddings`` count; fields without that attribute
-    have none) and backgrounds, and learnability from ``config.learnable``."""
+    have none), each object's resting ``poses`` (the renderer's pose tables; None: no support
+    plane) and backgrounds, and learnability from ``config.learnable``."""
     unknown_parts = sorted(set(config.learnable) - set(PARTS))
     if unknown_parts:
         raise OptimizerError(f"OptimizeConfig.learnable: unknown parts {unknown_parts}; the parts are {list(PARTS)}")
     known = {f.name for f in fields(PsiConfig)}
-    reserved = {"num_classes", "num_backgrounds", "appearance_embeddings"} | {f"learn_{part}" for part in PARTS}
+    reserved = {"num_classes", "num_backgrounds", "appearance_embeddings", "pose_probs"} | {f"learn_{part}" for part in PARTS}
     bad = sorted(set(config.psi) - known)
     if bad:
         raise OptimizerError(f"OptimizeConfig.psi: unknown PsiConfig fields {bad}; known: {sorted(known - reserved)}")
     clashing = sorted(set(config.psi) & reserved)
     if clashing:
         raise OptimizerError(
-            f"OptimizeConfig.psi: {clashing} are set by the loop (classes, appearance embeddings and "
-            "backgrounds come from the scene, learnability from 'learnable')"
+            f"OptimizeConfig.psi: {clashing} are set by the loop (classes, appearance embeddings, resting poses "
+            "and backgrounds come from the scene, learnability from 'learnable')"
         )
     overrides: dict[str, Any] = {
         name: tuple(value) if isinstance(value, list) else value for name, value in config.psi.items()
     }
     learn = {f"learn_{part}": part in config.learnable for part in PARTS}
     appearance_embeddings = tuple(getattr(field, "appearance_embeddings", 0) for field in radiance_fields)
+    pose_probs = tuple(tuple(table.choice_probs()) for table in poses) if poses else ()
     return PsiConfig(
         num_classes=len(radiance_fields), appearance_embeddings=appearance_embeddings, num_backgrounds=num_backgrounds,
-        **overrides, **learn,
+        pose_probs=pose_probs, **overrides, **learn,
     )
 
 

@@ -206,6 +206,12 @@ class OptimizeConfig:
     photos (the validation set, target_val), each repeated to reach it, beside the rendered
     dataset (optimizer.real_training says why a third). The validation metrics in the report
     are then on photos the detector trained on. 0: the rendered dataset alone."""
+    resting_poses: bool = field(default=True, metadata={"before": False})
+    """Objects rest on a support plane in stable poses derived from their geometry
+    (renderer.resting; psi's 'pose' part chooses among them, starting at their quasi-static
+    probabilities with the canonical pose at RestingConfig.canonical_pose_share), the view's
+    elevation is taken above that plane, and they cast contact shadows on the background.
+    False: objects float in their canonical pose without shadows, as before issue 23."""
     real_only_baseline: bool = field(default=True, metadata={"before": False})
     """With a test set (target_test): also train the same detector with the same settings on
     the real photos alone and report its test metrics beside the final detector's."""

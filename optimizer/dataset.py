@@ -18,7 +18,8 @@ from renderer.scene_types import RenderBatch, SceneParams
 
 def image_meta(params: SceneParams, batch: RenderBatch, row: int) -> dict:
     """Pose, lighting and appearance of the labelled objects of one image (degrees, metres,
-    stops; the appearance is the object's training-image embedding rendered, -1 its average)."""
+    stops; the appearance is the object's training-image embedding rendered, -1 its average;
+    the pose id its resting pose, -1 the canonical one)."""
     keep = batch.keep[row]
     appearance = params.appearance_ids[row][keep].tolist() if params.appearance_ids is not None else [-1] * int(keep.sum())
     return {
@@ -28,6 +29,7 @@ def image_meta(params: SceneParams, batch: RenderBatch, row: int) -> dict:
         "exposure": params.exposure[row][keep].tolist(),
         "visible": batch.visible[row][keep].tolist(),
         "appearance_id": appearance,
+        "pose_id": params.pose_ids[row][keep].tolist() if params.pose_ids is not None else [-1] * int(keep.sum()),
         "background_id": int(params.background_ids[row]),
     }
 

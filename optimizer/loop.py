@@ -108,6 +108,7 @@ from optimizer.final_size import final_image_shape
 from optimizer.real_training import compare_with_real_only, final_training_data, photo_backgrounds, train_real_only
 from optimizer.report import plot_history, sample_paths, save_sample_images, write_json_atomic
 from renderer.photometric import PhotometricConfig, PhotometricError, photograph
+from renderer.resting import field_pose_table
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
 from renderer.scene_spec import load_scene, read_scene_spec
 
@@ -283,7 +284,9 @@ def run_optimization(
     spec = read_scene_spec(config.scene)
     # issue 23: backgrounds harvested from the labelled photos (optimizer.real_training).
     fields, backgrounds = load_scene(spec, photo_backgrounds(val_set) if config.harvest_backgrounds else None)
-    renderer = SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds)
+    # issue 23: objects rest on a support plane in stable poses (renderer.resting).
+    poses = [field_pose_table(f) for f in fields] if config.resting_poses else None
+    renderer = SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds, poses)
     return run_loop(
         config, renderer, spec.class_names, val_set, test_set, out_dir,
         on_progress=on_progress, should_stop=should_stop, progress_bar=progress_bar,

@@ -12,6 +12,11 @@ A detector is judged on the user's photos, so the scene parameters start where t
   the image border are truncated, so they are left out while a class has others.
 - **offset** (all classes, as in psi): the box centres' range in the letterboxed image, in
   units of the image half-size, y up, becomes ``offset_centre`` +- ``offset_range``.
+- **layout** (all classes): with several labelled objects in a photo, ``max_objects`` becomes
+  the most boxes in one photo (at most MAX_OBJECTS) and ``object_spacing`` NEIGHBOUR_SPACING
+  times the median box width, so that neighbours of the photos' size overlap a little, as in
+  clutter (occlusion); the row of objects reaches the image border now and then (truncation;
+  the labels keep the visible box). One object per photo leaves both as configured.
 - **elevation** is left as configured: a box's aspect depends on the azimuth as much as on the
   elevation (and not at all for objects that look alike from every side). Measured on the
   tests' 10 x 6 x 4 cm box, 32 renders per elevation: the likelihood of the boxes' aspects
@@ -31,21 +36,29 @@ Explicit PsiConfig overrides (``OptimizeConfig.psi``) win over every prior.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 from jaxtyping import Float
-from torch import Tensor, nn
+from torch import Tensor
 
 from detector.datasets import LabelledSet
 from optimizer.baselines import psi_config
 from optimizer.config import OptimizeConfig
 from optimizer.psi import PsiConfig
 from renderer.camera import view_rotation
+from renderer.resting import occupied_points
 from renderer.scene_renderer import SceneRenderer
 from renderer.scene_types import SceneParams
 
+MAX_OBJECTS = 4
+"""Most object slots the layout prior gives psi (more photos' boxes than this in one photo are
+still fine; the scenes just have fewer)."""
+NEIGHBOUR_SPACING = 0.85
+"""Spacing of neighbouring objects as a fraction of the photos' median box width: neighbours of
+that width overlap by about 15% of it."""
 MIN_DISTANCE_LOG_STD = 0.1
 """Floor of a derived log-distance spread: a few photos at one depth would otherwise give a
 distance psi could barely move away from."""
@@ -56,8 +69,6 @@ MIN_OFFSET_RANGE = 0.05
 MAX_OFFSET = 0.95
 """Largest |offset| a derived range reaches, in image half-sizes (psi needs object centres
 inside the image)."""
-GRID = 32
-"""Cells per axis of the grid on which an object's occupied volume is found."""
 CALIBRATION_AZIMUTHS = 4
 CALIBRATION_SIZE = 64
 """Views (azimuths x the elevations) and image size of the renders that scale the projected
@@ -90,6 +101,9 @@ class PsiPriors:
     classes: list[ClassPrior]
     offset_centre: tuple[float, float] | None = None
     offset_range: tuple[float, float] | None = None
+    max_objects: int | None = None
+    """Object slots per image (None: as configured; see the module docstring's layout)."""
+    object_spacing: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def overrides(self) -> dict:
@@ -100,6 +114,8 @@ class PsiPriors:
             values["distance_log_std"] = tuple(c.distance_log_std for c in self.classes)
         if self.offset_centre is not None:
             values["offset_centre"], values["offset_range"] = self.offset_centre, self.offset_range
+        if self.max_objects is not None:
+            values["max_objects"], values["object_spacing"] = self.max_objects, self.object_spacing
         return values
 
     def summary(self, applied: dict | None = None, overridden: Collection[str] = ()) -> dict:
@@ -108,10 +124,12 @@ class PsiPriors:
         user's overrides kept."""
         applied = applied or {}
         return {
-            "values": {name: list(value) for name, value in sorted(applied.items())},
+            "values": {name: list(value) if isinstance(value, tuple) else value for name, value in sorted(applied.items())},
             "classes": [vars(c).copy() for c in self.classes],
             "offset_centre": self.offset_centre,
             "offset_range": self.offset_range,
+            "max_objects": self.max_objects,
+            "object_spacing": self.object_spacing,
             "elevation": "as configured (a box's aspect does not determine the elevation)",
             "applied": sorted(applied),
             "overridden_by_user": sorted(overridden),
@@ -119,7 +137,7 @@ class PsiPriors:
         }
 
 
-GROUPS = (("distance_median", "distance_log_std"), ("offset_centre", "offset_range"))
+GROUPS = (("distance_median", "distance_log_std"), ("offset_centre", "offset_range"), ("max_objects", "object_spacing"))
 """PsiConfig fields the priors set together: a user who sets one of a group keeps the
 configured value of the others too (a prior's spread belongs with its own centre)."""
 
@@ -139,21 +157,28 @@ def starting_psi_config(
     """A job's starting PsiConfig (optimizer.baselines.psi_config) with the priors from
     ``val_set`` (class ids in the scene's order) when ``config.psi_priors``; and the report's
     summary of the priors (None when off)."""
-    base = psi_config(config, renderer.fields, len(renderer.backgrounds))
+    base = psi_config(config, renderer.fields, len(renderer.backgrounds), getattr(renderer, "poses", None))
     if not config.psi_priors:
         return base, None
-    return apply_priors(base, derive_priors(val_set, class_names, renderer, base), config.psi)
+    return apply_priors(base, derive_priors(val_set, class_names, renderer, base, config.psi), config.psi)
 
 
-def derive_priors(val_set: LabelledSet, class_names: Sequence[str], renderer: SceneRenderer, config: PsiConfig) -> PsiPriors:
+def derive_priors(
+    val_set: LabelledSet, class_names: Sequence[str], renderer: SceneRenderer, config: PsiConfig,
+    user_fields: Collection[str] = (),
+) -> PsiPriors:
     """Priors from ``val_set`` (class ids in the scene's order, ``class_names``) for the objects
     ``renderer`` renders (its fields, in that order, and its camera). ``config`` (the job's
     PsiConfig before priors) gives the elevation range the views cover and the placement the
-    offsets must fit."""
+    offsets must fit; where the user set the layout (``user_fields`` holds max_objects or
+    object_spacing) it is kept and the offsets fit it."""
     sizes: list[list[tuple[float, bool]]] = [[] for _ in class_names]
     centres: list[tuple[float, float]] = []
+    widths: list[float] = []
+    most = 0
     empty = 0
     for image in val_set.images:
+        most = max(most, sum(bool((box[2:] > box[:2]).all()) for box in image.boxes))
         side = max(image.width, image.height)
         # The letterboxed square: longer side = the image, the rest padded evenly.
         shift = torch.tensor([side - image.width, side - image.height] * 2) / 2
@@ -166,7 +191,16 @@ def derive_priors(val_set: LabelledSet, class_names: Sequence[str], renderer: Sc
                 continue
             sizes[class_id].append((math.log((x1 - x0) * (y1 - y0)) / 2, truncated))
             centres.append(((x0 + x1) / 2, -(y0 + y1) / 2))
+            if not truncated:
+                widths.append(x1 - x0)
     priors = PsiPriors(classes=[])
+    if most > 1 and widths and not {"max_objects", "object_spacing"} & set(user_fields):
+        slots = min(most, MAX_OBJECTS)
+        # The row of centres (+ a quarter spacing of jitter) must stay inside MAX_OFFSET.
+        widest_row = MAX_OFFSET / ((slots - 1) / 2 + 1 / 4)
+        spacing = min(NEIGHBOUR_SPACING * statistics.median(widths), widest_row)
+        priors.max_objects, priors.object_spacing = slots, round(spacing, 4)
+        config = replace(config, max_objects=slots, object_spacing=priors.object_spacing, offset_centre=(0.0, 0.0))
     if empty:
         priors.notes.append(f"{val_set.source}: {empty} boxes without area left out")
     if not centres:
@@ -245,30 +279,6 @@ def _fill_missing(priors: PsiPriors) -> None:
         if c.distance_median is None:
             c.distance_median, c.distance_log_std = round(math.exp(log_mean), 4), widest
             c.note += "; given the mean distance of the classes with boxes (objects photographed together sit at similar depths)"
-
-
-@torch.no_grad()
-def occupied_points(object_field: nn.Module, grid: int = GRID) -> Float[Tensor, "P 3"]:
-    """Object-frame centres of the cells of a ``grid``^3 grid over the field's ``aabb`` that are
-    opaque (crossing one cell hides what is behind it: 1 - exp(-density * cell) > 0.5) and that
-    the ray marcher samples (``occupied``); the aabb's corners if none is."""
-    aabb = object_field.aabb.detach().float()
-    axis = (torch.arange(grid, dtype=torch.float32, device=aabb.device) + 0.5) / grid
-    cells = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-    positions = aabb[0] + cells * (aabb[1] - aabb[0])
-    cell = float((aabb[1] - aabb[0]).min()) / grid
-    opaque = []
-    for chunk in positions.split(8192):
-        directions = torch.zeros_like(chunk)
-        directions[:, 2] = -1
-        density, _ = object_field(chunk, directions, None)
-        opaque.append((1 - torch.exp(-density * cell) > 0.5) & object_field.occupied(chunk))
-    points = positions[torch.cat(opaque)].cpu()
-    aabb = aabb.cpu()
-    if points.numel() == 0:
-        corners = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=torch.float32)
-        return aabb[0] + corners * (aabb[1] - aabb[0])
-    return points
 
 
 @torch.no_grad()

@@ -20,12 +20,16 @@ Parts and how they are sampled:
 - ``appearance``: categorical over the average appearance (id -1, the first choice) and, for
   an object whose model has per-training-image appearance embeddings (nerfstudio's
   nerfacto), each of them (ids 0..n-1). Objects without embeddings have only the average.
+- ``pose``: categorical over the class's object's resting poses on the support plane
+  (renderer.resting): the canonical pose (id -1, the first choice), then its stable poses
+  (ids 0..n-1), starting at the pose table's probabilities (``PsiConfig.pose_probs``). Without
+  pose tables there is no support plane and the scenes have no pose ids.
 - ``background``: categorical over the background images, plus the plain-colour option last.
 - ``class_mix``: categorical over classes, drawn independently for each object slot.
 - ``count``: categorical over 1..max_objects objects per image.
 
 Roll is 0; image-plane offsets, background crops and plain colours are uniform and fixed.
-``class_mix``, ``count``, ``background`` and ``appearance`` have no pathwise gradient (the
+``class_mix``, ``count``, ``background``, ``appearance`` and ``pose`` have no pathwise gradient (the
 renderer gets integers); they learn only through :meth:`Psi.log_prob` (score function).
 """
 
@@ -58,6 +62,7 @@ PARTS: tuple[str, ...] = (
     "background",
     "class_mix",
     "count",
+    "pose",
 )
 """Every part of psi, in the order used by configs, snapshots and parameter groups."""
 
@@ -72,7 +77,7 @@ them), so a pathwise derivative through the pixels alone sees the object move in
 that stays put: biased. Measured: on the zoom shift it moved the median distance away from the
 target (0.6 -> 0.84 m, target 0.33 m) where the score function moved it toward (0.6 -> 0.26 m)."""
 
-DISCRETE_PARTS: frozenset[str] = frozenset({"azimuth", "appearance", "background", "class_mix", "count"})
+DISCRETE_PARTS: frozenset[str] = frozenset({"azimuth", "appearance", "background", "class_mix", "count", "pose"})
 """Parts with a discrete choice (for azimuth: the bin), i.e. those a score-function estimator
 handles without relaxation bias."""
 
@@ -91,6 +96,7 @@ _PART_TENSORS: dict[str, tuple[str, ...]] = {
     "background": ("background_logits",),
     "class_mix": ("class_logits",),
     "count": ("count_logits",),
+    "pose": ("pose_logits",),
 }
 
 _PER_CLASS_FIELDS = ("elevation_median_deg", "elevation_logit_std", "distance_median", "distance_log_std")
@@ -141,6 +147,10 @@ class PsiConfig:
     (ids 0..n-1; nerfstudio's nerfacto has one per training image, nerfsim's own fields
     none); empty: no object has any. Class c chooses between the average appearance and its
     n embeddings, initially uniformly."""
+    pose_probs: tuple[tuple[float, ...], ...] = ()
+    """Per class, the initial probabilities of its object's resting poses on the support plane:
+    the canonical pose (id -1) first, then poses 0..n-1 of its pose table (renderer.resting's
+    PoseTable.choice_probs). Empty: no support plane (scenes without pose ids)."""
     num_backgrounds: int = 0
     """Number of background images the renderer was given (ids 0..num_backgrounds-1)."""
     plain_background: bool = True
@@ -179,6 +189,8 @@ class PsiConfig:
     """Learn the class probabilities."""
     learn_count: bool = True
     """Learn the probabilities of 1..max_objects objects per image."""
+    learn_pose: bool = True
+    """Learn the per-class resting pose probabilities."""
 
     def __post_init__(self) -> None:
         def fail(name: str, problem: str) -> None:
@@ -208,6 +220,10 @@ class PsiConfig:
             fail("appearance_embeddings", f"needs one count per class ({self.num_classes}) or none, got {embeddings}")
         if any(count < 0 for count in embeddings):
             fail("appearance_embeddings", f"counts must be >= 0, got {embeddings}")
+        if self.pose_probs and (len(self.pose_probs) != self.num_classes or any(
+                not row or min(row) < 0 or not sum(row) > 0 for row in self.pose_probs)):
+            fail("pose_probs", f"needs one row of non-negative probabilities (not all 0) per class ({self.num_classes}) "
+                               f"or none, got {self.pose_probs}")
         if self.num_backgrounds < 0:
             fail("num_backgrounds", f"must be >= 0, got {self.num_backgrounds}")
         if self.num_backgrounds == 0 and not self.plain_background:
@@ -242,6 +258,12 @@ class PsiConfig:
         appearance table; a class with fewer has its extra choices masked)."""
         return 1 + max(self.appearance_embeddings, default=0)
 
+    @property
+    def pose_choices(self) -> int:
+        """P: the most pose choices (canonical included) any class has (the width of the pose
+        table; a class with fewer has its extra choices masked)."""
+        return max(map(len, self.pose_probs), default=1)
+
     def frozen(self) -> "PsiConfig":
         """This config with every part fixed."""
         return replace(self, **{f"learn_{part}": False for part in PARTS})
@@ -271,6 +293,8 @@ class PsiNoise:
     log_color_gain: Float[Tensor, "B M 3"]
     appearance_ids: Int[Tensor, "B M"]
     """Appearance embedding of each slot's object, or -1 for the average."""
+    pose_ids: Int[Tensor, "B M"]
+    """Resting pose of each slot's object, -1 for the canonical one (always -1 without poses)."""
     offset: Float[Tensor, "B M 2"]
     background_ids: Int[Tensor, "B"]
     """Background image index, or -1 for the plain colour."""
@@ -327,6 +351,30 @@ def _average_appearance_if_missing(psi: "Psi", state_dict: dict[str, Tensor], pr
         state_dict[name] = only_average
 
 
+def _canonical_pose_if_missing(psi: "Psi", state_dict: dict[str, Tensor], prefix: str, *hook_args) -> None:
+    """Load-state-dict pre-hook: checkpoints written before psi had a pose part lack its table;
+    their objects were never turned over, so a resumed run keeps them in the canonical pose."""
+    name = prefix + "pose_logits"
+    if name not in state_dict:
+        canonical = torch.full_like(psi.pose_logits, -math.inf)
+        canonical[:, 0] = 0.0
+        state_dict[name] = canonical
+
+
+def _pose_table(config: PsiConfig) -> tuple[Tensor, Tensor]:
+    """Initial pose logits (C x P: log of each class's normalised pose_probs; 0 past its
+    poses, masked by the second tensor, so the logits Adam updates stay finite; a probability of
+    0 stays impossible) and which choices each class has."""
+    logits = torch.zeros(config.num_classes, config.pose_choices)
+    available = torch.zeros(config.num_classes, config.pose_choices, dtype=torch.bool)
+    available[:, 0] = True
+    for class_id, row in enumerate(config.pose_probs):
+        probs = torch.tensor(row, dtype=torch.float32)
+        logits[class_id, : len(row)] = (probs / probs.sum()).log().clamp_min(-1e4)
+        available[class_id, : len(row)] = True
+    return logits, available
+
+
 class Psi(nn.Module):
     """The scene-parameter distribution (see the module docstring for each part).
 
@@ -349,6 +397,8 @@ class Psi(nn.Module):
     background_logits: Float[Tensor, "NB"]
     class_logits: Float[Tensor, "C"]
     count_logits: Float[Tensor, "M"]
+    pose_logits: Float[Tensor, "C P"]
+    pose_available: Bool[Tensor, "C P"]
     temperature_step: Int[Tensor, ""]
 
     def __init__(self, config: PsiConfig) -> None:
@@ -371,6 +421,7 @@ class Psi(nn.Module):
             "background_logits": torch.zeros(config.num_background_choices),
             "class_logits": torch.zeros(c),
             "count_logits": torch.zeros(config.max_objects),
+            "pose_logits": _pose_table(config)[0],
         }
         for part in PARTS:
             for name in _PART_TENSORS[part]:
@@ -383,7 +434,9 @@ class Psi(nn.Module):
         embeddings = torch.tensor(config.appearance_embeddings or (0,) * c)
         available = torch.arange(config.appearance_choices) <= embeddings[:, None]
         self.register_buffer("appearance_available", available, persistent=False)
+        self.register_buffer("pose_available", _pose_table(config)[1], persistent=False)
         self.register_load_state_dict_pre_hook(_average_appearance_if_missing)
+        self.register_load_state_dict_pre_hook(_canonical_pose_if_missing)
 
     # ---------------------------------------------------------------- construction
 
@@ -409,6 +462,7 @@ class Psi(nn.Module):
         color_gain_log_std: float | Sequence[float] | Sequence[Sequence[float]] | None = None,
         appearance_probs: Sequence[float] | Sequence[Sequence[float]] | None = None,
         background_probs: Sequence[float] | None = None,
+        pose_probs: Sequence[Sequence[float]] | None = None,
         class_probs: Sequence[float] | None = None,
         count_probs: Sequence[float] | None = None,
     ) -> "Psi":
@@ -480,6 +534,13 @@ class Psi(nn.Module):
                 choices = int(available.sum())
                 table[class_id, :choices] = logits(f"appearance_probs[{class_id}]", row, choices)
             values["appearance_logits"] = table
+        if pose_probs is not None:
+            if len(pose_probs) != c:
+                raise OptimizerError(f"Psi.from_target: pose_probs has {len(pose_probs)} rows for {c} classes")
+            table = torch.zeros(c, config.pose_choices)
+            for class_id, (row, available) in enumerate(zip(pose_probs, psi.pose_available)):
+                table[class_id, : int(available.sum())] = logits(f"pose_probs[{class_id}]", row, int(available.sum()))
+            values["pose_logits"] = table
         if background_probs is not None:
             values["background_logits"] = logits("background_probs", background_probs, config.num_background_choices)
         if class_probs is not None:
@@ -540,6 +601,11 @@ class Psi(nn.Module):
         class's embeddings)."""
         return self.appearance_log_probs().exp()
 
+    def pose_log_probs(self) -> Float[Tensor, "C P"]:
+        """Log probability of each class's canonical pose, then of its poses 0..n-1; -inf past
+        them."""
+        return self.pose_logits.masked_fill(~self.pose_available, -math.inf).log_softmax(-1)
+
     def background_probs(self) -> Float[Tensor, "NB"]:
         """Probability of each background image, then of the plain colour (if enabled)."""
         return self.background_logits.softmax(-1)
@@ -584,6 +650,7 @@ class Psi(nn.Module):
                 "background_probs": self.background_probs().tolist(),
                 "class_probs": self.class_probs().tolist(),
                 "count_probs": self.count_probs().tolist(),
+                "pose_probs": [row[:n].tolist() for row, n in zip(self.pose_log_probs().exp(), self.pose_available.sum(-1).tolist())],
             }
 
     # ---------------------------------------------------------------- sampling
@@ -615,6 +682,12 @@ class Psi(nn.Module):
                 f"Psi.{what}: noise drawn for another config (appearance ids up to {int(appearance.max())} for "
                 f"objects with appearance_embeddings={cfg.appearance_embeddings})"
             )
+        poses = noise.pose_ids
+        if poses.numel() and (
+            int(poses.max()) >= cfg.pose_choices - 1 or not self.pose_available[noise.class_ids, poses + 1].all()
+        ):
+            raise OptimizerError(f"Psi.{what}: noise drawn for another config (pose ids up to {int(poses.max())} for "
+                                 f"classes with {[int(n) - 1 for n in self.pose_available.sum(-1)]} resting poses)")
 
     def _tensor(self, name: str, part: str, with_grad: frozenset[str]) -> Tensor:
         value = getattr(self, name)
@@ -697,6 +770,11 @@ class Psi(nn.Module):
             appearance_ids = shared(categorical(self.appearance_log_probs()[class_ids], n, m) - 1)
         else:
             appearance_ids = torch.full((n, m), -1, dtype=torch.long, device=self.device)
+        # Last again, for the same reason: without pose tables the generator is left as it was.
+        if cfg.pose_probs:
+            pose_ids = shared(categorical(self.pose_log_probs()[class_ids], n, m) - 1)
+        else:
+            pose_ids = torch.full((n, m), -1, dtype=torch.long, device=self.device)
 
         none: frozenset[str] = frozenset()
         noise = PsiNoise(
@@ -714,6 +792,7 @@ class Psi(nn.Module):
             color_gain_noise=color_gain_noise,
             log_color_gain=self._gaussian("color_gain", class_ids, color_gain_noise, none),
             appearance_ids=appearance_ids,
+            pose_ids=pose_ids,
             offset=offset,
             background_ids=background_ids,
             background_crop=torch.cat([centre, side[:, None]], dim=-1),
@@ -726,7 +805,7 @@ class Psi(nn.Module):
         """The scene that ``noise`` was drawn as, recomputed with gradients.
 
         Under the psi that drew it the values are bit-identical to the sample's. The discrete
-        choices (bins, classes, counts, backgrounds, appearances) are kept as recorded; the
+        choices (bins, classes, counts, backgrounds, appearances, poses) are kept as recorded; the
         continuous values are recomputed from the recorded noise, so after psi changes they
         move with it (the reparameterisation). Only parts in ``pathwise_parts`` (default: all)
         carry gradients; fixed parts never do.
@@ -770,6 +849,7 @@ class Psi(nn.Module):
             background_color=noise.background_color,
             # None when no object has embeddings, so renderers that ignore appearance see no change.
             appearance_ids=noise.appearance_ids if cfg.appearance_choices > 1 else None,
+            pose_ids=noise.pose_ids if cfg.pose_probs else None,
         )
 
     def log_prob(self, noise: PsiNoise, parts: Collection[str] | None = None) -> Float[Tensor, "B"]:
@@ -803,6 +883,8 @@ class Psi(nn.Module):
         if "appearance" in parts:
             choice = (noise.appearance_ids + 1)[..., None]
             per_slot = per_slot + self.appearance_log_probs()[class_ids].gather(-1, choice)[..., 0]
+        if "pose" in parts:
+            per_slot = per_slot + self.pose_log_probs()[class_ids].gather(-1, (noise.pose_ids + 1)[..., None])[..., 0]
         if "class_mix" in parts:
             per_slot = per_slot + self.class_logits.log_softmax(-1)[class_ids]
         total = torch.where(present, per_slot, 0.0).sum(-1)

@@ -9,6 +9,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from renderer.camera import Size, band_origin, image_shape
+
 MASK_THRESHOLD = 0.5
 """A pixel belongs to an instance where its soft mask exceeds this."""
 
@@ -47,3 +49,26 @@ def kept_slots(
     """Slots that get a label: present, with a non-empty box, at least ``min_visible`` visible."""
     nonempty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
     return present & nonempty & (visible >= min_visible)
+
+
+def in_image_fractions(corners: Float[Tensor, "B M K 3"], focal: float, size: Size) -> Float[Tensor, "B M"]:
+    """Share of each object's projected box that lies inside the ``size`` image (renderer.camera:
+    a square side or the centre band (height, width) of the longer side's square), from
+    the camera-frame corners of its bounding box (1 where a corner is behind the camera: no
+    finite box). Multiplies the occlusion-visible fraction, so an object cut by the image border
+    to a sliver is not labelled: its mask, and so its alone mask, ends at the border too."""
+    corners = corners.detach()
+    depth = -corners[..., 2]
+    ahead = (depth > 1e-6).all(-1)
+    safe = depth.clamp(min=1e-6)
+    height, width = image_shape(size)
+    top, left = band_origin(size)
+    centre = max(height, width) / 2
+    u = focal * corners[..., 0] / safe + centre - left
+    v = centre - top - focal * corners[..., 1] / safe
+    lo = torch.stack([u.amin(-1), v.amin(-1)], dim=-1)
+    hi = torch.stack([u.amax(-1), v.amax(-1)], dim=-1)
+    full = (hi - lo).clamp(min=1e-9).prod(-1)
+    limit = torch.tensor([width, height], dtype=hi.dtype, device=hi.device)
+    inside = (torch.minimum(hi.clamp(min=0), limit) - torch.minimum(lo.clamp(min=0), limit)).clamp(min=0).prod(-1)
+    return torch.where(ahead, inside / full, torch.ones_like(full))

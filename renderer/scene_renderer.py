@@ -5,11 +5,14 @@ object-to-camera pose, camera rays are carried into each object's frame, each ob
 marched inside its box, and the samples of all objects along a pixel's ray are merged front to
 back, which gives correct occlusion (also for interpenetrating boxes). Per-instance masks are
 each slot's share of the compositing weights; a slot rendered alone gives the visible fraction.
+Scenes with pose ids put each object in a resting pose (renderer.resting) before its view, so
+the view is taken above its support plane, and darken the background with contact shadows
+(renderer.shadows) before the objects are composited over it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Float
@@ -17,8 +20,8 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from renderer.backgrounds import BackgroundSet
-from renderer.camera import Size, camera_ray_directions, image_shape, object_to_camera
-from renderer.labels import boxes_from_masks, kept_slots, visible_fractions
+from renderer.camera import Size, camera_ray_directions, focal_length, image_shape, object_to_camera
+from renderer.labels import boxes_from_masks, in_image_fractions, kept_slots, visible_fractions
 from renderer.photometric import Compositing, over
 from renderer.raymarch import (
     PackedSamples,
@@ -28,7 +31,9 @@ from renderer.raymarch import (
     march_field,
     ray_depth_order,
 )
+from renderer.resting import PoseTable
 from renderer.scene_types import RenderBatch, SceneParams
+from renderer.shadows import ContactShadowConfig, contact_shadow_mask
 
 
 @dataclass
@@ -46,6 +51,8 @@ class SceneRendererConfig:
     gradient_checkpointing: bool = False
     """Recompute each chunk in the backward pass instead of keeping its graph: memory stays
     bounded by one chunk when rendering many images with gradients."""
+    contact_shadows: ContactShadowConfig = field(default_factory=ContactShadowConfig)
+    """Shadows cast on the support plane by objects in resting poses (scenes with pose ids)."""
 
 
 @dataclass
@@ -65,13 +72,19 @@ class SceneRenderer:
         config: SceneRendererConfig,
         fields: list[RadianceField],
         backgrounds: BackgroundSet | None = None,
+        poses: list[PoseTable] | None = None,
     ) -> None:
+        """``poses``: each object's resting poses (renderer.resting), needed for scenes with
+        ``pose_ids``."""
         if not fields:
             raise ValueError("a scene needs at least one object field")
         self.config = config
         self.fields = fields
         self.backgrounds = backgrounds or BackgroundSet.empty()
         self._directions: dict[tuple[int, int, str], Tensor] = {}
+        self.poses = poses
+        if poses is not None and len(poses) != len(fields):
+            raise ValueError(f"poses: one pose table per object ({len(fields)}), got {len(poses)}")
 
     def ray_directions(self, size: Size, device: torch.device) -> Float[Tensor, "P 3"]:
         key = (*image_shape(size), str(device))
@@ -90,6 +103,8 @@ class SceneRenderer:
                 f"object ids must lie in [0, {len(self.fields)}): the scene has {len(self.fields)} objects, "
                 f"got ids {sorted(set(used.tolist()))}"
             )
+        if params.pose_ids is not None:
+            self._check_poses(params)
         step = self.config.chunk_images
         parts = []
         for start in range(0, params.batch_size, step):
@@ -107,9 +122,13 @@ class SceneRenderer:
         background = self.backgrounds.compose(
             params.background_ids, params.background_crop, params.background_color, size
         )
+        shadows = self.config.contact_shadows
+        if params.pose_ids is not None and shadows.strength > 0:
+            mask = contact_shadow_mask(params, self.poses, self.config.fov_deg, size, shadows)
+            background = background * (1 - shadows.strength * mask)
         alpha = torch.cat([p.alpha for p in parts])
         boxes = boxes_from_masks(masks)
-        visible = visible_fractions(masks, alone)
+        visible = visible_fractions(masks, alone) * self._in_image(params, size)
         return RenderBatch(
             rgb=compositing(rgb, alpha, background, masks),
             alpha=alpha,
@@ -121,6 +140,42 @@ class SceneRenderer:
             keep=kept_slots(params.present, boxes, visible, self.config.min_visible),
         )
 
+    @torch.no_grad()
+    def _in_image(self, params: SceneParams, size: Size) -> Tensor:
+        """Each slot's share inside the image (renderer.labels.in_image_fractions), from its
+        object's aabb corners in its pose."""
+        rotation, translation = object_to_camera(
+            params.azimuth, params.elevation, params.roll, params.distance, params.offset, self.config.fov_deg
+        )
+        rotation = self._rested(rotation, params)
+        pick = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], device=rotation.device)
+        boxes = torch.stack([f.aabb.detach().to(rotation) for f in self.fields])  # O 2 3
+        corners = boxes[:, pick, torch.arange(3, device=rotation.device)]  # O 8 3
+        slot_corners = corners[params.object_ids.clamp(0, len(self.fields) - 1)]  # B M 8 3
+        camera = torch.einsum("bmij,bmkj->bmki", rotation, slot_corners) + translation[:, :, None]
+        return in_image_fractions(camera, focal_length(size, self.config.fov_deg), size)
+
+    def _check_poses(self, params: SceneParams) -> None:
+        if self.poses is None:
+            raise ValueError("pose_ids: this renderer has no pose tables (SceneRenderer(poses=...))")
+        for object_id, table in enumerate(self.poses):
+            ids = params.pose_ids[params.present & (params.object_ids == object_id)]
+            if ids.numel() and not -1 <= int(ids.min()) <= int(ids.max()) < table.num_poses:
+                raise ValueError(f"pose_ids: object {object_id} has poses -1..{table.num_poses - 1}, got {sorted(set(ids.tolist()))}")
+
+    def _rested(self, view: Tensor, params: SceneParams) -> Tensor:
+        """Object-to-camera rotations with each slot's resting pose applied before its view
+        (the view is then taken in the resting frame, above the support plane). Slots in the
+        canonical pose keep the view rotation itself (bit for bit)."""
+        if params.pose_ids is None:
+            return view
+        table = torch.eye(3, device=view.device, dtype=view.dtype).repeat(len(self.fields), 1 + max(t.num_poses for t in self.poses), 1, 1)
+        for object_id, poses in enumerate(self.poses):
+            table[object_id, 1 : 1 + poses.num_poses] = poses.rotations.to(table)
+        # Empty slots may hold any ids: clamped, they index some table entry that goes unused.
+        pose = table[params.object_ids.clamp(0, len(self.fields) - 1), params.pose_ids.clamp(-1, table.shape[1] - 2) + 1]
+        return torch.where((params.pose_ids >= 0)[..., None, None], view @ pose, view)
+
     def _render_chunk(self, params: SceneParams, size: Size) -> tuple[Tensor, ...]:
         device = params.distance.device
         batch, slots = params.batch_size, params.num_slots
@@ -130,6 +185,7 @@ class SceneRenderer:
         rotation, translation = object_to_camera(
             params.azimuth, params.elevation, params.roll, params.distance, params.offset, self.config.fov_deg
         )
+        rotation = self._rested(rotation, params)
         # The camera sits at the origin of the camera frame; in an object's frame it is at
         # -R^T t, and a camera ray direction d becomes R^T d.
         origins = -torch.einsum("bmji,bmj->bmi", rotation, translation)

@@ -49,6 +49,12 @@ class SceneParams:
     """For objects whose model has per-image appearance embeddings (nerfstudio's nerfacto):
     which training image's appearance to render, -1 for the average. None: -1 everywhere.
     Discrete, so not differentiable; objects without embeddings ignore it."""
+    pose_ids: Int[Tensor, "B M"] | None = None
+    """Resting pose of each slot's object on its support plane: an index into the renderer's
+    pose table of that object (renderer.resting), -1 for the canonical pose (the asset's own
+    y up). The view (azimuth, elevation) is then taken above the support plane, and the
+    renderer casts contact shadows on it. None: no support plane (objects float, no shadows).
+    Discrete, so not differentiable."""
 
     @property
     def batch_size(self) -> int:

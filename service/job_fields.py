@@ -205,6 +205,7 @@ class JobOptions(Strict):
     real_only_baseline: bool | None = None
     harvest_backgrounds: bool | None = None
     psi_priors: bool | None = None
+    resting_poses: bool | None = None
     photometric: bool | None = Field(None, description="false: the final dataset's images stay plain renders.")
 
     def loop_settings(self) -> dict:

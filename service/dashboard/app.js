@@ -9,7 +9,7 @@ const KEY_STORAGE = "nerfsim.apiKey";
 const STAGES = ["queued", "setup", "outer", "final-render", "final-train", "evaluate", "report", "done"];
 const TERMINAL = ["succeeded", "failed", "cancelled"];
 const PARTS = ["azimuth", "elevation", "distance", "exposure", "color_gain", "appearance", "background", "class_mix",
-               "count"];
+               "count", "pose"];
 const DEFAULT_LEARNABLE = ["azimuth", "elevation", "distance", "exposure"];
 const FINAL_METRICS = [["test_map50_95", "test mAP50-95"], ["test_map50", "test mAP50"],
                        ["val_map50_95", "validation mAP50-95"], ["val_map50", "validation mAP50"]];

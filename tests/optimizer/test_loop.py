@@ -17,6 +17,8 @@ from optimizer.checkpoint import load_checkpoint
 from optimizer.config import OptimizeConfig, Progress
 from optimizer.loop import TrainingDivergedError, run_loop, run_optimization
 from optimizer.psi import OptimizerError, Psi, PsiConfig
+from renderer.resting import field_pose_table
+from renderer.scene_renderer import SceneRenderer
 from tests.optimizer.scenes import SHIFTED_AZIMUTH, FacedBoxField, faced_box_renderer, shifted_psi, target_set
 
 PSI = {"distance_median": 0.35, "elevation_median_deg": 20.0, "elevation_range_deg": [0.0, 50.0]}
@@ -57,13 +59,18 @@ def trained(monkeypatch: pytest.MonkeyPatch) -> list:
     return rounds
 
 
-def _run(config: OptimizeConfig, val_set: LabelledSet, out_dir: Path, **kwargs):
-    return run_loop(config, faced_box_renderer(), CLASSES, val_set, None, out_dir, progress_bar=False, **kwargs)
+def _run(config: OptimizeConfig, val_set: LabelledSet, out_dir: Path, poses: bool = False, **kwargs):
+    renderer = faced_box_renderer()
+    if poses:  # objects resting on a support plane, with contact shadows (renderer.resting)
+        renderer = SceneRenderer(renderer.config, renderer.fields, renderer.backgrounds,
+                                 [field_pose_table(f) for f in renderer.fields])
+    return run_loop(config, renderer, CLASSES, val_set, None, out_dir, progress_bar=False, **kwargs)
 
 
-def test_resume_after_cancellation_equals_the_uninterrupted_run(tmp_path: Path, val_set: LabelledSet) -> None:
-    config = tiny_config()
-    whole = _run(config, val_set, tmp_path / "whole")
+@pytest.mark.parametrize("poses", [False, True])
+def test_resume_after_cancellation_equals_the_uninterrupted_run(tmp_path: Path, val_set: LabelledSet, poses: bool) -> None:
+    config = tiny_config(learnable=["azimuth", "distance", "pose"]) if poses else tiny_config()
+    whole = _run(config, val_set, poses=poses, out_dir=tmp_path / "whole")
     assert whole.status == "completed" and whole.iterations_done == 3
 
     asked = []
@@ -73,12 +80,12 @@ def test_resume_after_cancellation_equals_the_uninterrupted_run(tmp_path: Path, 
         return len(asked) == 2
 
     reports: list[Progress] = []
-    first = _run(config, val_set, tmp_path / "split", should_stop=stop_before_the_second_iteration,
+    first = _run(config, val_set, poses=poses, out_dir=tmp_path / "split", should_stop=stop_before_the_second_iteration,
                  on_progress=reports.append)
     assert first.status == "cancelled" and first.iterations_done == 1
     assert [r.stage for r in reports] == ["setup", "outer", "outer"] and reports[-1].message == "cancelled"
     assert load_checkpoint(tmp_path / "split").iteration == 1
-    resumed = _run(config, val_set, tmp_path / "split")
+    resumed = _run(config, val_set, poses=poses, out_dir=tmp_path / "split")
     assert resumed.status == "completed" and resumed.iterations_done == 3
 
     a, b = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "split")
@@ -94,11 +101,14 @@ def test_resume_after_cancellation_equals_the_uninterrupted_run(tmp_path: Path, 
     # psi did move (the comparison above is not between two untouched initial states).
     assert not torch.equal(a.psi["azimuth_logits"], torch.zeros_like(a.psi["azimuth_logits"]))
     assert not torch.equal(a.psi["distance_loc"], torch.full_like(a.psi["distance_loc"], math.log(0.35)))
+    if poses:  # the pose part learned (score function) and was restored exactly
+        initial = Psi(PsiConfig(pose_probs=(tuple(field_pose_table(faced_box_renderer().fields[0]).choice_probs()),)))
+        assert not torch.equal(a.psi["pose_logits"], initial.pose_logits)
     # Samples with boxes were written and the report of the last iteration carries them.
     assert (tmp_path / "whole" / "samples" / "iter0002_0.png").is_file()
 
     with pytest.raises(OptimizerError, match="another config"):
-        _run(replace(config, seed=4), val_set, tmp_path / "whole")
+        _run(replace(config, seed=4), val_set, tmp_path / "whole", poses=poses)
     # The refused run left the folder's record of its config alone.
     assert json.loads((tmp_path / "whole" / "config.json").read_text())["seed"] == config.seed
 

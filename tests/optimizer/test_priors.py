@@ -134,7 +134,7 @@ def test_user_overrides_win_over_the_priors_group_by_group() -> None:
     assert applied.distance_median == 0.9 and applied.distance_log_std == PsiConfig.distance_log_std
     assert applied.offset_centre == priors.offset_centre and applied.offset_range == priors.offset_range
     assert summary["overridden_by_user"] == ["distance_log_std", "distance_median"]
-    assert summary["applied"] == ["offset_centre", "offset_range"]
+    assert summary["applied"] == ["max_objects", "object_spacing", "offset_centre", "offset_range"]
 
 
 def test_several_objects_keep_their_row_inside_the_image() -> None:
@@ -142,8 +142,9 @@ def test_several_objects_keep_their_row_inside_the_image() -> None:
     photos = LabelledSet([_photo([[600, 200, 630, 230], [590, 250, 620, 280]], [0, 0])], ["box"], Path("photos"))
     config = PsiConfig(max_objects=3, object_spacing=0.5)
 
-    priors = derive_priors(photos, ["box"], faced_box_renderer(16), config)
-    applied, _ = apply_priors(config, priors, user_fields=())  # PsiConfig validates the placement
+    layout = {"max_objects", "object_spacing"}  # the user's: the offsets must fit their row
+    priors = derive_priors(photos, ["box"], faced_box_renderer(16), config, user_fields=layout)
+    applied, _ = apply_priors(config, priors, user_fields=layout)  # PsiConfig validates the placement
 
     assert applied.offset_centre[0] < 0.9 and "must stay inside the image" in priors.notes[0]
 
@@ -188,3 +189,42 @@ def test_a_few_box_centres_widen_to_the_range_they_were_drawn_from() -> None:
 
     assert priors.offset_centre == pytest.approx((0.0, 0.0))
     assert priors.offset_range == pytest.approx((0.8, MIN_OFFSET_RANGE))
+
+
+def test_the_layout_matches_the_boxes_it_came_from() -> None:
+    """Photos with 1, 3 and 2 boxes: three object slots, spaced at 0.85 of the median box width
+    (in image half-sizes of the letterboxed 640 px square), so neighbours overlap a little."""
+    widths = [64, 96, 128, 160, 192, 224]  # 0.2 .. 0.7 half-sizes; median 0.45
+    boxes = [[20 + i * 60, 200, 20 + i * 60 + w, 300] for i, w in enumerate(widths)]
+    photos = LabelledSet([_photo(boxes[:1], [0]), _photo(boxes[1:4], [0] * 3), _photo(boxes[4:], [0] * 2)],
+                         ["box"], Path("photos"))
+
+    priors = derive_priors(photos, ["box"], faced_box_renderer(16), PsiConfig())
+    applied, summary = apply_priors(PsiConfig(), priors, user_fields=())
+
+    assert applied.max_objects == 3
+    assert applied.object_spacing == pytest.approx(0.85 * (128 + 160) / 2 / 320, abs=1e-4)
+    assert summary["values"]["max_objects"] == 3 and "object_spacing" in summary["applied"]
+    # Neighbours of the median width overlap: their centres are closer than their width.
+    assert applied.object_spacing < (128 + 160) / 2 / 320
+    user, summary = apply_priors(PsiConfig(), priors, user_fields={"max_objects"})
+    assert user.max_objects == 1 and summary["overridden_by_user"] == ["max_objects", "object_spacing"]
+
+
+def test_crowded_photos_give_at_most_four_slots_in_a_row_that_fits_the_image() -> None:
+    boxes = [[10 + 90 * i, 200, 10 + 90 * i + 300, 260] for i in range(4)] + [[20, 300, 620, 400]] * 3
+    photos = LabelledSet([_photo(boxes, [0] * len(boxes))], ["box"], Path("photos"))
+
+    priors = derive_priors(photos, ["box"], faced_box_renderer(16), PsiConfig())
+    applied, _ = apply_priors(PsiConfig(), priors, user_fields=())  # PsiConfig validates the row
+
+    assert applied.max_objects == 4
+    assert applied.object_spacing * 1.5 + applied.object_spacing / 4 <= 0.95 + 1e-4
+    scene = Psi(applied).sample(200, 0).scene
+    assert scene.offset[..., 0].abs().max() < 1  # every centre inside the image
+
+
+def test_a_single_object_per_photo_keeps_the_configured_layout() -> None:
+    photos = LabelledSet([_photo([[300, 200, 360, 260]], [0]), _photo([[100, 200, 160, 260]], [0])], ["box"], Path("p"))
+    priors = derive_priors(photos, ["box"], faced_box_renderer(16), PsiConfig(max_objects=2))
+    assert priors.max_objects is None and "max_objects" not in priors.overrides()

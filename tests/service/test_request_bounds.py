@@ -197,6 +197,9 @@ def test_the_real_photo_settings_reach_the_loop_config() -> None:
             config.photometric) == (0.5, False, False, False, None)
     on = JobCreate.model_validate({**JOB, "options": {"photometric": True}}).optimize_config("scene.json", "val", None)
     assert on.photometric == {}
+    assert on.resting_poses  # the loop's default: objects rest on a support plane
+    off = JobCreate.model_validate({**JOB, "options": {"resting_poses": False}}).optimize_config("scene.json", "val", None)
+    assert off.resting_poses is False
 
 
 def test_the_architectures_are_the_detectors() -> None:
