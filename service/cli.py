@@ -79,6 +79,7 @@ def cmd_render(args: argparse.Namespace) -> None:
 def cmd_optimize(args: argparse.Namespace) -> None:
     from optimizer.config import OptimizeConfig
     from optimizer.loop import run_optimization
+    from service.progress_view import StageProgress
 
     try:
         settings = json.loads(Path(args.config).read_text())
@@ -90,7 +91,11 @@ def cmd_optimize(args: argparse.Namespace) -> None:
         config = OptimizeConfig.from_dict(settings)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{args.config}: {error}") from error
-    run_optimization(config, Path(args.out), progress_bar=True)
+    view = StageProgress()  # one bar per stage (the loop's own bars and Ultralytics' logs stay off)
+    try:
+        run_optimization(config, Path(args.out), on_progress=lambda p: view.progress(p.to_dict()), progress_bar=False)
+    finally:
+        view.close()
     print(f"results: {args.out} (dataset/, psi.json, detector.pt, report.json)")
 
 
