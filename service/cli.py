@@ -23,14 +23,7 @@ import signal
 import sys
 from pathlib import Path
 
-
-def _offline_environment() -> None:
-    """No downloads at run time: Ultralytics settings live in the project, not in ~/.config."""
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    # Idle OpenMP threads sleep instead of spinning: on a shared machine busy-waiting threads
-    # made training steps 30x slower. Set here, before torch starts its thread pool.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(Path.cwd() / ".yolo"))
+from service.environment import offline_environment
 
 
 def cmd_asset_from_mesh(args: argparse.Namespace) -> None:
@@ -250,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _offline_environment()
+    offline_environment()  # before any command imports torch or Ultralytics
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
