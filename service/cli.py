@@ -7,6 +7,7 @@
     nerfsim optimize --config JOB.json --out DIR
                                                run the closed loop here (resumes from DIR)
     nerfsim demo [--out DIR]                   the main job on the demo scene, through the service
+    nerfsim download JOB ARTIFACT [--out PATH] a finished job's artifact from a service (through the SDK)
     nerfsim serve [--port 8000] [--workers 1]  API + workers (+ embedded Redis without REDIS_URL)
     nerfsim worker                             a worker of a deployment's Redis (REDIS_URL)
     nerfsim keys create|list|revoke            API keys (each names a tenant)
@@ -89,7 +90,7 @@ def cmd_optimize(args: argparse.Namespace) -> None:
         run_optimization(config, Path(args.out), on_progress=lambda p: view.progress(p.to_dict()), progress_bar=False)
     finally:
         view.close()
-    print(f"results: {args.out} (dataset/, psi.json, detector.pt, report.json)")
+    print(f"results: {args.out} (dataset/, psi.json, detector.pt, best_loop_detector.pt, report.json)")
 
 
 def _service_settings(args: argparse.Namespace):
@@ -133,6 +134,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from service.demo import run_demo
 
     run_demo(Path(args.out), _service_settings(args), quick=args.quick)
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from nerfsim_client import Client, NerfsimError
+
+    try:
+        with Client(args.url, args.api_key, progress=sys.stderr.isatty()) as client:
+            path = client.get_job(args.job).download(args.artifact, args.out)
+    except NerfsimError as error:  # (the SDK's errors are not ValueErrors: main reports them the same way)
+        raise ValueError(f"{args.job}: {error}") from error
+    print(path)
 
 
 def _key_store(args: argparse.Namespace):
@@ -225,6 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a smaller budget (a minute or two)")
     demo.add_argument("--storage", type=Path, help="service storage root (default: OUT/service)")
     demo.set_defaults(run=cmd_demo)
+
+    download = commands.add_parser("download", help="download a job's artifact from a service")
+    download.add_argument("job", help="job id")
+    download.add_argument("artifact", help="dataset, detector, best_loop_detector, report, psi, config, samples, plots "
+                                           "(or the file name)")
+    download.add_argument("--out", type=Path, default=Path("."), help="a file, or a folder to put it in")
+    download.add_argument("--url", default=os.environ.get("NERFSIM_URL", "http://127.0.0.1:8000"),
+                          help="the service (default: $NERFSIM_URL or http://127.0.0.1:8000)")
+    download.add_argument("--api-key", help="API key (default: $NERFSIM_API_KEY)")
+    download.set_defaults(run=cmd_download)
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create a key (printed once)")
