@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 import threading
 import time
 import zipfile
@@ -48,7 +49,8 @@ def render_target_set(scene: str, out_dir: Path, count: int, size: int, seed: in
     renderer = SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds)
     config = PsiConfig(num_classes=len(fields), num_backgrounds=len(backgrounds))
     psi = Psi.from_target(config, azimuth_bin_probs=TARGET_AZIMUTH_BINS)
-    render_dataset(renderer, psi, count, size, out_dir, spec.class_names, seed=seed, progress=True)
+    # A bar on a terminal only: in a log it would print a copy of itself at every refresh.
+    render_dataset(renderer, psi, count, size, out_dir, spec.class_names, seed=seed, progress=sys.stderr.isatty())
     return out_dir
 
 
