@@ -13,7 +13,7 @@ each group, so only the azimuth differs:
   the image's own class only;
 - ``balanced_dot`` / ``balanced_cosine`` (``--class-balanced``): against the sum of the
   classes' validation gradients, each scaled to unit length, so that the classes the detector
-  does worst on do not dominate g_val (README, finding 23);
+  does worst on do not dominate g_val (docs/findings.md, finding 23);
 - ``<group>_dot`` / ``<group>_cosine`` (``--layer-groups``): over one LAYER_GROUPS entry's
   parameters only;
 - ``*_rank``: the rank of the reward inside its group.

@@ -45,7 +45,7 @@ same folder) is reused, so the runs can be split over processes (--shifts, --met
 and gathered into one table by a last call with everything.
 
 --quick: the pose shift only, one seed, uniform / oracle / neural-sim (--headline estimator) /
-REINFORCE, a smaller budget; 14.9 minutes measured on 2 CPU cores with one thread (README) once
+REINFORCE, a smaller budget; 14.9 minutes measured on 2 CPU cores with one thread (docs/closed-loop.md) once
 the quick assets and target sets are cached (building them takes about 2 minutes more, once): the
 four runs share one warm-up.
 
@@ -120,7 +120,7 @@ SHIFTS = {
 psi's Adam step (bin logits need larger steps than a log-distance or an exposure in stops; the
 pose shift's grows over its first outer iterations: Adam's first steps are full-size whatever
 the gradient); where the pose shift's azimuth is learnt by the score function (neural-sim
-score and both), its per-image rewards are cosines (see README: standardised dot products moved
+score and both), its per-image rewards are cosines (see docs/findings.md: standardised dot products moved
 psi away from the target)."""
 
 
@@ -141,11 +141,11 @@ class Budget:
     pose_warmup_steps: int
     """The pose shift's (every method's): 200 steps, the warm-up after which the outer objective
     was measured to single out the target's bins (benchmarks/pose_objective.py); the per-image
-    signal was no stronger after 400 (README, findings 8 and 10)."""
+    signal was no stronger after 400 (docs/findings.md, findings 8 and 10)."""
     outer_iterations: int
     images_per_iteration: int
     pose_images_per_iteration: int
-    """The pose shift's (every method's): its per-image signal is the weakest (README, findings)."""
+    """The pose shift's (every method's): its per-image signal is the weakest (docs/findings.md)."""
     inner_steps: int
     final_images: int
     final_epochs: int
@@ -221,8 +221,8 @@ STRATIFIED = {"pose"}
 """Shifts whose target sets hold the target's azimuth bins in exactly equal shares (rendered
 stratified, one stratum per target bin: optimizer.dataset.render_dataset). Drawn at random, the
 pose shift's 100 validation images held 42 / 58 of bins 1 / 2 and its 300 test images 58 / 42:
-a method that learnt the validation set's histogram was scored against the other one (README,
-finding 26). Since session 10; the earlier pose rows used the drawn sets."""
+a method that learnt the validation set's histogram was scored against the other one
+(docs/findings.md, finding 26). Since session 10; the earlier pose rows used the drawn sets."""
 
 
 def target_name(shift: str) -> str:
@@ -371,7 +371,7 @@ def main() -> None:
     parser.add_argument("--headline", default="appearance",
                         choices=[m.removeprefix("neural-sim-") for m in METHODS if m.startswith("neural-sim-")],
                         help="the neural-sim method of the pose shift's last line, of @half and of @twice (default: "
-                             "appearance, the one that meets the pose targets: README, finding 26)")
+                             "appearance, the one that meets the pose targets: docs/findings.md, finding 26)")
     parser.add_argument("--final-detectors", type=int, default=None,
                         help="final detectors trained per run, whose mean test mAP is the run's (default: the budget's)")
     parser.add_argument("--threads", type=int, default=1,

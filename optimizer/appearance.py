@@ -15,8 +15,8 @@ probabilities,
 ``A[j, k]`` the mean kernel between crops of bins j and k from *different* scenes and ``b[k]``
 the mean kernel between crops of bin k and the class's validation crops. It is quadratic in
 ``p``, so its minimiser can be a mixture of bins (the mean per-image alignment, linear in
-``p``, always peaks on a single bin: README, finding 22). Measured at the pose shift (README,
-finding 26): the per-crop similarity to the validation crops told the target's bins apart at
+``p``, always peaks on a single bin: docs/findings.md, finding 22). Measured at the pose
+shift (docs/findings.md, finding 26): the per-crop similarity to the validation crops told the target's bins apart at
 t = 6.7-8.0 over 48 scenes, where the detector's per-image gradient alignment reached
 t = 1.5-3.4 and its box-pooled features t = 0.1-3.1.
 

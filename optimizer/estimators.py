@@ -150,7 +150,7 @@ def mixture_alignment_gradient(
     is the mean unit training gradient of psi's images: how well one step on psi's data as a
     whole points along u (an optimal-size step on an isotropic quadratic model of the validation
     loss), instead of the mean over images of each one's cosine, which is linear in the bin
-    probabilities, so its maximiser is always a single bin (README, finding 22). Its derivative
+    probabilities, so its maximiser is always a single bin (docs/findings.md, finding 22). Its derivative
     by a cell's probability is ``(r_a - J m.g_a/|m|) / |m|``: the cell's own cosine less its
     overlap with what psi's data already teach, so a bin psi already draws often gains less from
     being drawn more.
@@ -181,7 +181,7 @@ def mixture_alignment_gradient(
 @dataclass
 class MixtureStatistics:
     """Recency-weighted running means of :func:`mixture_cell_sums` over outer iterations: one
-    iteration's dozen scenes estimate ``|m|^2`` too noisily (README, finding 25), and a bin's
+    iteration's dozen scenes estimate ``|m|^2`` too noisily (docs/findings.md, finding 25), and a bin's
     cells need not change fast (the detector moves by a few steps per iteration). Plain fields,
     so ``dataclasses.asdict`` / ``MixtureStatistics(**state)`` checkpoint it."""
 

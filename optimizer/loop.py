@@ -76,6 +76,7 @@ from detector.targets import ImageBatch, UltralyticsTargets
 from detector.train import FinetuneState, finetune, train_on_dataset
 from optimizer.appearance import AppearanceStatistics, crop_bandwidth, object_crops
 from optimizer.baselines import azimuth_total_variation, initial_psi, random_candidate
+from optimizer.best_detector import best_iteration, keep_if_best
 from optimizer.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from optimizer.config import (
     AlignmentNormalisation,
@@ -883,6 +884,7 @@ class _Loop:
         record["train_loss"] = trained.losses[-1] if trained.losses else None
         record["val_map50_95"] = metrics.map50_95 if metrics is not None else None
         record["val_map50"] = metrics.map50 if metrics is not None else None
+        keep_if_best(model, t, metrics, self.history, self.out_dir)  # an artifact: the final detector can be worse
         record["temperature"] = self.psi.temperature
         record["images_rendered"] = self.images_rendered
         record["psi"] = self.psi.snapshot()
@@ -1040,6 +1042,7 @@ class _Loop:
             "final": final,
             **real_report,
             "psi": snapshot,
+            "best_loop_detector": best_iteration(self.history),
             "priors": self.priors,
             "azimuth_tv": (azimuth_total_variation(snapshot["azimuth"]["probs"], self.target_azimuth)
                            if self.target_azimuth is not None else None),

@@ -7,6 +7,7 @@
     nerfsim optimize --config JOB.json --out DIR
                                                run the closed loop here (resumes from DIR)
     nerfsim demo [--out DIR]                   the main job on the demo scene, through the service
+    nerfsim download JOB ARTIFACT [--out PATH] a finished job's artifact from a service (through the SDK)
     nerfsim serve [--port 8000] [--workers 1]  API + workers (+ embedded Redis without REDIS_URL)
     nerfsim worker                             a worker of a deployment's Redis (REDIS_URL)
     nerfsim keys create|list|revoke            API keys (each names a tenant)
@@ -23,14 +24,7 @@ import signal
 import sys
 from pathlib import Path
 
-
-def _offline_environment() -> None:
-    """No downloads at run time: Ultralytics settings live in the project, not in ~/.config."""
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    # Idle OpenMP threads sleep instead of spinning: on a shared machine busy-waiting threads
-    # made training steps 30x slower. Set here, before torch starts its thread pool.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(Path.cwd() / ".yolo"))
+from service.environment import offline_environment
 
 
 def image_size_arg(text: str) -> int | tuple[int, int]:
@@ -91,6 +85,7 @@ def cmd_render(args: argparse.Namespace) -> None:
 def cmd_optimize(args: argparse.Namespace) -> None:
     from optimizer.config import OptimizeConfig
     from optimizer.loop import run_optimization
+    from service.progress_view import StageProgress
 
     try:
         settings = json.loads(Path(args.config).read_text())
@@ -102,8 +97,12 @@ def cmd_optimize(args: argparse.Namespace) -> None:
         config = OptimizeConfig.from_dict(settings)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{args.config}: {error}") from error
-    run_optimization(config, Path(args.out), progress_bar=True)
-    print(f"results: {args.out} (dataset/, psi.json, detector.pt, report.json)")
+    view = StageProgress()  # one bar per stage (the loop's own bars and Ultralytics' logs stay off)
+    try:
+        run_optimization(config, Path(args.out), on_progress=lambda p: view.progress(p.to_dict()), progress_bar=False)
+    finally:
+        view.close()
+    print(f"results: {args.out} (dataset/, psi.json, detector.pt, best_loop_detector.pt, report.json)")
 
 
 def _service_settings(args: argparse.Namespace):
@@ -147,6 +146,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from service.demo import run_demo
 
     run_demo(Path(args.out), _service_settings(args), quick=args.quick)
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from nerfsim_client import Client, NerfsimError
+
+    try:
+        with Client(args.url, args.api_key, progress=sys.stderr.isatty()) as client:
+            path = client.get_job(args.job).download(args.artifact, args.out)
+    except NerfsimError as error:  # (the SDK's errors are not ValueErrors: main reports them the same way)
+        raise ValueError(f"{args.job}: {error}") from error
+    print(path)
 
 
 def _key_store(args: argparse.Namespace):
@@ -240,6 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--storage", type=Path, help="service storage root (default: OUT/service)")
     demo.set_defaults(run=cmd_demo)
 
+    download = commands.add_parser("download", help="download a job's artifact from a service")
+    download.add_argument("job", help="job id")
+    download.add_argument("artifact", help="dataset, detector, best_loop_detector, report, psi, config, samples, plots "
+                                           "(or the file name)")
+    download.add_argument("--out", type=Path, default=Path("."), help="a file, or a folder to put it in")
+    download.add_argument("--url", default=os.environ.get("NERFSIM_URL", "http://127.0.0.1:8000"),
+                          help="the service (default: $NERFSIM_URL or http://127.0.0.1:8000)")
+    download.add_argument("--api-key", help="API key (default: $NERFSIM_API_KEY)")
+    download.set_defaults(run=cmd_download)
+
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create a key (printed once)")
     create.add_argument("--tenant", help="tenant of the key (default: a new tenant)")
@@ -257,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _offline_environment()
+    offline_environment()  # before any command imports torch or Ultralytics
     args = build_parser().parse_args(argv)
     try:
         args.run(args)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 import threading
 import time
 import zipfile
 from pathlib import Path
 
-from tqdm import tqdm
-
 from service.errors import ServiceError
+from service.progress_view import StageProgress
 from service.settings import ServiceSettings
 
 TARGET_AZIMUTH_BINS = [0, 0, 1, 1, 0, 0, 0, 0]
@@ -49,7 +49,8 @@ def render_target_set(scene: str, out_dir: Path, count: int, size: int, seed: in
     renderer = SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds)
     config = PsiConfig(num_classes=len(fields), num_backgrounds=len(backgrounds))
     psi = Psi.from_target(config, azimuth_bin_probs=TARGET_AZIMUTH_BINS)
-    render_dataset(renderer, psi, count, size, out_dir, spec.class_names, seed=seed, progress=True)
+    # A bar on a terminal only: in a log it would print a copy of itself at every refresh.
+    render_dataset(renderer, psi, count, size, out_dir, spec.class_names, seed=seed, progress=sys.stderr.isatty())
     return out_dir
 
 
@@ -126,7 +127,7 @@ def run_demo(out: Path, settings: ServiceSettings, quick: bool = False, scene: s
                        **demo_budget(quick)}
             job = client.create_job(request, idempotency_key=f"demo-{out.resolve()}")
             print(f"nerfsim demo: job {job['id']} queued: {request['budget']}")
-            job = _follow(client, job["id"], request["budget"]["outer_iterations"])
+            job = _follow(client, job["id"])
             if job["status"] != "succeeded":
                 raise ServiceError(f"demo job {job['id']} {job['status']}: {job['error']} (see {out / 'worker.log'})")
             results = _download(client, job, out)
@@ -144,24 +145,16 @@ def run_demo(out: Path, settings: ServiceSettings, quick: bool = False, scene: s
     return job
 
 
-def _follow(client, job_id: str, outer_iterations: int) -> dict:
-    """Show the job's progress from its event stream (a bar over the outer iterations, a line
-    per other stage); returns its final record."""
-    bar = tqdm(total=outer_iterations, desc="closed loop", unit="iter")
-    stage = None
+def _follow(client, job_id: str) -> dict:
+    """Show the job's progress from its event stream (service.progress_view: a bar per long
+    stage, or a few plain lines when the output is not a terminal); returns its final record."""
+    view = StageProgress()
     for event, data in client.events(job_id):
         if event == "status":
-            tqdm.write(f"  job {data['status']}" + (f": {data['error']}" if data.get("error") else ""))
+            view.line(f"job {data['status']}" + (f": {data['error']}" if data.get("error") else ""))
         elif event == "progress":
-            if data["stage"] == "outer":
-                bar.n = data["iteration"] + 1
-                shown = {k: round(v, 3) for k, v in data["metrics"].items() if isinstance(v, (int, float))}
-                bar.set_postfix(dict(list(shown.items())[:3]))
-                bar.refresh()
-            elif data["stage"] != stage or data["stage"] == "final-train":
-                tqdm.write(f"  {data['stage']}: {data.get('message', '')}".rstrip())
-            stage = data["stage"]
-    bar.close()
+            view.progress(data)
+    view.close()
     return client.job(job_id)
 
 

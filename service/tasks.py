@@ -30,6 +30,7 @@ from service import attempts
 from service.events import cancel_key, publish
 from service.interruption import JobCancelled, WorkerStopping, interruptible
 from service.logs import job_context
+from service.portable import copy_portable, server_prefixes
 from service.records import RecordStore
 from service.schemas import (
     TERMINAL_STATUSES,
@@ -148,18 +149,19 @@ class _CancelFlag:
 
 def publish_artifacts(job_dir: Path, storage: Storage) -> dict[str, str]:
     """Copy the loop's results (not its checkpoint) from ``work/`` to ``artifacts/`` in one
-    rename: folders become zips (the dataset holds COCO and YOLO labels side by side); returns
-    name -> file name."""
+    rename: folders become zips (the dataset holds COCO and YOLO labels side by side), JSON files
+    lose the server's paths (service.portable); returns name -> file name."""
     work = job_dir / WORK_DIR
     final = job_dir / ARTIFACTS_DIR
     staging = staging_dir(final)
+    prefixes = server_prefixes(job_dir, storage.root)
     try:
         if work.is_dir():
             for item in sorted(work.iterdir()):
                 if item.name.startswith(".") or item.name in PRIVATE_FILES or item.suffix in {".tmp", ".partial"}:
                     continue
                 if item.is_file():
-                    shutil.copy2(item, staging / item.name)
+                    copy_portable(item, staging / item.name, prefixes)  # JSON without the server's paths
                 elif item.name in ZIPPED_FOLDERS:
                     zip_folder(item, staging / ZIPPED_FOLDERS[item.name])
     except BaseException:

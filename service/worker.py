@@ -28,6 +28,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.worker import SimpleWorker, WorkerStatus
 
+from service.environment import offline_environment
 from service.interruption import interrupt_current
 from service.logs import configure_logging
 from service.queue import get_queue
@@ -94,7 +95,7 @@ def run_worker(settings: ServiceSettings | None = None, burst: bool = False, max
         raise ValueError("REDIS_URL is not set: a worker needs the service's Redis")
     configure_logging(settings.log_json)
     os.environ.setdefault("OMP_NUM_THREADS", str(settings.threads))
-    os.environ.setdefault("YOLO_OFFLINE", "1")
+    offline_environment()
     import torch
 
     torch.set_num_threads(settings.threads)

@@ -112,9 +112,9 @@ class Job(JobData):
         return self._client._driver.iterate(self._client._ops.events(self.id, last_event_id))
 
     def download(self, kind: str, path: Union[str, Path] = ".", progress: Optional[bool] = None) -> Path:
-        """Download artifact ``kind`` (``dataset``, ``detector``, ``report``, ``psi``,
-        ``samples``, ``plots``, or the file name) to ``path`` (a file, or a folder to put it
-        in); resumes an interrupted download. Returns the file."""
+        """Download artifact ``kind`` (``dataset``, ``detector``, ``best_loop_detector``,
+        ``report``, ``psi``, ``config``, ``samples``, ``plots``, or the file name) to ``path``
+        (a file, or a folder to put it in); resumes an interrupted download. Returns the file."""
         return self._client._run(self._client._ops.download(self.id, kind, path, progress))
 
     def cancel(self) -> "Job":

@@ -56,3 +56,40 @@ def test_logs_are_json_lines_with_the_job_id() -> None:
     assert line["message"] == "job started" and line["job_id"] == "job-42" and line["attempt"] == 2
     assert line["level"] == "info" and line["time"].endswith("Z")
     assert "job_id" not in json.loads(JsonFormatter().format(record))
+
+
+def strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in strings(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in strings(item)]
+    return []
+
+
+def test_published_json_holds_no_server_path(tmp_path: Path) -> None:
+    storage = Storage(tmp_path / "root")
+    job_dir = storage.record_dir("job", "acme", "job-0123456789abcdef")
+    make_work(job_dir, "{}")
+    target = storage.record_dir("target", "acme", "target-1") / "annotations.json"
+    config = {"scene": str(job_dir / "scene.json"), "target_val": str(target), "target_test": None,
+              "detector_weights": str(storage.record_dir("weights", "acme", "weights-1") / "weights.pt"),
+              "seed": 3}
+    (job_dir / "work" / "config.json").write_text(json.dumps(config))
+    report = {"config": config, "plots": ["plots/map.png"], "out": str(job_dir / "work"),
+              "dataset": str(job_dir / "work" / "dataset"), "error": f"{target}: box 3 outside the image"}
+    (job_dir / "work" / "report.json").write_text(json.dumps(report))
+    publish_artifacts(job_dir, storage)
+
+    published = json.loads((job_dir / "artifacts" / "report.json").read_text())
+    assert not [s for s in strings(published) if s.startswith("/") or str(tmp_path) in s], published
+    assert published["config"] == json.loads((job_dir / "artifacts" / "config.json").read_text())
+    assert published["config"]["scene"] == "scene.json" and published["config"]["seed"] == 3
+    assert published["config"]["target_val"] == "targets/target-1/annotations.json"
+    assert published["config"]["detector_weights"] == "weights/weights-1/weights.pt"
+    assert published["out"] == "." and published["dataset"] == "dataset" and published["plots"] == ["plots/map.png"]
+    assert published["error"] == "targets/target-1/annotations.json: box 3 outside the image"
+    # The loop's own copy keeps its paths: a resumed run compares its config with it.
+    assert json.loads((job_dir / "work" / "config.json").read_text()) == config
+    assert (job_dir / "artifacts" / "psi.json").read_text() == "{}"  # nothing to rewrite: copied as it is

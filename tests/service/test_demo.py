@@ -27,5 +27,10 @@ def test_demo_writes_dataset_detector_and_report(box_asset: Path, tmp_path: Path
     assert len(load_coco(out / "dataset" / "annotations.json")) == len(load_yolo(out / "dataset")) == 32
     assert (out / "detector.pt").stat().st_size > 0
     assert json.loads((out / "report.json").read_text())["status"] == "completed"
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert f"Results in {out.resolve()}" in printed and "final detector on the test set: mAP50-95" in printed
+    # Not a terminal: plain lines, each long stage's last one its end, and no bar.
+    assert "\r" not in captured.err, captured.err[-2000:]
+    for line in ("closed loop: 3/3", "final rendering: 32/32", "final training: 2/2", "job succeeded"):
+        assert line in captured.err.splitlines() or any(l.startswith(line + "  ") for l in captured.err.splitlines()), line
