@@ -97,12 +97,11 @@ from optimizer.baselines import psi_config  # noqa: E402
 from optimizer.config import OptimizeConfig  # noqa: E402
 from optimizer.dataset import render_dataset  # noqa: E402
 from optimizer.final_size import final_image_shape  # noqa: E402
-from optimizer.loop import run_optimization  # noqa: E402
+from optimizer.loop import job_renderer, run_optimization  # noqa: E402
 from optimizer.psi import Psi, PsiConfig  # noqa: E402
-from optimizer.real_training import photo_backgrounds  # noqa: E402
 from optimizer.report import write_json_atomic  # noqa: E402
-from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: E402
-from renderer.scene_spec import load_scene, read_scene_spec  # noqa: E402
+from renderer.scene_renderer import SceneRenderer  # noqa: E402
+from renderer.scene_spec import read_scene_spec  # noqa: E402
 
 CACHE = REPO / "benchmarks" / "cache" / "real"
 RESULTS = REPO / "benchmarks" / "results" / "real"
@@ -323,8 +322,8 @@ def main() -> None:
     # The renderer a job builds (run_optimization): the scene's assets on backgrounds harvested
     # from the validation photos, so that the loop's psi fits it (its background count).
     scene, val = job_inputs(names, assets.QUICK_BUDGET)
-    fields, backgrounds = load_scene(read_scene_spec(scene), photo_backgrounds(photos[1]))
-    renderer = SceneRenderer(SceneRendererConfig(fov_deg=read_scene_spec(scene).fov_deg), fields, backgrounds)
+    renderer = job_renderer(OptimizeConfig(), read_scene_spec(scene), photos[1])
+    fields, backgrounds = renderer.fields, renderer.backgrounds
     fixed = Psi.uniform(psi_config(OptimizeConfig(learnable=[]), fields, len(backgrounds)))
     print(f"classes {names}; {len(real)} photos, {len(test)} test photos, {len(backgrounds)} backgrounds; "
           f"assets ready after {time.perf_counter() - began:.0f} s", flush=True)

@@ -111,7 +111,7 @@ from optimizer.report import plot_history, sample_paths, save_sample_images, wri
 from renderer.photometric import PhotometricConfig, PhotometricError, photograph
 from renderer.resting import field_pose_table
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
-from renderer.scene_spec import load_scene, read_scene_spec
+from renderer.scene_spec import SceneSpec, load_scene, read_scene_spec
 
 Status = Literal["completed", "cancelled"]
 HYPERGRADIENT_BN = BatchNormMode.BATCH
@@ -265,6 +265,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def job_renderer(config: OptimizeConfig, spec: SceneSpec, val_set: LabelledSet) -> SceneRenderer:
+    """The renderer a job renders with: the scene's objects on its backgrounds plus those
+    harvested from the labelled photos (renderer.harvest), objects resting in their stable poses
+    (renderer.resting), as ``config`` asks."""
+    fields, backgrounds = load_scene(spec, photo_backgrounds(val_set) if config.harvest_backgrounds else None)
+    poses = [field_pose_table(f) for f in fields] if config.resting_poses else None
+    return SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds, poses)
+
+
 def run_optimization(
     config: OptimizeConfig,
     out_dir: Path,
@@ -283,11 +292,7 @@ def run_optimization(
     val_set = load_dataset(Path(config.target_val))
     test_set = load_dataset(Path(config.target_test)) if config.target_test is not None else None
     spec = read_scene_spec(config.scene)
-    # issue 23: backgrounds harvested from the labelled photos (optimizer.real_training).
-    fields, backgrounds = load_scene(spec, photo_backgrounds(val_set) if config.harvest_backgrounds else None)
-    # issue 23: objects rest on a support plane in stable poses (renderer.resting).
-    poses = [field_pose_table(f) for f in fields] if config.resting_poses else None
-    renderer = SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds, poses)
+    renderer = job_renderer(config, spec, val_set)
     return run_loop(
         config, renderer, spec.class_names, val_set, test_set, out_dir,
         on_progress=on_progress, should_stop=should_stop, progress_bar=progress_bar,
