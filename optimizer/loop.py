@@ -318,7 +318,8 @@ def run_loop(
     Writes to ``out_dir``: ``config.json``, ``checkpoint.pt`` (after every outer iteration),
     ``samples/`` (images with boxes), and after the final stage ``dataset/``, ``final_data/`` (the
     final training's folder: the dataset plus the photos), ``final_train/``, ``detector.pt``,
-    ``real_only/`` (the real-only baseline, with a test set), ``psi.json``, ``report.json`` and
+    ``real_only/`` (the real-only baseline, with a test set), ``uniform_baseline/``
+    (optimizer.uniform_baseline), ``psi.json``, ``report.json`` and
     ``plots/``. ``should_stop()`` is asked before every outer iteration, between final stages and
     after every batch of the final training; when it says yes the run returns
     with status 'cancelled' (the checkpoint is current, so calling again resumes).
