@@ -106,7 +106,7 @@ from optimizer.priors import starting_psi_config
 from optimizer.psi import PARTS, PER_CLASS_PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiConfig, PsiNoise
 from optimizer.real_training import compare_with_real_only, final_training_data, photo_backgrounds, train_real_only
 from optimizer.uniform_baseline import MIN_PHOTOS_TO_HOLD_OUT, hold_out, psi_before_after, uniform_baseline
-from optimizer.report import plot_history, sample_paths, save_sample_images, write_json_atomic
+from optimizer.report import plot_history, plot_psi_before_after, sample_paths, save_sample_images, write_json_atomic
 from renderer.photometric import PhotometricConfig, PhotometricError, photograph
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
 from renderer.scene_spec import load_scene, read_scene_spec
@@ -1035,7 +1035,9 @@ class _Loop:
             "state": {name: torch.nan_to_num(value.detach().cpu(), neginf=-1e4).tolist()
                       for name, value in self.psi.state_dict().items()},
         })
-        plots = plot_history(self.history, self.class_names, final, self.out_dir / "plots")
+        before_after = psi_before_after(Psi.uniform(self.psi_config).snapshot(), snapshot, config.learnable)
+        plots = [*plot_history(self.history, self.class_names, final, self.out_dir / "plots"),
+                 *plot_psi_before_after(before_after, self.out_dir / "plots")]
         report = {
             "status": "completed",
             "config": _plain(config.to_dict()),
@@ -1046,7 +1048,7 @@ class _Loop:
             "final": final,
             **real_report,
             "psi": snapshot,
-            "psi_before_after": psi_before_after(Psi.uniform(self.psi_config).snapshot(), snapshot, config.learnable),
+            "psi_before_after": before_after,
             "priors": self.priors,
             "azimuth_tv": (azimuth_total_variation(snapshot["azimuth"]["probs"], self.target_azimuth)
                            if self.target_azimuth is not None else None),

@@ -383,8 +383,9 @@ class JobRecord(Record, JobPublic):
     @classmethod
     def _retired_settings(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            if "preset" not in data:  # stored before presets: the paper's method, as then
-                data = {**data, "preset": "neural-sim"}
+            if "preset" not in data:  # stored before presets: the paper's method and no baseline, as then
+                data = {**data, "preset": "neural-sim",
+                        "options": {"uniform_baseline": False, **(data.get("options") or {})}}
             data = {**data, **{name: drop_retired(data[name], model)
                                for name, model in (("options", JobOptions), ("psi", PsiOverrides)) if name in data}}
         return data

@@ -226,7 +226,12 @@ def test_run_optimization_from_files_writes_the_report(tmp_path: Path, val_set: 
     assert set(report["final"]) == {"val", "test"} and 0 <= report["final"]["test"]["map50_95"] <= 1
     assert report["images_rendered"] == 6 + 8 + 8 and report["iterations_done"] == 1  # + the uniform baseline's
     assert json.loads((tmp_path / "out" / "psi.json").read_text())["snapshot"]["azimuth"]["probs"]
-    for name in ("detector.pt", "dataset/annotations.json", "plots/psi_azimuth.png", "plots/val_loss.png", "plots/map.png"):
+    # The learned parts at the start and at the end, and the uniform baseline beside the final detector.
+    assert set(report["psi_before_after"]) == {"azimuth", "distance"}
+    assert report["psi_before_after"]["azimuth"]["after"] == report["psi"]["azimuth"]
+    assert report["baseline"]["evaluated_on"] == "test set" and "map50_95_bootstrap" in report["difference"]
+    for name in ("detector.pt", "dataset/annotations.json", "plots/psi_azimuth.png", "plots/val_loss.png", "plots/map.png",
+                 "plots/psi_before_after.png"):
         assert (tmp_path / "out" / name).is_file(), name
     # A finished run in the same folder is not redone.
     again = run_optimization(config, tmp_path / "out", progress_bar=False)

@@ -110,6 +110,28 @@ def test_without_a_test_set_a_quarter_of_the_photos_is_held_out_of_the_whole_run
     assert hold_out(few, seed=3) == (few, None)
 
 
+def test_a_job_without_a_test_set_runs_on_the_photos_it_does_not_hold_out(
+    tmp_path: Path, photos: LabelledSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run_optimization: the loop, its priors, its harvested backgrounds and its final training
+    get the kept photos only; the held-out ones are the test set, said so in the report."""
+    seen: dict = {}
+    monkeypatch.setattr(loop_module, "photo_backgrounds", lambda kept: seen.setdefault("harvested_from", kept) and None)
+    monkeypatch.setattr(loop_module, "run_loop", lambda config, renderer, names, val, test, out, **kwargs:
+                        seen.update(val=val, test=test, held_out=kwargs["test_held_out"]))
+    loop_module.run_optimization(tiny_config(target_val=str(photos.source), scene="demo", harvest_backgrounds=True),
+                                 tmp_path, progress_bar=False)
+    kept, held = hold_out(photos, seed=3)
+    assert [i.path for i in seen["val"].images] == [i.path for i in seen["harvested_from"].images] == \
+        [i.path for i in kept.images]
+    assert [i.path for i in seen["test"].images] == [i.path for i in held.images] and seen["held_out"]
+    # Switched off, or with nothing to train a baseline for, the run keeps every photo.
+    for settings in (dict(uniform_baseline=False), dict(final_images=0)):
+        loop_module.run_optimization(tiny_config(target_val=str(photos.source), scene="demo", **settings), tmp_path,
+                                     progress_bar=False)
+        assert len(seen["val"]) == 8 and seen["test"] is None and not seen["held_out"]
+
+
 def test_the_bootstrap_of_one_detector_against_itself_is_zero() -> None:
     boxes = [torch.tensor([[2.0, 2.0, 12.0, 12.0]]), torch.tensor([[4.0, 4.0, 20.0, 20.0]])]
     classes = [torch.tensor([0]), torch.tensor([0])]

@@ -1,5 +1,6 @@
 """Method presets at the API: listed with their settings, chosen by name in a job request,
-explicit settings on top; a record stored before presets keeps running the paper's method."""
+explicit settings on top; a record stored before presets keeps running the paper's method
+without the uniform baseline (so an interrupted job resumes its own checkpoint)."""
 
 from __future__ import annotations
 
@@ -61,4 +62,4 @@ def test_a_record_stored_before_presets_runs_the_papers_method(client, inputs) -
     record = JobRecord.model_validate({**stored, "tenant": "acme"})
     assert record.preset == "neural-sim" and "alignment_ignores" not in record.options.model_dump()
     config = record.optimize_config("scene.json", "val", None)
-    assert (config.enumerate_bins, config.alignment_objective) == (False, "mean")
+    assert (config.enumerate_bins, config.alignment_objective, config.uniform_baseline) == (False, "mean", False)
