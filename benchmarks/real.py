@@ -9,10 +9,11 @@ its seeded random initialisation), training settings, images per epoch and seeds
 - ``fixed`` (reference): renders from psi uniform over the old fixed default ranges
   (Psi.uniform of the default PsiConfig), no loop;
 - ``uniform``: renders from a job's starting psi, no loop: what ``run_optimization`` starts
-  from for a job with ``val/`` as its validation set (method 'uniform', no outer iteration),
+  from for a job with ``val/`` as its validation set (preset 'uniform', no outer iteration),
   i.e. whatever priors from the photos the product applies by default;
 - ``optimised``: renders from the psi that ``run_optimization`` learns with the product's
-  default method, ``val/`` as target (``Budget.loop``: a job's budget, searching at a lower
+  default preset (optimizer.presets.DEFAULT_PRESET; until 2026-12-06 the paper's
+  ``neural-sim``), ``val/`` as target (``Budget.loop``: a job's budget, searching at a lower
   resolution; ``final_images=0``, so the loop only learns psi and never sees ``test/``);
 - ``uniform+real``, ``optimised+real``: the first two thirds of those renders plus the photos
   repeated to a third of the epoch (detector.mixing: the product's final-training mix).
@@ -94,7 +95,8 @@ from detector.mixing import write_real_only, write_training_mix  # noqa: E402
 from detector.model import DetectorConfig, load_detector  # noqa: E402
 from detector.train import train_on_dataset  # noqa: E402
 from optimizer.baselines import psi_config  # noqa: E402
-from optimizer.config import OptimizeConfig  # noqa: E402
+from optimizer.config import OptimizeConfig
+from optimizer.presets import DEFAULT_PRESET  # noqa: E402
 from optimizer.dataset import render_dataset  # noqa: E402
 from optimizer.final_size import final_image_shape  # noqa: E402
 from optimizer.loop import job_renderer, run_optimization  # noqa: E402
@@ -197,16 +199,16 @@ def job_inputs(names: list[str], budget: assets.AssetBudget) -> tuple[Path, Path
     return folder / "scene.json", folder / "val.json"
 
 
-def learn_psi(method: str, scene: Path, val: Path, budget: Budget, seed: int, out_dir: Path) -> Psi:
-    """psi as a job of ``method`` on ``scene`` with ``val`` as target leaves it: the product's
+def learn_psi(preset: str, scene: Path, val: Path, budget: Budget, seed: int, out_dir: Path) -> Psi:
+    """psi as a job of method ``preset`` on ``scene`` with ``val`` as target leaves it: the product's
     run_optimization (its defaults, priors from the photos included, but final_images=0, so
     the loop only learns psi), rebuilt from the run's psi.json. A finished run is reused; an
     interrupted one resumes from its checkpoint."""
     if not (out_dir / "psi.json").is_file():
         loop = dict(budget.loop)
-        if method == "uniform":  # the starting psi: no outer iteration, no detector warm-up
+        if preset == "uniform":  # the starting psi: no outer iteration, no detector warm-up
             loop.update(outer_iterations=0, warmup_steps=0)
-        config = OptimizeConfig(scene=str(scene), target_val=str(val), method=method, final_images=0, seed=seed,
+        config = OptimizeConfig(scene=str(scene), target_val=str(val), preset=preset, final_images=0, seed=seed,
                                 device="cpu", sample_images=0, **loop)
         result = run_optimization(config, out_dir, progress_bar=False)
         if result.status != "completed":
@@ -335,7 +337,7 @@ def main() -> None:
         loop_began = time.perf_counter()
         psis = {"fixed": fixed,
                 "uniform": learn_psi("uniform", scene, val, budget, seed, work / "loop_uniform"),
-                "optimised": learn_psi(OptimizeConfig.method, scene, val, budget, seed, work / "loop_optimised")}
+                "optimised": learn_psi(DEFAULT_PRESET, scene, val, budget, seed, work / "loop_optimised")}
         loop_seconds.append(round(time.perf_counter() - loop_began, 1))
         data = {"real": write_real_only(real, work / "data" / "real", budget.renders).data_dir}
         # Renders at the photos' aspect, longer side budget.image_size (as a job's final dataset).

@@ -7,7 +7,17 @@ backgrounds, each with a shifted distribution:
 
 - pose: azimuths from 2 of the 8 bins only (45-135 degrees); psi learns the azimuth bins;
 - zoom: close-ups only (median distance 0.33 m instead of 0.6 m); psi learns the distance;
-- lighting: dim only (-1.5 stops instead of 0); psi learns the exposure.
+- lighting: dim only (-1.5 stops instead of 0); psi learns the exposure;
+- elevation: seen from above (median 50 degrees instead of 25); psi learns the elevation;
+- colour: a warm cast (channel gains 1.4, 1.0, 0.65 instead of 1); psi learns the colour gain;
+- class_mix: two of the six objects in 70 % of the images; psi learns the class mix;
+- background: two of the seven photo backgrounds only; psi learns the background choice.
+
+Issue 24's protocol (the default methods): on every shift the product's default preset
+(``default``: optimizer.presets.DEFAULT_PRESET, as a job that names no preset runs it, only the
+shift's psi step sizes set), uniform and the oracle, 3 seeds; per part the fraction of the
+uniform -> oracle test-mAP gap closed and the distance of the learned psi to the target
+(psi_distance). The research methods below stay available with --methods.
 
 Methods, all through optimizer.loop.run_loop with the same warm-up, outer iterations, images
 per iteration and final dataset size (equal rendered-image budgets): uniform (psi fixed at its
@@ -44,13 +54,17 @@ Both modes use the quick NeRF assets of benchmarks/assets.py. A finished run (sa
 same folder) is reused, so the runs can be split over processes (--shifts, --methods, --seeds)
 and gathered into one table by a last call with everything.
 
---quick: the pose shift only, one seed, uniform / oracle / neural-sim (--headline estimator) /
-REINFORCE, a smaller budget; 14.9 minutes measured on 2 CPU cores with one thread (docs/closed-loop.md) once
-the quick assets and target sets are cached (building them takes about 2 minutes more, once): the
-four runs share one warm-up.
+--quick: every shift, one seed, uniform / oracle / default, a smaller budget (QUICK: fewer
+validation and test images, 4 outer iterations, a smaller final dataset, one final detector per
+run). Not yet measured with seven shifts (2026-12-06: not run, 2 shared cores contended); the
+budget is sized to stay within 25 minutes from the earlier pose-only quick mode's 14.7 minutes
+for four runs (uniform, oracle, neural-sim-appearance, REINFORCE) at a larger budget: 100
+validation and 300 test images, 200 warm-up steps, 6 outer iterations of 96 images, 240 final
+images for 24 epochs, 2 final detectors per run.
 
 Writes benchmarks/results/shift/<mode>/: results.json, table.md, map.png, pose_histograms.png.
-Last line: ``pose_gap_closed=<x> pose_tv=<y>`` for neural-sim with the headline estimator.
+Last line: ``default_gap_closed_min=<worst part> gap_closed_<part>=<x> ... psi_distance_<part>=<y> ...``
+for the default preset (for --headline's method when --methods leaves out ``default``).
 """
 
 from __future__ import annotations
@@ -87,6 +101,7 @@ from optimizer.baselines import azimuth_total_variation  # noqa: E402
 from optimizer.config import OptimizeConfig  # noqa: E402
 from optimizer.dataset import render_dataset  # noqa: E402
 from optimizer.loop import completed_report, run_loop, train_final_detector  # noqa: E402
+from optimizer.presets import DEFAULT_PRESET  # noqa: E402
 from optimizer.report import write_json_atomic  # noqa: E402
 from optimizer.psi import Psi, PsiConfig  # noqa: E402
 from renderer.backgrounds import BackgroundSet  # noqa: E402
@@ -115,6 +130,12 @@ SHIFTS = {
     "zoom": {"learnable": ["distance"], "target": {"distance_median": 0.33, "distance_log_std": 0.12}, "psi_lr": 0.1,
              "alignment_normalisation": "cosine"},
     "lighting": {"learnable": ["exposure"], "target": {"exposure_mean": -1.5, "exposure_std": 0.2}, "psi_lr": 0.15},
+    "elevation": {"learnable": ["elevation"], "target": {"elevation_median_deg": 50.0}, "psi_lr": 0.1},
+    "colour": {"learnable": ["color_gain"], "target": {"color_gain_median": [1.4, 1.0, 0.65]}, "psi_lr": 0.1},
+    "class_mix": {"learnable": ["class_mix"], "target": {"class_probs": [0.35, 0.35, 0.075, 0.075, 0.075, 0.075]},
+                  "psi_lr": 0.3},
+    "background": {"learnable": ["background"], "target": {"background_probs": [0.5, 0.5, 0, 0, 0, 0, 0]},
+                   "psi_lr": 0.3},
 }
 """Per shift: the part psi learns, the target's distribution (Psi.from_target arguments) and
 psi's Adam step (bin logits need larger steps than a log-distance or an exposure in stops; the
@@ -124,10 +145,31 @@ score and both), its per-image rewards are cosines (see docs/findings.md: standa
 psi away from the target)."""
 
 
-LEARNED = {"pose": ("pose_tv", 0), "zoom": ("distance_median", 0.33), "lighting": ("exposure_mean", -1.5)}
-"""Per shift: the run record's field that says how far psi moved, and its value at the target
-(pose: the total-variation distance of the azimuth histogram; zoom: the median distance in
-metres, mean over classes; lighting: the mean exposure in stops)."""
+PART_OF = {"pose": "azimuth", "zoom": "distance", "lighting": "exposure", "elevation": "elevation",
+           "colour": "color_gain", "class_mix": "class_mix", "background": "background"}
+"""The psi part each shift moves (the last line's ``gap_closed_<part>``). The background
+shift's target draws 2 of the 7 photo backgrounds of the shared assets (BACKGROUNDS)."""
+
+
+def psi_distance(shift: str, snapshot: dict) -> float:
+    """How far a learned psi (Psi.snapshot()) is from ``shift``'s target, 0 at the target: pose,
+    class mix, background: total variation of the histogram (mean over classes where per
+    class); zoom: |median distance - target| in metres, elevation in degrees, lighting in
+    stops (means over classes); colour: mean |log gain - log target| over the channels."""
+    target = SHIFTS[shift]["target"]
+    if shift == "pose":
+        return azimuth_total_variation(snapshot["azimuth"]["probs"], target["azimuth_bin_probs"])
+    if shift in ("class_mix", "background"):
+        key = "class_probs" if shift == "class_mix" else "background_probs"
+        wanted = torch.tensor(target[key], dtype=torch.float)
+        return 0.5 * float((torch.tensor(snapshot[key]) - wanted / wanted.sum()).abs().sum())
+    if shift == "colour":
+        gains = torch.tensor(snapshot["color_gain"]["median"]).log()
+        return float((gains - torch.tensor(target["color_gain_median"]).log()).abs().mean())
+    key, entry, field = {"zoom": ("distance_median", "distance_m", "median"),
+                         "elevation": ("elevation_median_deg", "elevation_deg", "median"),
+                         "lighting": ("exposure_mean", "exposure_stops", "mean")}[shift]
+    return abs(statistics.fmean(snapshot[entry][field]) - target[key])
 
 
 @dataclass(frozen=True)
@@ -157,9 +199,10 @@ class Budget:
     """The pose shift's: its oracle - uniform gap is about 0.03, twice that spread."""
 
 
-QUICK = Budget(image_size=64, val_images=100, test_images=300, warmup_steps=60, pose_warmup_steps=200, outer_iterations=6,
-               images_per_iteration=32, pose_images_per_iteration=96, inner_steps=10, final_images=240, final_epochs=24,
-               final_detectors=1, pose_final_detectors=2)
+QUICK = Budget(image_size=64, val_images=60, test_images=150, warmup_steps=40, pose_warmup_steps=100, outer_iterations=4,
+               images_per_iteration=32, pose_images_per_iteration=64, inner_steps=10, final_images=160, final_epochs=16,
+               final_detectors=1, pose_final_detectors=1)
+"""Seven shifts x three methods in at most 25 minutes on 2 cores (unmeasured: see the docstring)."""
 FULL = Budget(image_size=64, val_images=100, test_images=300, warmup_steps=60, pose_warmup_steps=200, outer_iterations=12,
               images_per_iteration=64, pose_images_per_iteration=96, inner_steps=10, final_images=240, final_epochs=24,
               final_detectors=1, pose_final_detectors=4)
@@ -190,6 +233,7 @@ METHODS = {
                               "alignment_objective": "appearance"},
     "reinforce": {"method": "reinforce"},
     "random-search": {"method": "random-search"},
+    "default": {"preset": DEFAULT_PRESET},
 }
 ONLY_FOR = {
     "neural-sim-lookahead": {"pose"}, "neural-sim-enumerate": {"pose"}, "neural-sim-enumerate-box": {"pose"},
@@ -260,12 +304,21 @@ def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeCo
     # A fixed psi gains nothing from outer iterations (the final detector starts from the
     # warmed-up detector and sees only the final dataset), so the fixed baselines skip them.
     base = base_method(method)
-    fixed = METHODS[base]["method"] in ("uniform", "oracle")
+    fixed = METHODS[base].get("method") in ("uniform", "oracle")
     half = method.endswith(HALF)
     iterations = budget.outer_iterations // 2 if half else budget.outer_iterations * (2 if method.endswith(TWICE) else 1)
     warmup = budget.pose_warmup_steps if shift == "pose" else budget.warmup_steps
+    # The research methods name every setting they were measured with on top of the paper's
+    # preset (their finished runs stay valid); "default" runs the product's default preset as a
+    # job that names none would, only the shift's step sizes set.
+    research = {} if base == "default" else dict(
+        preset="neural-sim",
+        estimator="both",
+        alignment_normalisation=SHIFTS[shift].get("alignment_normalisation", "standardise")
+        if base.startswith("neural-sim") else "standardise",
+    )
     settings = dict(
-        estimator="both",  # explicit: a changed default would orphan finished runs
+        **research,
         learnable=list(SHIFTS[shift]["learnable"]),
         share_classes=True,
         psi=dict(BASE_PSI),
@@ -274,8 +327,6 @@ def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeCo
         psi_learning_rate=SHIFTS[shift]["psi_lr"],
         psi_warmup_iterations=SHIFTS[shift].get("psi_warmup_iterations", 0),
         entropy_weight=0.01,
-        alignment_normalisation=SHIFTS[shift].get("alignment_normalisation", "standardise") if base.startswith("neural-sim")
-        else "standardise",
         pose_group=4,
         outer_iterations=0 if fixed else iterations,
         images_per_iteration=budget.pose_images_per_iteration if shift == "pose" else budget.images_per_iteration,
@@ -292,6 +343,7 @@ def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeCo
         # real photos in the final training would mix the validation set into it).
         final_real_share=0.0,
         real_only_baseline=False,
+        uniform_baseline=False,  # the benchmark's own uniform arm
         harvest_backgrounds=False,
         psi_priors=False,
         photometric=None,  # the synthetic shifts keep the plain renders their findings were measured on
@@ -386,10 +438,9 @@ def main() -> None:
     # Both modes use the quick assets: at 64 px they render what the detector can resolve, and
     # the full-budget ones take about 5 minutes per object more on this machine.
     budget, asset_budget = (QUICK if args.quick else FULL), QUICK_BUDGET
-    shifts = args.shifts or (["pose"] if args.quick else list(SHIFTS))
+    shifts = args.shifts or list(SHIFTS)
     headline = f"neural-sim-{args.headline}"
-    methods = args.methods or (["uniform", "oracle", headline, "reinforce"] if args.quick
-                               else [*METHODS, headline + HALF, headline + TWICE, "reinforce" + TWICE])
+    methods = args.methods or ["uniform", "oracle", "default"]
     unknown = [m for m in methods if base_method(m) not in METHODS]
     if unknown:
         parser.error(f"unknown methods {unknown}; use {list(METHODS)}, optionally with the suffix {HALF} or {TWICE}")
@@ -440,16 +491,15 @@ def main() -> None:
                     "test_map50_95_per_final_detector": maps,
                     "test_map50": result.metrics.get("test", {}).get("map50"),
                     "val_map50_95": result.metrics.get("val", {}).get("map50_95"),
-                    "pose_tv": azimuth_total_variation(probs, SHIFTS["pose"]["target"]["azimuth_bin_probs"]),
+                    "psi_distance": psi_distance(shift, result.psi),
                     "azimuth_probs": probs,
-                    "distance_median": statistics.fmean(result.psi["distance_m"]["median"]),
-                    "exposure_mean": statistics.fmean(result.psi["exposure_stops"]["mean"]),
                     "images_rendered": result.images_rendered,
                     "seconds": round(seconds, 1),
                 }
                 runs[shift][method].append(record)
                 print(f"[{shift}] {method:22s} seed {seed}: test mAP50-95 {record['test_map50_95']:.4f} "
-                      f"pose TV {record['pose_tv']:.3f} images {record['images_rendered']} {seconds:.0f} s", flush=True)
+                      f"psi distance {record['psi_distance']:.3f} images {record['images_rendered']} {seconds:.0f} s",
+                      flush=True)
             if not runs[shift][method]:
                 del runs[shift][method]  # (--gather: none finished)
 
@@ -466,7 +516,7 @@ def main() -> None:
             table[shift][method] = {
                 "test_map50_95": score,
                 "gap_closed": gap,
-                "learned": summarise([r[LEARNED[shift][0]] for r in records]),
+                "psi_distance": summarise([r["psi_distance"] for r in records]),
                 "images_rendered": records[0]["images_rendered"],
                 "seconds": summarise([r["seconds"] for r in records]),
             }
@@ -492,23 +542,35 @@ def main() -> None:
     print("bin distinguishability (mean |RGB| difference over the object to the nearest other bin or its mirror "
           f"image, per class and bin): {bins}")
     print(f"total {total_seconds / 60:.1f} min (assets {setup_seconds / 60:.1f} min); results in {out}")
-    pose = table.get("pose", {}).get(headline, {})
-    gap = pose.get("gap_closed")
-    tv = pose.get("learned", {}).get("mean")  # LEARNED["pose"]: the azimuth histogram's TV
-    print(f"pose_gap_closed={'nan' if gap is None else f'{gap:.3f}'} pose_tv={'nan' if tv is None else f'{tv:.3f}'}")
+    print(last_line(table, "default" if "default" in methods else headline))
+
+
+def last_line(table: dict, method: str) -> str:
+    """``default_gap_closed_min=<worst part> gap_closed_<part>=... psi_distance_<part>=...`` of
+    ``method`` (gaps closed on the means over seeds; nan where a run is missing)."""
+    gaps = {PART_OF[shift]: by_method.get(method, {}).get("gap_closed") for shift, by_method in table.items()}
+    distances = {PART_OF[shift]: by_method.get(method, {}).get("psi_distance", {}).get("mean")
+                 for shift, by_method in table.items()}
+    known = [gap for gap in gaps.values() if gap is not None]
+    worst = min(known) if known and len(known) == len(gaps) else None
+
+    def number(value) -> str:
+        return "nan" if value is None else f"{value:.3f}"
+
+    return " ".join([f"default_gap_closed_min={number(worst)}", *(f"gap_closed_{p}={number(g)}" for p, g in gaps.items()),
+                     *(f"psi_distance_{p}={number(d)}" for p, d in distances.items())])
 
 
 def markdown_table(table: dict, seeds: list[int]) -> str:
     lines = [f"test mAP50-95 mean +- std over seeds {seeds}; gap closed = (method - uniform) / (oracle - uniform)", "",
-             "| shift | method | test mAP50-95 | gap closed | learned psi (target) | images rendered | seconds |",
+             "| shift | method | test mAP50-95 | gap closed | psi distance to the target | images rendered | seconds |",
              "|---|---|---|---|---|---|---|"]
     for shift, by_method in table.items():
         for method, row in by_method.items():
-            score, learned, seconds = row["test_map50_95"], row["learned"], row["seconds"]
-            name, target = LEARNED[shift]
+            score, distance, seconds = row["test_map50_95"], row["psi_distance"], row["seconds"]
             gap = "-" if row["gap_closed"] is None else f"{row['gap_closed']:.2f}"
             lines.append(f"| {shift} | {method} | {score['mean']:.4f} +- {score['std']:.4f} | {gap} | "
-                         f"{name} {learned['mean']:.3f} ({target}) | {row['images_rendered']} | {seconds['mean']:.0f} |")
+                         f"{distance['mean']:.3f} | {row['images_rendered']} | {seconds['mean']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

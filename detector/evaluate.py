@@ -86,6 +86,22 @@ def evaluate(
     progress: bool = True,
 ) -> DetectionMetrics:
     """mAP of ``model`` on ``dataset``, its images letterboxed to ``image_size`` squares."""
+    return evaluate_predictions(*predict_dataset(model, dataset, image_size, conf, iou, batch_size, progress),
+                                dataset.class_names)
+
+
+def predict_dataset(
+    model: DetectionModel,
+    dataset: LabelledSet,
+    image_size: int,
+    conf: float = 0.001,
+    iou: float = 0.7,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[list[Detections], list[Tensor], list[Tensor]]:
+    """Per image of ``dataset`` (in order): ``model``'s detections, the true boxes and classes,
+    in the letterboxed frame (what :func:`evaluate_predictions` takes; a bootstrap resamples
+    these lists instead of running the model again)."""
     predictions, true_boxes, true_classes = [], [], []
     batches = dataset.batches(image_size, batch_size)
     total = -(-len(dataset) // batch_size)
@@ -93,7 +109,7 @@ def evaluate(
         predictions += predict(model, batch.images, conf=conf, iou=iou)
         true_boxes += [boxes[keep] for boxes, keep in zip(batch.boxes, batch.keep)]
         true_classes += [classes[keep] for classes, keep in zip(batch.classes, batch.keep)]
-    return evaluate_predictions(predictions, true_boxes, true_classes, dataset.class_names)
+    return predictions, true_boxes, true_classes
 
 
 def evaluate_predictions(

@@ -12,6 +12,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from optimizer.presets import DEFAULT_PRESET, PRESET_FIELDS, resolve
+
 Method = Literal["neural-sim", "uniform", "random-search", "reinforce", "oracle"]
 Estimator = Literal["pathwise", "score", "both", "lookahead"]
 InverseHessian = Literal["identity", "neumann", "cg"]
@@ -21,6 +23,11 @@ AlignmentNormalisation = Literal["none", "standardise", "cosine"]
 AlignmentObjective = Literal["mean", "mixture", "appearance"]
 SearchMetric = Literal["map50_95", "val_loss"]
 FinalInit = Literal["initial", "warmup"]
+RESEARCH_FIELDS = ("lookahead_bin_share", "alignment_ignores", "normalise_hypergradient")
+"""OptimizeConfig fields no preset uses: benchmarks/ sets them on the dataclass; a job cannot
+(from_dict, the REST body and the CLI refuse them). Their findings: docs/findings.md."""
+RESEARCH_VALUES = {"estimator": "lookahead", "alignment_objective": "mixture"}
+"""Values no preset uses, refused the same way."""
 
 
 @dataclass
@@ -33,25 +40,22 @@ class OptimizeConfig:
     """Labelled real validation set: a COCO json or a YOLO folder. Drives the outer loop."""
     target_test: str | None = None
     """Labelled real test set for the final evaluation (defaults to none: no test metrics)."""
-    method: Method = "neural-sim"
-    """The bi-level method, or a baseline run through the same code path."""
-    estimator: Estimator = "both"
-    """How d L_val / d psi is estimated (neural-sim only; optimizer.estimators). 'both' by
-    default: the paper's 'pathwise' is biased for the azimuth bins and the geometric parts
-    (README, findings). 'lookahead' learns the azimuth bins only: each outer iteration renders
-    its scenes at every bin, fine-tunes a copy of the detector on each bin's images
-    (inner_steps steps) and scores it on the validation set (search_metric); the bins'
-    gradient is then the exact expectation over the bins (optimizer.estimators.
-    enumerated_bin_gradient). images_per_iteration must be a multiple of the number of bins."""
+    preset: str = field(default=DEFAULT_PRESET, metadata={"before": "neural-sim"})
+    """The named method preset (optimizer.presets.PRESETS) that sets method, estimator,
+    enumerate_bins, alignment_objective and alignment_normalisation; any of those given
+    explicitly (not None) wins over the preset."""
+    method: Method | None = None
+    """The bi-level method, or a baseline run through the same code path (None: the preset's)."""
+    estimator: Estimator | None = None
+    """How d L_val / d psi is estimated (neural-sim only; optimizer.estimators): 'pathwise'
+    (reparameterised parts only), 'score' (per-image gradient alignments as rewards), 'both'
+    (pathwise for exposure and colour gain, score for the rest). 'lookahead' (benchmarks only)
+    fine-tunes a detector copy per azimuth bin and scores it on the validation set; it learns
+    the bins only and needs images_per_iteration to be a multiple of the number of bins.
+    None: the preset's."""
     lookahead_bin_share: float = 1.0
-    """'lookahead' only: the share of each bin copy's fine-tuning images that show its bin; the
-    rest are the iteration's images drawn in proportion to psi (the same ones for every copy).
-    1: each copy sees its bin alone, so the scores rank the bins as if the objective were linear
-    in their probabilities, whose best point is one bin (seen: psi collapsing onto one of the
-    target's two bins). Below 1 a copy is scored at the mixture (1 - share) * psi + share * bin,
-    a finite-difference step toward that bin from the current psi: the scores are then the
-    objective's directional derivatives there, so a bin psi already covers well gains less
-    from more of it, and the step stops where the bins' marginal values are equal."""
+    """Benchmarks only ('lookahead'): the share of each bin copy's fine-tuning images that show
+    its bin; the rest are the iteration's images drawn in proportion to psi."""
     inverse_hessian: InverseHessian = "cg"
     """Inverse-Hessian-vector-product approximation in the hypergradient."""
     inverse_hessian_steps: int = 5
@@ -59,59 +63,41 @@ class OptimizeConfig:
     neumann_scale: float = 0.01
     """Step of the Neumann series: every eigenvalue of neumann_scale * (H + damping) must lie in
     (0, 2) for it to converge (unused by 'identity' and 'cg')."""
-    alignment_normalisation: AlignmentNormalisation = "standardise"
+    alignment_normalisation: AlignmentNormalisation | None = None
     """How the score-function estimator turns per-image gradient alignments into rewards
-    (optimizer.estimators.normalise_alignment): the issue's measurement found raw alignments
-    dominated by per-image loss and gradient size."""
+    (optimizer.estimators.normalise_alignment). None: the preset's."""
     pose_group: int = 4
     """Neural-sim with the azimuth learnt by the score function: draw each outer iteration's
     images in groups of this many that share everything but the azimuth, and score each image
-    against the mean of its group's others (optimizer.estimators.leave_one_out_baseline), so
-    that differences of class, distance, lighting and background between images cancel.
-    Measured on the pose shift: see README. 1: independent images, moving-average baseline."""
-    enumerate_bins: bool = False
-    """Neural-sim with the azimuth learnt by the score function ('score', 'both'): render each
-    group of azimuth_bins scenes at every bin (as 'lookahead' does) and take the bins' gradient
-    as the exact expectation over the bins of each bin's mean per-image reward
-    (optimizer.estimators.enumerated_bin_gradient) instead of the score-function estimate from
-    bins drawn from psi: no variance from which bins were drawn, every bin measured in every
-    scene. The loop detector then fine-tunes on the images resampled in proportion to psi.
-    images_per_iteration must be a multiple of the number of bins. README, finding 20."""
+    against the mean of its group's others (optimizer.estimators.leave_one_out_baseline).
+    1: independent images, moving-average baseline."""
+    enumerate_bins: bool | None = None
+    """Neural-sim with the azimuth learnt by the score function: render each group of
+    azimuth_bins scenes at every bin and take the bins' gradient as the exact expectation over
+    the bins (optimizer.estimators.enumerated_bin_gradient); the loop detector then fine-tunes
+    on the images resampled in proportion to psi. images_per_iteration must be a multiple of
+    the number of bins. No effect when the azimuth is not learnt. None: the preset's."""
     alignment_ignores: list[str] = field(default_factory=list)
-    """Prefixes of detector parameter names (``model.22.cv3`` is YOLOv8n's classification
-    branch of its Detect head) whose part of the gradients the score-function estimator's
-    per-image alignment leaves out, in the dot product and in the cosine's norms alike. Measured
-    on the pose shift (README, finding 21): the azimuth's signal sits in the neck and the box
-    branch; for one seed the classification branch's part ranked the target's bins below the
-    others."""
-    alignment_objective: AlignmentObjective = "mean"
-    """With ``enumerate_bins`` and cosine rewards, what the bins' gradient ascends: ``mean``, the
-    mean over psi's images of each one's cosine to u, which is linear in the bin probabilities,
-    so its maximum is a single bin (README, finding 22: psi came to rest on one of the target's
-    two); ``mixture``, the cosine between u and psi's mean unit training gradient
-    (optimizer.estimators.mixture_alignment_gradient), in which a bin gains less the more its
-    images' gradients overlap with those psi already draws, so bins that teach different parts
-    of u are drawn together. Its per-bin means and overlaps are running means over the
-    iterations (optimizer.estimators.MixtureStatistics, decay baseline_decay): a dozen scenes
-    estimate them too noisily. ``mixture`` keeps every image's gradient for the iteration
-    (images_per_iteration times the detector's size). ``appearance`` (any normalisation) uses
-    no detector gradient for the bins: they descend the maximum mean discrepancy between the
-    crops of psi's objects and those of the validation objects of their class
-    (optimizer.appearance; README, finding 26), summed over every iteration so far; the other
-    score-function parts keep the mean per-image alignment."""
+    """Benchmarks only: prefixes of detector parameter names whose part of the gradients the
+    score-function estimator's per-image alignment leaves out."""
+    alignment_objective: AlignmentObjective | None = None
+    """With enumerate_bins, what the azimuth bins follow: ``mean``, the mean per-image
+    alignment of each bin's images; ``appearance``, no detector gradient: they descend the
+    maximum mean discrepancy between the crops of psi's objects and those of the validation
+    objects of their class (optimizer.appearance), summed over every iteration so far; the
+    other score-function parts keep the mean per-image alignment. ``mixture`` (benchmarks
+    only, needs cosine rewards): the cosine between u and psi's mean unit training gradient
+    (optimizer.estimators.mixture_alignment_gradient). None: the preset's."""
     baseline_decay: float = 0.9
     """Decay of the moving-average reward baseline (score-function estimator, REINFORCE) and of
     the ``mixture`` alignment's running means."""
     search_metric: SearchMetric = "map50_95"
     """What random search keeps the best candidate by, REINFORCE's and the 'lookahead'
-    estimator's reward: the validation
-    mAP50-95 (higher is better) or the validation loss (lower is better). mAP by default:
-    early in training the detection loss rises as the detector gets better (its task-aligned
-    targets grow with the predicted IoUs), so a lower loss is not a better detector there."""
+    estimator's reward: the validation mAP50-95 (higher is better) or the validation loss
+    (lower is better)."""
     normalise_hypergradient: bool = True
-    """Scale psi's outer gradient to unit norm before the entropy bonus is added, so that
-    entropy_weight means the same whatever the size of the hypergradient (Adam itself is
-    insensitive to the gradient's scale)."""
+    """Benchmarks only: scale psi's outer gradient to unit norm before the entropy bonus is
+    added (False: the raw hypergradient)."""
     learnable: list[str] = field(default_factory=lambda: ["azimuth", "elevation", "distance", "exposure"])
     """Parts of psi that move (see optimizer.psi.PARTS); the rest stay at their initial values."""
     share_classes: bool = False
@@ -132,9 +118,7 @@ class OptimizeConfig:
     psi_learning_rate: float = 0.05
     psi_warmup_iterations: int = 0
     """Outer iterations over which psi's step grows linearly up to psi_learning_rate (iteration
-    t steps with psi_learning_rate * min(1, (t + 1) / (psi_warmup_iterations + 1))). Adam's first
-    updates move every parameter by a full step whatever the gradient's size, so with a noisy
-    hypergradient one early step can carry psi far from the target (README, findings)."""
+    t steps with psi_learning_rate * min(1, (t + 1) / (psi_warmup_iterations + 1)))."""
     entropy_weight: float = 0.01
     """Weight of the azimuth-bin entropy bonus that guards against collapse onto one bin."""
     outer_iterations: int = 20
@@ -212,6 +196,12 @@ class OptimizeConfig:
     probabilities with the canonical pose at RestingConfig.canonical_pose_share), the view's
     elevation is taken above that plane, and they cast contact shadows on the background.
     False: objects float in their canonical pose without shadows, as before issue 23."""
+    uniform_baseline: bool = field(default=True, metadata={"before": False})
+    """Also train the same detector with the same final dataset size and training on images
+    rendered from the starting psi (no loop), evaluate both on the test set and report the
+    difference with a bootstrap interval (optimizer.uniform_baseline). Without a test set, a
+    quarter of the validation photos are held out of the whole run to be the test set (at least
+    8 photos needed; fewer: no baseline, the report says why)."""
     real_only_baseline: bool = field(default=True, metadata={"before": False})
     """With a test set (target_test): also train the same detector with the same settings on
     the real photos alone and report its test metrics beside the final detector's."""
@@ -219,12 +209,25 @@ class OptimizeConfig:
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu' or 'cuda'."""
 
+    def __post_init__(self) -> None:
+        # The preset fills what the job left unset (None); explicit values stay.
+        for name, value in resolve(self.preset, {name: getattr(self, name) for name in PRESET_FIELDS}).items():
+            setattr(self, name, value)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "OptimizeConfig":
-        known = {f.name for f in fields(cls)}
+        """A job's config from its documented settings (the CLI's and the service's path);
+        ValueError naming an unknown setting, preset or benchmark-only setting."""
+        known = {f.name for f in fields(cls)} - set(RESEARCH_FIELDS)
+        research = sorted(set(data) & set(RESEARCH_FIELDS))
+        if research:
+            raise ValueError(f"{research}: benchmark-only settings, not job settings (benchmarks/ sets them)")
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown job settings {unknown}; known: {sorted(known)}")
+        for name, value in RESEARCH_VALUES.items():
+            if data.get(name) == value:
+                raise ValueError(f"{name}: {value!r} is a benchmark-only value, not a job setting")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

@@ -107,7 +107,8 @@ from optimizer.priors import starting_psi_config
 from optimizer.psi import PARTS, PER_CLASS_PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiConfig, PsiNoise
 from optimizer.final_size import final_image_shape
 from optimizer.real_training import compare_with_real_only, final_training_data, photo_backgrounds, train_real_only
-from optimizer.report import plot_history, sample_paths, save_sample_images, write_json_atomic
+from optimizer.uniform_baseline import MIN_PHOTOS_TO_HOLD_OUT, hold_out, psi_before_after, uniform_baseline
+from optimizer.report import plot_history, plot_psi_before_after, sample_paths, save_sample_images, write_json_atomic
 from renderer.photometric import PhotometricConfig, PhotometricError, photograph
 from renderer.resting import field_pose_table
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
@@ -126,7 +127,7 @@ AFTER_WARMUP = frozenset({
     "alignment_ignores", "alignment_objective", "baseline_decay", "search_metric", "normalise_hypergradient", "oracle_psi",
     "psi_learning_rate", "psi_warmup_iterations", "entropy_weight", "outer_iterations", "val_batch_size",
     "val_map_every", "sample_images", "final_images", "final_epochs", "final_batch_size", "final_init",
-    "final_trainer_overrides", "final_real_share", "real_only_baseline",
+    "final_trainer_overrides", "final_real_share", "real_only_baseline", "preset", "uniform_baseline",
 })
 """OptimizeConfig settings the warm-up does not read (it draws from the initial psi whatever the
 method): runs that differ only in these share one warm-up (run_loop's warmup_cache). A setting
@@ -241,10 +242,9 @@ def validate_config(config: OptimizeConfig) -> None:
         )
     if score and config.alignment_normalisation == "standardise" and config.images_per_iteration < 2:
         fail("images_per_iteration", "standardised alignments need at least 2 images per iteration")
-    if config.enumerate_bins:
-        if "azimuth" not in score & set(config.learnable):
-            fail("enumerate_bins", f"enumerates the azimuth bins of the score-function estimate: needs 'azimuth' "
-                                   f"learnable and estimator 'score' or 'both', got {config.learnable} and {config.estimator!r}")
+    # Presets set enumerate_bins whatever the job learns: without the azimuth learnt by the
+    # score function it has nothing to enumerate and does nothing.
+    if config.enumerate_bins and "azimuth" in score & set(config.learnable):
         if config.images_per_iteration % bins:
             fail("images_per_iteration", f"enumerate_bins renders every scene at each of the {bins} azimuth bins, so it "
                                          f"must be a multiple of {bins}, got {config.images_per_iteration}")
@@ -291,11 +291,15 @@ def run_optimization(
         raise OptimizerError("OptimizeConfig.target_val: the loop needs a labelled validation set (COCO json or YOLO folder)")
     val_set = load_dataset(Path(config.target_val))
     test_set = load_dataset(Path(config.target_test)) if config.target_test is not None else None
+    held_out = test_set is None and config.uniform_baseline and config.final_images > 0
+    if held_out:  # the uniform baseline needs photos the run never sees (optimizer.uniform_baseline)
+        val_set, test_set = hold_out(val_set, config.seed)
+        held_out = test_set is not None
     spec = read_scene_spec(config.scene)
     renderer = job_renderer(config, spec, val_set)
     return run_loop(
         config, renderer, spec.class_names, val_set, test_set, out_dir,
-        on_progress=on_progress, should_stop=should_stop, progress_bar=progress_bar,
+        on_progress=on_progress, should_stop=should_stop, progress_bar=progress_bar, test_held_out=held_out,
     )
 
 
@@ -311,6 +315,7 @@ def run_loop(
     should_stop: Callable[[], bool] | None = None,
     progress_bar: bool = True,
     warmup_cache: Path | None = None,
+    test_held_out: bool = False,
 ) -> OptimizeResult:
     """The loop on already-loaded objects (``config.scene``, ``target_val`` and ``target_test``
     are not read). The renderer's fields are frozen and moved to the run's device.
@@ -319,19 +324,21 @@ def run_loop(
     result (detector, inner optimiser state, torch RNG state) is kept under a key of the
     settings it reads (all but AFTER_WARMUP) and torch's thread count: a run whose warm-up is
     there starts from it instead of training it again, and continues exactly as if it had
-    (tested).
+    (tested). ``test_held_out``: ``test_set`` is validation photos held out of the run
+    (run_optimization without a test set), as the report says.
 
     Writes to ``out_dir``: ``config.json``, ``checkpoint.pt`` (after every outer iteration),
     ``samples/`` (images with boxes), and after the final stage ``dataset/``, ``final_data/`` (the
     final training's folder: the dataset plus the photos), ``final_train/``, ``detector.pt``,
-    ``real_only/`` (the real-only baseline, with a test set), ``psi.json``, ``report.json`` and
+    ``real_only/`` (the real-only baseline, with a test set), ``uniform_baseline/``
+    (optimizer.uniform_baseline), ``psi.json``, ``report.json`` and
     ``plots/``. ``should_stop()`` is asked before every outer iteration, between final stages and
     after every batch of the final training; when it says yes the run returns
     with status 'cancelled' (the checkpoint is current, so calling again resumes).
     """
     validate_config(config)
     loop = _Loop(config, renderer, class_names, val_set, test_set, Path(out_dir), on_progress, should_stop, progress_bar,
-                 warmup_cache)
+                 warmup_cache, test_held_out)
     return loop.run()
 
 
@@ -447,8 +454,10 @@ class _Loop:
         should_stop: Callable[[], bool] | None,
         progress_bar: bool,
         warmup_cache: Path | None = None,
+        test_held_out: bool = False,
     ) -> None:
         self.config = config
+        self.test_held_out = test_held_out
         self.warmup_cache = warmup_cache
         self.renderer = renderer
         self.class_names = list(class_names)
@@ -476,7 +485,7 @@ class _Loop:
         score_parts = estimator_parts(config.estimator)[1] & self.learnable
         self.pose_group = config.pose_group if config.method == "neural-sim" and "azimuth" in score_parts else 1
         self.lookahead = config.method == "neural-sim" and config.estimator == "lookahead"
-        self.enumerate_bins = config.method == "neural-sim" and config.enumerate_bins
+        self.enumerate_bins = config.method == "neural-sim" and config.enumerate_bins and "azimuth" in score_parts
         self.every_bin = self.lookahead or self.enumerate_bins
         self.alignment_kept = self.parameters_aligned()
         if self.every_bin:
@@ -971,9 +980,7 @@ class _Loop:
                 shutil.rmtree(dataset_dir)
             # The same draws whatever the method and its iterations (common random numbers): runs
             # of one seed then differ in their final data only where their psi differ.
-            render_dataset(self.renderer, self.psi, config.final_images, shape, dataset_dir,
-                           self.class_names, seed=_seed(config.seed, 0, "final"),
-                           progress=self.progress_bar, photometric=self.photometric)
+            self.render_final(self.psi, dataset_dir)
             self.images_rendered += config.final_images
             stage_seconds["final_render"] = round(time.perf_counter() - began, 3)
             self.emit("final-render", config.final_images, config.final_images, message="dataset written")
@@ -1026,6 +1033,14 @@ class _Loop:
                 real_report["real_only"] = compare_with_real_only(final["test"], real_only)
                 stage_seconds["real_only"] = round(time.perf_counter() - began, 3)
 
+            if config.uniform_baseline:
+                began = time.perf_counter()
+                arm = self.baseline_arm(final, detector_path)
+                if arm is None:
+                    return self.cancelled(config.outer_iterations)
+                real_report.update(arm)
+                stage_seconds["uniform_baseline"] = round(time.perf_counter() - began, 3)
+
         self.emit("report", 0, 1, message="writing the report")
         snapshot = self.psi.snapshot()
         write_json_atomic(self.out_dir / "psi.json", {
@@ -1036,7 +1051,9 @@ class _Loop:
             "state": {name: torch.nan_to_num(value.detach().cpu(), neginf=-1e4).tolist()
                       for name, value in self.psi.state_dict().items()},
         })
-        plots = plot_history(self.history, self.class_names, final, self.out_dir / "plots")
+        before_after = psi_before_after(Psi.uniform(self.psi_config).snapshot(), snapshot, config.learnable)
+        plots = [*plot_history(self.history, self.class_names, final, self.out_dir / "plots"),
+                 *plot_psi_before_after(before_after, self.out_dir / "plots")]
         report = {
             "status": "completed",
             "config": _plain(config.to_dict()),
@@ -1047,6 +1064,7 @@ class _Loop:
             "final": final,
             **real_report,
             "psi": snapshot,
+            "psi_before_after": before_after,
             "best_loop_detector": best_iteration(self.history),
             "priors": self.priors,
             "azimuth_tv": (azimuth_total_variation(snapshot["azimuth"]["probs"], self.target_azimuth)
@@ -1061,8 +1079,33 @@ class _Loop:
             history=self.history, metrics=final, images_rendered=self.images_rendered, report=report_path,
             detector=detector_path, dataset=dataset_dir,
         )
-        self.emit("done", 1, 1, metrics=_final_numbers(final), psi=snapshot, message="done")
+        self.emit("done", 1, 1, metrics={**_final_numbers(final), **_baseline_numbers(real_report)},
+                  psi=snapshot, message="done")
         return result
+
+    def render_final(self, psi: Psi, folder: Path) -> None:
+        """The final dataset's draws (the same whatever the method and its iterations: common
+        random numbers) from ``psi`` into ``folder``."""
+        render_dataset(self.renderer, psi, self.config.final_images, final_image_shape(self.config, self.val_set), folder, self.class_names,
+                       seed=_seed(self.config.seed, 0, "final"), progress=self.progress_bar, photometric=self.photometric)
+
+    def baseline_arm(self, final: dict, detector_path: Path) -> dict | None:
+        """The report's ``baseline`` and ``difference`` entries (optimizer.uniform_baseline;
+        ``baseline`` alone, saying why, when there is none), or None when should_stop() stopped it."""
+        config = self.config
+        if self.test_set is None:
+            return {"baseline": {"skipped": f"no test set, and fewer than {MIN_PHOTOS_TO_HOLD_OUT} validation "
+                                            "photos to hold out"}}
+        if config.method == "uniform":
+            return {"baseline": {"skipped": "the job's psi is the starting psi: the baseline would be the same run"}}
+        self.emit("evaluate", 0, 1, message="training and evaluating the uniform baseline (psi at its start)")
+        self.images_rendered += config.final_images
+        baseline = uniform_baseline(
+            config, self.class_names, lambda folder: self.render_final(Psi.uniform(self.psi_config).to(self.device), folder),
+            self.val_set, self.test_set, "held-out validation photos" if self.test_held_out else "test set", final["test"], detector_path,
+            self.out_dir, train_final_detector, image_size=max(final_image_shape(config, self.val_set)), device=self.device, progress=self.progress_bar, should_stop=self.should_stop,
+        )
+        return baseline
 
     def completed_result(self) -> OptimizeResult | None:
         """The result of a finished run of the same config in ``out_dir``, if there is one."""
@@ -1146,6 +1189,18 @@ def _plain(data):
 def _numbers(record: dict) -> dict[str, float]:
     """The numeric entries of a history record (Progress.metrics)."""
     return {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _baseline_numbers(report: dict) -> dict[str, float]:
+    """The done report's numbers of the uniform baseline (none when there is none)."""
+    if "difference" not in report:
+        return {}
+    baseline, difference = report["baseline"], report["difference"]
+    interval = difference["map50_95_bootstrap"]
+    numbers = {"baseline_test_map50_95": baseline["test"]["map50_95"], "baseline_test_map50": baseline["test"]["map50"],
+               "difference_map50_95": difference["map50_95"], "difference_map50_95_std": interval["std"],
+               "difference_map50_95_low": interval["low"], "difference_map50_95_high": interval["high"]}
+    return {name: value for name, value in numbers.items() if value is not None}
 
 
 def _final_numbers(final: dict) -> dict[str, float]:

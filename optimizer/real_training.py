@@ -22,9 +22,8 @@ from pathlib import Path
 import torch
 
 from detector.datasets import LabelledSet
-from detector.evaluate import evaluate
 from detector.mixing import TrainingMix, write_real_only, write_training_mix
-from detector.model import load_detector
+from optimizer.arms import difference, train_arm
 from optimizer.config import OptimizeConfig
 from renderer.backgrounds import BackgroundError, BackgroundSet
 from renderer.harvest import harvested_backgrounds
@@ -77,30 +76,15 @@ def train_real_only(
     metrics, or None when ``should_stop`` stopped the training."""
     folder = Path(run_dir) / REAL_ONLY_FOLDER
     mix = write_real_only(photos, folder / "data", images_per_epoch)
-    best = train(replace(config, final_init="initial"), class_names, run_dir, folder / "train", seed=config.seed,
-                 device=device, progress=progress, data_dir=mix.data_dir, should_stop=should_stop,
-                 image_size=image_size)
-    if best is None:
+    arm = train_arm(replace(config, final_init="initial"), class_names, run_dir, folder / "train", mix.data_dir,
+                    test_set, train, image_size=image_size, device=device, progress=progress,
+                    should_stop=should_stop)
+    if arm is None:
         return None
-    metrics = evaluate(load_detector(best, device), test_set, image_size, progress=progress)
-    return {"map50_95": metrics.map50_95, "map50": metrics.map50, "per_class_ap": metrics.per_class_ap,
-            "training_data": mix.summary()}
+    return {**arm[1], "training_data": mix.summary()}
 
 
 def compare_with_real_only(final_test: dict, real_only_test: dict) -> dict:
     """The report's ``real_only`` entry: the baseline's test metrics and nerfsim's minus them
     (mAP50-95, mAP50 and each class's AP50-95; positive: nerfsim's detector is better)."""
-    classes = sorted(set(final_test["per_class_ap"]) | set(real_only_test["per_class_ap"]))
-    per_class = {
-        name: (final_test["per_class_ap"][name] - real_only_test["per_class_ap"][name]
-               if name in final_test["per_class_ap"] and name in real_only_test["per_class_ap"] else None)
-        for name in classes
-    }
-    return {
-        "test": real_only_test,
-        "difference": {
-            "map50_95": final_test["map50_95"] - real_only_test["map50_95"],
-            "map50": final_test["map50"] - real_only_test["map50"],
-            "per_class_ap": per_class,
-        },
-    }
+    return {"test": real_only_test, "difference": difference(final_test, real_only_test)}

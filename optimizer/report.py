@@ -6,7 +6,8 @@ Plots (PNG, matplotlib's Agg backend, under ``out_dir/plots/``):
   (a heat map per class: iterations down, bins across);
 - ``val_loss.png``: the validation loss (and the last inner training loss) per iteration;
 - ``map.png``: the validation mAP50-95 per iteration, and the final detector's test and
-  validation mAP50-95 as horizontal lines.
+  validation mAP50-95 as horizontal lines;
+- ``psi_before_after.png``: each learned part of psi at the start and at the end.
 """
 
 from __future__ import annotations
@@ -125,3 +126,37 @@ def sample_paths(out_dir: Path, iteration: int, count: int) -> list[Path]:
     """Where the sample images of an outer iteration go."""
     return [Path(out_dir) / "samples" / f"iter{iteration:04d}_{i}.png" for i in range(count)]
 
+
+def plot_psi_before_after(before_after: dict[str, dict], out_dir: Path) -> list[Path]:
+    """``psi_before_after.png``: a panel per learned part (the report's ``psi_before_after``),
+    its values at the start and at the end side by side: bin, class, background and count
+    probabilities (the azimuth's averaged over classes), or each class's median distance and
+    elevation, mean exposure and median colour gains. Returns [] when no part was learned."""
+    if not before_after:
+        return []
+    figure, axes = plt.subplots(1, len(before_after), figsize=(3.6 * len(before_after), 3), squeeze=False,
+                                layout="constrained")
+    for axis, (part, entry) in zip(axes[0], before_after.items()):
+        values = [_part_values(entry[moment]) for moment in ("before", "after")]
+        positions = np.arange(len(values[0]))
+        for offset, (label, row) in zip((-0.2, 0.2), zip(("start", "end"), values)):
+            axis.bar(positions + offset, row, width=0.4, label=label)
+        axis.set_title(part, fontsize=9)
+        axis.set_xticks(positions)
+    axes[0][0].legend(fontsize=7)
+    path = Path(out_dir) / "psi_before_after.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return [path]
+
+
+def _part_values(entry: Any) -> np.ndarray:
+    """One row of numbers for a Psi.snapshot() entry (see plot_psi_before_after)."""
+    if isinstance(entry, dict):
+        key = next(k for k in ("probs", "median", "mean") if k in entry)
+        values = np.asarray(entry[key], dtype=float)
+        return values.mean(0) if key == "probs" and values.ndim == 2 else values.reshape(-1)
+    if entry and isinstance(entry[0], list):  # appearance: one ragged row per class
+        return np.asarray(entry[0], dtype=float)
+    return np.asarray(entry, dtype=float)

@@ -4,8 +4,9 @@
     nerfsim asset train DIR --out ASSET        object NeRF from a posed image set
     nerfsim render --scene demo --num N --size S|WxH --out DIR
                                                labelled dataset (COCO + YOLO + card)
-    nerfsim optimize --config JOB.json --out DIR
+    nerfsim optimize --config JOB.json --out DIR [--preset NAME]
                                                run the closed loop here (resumes from DIR)
+    nerfsim presets                            the method presets a job can name
     nerfsim demo [--out DIR]                   the main job on the demo scene, through the service
     nerfsim download JOB ARTIFACT [--out PATH] a finished job's artifact from a service (through the SDK)
     nerfsim serve [--port 8000] [--workers 1]  API + workers (+ embedded Redis without REDIS_URL)
@@ -93,16 +94,29 @@ def cmd_optimize(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.config}: job config not found") from error
     except json.JSONDecodeError as error:
         raise ValueError(f"{args.config}: not valid JSON ({error})") from error
+    if not isinstance(settings, dict):
+        raise ValueError(f"{args.config}: a job config is a JSON object of OptimizeConfig settings")
+    if args.preset is not None:
+        settings["preset"] = args.preset
     try:
         config = OptimizeConfig.from_dict(settings)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{args.config}: {error}") from error
+    print(f"preset {config.preset}: method {config.method}, estimator {config.estimator}", file=sys.stderr)
     view = StageProgress()  # one bar per stage (the loop's own bars and Ultralytics' logs stay off)
     try:
         run_optimization(config, Path(args.out), on_progress=lambda p: view.progress(p.to_dict()), progress_bar=False)
     finally:
         view.close()
     print(f"results: {args.out} (dataset/, psi.json, detector.pt, best_loop_detector.pt, report.json)")
+
+
+def cmd_presets(args: argparse.Namespace) -> None:
+    from optimizer.presets import DEFAULT_PRESET, PRESETS
+
+    for preset in PRESETS.values():
+        default = " (default)" if preset.name == DEFAULT_PRESET else ""
+        print(f"{preset.name}{default}: {preset.description}\n    {json.dumps(dict(preset.settings))}")
 
 
 def _service_settings(args: argparse.Namespace):
@@ -227,7 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     optimize = commands.add_parser("optimize", help="run a closed-loop job here, with a progress bar")
     optimize.add_argument("--config", type=Path, required=True, help="OptimizeConfig as JSON")
     optimize.add_argument("--out", type=Path, required=True, help="job folder (resumed if it has a checkpoint)")
+    optimize.add_argument("--preset", help="method preset (nerfsim presets lists them; default: the config's, "
+                                           "else the default preset); the config's explicit settings win over it")
     optimize.set_defaults(run=cmd_optimize)
+
+    presets = commands.add_parser("presets", help="list the method presets a job can name")
+    presets.set_defaults(run=cmd_presets)
 
     storage_help = "storage root (default: $NERFSIM_STORAGE_ROOT or ./nerfsim-data)"
     serve = commands.add_parser("serve", help="run the API and workers (an embedded Redis when REDIS_URL is unset)")

@@ -4,8 +4,11 @@ It starts the service as ``nerfsim serve`` does (an embedded Redis, a worker pro
 on a free local port), then acts as a client over HTTP: uploads the demo objects as assets and a
 labelled "real" set, creates the job, follows its progress events, downloads the dataset,
 detector and report, and prints where they are. No real photographs ship with nerfsim, so the
-"real" set is rendered from the demo scene with a shifted scene-parameter distribution (the
-objects seen from one side only): the job has to find that shift.
+"real" sets are rendered from the demo scene with a shifted scene-parameter distribution (the
+objects seen from one side only): the job has to find that shift. The validation set drives
+the loop; a separate test set (the same shift, other draws) scores the final detector and the
+job's uniform baseline (the same detector trained on renders from the starting psi), so the
+demo prints whether the loop helped on images it never saw.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from service.settings import ServiceSettings
 
 TARGET_AZIMUTH_BINS = [0, 0, 1, 1, 0, 0, 0, 0]
 """The demo's "real" photos show the objects from 90 to 180 degrees of azimuth only."""
+SEEDS = {"validation": 7, "test": 8}
+"""Render seeds of the two stand-in sets: the same shift, different images."""
 
 
 def demo_budget(quick: bool) -> dict:
@@ -95,11 +100,13 @@ def run_demo(out: Path, settings: ServiceSettings, quick: bool = False, scene: s
     shutil.rmtree(uploads, ignore_errors=True)
     uploads.mkdir(parents=True)
 
-    print(f"nerfsim demo: rendering the stand-in 'real' set from {spec.source}")
-    target = render_target_set(scene, uploads / "real", count=24 if quick else 48, size=64)
-    (target / "data.yaml").unlink()  # upload it as COCO: annotations.json and images/
-    shutil.rmtree(target / "labels")
-    target_zip = zip_folder(target, uploads / "real.zip")
+    print(f"nerfsim demo: rendering the stand-in 'real' validation and test sets from {spec.source}")
+    zips = {}
+    for role, seed in SEEDS.items():
+        target = render_target_set(scene, uploads / role, count=24 if quick else 48, size=64, seed=seed)
+        (target / "data.yaml").unlink()  # upload it as COCO: annotations.json and images/
+        shutil.rmtree(target / "labels")
+        zips[role] = zip_folder(target, uploads / f"{role}.zip")
 
     with EmbeddedService(settings, workers=1, worker_log=out / "worker.log") as service:
         url, server, thread = _serve_in_thread(service.settings)
@@ -121,12 +128,13 @@ def run_demo(out: Path, settings: ServiceSettings, quick: bool = False, scene: s
                 if asset["status"] != "ready":
                     raise ServiceError(f"demo asset {asset['name']} failed: {asset['error']}")
                 assets[index] = asset
-            real = client.upload_target(target_zip, "demo-real", role="both", fmt="coco")
-            request = {"assets": [a["id"] for a in assets], "target_val": real["id"], "target_test": real["id"],
+            sets = {role: client.upload_target(path, f"demo-{role}", role=role, fmt="coco") for role, path in zips.items()}
+            request = {"assets": [a["id"] for a in assets], "target_val": sets["validation"]["id"],
+                       "target_test": sets["test"]["id"],
                        "procedural_backgrounds": spec.procedural_backgrounds or 4, "fov_deg": spec.fov_deg,
                        **demo_budget(quick)}
             job = client.create_job(request, idempotency_key=f"demo-{out.resolve()}")
-            print(f"nerfsim demo: job {job['id']} queued: {request['budget']}")
+            print(f"nerfsim demo: job {job['id']} queued: preset {job['preset']}, {request['budget']}")
             job = _follow(client, job["id"])
             if job["status"] != "succeeded":
                 raise ServiceError(f"demo job {job['id']} {job['status']}: {job['error']} (see {out / 'worker.log'})")
@@ -139,10 +147,26 @@ def run_demo(out: Path, settings: ServiceSettings, quick: bool = False, scene: s
     for name, path in results.items():
         print(f"  {name:<14} {path}")
     report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
-    for split, numbers in report.get("final", {}).items():
-        print(f"  final detector on the {split} set: mAP50-95 {numbers.get('map50_95', float('nan')):.3f}, "
-              f"mAP50 {numbers.get('map50', float('nan')):.3f}")
+    for line in summary_lines(report):
+        print(f"  {line}")
     return job
+
+
+def summary_lines(report: dict) -> list[str]:
+    """What the demo says about the job's result: the final detector's metrics, and on the test
+    set the uniform baseline's beside them with the difference and its bootstrap interval."""
+    lines = [f"final detector on the {split} set: mAP50-95 {numbers['map50_95']:.3f}, mAP50 {numbers['map50']:.3f}"
+             for split, numbers in report.get("final", {}).items()]
+    baseline, difference = report.get("baseline", {}), report.get("difference")
+    if difference is None:
+        lines.append(f"no uniform baseline: {baseline.get('skipped', 'switched off')}")
+        return lines
+    interval = difference["map50_95_bootstrap"]
+    lines.append(f"uniform psi (no loop) on the {baseline['evaluated_on']}: mAP50-95 {baseline['test']['map50_95']:.3f}"
+                 f"; optimised {report['final']['test']['map50_95']:.3f}")
+    lines.append(f"optimised - uniform: {difference['map50_95']:+.3f} mAP50-95 (95 % bootstrap over the "
+                 f"{baseline['test_images']} test images: {interval['low']:+.3f} to {interval['high']:+.3f})")
+    return lines
 
 
 def _follow(client, job_id: str) -> dict:

@@ -13,13 +13,17 @@ from __future__ import annotations
 from functools import cache
 from typing import Annotated, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-from optimizer.config import AlignmentNormalisation, AlignmentObjective, FinalInit, InnerOptimizer, SearchMetric
+from optimizer.config import AlignmentNormalisation, FinalInit, InnerOptimizer, SearchMetric
 
 Architecture = Literal["yolov8n", "yolo11n", "yolov8n-cpu"]
 """The detector architectures a job can start from (detector.model.Architecture)."""
 Device = Literal["auto", "cpu", "cuda"]
+JobEstimator = Literal["pathwise", "score", "both"]
+"""The estimators a job can name (optimizer.config.Estimator without the benchmark-only one)."""
+JobAlignmentObjective = Literal["mean", "appearance"]
+"""optimizer.config.AlignmentObjective without the benchmark-only one."""
 
 MAX_CLASSES = 64
 """Most objects (assets) in a job, as JobBase.assets allows."""
@@ -167,21 +171,17 @@ class FinalTrainerOverrides(Strict):
 
 class JobOptions(Strict):
     """Further settings of the closed loop (optimizer.config.OptimizeConfig fields; the
-    docstrings there say what each does)."""
+    docstrings there say what each does). Those the job's preset sets win over it when given."""
 
-    lookahead_bin_share: float | None = Field(None, gt=0, le=1)
     inverse_hessian_steps: int | None = Field(None, ge=1, le=100)
     damping: float | None = Field(None, ge=0, le=1000)
     neumann_scale: float | None = Field(None, gt=0, le=10)
     alignment_normalisation: AlignmentNormalisation | None = None
     pose_group: int | None = Field(None, ge=1, le=MAX_AZIMUTH_BINS)
     enumerate_bins: bool | None = None
-    alignment_ignores: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.]{1,128}$")]] | None = \
-        Field(None, max_length=32, description="Prefixes of detector parameter names, e.g. 'model.22.cv3'.")
-    alignment_objective: AlignmentObjective | None = None
+    alignment_objective: JobAlignmentObjective | None = None
     baseline_decay: float | None = Field(None, ge=0, lt=1)
     search_metric: SearchMetric | None = None
-    normalise_hypergradient: bool | None = None
     share_classes: bool | None = None
     oracle_psi: OraclePsi | None = None
     psi_learning_rate: float | None = Field(None, gt=0, le=10)
@@ -203,6 +203,7 @@ class JobOptions(Strict):
     final_trainer_overrides: FinalTrainerOverrides | None = None
     final_real_share: float | None = Field(None, ge=0, lt=1)
     real_only_baseline: bool | None = None
+    uniform_baseline: bool | None = Field(None, description="false: no uniform-psi baseline arm in the report.")
     harvest_backgrounds: bool | None = None
     psi_priors: bool | None = None
     resting_poses: bool | None = None

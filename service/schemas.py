@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from optimizer.config import Estimator, InverseHessian, Method, OptimizeConfig
+from optimizer.config import InverseHessian, Method, OptimizeConfig
+from optimizer.presets import DEFAULT_PRESET, PRESETS
 from optimizer.psi import PARTS
 from service.asset_fields import ObjectFieldOverrides, ObjectTrainerOverrides
 from service.job_fields import (
@@ -22,6 +23,7 @@ from service.job_fields import (
     MAX_CLASSES,
     Architecture,
     Device,
+    JobEstimator,
     JobOptions,
     PsiOverrides,
     drop_retired,
@@ -204,6 +206,28 @@ class BackgroundsListPublic(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------
+# presets
+
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+"""A preset's name (optimizer.presets.PRESETS): an unknown one is a 422 naming ``preset``."""
+
+
+class PresetPublic(BaseModel):
+    """A named method preset: what it does and the loop settings it sets."""
+
+    name: str
+    description: str
+    settings: dict[str, Any]
+
+
+class PresetsPublic(BaseModel):
+    data: list[PresetPublic]
+    count: int
+    default: str
+    """The preset a job runs unless it names another."""
+
+
+# --------------------------------------------------------------------------------------------
 # jobs
 
 
@@ -227,8 +251,10 @@ class JobBase(BaseModel):
     budget: JobBudget = Field(default_factory=JobBudget)
     learnable: list[str] = Field(default_factory=lambda: ["azimuth", "elevation", "distance", "exposure"],
                                  max_length=len(PARTS))
-    method: Method = "neural-sim"
-    estimator: Estimator = "both"
+    preset: PresetName = Field(DEFAULT_PRESET, description="The method preset (GET /v1/presets); `method`, "
+                                                           "`estimator` and options given explicitly win over it.")
+    method: Method | None = Field(None, description="Overrides the preset's method.")
+    estimator: JobEstimator | None = Field(None, description="Overrides the preset's estimator (neural-sim).")
     inverse_hessian: InverseHessian = "cg"
     detector: Architecture = "yolov8n-cpu"
     image_size: int = Field(64, ge=32, le=1280)
@@ -257,6 +283,7 @@ class JobBase(BaseModel):
             "scene": scene,
             "target_val": target_val,
             "target_test": target_test,
+            "preset": self.preset,
             "method": self.method,
             "estimator": self.estimator,
             "inverse_hessian": self.inverse_hessian,
@@ -356,6 +383,9 @@ class JobRecord(Record, JobPublic):
     @classmethod
     def _retired_settings(cls, data: Any) -> Any:
         if isinstance(data, dict):
+            if "preset" not in data:  # stored before presets: the paper's method and no baseline, as then
+                data = {**data, "preset": "neural-sim",
+                        "options": {"uniform_baseline": False, **(data.get("options") or {})}}
             data = {**data, **{name: drop_retired(data[name], model)
                                for name, model in (("options", JobOptions), ("psi", PsiOverrides)) if name in data}}
         return data

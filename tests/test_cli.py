@@ -112,7 +112,7 @@ def test_optimize_reads_detector_weights_without_running_them(tmp_path: Path, bo
     hostile = tmp_path / "hostile.pt"
     torch.save({"model": _RunsCode(marker)}, hostile)
     config = {"scene": str(scene), "target_val": str(target / "annotations.json"), "detector_weights": str(hostile),
-              "image_size": 32, "outer_iterations": 1, "images_per_iteration": 2, "inner_steps": 1,
+              "image_size": 32, "outer_iterations": 1, "images_per_iteration": 8, "inner_steps": 1,
               "warmup_steps": 0, "final_images": 0, "device": "cpu"}
     (tmp_path / "config.json").write_text(json.dumps(config))
     capsys.readouterr()

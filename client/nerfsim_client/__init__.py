@@ -33,12 +33,12 @@ from nerfsim_client.errors import (
     ValidationError,
     WaitTimeout,
 )
-from nerfsim_client.models import Asset, Backgrounds, Event, Target, Weights
+from nerfsim_client.models import Asset, Backgrounds, BaselineComparison, Event, Preset, Target, Weights
 
 __all__ = [
     "APIConnectionError", "APIError", "Asset", "AssetBuildError", "AsyncClient", "AsyncJob", "AuthenticationError",
-    "Backgrounds",
+    "Backgrounds", "BaselineComparison",
     "Client", "ConflictError", "Event", "Job", "JobFailedError", "NerfsimError", "NotFoundError",
-    "PayloadTooLargeError", "PermissionDeniedError", "RateLimitError", "RetryPolicy", "ServerError",
+    "PayloadTooLargeError", "PermissionDeniedError", "Preset", "RateLimitError", "RetryPolicy", "ServerError",
     "ServiceUnavailableError", "Target", "ValidationError", "WaitTimeout", "Weights", "__version__",
 ]

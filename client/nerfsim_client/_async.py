@@ -21,7 +21,7 @@ from nerfsim_client._core import (
     resolve_api_key,
 )
 from nerfsim_client._retry import RetryPolicy
-from nerfsim_client.models import Asset, Backgrounds, Event, JobData, Target, Weights
+from nerfsim_client.models import Asset, Backgrounds, Event, JobData, Preset, Target, Weights
 
 
 class _Driver:
@@ -208,10 +208,14 @@ class AsyncClient:
                          target_test: Union[Target, str, None] = None, idempotency_key: Optional[str] = None,
                          detector_weights: Union[Weights, str, None] = None,
                          backgrounds: Optional[Sequence[Union[Backgrounds, str]]] = None,
-                         **settings: Any) -> AsyncJob:
-        settings = {**settings, "detector_weights": detector_weights, "backgrounds": backgrounds}
+                         preset: Union[Preset, str, None] = None, **settings: Any) -> AsyncJob:
+        settings = {**settings, "detector_weights": detector_weights, "backgrounds": backgrounds, "preset": preset}
         operation = self._ops.create_job(list(assets), target_val, target_test, idempotency_key, settings)
         return AsyncJob(await self._run(operation), self)
+
+    async def list_presets(self) -> List[Preset]:
+        """See :meth:`Client.list_presets`."""
+        return [Preset.from_json(p) for p in (await self._run(self._ops.json(Call("GET", "/v1/presets"))))["data"]]
 
     async def get_job(self, job_id: str) -> AsyncJob:
         return AsyncJob(await self._run(self._ops.json(Call("GET", f"/v1/jobs/{job_id}"))), self)

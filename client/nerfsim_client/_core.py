@@ -378,6 +378,9 @@ class Operations:
         backgrounds = request.pop("backgrounds", None)
         if backgrounds is not None:
             request["backgrounds"] = [_ref(b) for b in backgrounds]
+        preset = request.pop("preset", None)
+        if preset is not None:  # (unset: the service's default preset)
+            request["preset"] = getattr(preset, "name", preset)
         headers = {"Idempotency-Key": idempotency_key or f"sdk-{uuid.uuid4().hex}"}
         return (yield from self.json(Call("POST", "/v1/jobs", json=request, headers=headers)))
 

@@ -21,7 +21,7 @@ from nerfsim_client._core import (
     resolve_api_key,
 )
 from nerfsim_client._retry import RetryPolicy
-from nerfsim_client.models import Asset, Backgrounds, Event, JobData, Target, Weights
+from nerfsim_client.models import Asset, Backgrounds, Event, JobData, Preset, Target, Weights
 
 
 class _Driver:
@@ -242,15 +242,21 @@ class Client:
     def create_job(self, assets: Sequence[Union[Asset, str]], target_val: Union[Target, str], *,
                    target_test: Union[Target, str, None] = None, idempotency_key: Optional[str] = None,
                    detector_weights: Union[Weights, str, None] = None,
-                   backgrounds: Optional[Sequence[Union[Backgrounds, str]]] = None, **settings: Any) -> Job:
-        """Create a closed-loop job (``settings``: the service's job fields - ``budget``,
-        ``method``, ``learnable``, ``image_size``, ...). An idempotency key is sent (a new one
+                   backgrounds: Optional[Sequence[Union[Backgrounds, str]]] = None, preset: Union[Preset, str, None] = None,
+                   **settings: Any) -> Job:
+        """Create a closed-loop job running method ``preset`` (:meth:`list_presets`; default:
+        the service's default preset) with ``settings`` on top (the service's job fields -
+        ``budget``, ``learnable``, ``image_size``, ``options``, ...). An idempotency key is sent (a new one
         unless given), so a retried call never creates a second job. ``detector_weights``:
         uploaded weights (:meth:`upload_weights`) the detector starts from; ``backgrounds``:
         uploaded photo sets (:meth:`upload_backgrounds`) the scenes are composed on (procedural
         textures are then used only if ``procedural_backgrounds`` asks for them)."""
-        settings = {**settings, "detector_weights": detector_weights, "backgrounds": backgrounds}
+        settings = {**settings, "detector_weights": detector_weights, "backgrounds": backgrounds, "preset": preset}
         return Job(self._run(self._ops.create_job(list(assets), target_val, target_test, idempotency_key, settings)), self)
+
+    def list_presets(self) -> List[Preset]:
+        """The method presets a job can name, the service's default first."""
+        return [Preset.from_json(p) for p in self._run(self._ops.json(Call("GET", "/v1/presets")))["data"]]
 
     def get_job(self, job_id: str) -> Job:
         return Job(self._run(self._ops.json(Call("GET", f"/v1/jobs/{job_id}"))), self)

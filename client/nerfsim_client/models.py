@@ -77,6 +77,46 @@ class Backgrounds:
 
 
 @dataclass(frozen=True)
+class Preset:
+    """A named method a job can run (``create_job(..., preset=name)``)."""
+
+    name: str
+    description: str
+    settings: Dict[str, Any]
+    """The loop settings it sets; a job's explicit settings win over them."""
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "Preset":
+        return cls(data["name"], data["description"], dict(data["settings"]))
+
+
+@dataclass(frozen=True)
+class BaselineComparison:
+    """A finished job's final detector against its uniform baseline (the same detector and
+    training on renders from the starting psi), on the test set or on held-out validation
+    photos. mAP50-95 unless named otherwise; ``difference`` = final - baseline."""
+
+    final_map50_95: float
+    baseline_map50_95: float
+    difference: float
+    difference_std: Optional[float]
+    """Standard deviation of the difference over a bootstrap of the test images."""
+    difference_low: Optional[float]
+    """2.5 % quantile of the bootstrap (the interval's lower end)."""
+    difference_high: Optional[float]
+    """97.5 % quantile of the bootstrap."""
+
+    @classmethod
+    def from_metrics(cls, metrics: Dict[str, Any]) -> Optional["BaselineComparison"]:
+        """From the job's last progress report (stage ``done``); None without a baseline."""
+        if "baseline_test_map50_95" not in metrics:
+            return None
+        return cls(metrics["test_map50_95"], metrics["baseline_test_map50_95"], metrics["difference_map50_95"],
+                   metrics.get("difference_map50_95_std"), metrics.get("difference_map50_95_low"),
+                   metrics.get("difference_map50_95_high"))
+
+
+@dataclass(frozen=True)
 class Event:
     """One server-sent event of a job: ``status`` (``data["status"]``) or ``progress``
     (``data["stage"]``, ``iteration``, ``total``, ``metrics``, ``psi``, ``samples``)."""
@@ -125,6 +165,19 @@ class JobData:
     def history(self) -> List[Dict[str, Any]]:
         """Metrics of each finished outer iteration."""
         return self.data.get("history", [])
+
+    @property
+    def preset(self) -> Optional[str]:
+        """The method preset the job runs."""
+        return self.data.get("preset")
+
+    @property
+    def baseline(self) -> Optional[BaselineComparison]:
+        """The final detector against the uniform baseline, once the job succeeded (None
+        before, or when the job had no baseline: switched off, a uniform job, too few photos;
+        the report artifact says why)."""
+        progress = self.progress or {}
+        return BaselineComparison.from_metrics(progress.get("metrics") or {}) if progress.get("stage") == "done" else None
 
     @property
     def artifacts(self) -> Dict[str, str]:

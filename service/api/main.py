@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 
 from service.api.limits import JsonBodyLimit, validation_error
 from service.api.responses import ERROR_RESPONSES
-from service.api.routes import assets, backgrounds, health, jobs, targets, weights
+from service.api.routes import assets, backgrounds, health, jobs, presets, targets, weights
 from service.errors import ServiceError
 from service.keys import AuthError, KeyStore
 from service.metrics import build_registry
@@ -123,6 +123,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     v1.include_router(weights.router)
     v1.include_router(backgrounds.router)
     v1.include_router(jobs.router)
+    v1.include_router(presets.router)
     app.include_router(v1)
 
     @app.get("/", include_in_schema=False)

@@ -35,6 +35,8 @@ function h(tag, attrs = {}, ...children) {
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+/** The method a job runs: its preset, and the method it overrides the preset's with. */
+const methodOf = (job) => (job.method ? `${job.preset} (method ${job.method})` : job.preset);
 const fmt = (value, digits = 3) => (Number.isFinite(value) ? (+value.toPrecision(digits)).toString() : "–");
 const when = (iso) => (iso ? new Date(iso).toLocaleString() : "–");
 
@@ -302,7 +304,7 @@ function jobRow(job) {
   const progress = p ? `${p.stage} ${p.stage === "outer" ? p.iteration + 1 : p.iteration}/${p.total}` : "";
   return h("tr", { "data-id": job.id },
     h("td", {}, h("a", { href: `#/jobs/${job.id}` }, job.id)), h("td", {}, badge(job.status)),
-    h("td", {}, job.method), h("td", {}, progress), h("td", {}, when(job.created_at)));
+    h("td", {}, methodOf(job)), h("td", {}, progress), h("td", {}, when(job.created_at)));
 }
 
 function uploadForm(id, title, path, fields, done) {
@@ -354,6 +356,20 @@ function jobFormView() {
   const weightsSelect = h("select", { name: "detector_weights" });
   const number = (name, value, attrs = {}) => h("label", {}, name.replace(/_/g, " "),
     h("input", { type: "number", name, value, min: 1, ...attrs }));
+  const presetSelect = h("select", { name: "preset", id: "job-preset" });
+  const presetNote = h("p", { class: "muted", id: "job-preset-description" });
+  const presets = new Map();
+  const describePreset = () => {
+    const preset = presets.get(presetSelect.value);
+    presetNote.textContent = preset ? preset.description : "";
+  };
+  presetSelect.addEventListener("change", describePreset);
+  api.get("/v1/presets").then((page) => {
+    for (const preset of page.data) presets.set(preset.name, preset);
+    presetSelect.replaceChildren(...page.data.map((p) => h("option", { value: p.name, selected: p.name === page.default,
+      title: JSON.stringify(p.settings) }, p.name === page.default ? `${p.name} (default)` : p.name)));
+    describePreset();
+  }).catch((error) => { presetNote.textContent = `presets: ${error.message}`; });
   const advanced = h("textarea", { name: "advanced", id: "job-advanced", rows: 4,
                                    placeholder: '{"options": {"sample_images": 4}, "psi": {}}' });
   const message = h("p", { class: "message" });
@@ -365,8 +381,7 @@ function jobFormView() {
     h("label", {}, "Test set (final metrics)", targetTest),
     h("label", {}, "Detector starts from", weightsSelect),
     h("fieldset", {}, h("legend", {}, "Background photos (none: generated textures)"), backgroundsList.box),
-    h("label", {}, "Method", h("select", { name: "method" },
-      ...["neural-sim", "uniform", "random-search", "reinforce", "oracle"].map((m) => h("option", { value: m }, m)))),
+    h("label", {}, "Method preset", presetSelect), presetNote,
     h("div", { class: "row" }, number("outer_iterations", 20), number("images_per_iteration", 32),
       number("inner_steps", 20)),
     h("div", { class: "row" }, number("final_images", 200), number("final_epochs", 10),
@@ -383,7 +398,7 @@ function jobFormView() {
     const request = {
       assets: data.getAll("assets"),
       target_val: data.get("target_val"),
-      method: data.get("method"),
+      preset: data.get("preset"),
       learnable: data.getAll("learnable"),
       image_size: +data.get("image_size"),
       budget: Object.fromEntries(["outer_iterations", "images_per_iteration", "inner_steps", "final_images",
@@ -447,8 +462,7 @@ function jobView(jobId) {
     classNames: [],
     outer: new Map(), // iteration -> {metrics, psi}
     progress: null,
-    final: null, // the done stage's metrics
-    baseline: undefined, // the uniform baseline job (null: none)
+    final: null, // the done stage's metrics (the uniform baseline's among them)
     samples: [],
     pinned: null, // iteration chosen on the slider (null: follow the newest)
   };
@@ -505,7 +519,7 @@ function jobView(jobId) {
       if (state.job) state.job.status = data.status;
       if (data.error && state.job) state.job.error = data.error;
       if (data.artifacts && state.job) state.job.artifacts = data.artifacts;
-      if (TERMINAL.includes(data.status)) loadJob().then(loadBaseline).catch((e) => { el.error.textContent = e.message; });
+      if (TERMINAL.includes(data.status)) loadJob().catch((e) => { el.error.textContent = e.message; });
     } else if (event === "progress") {
       state.progress = data;
       if (data.stage === "outer" && data.psi && data.psi.azimuth && data.message !== "cancelled") {
@@ -525,16 +539,6 @@ function jobView(jobId) {
     if (state.job.progress && state.job.progress.stage === "done") state.final = state.job.progress.metrics;
     if (!state.progress) state.progress = state.job.progress;
     if (!state.samples.length && state.job.progress && state.job.progress.samples) state.samples = state.job.progress.samples;
-    schedule();
-  }
-
-  async function loadBaseline() {
-    const job = state.job;
-    if (!job || job.method === "uniform") { state.baseline = null; schedule(); return; }
-    const page = await api.get(`/v1/jobs?status=succeeded&target=${encodeURIComponent(job.target_val)}&limit=200`,
-                               { signal: controller.signal });
-    state.baseline = page.data.find((j) => j.method === "uniform" && j.id !== job.id
-      && j.assets.join() === job.assets.join() && j.target_test === job.target_test) || null;
     schedule();
   }
 
@@ -558,7 +562,7 @@ function jobView(jobId) {
     const job = state.job;
     if (!job) return;
     if (el.status.textContent !== job.status) el.status.replaceChildren(badge(job.status));
-    el.meta.textContent = `${job.method} · ${job.estimator} · ${state.classNames.join(", ") || job.assets.join(", ")}`
+    el.meta.textContent = `${methodOf(job)}${job.estimator ? ` · ${job.estimator}` : ""} · ${state.classNames.join(", ") || job.assets.join(", ")}`
       + ` · created ${when(job.created_at)}${job.finished_at ? ` · finished ${when(job.finished_at)}` : ""}`;
     el.error.textContent = job.error || "";
     renderActions(job);
@@ -571,7 +575,7 @@ function jobView(jobId) {
   }
 
   function renderActions(job) {
-    const signature = [job.status, job.cancel_requested, state.baseline === null].join();
+    const signature = [job.status, job.cancel_requested].join();
     if (el.actions.dataset.signature === signature) return; // keep the buttons (and a click on them)
     el.actions.dataset.signature = signature;
     const buttons = [];
@@ -590,20 +594,6 @@ function jobView(jobId) {
         if (!confirm(`Delete job ${jobId} and its artifacts?`)) return;
         try { await api.json("DELETE", `/v1/jobs/${jobId}`); location.hash = "#/"; } catch (e) { alert(e.message); }
       } }, "Delete"));
-    }
-    if (job.method !== "uniform" && state.baseline === null) {
-      buttons.push(h("button", { id: "run-baseline", class: "secondary", title: "the same job with a fixed uniform psi",
-        onclick: async () => {
-          const fields = ["assets", "target_val", "target_test", "budget", "learnable", "estimator", "inverse_hessian",
-                          "detector", "detector_weights", "backgrounds", "image_size", "seed", "procedural_backgrounds",
-                          "fov_deg", "psi", "device", "options"];
-          const request = Object.fromEntries(fields.filter((f) => job[f] !== null).map((f) => [f, job[f]]));
-          request.method = "uniform";
-          try {
-            const created = await api.json("POST", "/v1/jobs", { json: request, headers: { "Idempotency-Key": `baseline-${jobId}` } });
-            location.hash = `#/jobs/${created.id}`;
-          } catch (e) { alert(e.message); }
-        } }, "Run uniform baseline"));
     }
     el.actions.replaceChildren(...buttons);
   }
@@ -711,23 +701,28 @@ function jobView(jobId) {
           : "Measured when the job finishes."));
       return;
     }
-    const baseline = state.baseline && state.baseline.progress && state.baseline.progress.stage === "done"
-      ? state.baseline.progress.metrics : null;
-    const rows = FINAL_METRICS.filter(([key]) => Number.isFinite(state.final[key]));
+    // The job's own uniform baseline (optimizer.uniform_baseline): the same detector and
+    // training on renders from the starting psi, scored on the same test images.
+    const final = state.final;
+    const baseline = Number.isFinite(final.baseline_test_map50_95)
+      ? { test_map50_95: final.baseline_test_map50_95, test_map50: final.baseline_test_map50 } : null;
+    const rows = FINAL_METRICS.filter(([key]) => Number.isFinite(final[key]));
     const table = h("table", { class: "final" },
-      h("thead", {}, h("tr", {}, h("th", {}, "metric"), h("th", {}, job.method),
-        h("th", {}, baseline ? h("a", { href: `#/jobs/${state.baseline.id}` }, "uniform baseline") : "uniform baseline"),
+      h("thead", {}, h("tr", {}, h("th", {}, "metric"), h("th", {}, methodOf(job)), h("th", {}, "uniform baseline"),
         h("th", {}, "difference"))),
       h("tbody", {}, ...rows.map(([key, label]) => {
-        const ours = state.final[key];
-        const theirs = baseline ? baseline[key] : NaN;
+        const ours = final[key];
+        const theirs = baseline && key in baseline ? baseline[key] : NaN;
         const delta = ours - theirs;
+        const interval = key === "test_map50_95" && Number.isFinite(final.difference_map50_95_low)
+          ? ` (95 % bootstrap ${fmt(final.difference_map50_95_low)} … ${fmt(final.difference_map50_95_high)})` : "";
         return h("tr", { "data-metric": key }, h("td", {}, label), h("td", {}, fmt(ours)), h("td", {}, fmt(theirs)),
           h("td", { class: Number.isFinite(delta) ? (delta >= 0 ? "better" : "worse") : "" },
-            Number.isFinite(delta) ? `${delta >= 0 ? "+" : ""}${fmt(delta)}` : "–"));
+            Number.isFinite(delta) ? `${delta >= 0 ? "+" : ""}${fmt(delta)}${interval}` : "–"));
       })));
-    const note = job.method === "uniform" ? "This job is a uniform baseline."
-      : !baseline ? "No finished uniform baseline with the same objects and sets yet." : "";
+    const note = baseline ? "Baseline: the same detector and training on as many renders from the starting psi "
+      + "(report.json: per-class AP, psi before and after)."
+      : "No uniform baseline in this job (switched off, a uniform job, or too few photos to hold out: see report.json).";
     el.finalTable.replaceChildren(table, h("p", { class: "muted" }, note));
   }
 
@@ -747,7 +742,6 @@ function jobView(jobId) {
       await loadJob();
       state.classNames = await Promise.all(state.job.assets.map((id) =>
         api.get(`/v1/assets/${id}`, { signal: controller.signal }).then((a) => a.name, () => id)));
-      if (TERMINAL.includes(state.job.status)) loadBaseline().catch(() => {});
       await followEvents(jobId, onEvent, controller.signal);
     } catch (error) {
       if (!controller.signal.aborted) el.error.textContent = error.message;

@@ -21,7 +21,7 @@ def test_psi_from_run_is_the_psi_the_loop_learnt(tmp_path: Path) -> None:
     target = shifted_psi(PsiConfig(distance_median=0.35, elevation_median_deg=20.0, elevation_range_deg=(0.0, 50.0)))
     val = target_set(renderer, target, 6, 32, tmp_path / "val", ["box"], seed=1)
     config = OptimizeConfig(
-        method="neural-sim", estimator="both", learnable=["azimuth", "distance", "exposure"], psi=psi,
+        preset="neural-sim", learnable=["azimuth", "distance", "exposure"], psi=psi,
         outer_iterations=2, images_per_iteration=6, inner_steps=2, warmup_steps=2, inverse_hessian_steps=2,
         image_size=32, final_images=0, sample_images=0, seed=3, psi_learning_rate=0.2, device="cpu",
     )

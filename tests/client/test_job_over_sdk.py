@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from nerfsim_client import APIConnectionError, AsyncClient, Client, RetryPolicy
+from nerfsim_client import APIConnectionError, AsyncClient, BaselineComparison, Client, RetryPolicy
 from tests.client.servers import CuttingProxy
 from tests.service.jobs import TINY_JOB
 
@@ -52,6 +52,12 @@ def test_a_job_from_upload_to_download(service, workers, box_asset: Path, coco_z
         follower.join(30)
         bar = capsys.readouterr().err
         assert job.status == "succeeded" and {"dataset.zip", "detector.pt", "report.json"} <= set(job.artifacts)
+        # The preset it ran, and its final detector against its own uniform baseline, as typed fields.
+        assert job.preset == TINY_JOB["preset"] and [p.name for p in client.list_presets()][0] == "neural-sim-appearance"
+        comparison = job.baseline
+        assert isinstance(comparison, BaselineComparison)
+        assert comparison.difference == pytest.approx(comparison.final_map50_95 - comparison.baseline_map50_95)
+        assert comparison.difference_low <= comparison.difference_high
         assert f"{job.id}: outer" in bar and "2/2" in bar, bar[-2000:]
 
         events = list(job.events())

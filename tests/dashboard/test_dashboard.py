@@ -1,7 +1,7 @@
 """The dashboard in a real headless Chromium against the live service (real Redis, a real
 worker): sign in, upload an asset and a target set through the forms, create a tiny job, watch
-its progress and the psi chart update over server-sent events, download the dataset, run its
-uniform baseline and see the final metrics side by side. The job page's screenshot is saved in
+its progress and the psi chart update over server-sent events, download the dataset, and see
+the final metrics beside the job's own uniform baseline. The job page's screenshot is saved in
 the test's folder (and, with NERFSIM_UPDATE_DOCS=1, as docs/dashboard.png)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
@@ -19,6 +20,10 @@ from tests.service.conftest import REPO
 from tests.service.jobs import TINY_JOB
 
 pytestmark = pytest.mark.slow
+
+
+def _api(service, path: str) -> dict:
+    return httpx.get(service.url + path, headers={"Authorization": f"Bearer {service.api_key}"}).json()
 
 
 def text(browser, selector: str) -> str | None:
@@ -69,6 +74,12 @@ def test_dashboard_runs_a_job(browser, service, workers, asset_zip: Path, coco_z
     job_form.find_element(By.CSS_SELECTOR, "input[name=assets]").click()
     wait.until(lambda b: len(Select(job_form.find_element(By.NAME, "target_test")).options) == 2)
     Select(job_form.find_element(By.NAME, "target_test")).select_by_index(1)
+    # The presets come from the API, the default chosen and described.
+    wait.until(lambda b: len(Select(job_form.find_element(By.NAME, "preset")).options) >= 3)
+    chosen = Select(job_form.find_element(By.NAME, "preset")).first_selected_option
+    presets = _api(service, "/v1/presets")
+    assert chosen.get_attribute("value") == presets["default"]
+    assert text(browser, "#job-preset-description") == presets["data"][0]["description"]
     job_form.find_element(By.TAG_NAME, "summary").click()
     browser.find_element(By.ID, "job-advanced").send_keys(json.dumps(TINY_JOB))
     browser.find_element(By.ID, "create-job").click()
@@ -107,17 +118,14 @@ def test_dashboard_runs_a_job(browser, service, workers, asset_zip: Path, coco_z
     assert saved.read_bytes() == service.artifact_file(job_id, "dataset.zip").read_bytes()
     assert text(browser, "#download-status-dataset\\.zip") == "saved"
 
-    # The same job with a uniform psi, from the job page; its final metrics then show beside these.
-    browser.find_element(By.ID, "run-baseline").click()
-    wait.until(lambda b: job_id not in b.current_url)
-    baseline_id = browser.current_url.rsplit("/", 1)[1]
-    slow.until(lambda b: text(b, "#job-status .badge") in ("succeeded", "failed"))
-    assert text(browser, "#job-meta").startswith("uniform")
-    browser.get(f"{service.url}/#/jobs/{job_id}")
-    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, f"#final-metrics a[href='#/jobs/{baseline_id}']"))
+    # The job's own uniform baseline shows beside its final metrics, with the difference.
     cells = browser.execute_script("return [...document.querySelectorAll("
                                    "'#final-metrics tr[data-metric=test_map50_95] td')].map(td => td.textContent)")
-    assert cells[0] == "test mAP50-95" and "–" not in cells, cells
+    assert cells[0] == "test mAP50-95" and "–" not in cells and "95 % bootstrap" in cells[3], cells
+    done = _api(service, f"/v1/jobs/{job_id}")["progress"]["metrics"]
+    assert cells[2] == browser.execute_script("return (+arguments[0].toPrecision(3)).toString()",
+                                              done["baseline_test_map50_95"])
+    assert text(browser, "#job-meta").startswith("neural-sim")  # the preset TINY_JOB names
     wait.until(lambda b: b.execute_script(
         "return [...document.querySelectorAll('#samples img')].some(i => i.complete && i.naturalWidth >= 256)"))
 

@@ -40,6 +40,7 @@ V1_OPERATIONS = {
     ("DELETE", "/v1/weights/{weights_id}"),
     ("POST", "/v1/backgrounds"), ("GET", "/v1/backgrounds"), ("GET", "/v1/backgrounds/{backgrounds_id}"),
     ("DELETE", "/v1/backgrounds/{backgrounds_id}"),
+    ("GET", "/v1/presets"),
     ("POST", "/v1/jobs/{job_id}/retry"), ("POST", "/v1/assets/{asset_id}/cancel"),
 }
 """Every tenant-scoped operation; the tests below fail when the API gains one they do not cover."""
@@ -208,7 +209,11 @@ def test_every_endpoint_is_tenant_isolated(service: Service) -> None:
               ("GET", "/v1/backgrounds")}
     created = {("POST", "/v1/assets"), ("POST", "/v1/targets"), ("POST", "/v1/jobs"), ("POST", "/v1/weights"),
                ("POST", "/v1/backgrounds")}
-    assert set(not_found) | listed | created == V1_OPERATIONS
+    shared = {("GET", "/v1/presets")}  # the same for every tenant; a key still needed
+    assert set(not_found) | listed | created | shared == V1_OPERATIONS
+    for _, path in shared:
+        assert client.get(path, headers=other).json() == client.get(path, headers=owner.headers).json()
+        assert client.get(path).status_code == 401
 
     for (method, _), path in not_found.items():
         # The owner reaches each of these (reads only: the writes would change the records)...

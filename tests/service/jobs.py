@@ -9,6 +9,9 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 TINY_JOB: dict[str, Any] = {
+    # The paper's preset: 4 images per iteration (the default preset renders every scene at each
+    # of the 8 azimuth bins). The service's own tests of the default: tests/service/test_presets.py.
+    "preset": "neural-sim",
     "budget": {"outer_iterations": 2, "images_per_iteration": 4, "inner_steps": 2, "final_images": 4,
                "final_epochs": 1},
     "image_size": 32,

@@ -20,3 +20,28 @@ def test_optimize_refuses_bad_config_files(tmp_path: Path, capsys) -> None:
     (tmp_path / "no-target.json").write_text(json.dumps({"scene": "demo"}))
     assert main(["optimize", "--config", str(tmp_path / "no-target.json"), "--out", str(tmp_path / "out")]) == 2
     assert "target_val" in capsys.readouterr().err
+
+
+def test_optimize_chooses_a_preset_by_name_and_refuses_unknown_or_benchmark_only_settings(tmp_path: Path,
+                                                                                          capsys) -> None:
+    config = tmp_path / "job.json"
+    config.write_text(json.dumps({"scene": "demo"}))
+    assert main(["optimize", "--config", str(config), "--out", str(tmp_path / "out"), "--preset", "magic"]) == 2
+    assert "job.json: preset: unknown preset 'magic'; use one of ['neural-sim-appearance'" in capsys.readouterr().err
+    config.write_text(json.dumps({"scene": "demo", "lookahead_bin_share": 0.5}))
+    assert main(["optimize", "--config", str(config), "--out", str(tmp_path / "out")]) == 2
+    assert "['lookahead_bin_share']: benchmark-only settings" in capsys.readouterr().err
+    config.write_text(json.dumps({"scene": "demo", "estimator": "lookahead"}))
+    assert main(["optimize", "--config", str(config), "--out", str(tmp_path / "out")]) == 2
+    assert "estimator: 'lookahead' is a benchmark-only value" in capsys.readouterr().err
+    # A known preset (the command line's wins over the file's) gets as far as the missing target.
+    config.write_text(json.dumps({"scene": "demo", "preset": "magic"}))
+    assert main(["optimize", "--config", str(config), "--out", str(tmp_path / "out"), "--preset", "uniform"]) == 2
+    captured = capsys.readouterr().err
+    assert "preset uniform: method uniform" in captured and "target_val" in captured
+
+
+def test_presets_are_listed(capsys) -> None:
+    assert main(["presets"]) == 0
+    listed = capsys.readouterr().out
+    assert listed.startswith("neural-sim-appearance (default): ") and "\nuniform: " in listed

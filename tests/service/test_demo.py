@@ -1,6 +1,7 @@
 """``nerfsim demo`` end to end (quick budget) on a one-object scene of the test box: the
-embedded service starts, the job runs through the API, and the results land in the output
-folder."""
+embedded service starts, the job runs through the API with the default preset, the results
+land in the output folder, and the demo scores them on a test set that is not its validation set
+against the job's uniform baseline."""
 
 from __future__ import annotations
 
@@ -34,3 +35,11 @@ def test_demo_writes_dataset_detector_and_report(box_asset: Path, tmp_path: Path
     assert "\r" not in captured.err, captured.err[-2000:]
     for line in ("closed loop: 3/3", "final rendering: 32/32", "final training: 2/2", "job succeeded"):
         assert line in captured.err.splitlines() or any(l.startswith(line + "  ") for l in captured.err.splitlines()), line
+    # The test set is not the validation set: other targets, other images (the same shift).
+    assert job["target_test"] != job["target_val"]
+    val, test = (load_coco(out / "uploads" / role / "annotations.json") for role in ("validation", "test"))
+    assert not {p.path.read_bytes() for p in val.images} & {p.path.read_bytes() for p in test.images}
+    report = json.loads((out / "report.json").read_text())
+    # ...and the demo says what the loop gained over uniform psi on it.
+    assert report["baseline"]["evaluated_on"] == "test set" and "optimised - uniform:" in printed
+    assert job["preset"] == "neural-sim-appearance"  # the default preset

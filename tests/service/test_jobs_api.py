@@ -78,7 +78,11 @@ def test_jobs_are_listed_by_status_and_page(client, inputs) -> None:
         ({"options": {"scene": "/etc"}}, 422, "'options', 'scene'], 'msg': 'Extra inputs are not permitted'"),
         ({"options": {"damping": -1}}, 422, "'options', 'damping'], 'msg': 'Input should be greater than or equal to 0'"),
         ({"estimator": "pathwise", "learnable": ["background"]}, 400, "gives no gradient to the learnable parts"),
-        ({"estimator": "lookahead", "learnable": ["azimuth", "distance"]}, 400, "learns the azimuth bins only"),
+        ({"estimator": "lookahead"}, 422, "'estimator'], 'msg': \"Input should be 'pathwise', 'score' or 'both'\""),
+        ({"preset": "magic"}, 422, "'preset'], 'msg': \"Input should be 'neural-sim-appearance'"),
+        ({"options": {"lookahead_bin_share": 0.5}}, 422, "'lookahead_bin_share'], 'msg': 'Extra inputs are not permitted'"),
+        ({"preset": "neural-sim-appearance", "budget": {"images_per_iteration": 12}}, 400,
+         "images_per_iteration: enumerate_bins renders every scene at each of the 8 azimuth bins"),
         ({"assets": []}, 422, "assets"),
     ],
 )

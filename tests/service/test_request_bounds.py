@@ -65,7 +65,9 @@ def headers(make_key) -> dict:
     (("options", "final_image_size"), 1312, "less than or equal to 1280"),
     (("options", "final_image_size"), 0, "greater than or equal to 32"),
     (("options", "photometric"), {"noise": 1}, "Input should be a valid boolean"),
-    (("options", "alignment_ignores", 0), "../../x", "String should match pattern"),
+    (("options", "alignment_ignores"), ["model.22.cv3"], "Extra inputs are not permitted"),  # benchmarks only
+    (("options", "uniform_baseline"), "no", "Input should be a valid boolean"),
+    (("preset",), "neural-sim-magic", "Input should be 'neural-sim-appearance', 'neural-sim'"),
     (("psi", "azimuth_bins"), 10_000_000, "less than or equal to 72"),
     (("psi", "azimuth_bins"), 0, "greater than or equal to 1"),
     (("psi", "azimuth_bins"), -3, "greater than or equal to 1"),

@@ -1,0 +1,19 @@
+"""Presets: the named methods a job can choose (``preset`` in a job request)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from optimizer.presets import DEFAULT_PRESET, PRESETS
+from service.api.deps import TenantDep
+from service.schemas import PresetPublic, PresetsPublic
+
+router = APIRouter(prefix="/presets", tags=["presets"])
+
+
+@router.get("", response_model=PresetsPublic)
+def list_presets(tenant: TenantDep) -> PresetsPublic:
+    """Every preset with its one-line description and the loop settings it sets, the default
+    first (the same for every tenant; a key is needed as everywhere under /v1)."""
+    return PresetsPublic(data=[PresetPublic(**preset.to_dict()) for preset in PRESETS.values()], count=len(PRESETS),
+                         default=DEFAULT_PRESET)
