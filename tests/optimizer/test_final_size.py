@@ -13,7 +13,7 @@ from PIL import Image
 
 from detector.datasets import LabelledImage, LabelledSet, load_dataset
 from optimizer import loop as loop_module
-from optimizer import real_training as real_training_module
+from optimizer import arms as arms_module
 from optimizer.dataset import render_dataset
 from optimizer.final_size import final_image_shape, final_image_size
 from optimizer.loop import run_loop
@@ -80,7 +80,7 @@ def test_the_final_detector_trains_and_is_evaluated_at_final_image_size(
 
     monkeypatch.setattr(loop_module, "train_final_detector", recording)
     monkeypatch.setattr(loop_module, "evaluate", evaluate)
-    monkeypatch.setattr(real_training_module, "evaluate", evaluate)
+    monkeypatch.setattr(arms_module, "evaluate", evaluate)
     result = run_loop(tiny_config(final_image_size=64), faced_box_renderer(), CLASSES, photos, photos, tmp_path / "run",
                       progress_bar=False)
     assert result.status == "completed"
