@@ -5,6 +5,8 @@ object-to-camera pose, camera rays are carried into each object's frame, each ob
 marched inside its box, and the samples of all objects along a pixel's ray are merged front to
 back, which gives correct occlusion (also for interpenetrating boxes). Per-instance masks are
 each slot's share of the compositing weights; a slot rendered alone gives the visible fraction.
+Splat objects (``renderer.splat.SplatObject``) are rasterised into the same per-ray samples, so
+they occlude and are occluded by NeRF objects exactly.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from renderer.raymarch import (
     ray_depth_order,
 )
 from renderer.scene_types import RenderBatch, SceneParams
+from renderer.splat import SplatObject
 
 
 @dataclass
@@ -58,12 +61,12 @@ class _ChunkImages:
 
 
 class SceneRenderer:
-    """Renders :class:`SceneParams` batches with one radiance field per object class."""
+    """Renders :class:`SceneParams` batches with one radiance field or splat per object class."""
 
     def __init__(
         self,
         config: SceneRendererConfig,
-        fields: list[RadianceField],
+        fields: list[RadianceField | SplatObject],
         backgrounds: BackgroundSet | None = None,
     ) -> None:
         if not fields:
@@ -140,12 +143,16 @@ class SceneRenderer:
             if chosen.numel() == 0:
                 continue
             b, m = chosen[:, 0], chosen[:, 1]
-            ray_dirs = torch.einsum("nji,pj->npi", rotation[b, m], directions).reshape(-1, 3)
-            ray_origins = origins[b, m].repeat_interleave(pixels, dim=0)
-            appearance = (
-                None if params.appearance_ids is None else params.appearance_ids[b, m].repeat_interleave(pixels)
-            )
-            samples = march_field(field, ray_origins, ray_dirs, self.config.samples_per_ray, appearance=appearance)
+            if isinstance(field, SplatObject):
+                # Splats are rasterised per view into the same kind of per-ray samples.
+                samples = field.packed_samples(rotation[b, m], translation[b, m], self.config.fov_deg, size)
+            else:
+                ray_dirs = torch.einsum("nji,pj->npi", rotation[b, m], directions).reshape(-1, 3)
+                ray_origins = origins[b, m].repeat_interleave(pixels, dim=0)
+                appearance = (
+                    None if params.appearance_ids is None else params.appearance_ids[b, m].repeat_interleave(pixels)
+                )
+                samples = march_field(field, ray_origins, ray_dirs, self.config.samples_per_ray, appearance=appearance)
             which = samples.ray_ids // pixels  # row of `chosen`
             pixel = samples.ray_ids % pixels
             samples.rgb = samples.rgb * gain[b[which], m[which]]

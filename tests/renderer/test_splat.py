@@ -1,0 +1,115 @@
+"""The splat renderer alone: conventions checked against gsplat's reference code, culling, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from renderer.camera import focal_length, object_to_camera
+from renderer.splat import Gaussians, SplatError, SplatObject, render_gaussians
+from renderer.splat_sh import sh_colour
+from tests.renderer.splats import random_gaussians
+
+
+def pose(distance: float = 0.4, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    r, t = object_to_camera(torch.tensor(0.4), torch.tensor(0.3), torch.tensor(0.2), torch.tensor(distance),
+                            torch.tensor([0.1, -0.05]), 40.0)
+    return r.to(dtype), t.to(dtype)
+
+
+def test_sh_colours_match_gsplat_reference() -> None:
+    torch_impl = pytest.importorskip("gsplat.cuda._torch_impl")
+    g = random_gaussians(50, degree=3)
+    directions = torch.randn(50, 3, dtype=torch.float64)
+    reference = torch_impl._spherical_harmonics(3, directions, g.sh) + 0.5
+    assert torch.allclose(sh_colour(g.sh, directions), reference.clamp(min=0), atol=1e-12)
+
+
+def test_projection_matches_gsplat_reference() -> None:
+    # Each Gaussian alone at one pixel: alpha = opacity * exp(-q / 2) with gsplat's 2D mean and conic.
+    torch_impl = pytest.importorskip("gsplat.cuda._torch_impl")
+    g = random_gaussians(1, degree=0, log_scale=-3.0)
+    rotation, translation = pose()
+    size = 32
+    focal = focal_length(size, 40.0)
+    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))
+    view = torch.eye(4, dtype=torch.float64)
+    view[:3, :3], view[:3, 3] = flip @ rotation, flip @ translation
+    intrinsics = torch.tensor([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1]], dtype=torch.float64)
+    _, means2d, depths, conics, _ = torch_impl._fully_fused_projection(
+        g.means, g.covariances(), view[None], intrinsics[None], size, size)
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    d = torch.stack([xs - means2d[0, 0, 0], ys - means2d[0, 0, 1]], -1).double()
+    a, b, c = conics[0, 0]
+    q = a * d[..., 0] ** 2 + 2 * b * d[..., 0] * d[..., 1] + c * d[..., 1] ** 2
+    expected = torch.sigmoid(g.opacity_logits[0]) * torch.exp(-q / 2)
+    expected = torch.where((q <= 9) & (expected >= 1 / 255), expected.clamp(max=0.99), torch.zeros_like(expected))
+    _, alpha, depth = render_gaussians(g, rotation, translation, 40.0, size)
+    assert expected.sum() > 1
+    assert torch.allclose(alpha[0], expected, atol=1e-9)
+    # Depth: where the pixel's ray meets the plane at the Gaussian's z-depth.
+    ray_stretch = torch.sqrt(1 + ((xs - size / 2) / focal) ** 2 + ((ys - size / 2) / focal) ** 2).double()
+    hit = expected > 0
+    assert torch.allclose(depth[0][hit], (depths[0, 0] * ray_stretch)[hit], atol=1e-9)
+
+
+def test_output_shapes_background_and_non_square_images() -> None:
+    g = random_gaussians(60, degree=1)
+    rotation, translation = pose()
+    rgb, alpha, depth = render_gaussians(g, rotation, translation, 40.0, (20, 30))
+    assert rgb.shape == (3, 20, 30) and alpha.shape == (1, 20, 30) and depth.shape == (1, 20, 30)
+    assert 0 < float(alpha.max()) <= 1 and alpha.min() >= 0
+    grey = torch.tensor([0.2, 0.4, 0.6], dtype=torch.float64)
+    over, _, _ = render_gaussians(g, rotation, translation, 40.0, (20, 30), background=grey)
+    assert torch.allclose(over, rgb + (1 - alpha) * grey[:, None, None])
+    image = torch.rand(3, 20, 30, dtype=torch.float64)
+    over, _, _ = render_gaussians(g, rotation, translation, 40.0, (20, 30), background=image)
+    assert torch.allclose(over, rgb + (1 - alpha) * image)
+
+
+def test_gaussians_behind_the_camera_or_off_image_draw_nothing() -> None:
+    g = random_gaussians(20, degree=0)
+    rotation = torch.eye(3, dtype=torch.float64)
+    behind = render_gaussians(g, rotation, torch.tensor([0.0, 0.0, 0.5], dtype=torch.float64), 40.0, 16)
+    aside = render_gaussians(g, rotation, torch.tensor([3.0, 0.0, -0.5], dtype=torch.float64), 40.0, 16)
+    for rgb, alpha, depth in (behind, aside):
+        assert alpha.abs().sum() == 0 and rgb.abs().sum() == 0 and depth.abs().sum() == 0
+
+
+def test_bad_gaussians_and_backends_raise() -> None:
+    with pytest.raises(SplatError, match="Gaussians.sh must have shape"):
+        Gaussians(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(2), torch.zeros(2, 5, 3))
+    with pytest.raises(SplatError, match="Gaussians.quats"):
+        Gaussians(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2), torch.zeros(2, 1, 3))
+    rotation, translation = pose()
+    with pytest.raises(SplatError, match="needs the Gaussians on a CUDA device"):
+        render_gaussians(random_gaussians(3), rotation, translation, 40.0, 8, backend="gsplat")
+
+
+def test_gaussians_helpers() -> None:
+    g = random_gaussians(10, degree=2)
+    assert (g.num, g.degree) == (10, 2)
+    g.opacity_logits[0] = -20.0  # invisible
+    g.means[1, 2] = float("inf")
+    assert g.filtered().num == 9 and g.filtered(min_opacity=1 / 255).num == 8
+    box = g.aabb()
+    assert box.shape == (2, 3) and torch.isfinite(box).all()
+    far = g.filtered()
+    far.means[2] = torch.tensor([5.0, 5.0, 5.0], dtype=torch.float64)  # a floater
+    assert float(far.aabb()[1, 0]) > 4 and float(far.aabb(quantile=0.15)[1, 0]) < 1
+    assert g.to(dtype=torch.float32).means.dtype == torch.float32
+    splat = SplatObject(g.filtered())
+    assert {name for name, _ in splat.named_parameters()} == {"means", "log_scales", "quats", "opacity_logits", "sh"}
+    assert torch.equal(splat.aabb, g.filtered().aabb())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for gsplat's rasteriser")
+def test_gsplat_matches_the_torch_path_on_cuda() -> None:
+    g = random_gaussians(300, degree=2, dtype=torch.float32, log_scale=-5.0)
+    rotation, translation = pose(dtype=torch.float32)
+    background = torch.tensor([0.3, 0.5, 0.7])
+    cpu = render_gaussians(g, rotation, translation, 40.0, (48, 64), background=background)
+    cuda = render_gaussians(g.to("cuda"), rotation.cuda(), translation.cuda(), 40.0, (48, 64),
+                            background=background.cuda())
+    for name, x, y in zip(["rgb", "alpha", "depth"], cpu, cuda):
+        assert torch.allclose(x, y.cpu(), atol=2e-3), (name, float((x - y.cpu()).abs().max()))
