@@ -7,8 +7,8 @@ sample of that pixel's ray: ``t`` is the distance along the ray to the plane thr
 Gaussian's centre parallel to the image (3DGS's depth order), its optical depth ``-log(1 - alpha)`` with ``alpha = opacity * exp(-q/2)`` clamped below
 0.99, and its colour the Gaussian's SH colour for the direction from the camera. Compositing the
 pairs with ``renderer.raymarch`` (sorted per pixel by ``t``) is 3DGS's front-to-back blend, and
-merges exactly with NeRF samples in a scene. As in 3DGS, a pixel's pairs behind the point where
-its transmittance falls below 1e-4 are dropped (early termination).
+merges exactly with NeRF samples in a scene. As in 3DGS, a pixel stops before the pair that would
+take its transmittance to 1e-4 (early termination).
 
 Speed: the pairs are found without gradients, row spans of each ellipse expanded flat (no
 Python loop over Gaussians), Gaussians taken in depth slices front to back so that one stable
@@ -23,7 +23,6 @@ thresholds), the 0.99 alpha clamp where it binds, and the depth order.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -48,7 +47,7 @@ NEAR = 0.01
 SIGMA_CUTOFF = 3.0
 """A Gaussian's footprint: pixels within this many standard deviations of its centre."""
 T_MIN = 1e-4
-"""A pixel's pairs behind the point where its transmittance drops below this are dropped."""
+"""A pixel stops before the pair that would take its transmittance to this or below (3DGS)."""
 DEPTH_SLICES = 8
 """Gaussians are rasterised in this many slices by depth, front to back (see _visible_pairs)."""
 CHUNK_PAIRS = 1 << 22
@@ -124,19 +123,19 @@ def _visible_pairs(
     """(Gaussian, pixel) pairs that contribute, ordered by pixel, then front to back.
 
     Gaussians are taken in DEPTH_SLICES slices, front to back; within a slice one stable sort by
-    pixel leaves each pixel's pairs in depth order. As in 3DGS, a pixel's pairs after its
-    transmittance falls below T_MIN are dropped, and a slice skips the Gaussians whose footprint
-    box holds no pixel still open (exact occlusion culling: hidden Gaussians cost nothing).
-    """
+    pixel leaves each pixel's pairs in depth order. As in 3DGS, a pixel stops at the pair that
+    would take its transmittance to T_MIN or below, and a slice skips the Gaussians whose
+    footprint box holds no pixel still open (exact occlusion culling: hidden Gaussians cost
+    nothing)."""
     # A pair counts where q <= 9 (3 sigma) and alpha = opacity exp(-q/2) >= ALPHA_MIN.
     q_max = torch.minimum(2 * torch.log(opacity / ALPHA_MIN).clamp(min=0), torch.full_like(opacity, SIGMA_CUTOFF**2))
     boxes = _footprint_boxes(u, v, q_max * var_x, q_max * var_y, height, width)
     depth_so_far = u.new_zeros(height * width)
-    open_depth = -math.log(T_MIN)
+    done = torch.zeros(height * width, dtype=torch.bool, device=u.device)
     gauss_parts, pixel_parts = [], []
     for batch in torch.argsort(z).tensor_split(DEPTH_SLICES):
         if gauss_parts:
-            batch = batch[_sees_open_pixels(boxes[batch], (depth_so_far < open_depth).reshape(height, width))]
+            batch = batch[_sees_open_pixels(boxes[batch], ~done.reshape(height, width))]
         gauss, pixel, alpha = _ellipse_pairs(
             boxes[batch], u[batch], v[batch], conic[batch], opacity[batch], q_max[batch], width
         )
@@ -145,7 +144,11 @@ def _visible_pairs(
         tau = -torch.log1p(-alpha)
         # compositing_weights / alpha: the transmittance before each pair within this slice.
         within = compositing_weights(PackedSamples(pixel, tau, tau, tau.new_zeros(0, 3))) / alpha
-        keep = (within * torch.exp(-depth_so_far[pixel]) > T_MIN).nonzero().squeeze(-1)
+        # As 3DGS: a pixel stops before the pair that would take its transmittance to T_MIN.
+        after = within * (1 - alpha) * torch.exp(-depth_so_far[pixel])
+        stops = (after <= T_MIN) | done[pixel]
+        done[pixel[stops]] = True
+        keep = (~stops).nonzero().squeeze(-1)
         depth_so_far.index_add_(0, pixel[keep], tau[keep])
         gauss_parts.append(gauss[keep])
         pixel_parts.append(pixel[keep])
