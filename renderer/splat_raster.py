@@ -48,8 +48,10 @@ SIGMA_CUTOFF = 3.0
 """A Gaussian's footprint: pixels within this many standard deviations of its centre."""
 T_MIN = 1e-4
 """A pixel stops before the pair that would take its transmittance to this or below (3DGS)."""
-DEPTH_SLICES = 8
-"""Gaussians are rasterised in this many slices by depth, front to back (see _visible_pairs)."""
+MAX_SLICES = 8
+"""Gaussians are rasterised in up to this many slices by depth, front to back (see _visible_pairs)."""
+SLICE_PAIRS = 250_000
+"""About this many candidate pairs per slice (fewer slices cost less overhead, more cull more)."""
 CHUNK_PAIRS = 1 << 22
 """Candidate pairs tested at once; bounds the rasteriser's temporary memory."""
 
@@ -101,60 +103,63 @@ def splat_samples(
     colour = sh_colour(g.sh, g.means - camera_position)
 
     with torch.no_grad():
-        gauss, pixel = _visible_pairs(u, v, a, c, conic, opacity, z, height, width)
+        gauss, pixel, alpha = _visible_pairs(u, v, a, c, conic, opacity, z, height, width)
     pixel_x, pixel_y = (pixel % width).to(u.dtype), torch.div(pixel, width, rounding_mode="floor").to(u.dtype)
-    alpha = _alpha(opacity[gauss], conic[gauss], pixel_x + 0.5 - u[gauss], pixel_y + 0.5 - v[gauss])
+    if torch.is_grad_enabled():  # the pair search ran without gradients: evaluate alpha again with them
+        du, dv = pixel_x + 0.5 - _at(u, gauss), pixel_y + 0.5 - _at(v, gauss)
+        k = _at(conic, gauss)
+        q = k[:, 0] * du * du + 2 * k[:, 1] * du * dv + k[:, 2] * dv * dv
+        alpha = (_at(opacity, gauss) * torch.exp(-0.5 * q)).clamp(max=ALPHA_MAX)
     # Distance along the pixel's ray to the plane through the centre parallel to the image:
     # per pixel the order of 3DGS's view-space z, and what gsplat's expected depth measures.
     stretch = torch.sqrt(1 + ((pixel_x + 0.5 - width / 2) / focal) ** 2 + ((pixel_y + 0.5 - height / 2) / focal) ** 2)
-    return PackedSamples(ray_ids=pixel, t=z[gauss] * stretch, optical_depth=-torch.log1p(-alpha), rgb=colour[gauss])
-
-
-def _alpha(opacity: Tensor, conic: Tensor, du: Tensor, dv: Tensor) -> Tensor:
-    """3DGS's alpha of Gaussians (peak ``opacity``, inverse 2D covariance ``conic`` = a b c) at
-    pixel offsets (du, dv) from their centres, clamped below ALPHA_MAX."""
-    q = conic[:, 0] * du * du + 2 * conic[:, 1] * du * dv + conic[:, 2] * dv * dv
-    return (opacity * torch.exp(-0.5 * q)).clamp(max=ALPHA_MAX)
+    return PackedSamples(ray_ids=pixel, t=_at(z, gauss) * stretch, optical_depth=-torch.log1p(-alpha), rgb=_at(colour, gauss))
 
 
 def _visible_pairs(
     u: Tensor, v: Tensor, var_x: Tensor, var_y: Tensor, conic: Tensor, opacity: Tensor, z: Tensor, height: int, width: int
-) -> tuple[Int[Tensor, "P"], Int[Tensor, "P"]]:
-    """(Gaussian, pixel) pairs that contribute, ordered by pixel, then front to back.
+) -> tuple[Int[Tensor, "P"], Int[Tensor, "P"], Float[Tensor, "P"]]:
+    """(Gaussian, pixel, alpha) of the pairs that contribute, ordered by pixel, then front to back.
 
-    Gaussians are taken in DEPTH_SLICES slices, front to back; within a slice one stable sort by
-    pixel leaves each pixel's pairs in depth order. As in 3DGS, a pixel stops at the pair that
-    would take its transmittance to T_MIN or below, and a slice skips the Gaussians whose
-    footprint box holds no pixel still open (exact occlusion culling: hidden Gaussians cost
-    nothing)."""
+    Gaussians are taken in slices by depth, front to back (more slices for more candidate
+    pairs, up to MAX_SLICES); within a slice one stable sort by pixel leaves each pixel's pairs
+    in depth order. As in 3DGS, a pixel stops at the pair that would take its transmittance to
+    T_MIN or below, and a slice skips the Gaussians whose footprint box holds no pixel still
+    open (exact occlusion culling: hidden Gaussians cost nothing).
+    """
     # A pair counts where q <= 9 (3 sigma) and alpha = opacity exp(-q/2) >= ALPHA_MIN.
     q_max = torch.minimum(2 * torch.log(opacity / ALPHA_MIN).clamp(min=0), torch.full_like(opacity, SIGMA_CUTOFF**2))
     boxes = _footprint_boxes(u, v, q_max * var_x, q_max * var_y, height, width)
+    area = ((boxes[:, 2] - boxes[:, 0] + 1).clamp(min=0) * (boxes[:, 3] - boxes[:, 1] + 1).clamp(min=0)).sum()
+    slices = int(min(MAX_SLICES, max(1, int(area) // SLICE_PAIRS)))
     depth_so_far = u.new_zeros(height * width)
     done = torch.zeros(height * width, dtype=torch.bool, device=u.device)
-    gauss_parts, pixel_parts = [], []
-    for batch in torch.argsort(z).tensor_split(DEPTH_SLICES):
-        if gauss_parts:
-            batch = batch[_sees_open_pixels(boxes[batch], ~done.reshape(height, width))]
+    parts: list[tuple[Tensor, Tensor, Tensor]] = []
+    for batch in torch.argsort(z).tensor_split(slices):
+        if parts:
+            batch = batch[_sees_open_pixels(_at(boxes, batch), ~done.reshape(height, width))]
         gauss, pixel, alpha = _ellipse_pairs(
-            boxes[batch], u[batch], v[batch], conic[batch], opacity[batch], q_max[batch], width
+            _at(boxes, batch), _at(u, batch), _at(v, batch), _at(conic, batch), _at(opacity, batch), _at(q_max, batch), width
         )
-        by_pixel = torch.argsort(pixel.int(), stable=True)
-        gauss, pixel, alpha = batch[gauss[by_pixel]], pixel[by_pixel], alpha[by_pixel]
+        pixel, by_pixel = torch.sort(pixel, stable=True)
+        gauss, alpha = _at(gauss, by_pixel), _at(alpha, by_pixel)
         tau = -torch.log1p(-alpha)
         # compositing_weights / alpha: the transmittance before each pair within this slice.
         within = compositing_weights(PackedSamples(pixel, tau, tau, tau.new_zeros(0, 3))) / alpha
         # As 3DGS: a pixel stops before the pair that would take its transmittance to T_MIN.
-        after = within * (1 - alpha) * torch.exp(-depth_so_far[pixel])
-        stops = (after <= T_MIN) | done[pixel]
+        stops = within * (1 - alpha) * torch.exp(-_at(depth_so_far, pixel)) <= T_MIN
+        if parts:
+            stops |= _at(done, pixel)
         done[pixel[stops]] = True
         keep = (~stops).nonzero().squeeze(-1)
-        depth_so_far.index_add_(0, pixel[keep], tau[keep])
-        gauss_parts.append(gauss[keep])
-        pixel_parts.append(pixel[keep])
-    gauss, pixel = torch.cat(gauss_parts), torch.cat(pixel_parts)
-    by_pixel = torch.argsort(pixel.int(), stable=True)  # stable: slices stay front to back
-    return gauss[by_pixel], pixel[by_pixel]
+        pixel, alpha = _at(pixel, keep), _at(alpha, keep)
+        depth_so_far.index_add_(0, pixel, _at(tau, keep))
+        parts.append((_at(batch, _at(gauss, keep)), pixel, alpha))
+    gauss, pixel, alpha = (torch.cat(p) for p in zip(*parts))
+    if len(parts) > 1:
+        pixel, by_pixel = torch.sort(pixel, stable=True)  # stable: slices stay front to back
+        gauss, alpha = _at(gauss, by_pixel), _at(alpha, by_pixel)
+    return gauss.long(), pixel.long(), alpha
 
 
 def _footprint_boxes(u: Tensor, v: Tensor, reach2_x: Tensor, reach2_y: Tensor, height: int, width: int) -> Int[Tensor, "N 4"]:
@@ -182,35 +187,46 @@ def _ellipse_pairs(
     """(Gaussian, pixel, alpha) for the pixel centres where ``q <= q_max``, Gaussian by
     Gaussian, generated flat (no Python loop over Gaussians): first each Gaussian's row spans
     of its ellipse (a quadratic in the column offset per row), then their pixels, in chunks of
-    CHUNK_PAIRS."""
+    CHUNK_PAIRS. Indices are int32 (images hold fewer than 2^31 pixels)."""
     _, y0, _, y1 = boxes.unbind(-1)
     rows = (y1 - y0 + 1).clamp(min=0)
     seg_gauss = torch.repeat_interleave(torch.arange(u.numel(), device=u.device), rows)
-    seg_y = y0[seg_gauss] + torch.arange(seg_gauss.numel(), device=u.device) - (torch.cumsum(rows, 0) - rows)[seg_gauss]
-    dv = seg_y + 0.5 - v[seg_gauss]
-    a, b_dv, c_dv2 = conic[seg_gauss, 0], conic[seg_gauss, 1] * dv, conic[seg_gauss, 2] * dv * dv
+    seg_y = _at(y0, seg_gauss) + torch.arange(seg_gauss.numel(), device=u.device) - _at(torch.cumsum(rows, 0) - rows, seg_gauss)
+    dv = seg_y + 0.5 - _at(v, seg_gauss)
+    a, b, c = _at(conic, seg_gauss).unbind(-1)
+    b_dv, c_dv2 = b * dv, c * dv * dv
     # q(du) = a du^2 + 2 b dv du + c dv^2 <= q_max between the roots in du.
-    root = torch.sqrt((b_dv * b_dv - a * (c_dv2 - q_max[seg_gauss])).clamp(min=0))
-    centre = u[seg_gauss]
+    root = torch.sqrt((b_dv * b_dv - a * (c_dv2 - _at(q_max, seg_gauss))).clamp(min=0))
+    centre = _at(u, seg_gauss)
     x0 = torch.ceil(centre + (-b_dv - root) / a - 0.5).clamp(min=0)
     x1 = torch.floor(centre + (-b_dv + root) / a - 0.5).clamp(max=width - 1)
     lengths = (x1 - x0 + 1).clamp(min=0).long()
-    offset = x0 + 0.5 - centre  # du of the span's first pixel
-    base = seg_y * width + x0.long()
-    log_opacity = torch.log(opacity)[seg_gauss]
+    # log alpha at column x0 + k of the span is a quadratic in k: k0 + k (k1 + k k2).
+    du0 = x0 + 0.5 - centre
+    k0 = _at(torch.log(opacity), seg_gauss) - 0.5 * ((a * du0 + 2 * b_dv) * du0 + c_dv2)
+    k1, k2 = -(a * du0 + b_dv), -0.5 * a
+    base = (seg_y * width + x0.long()).int()
+    seg_gauss = seg_gauss.int()
     ends = torch.cumsum(lengths, 0)
+    starts = (ends - lengths).int()
     parts: list[tuple[Tensor, Tensor, Tensor]] = []
     first, done, total = 0, 0, int(ends[-1]) if ends.numel() else 0
     while done < total:
         last = max(int(torch.searchsorted(ends, done + CHUNK_PAIRS, right=True)), first + 1)
-        seg = torch.repeat_interleave(torch.arange(first, last, device=u.device), lengths[first:last])
-        col = torch.arange(seg.numel(), device=u.device) - (ends[seg] - lengths[seg] - done)
-        du = col + offset[seg]
-        q = (a[seg] * du + 2 * b_dv[seg]) * du + c_dv2[seg]
-        alpha = torch.exp(log_opacity[seg] - 0.5 * q).clamp(max=ALPHA_MAX)
-        parts.append((seg_gauss[seg], base[seg] + col, alpha))
+        seg = torch.repeat_interleave(torch.arange(first, last, device=u.device, dtype=torch.int32), lengths[first:last])
+        col = torch.arange(done, done + seg.numel(), device=u.device, dtype=torch.int32) - _at(starts, seg)
+        k = col.to(u.dtype)
+        alpha = torch.exp(_at(k0, seg) + k * (_at(k1, seg) + k * _at(k2, seg))).clamp(max=ALPHA_MAX)
+        parts.append((_at(seg_gauss, seg), _at(base, seg) + col, alpha))
         done, first = int(ends[last - 1]), last
     if not parts:
-        return rows.new_zeros(0), rows.new_zeros(0), u.new_zeros(0)
+        empty = torch.zeros(0, dtype=torch.int32, device=u.device)
+        return empty, empty, u.new_zeros(0)
     gauss, pixel, alpha = (torch.cat(p) for p in zip(*parts))
     return gauss, pixel, alpha
+
+
+def _at(values: Tensor, index: Tensor) -> Tensor:
+    """``values[index]`` along the first axis: ``index_select`` is several times faster on CPU
+    than advanced indexing for the long index lists here."""
+    return values.index_select(0, index)
