@@ -103,23 +103,26 @@ def splat_samples(
     colour = sh_colour(g.sh, g.means - camera_position)
 
     with torch.no_grad():
-        gauss, pixel, alpha = _visible_pairs(u, v, a, c, conic, opacity, z, height, width)
-    pixel_x, pixel_y = (pixel % width).to(u.dtype), torch.div(pixel, width, rounding_mode="floor").to(u.dtype)
+        gauss, pixel, tau = _visible_pairs(u, v, a, c, conic, opacity, z, height, width)
     if torch.is_grad_enabled():  # the pair search ran without gradients: evaluate alpha again with them
+        pixel_x, pixel_y = (pixel % width).to(u.dtype), torch.div(pixel, width, rounding_mode="floor").to(u.dtype)
         du, dv = pixel_x + 0.5 - _at(u, gauss), pixel_y + 0.5 - _at(v, gauss)
         k = _at(conic, gauss)
         q = k[:, 0] * du * du + 2 * k[:, 1] * du * dv + k[:, 2] * dv * dv
-        alpha = (_at(opacity, gauss) * torch.exp(-0.5 * q)).clamp(max=ALPHA_MAX)
+        tau = -torch.log1p(-(_at(opacity, gauss) * torch.exp(-0.5 * q)).clamp(max=ALPHA_MAX))
     # Distance along the pixel's ray to the plane through the centre parallel to the image:
     # per pixel the order of 3DGS's view-space z, and what gsplat's expected depth measures.
-    stretch = torch.sqrt(1 + ((pixel_x + 0.5 - width / 2) / focal) ** 2 + ((pixel_y + 0.5 - height / 2) / focal) ** 2)
-    return PackedSamples(ray_ids=pixel, t=_at(z, gauss) * stretch, optical_depth=-torch.log1p(-alpha), rgb=_at(colour, gauss))
+    xs = (torch.arange(width, device=u.device, dtype=u.dtype) + 0.5 - width / 2) / focal
+    ys = (torch.arange(height, device=u.device, dtype=u.dtype) + 0.5 - height / 2) / focal
+    stretch = torch.sqrt(1 + xs[None, :] ** 2 + ys[:, None] ** 2).reshape(-1)
+    return PackedSamples(ray_ids=pixel, t=_at(z, gauss) * _at(stretch, pixel), optical_depth=tau, rgb=_at(colour, gauss))
 
 
 def _visible_pairs(
     u: Tensor, v: Tensor, var_x: Tensor, var_y: Tensor, conic: Tensor, opacity: Tensor, z: Tensor, height: int, width: int
 ) -> tuple[Int[Tensor, "P"], Int[Tensor, "P"], Float[Tensor, "P"]]:
-    """(Gaussian, pixel, alpha) of the pairs that contribute, ordered by pixel, then front to back.
+    """(Gaussian, pixel, optical depth) of the pairs that contribute, ordered by pixel, then
+    front to back.
 
     Gaussians are taken in slices by depth, front to back (more slices for more candidate
     pairs, up to MAX_SLICES); within a slice one stable sort by pixel leaves each pixel's pairs
@@ -152,14 +155,14 @@ def _visible_pairs(
             stops |= _at(done, pixel)
         done[pixel[stops]] = True
         keep = (~stops).nonzero().squeeze(-1)
-        pixel, alpha = _at(pixel, keep), _at(alpha, keep)
-        depth_so_far.index_add_(0, pixel, _at(tau, keep))
-        parts.append((_at(batch, _at(gauss, keep)), pixel, alpha))
-    gauss, pixel, alpha = (torch.cat(p) for p in zip(*parts))
+        pixel, tau = _at(pixel, keep), _at(tau, keep)
+        depth_so_far.index_add_(0, pixel, tau)
+        parts.append((_at(batch, _at(gauss, keep)), pixel, tau))
+    gauss, pixel, tau = (torch.cat(p) for p in zip(*parts))
     if len(parts) > 1:
         pixel, by_pixel = torch.sort(pixel, stable=True)  # stable: slices stay front to back
-        gauss, alpha = _at(gauss, by_pixel), _at(alpha, by_pixel)
-    return gauss.long(), pixel.long(), alpha
+        gauss, tau = _at(gauss, by_pixel), _at(tau, by_pixel)
+    return gauss.long(), pixel.long(), tau
 
 
 def _footprint_boxes(u: Tensor, v: Tensor, reach2_x: Tensor, reach2_y: Tensor, height: int, width: int) -> Int[Tensor, "N 4"]:

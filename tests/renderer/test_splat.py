@@ -164,3 +164,14 @@ def test_matches_a_plain_per_pixel_3dgs_loop_with_occlusion() -> None:
     assert (expected[1] > 0.999).sum() > 100  # many pixels terminate early
     for name, x, y in zip(["rgb", "alpha", "depth"], got, expected):
         assert torch.allclose(x, y, atol=1e-9), (name, float((x - y).abs().max()))
+
+
+def test_rendering_without_gradients_gives_the_same_images() -> None:
+    # Without gradients the pair search's own alphas are used instead of a second evaluation.
+    g = random_gaussians(200, degree=2, log_scale=-4.0, seed=6)
+    rotation, translation = pose()
+    with_grad = render_gaussians(g, rotation, translation, 40.0, (30, 40))
+    with torch.no_grad():
+        without = render_gaussians(g, rotation, translation, 40.0, (30, 40))
+    for x, y in zip(with_grad, without):
+        assert torch.allclose(x, y, atol=1e-12)
