@@ -2,23 +2,25 @@
 
 Each Gaussian is projected with the EWA approximation of 3DGS (2D covariance ``J W Sigma W^T J^T``
 plus a 0.3 px low-pass), culled behind the near plane and outside the image, and paired with the
-pixels whose centres lie inside its 3-sigma ellipse and where its alpha reaches 1/255. A pair is a
-sample of that pixel's ray: ``t`` is the distance along the ray to the plane through the
-Gaussian's centre parallel to the image (3DGS's depth order), its optical depth ``-log(1 - alpha)`` with ``alpha = opacity * exp(-q/2)`` clamped below
-0.99, and its colour the Gaussian's SH colour for the direction from the camera. Compositing the
-pairs with ``renderer.raymarch`` (sorted per pixel by ``t``) is 3DGS's front-to-back blend, and
-merges exactly with NeRF samples in a scene. As in 3DGS, a pixel stops before the pair that would
-take its transmittance to 1e-4 (early termination).
+pixels whose centres lie inside its 3-sigma ellipse and where its alpha reaches 1/255. A pair is
+a sample of that pixel's ray: ``t`` is the distance along the ray to the plane through the
+Gaussian's centre parallel to the image (3DGS's depth order), its optical depth is
+``-log(1 - alpha)`` with ``alpha = opacity * exp(-q/2)`` clamped below 0.99, and its colour is
+the Gaussian's SH colour for the direction from the camera. Compositing the pairs with
+``renderer.raymarch`` (per pixel, front to back) is 3DGS's blend, and merges exactly with NeRF
+samples in a scene. As in 3DGS, a pixel stops before the pair that would take its
+transmittance to 1e-4 (early termination).
 
-Speed: the pairs are found without gradients, row spans of each ellipse expanded flat (no
-Python loop over Gaussians), Gaussians taken in depth slices front to back so that one stable
-integer sort by pixel orders them and Gaussians behind already-opaque pixels are skipped whole;
-only the surviving pairs are evaluated again with gradients.
+Speed: the pairs are found without gradients: row spans of each ellipse expanded flat (no
+Python loop over Gaussians), Gaussians taken in depth slices front to back so that a stable
+integer sort by pixel orders them (no float sort) and Gaussians behind already-opaque pixels
+are skipped whole. With gradients enabled the surviving pairs are evaluated once more, on the
+autograd graph.
 
 Differentiable w.r.t. the Gaussians, the rotation and the translation (through centres, 2D
-covariances, opacities, colours and ``t``). Not differentiable: which pairs exist (the near-plane
-and image culling, the 3-sigma footprint, the 1/255 alpha cut and early termination are
-thresholds), the 0.99 alpha clamp where it binds, and the depth order.
+covariances, opacities, colours and ``t``). Not differentiable: which pairs exist (the
+near-plane and image culling, the 3-sigma footprint, the 1/255 alpha cut and early termination
+are thresholds), the 0.99 alpha clamp where it binds, and the depth order.
 """
 
 from __future__ import annotations

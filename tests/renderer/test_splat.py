@@ -111,8 +111,15 @@ def test_gsplat_matches_the_torch_path_on_cuda() -> None:
     cpu = render_gaussians(g, rotation, translation, 40.0, (48, 64), background=background)
     cuda = render_gaussians(g.to("cuda"), rotation.cuda(), translation.cuda(), 40.0, (48, 64),
                             background=background.cuda())
-    for name, x, y in zip(["rgb", "alpha", "depth"], cpu, cuda):
-        assert torch.allclose(x, y.cpu(), atol=2e-3), (name, float((x - y.cpu()).abs().max()))
+    # gsplat clamps alpha at 0.999 (not 0.99) and its footprints follow tiles, not the 3-sigma
+    # ellipse: the paths differ by about 1% of a peak opacity at footprint rims, nowhere more.
+    rgb, alpha, depth = (x.cpu() for x in cuda)
+    assert alpha.sum() > 100
+    for name, x, y in [("rgb", cpu[0], rgb), ("alpha", cpu[1], alpha)]:
+        difference = (x - y).abs()
+        assert difference.mean() < 2e-3 and difference.max() < 0.05, (name, float(difference.mean()), float(difference.max()))
+    both = (cpu[1] > 0.5) & (alpha > 0.5)
+    assert torch.allclose(cpu[2][both], depth[both], rtol=0.02)
 
 
 def reference_render(g: Gaussians, rotation: torch.Tensor, translation: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
