@@ -17,8 +17,9 @@ Last line: ``splat_render_over_nerf=<images/s ratio at 640x480> splat_psnr_db=<x
 Measured 2026-12-06, 2 shared cores, contended (load 3-5), 1 thread, cracker_box, 20000
 Gaussians of the occupancy stand-in (renderer.train_splat not merged yet, so no splat PSNR):
 
-- full budget: 640x480 NeRF 0.44 images/s, splat 2.82 images/s (6.4x); 128 px NeRF 14.5,
-  splat 22.1 (1.5x); NeRF held-out PSNR 28.27 dB; stand-in splat 17.35 dB (untrained).
+- full budget (last run, final code): 640x480 NeRF 0.46 images/s, splat 3.22 images/s (7.1x;
+  6.4x in the run before); 128 px NeRF 16.9, splat 22.9 (1.35x); NeRF held-out PSNR 28.27 dB;
+  stand-in splat 17.35 dB (untrained).
 - ``--quick`` (smaller, cheaper NeRF): 640x480 ratio 2.0-3.0 over several runs, 128 px 0.3-0.5
   (the splat's cost follows its (Gaussian, pixel) pairs; the 0.3 px low-pass gives every
   Gaussian ~8 pixels even at 128 px, while the NeRF marches only the few rays that hit it).
