@@ -29,6 +29,8 @@ from jaxtyping import Float
 from scipy.spatial import ConvexHull, QhullError
 from torch import Tensor, nn
 
+from renderer.splat import SplatObject
+
 
 class RestingError(ValueError):
     """A bad input to the resting-pose computation (names the field)."""
@@ -210,7 +212,12 @@ GRID = 32
 def occupied_points(object_field: nn.Module, grid: int = GRID) -> Float[Tensor, "P 3"]:
     """Object-frame centres of the cells of a ``grid``^3 grid over the field's ``aabb`` that are
     opaque (crossing one cell hides what is behind it: 1 - exp(-density * cell) > 0.5) and that
-    the ray marcher samples (``occupied``); the aabb's corners if none is."""
+    the ray marcher samples (``occupied``); the aabb's corners if none is. For a splat object,
+    the centres of its Gaussians that are at least half opaque."""
+    if isinstance(object_field, SplatObject):
+        gaussians = object_field.gaussians.detach()
+        opaque = gaussians.means[torch.sigmoid(gaussians.opacity_logits) >= 0.5].float().cpu()
+        return opaque if len(opaque) >= 4 else gaussians.means.float().cpu()
     aabb = object_field.aabb.detach().float()
     axis = (torch.arange(grid, dtype=torch.float32, device=aabb.device) + 0.5) / grid
     cells = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
@@ -232,12 +239,16 @@ def occupied_points(object_field: nn.Module, grid: int = GRID) -> Float[Tensor, 
 
 def field_pose_table(object_field: nn.Module, config: RestingConfig = RestingConfig(), grid: int = GRID) -> PoseTable:
     """The pose table of a radiance field's object from its opaque cells (half a cell of
-    padding: the surface, not the cell centres, touches the plane). Cached on the field."""
+    padding: the surface, not the cell centres, touches the plane), or of a splat object from
+    its opaque Gaussians (padded by their median size). Cached on the object."""
     tables = _TABLES.setdefault(object_field, {})
     if (config, grid) in tables:
         return tables[config, grid]
-    aabb = object_field.aabb.detach().float().cpu()
-    cell = float((aabb[1] - aabb[0]).min()) / grid
-    table = resting_poses(occupied_points(object_field, grid), config, padding=cell / 2)
+    if isinstance(object_field, SplatObject):  # the surface lies about one Gaussian's size out
+        padding = float(object_field.gaussians.detach().log_scales.exp().amax(-1).median())
+    else:
+        aabb = object_field.aabb.detach().float().cpu()
+        padding = float((aabb[1] - aabb[0]).min()) / grid / 2
+    table = resting_poses(occupied_points(object_field, grid), config, padding=padding)
     tables[config, grid] = table
     return table

@@ -8,6 +8,8 @@ each slot's share of the compositing weights; a slot rendered alone gives the vi
 Scenes with pose ids put each object in a resting pose (renderer.resting) before its view, so
 the view is taken above its support plane, and darken the background with contact shadows
 (renderer.shadows) before the objects are composited over it.
+Splat objects (``renderer.splat.SplatObject``) are rasterised into the same per-ray samples, so
+they occlude and are occluded by NeRF objects exactly.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from renderer.raymarch import (
 from renderer.resting import PoseTable
 from renderer.scene_types import RenderBatch, SceneParams
 from renderer.shadows import ContactShadowConfig, contact_shadow_mask
+from renderer.splat import SplatObject
 
 
 @dataclass
@@ -65,12 +68,12 @@ class _ChunkImages:
 
 
 class SceneRenderer:
-    """Renders :class:`SceneParams` batches with one radiance field per object class."""
+    """Renders :class:`SceneParams` batches with one radiance field or splat per object class."""
 
     def __init__(
         self,
         config: SceneRendererConfig,
-        fields: list[RadianceField],
+        fields: list[RadianceField | SplatObject],
         backgrounds: BackgroundSet | None = None,
         poses: list[PoseTable] | None = None,
     ) -> None:
@@ -198,12 +201,16 @@ class SceneRenderer:
             if chosen.numel() == 0:
                 continue
             b, m = chosen[:, 0], chosen[:, 1]
-            ray_dirs = torch.einsum("nji,pj->npi", rotation[b, m], directions).reshape(-1, 3)
-            ray_origins = origins[b, m].repeat_interleave(pixels, dim=0)
-            appearance = (
-                None if params.appearance_ids is None else params.appearance_ids[b, m].repeat_interleave(pixels)
-            )
-            samples = march_field(field, ray_origins, ray_dirs, self.config.samples_per_ray, appearance=appearance)
+            if isinstance(field, SplatObject):
+                # Splats are rasterised per view into the same kind of per-ray samples.
+                samples = field.packed_samples(rotation[b, m], translation[b, m], self.config.fov_deg, size)
+            else:
+                ray_dirs = torch.einsum("nji,pj->npi", rotation[b, m], directions).reshape(-1, 3)
+                ray_origins = origins[b, m].repeat_interleave(pixels, dim=0)
+                appearance = (
+                    None if params.appearance_ids is None else params.appearance_ids[b, m].repeat_interleave(pixels)
+                )
+                samples = march_field(field, ray_origins, ray_dirs, self.config.samples_per_ray, appearance=appearance)
             which = samples.ray_ids // pixels  # row of `chosen`
             pixel = samples.ray_ids % pixels
             samples.rgb = samples.rgb * gain[b[which], m[which]]

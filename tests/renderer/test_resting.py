@@ -11,6 +11,7 @@ import torch
 from renderer.resting import RestingConfig, RestingError, field_pose_table, resting_poses
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
 from renderer.scene_types import SceneParams
+from renderer.splat import Gaussians, SplatObject
 from renderer.shadows import ContactShadowConfig
 from tests.renderer.fields import SolidBoxField
 from tests.renderer.test_harvest import _scene_and_photos, renderers  # noqa: F401 (a fixture)
@@ -35,6 +36,21 @@ def test_box_rests_on_its_large_faces_most_often_and_keeps_the_canonical_share()
     probs = table.choice_probs()
     assert probs[0] == 0.4 and math.isclose(sum(probs), 1.0, rel_tol=1e-6)
     assert probs[1] == max(probs[1:])
+
+
+def test_a_splat_object_rests_on_the_faces_of_its_opaque_gaussians() -> None:
+    """Splats have no occupancy grid: their (at least half) opaque Gaussians' centres are the
+    points; a faint cloud far outside the box does not count."""
+    points = box_points()
+    faint = torch.randn(50, 3)  # metres away, nearly transparent
+    n, m = len(points), len(faint)
+    gaussians = Gaussians(
+        means=torch.cat([points, faint]), log_scales=torch.full((n + m, 3), -6.0),
+        quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(n + m, 1),
+        opacity_logits=torch.cat([torch.full((n,), 4.0), torch.full((m,), -4.0)]), sh=torch.zeros(n + m, 1, 3),
+    )
+    table = field_pose_table(SplatObject(gaussians))
+    assert torch.allclose(table.heights, resting_poses(points, RestingConfig()).heights, atol=0.003)
 
 
 @pytest.mark.parametrize("padding", [0.0, 0.004])
