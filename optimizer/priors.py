@@ -45,6 +45,8 @@ from optimizer.psi import PsiConfig
 from renderer.camera import view_rotation
 from renderer.scene_renderer import SceneRenderer
 from renderer.scene_types import SceneParams
+from renderer.splat import SplatObject
+from renderer.splat_asset import opaque_centres
 
 MIN_DISTANCE_LOG_STD = 0.1
 """Floor of a derived log-distance spread: a few photos at one depth would otherwise give a
@@ -251,7 +253,10 @@ def _fill_missing(priors: PsiPriors) -> None:
 def occupied_points(object_field: nn.Module, grid: int = GRID) -> Float[Tensor, "P 3"]:
     """Object-frame centres of the cells of a ``grid``^3 grid over the field's ``aabb`` that are
     opaque (crossing one cell hides what is behind it: 1 - exp(-density * cell) > 0.5) and that
-    the ray marcher samples (``occupied``); the aabb's corners if none is."""
+    the ray marcher samples (``occupied``); the aabb's corners if none is. A splat: the
+    centres of its opaque Gaussians (renderer.splat_asset.opaque_centres)."""
+    if isinstance(object_field, SplatObject):
+        return opaque_centres(object_field.gaussians)
     aabb = object_field.aabb.detach().float()
     axis = (torch.arange(grid, dtype=torch.float32, device=aabb.device) + 0.5) / grid
     cells = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
