@@ -96,12 +96,13 @@ def asset_dir(name: str, budget: AssetBudget) -> Path:
     return CACHE / budget.tag / name
 
 
-def build_asset(name: str, budget: AssetBudget, progress: bool = True) -> Path:
-    """The asset of YCB object ``name`` at ``budget``, built unless already cached."""
+def build_asset(name: str, budget: AssetBudget, progress: bool = True, mesh: Path | None = None) -> Path:
+    """The asset of YCB object ``name`` (or of the OBJ ``mesh``, cached under ``name``) at
+    ``budget``, built unless already cached."""
     out = asset_dir(name, budget)
     if (out / "asset.json").is_file():
         return out
-    mesh = YCB / name / "textured.obj"
+    mesh = mesh or YCB / name / "textured.obj"
     if not mesh.is_file():
         raise FileNotFoundError(f"{mesh}: YCB mesh not found (the benchmarks need ../shared/assets/ycb)")
     views = CACHE / budget.tag / f"{name}_views"

@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from renderer.raymarch import PackedSamples, accumulate, compositing_weights, ray_depth_order
+from renderer.raymarch import PackedSamples, accumulate, compositing_weights
 from renderer.splat_raster import ALPHA_MIN, image_shape, splat_samples
 
 
@@ -191,8 +191,8 @@ def render_gaussians(
 
         rgb, alpha, depth = render_with_gsplat(gaussians, rotation, translation, fov_deg, height, width)
     else:
+        # One object's samples come in ray-then-depth order already (ray_depth_order merges objects).
         samples = splat_samples(gaussians, rotation, translation, fov_deg, (height, width))
-        samples = samples.take(ray_depth_order(samples))
         weights = compositing_weights(samples)
         pixels = height * width
         rgb = accumulate(weights[:, None] * samples.rgb, samples.ray_ids, pixels).T.reshape(3, height, width)

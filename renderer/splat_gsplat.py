@@ -2,6 +2,9 @@
 
 gsplat takes OpenCV camera axes (x right, y down, looking down +z) and returns the expected
 z-depth; nerfsim uses OpenGL axes and the distance along the ray, so both are converted here.
+Its kernels follow 3DGS with two small differences from the torch path: alpha is clamped at
+0.999 (not 0.99) and a Gaussian's footprint is the tiles its 3-sigma square touches (not the
+3-sigma ellipse), so the two agree to about 1% of a Gaussian's peak opacity at footprint rims.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ def render_with_gsplat(
         from gsplat import rasterization
     except ImportError as error:  # pragma: no cover - gsplat ships with nerfstudio
         raise SplatError(f"the gsplat backend needs the gsplat package ({error})") from error
-    device, dtype = gaussians.means.device, gaussians.means.dtype
+    device, out_dtype = gaussians.means.device, gaussians.means.dtype
+    # gsplat's kernels are float32 only.
+    gaussians, rotation, translation = gaussians.to(dtype=torch.float32), rotation.float(), translation.float()
+    dtype = torch.float32
     focal = focal_length(max(height, width), fov_deg)
     # OpenGL -> OpenCV camera axes: flip y and z.
     flip = torch.diag(torch.tensor([1.0, -1.0, -1.0], device=device, dtype=dtype))
@@ -60,4 +66,4 @@ def render_with_gsplat(
     stretch = torch.sqrt(1 + xs[None, :] ** 2 + ys[:, None] ** 2)
     depth = colours[0, ..., 3] * stretch
     depth = torch.where(alpha[0] > 1e-4, depth, torch.zeros_like(depth))[None]
-    return rgb, alpha, depth
+    return rgb.to(out_dtype), alpha.to(out_dtype), depth.to(out_dtype)

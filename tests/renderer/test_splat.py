@@ -111,5 +111,74 @@ def test_gsplat_matches_the_torch_path_on_cuda() -> None:
     cpu = render_gaussians(g, rotation, translation, 40.0, (48, 64), background=background)
     cuda = render_gaussians(g.to("cuda"), rotation.cuda(), translation.cuda(), 40.0, (48, 64),
                             background=background.cuda())
-    for name, x, y in zip(["rgb", "alpha", "depth"], cpu, cuda):
-        assert torch.allclose(x, y.cpu(), atol=2e-3), (name, float((x - y.cpu()).abs().max()))
+    # gsplat clamps alpha at 0.999 (not 0.99) and its footprints follow tiles, not the 3-sigma
+    # ellipse: the paths differ by about 1% of a peak opacity at footprint rims, nowhere more.
+    rgb, alpha, depth = (x.cpu() for x in cuda)
+    assert alpha.sum() > 100
+    for name, x, y in [("rgb", cpu[0], rgb), ("alpha", cpu[1], alpha)]:
+        difference = (x - y).abs()
+        assert difference.mean() < 2e-3 and difference.max() < 0.05, (name, float(difference.mean()), float(difference.max()))
+    both = (cpu[1] > 0.5) & (alpha > 0.5)
+    assert torch.allclose(cpu[2][both], depth[both], rtol=0.02)
+
+
+def reference_render(g: Gaussians, rotation: torch.Tensor, translation: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
+    """3DGS's per-pixel loop, written plainly: every Gaussian front to back at every pixel."""
+    focal = focal_length(size, 40.0)
+    centres = g.means @ rotation.T + translation
+    z = -centres[:, 2]
+    u, v = size / 2 + focal * centres[:, 0] / z, size / 2 - focal * centres[:, 1] / z
+    jacobian = torch.zeros(g.num, 2, 3, dtype=g.means.dtype)
+    jacobian[:, 0, 0], jacobian[:, 0, 2] = focal / z, focal * centres[:, 0] / z**2
+    jacobian[:, 1, 1], jacobian[:, 1, 2] = -focal / z, -focal * centres[:, 1] / z**2
+    cov = jacobian @ rotation @ g.covariances() @ rotation.T @ jacobian.transpose(1, 2) + 0.3 * torch.eye(2, dtype=g.means.dtype)
+    conic = torch.linalg.inv(cov)
+    colour = sh_colour(g.sh, g.means + rotation.T @ translation)
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    transmittance = torch.ones(size, size, dtype=g.means.dtype)
+    done = torch.zeros(size, size, dtype=torch.bool)
+    rgb = torch.zeros(3, size, size, dtype=g.means.dtype)
+    depth = torch.zeros(size, size, dtype=g.means.dtype)
+    stretch = torch.sqrt(1 + ((xs - size / 2) / focal) ** 2 + ((ys - size / 2) / focal) ** 2).double()
+    for i in torch.argsort(z):
+        d = torch.stack([xs - u[i], ys - v[i]], -1).double()
+        q = torch.einsum("hwi,ij,hwj->hw", d, conic[i], d)
+        alpha = (torch.sigmoid(g.opacity_logits[i]) * torch.exp(-q / 2)).clamp(max=0.99)
+        counts = (q <= 9) & (alpha >= 1 / 255) & ~done
+        stop = counts & (transmittance * (1 - alpha) <= 1e-4)
+        done |= stop
+        counts &= ~stop
+        weight = torch.where(counts, transmittance * alpha, torch.zeros_like(alpha))
+        rgb += weight * colour[i][:, None, None]
+        depth += weight * z[i] * stretch
+        transmittance = torch.where(counts, transmittance * (1 - alpha), transmittance)
+    alpha = 1 - transmittance
+    return rgb, alpha[None], torch.where(alpha > 1e-4, depth / alpha.clamp(min=1e-4), torch.zeros_like(depth))[None]
+
+
+def test_matches_a_plain_per_pixel_3dgs_loop_with_occlusion() -> None:
+    # An opaque cloud in front of a fainter one: early termination and the culling of hidden
+    # Gaussians (done in depth slices) must not change any pixel.
+    front = random_gaussians(150, degree=1, seed=4, log_scale=-4.0)
+    front.opacity_logits += 4.0
+    back = random_gaussians(150, degree=2, seed=5, log_scale=-4.0)
+    back.means[:, 2] -= 0.05
+    g = Gaussians(*(torch.cat([getattr(front, n), getattr(back, n)[:, : getattr(front, n).shape[1]] if n == "sh"
+                                else getattr(back, n)]) for n in ["means", "log_scales", "quats", "opacity_logits", "sh"]))
+    rotation, translation = torch.eye(3, dtype=torch.float64), torch.tensor([0.0, 0.0, -0.3], dtype=torch.float64)
+    expected = reference_render(g, rotation, translation, 40)
+    got = render_gaussians(g, rotation, translation, 40.0, 40)
+    assert (expected[1] > 0.999).sum() > 100  # many pixels terminate early
+    for name, x, y in zip(["rgb", "alpha", "depth"], got, expected):
+        assert torch.allclose(x, y, atol=1e-9), (name, float((x - y).abs().max()))
+
+
+def test_rendering_without_gradients_gives_the_same_images() -> None:
+    # Without gradients the pair search's own alphas are used instead of a second evaluation.
+    g = random_gaussians(200, degree=2, log_scale=-4.0, seed=6)
+    rotation, translation = pose()
+    with_grad = render_gaussians(g, rotation, translation, 40.0, (30, 40))
+    with torch.no_grad():
+        without = render_gaussians(g, rotation, translation, 40.0, (30, 40))
+    for x, y in zip(with_grad, without):
+        assert torch.allclose(x, y, atol=1e-12)

@@ -1,0 +1,182 @@
+"""One object as a NeRF and as a 3D Gaussian splat: render speed and held-out PSNR, in one run.
+
+The object is a YCB mesh (``../shared/assets/ycb``; else a generated textured box). Its NeRF
+asset is built as ``benchmarks/assets.py`` does (and shares its cache). Its splat is trained on
+the same posed views by ``renderer.train_splat`` (branch ``splatfit``); until that module exists
+the PSNR is ``nan``. Render speed is measured either way with a splat initialised from the
+NeRF's occupied cells (one Gaussian per cell, up to ``--gaussians``, colour and opacity from the
+field): both renderers draw the object alone from the same random views, interleaved, on one
+thread, at 128 px and at 640x480 (fov 40 degrees across the longer side); the NeRF through
+``march_field`` and the compositing of ``renderer.raymarch``, the splat through
+``render_gaussians`` (the torch rasteriser on CPU).
+
+    python benchmarks/splat.py [--quick] [--object cracker_box] [--gaussians 20000]
+
+Last line: ``splat_render_over_nerf=<images/s ratio at 640x480> splat_psnr_db=<x> nerf_psnr_db=<y>``.
+
+Measured 2026-12-06, 2 shared cores, contended (load ~5), 1 thread, --quick, cracker_box,
+20000 Gaussians: see the numbers at the end of this docstring (filled in from the run).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Idle OpenMP threads sleep instead of spinning (busy-waiting threads are ruinous on a shared
+# machine); must be set before torch starts.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.assets import CACHE, FULL_BUDGET, QUICK_BUDGET, YCB, AssetBudget, build_asset
+from renderer.camera import focal_length, object_to_camera
+from renderer.object_field import ObjectField, dilate
+from renderer.posed_images import PosedImages, load_posed_images
+from renderer.raymarch import accumulate, compositing_weights, march_field
+from renderer.splat import Gaussians, render_gaussians
+from renderer.splat_sh import C0
+from renderer.train_object import load_object_asset, psnr_on_white, render_views
+
+FOV_DEG = 40.0
+
+
+def object_asset(name: str, budget: AssetBudget) -> tuple[Path, Path]:
+    """(asset folder, posed-views folder) of the YCB object ``name``, or of a generated box."""
+    mesh = None
+    if not (YCB / name / "textured.obj").is_file():
+        from tests.renderer.meshes import write_box
+
+        name, mesh = "generated_box", write_box(Path(tempfile.mkdtemp()) / "box")
+    return build_asset(name, budget, mesh=mesh), CACHE / budget.tag / f"{name}_views"
+
+
+@torch.no_grad()
+def splat_from_occupancy(field: ObjectField, max_gaussians: int, seed: int = 0) -> Gaussians:
+    """One axis-aligned Gaussian per outer occupied cell of the NeRF's grid (those beside an
+    empty cell: the surface; a random subset of at most ``max_gaussians``, scaled up to cover
+    the same surface), opaque as a trained splat's surface is (peak opacity 0.95), coloured by
+    the field at the cell's centre. A speed stand-in for a trained splat, not a fit."""
+    surface = field.occupancy & dilate(~field.occupancy)
+    centres = field.cell_centres()[surface]
+    if centres.shape[0] > max_gaussians:
+        keep = torch.randperm(centres.shape[0], generator=torch.Generator().manual_seed(seed))[:max_gaussians]
+        cover = math.sqrt(centres.shape[0] / max_gaussians)  # fewer Gaussians on the same surface
+        centres = centres[keep]
+    else:
+        cover = 1.0
+    cell = (field.aabb[1] - field.aabb[0]) / field.occupancy.shape[0]
+    _, rgb = field(centres)
+    n = centres.shape[0]
+    return Gaussians(
+        means=centres,
+        log_scales=torch.log(0.6 * cover * cell).expand(n, 3).clone(),
+        quats=torch.tensor([1.0, 0, 0, 0]).expand(n, 4).clone(),
+        opacity_logits=torch.full((n,), math.log(0.95 / 0.05)),
+        sh=((rgb - 0.5) / C0)[:, None, :],
+    )
+
+
+def trained_splat(views: Path) -> Gaussians | None:
+    """The splat ``renderer.train_splat`` trains on the NeRF's training views; None until that
+    module (branch splatfit) exists."""
+    try:
+        from renderer.train_splat import train_splat  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return train_splat(load_posed_images(views, "train"))
+
+
+def splat_psnr(gaussians: Gaussians, images: PosedImages) -> float:
+    """PSNR over white of the splat at the held-out cameras (centred square pinhole images)."""
+    fov = math.degrees(2 * math.atan(max(images.width, images.height) / 2 / images.fx))
+    rgb, alpha = [], []
+    for c2w in images.c2w:
+        rotation = c2w[:, :3].T
+        out = render_gaussians(gaussians, rotation, -rotation @ c2w[:, 3], fov, (images.height, images.width))
+        rgb.append(out[0].permute(1, 2, 0))
+        alpha.append(out[1].permute(1, 2, 0))
+    return psnr_on_white(torch.stack(rgb), torch.stack(alpha), images)
+
+
+@torch.no_grad()
+def render_nerf(field: ObjectField, rotation: torch.Tensor, translation: torch.Tensor, size: tuple[int, int],
+                samples_per_ray: int) -> torch.Tensor:
+    """The NeRF alone through the same camera as ``render_gaussians`` (premultiplied rgb)."""
+    height, width = size
+    focal = focal_length(max(height, width), FOV_DEG)
+    xs = (torch.arange(width) + 0.5 - width / 2) / focal
+    ys = -(torch.arange(height) + 0.5 - height / 2) / focal
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    directions = torch.nn.functional.normalize(torch.stack([x, y, -torch.ones_like(x)], -1).reshape(-1, 3), dim=-1)
+    origins = (-rotation.T @ translation).expand(height * width, 3)
+    samples = march_field(field, origins, directions @ rotation, samples_per_ray)
+    weights = compositing_weights(samples)
+    return accumulate(weights[:, None] * samples.rgb, samples.ray_ids, height * width)
+
+
+def views(count: int, radius: float, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Random views with the object's bounding sphere across about 60% of the shorter side."""
+    g = torch.Generator().manual_seed(seed)
+    # fov across the longer side: at 4:3 the shorter half-side is 0.75 tan(fov / 2).
+    distance = radius / (0.6 * 0.75 * math.tan(math.radians(FOV_DEG) / 2))
+    out = []
+    for _ in range(count):
+        azimuth, elevation = torch.rand(2, generator=g) * torch.tensor([2 * math.pi, 1.2]) - torch.tensor([0, 0.4])
+        out.append(object_to_camera(azimuth, elevation, torch.tensor(0.0), torch.tensor(distance),
+                                    torch.zeros(2), FOV_DEG))
+    return out
+
+
+def images_per_second(field: ObjectField, splat: Gaussians, size: tuple[int, int], poses: list, spr: int) -> tuple[float, float]:
+    """(NeRF, splat) images/s over ``poses``, the two renderers interleaved pose by pose."""
+    nerf_s = splat_s = 0.0
+    for rotation, translation in poses:
+        start = time.perf_counter()
+        render_nerf(field, rotation, translation, size, spr)
+        middle = time.perf_counter()
+        with torch.no_grad():
+            render_gaussians(splat, rotation, translation, FOV_DEG, size)
+        nerf_s, splat_s = nerf_s + middle - start, splat_s + time.perf_counter() - middle
+    return len(poses) / nerf_s, len(poses) / splat_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the small asset budget and fewer views")
+    parser.add_argument("--object", default="cracker_box")
+    parser.add_argument("--gaussians", type=int, default=20_000, help="Gaussians of the speed splat")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    budget = QUICK_BUDGET if args.quick else FULL_BUDGET
+    asset, views_dir = object_asset(args.object, budget)
+    field, _ = load_object_asset(asset)
+    field.requires_grad_(False)
+    spr = budget.samples_per_ray
+    held_out = load_posed_images(views_dir, "test")
+    with torch.no_grad():
+        nerf_psnr = psnr_on_white(*render_views(field, held_out, spr), held_out)
+    trained = trained_splat(views_dir)
+    splat_psnr_db = splat_psnr(trained, held_out) if trained is not None else float("nan")
+    speed_splat = splat_from_occupancy(field, args.gaussians)
+    print(f"object={asset.name} gaussians={speed_splat.num} init_splat_psnr_db={splat_psnr(speed_splat, held_out):.2f} "
+          f"(occupancy stand-in, untrained)")
+    radius = float((field.aabb[1] - field.aabb[0]).norm() / 2)
+    poses = views(3 if args.quick else 8, radius)
+    ratios = {}
+    for size in [(128, 128), (480, 640)]:
+        nerf_ips, splat_ips = images_per_second(field, speed_splat, size, poses, spr)
+        ratios[size] = splat_ips / nerf_ips
+        print(f"{size[1]}x{size[0]}: nerf_images_per_s={nerf_ips:.2f} splat_images_per_s={splat_ips:.2f} "
+              f"ratio={ratios[size]:.2f}")
+    print(f"splat_render_over_nerf={ratios[(480, 640)]:.2f} splat_psnr_db={splat_psnr_db:.2f} nerf_psnr_db={nerf_psnr:.2f}")
+
+
+if __name__ == "__main__":
+    main()
