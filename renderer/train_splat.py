@@ -28,6 +28,7 @@ from tqdm import tqdm
 from renderer.object_field import grid_cell_centres, shell
 from renderer.posed_images import PosedImages
 from renderer.splat import Gaussians, SplatError, render_gaussians
+from renderer.splat_density import DensityControl
 from renderer.splat_sh import C0
 from renderer.train_object import hull_bounds, visual_hull
 
@@ -158,7 +159,10 @@ def gaussians_from_points(points: Float[Tensor, "N 3"], colours: Float[Tensor, "
 def ssim(x: Float[Tensor, "C H W"], y: Float[Tensor, "C H W"], window: int = 7) -> Tensor:
     """Mean structural similarity over box windows (a cheap stand-in for 3DGS's Gaussian window)."""
     c1, c2 = 0.01**2, 0.03**2
-    pool = lambda t: F.avg_pool2d(t[None], window, stride=1, padding=window // 2, count_include_pad=False)[0]  # noqa: E731
+
+    def pool(t: Tensor) -> Tensor:
+        return F.avg_pool2d(t[None], window, stride=1, padding=window // 2, count_include_pad=False)[0]
+
     mx, my = pool(x), pool(y)
     vx, vy, cxy = pool(x * x) - mx * mx, pool(y * y) - my * my, pool(x * y) - mx * my
     return (((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))).mean()
@@ -169,8 +173,6 @@ def train_splat(images: PosedImages, config: SplatTrainConfig, init: Gaussians |
     """Fit Gaussians to a posed image set (object frame); returns them and training statistics.
     ``init``: the starting Gaussians (default: :func:`hull_points` through
     :func:`gaussians_from_points`); their SH degree is changed to ``config.sh_degree``."""
-    from renderer.splat_density import DensityControl  # the clone / split / prune bookkeeping
-
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     fov_deg = camera_of(images)
