@@ -33,8 +33,11 @@ class SplatAssetMeta:
     representation: Literal["splat"] = "splat"
     """Tells a splat asset's ``asset.json`` from a NeRF asset's."""
     frame: str = OBJECT_FRAME
+    """The frame the Gaussians are in (every nerfsim object's)."""
     num_gaussians: int = 0
+    """Gaussians in ``splat.ply``."""
     sh_degree: int = 0
+    """Spherical-harmonics degree of their colours (0-3)."""
     source: dict = field(default_factory=dict)
     """Where it came from: an imported file (with its up axis and scale), training or baking."""
     training: dict = field(default_factory=dict)

@@ -44,6 +44,7 @@ class BakeConfig:
     train: SplatTrainConfig = field(default_factory=SplatTrainConfig)
     """The splat training on the renders (its ``initial_gaussians`` caps the starting points)."""
     seed: int = 0
+    """Seeds the cameras (the lattice's turn) and the starting points."""
 
 
 def nerf_views(nerf: RadianceField, config: BakeConfig) -> PosedImages:

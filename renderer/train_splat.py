@@ -55,10 +55,15 @@ class SplatTrainConfig:
     """Adam learning rate of the centres in units of the object's bounding-box diagonal at the
     start; decays exponentially to ``lr_means_final``."""
     lr_means_final: float = 1.6e-5
+    """Learning rate of the centres at the last step (same units as ``lr_means``)."""
     lr_log_scales: float = 5e-3
+    """Adam learning rate of the log standard deviations."""
     lr_quats: float = 1e-3
+    """Adam learning rate of the rotation quaternions."""
     lr_opacity: float = 5e-2
+    """Adam learning rate of the opacity logits."""
     lr_sh_dc: float = 2.5e-3
+    """Adam learning rate of the view-independent colour (the SH DC term)."""
     lr_sh_rest: float = 1.25e-4
     """Learning rate of the view-dependent SH coefficients (3DGS: the DC rate / 20)."""
     ssim_weight: float = 0.2
@@ -78,6 +83,7 @@ class SplatTrainConfig:
     prune_opacity: float = 0.005
     """Gaussians whose peak opacity falls below this are removed at each density control."""
     seed: int = 0
+    """Seeds the starting points, the view and background draws and the splits."""
 
 
 def camera_of(images: PosedImages) -> float:
