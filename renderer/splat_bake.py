@@ -20,8 +20,9 @@ from renderer.mesh import framing_distance, orbit_cameras
 from renderer.posed_images import PosedImages
 from renderer.raymarch import RadianceField
 from renderer.splat import Gaussians, SplatError
-from renderer.train_object import render_views
-from renderer.train_splat import SplatTrainConfig, gaussians_from_points, train_splat
+from renderer.splat_init import gaussians_from_points
+from renderer.train_object import psnr_on_white, render_views
+from renderer.train_splat import SplatTrainConfig, render_splat_views, train_splat
 
 
 @dataclass
@@ -85,9 +86,6 @@ def occupied_points(nerf: RadianceField, config: BakeConfig,
 def bake_nerf(nerf: RadianceField, config: BakeConfig, progress: bool = True) -> tuple[Gaussians, dict]:
     """A splat of ``nerf`` (same object frame) and its training statistics, with the mean PSNR
     over its own renders on white (``render_psnr_db``)."""
-    from renderer.train_object import psnr_on_white
-    from renderer.train_splat import render_splat_views
-
     generator = torch.Generator().manual_seed(config.seed)
     views = nerf_views(nerf, config)
     start = gaussians_from_points(*occupied_points(nerf, config, generator), config.train.sh_degree)

@@ -4,9 +4,9 @@ exact alpha), Adam with one learning rate per kind of parameter (the 3DGS paper'
 adaptive density control (clone or split Gaussians whose screen-space gradient is large, prune
 the transparent ones).
 
-Starting points come from :func:`hull_points` (the visual hull of the masks, coloured by the
-views), or any points with colours (``renderer.splat_bake`` uses a NeRF's occupied space) turned
-into Gaussians by :func:`gaussians_from_points`.
+Starting Gaussians (``renderer.splat_init``): by default the outer layer of the masks' visual
+hull coloured by the views; or points on a mesh's surface, or in a NeRF's dense space
+(``renderer.splat_bake``).
 
 Cameras: nerfsim's splat renderer has one focal length and the principal point at the image
 centre, so the posed set must too (within :data:`INTRINSICS_TOLERANCE`); a set that does not is
@@ -25,12 +25,10 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm import tqdm
 
-from renderer.object_field import grid_cell_centres, shell
 from renderer.posed_images import PosedImages
 from renderer.splat import Gaussians, SplatError, render_gaussians
 from renderer.splat_density import DensityControl
-from renderer.splat_sh import C0
-from renderer.train_object import hull_bounds, visual_hull
+from renderer.splat_init import gaussians_from_points, hull_points
 
 INTRINSICS_TOLERANCE = 0.01
 """Largest relative difference between fx and fy, and offset of the principal point from the
@@ -105,61 +103,6 @@ def object_to_camera_poses(c2w: Float[Tensor, "N 3 4"]) -> tuple[Float[Tensor, "
     """``p_cam = R p_obj + t`` of OpenGL camera-to-object matrices."""
     rotation = c2w[:, :, :3].transpose(1, 2)
     return rotation, -(rotation @ c2w[:, :, 3:])[..., 0]
-
-
-@torch.no_grad()
-def hull_points(images: PosedImages, count: int, generator: torch.Generator,
-                resolution: int = 64) -> tuple[Float[Tensor, "N 3"], Float[Tensor, "N 3"]]:
-    """``count`` points in the outer layer of the masks' visual hull, each coloured by the mean of
-    the pixels it projects to in the views whose mask covers it."""
-    aabb = images.aabb if images.aabb is not None else hull_bounds(images)
-    hull = visual_hull(images, aabb, resolution)
-    cells = grid_cell_centres(aabb, resolution)[shell(hull, 2)]
-    if cells.shape[0] == 0:
-        raise SplatError("posed images: the masks carve away everything, no object to start a splat from")
-    cell = (aabb[1] - aabb[0]) / resolution
-    pick = torch.randint(0, cells.shape[0], (count,), generator=generator)
-    points = cells[pick] + (torch.rand(count, 3, generator=generator) - 0.5) * cell
-    return points, project_colours(images, points)
-
-
-def project_colours(images: PosedImages, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
-    """Mean colour of the pixels ``points`` project to, over the views whose mask covers them
-    (grey where none does). Ignores occlusion: a start, not an answer."""
-    total, hits = torch.zeros(points.shape[0], 3), torch.zeros(points.shape[0], 1)
-    for view in range(images.c2w.shape[0]):
-        rotation, position = images.c2w[view, :, :3], images.c2w[view, :, 3]
-        camera = (points - position) @ rotation
-        depth = -camera[:, 2].clamp(max=-1e-6)
-        u = (images.fx * camera[:, 0] / depth + images.cx).long()
-        v = (-images.fy * camera[:, 1] / depth + images.cy).long()
-        seen = (u >= 0) & (u < images.width) & (v >= 0) & (v < images.height)
-        u, v = u.clamp(0, images.width - 1), v.clamp(0, images.height - 1)
-        seen &= images.alpha[view, v, u, 0] > 0.5
-        total += images.rgb[view, v, u] * seen[:, None]
-        hits += seen[:, None]
-    return torch.where(hits > 0, total / hits.clamp(min=1), torch.full_like(total, 0.5))
-
-
-def gaussians_from_points(points: Float[Tensor, "N 3"], colours: Float[Tensor, "N 3"], sh_degree: int = 1,
-                          opacity: float = 0.1) -> Gaussians:
-    """Isotropic Gaussians at ``points``, each as wide as the mean distance to its three nearest
-    neighbours (3DGS's start), of ``opacity`` and colour ``colours`` (the SH DC term)."""
-    n = points.shape[0]
-    if n < 4:
-        raise SplatError(f"a splat needs at least 4 starting points, got {n}")
-    nearest = torch.cat([torch.cdist(chunk, points).topk(4, largest=False).values[:, 1:]
-                         for chunk in points.split(2048)])
-    spread = nearest.mean(dim=1).clamp(min=1e-7)
-    sh = torch.zeros(n, (sh_degree + 1) ** 2, 3)
-    sh[:, 0] = (colours.clamp(0, 1) - 0.5) / C0
-    return Gaussians(
-        means=points.float().clone(),
-        log_scales=spread.log()[:, None].expand(n, 3).clone(),
-        quats=torch.tensor([1.0, 0, 0, 0]).expand(n, 4).clone(),
-        opacity_logits=torch.full((n,), math.log(opacity / (1 - opacity))),
-        sh=sh,
-    )
 
 
 def ssim(x: Float[Tensor, "C H W"], y: Float[Tensor, "C H W"], window: int = 7) -> Tensor:

@@ -22,7 +22,8 @@ from renderer.splat_bake import BakeConfig, bake_nerf
 from renderer.splat_density import DensityControl
 from renderer.splat_ply import save_splat_ply
 from renderer.train_object import psnr_on_white
-from renderer.train_splat import SplatTrainConfig, camera_of, gaussians_from_points, render_splat_views, train_splat
+from renderer.splat_init import gaussians_from_points
+from renderer.train_splat import SplatTrainConfig, camera_of, render_splat_views, train_splat
 from tests.renderer.splats import random_gaussians
 
 TINY = SplatTrainConfig(steps=50, initial_gaussians=300, densify_from=20, densify_every=20)
@@ -123,3 +124,20 @@ def test_a_captured_ply_is_put_into_the_object_frame(tmp_path: Path) -> None:
     (tmp_path / "scene.json").write_text(json.dumps({"objects": [{"name": "cap", "path": "z.ply"}]}))
     fields, _ = load_scene(read_scene_spec(tmp_path))
     assert isinstance(fields[0], SplatObject)
+
+
+def test_mesh_surface_points_lie_on_the_surface_with_its_texture(tmp_path: Path) -> None:
+    from renderer.mesh import load_textured_mesh
+    from renderer.splat_init import mesh_surface_points
+    from tests.renderer.meshes import CYAN, HALF, write_box
+
+    mesh = load_textured_mesh(write_box(tmp_path / "box"))
+    points, colours = mesh_surface_points(mesh, 2000, torch.Generator().manual_seed(0))
+    half = torch.tensor(HALF)
+    on_a_face = ((points.abs() - half).abs() < 1e-5).any(dim=-1)
+    assert on_a_face.all() and (points.abs() <= half + 1e-5).all()
+    top = points[:, 1] > half[1] - 1e-5  # the file's +z face: one colour
+    assert top.sum() > 50 and torch.allclose(colours[top], torch.tensor(CYAN), atol=0.01)
+    # Triangles are drawn by area: the top (0.1 x 0.06) holds about its share of the surface.
+    areas = 2 * (0.1 * 0.2 + 0.1 * 0.06 + 0.2 * 0.06)
+    assert abs(float(top.float().mean()) - 0.1 * 0.06 / areas) < 0.03

@@ -1,6 +1,7 @@
 """Splat assets through the real API and a real worker: a splat .ply uploaded bare or archived
 (bad files refused with a 422 naming the problem, nothing already accepted lost), splats trained
-on posed images and baked from a NeRF asset, and a job whose scene holds a splat."""
+on posed images and on a mesh's renders and baked from a NeRF asset, and a job whose scene holds
+a splat."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from plyfile import PlyData, PlyElement
 from renderer.splat_asset import load_splat_asset
 from renderer.splat_ply import save_splat_ply
 from service.archives import zip_folder
+from tests.renderer.meshes import write_box
 from tests.renderer.splats import random_gaussians
 from tests.service.conftest import wait_for
 from tests.service.jobs import read_events, tiny_job, upload
@@ -93,10 +95,13 @@ def test_splat_builds_and_a_job_with_a_splat_on_a_worker(client, make_key, worke
                    build=json.dumps({**TINY_SPLAT_BUILD, "representation": "splat"}))
     trained = upload(client, "/v1/assets", headers, zip_folder(box_views, tmp_path / "views.zip"), name="views-box",
                      kind="posed-images", build=json.dumps({**TINY_SPLAT_BUILD, "representation": "splat"}))
-    assert imported["status"] == baked["status"] == trained["status"] == "building"
+    from_mesh = upload(client, "/v1/assets", headers, zip_folder(write_box(tmp_path / "mesh").parent, tmp_path / "mesh.zip"),
+                       name="mesh-box", kind="mesh", build=json.dumps({**TINY_SPLAT_BUILD, "representation": "splat",
+                                                                       "spp": 2}))
+    assert imported["status"] == baked["status"] == trained["status"] == from_mesh["status"] == "building"
     workers.start()
     built = {}
-    for asset in (imported, baked, trained):
+    for asset in (imported, baked, trained, from_mesh):
         built[asset["id"]] = record = wait_for(finished(client, f"/v1/assets/{asset['id']}", headers, ("ready", "failed")),
                                                240, "a splat build")
         assert record["status"] == "ready", record["error"]
@@ -106,6 +111,8 @@ def test_splat_builds_and_a_job_with_a_splat_on_a_worker(client, make_key, worke
     assert gaussians.aabb().mean(dim=0).abs().max() < 1e-4  # centred in the object frame
     assert built[baked["id"]]["details"]["training"]["render_psnr_db"] > 12
     assert built[trained["id"]]["details"]["training"]["held_out_psnr_db"] > 12
+    assert built[from_mesh["id"]]["details"]["training"]["held_out_psnr_db"] > 12
+    assert load_splat_asset(tenant_dir / "assets" / from_mesh["id"] / "object")[1].source["start"] == "mesh surface"
 
     target = upload(client, "/v1/targets", headers, coco_zip, name="real", role="both", format="coco")
     job = client.post("/v1/jobs", headers=headers, json=tiny_job(baked["id"], target["id"])).json()
