@@ -61,7 +61,8 @@ class PackedSamples:
         return PackedSamples(zeros.long(), zeros, zeros, torch.zeros(0, 3, device=device))
 
     def take(self, index: Int[Tensor, "K"]) -> "PackedSamples":
-        return PackedSamples(self.ray_ids[index], self.t[index], self.optical_depth[index], self.rgb[index])
+        # index_select: several times faster than advanced indexing on CPU for long index lists.
+        return PackedSamples(*(x.index_select(0, index) for x in (self.ray_ids, self.t, self.optical_depth, self.rgb)))
 
 
 def intersect_aabb(
@@ -140,9 +141,18 @@ def march_field(
 def ray_depth_order(samples: PackedSamples) -> Int[Tensor, "N"]:
     """Permutation that orders samples of several objects by ray, then front to back (the
     occlusion order)."""
-    # Lexicographic order from two stable sorts: by t first, then by ray id.
-    by_t = torch.argsort(samples.t.detach(), stable=True)
-    return by_t[torch.argsort(samples.ray_ids[by_t], stable=True)]
+    # Lexicographic order from two stable sorts: by t first, then by ray id. Depths are sorted as
+    # integers in the same order (a float sort is 3-5x slower on CPU).
+    by_t = torch.argsort(_ordered_bits(samples.t.detach()), stable=True)
+    return by_t.index_select(0, torch.argsort(samples.ray_ids.index_select(0, by_t), stable=True))
+
+
+def _ordered_bits(values: Float[Tensor, "N"]) -> Int[Tensor, "N"]:
+    """Integers ordered exactly as the floats ``values`` (their IEEE bits, with the bits of
+    negative numbers below the sign flipped so that more negative sorts first)."""
+    values = values + 0.0  # -0.0 becomes +0.0: equal floats must give equal integers
+    bits = values.view({torch.float64: torch.int64, torch.float32: torch.int32}.get(values.dtype, torch.int16))
+    return torch.where(bits < 0, bits ^ torch.iinfo(bits.dtype).max, bits)
 
 
 def compositing_weights(samples: PackedSamples) -> Float[Tensor, "N"]:

@@ -160,7 +160,7 @@ def _visible_pairs(
         pixel, tau = _at(pixel, keep), _at(tau, keep)
         depth_so_far.index_add_(0, pixel, tau)
         parts.append((_at(batch, _at(gauss, keep)), pixel, tau))
-    gauss, pixel, tau = (torch.cat(p) for p in zip(*parts))
+    gauss, pixel, tau = parts[0] if len(parts) == 1 else (torch.cat(p) for p in zip(*parts))
     if len(parts) > 1:
         pixel, by_pixel = torch.sort(pixel, stable=True)  # stable: slices stay front to back
         gauss, tau = _at(gauss, by_pixel), _at(tau, by_pixel)
@@ -227,8 +227,7 @@ def _ellipse_pairs(
     if not parts:
         empty = torch.zeros(0, dtype=torch.int32, device=u.device)
         return empty, empty, u.new_zeros(0)
-    gauss, pixel, alpha = (torch.cat(p) for p in zip(*parts))
-    return gauss, pixel, alpha
+    return parts[0] if len(parts) == 1 else tuple(torch.cat(p) for p in zip(*parts))  # type: ignore[return-value]
 
 
 def _at(values: Tensor, index: Tensor) -> Tensor:

@@ -182,3 +182,24 @@ def test_rendering_without_gradients_gives_the_same_images() -> None:
         without = render_gaussians(g, rotation, translation, 40.0, (30, 40))
     for x, y in zip(with_grad, without):
         assert torch.allclose(x, y, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["means", "log_scales", "quats", "opacity_logits", "sh", "rotation", "translation",
+                                  "background"])
+def test_render_gaussians_gradients_match_finite_differences(name: str) -> None:
+    g = random_gaussians(12, degree=1, log_scale=-3.5, seed=9)
+    rotation, translation = pose(distance=0.3)
+    inputs = {"rotation": rotation, "translation": translation, "background": torch.tensor([0.3, 0.6, 0.9]).double()}
+    weights = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def loss(value: torch.Tensor) -> torch.Tensor:
+        changed = {**inputs, name: value} if name in inputs else inputs
+        splat = Gaussians(**{**g.__dict__, name: value}) if name not in inputs else g
+        rgb, alpha, depth = render_gaussians(splat, changed["rotation"], changed["translation"], 40.0, 8,
+                                             background=changed["background"])
+        return (rgb * weights).sum() + alpha.sum() + depth.sum()
+
+    value = (inputs[name] if name in inputs else getattr(g, name)).clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(loss, (value,), eps=1e-6, atol=1e-6, rtol=1e-4)
+    (grad,) = torch.autograd.grad(loss(value), value)
+    assert grad.abs().sum() > 0

@@ -7,10 +7,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from renderer.camera import object_to_camera
 from renderer.labels import boxes_from_masks
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
 from renderer.scene_types import SceneParams
-from renderer.splat import Gaussians, SplatObject
+from renderer.splat import Gaussians, SplatObject, render_gaussians
 from tests.renderer.fields import SolidBoxField
 from tests.renderer.splats import random_gaussians, slab
 
@@ -100,3 +101,25 @@ def test_splat_and_nerf_occlude_each_other_exactly() -> None:
     flipped = SceneRenderer(renderer.config, renderer.fields[::-1]).render(params, size)
     assert torch.allclose(flipped.masks.flip(1), out.masks, atol=1e-9)
     assert torch.allclose(flipped.rgb, out.rgb, atol=1e-9) and torch.allclose(flipped.depth, out.depth, atol=1e-9)
+
+
+def test_scene_renderer_matches_render_gaussians_in_every_image() -> None:
+    # Two images, the splat in a different slot and pose in each (the other slot empty): the
+    # packed samples of every view land on their own image's rays.
+    g = random_gaussians(60, degree=2, log_scale=-4.0, seed=8)
+    renderer = SceneRenderer(SceneRendererConfig(fov_deg=40.0), [SolidBoxField((0.01, 0.01, 0.01), (1, 1, 1)).double(),
+                                                                 SplatObject(g)])
+    one = as_double(SceneParams.single([1, 0], [30.0, 0.0], [10.0, 0.0], [0.4, 5.0]))
+    two = as_double(SceneParams.single([0, 1], [0.0, -50.0], [0.0, 20.0], [5.0, 0.3], offset=[(0, 0), (0.2, -0.1)]))
+    params = SceneParams.cat([one, two])
+    params.background_color[:] = 0.0
+    params.present[0, 1] = params.present[1, 0] = False  # the box slots are empty
+    out = renderer.render(params, 20)
+    rotation, translation = object_to_camera(params.azimuth, params.elevation, params.roll, params.distance,
+                                             params.offset, 40.0)
+    for image, slot in [(0, 0), (1, 1)]:
+        rgb, alpha, depth = render_gaussians(g, rotation[image, slot], translation[image, slot], 40.0, 20)
+        assert alpha.sum() > 5
+        assert torch.allclose(out.rgb[image], rgb, atol=1e-9) and torch.allclose(out.alpha[image], alpha, atol=1e-9)
+        assert torch.allclose(out.masks[image, slot], alpha[0], atol=1e-9)
+        assert torch.allclose(out.depth[image], depth, atol=1e-9)
