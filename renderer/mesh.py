@@ -466,9 +466,11 @@ def build_posed_image_set(
     spp: int = 64,
     seed: int = 0,
     progress: bool = True,
+    up_axis: Literal["y", "z"] = "z",
+    scale: float = 1.0,
 ) -> Path:
     """Render a mesh from cameras around it into a nerfstudio posed image set; returns the
-    path of its ``transforms.json``.
+    path of its ``transforms.json``. ``up_axis`` and ``scale``: as :func:`load_textured_mesh`.
 
     ``out_dir/images/frame_NNNNN.png`` are RGBA renders (the object on a transparent
     background); ``transforms.json`` holds the pinhole intrinsics, each frame's OpenGL
@@ -478,7 +480,7 @@ def build_posed_image_set(
     where the object's bounding sphere fills the view; test views are a random subset of the
     same lattice, so they sit between training views.
     """
-    mesh = load_textured_mesh(obj_path)
+    mesh = load_textured_mesh(obj_path, up_axis=up_axis, scale=scale)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     total = num_views + num_test_views

@@ -30,6 +30,7 @@ from scipy.spatial import ConvexHull, QhullError
 from torch import Tensor, nn
 
 from renderer.splat import SplatObject
+from renderer.splat_asset import opaque_centres
 
 
 class RestingError(ValueError):
@@ -215,9 +216,7 @@ def occupied_points(object_field: nn.Module, grid: int = GRID) -> Float[Tensor, 
     the ray marcher samples (``occupied``); the aabb's corners if none is. For a splat object,
     the centres of its Gaussians that are at least half opaque."""
     if isinstance(object_field, SplatObject):
-        gaussians = object_field.gaussians.detach()
-        opaque = gaussians.means[torch.sigmoid(gaussians.opacity_logits) >= 0.5].float().cpu()
-        return opaque if len(opaque) >= 4 else gaussians.means.float().cpu()
+        return opaque_centres(object_field.gaussians)
     aabb = object_field.aabb.detach().float()
     axis = (torch.arange(grid, dtype=torch.float32, device=aabb.device) + 0.5) / grid
     cells = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)

@@ -9,7 +9,8 @@ backgrounds, described by a ``scene.json``:
 ```
 
 Paths are relative to the ``scene.json``. An object path is a nerfsim asset folder (with
-``asset.json``) or a nerfstudio ``config.yml``. ``backgrounds`` is a folder of photographs, or a
+``asset.json``: a NeRF, or a splat with its ``splat.ply``), a nerfstudio ``config.yml``, or a
+splat ``.ply`` (put into the object frame with its ``Vertical Axis`` comment as up axis, else y). ``backgrounds`` is a folder of photographs, or a
 list of them (optional; a job's uploaded background sets are one folder each);
 ``procedural_backgrounds`` adds that many generated textures (no files needed); ``null`` asks
 for the fallback: :data:`FALLBACK_PROCEDURAL_BACKGROUNDS` textures when the scene has no
@@ -27,6 +28,9 @@ import torch.nn.functional as F
 
 from renderer.backgrounds import BackgroundSet
 from renderer.raymarch import RadianceField
+from renderer.splat import Gaussians, SplatError, SplatObject
+from renderer.splat_asset import is_splat_asset, load_splat_asset
+from renderer.splat_ply import load_splat_ply, normalise_frame
 from renderer.train_object import AssetError, load_object_asset
 
 DEMO_SCENE = Path(__file__).parent / "demo_assets" / "scene.json"
@@ -99,9 +103,12 @@ def read_scene_spec(scene: str | Path) -> SceneSpec:
     )
 
 
-def load_object(path: Path) -> RadianceField:
-    """A nerfsim asset folder or a nerfstudio ``config.yml`` as a radiance field."""
+def load_object(path: Path) -> RadianceField | SplatObject:
+    """A nerfsim asset folder or a nerfstudio ``config.yml`` as a radiance field; a splat asset
+    folder or ``.ply`` as a :class:`SplatObject`."""
     path = Path(path)
+    if path.suffix == ".ply" or is_splat_asset(path):
+        return SplatObject(_load_splat(path))
     if path.suffix in {".yml", ".yaml"}:
         from renderer.nerfstudio_asset import load_nerfstudio_field
 
@@ -110,6 +117,16 @@ def load_object(path: Path) -> RadianceField:
         raise AssetError(f"{path}: object asset not found")
     field_model, _ = load_object_asset(path)
     return field_model
+
+
+def _load_splat(path: Path) -> Gaussians:
+    if path.is_dir():
+        return load_splat_asset(path)[0]
+    try:
+        gaussians, report = load_splat_ply(path)
+    except SplatError as error:
+        raise AssetError(str(error)) from error
+    return normalise_frame(gaussians, up_axis="z" if report.vertical_axis == "z" else "y")
 
 
 def procedural_backgrounds(count: int, seed: int = 0, size: int = 256) -> BackgroundSet:
@@ -126,7 +143,9 @@ def procedural_backgrounds(count: int, seed: int = 0, size: int = 256) -> Backgr
     return BackgroundSet(images, [f"procedural_{i}" for i in range(count)])
 
 
-def load_scene(spec: SceneSpec, harvested: BackgroundSet | None = None) -> tuple[list[RadianceField], BackgroundSet]:
+def load_scene(
+    spec: SceneSpec, harvested: BackgroundSet | None = None
+) -> tuple[list[RadianceField | SplatObject], BackgroundSet]:
     """The scene's object fields (in class order) and its background set: its photographs,
     ``harvested`` backgrounds (cut from a job's labelled photos: renderer.harvest), then its
     procedural textures (as many as asked, or the fallback when it asks for None)."""

@@ -1,4 +1,5 @@
-"""The typed, bounded overrides of an asset build: the object NeRF's model and trainer settings.
+"""The typed, bounded overrides of an asset build: the object NeRF's model and trainer settings,
+and the splat trainer's.
 
 Allowlists like the job's fields (service.job_fields): unknown fields are refused, nothing is
 coerced, every number is bounded so that one build cannot exhaust a worker's memory. The steps,
@@ -38,3 +39,17 @@ class ObjectTrainerOverrides(Strict):
     shell_cells: int | None = Field(None, ge=1, le=256)
     hull_fit_steps: int | None = Field(None, ge=0, le=100_000)
     visibility_rays: int | None = Field(None, ge=0, le=10_000_000)
+
+
+class SplatTrainerOverrides(Strict):
+    """renderer.train_splat.SplatTrainConfig settings (splat builds: training and baking)."""
+
+    initial_gaussians: int | None = Field(None, ge=4, le=1_000_000)
+    max_gaussians: int | None = Field(None, ge=4, le=3_000_000)
+    sh_degree: int | None = Field(None, ge=0, le=3)
+    ssim_weight: float | None = Field(None, ge=0, le=1)
+    densify_from: int | None = Field(None, ge=1, le=100_000)
+    densify_every: int | None = Field(None, ge=1, le=100_000)
+    densify_until_fraction: float | None = Field(None, ge=0, le=1)
+    grad_threshold: float | None = Field(None, gt=0, le=1000)
+    prune_opacity: float | None = Field(None, ge=0, lt=1)

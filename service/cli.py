@@ -1,7 +1,10 @@
 """The ``nerfsim`` command line.
 
     nerfsim asset from-mesh MESH --out DIR     posed image set from a textured mesh
-    nerfsim asset train DIR --out ASSET        object NeRF from a posed image set
+    nerfsim asset train DIR --out ASSET [--representation splat]
+                                               object NeRF (or splat) from a posed image set
+    nerfsim asset bake NERF --out ASSET        splat baked from a NeRF asset (or config.yml)
+    nerfsim asset import-splat PLY --out ASSET splat asset from a 3DGS / nerfstudio .ply
     nerfsim render --scene demo --num N --size S|WxH --out DIR
                                                labelled dataset (COCO + YOLO + card)
     nerfsim optimize --config JOB.json --out DIR [--preset NAME]
@@ -51,11 +54,30 @@ def cmd_asset_from_mesh(args: argparse.Namespace) -> None:
 
 
 def cmd_asset_train(args: argparse.Namespace) -> None:
-    from service.assets import train_asset
+    from service.assets import train_asset, train_splat_asset
 
     name = args.name or Path(args.dir).resolve().name
-    stats = train_asset(args.dir, args.out, name, steps=args.steps, minutes=args.minutes, seed=args.seed)
+    train = train_splat_asset if args.representation == "splat" else train_asset
+    stats = train(args.dir, args.out, name, steps=args.steps, minutes=args.minutes, seed=args.seed)
     print(json.dumps({"asset": str(args.out), **stats}, indent=2))
+
+
+def cmd_asset_bake(args: argparse.Namespace) -> None:
+    from service.assets import bake_splat_asset
+
+    name = args.name or Path(args.nerf).resolve().name
+    stats = bake_splat_asset(args.nerf, args.out, name, views=args.views, view_size=args.size, steps=args.steps,
+                             minutes=args.minutes, seed=args.seed)
+    print(json.dumps({"asset": str(args.out), **stats}, indent=2))
+
+
+def cmd_asset_import_splat(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from renderer.splat_asset import import_splat
+
+    meta = import_splat(args.ply, args.name or args.ply.stem, args.out, up_axis=args.up_axis, scale=args.scale)
+    print(json.dumps({"asset": str(args.out), **asdict(meta)}, indent=2))
 
 
 def cmd_render(args: argparse.Namespace) -> None:
@@ -225,7 +247,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--minutes", type=float, default=15.0, help="training time budget")
     train.add_argument("--steps", type=int, default=5000, help="at most this many steps")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--representation", choices=["nerf", "splat"], default="nerf",
+                       help="train an object NeRF (default) or a 3D Gaussian splat")
     train.set_defaults(run=cmd_asset_train)
+
+    bake = asset.add_parser("bake", help="bake a NeRF (nerfsim asset folder or nerfstudio config.yml) into a splat")
+    bake.add_argument("nerf", type=Path)
+    bake.add_argument("--out", type=Path, required=True)
+    bake.add_argument("--name", help="class name (default: the NeRF's folder name)")
+    bake.add_argument("--views", type=int, default=100, help="renders of the NeRF the splat is fitted to")
+    bake.add_argument("--size", type=int, default=128, help="side of the renders, pixels")
+    bake.add_argument("--minutes", type=float, default=15.0, help="training time budget")
+    bake.add_argument("--steps", type=int, default=3000, help="at most this many steps")
+    bake.add_argument("--seed", type=int, default=0)
+    bake.set_defaults(run=cmd_asset_bake)
+
+    splat = asset.add_parser("import-splat", help="a 3DGS / nerfstudio splat .ply as a splat asset (object frame)")
+    splat.add_argument("ply", type=Path)
+    splat.add_argument("--out", type=Path, required=True)
+    splat.add_argument("--name", help="class name (default: the file's name)")
+    splat.add_argument("--up-axis", choices=["y", "z"], help="the file's up axis (default: its 'Vertical Axis' "
+                                                            "comment, else y)")
+    splat.add_argument("--scale", type=float, default=1.0, help="metres per file unit")
+    splat.set_defaults(run=cmd_asset_import_splat)
 
     render = commands.add_parser("render", help="render a labelled dataset of a scene")
     render.add_argument("--scene", default="demo", help="'demo' or a scene.json")

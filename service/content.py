@@ -54,6 +54,18 @@ def extract_upload(archive: Path, out_dir: Path, settings: ServiceSettings, disp
     )
 
 
+def unpack_asset_upload(upload: Path, out_dir: Path, settings: ServiceSettings, upload_name: str, kind: AssetKind) -> Path:
+    """The new folder ``out_dir`` with the asset's files: an archive's, or for a ``splat`` the
+    ``.ply`` itself when it was uploaded bare."""
+    if kind == "splat" and archive_kind(upload) is None:
+        if not upload_name.lower().endswith(".ply"):
+            raise UploadError(f"{upload_name}: neither a zip or tar archive nor a splat .ply file")
+        out_dir.mkdir(parents=True)
+        os.replace(upload, out_dir / Path(upload_name).name)
+        return out_dir
+    return extract_upload(upload, out_dir, settings, upload_name)
+
+
 class _Namer:
     """Rewrites server paths in messages to paths inside the upload."""
 
@@ -165,17 +177,30 @@ def _check_yolo_yaml(data_yaml: Path, namer: _Namer) -> str:
 def check_asset(root: Path, upload_name: str, kind: AssetKind) -> Path:
     """The file or folder the asset is built or loaded from, after the checks that need no
     heavy work: the nerfsim asset folder, the nerfstudio ``config.yml``, the posed image set's
-    ``transforms.json`` or the mesh's ``.obj``."""
+    ``transforms.json``, the mesh's ``.obj`` or the splat's ``.ply`` (read whole: a bad one is
+    refused here, naming what is wrong)."""
     namer = _Namer(root, upload_name)
     if kind == "nerfsim":
+        from renderer.splat_asset import is_splat_asset, load_splat_asset
         from renderer.train_object import AssetError, load_object_asset
 
         folder = _single(root, "asset.json", "nerfsim asset description", namer).parent
         try:
-            load_object_asset(folder)
+            (load_splat_asset if is_splat_asset(folder) else load_object_asset)(folder)
         except AssetError as error:
             raise UploadError(namer(str(error))) from error
         return folder
+    if kind == "splat":
+        from renderer.splat import SplatError
+        from renderer.splat_ply import load_splat_ply
+
+        ply = _single(root, "*.ply", "splat file", namer)
+        try:
+            load_splat_ply(ply)
+        except SplatError as error:
+            bare = ply.name == upload_name  # uploaded as itself, not in an archive
+            raise UploadError(str(error).replace(str(ply), upload_name) if bare else namer(str(error))) from error
+        return ply
     if kind == "nerfstudio":
         config = _single(root, "config.yml", "nerfstudio config", namer)
         if not any((config.parent / "nerfstudio_models").glob("step-*.ckpt")):

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from optimizer.config import InverseHessian, Method, OptimizeConfig
 from optimizer.presets import DEFAULT_PRESET, PRESETS
 from optimizer.psi import PARTS
-from service.asset_fields import ObjectFieldOverrides, ObjectTrainerOverrides
+from service.asset_fields import ObjectFieldOverrides, ObjectTrainerOverrides, SplatTrainerOverrides
 from service.job_fields import (
     MAX_BACKGROUND_SETS,
     MAX_BACKGROUNDS,
@@ -29,7 +29,7 @@ from service.job_fields import (
     drop_retired,
 )
 
-AssetKind = Literal["nerfstudio", "posed-images", "mesh", "nerfsim"]
+AssetKind = Literal["nerfstudio", "posed-images", "mesh", "nerfsim", "splat"]
 AssetStatus = Literal["building", "ready", "failed"]
 TargetFormat = Literal["coco", "yolo"]
 TargetRole = Literal["validation", "test", "both"]
@@ -66,7 +66,8 @@ class Record(BaseModel):
 
 
 class AssetBuild(BaseModel):
-    """How an uploaded mesh or posed-image set becomes a nerfsim asset (ignored for ready kinds)."""
+    """How an upload becomes a nerfsim asset: a NeRF or a splat trained on a mesh's renders or a
+    posed image set, a NeRF baked into a splat, a splat file put into the object frame."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -74,11 +75,21 @@ class AssetBuild(BaseModel):
     test_views: int = Field(10, ge=0, le=200, description="Held-out views rendered from a mesh.")
     view_size: int = Field(128, ge=16, le=1024, description="Side of the rendered views, pixels.")
     spp: int = Field(64, ge=1, le=1024, description="Samples per pixel of the mesh renders.")
-    train_steps: int = Field(3000, ge=1, le=100_000, description="Object NeRF training steps at most.")
-    train_minutes: float = Field(15.0, gt=0, le=600, description="Object NeRF training time budget.")
+    train_steps: int = Field(3000, ge=1, le=100_000, description="Object NeRF (or splat) training steps at most.")
+    train_minutes: float = Field(15.0, gt=0, le=600, description="Object NeRF (or splat) training time budget.")
     model: ObjectFieldOverrides = Field(default_factory=ObjectFieldOverrides, description="ObjectFieldConfig overrides.")
     trainer: ObjectTrainerOverrides = Field(default_factory=ObjectTrainerOverrides,
                                             description="ObjectTrainerConfig overrides.")
+    representation: Literal["nerf", "splat"] = Field(
+        "nerf", description="What the asset becomes: an object NeRF, or a 3D Gaussian splat (trained on the mesh's "
+                            "renders or the posed images; baked from a nerfsim or nerfstudio NeRF, rendered from "
+                            "`views` cameras of `view_size` px). A `splat` upload is a splat whatever this says.")
+    up_axis: Literal["y", "z"] | None = Field(
+        None, description="Up axis of an uploaded mesh or splat file. Default: z for meshes (YCB scans); for "
+                          "splats the file's 'Vertical Axis' comment (nerfstudio writes z), else y.")
+    scale: float = Field(1.0, gt=0, le=1000, description="Metres per unit of an uploaded mesh or splat file.")
+    splat: SplatTrainerOverrides = Field(default_factory=SplatTrainerOverrides,
+                                         description="SplatTrainConfig overrides (splat training and baking).")
 
 
 class AssetBase(BaseModel):

@@ -323,7 +323,8 @@ def _fail_asset(store: RecordStore, record: AssetRecord, reason: str) -> None:
 
 def build_asset(tenant: str, asset_id: str) -> str:
     """Make asset ``asset_id`` loadable: check a nerfstudio checkpoint by loading it; train a
-    nerfsim asset from a posed image set, or from a mesh rendered into one first."""
+    nerfsim asset (NeRF or splat) from a posed image set, or from a mesh rendered into one first;
+    bake a NeRF into a splat; put an uploaded splat into the object frame."""
     settings, store, connection = _context()
     with job_context(asset_id):
         record = store.get(AssetRecord, tenant, asset_id)
@@ -361,22 +362,47 @@ def _build(record: AssetRecord, asset_dir: Path, source: Path, settings: Service
 
     torch.set_num_threads(settings.threads)
     build = record.build
+    if record.kind == "splat" or (build.representation == "splat" and record.kind in ("nerfsim", "nerfstudio")):
+        return _build_splat(record, asset_dir, source)
     if record.kind == "nerfstudio":
         from renderer.nerfstudio_asset import load_nerfstudio_field
 
         field = load_nerfstudio_field(source)
         return {"object_path": source.relative_to(asset_dir).as_posix(), "aabb": field.aabb.tolist()}
-    from service.assets import train_asset
+    from service.assets import train_asset, train_splat_asset
 
-    posed_dir = source.parent
+    posed_dir, mesh = source.parent, None
     if record.kind == "mesh":
-        from renderer.mesh import build_posed_image_set
+        from renderer.mesh import build_posed_image_set, load_textured_mesh
 
         views = staging_dir(asset_dir / "views")
         build_posed_image_set(source, views, num_views=build.views, num_test_views=build.test_views,
-                              size=build.view_size, spp=build.spp, progress=False)
+                              size=build.view_size, spp=build.spp, progress=False, up_axis=build.up_axis or "z",
+                              scale=build.scale)
         posed_dir = publish_dir(views, asset_dir / "views")
+        mesh = load_textured_mesh(source, up_axis=build.up_axis or "z", scale=build.scale)
+    if build.representation == "splat":
+        stats = train_splat_asset(posed_dir, asset_dir / "object", record.name, steps=build.train_steps,
+                                  minutes=build.train_minutes, splat=build.splat.model_dump(), mesh=mesh,
+                                  progress=False)
+        return {"object_path": "object", "training": json.loads(json.dumps(stats, default=float))}
     stats = train_asset(posed_dir, asset_dir / "object", record.name, steps=build.train_steps,
                         minutes=build.train_minutes, model=build.model.model_dump(), trainer=build.trainer.model_dump(),
                         progress=False)
+    return {"object_path": "object", "training": json.loads(json.dumps(stats, default=float))}
+
+
+def _build_splat(record: AssetRecord, asset_dir: Path, source: Path) -> dict[str, Any]:
+    """A splat upload put into the object frame, or a NeRF upload baked into a splat (a bad
+    splat raises renderer.splat.SplatError, a ValueError: the build fails with its reason)."""
+    from renderer.splat_asset import import_splat
+    from service.assets import bake_splat_asset
+
+    build = record.build
+    if record.kind == "splat":
+        meta = import_splat(source, record.name, asset_dir / "object", up_axis=build.up_axis, scale=build.scale)
+        return {"object_path": "object", "aabb": meta.aabb, "num_gaussians": meta.num_gaussians, "frame": meta.source}
+    stats = bake_splat_asset(source, asset_dir / "object", record.name, views=build.views, view_size=build.view_size,
+                             steps=build.train_steps, minutes=build.train_minutes, splat=build.splat.model_dump(),
+                             progress=False)
     return {"object_path": "object", "training": json.loads(json.dumps(stats, default=float))}

@@ -165,9 +165,12 @@ class Client:
 
     def upload_asset(self, path: Union[str, Path], name: str, kind: str = "nerfsim",
                      build: Optional[Dict[str, Any]] = None) -> Asset:
-        """Upload an object: a zip/tar archive or a folder (zipped on the fly). ``kind``:
-        ``nerfsim`` (ready at once), ``nerfstudio``, ``posed-images`` or ``mesh`` (built by a
-        worker; see :meth:`wait_asset`). ``build``: the service's AssetBuild settings."""
+        """Upload an object: a zip/tar archive or a folder (zipped on the fly), or a splat's
+        ``.ply``. ``kind``: ``nerfsim`` (ready at once), ``nerfstudio``, ``posed-images``,
+        ``mesh`` or ``splat`` (built by a worker; see :meth:`wait_asset`). ``build``: the
+        service's AssetBuild settings, e.g. ``{"representation": "splat"}`` to train a splat
+        from a mesh or posed images or bake one from a NeRF, ``{"up_axis": "z", "scale": 0.01}``
+        for a mesh or splat file."""
         return Asset.from_json(self._run(self._ops.upload_asset(Path(path), name, kind, build)))
 
     def wait_asset(self, asset: Union[Asset, str], timeout: Optional[float] = None, poll_s: float = 2.0) -> Asset:

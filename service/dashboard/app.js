@@ -256,12 +256,12 @@ function homeView() {
   }
 
   const assetForm = uploadForm("asset-form", "Upload asset", "/v1/assets", [
-    h("label", {}, "Archive (zip or tar)", h("input", { type: "file", name: "file", required: true })),
+    h("label", {}, "Archive (zip or tar), or a splat .ply", h("input", { type: "file", name: "file", required: true })),
     h("label", {}, "Class name", h("input", { name: "name", required: true, pattern: "[A-Za-z0-9][A-Za-z0-9_.\\-]*" })),
-    h("label", {}, "Kind", h("select", { name: "kind" }, ...["nerfsim", "nerfstudio", "posed-images", "mesh"]
+    h("label", {}, "Kind", h("select", { name: "kind" }, ...["nerfsim", "nerfstudio", "posed-images", "mesh", "splat"]
       .map((k) => h("option", { value: k }, k)))),
-    h("details", {}, h("summary", {}, "Build settings (meshes, posed images)"),
-      h("textarea", { name: "build", rows: 3, placeholder: '{"train_minutes": 15}' })),
+    h("details", {}, h("summary", {}, "Build settings (meshes, posed images, splats; a NeRF into a splat)"),
+      h("textarea", { name: "build", rows: 3, placeholder: '{"train_minutes": 15, "representation": "splat", "up_axis": "z"}' })),
   ], refresh);
   const targetForm = uploadForm("target-form", "Upload target set", "/v1/targets", [
     h("label", {}, "Archive of a COCO or YOLO set", h("input", { type: "file", name: "file", required: true })),

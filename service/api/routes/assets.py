@@ -1,6 +1,7 @@
 """Assets: objects of the scene, uploaded as a nerfstudio checkpoint, a posed image set, a
-textured mesh or a ready nerfsim asset (an archive of each). Uploads that need work (training,
-rendering, loading a checkpoint) become asset-building jobs."""
+textured mesh, a ready nerfsim asset (an archive of each) or a 3D Gaussian splat (a ``.ply``, bare
+or archived). Uploads that need work (training, baking, rendering, loading a checkpoint, putting
+a splat into the object frame) become asset-building jobs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pydantic import ValidationError
 
 from service.api.deps import QueueDep, SettingsDep, StoreDep, TenantDep
 from service.api.in_use import delete_unless_used
-from service.content import check_asset, extract_upload, save_upload
+from service.content import check_asset, save_upload, unpack_asset_upload
 from service.errors import Conflict, UploadError
 from service.queue import BUILD_ASSET, enqueue
 from service.schemas import AssetBuild, AssetKind, AssetPublic, AssetRecord, AssetsPublic, AssetStatus, new_id
@@ -27,13 +28,16 @@ async def create_asset(
     store: StoreDep,
     queue: QueueDep,
     settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="zip or tar archive of the asset's files")],
+    file: Annotated[UploadFile, File(description="zip or tar archive of the asset's files (a splat: or its .ply)")],
     name: Annotated[str, Form(description="Class name of the object")],
     kind: Annotated[AssetKind, Form()],
-    build: Annotated[str, Form(description="AssetBuild as JSON (mesh and posed-image uploads)")] = "{}",
+    build: Annotated[str, Form(description="AssetBuild as JSON (the uploads that are built)")] = "{}",
 ) -> AssetRecord:
-    """Upload an asset. Ready kinds (``nerfsim``) are usable at once; the others are built by
-    a worker (``status`` goes from ``building`` to ``ready`` or ``failed``)."""
+    """Upload an asset. A ``nerfsim`` asset folder (NeRF or splat) is usable at once, unless
+    ``build.representation`` asks to bake a NeRF into a splat; the others are built by a worker
+    (``status`` goes from ``building`` to ``ready`` or ``failed``)."""
+    from renderer.splat_asset import is_splat_asset  # lazy: the API starts without torch
+
     try:
         build_settings = AssetBuild.model_validate_json(build)
     except ValidationError as error:
@@ -43,18 +47,19 @@ async def create_asset(
     upload_name = file.filename or "upload"
     with store.storage.upload_scratch() as scratch:
         archive = await save_upload(file, scratch / "upload.bin", settings.max_upload_bytes)
-        extracted = await run_in_threadpool(extract_upload, archive, scratch / "files", settings, upload_name)
+        extracted = await run_in_threadpool(unpack_asset_upload, archive, scratch / "files", settings, upload_name, kind)
         source = await run_in_threadpool(check_asset, extracted, upload_name, kind)
+        ready = kind == "nerfsim" and (build_settings.representation == "nerf" or is_splat_asset(source))
         try:
             record = AssetRecord(id=asset_id, tenant=tenant, name=name, kind=kind, build=build_settings,
-                                 status="ready" if kind == "nerfsim" else "building")
+                                 status="ready" if ready else "building")
         except ValidationError as error:
             raise UploadError(f"name: {error.errors()[0]['msg']}") from error
         asset_dir = store.storage.record_dir("asset", tenant, asset_id)
         asset_dir.mkdir(parents=True)
         publish_dir(extracted, asset_dir / "upload")
         relative = source.relative_to(extracted)
-        if kind == "nerfsim":
+        if ready:
             record.object_path = (asset_dir / "upload" / relative).relative_to(asset_dir).as_posix()
         record.details = {"source": f"upload/{relative.as_posix()}", "upload": upload_name}
     store.create(record)
