@@ -1,0 +1,77 @@
+"""Which scene defaults help on real photos? Scored on the user's own photos, never on test/.
+
+For each variant of a job's defaults (resting poses, several objects per image), the starting
+psi a job derives from ``val/`` (method 'uniform': no loop), ``Budget.renders`` renders from it
+with the renderer such a job builds, the same detector and training as benchmarks/real.py, and
+its mAP on ``train/`` + ``val/`` (the labelled photos a user brings; ``val/`` also gave the
+priors and the harvested backgrounds, the same for every variant). ``test/`` is not read.
+
+    python benchmarks/real_defaults.py [--seeds 0] [--variants default upright single]
+
+Last line: ``<variant>_map50_95=... ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[0] = str(REPO)
+
+import benchmarks.real as real  # noqa: E402  (its budget, assets, training and scoring)
+import torch  # noqa: E402
+
+from detector.datasets import LabelledSet  # noqa: E402
+from optimizer.config import OptimizeConfig  # noqa: E402
+from optimizer.final_size import final_image_shape  # noqa: E402
+from optimizer.loop import job_renderer, run_optimization  # noqa: E402
+from renderer.scene_spec import read_scene_spec  # noqa: E402
+
+VARIANTS = {
+    "default": {},
+    "upright": {"resting_poses": False},
+    "single": {"psi": {"max_objects": 1}},
+    "upright_single": {"resting_poses": False, "psi": {"max_objects": 1}},
+}
+"""Job settings on top of the defaults (a user's psi override wins over the priors)."""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    budget = real.QUICK
+    splits = {s: real.load_coco(real.SHARED / "real" / s / "annotations.json") for s in ("train", "val")}
+    present = {int(c) for s in splits.values() for item in s.images for c in item.classes}
+    names = [n for i, n in enumerate(splits["val"].class_names) if i in present]
+    train, val = (real.restrict(splits[s], names) for s in ("train", "val"))
+    photos = LabelledSet(train.images + val.images, names, real.SHARED / "real")
+    scene, val_json = real.job_inputs(names, real.assets.QUICK_BUDGET)
+    out = real.CACHE / f"defaults_{budget.tag}"
+    scores: dict[str, list[float]] = {}
+    for seed in args.seeds:
+        for variant in args.variants:
+            work = out / f"seed{seed}" / variant
+            loop = {**dict(budget.loop), "outer_iterations": 0, "warmup_steps": 0}
+            config = OptimizeConfig(scene=str(scene), target_val=str(val_json), preset="uniform", final_images=0,
+                                    seed=seed, device="cpu", sample_images=0, **{**loop, **VARIANTS[variant]})
+            if not (work / "loop" / "psi.json").is_file():
+                run_optimization(config, work / "loop", progress_bar=False)
+            psi = real.psi_from_run(work / "loop")
+            renderer = job_renderer(config, read_scene_spec(scene), val)
+            shape = final_image_shape(OptimizeConfig(final_image_size=budget.image_size), val)
+            data = real.render_seed(renderer, psi, names, budget, shape, seed, work / "renders")
+            result = real.run_arm(variant, data, names, photos, budget, seed, work / "arm")
+            scores.setdefault(variant, []).append(result["map50_95"])
+    (out / "results.json").write_text(json.dumps(scores, indent=1))
+    print(" ".join(f"{v}_map50_95={statistics.fmean(s):.3f}" for v, s in scores.items()))
+
+
+if __name__ == "__main__":
+    main()
