@@ -15,6 +15,7 @@ from typing import Any, Literal
 Method = Literal["neural-sim", "uniform", "random-search", "reinforce", "oracle"]
 Estimator = Literal["pathwise", "score", "both", "lookahead"]
 InverseHessian = Literal["identity", "neumann", "cg"]
+HessianLayers = Literal["all", "head"]
 Stage = Literal["setup", "outer", "final-render", "final-train", "evaluate", "report", "done"]
 InnerOptimizer = Literal["sgd", "adamw"]
 AlignmentNormalisation = Literal["none", "standardise", "cosine"]
@@ -55,6 +56,10 @@ class OptimizeConfig:
     inverse_hessian: InverseHessian = "cg"
     """Inverse-Hessian-vector-product approximation in the hypergradient."""
     inverse_hessian_steps: int = 5
+    hessian_layers: HessianLayers = "all"
+    """Which detector weights the hypergradient's inverse Hessian acts on: 'all', or 'head' (the
+    Detect head; the rest of the network is treated as fixed in the inner problem, so u is zero
+    there and each Hessian-vector product runs through the head alone: optimizer.hessian)."""
     damping: float = 0.01
     neumann_scale: float = 0.01
     """Step of the Neumann series: every eigenvalue of neumann_scale * (H + damping) must lie in

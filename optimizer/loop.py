@@ -67,7 +67,6 @@ from detector.evaluate import DetectionMetrics, evaluate
 from detector.losses import (
     BatchNormMode,
     detection_loss,
-    parameter_gradient,
     per_image_gradient_dot,
     trainable_parameters,
 )
@@ -82,6 +81,7 @@ from optimizer.config import (
     AlignmentObjective,
     Estimator,
     FinalInit,
+    HessianLayers,
     InnerOptimizer,
     InverseHessian,
     Method,
@@ -101,7 +101,8 @@ from optimizer.estimators import (
     per_sample_gradient_norms,
     score_function_surrogate,
 )
-from optimizer.hypergradient import hvp_from_gradients, inverse_hvp, mixed_grad_from_gradients, pathwise_backward
+from optimizer.hessian import hessian_mask, solve_direction, training_gradient
+from optimizer.hypergradient import mixed_grad_from_gradients, pathwise_backward
 from optimizer.priors import starting_psi_config
 from optimizer.psi import PARTS, PER_CLASS_PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiConfig, PsiNoise
 from optimizer.real_training import compare_with_real_only, final_training_data, photo_backgrounds, train_real_only
@@ -118,7 +119,7 @@ _PURPOSES = ("render", "finetune", "candidate", "warmup", "final", "resample", "
 WARMUP_DETECTOR = "warmup_detector.pt"
 """The detector after the warm-up, in the run folder when final_init is 'warmup'."""
 AFTER_WARMUP = frozenset({
-    "target_val", "target_test", "method", "estimator", "lookahead_bin_share", "inverse_hessian",
+    "target_val", "target_test", "method", "estimator", "lookahead_bin_share", "inverse_hessian", "hessian_layers",
     "inverse_hessian_steps", "damping", "neumann_scale", "alignment_normalisation", "pose_group", "enumerate_bins",
     "alignment_ignores", "alignment_objective", "baseline_decay", "search_metric", "normalise_hypergradient", "oracle_psi",
     "psi_learning_rate", "psi_warmup_iterations", "entropy_weight", "outer_iterations", "val_batch_size",
@@ -164,6 +165,7 @@ def validate_config(config: OptimizeConfig) -> None:
         "method": get_args(Method),
         "estimator": get_args(Estimator),
         "inverse_hessian": get_args(InverseHessian),
+        "hessian_layers": get_args(HessianLayers),
         "inner_optimizer": get_args(InnerOptimizer),
         "alignment_normalisation": get_args(AlignmentNormalisation),
         "alignment_objective": get_args(AlignmentObjective),
@@ -407,13 +409,14 @@ def inverse_hessian_direction(
     the training gradient (its graph kept: the pathwise part differentiates it again) and
     whether u fell back to val_grad: CG that meets non-positive curvature along the validation
     gradient itself stays at 0, which would leave psi without a signal."""
-    train_grad = parameter_gradient(model, images, targets, HYPERGRADIENT_BN, create_graph=True)
-    u = inverse_hvp(
-        hvp_from_gradients(train_grad, trainable_parameters(model)), val_grad, method=config.inverse_hessian,
-        steps=config.inverse_hessian_steps, damping=config.damping, scale=config.neumann_scale,
-    )
+    mask = hessian_mask(model, config.hessian_layers)
+    train_grad = training_gradient(model, images, targets, HYPERGRADIENT_BN, mask)
+    u = solve_direction(model, train_grad, val_grad, mask, method=config.inverse_hessian,
+                        steps=config.inverse_hessian_steps, damping=config.damping, scale=config.neumann_scale)
     fell_back = not any(bool(x.any()) for x in u)
-    return ([g.clone() for g in val_grad] if fell_back else u), train_grad, fell_back
+    if fell_back:
+        u = [g.clone() if mask is None or mask[i] else torch.zeros_like(g) for i, g in enumerate(val_grad)]
+    return u, train_grad, fell_back
 
 
 class _Stopped(Exception):

@@ -1,0 +1,110 @@
+"""How far cheaper hypergradients point from today's: psi's outer gradient under cheaper settings
+against the product's (``OptimizeConfig()``), on the same detector, images and state, over a
+few outer iterations of a default job on the demo scene at 128 px (after a warm-up).
+
+Per iteration, the loop's ``outer_step_direction`` runs once per variant from the same state
+(the reward baseline restored between them), and psi's gradient is compared with the
+reference's by cosine similarity, whole and per learnable part, with the time each took. Then
+the iteration goes on as the reference would (psi step, inner fine-tune), so later iterations
+see a detector as a job would. Variants: ``head`` (hessian_layers 'head'), ``cg2`` (2 CG steps
+instead of 5), ``identity`` (no inverse Hessian).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/hypergradient_direction.py --quick
+
+Last line: ``cosine_<variant>=<mean over iterations> ... seconds_<variant>=<mean> ...``
+(``seconds_reference`` too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the repository, not benchmarks/, leads
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+import optimizer.loop as loop_module  # noqa: E402
+from detector.datasets import load_dataset  # noqa: E402
+from optimizer.config import OptimizeConfig  # noqa: E402
+from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: E402
+from renderer.scene_spec import load_scene, read_scene_spec  # noqa: E402
+from service.demo import render_target_set  # noqa: E402
+
+VARIANTS = {"head": {"hessian_layers": "head"}, "cg2": {"inverse_hessian_steps": 2}, "identity": {"inverse_hessian": "identity"}}
+
+
+def outer_gradient(loop, batch, noise, t: int, overrides: dict) -> tuple[dict[str, torch.Tensor], float]:
+    """psi's outer gradient per part (flattened) under ``overrides``, and the seconds it took;
+    leaves psi's .grad holding it."""
+    saved = {name: getattr(loop.config, name) for name in overrides}
+    for name, value in overrides.items():
+        setattr(loop.config, name, value)
+    loop.psi_optimizer.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    loop.outer_step_direction(batch, noise, t)
+    seconds = time.perf_counter() - start
+    for name, value in saved.items():
+        setattr(loop.config, name, value)
+    parts = {part: torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in tensors])
+             for part, tensors in loop.psi.part_parameters().items()}
+    return parts, seconds
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0)) if a.norm() > 0 and b.norm() > 0 else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 iterations after 40 warm-up steps (else 5 after 100)")
+    parser.add_argument("--size", type=int, default=128)
+    args = parser.parse_args()
+    iterations, warmup = (2, 40) if args.quick else (5, 100)
+    spec = read_scene_spec("demo")
+    fields, backgrounds = load_scene(spec)
+    renderer = SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds)
+    totals: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    seconds: dict[str, list[float]] = {name: [] for name in ["reference", *VARIANTS]}
+    with tempfile.TemporaryDirectory() as work_dir:
+        work = Path(work_dir)
+        val_set = load_dataset(render_target_set("demo", work / "val", 16, args.size) / "annotations.json")
+        config = OptimizeConfig(scene="demo", image_size=args.size, warmup_steps=warmup, final_images=0)
+        loop = loop_module._Loop(config, renderer, spec.class_names, val_set, None, work / "run", None, None, False)
+        loop.out_dir.mkdir(parents=True, exist_ok=True)
+        loop.initial_state()
+        for t in range(iterations):
+            noise = loop.psi.sample(config.images_per_iteration, loop_module._generator(config.seed, t, "render"),
+                                    loop.pose_group).noise
+            batch = loop.render(noise, t)
+            baseline = copy.deepcopy(loop.baseline)
+            results = {}
+            for name, overrides in VARIANTS.items():
+                loop.baseline = copy.deepcopy(baseline)
+                results[name] = outer_gradient(loop, batch, noise, t, overrides)
+            loop.baseline = baseline
+            reference, reference_s = outer_gradient(loop, batch, noise, t, {})  # psi's .grad holds it for the step
+            seconds["reference"].append(reference_s)
+            whole = torch.cat(list(reference.values()))
+            line = [f"iteration={t}", f"reference_s={reference_s:.2f}"]
+            for name, (parts, took) in results.items():
+                totals[name].append(cosine(torch.cat(list(parts.values())), whole))
+                seconds[name].append(took)
+                line.append(f"{name}: cos={totals[name][-1]:.3f} s={took:.2f} "
+                            + " ".join(f"{part}={cosine(parts[part], reference[part]):.2f}" for part in reference))
+            print(" | ".join(line), flush=True)
+            loop.step_psi(t)
+            loop.finetune_state = loop.train(loop.detector, batch, config.inner_steps, loop.finetune_state, t)
+    print(" ".join(f"cosine_{name}={sum(v) / len(v):.3f}" for name, v in totals.items()) + " "
+          + " ".join(f"seconds_{name}={sum(v) / len(v):.2f}" for name, v in seconds.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The hypergradient's inverse-Hessian direction over all the detector's weights or its head alone
+(``OptimizeConfig.hessian_layers``).
+
+With ``"head"`` the inner problem is treated as if only the Detect head (the model's last
+module) were trained and the rest of the network held fixed: ``u`` solves
+``(H_head + damping) u_head = g_head`` with ``H_head`` the head's block of the training
+loss's Hessian and is zero elsewhere, and the training gradient keeps a graph for the head's
+weights only. Each Hessian-vector product then runs the double backward through the loss
+and the head instead of through the whole network. It is the exact implicit gradient of that
+restricted inner problem, not of the full one: the loop's mixed derivative and per-image
+alignments see the head's part of ``u`` only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from ultralytics.nn.tasks import DetectionModel
+
+from detector.losses import BatchNormMode, detection_loss, trainable_parameters
+from detector.targets import UltralyticsTargets
+from optimizer.config import HessianLayers
+from optimizer.hypergradient import hvp_from_gradients, inverse_hvp
+from optimizer.psi import OptimizerError
+
+
+def hessian_mask(model: nn.Module, layers: HessianLayers) -> list[bool] | None:
+    """Per trainable parameter of ``model``: does the inverse Hessian act on it? None: all do."""
+    if layers == "all":
+        return None
+    if layers != "head":
+        raise OptimizerError(f"OptimizeConfig.hessian_layers: unknown value {layers!r}; use 'all' or 'head'")
+    head = getattr(model, "model", None)
+    if not isinstance(head, nn.Sequential):
+        raise OptimizerError("OptimizeConfig.hessian_layers: 'head' needs an Ultralytics model (its last module is the head)")
+    kept = {id(p) for p in head[-1].parameters()}
+    return [id(p) in kept for p in trainable_parameters(model)]
+
+
+def training_gradient(
+    model: DetectionModel, images: Tensor, targets: UltralyticsTargets, bn_mode: BatchNormMode, mask: list[bool] | None
+) -> list[Tensor]:
+    """dL_train/dtheta with its graph (``create_graph``) for the parameters ``mask`` keeps, and
+    graph-less zeros for the others (which the loop's derivatives then skip)."""
+    parameters = trainable_parameters(model)
+    kept = parameters if mask is None else [p for p, keep in zip(parameters, mask) if keep]
+    loss = detection_loss(model, images, targets, bn_mode)
+    grads = iter(torch.autograd.grad(loss, kept, create_graph=True, allow_unused=True))
+    result = []
+    for index, parameter in enumerate(parameters):
+        grad = next(grads) if mask is None or mask[index] else None
+        result.append(torch.zeros_like(parameter) if grad is None else grad)
+    return result
+
+
+def solve_direction(
+    model: DetectionModel,
+    train_grad: list[Tensor],
+    val_grad: list[Tensor],
+    mask: list[bool] | None,
+    **solver,
+) -> list[Tensor]:
+    """``u = (H + damping)^-1 val_grad`` over the parameters ``mask`` keeps (zero elsewhere), by
+    :func:`optimizer.hypergradient.inverse_hvp` with the keyword arguments ``solver``, ``H``
+    taken from ``train_grad`` (as :func:`training_gradient` gives it)."""
+    parameters = trainable_parameters(model)
+    if mask is None:
+        return inverse_hvp(hvp_from_gradients(train_grad, parameters), val_grad, **solver)
+    pick = lambda tensors: [t for t, keep in zip(tensors, mask) if keep]  # noqa: E731
+    solved = iter(inverse_hvp(hvp_from_gradients(pick(train_grad), pick(parameters)), pick(val_grad), **solver))
+    return [next(solved) if keep else torch.zeros_like(g) for g, keep in zip(val_grad, mask)]
