@@ -6,8 +6,9 @@ Per iteration, the loop's ``outer_step_direction`` runs once per variant from th
 (the reward baseline restored between them), and psi's gradient is compared with the
 reference's by cosine similarity, whole and per learnable part, with the time each took. Then
 the iteration goes on as the reference would (psi step, inner fine-tune), so later iterations
-see a detector as a job would. Variants: ``head`` (hessian_layers 'head'), ``cg2`` (2 CG steps
-instead of 5), ``identity`` (no inverse Hessian).
+see a detector as a job would. Variants: ``head`` (hessian_layers 'head'), ``cg2`` and ``cg1``
+(2 or 1 CG steps instead of 5), ``identity`` (no inverse Hessian). ``hvps`` is how many
+Hessian-vector products the reference's CG made (it stops early on non-positive curvature).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/hypergradient_direction.py --quick
 
@@ -31,6 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+import optimizer.hessian as hessian_module  # noqa: E402
 import optimizer.loop as loop_module  # noqa: E402
 from detector.datasets import load_dataset  # noqa: E402
 from optimizer.config import OptimizeConfig  # noqa: E402
@@ -38,7 +40,27 @@ from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: 
 from renderer.scene_spec import load_scene, read_scene_spec  # noqa: E402
 from service.demo import render_target_set  # noqa: E402
 
-VARIANTS = {"head": {"hessian_layers": "head"}, "cg2": {"inverse_hessian_steps": 2}, "identity": {"inverse_hessian": "identity"}}
+VARIANTS = {"head": {"hessian_layers": "head"}, "cg2": {"inverse_hessian_steps": 2}, "cg1": {"inverse_hessian_steps": 1},
+            "identity": {"inverse_hessian": "identity"}}
+
+
+HVP_CALLS = [0]
+"""Hessian-vector products made so far (counted by the wrapper main installs)."""
+
+
+def count_hvps() -> None:
+    make_hvp = hessian_module.hvp_from_gradients
+
+    def counted(*args, **kwargs):
+        hvp = make_hvp(*args, **kwargs)
+
+        def call(v):
+            HVP_CALLS[0] += 1
+            return hvp(v)
+
+        return call
+
+    hessian_module.hvp_from_gradients = counted
 
 
 def outer_gradient(loop, batch, noise, t: int, overrides: dict) -> tuple[dict[str, torch.Tensor], float]:
@@ -68,6 +90,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     args = parser.parse_args()
     iterations, warmup = (2, 40) if args.quick else (5, 100)
+    count_hvps()
     spec = read_scene_spec("demo")
     fields, backgrounds = load_scene(spec)
     renderer = SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds)
@@ -90,10 +113,11 @@ def main() -> None:
                 loop.baseline = copy.deepcopy(baseline)
                 results[name] = outer_gradient(loop, batch, noise, t, overrides)
             loop.baseline = baseline
+            before = HVP_CALLS[0]
             reference, reference_s = outer_gradient(loop, batch, noise, t, {})  # psi's .grad holds it for the step
             seconds["reference"].append(reference_s)
             whole = torch.cat(list(reference.values()))
-            line = [f"iteration={t}", f"reference_s={reference_s:.2f}"]
+            line = [f"iteration={t}", f"reference_s={reference_s:.2f} hvps={HVP_CALLS[0] - before}"]
             for name, (parts, took) in results.items():
                 totals[name].append(cosine(torch.cat(list(parts.values())), whole))
                 seconds[name].append(took)

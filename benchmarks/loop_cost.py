@@ -53,7 +53,7 @@ LOOP_STAGES = {"render": "render", "outer_step_direction": "hypergradient", "ste
                "train": "finetune", "val_loss": "val_loss", "val_map": "val_map"}
 """_Loop methods timed, and the stage each is reported as."""
 HYPERGRADIENT_PARTS = {"validation_loss_and_gradient": "val_gradient", "inverse_hessian_direction": "inverse_hessian",
-                       "pathwise_backward": "pathwise", "per_image_gradient_dot": "alignment"}
+                       "pathwise_backward": "pathwise", "per_image_dots": "alignment"}
 """optimizer.loop functions the hypergradient calls, timed as its parts."""
 
 

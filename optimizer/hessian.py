@@ -39,18 +39,32 @@ def hessian_mask(model: nn.Module, layers: HessianLayers) -> list[bool] | None:
 
 def training_gradient(
     model: DetectionModel, images: Tensor, targets: UltralyticsTargets, bn_mode: BatchNormMode, mask: list[bool] | None
-) -> list[Tensor]:
+) -> tuple[list[Tensor], Tensor]:
     """dL_train/dtheta with its graph (``create_graph``) for the parameters ``mask`` keeps, and
-    graph-less zeros for the others (which the loop's derivatives then skip)."""
+    graph-less zeros for the others (which the loop's derivatives then skip); and the per-image
+    weights (ones, [B]) the mean loss was taken with, so that :func:`per_image_dots` reads every
+    image's alignment off the same graph instead of a second forward and backward pass."""
     parameters = trainable_parameters(model)
     kept = parameters if mask is None else [p for p, keep in zip(parameters, mask) if keep]
-    loss = detection_loss(model, images, targets, bn_mode)
+    weights = torch.ones(images.shape[0], device=images.device, dtype=images.dtype, requires_grad=True)
+    loss = (weights * detection_loss(model, images, targets, bn_mode, reduction="none")).mean()
     grads = iter(torch.autograd.grad(loss, kept, create_graph=True, allow_unused=True))
     result = []
     for index, parameter in enumerate(parameters):
         grad = next(grads) if mask is None or mask[index] else None
         result.append(torch.zeros_like(parameter) if grad is None else grad)
-    return result
+    return result, weights
+
+
+def per_image_dots(train_grad: list[Tensor], weights: Tensor, vector: list[Tensor]) -> Tensor:
+    """``[vector . dL_i/dtheta]`` for every image ``i``, from :func:`training_gradient`'s graph
+    (what ``detector.losses.per_image_gradient_dot`` computes with a pass of its own): the
+    mean loss is linear in the weights, so d/dw_i [vector . grad] is the i-th dot over B."""
+    total = sum(((g * v).sum() for g, v in zip(train_grad, vector) if g.requires_grad), weights.new_zeros(()))
+    if not total.requires_grad:
+        return torch.zeros_like(weights).detach()
+    (dots,) = torch.autograd.grad(total, weights, retain_graph=True, allow_unused=True)
+    return torch.zeros_like(weights).detach() if dots is None else dots * weights.numel()
 
 
 def solve_direction(

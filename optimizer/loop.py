@@ -67,7 +67,6 @@ from detector.evaluate import DetectionMetrics, evaluate
 from detector.losses import (
     BatchNormMode,
     detection_loss,
-    per_image_gradient_dot,
     trainable_parameters,
 )
 from detector.model import DetectorConfig, build_detector, load_detector, save_detector
@@ -101,7 +100,7 @@ from optimizer.estimators import (
     per_sample_gradient_norms,
     score_function_surrogate,
 )
-from optimizer.hessian import hessian_mask, solve_direction, training_gradient
+from optimizer.hessian import hessian_mask, per_image_dots, solve_direction, training_gradient
 from optimizer.hypergradient import mixed_grad_from_gradients, pathwise_backward
 from optimizer.priors import starting_psi_config
 from optimizer.psi import PARTS, PER_CLASS_PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiConfig, PsiNoise
@@ -403,20 +402,22 @@ def inverse_hessian_direction(
     images: Float[Tensor, "B 3 S S"],
     targets: UltralyticsTargets,
     val_grad: list[Tensor],
-) -> tuple[list[Tensor], list[Tensor], bool]:
+) -> tuple[list[Tensor], list[Tensor], Tensor, bool]:
     """``u = (H + damping)^-1 val_grad`` by config.inverse_hessian, ``H`` the Hessian of the
-    training loss on ``images`` (BatchNorm on batch statistics, HYPERGRADIENT_BN). Returns u,
-    the training gradient (its graph kept: the pathwise part differentiates it again) and
+    training loss on ``images`` (BatchNorm on batch statistics, HYPERGRADIENT_BN) over the
+    weights config.hessian_layers names (optimizer.hessian; u is zero elsewhere). Returns u,
+    the training gradient (its graph kept: the pathwise part and the per-image alignments
+    differentiate it again), its per-image weights (optimizer.hessian.per_image_dots) and
     whether u fell back to val_grad: CG that meets non-positive curvature along the validation
     gradient itself stays at 0, which would leave psi without a signal."""
     mask = hessian_mask(model, config.hessian_layers)
-    train_grad = training_gradient(model, images, targets, HYPERGRADIENT_BN, mask)
+    train_grad, image_weights = training_gradient(model, images, targets, HYPERGRADIENT_BN, mask)
     u = solve_direction(model, train_grad, val_grad, mask, method=config.inverse_hessian,
                         steps=config.inverse_hessian_steps, damping=config.damping, scale=config.neumann_scale)
     fell_back = not any(bool(x.any()) for x in u)
     if fell_back:
         u = [g.clone() if mask is None or mask[i] else torch.zeros_like(g) for i, g in enumerate(val_grad)]
-    return u, train_grad, fell_back
+    return u, train_grad, image_weights, fell_back
 
 
 class _Stopped(Exception):
@@ -673,7 +674,7 @@ class _Loop:
         _check_finite(val_loss, "the validation loss", iteration, "the detector diverged")
         targets = batch.targets()
         images = batch.images.detach().requires_grad_(True)
-        u, train_grad, fell_back = inverse_hessian_direction(config, model, images, targets, val_grad)
+        u, train_grad, image_weights, fell_back = inverse_hessian_direction(config, model, images, targets, val_grad)
         diagnostics["inverse_hessian_fallback"] = fell_back
         _check_finite(torch.cat([x.reshape(-1) for x in u]), "the inverse-Hessian-vector product", iteration,
                       "raise damping, or use 'cg' or a smaller neumann_scale")
@@ -687,12 +688,11 @@ class _Loop:
                 rgb = self.renderer.render(self.psi.replay(noise.index(rows), pathwise), config.image_size).rgb.clamp(0, 1)
                 rgb = self.photograph(rgb, iteration, 0, start)
                 pathwise_backward(rgb, lambda _u, g=image_grad[rows]: [g], u)
-        del train_grad
         if score:
             if self.alignment_kept is not None:
                 u = [x if keep else torch.zeros_like(x) for x, keep in zip(u, self.alignment_kept)]
                 parameters = [p for p, keep in zip(parameters, self.alignment_kept) if keep]
-            alignment = per_image_gradient_dot(model, batch.images, targets, u, HYPERGRADIENT_BN)
+            alignment = per_image_dots(train_grad, image_weights, u)
             norms = gram = None
             if config.alignment_normalisation == "cosine":
                 losses = detection_loss(model, batch.images, targets, HYPERGRADIENT_BN, reduction="none")

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from detector.losses import BatchNormMode, trainable_parameters
+from detector.losses import BatchNormMode, per_image_gradient_dot, trainable_parameters
 from detector.model import DetectorConfig, build_detector
 from detector.targets import ImageBatch
 from optimizer.config import OptimizeConfig
-from optimizer.hessian import hessian_mask, solve_direction, training_gradient
+from optimizer.hessian import hessian_mask, per_image_dots, solve_direction, training_gradient
 from optimizer.hypergradient import hvp_from_gradients
 from optimizer.loop import inverse_hessian_direction, validate_config
 from optimizer.psi import OptimizerError
@@ -48,8 +48,8 @@ def test_the_restricted_hessian_product_is_the_full_products_head_block():
     g = torch.Generator().manual_seed(1)
     vector = [torch.randn(p.shape, generator=g) if keep else torch.zeros_like(p) for p, keep in zip(parameters, mask)]
 
-    full = hvp_from_gradients(training_gradient(model, batch.images, batch.targets(), mode, None), parameters)(vector)
-    restricted_grad = training_gradient(model, batch.images, batch.targets(), mode, mask)
+    full = hvp_from_gradients(training_gradient(model, batch.images, batch.targets(), mode, None)[0], parameters)(vector)
+    restricted_grad, _ = training_gradient(model, batch.images, batch.targets(), mode, mask)
     assert all(not grad.requires_grad for grad, keep in zip(restricted_grad, mask) if not keep)
     kept = [p for p, keep in zip(parameters, mask) if keep]
     restricted = hvp_from_gradients([x for x, keep in zip(restricted_grad, mask) if keep], kept)(
@@ -93,7 +93,7 @@ def test_the_loops_direction_with_the_head_hessian_is_zero_outside_the_head():
     val_grad = [torch.full_like(p, 1e-3) for p in parameters]
     images = batch.images.clone().requires_grad_(True)
     config = OptimizeConfig(hessian_layers="head", inverse_hessian="cg", inverse_hessian_steps=3)
-    u, train_grad, _ = inverse_hessian_direction(config, model, images, batch.targets(), val_grad)
+    u, train_grad, _, _ = inverse_hessian_direction(config, model, images, batch.targets(), val_grad)
     assert any(bool(x.any()) for x, keep in zip(u, mask) if keep)
     assert not any(bool(x.any()) for x, keep in zip(u, mask) if not keep)
     assert len(train_grad) == len(parameters)
@@ -102,3 +102,19 @@ def test_the_loops_direction_with_the_head_hessian_is_zero_outside_the_head():
 def test_an_unknown_hessian_layers_value_is_refused_naming_the_setting():
     with pytest.raises(OptimizerError, match="OptimizeConfig.hessian_layers"):
         validate_config(OptimizeConfig(hessian_layers="backbone"))
+
+
+@pytest.mark.parametrize("layers", ["all", "head"])
+def test_per_image_alignments_from_the_training_gradients_graph_equal_a_pass_of_their_own(layers):
+    model, batch = _detector_and_batch()
+    mode = BatchNormMode.BATCH
+    mask = hessian_mask(model, layers)
+    g = torch.Generator().manual_seed(3)
+    parameters = trainable_parameters(model)
+    kept = mask or [True] * len(parameters)
+    vector = [torch.randn(p.shape, generator=g) if keep else torch.zeros_like(p) for p, keep in zip(parameters, kept)]
+    train_grad, weights = training_gradient(model, batch.images, batch.targets(), mode, mask)
+    reused = per_image_dots(train_grad, weights, vector)
+    own = per_image_gradient_dot(model, batch.images, batch.targets(), vector, mode)
+    assert own.abs().max() > 0
+    torch.testing.assert_close(reused, own, rtol=1e-4, atol=1e-6)
