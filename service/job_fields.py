@@ -15,7 +15,14 @@ from typing import Annotated, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_serializer, model_validator
 
-from optimizer.config import AlignmentNormalisation, AlignmentObjective, FinalInit, InnerOptimizer, SearchMetric
+from optimizer.config import (
+    AlignmentNormalisation,
+    AlignmentObjective,
+    FinalInit,
+    HessianLayers,
+    InnerOptimizer,
+    SearchMetric,
+)
 
 Architecture = Literal["yolov8n", "yolo11n", "yolov8n-cpu"]
 """The detector architectures a job can start from (detector.model.Architecture)."""
@@ -171,6 +178,7 @@ class JobOptions(Strict):
 
     lookahead_bin_share: float | None = Field(None, gt=0, le=1)
     inverse_hessian_steps: int | None = Field(None, ge=1, le=100)
+    hessian_layers: HessianLayers | None = None
     damping: float | None = Field(None, ge=0, le=1000)
     neumann_scale: float | None = Field(None, gt=0, le=10)
     alignment_normalisation: AlignmentNormalisation | None = None

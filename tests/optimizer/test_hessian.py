@@ -118,3 +118,14 @@ def test_per_image_alignments_from_the_training_gradients_graph_equal_a_pass_of_
     own = per_image_gradient_dot(model, batch.images, batch.targets(), vector, mode)
     assert own.abs().max() > 0
     torch.testing.assert_close(reused, own, rtol=1e-4, atol=1e-6)
+
+
+def test_a_job_request_sets_hessian_layers_and_a_bad_value_is_refused_naming_it():
+    from pydantic import ValidationError
+
+    from service.job_fields import JobOptions
+
+    settings = JobOptions.model_validate({"hessian_layers": "head"}).loop_settings()
+    assert OptimizeConfig.from_dict(settings).hessian_layers == "head"
+    with pytest.raises(ValidationError, match="hessian_layers"):
+        JobOptions.model_validate({"hessian_layers": "backbone"})
