@@ -14,6 +14,13 @@ Hessian-vector products the reference's CG made (it stops early on non-positive 
 
 Last line: ``cosine_<variant>=<mean over iterations> ... seconds_<variant>=<mean> ...``
 (``seconds_reference`` too).
+
+Measured 2026-12-06 (default mode: 5 iterations after 100 warm-up steps; 2 shared cores,
+contended, 1 torch thread, so the seconds are noisy): ``cosine_head=0.262 cosine_cg2=1.000
+cosine_cg1=0.895 cosine_identity=0.707``. The reference's CG made 3, 1, 2, 3 and 3
+Hessian-vector products: it always stopped on non-positive curvature by its third direction,
+so 2 steps gave exactly its direction; the head-restricted Hessian's cosines ranged from -0.39
+to 0.79 (the azimuth part from -0.15 to 0.40).
 """
 
 from __future__ import annotations

@@ -7,9 +7,11 @@ own (``optimizer.loop._Loop.iteration``); the benchmark only wraps the stages it
 timers, so nothing it measures behaves differently from a job:
 
 - render: the K images drawn from psi (no gradient);
-- hypergradient: ``outer_step_direction``, i.e. the validation gradient, the training
-  gradient's graph, the inverse-Hessian solve (``hvp`` is one of its products), the pathwise
-  re-render with its backward through the renderer (``pathwise``) and the per-image alignment;
+- hypergradient: ``outer_step_direction``, i.e. the validation gradient (``val_gradient``),
+  the training gradient's graph and the inverse-Hessian solve (``inverse_hessian``; ``hvp`` is
+  one of its products), the mixed derivative with the per-image alignments
+  (``mixed_and_alignment``), the pathwise re-render and its backward through the renderer (the
+  rest; ``pathwise`` is the backward alone);
 - psi step, inner fine-tune (``inner_steps`` steps), validation loss and mAP.
 
 Each size runs one iteration to warm up (``--quick``: none) and times the next. Last line:
@@ -53,7 +55,8 @@ LOOP_STAGES = {"render": "render", "outer_step_direction": "hypergradient", "ste
                "train": "finetune", "val_loss": "val_loss", "val_map": "val_map"}
 """_Loop methods timed, and the stage each is reported as."""
 HYPERGRADIENT_PARTS = {"validation_loss_and_gradient": "val_gradient", "inverse_hessian_direction": "inverse_hessian",
-                       "pathwise_backward": "pathwise", "per_image_dots": "alignment"}
+                       "pathwise_backward": "pathwise", "per_image_dots": "alignment",
+                       "per_image_dots_and_image_gradient": "mixed_and_alignment"}
 """optimizer.loop functions the hypergradient calls, timed as its parts."""
 
 

@@ -60,11 +60,27 @@ def per_image_dots(train_grad: list[Tensor], weights: Tensor, vector: list[Tenso
     """``[vector . dL_i/dtheta]`` for every image ``i``, from :func:`training_gradient`'s graph
     (what ``detector.losses.per_image_gradient_dot`` computes with a pass of its own): the
     mean loss is linear in the weights, so d/dw_i [vector . grad] is the i-th dot over B."""
-    total = sum(((g * v).sum() for g, v in zip(train_grad, vector) if g.requires_grad), weights.new_zeros(()))
+    (dots,) = _vector_jacobian(train_grad, vector, [weights])
+    return dots * weights.numel()
+
+
+def per_image_dots_and_image_gradient(
+    train_grad: list[Tensor], weights: Tensor, vector: list[Tensor], images: Tensor
+) -> tuple[Tensor, Tensor]:
+    """:func:`per_image_dots` and ``d/dx [vector . grad]`` for the ``images`` the training
+    gradient was taken at (the pathwise estimator's mixed derivative), from one double backward
+    instead of two."""
+    dots, image_gradient = _vector_jacobian(train_grad, vector, [weights, images])
+    return dots * weights.numel(), image_gradient
+
+
+def _vector_jacobian(train_grad: list[Tensor], vector: list[Tensor], inputs: list[Tensor]) -> list[Tensor]:
+    """d/d(inputs) [vector . train_grad] (zeros for inputs it does not reach), graph kept."""
+    total = sum(((g * v).sum() for g, v in zip(train_grad, vector) if g.requires_grad), inputs[0].new_zeros(()))
     if not total.requires_grad:
-        return torch.zeros_like(weights).detach()
-    (dots,) = torch.autograd.grad(total, weights, retain_graph=True, allow_unused=True)
-    return torch.zeros_like(weights).detach() if dots is None else dots * weights.numel()
+        return [torch.zeros_like(x).detach() for x in inputs]
+    grads = torch.autograd.grad(total, inputs, retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(x).detach() if g is None else g for g, x in zip(grads, inputs)]
 
 
 def solve_direction(

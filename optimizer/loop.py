@@ -100,7 +100,13 @@ from optimizer.estimators import (
     per_sample_gradient_norms,
     score_function_surrogate,
 )
-from optimizer.hessian import hessian_mask, per_image_dots, solve_direction, training_gradient
+from optimizer.hessian import (
+    hessian_mask,
+    per_image_dots,
+    per_image_dots_and_image_gradient,
+    solve_direction,
+    training_gradient,
+)
 from optimizer.hypergradient import mixed_grad_from_gradients, pathwise_backward
 from optimizer.priors import starting_psi_config
 from optimizer.psi import PARTS, PER_CLASS_PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiConfig, PsiNoise
@@ -678,10 +684,15 @@ class _Loop:
         diagnostics["inverse_hessian_fallback"] = fell_back
         _check_finite(torch.cat([x.reshape(-1) for x in u]), "the inverse-Hessian-vector product", iteration,
                       "raise damping, or use 'cg' or a smaller neumann_scale")
+        alignment = None
         if pathwise:
             # -d/dx [u . dL_train/dtheta], then through the renderer chunk by chunk, so that the
-            # renderer's graph never holds more than one chunk.
-            image_grad = mixed_grad_from_gradients(train_grad, images)(u)[0]
+            # renderer's graph never holds more than one chunk. The per-image alignments come
+            # from the same double backward when they use the same u.
+            if score and self.alignment_kept is None:
+                alignment, image_grad = per_image_dots_and_image_gradient(train_grad, image_weights, u, images)
+            else:
+                image_grad = mixed_grad_from_gradients(train_grad, images)(u)[0]
             step = self.renderer.config.chunk_images
             for start in range(0, noise.batch_size, step):
                 rows = slice(start, start + step)
@@ -692,7 +703,8 @@ class _Loop:
             if self.alignment_kept is not None:
                 u = [x if keep else torch.zeros_like(x) for x, keep in zip(u, self.alignment_kept)]
                 parameters = [p for p, keep in zip(parameters, self.alignment_kept) if keep]
-            alignment = per_image_dots(train_grad, image_weights, u)
+            if alignment is None:
+                alignment = per_image_dots(train_grad, image_weights, u)
             norms = gram = None
             if config.alignment_normalisation == "cosine":
                 losses = detection_loss(model, batch.images, targets, HYPERGRADIENT_BN, reduction="none")

@@ -11,8 +11,14 @@ from detector.losses import BatchNormMode, per_image_gradient_dot, trainable_par
 from detector.model import DetectorConfig, build_detector
 from detector.targets import ImageBatch
 from optimizer.config import OptimizeConfig
-from optimizer.hessian import hessian_mask, per_image_dots, solve_direction, training_gradient
-from optimizer.hypergradient import hvp_from_gradients
+from optimizer.hessian import (
+    hessian_mask,
+    per_image_dots,
+    per_image_dots_and_image_gradient,
+    solve_direction,
+    training_gradient,
+)
+from optimizer.hypergradient import hvp_from_gradients, mixed_grad_from_gradients
 from optimizer.loop import inverse_hessian_direction, validate_config
 from optimizer.psi import OptimizerError
 
@@ -113,11 +119,17 @@ def test_per_image_alignments_from_the_training_gradients_graph_equal_a_pass_of_
     parameters = trainable_parameters(model)
     kept = mask or [True] * len(parameters)
     vector = [torch.randn(p.shape, generator=g) if keep else torch.zeros_like(p) for p, keep in zip(parameters, kept)]
-    train_grad, weights = training_gradient(model, batch.images, batch.targets(), mode, mask)
+    images = batch.images.clone().requires_grad_(True)
+    train_grad, weights = training_gradient(model, images, batch.targets(), mode, mask)
     reused = per_image_dots(train_grad, weights, vector)
     own = per_image_gradient_dot(model, batch.images, batch.targets(), vector, mode)
     assert own.abs().max() > 0
     torch.testing.assert_close(reused, own, rtol=1e-4, atol=1e-6)
+
+    both, image_gradient = per_image_dots_and_image_gradient(train_grad, weights, vector, images)
+    torch.testing.assert_close(both, reused)
+    torch.testing.assert_close(image_gradient, mixed_grad_from_gradients(train_grad, images)(vector)[0])
+    assert image_gradient.abs().max() > 0
 
 
 def test_a_job_request_sets_hessian_layers_and_a_bad_value_is_refused_naming_it():
