@@ -6,7 +6,8 @@ Per iteration, the loop's ``outer_step_direction`` runs once per variant from th
 (the reward baseline restored between them), and psi's gradient is compared with the
 reference's by cosine similarity, whole and per learnable part, with the time each took. Then
 the iteration goes on as the reference would (psi step, inner fine-tune), so later iterations
-see a detector as a job would. Variants: ``head`` (hessian_layers 'head'), ``cg2`` and ``cg1``
+see a detector as a job would. Variants: ``finite-difference`` (hessian_product),
+``head`` (hessian_layers 'head'), ``cg2`` and ``cg1``
 (2 or 1 CG steps instead of 5), ``identity`` (no inverse Hessian). ``hvps`` is how many
 Hessian-vector products the reference's CG made (it stops early on non-positive curvature).
 
@@ -47,7 +48,7 @@ from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: 
 from renderer.scene_spec import load_scene, read_scene_spec  # noqa: E402
 from service.demo import render_target_set  # noqa: E402
 
-VARIANTS = {"head": {"hessian_layers": "head"}, "cg2": {"inverse_hessian_steps": 2}, "cg1": {"inverse_hessian_steps": 1},
+VARIANTS = {"finite-difference": {"hessian_product": "finite-difference"}, "head": {"hessian_layers": "head"}, "cg2": {"inverse_hessian_steps": 2}, "cg1": {"inverse_hessian_steps": 1},
             "identity": {"inverse_hessian": "identity"}}
 
 
@@ -56,7 +57,7 @@ HVP_CALLS = [0]
 
 
 def count_hvps() -> None:
-    make_hvp = hessian_module.hvp_from_gradients
+    make_hvp = hessian_module.exact_hvp  # the reference's products
 
     def counted(*args, **kwargs):
         hvp = make_hvp(*args, **kwargs)
@@ -67,7 +68,7 @@ def count_hvps() -> None:
 
         return call
 
-    hessian_module.hvp_from_gradients = counted
+    loop_module.exact_hvp = counted
 
 
 def outer_gradient(loop, batch, noise, t: int, overrides: dict) -> tuple[dict[str, torch.Tensor], float]:

@@ -17,7 +17,8 @@ timers, so nothing it measures behaves differently from a job:
 Each size runs one iteration to warm up (``--quick``: none) and times the next. Last line:
 ``outer_iteration_s_128=... outer_iteration_s_320=... hypergradient_over_finetune=...
 hvp_over_train_step=...``, the two ratios at 128 px (one HVP of the solve over one inner
-training step on the same K images). ``--hessian`` picks OptimizeConfig.hessian_layers.
+training step on the same K images). ``--hessian`` and ``--product`` pick
+OptimizeConfig.hessian_layers and hessian_product.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/loop_cost.py --quick
 
@@ -97,8 +98,10 @@ def instrument(timers: Timers) -> None:
         setattr(loop_module._Loop, method, timers.wrap(name, getattr(loop_module._Loop, method)))
     for function, name in HYPERGRADIENT_PARTS.items():
         setattr(loop_module, function, timers.wrap(name, getattr(loop_module, function)))
-    make_hvp = hessian_module.hvp_from_gradients
-    hessian_module.hvp_from_gradients = lambda *a, **k: timers.wrap("hvp", make_hvp(*a, **k))
+    for name in ("exact_hvp", "finite_difference_hvp"):
+        make_hvp = getattr(hessian_module, name)
+        # Bound now (default argument): the loop's module imported these names from optimizer.hessian.
+        setattr(loop_module, name, lambda *a, make=make_hvp, **k: timers.wrap("hvp", make(*a, **k)))
 
 
 def time_iteration(renderer: SceneRenderer, class_names: list[str], val_set, size: int, config: OptimizeConfig,
@@ -127,6 +130,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="no warm-up iteration (first-call costs included)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 320])
     parser.add_argument("--hessian", default=None, help="OptimizeConfig.hessian_layers (default: the product's)")
+    parser.add_argument("--product", default=None, help="OptimizeConfig.hessian_product (default: the product's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
@@ -136,6 +140,8 @@ def main() -> None:
     overrides = {"warmup_steps": 0, "final_images": 0}
     if args.hessian is not None:
         overrides["hessian_layers"] = args.hessian
+    if args.product is not None:
+        overrides["hessian_product"] = args.product
     print(f"device={name} settings=OptimizeConfig() + {overrides}", flush=True)
 
     spec = read_scene_spec("demo")

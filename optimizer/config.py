@@ -16,6 +16,7 @@ Method = Literal["neural-sim", "uniform", "random-search", "reinforce", "oracle"
 Estimator = Literal["pathwise", "score", "both", "lookahead"]
 InverseHessian = Literal["identity", "neumann", "cg"]
 HessianLayers = Literal["all", "head"]
+HessianProduct = Literal["double-backward", "finite-difference"]
 Stage = Literal["setup", "outer", "final-render", "final-train", "evaluate", "report", "done"]
 InnerOptimizer = Literal["sgd", "adamw"]
 AlignmentNormalisation = Literal["none", "standardise", "cosine"]
@@ -60,6 +61,11 @@ class OptimizeConfig:
     """Which detector weights the hypergradient's inverse Hessian acts on: 'all', or 'head' (the
     Detect head; the rest of the network is treated as fixed in the inner problem, so u is zero
     there and each Hessian-vector product runs through the head alone: optimizer.hessian)."""
+    hessian_product: HessianProduct = "double-backward"
+    """How the inverse-Hessian solve multiplies by the Hessian: 'double-backward' (exact, by
+    differentiating the training gradient again) or 'finite-difference' (the difference of the
+    training gradient at the weights and at a small step along the vector, the target assignment
+    held fixed: one forward and backward pass per product; optimizer.hessian)."""
     damping: float = 0.01
     neumann_scale: float = 0.01
     """Step of the Neumann series: every eigenvalue of neumann_scale * (H + damping) must lie in

@@ -1,5 +1,6 @@
 """The hypergradient's inverse-Hessian direction over all the detector's weights or its head alone
-(``OptimizeConfig.hessian_layers``).
+(``OptimizeConfig.hessian_layers``), with Hessian-vector products by double backward or by
+finite differences of gradients (``OptimizeConfig.hessian_product``).
 
 With ``"head"`` the inner problem is treated as if only the Detect head (the model's last
 module) were trained and the rest of the network held fixed: ``u`` solves
@@ -17,11 +18,16 @@ import torch
 from torch import Tensor, nn
 from ultralytics.nn.tasks import DetectionModel
 
-from detector.losses import BatchNormMode, detection_loss, trainable_parameters
+from detector.losses import BatchNormMode, FrozenAssignment, detection_loss, trainable_parameters
 from detector.targets import UltralyticsTargets
 from optimizer.config import HessianLayers
-from optimizer.hypergradient import hvp_from_gradients, inverse_hvp
+from optimizer.hypergradient import HVP, hvp_from_gradients, inverse_hvp
 from optimizer.psi import OptimizerError
+
+FINITE_DIFFERENCE_STEP = 1e-3
+"""Norm of the weight step of a finite-difference Hessian-vector product: short enough that the
+detector's gradient is near linear along it (tests/optimizer/test_hessian.py checks the
+products against the exact ones), long enough to stay clear of float32 rounding."""
 
 
 def hessian_mask(model: nn.Module, layers: HessianLayers) -> list[bool] | None:
@@ -83,19 +89,64 @@ def _vector_jacobian(train_grad: list[Tensor], vector: list[Tensor], inputs: lis
     return [torch.zeros_like(x).detach() if g is None else g for g, x in zip(grads, inputs)]
 
 
-def solve_direction(
-    model: DetectionModel,
-    train_grad: list[Tensor],
-    val_grad: list[Tensor],
-    mask: list[bool] | None,
-    **solver,
-) -> list[Tensor]:
+def solve_direction(hvp: HVP, val_grad: list[Tensor], mask: list[bool] | None, **solver) -> list[Tensor]:
     """``u = (H + damping)^-1 val_grad`` over the parameters ``mask`` keeps (zero elsewhere), by
-    :func:`optimizer.hypergradient.inverse_hvp` with the keyword arguments ``solver``, ``H``
-    taken from ``train_grad`` (as :func:`training_gradient` gives it)."""
-    parameters = trainable_parameters(model)
+    :func:`optimizer.hypergradient.inverse_hvp` with the keyword arguments ``solver``; ``hvp``
+    multiplies by the Hessian's block over those parameters (:func:`exact_hvp`,
+    :func:`finite_difference_hvp`)."""
     if mask is None:
-        return inverse_hvp(hvp_from_gradients(train_grad, parameters), val_grad, **solver)
-    pick = lambda tensors: [t for t, keep in zip(tensors, mask) if keep]  # noqa: E731
-    solved = iter(inverse_hvp(hvp_from_gradients(pick(train_grad), pick(parameters)), pick(val_grad), **solver))
+        return inverse_hvp(hvp, val_grad, **solver)
+    solved = iter(inverse_hvp(hvp, kept(val_grad, mask), **solver))
     return [next(solved) if keep else torch.zeros_like(g) for g, keep in zip(val_grad, mask)]
+
+
+def kept(tensors: list[Tensor], mask: list[bool] | None) -> list[Tensor]:
+    """The entries of a parameter-shaped list that ``mask`` keeps (all for None)."""
+    return list(tensors) if mask is None else [t for t, keep in zip(tensors, mask) if keep]
+
+
+def exact_hvp(model: nn.Module, train_grad: list[Tensor], mask: list[bool] | None) -> HVP:
+    """Hessian-vector products over the kept parameters by double backward through
+    :func:`training_gradient`'s graph."""
+    return hvp_from_gradients(kept(train_grad, mask), kept(trainable_parameters(model), mask))
+
+
+def finite_difference_hvp(
+    model: DetectionModel, images: Tensor, targets: UltralyticsTargets, bn_mode: BatchNormMode, mask: list[bool] | None
+) -> HVP:
+    """Hessian-vector products over the kept parameters by a forward difference of gradients,
+    ``H v ~ (grad L(theta + eps v) - grad L(theta)) / eps`` with ``eps = FINITE_DIFFERENCE_STEP
+    / |v|``: one forward and backward pass per product instead of a double backward. The target
+    assignment of ``theta`` is held fixed (``detector.losses.FrozenAssignment``), so the
+    difference sees the loss's curvature, not the assigner's jumps. The weights are stepped in
+    place and restored exactly, so no graph that saved them may be alive while it runs."""
+    parameters = kept(trainable_parameters(model), mask)
+    frozen = FrozenAssignment()
+    images = images.detach()
+    base: list[Tensor] = []
+
+    def gradient() -> list[Tensor]:
+        loss = detection_loss(model, images, targets, bn_mode, frozen=frozen)
+        grads = torch.autograd.grad(loss, parameters, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, parameters)]
+
+    def hvp(vector: list[Tensor]) -> list[Tensor]:
+        if not base:
+            base.extend(gradient())  # first, so the assignment recorded is theta's own
+        norm = torch.sqrt(sum((v.square().sum() for v in vector), torch.zeros((), device=vector[0].device)))
+        if norm == 0:
+            return [torch.zeros_like(v) for v in vector]
+        step = FINITE_DIFFERENCE_STEP / float(norm)
+        saved = [p.detach().clone() for p in parameters]
+        with torch.no_grad():
+            for parameter, v in zip(parameters, vector):
+                parameter.add_(v, alpha=step)
+        try:
+            stepped = gradient()
+        finally:
+            with torch.no_grad():
+                for parameter, original in zip(parameters, saved):
+                    parameter.copy_(original)
+        return [(a - b) / step for a, b in zip(stepped, base)]
+
+    return hvp

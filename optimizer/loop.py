@@ -81,6 +81,7 @@ from optimizer.config import (
     Estimator,
     FinalInit,
     HessianLayers,
+    HessianProduct,
     InnerOptimizer,
     InverseHessian,
     Method,
@@ -101,6 +102,8 @@ from optimizer.estimators import (
     score_function_surrogate,
 )
 from optimizer.hessian import (
+    exact_hvp,
+    finite_difference_hvp,
     hessian_mask,
     per_image_dots,
     per_image_dots_and_image_gradient,
@@ -125,6 +128,7 @@ WARMUP_DETECTOR = "warmup_detector.pt"
 """The detector after the warm-up, in the run folder when final_init is 'warmup'."""
 AFTER_WARMUP = frozenset({
     "target_val", "target_test", "method", "estimator", "lookahead_bin_share", "inverse_hessian", "hessian_layers",
+    "hessian_product",
     "inverse_hessian_steps", "damping", "neumann_scale", "alignment_normalisation", "pose_group", "enumerate_bins",
     "alignment_ignores", "alignment_objective", "baseline_decay", "search_metric", "normalise_hypergradient", "oracle_psi",
     "psi_learning_rate", "psi_warmup_iterations", "entropy_weight", "outer_iterations", "val_batch_size",
@@ -171,6 +175,7 @@ def validate_config(config: OptimizeConfig) -> None:
         "estimator": get_args(Estimator),
         "inverse_hessian": get_args(InverseHessian),
         "hessian_layers": get_args(HessianLayers),
+        "hessian_product": get_args(HessianProduct),
         "inner_optimizer": get_args(InnerOptimizer),
         "alignment_normalisation": get_args(AlignmentNormalisation),
         "alignment_objective": get_args(AlignmentObjective),
@@ -411,15 +416,23 @@ def inverse_hessian_direction(
 ) -> tuple[list[Tensor], list[Tensor], Tensor, bool]:
     """``u = (H + damping)^-1 val_grad`` by config.inverse_hessian, ``H`` the Hessian of the
     training loss on ``images`` (BatchNorm on batch statistics, HYPERGRADIENT_BN) over the
-    weights config.hessian_layers names (optimizer.hessian; u is zero elsewhere). Returns u,
-    the training gradient (its graph kept: the pathwise part and the per-image alignments
-    differentiate it again), its per-image weights (optimizer.hessian.per_image_dots) and
+    weights config.hessian_layers names (optimizer.hessian; u is zero elsewhere), its products
+    taken as config.hessian_product says. Returns u, the training gradient (its graph kept: the
+    pathwise part and the per-image alignments differentiate it again), its per-image weights
+    (optimizer.hessian.per_image_dots) and
     whether u fell back to val_grad: CG that meets non-positive curvature along the validation
     gradient itself stays at 0, which would leave psi without a signal."""
     mask = hessian_mask(model, config.hessian_layers)
-    train_grad, image_weights = training_gradient(model, images, targets, HYPERGRADIENT_BN, mask)
-    u = solve_direction(model, train_grad, val_grad, mask, method=config.inverse_hessian,
-                        steps=config.inverse_hessian_steps, damping=config.damping, scale=config.neumann_scale)
+    solver = dict(method=config.inverse_hessian, steps=config.inverse_hessian_steps, damping=config.damping,
+                  scale=config.neumann_scale)
+    if config.hessian_product == "finite-difference":
+        # Before the training gradient's graph is built: these products step the weights in place.
+        hvp = finite_difference_hvp(model, images, targets, HYPERGRADIENT_BN, mask)
+        u = solve_direction(hvp, val_grad, mask, **solver)
+        train_grad, image_weights = training_gradient(model, images, targets, HYPERGRADIENT_BN, mask)
+    else:
+        train_grad, image_weights = training_gradient(model, images, targets, HYPERGRADIENT_BN, mask)
+        u = solve_direction(exact_hvp(model, train_grad, mask), val_grad, mask, **solver)
     fell_back = not any(bool(x.any()) for x in u)
     if fell_back:
         u = [g.clone() if mask is None or mask[i] else torch.zeros_like(g) for i, g in enumerate(val_grad)]

@@ -20,6 +20,7 @@ from optimizer.config import (
     AlignmentObjective,
     FinalInit,
     HessianLayers,
+    HessianProduct,
     InnerOptimizer,
     SearchMetric,
 )
@@ -179,6 +180,7 @@ class JobOptions(Strict):
     lookahead_bin_share: float | None = Field(None, gt=0, le=1)
     inverse_hessian_steps: int | None = Field(None, ge=1, le=100)
     hessian_layers: HessianLayers | None = None
+    hessian_product: HessianProduct | None = None
     damping: float | None = Field(None, ge=0, le=1000)
     neumann_scale: float | None = Field(None, gt=0, le=10)
     alignment_normalisation: AlignmentNormalisation | None = None

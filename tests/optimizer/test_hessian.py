@@ -12,7 +12,10 @@ from detector.model import DetectorConfig, build_detector
 from detector.targets import ImageBatch
 from optimizer.config import OptimizeConfig
 from optimizer.hessian import (
+    exact_hvp,
+    finite_difference_hvp,
     hessian_mask,
+    kept,
     per_image_dots,
     per_image_dots_and_image_gradient,
     solve_direction,
@@ -80,14 +83,14 @@ def test_the_restricted_solve_is_the_block_systems_solution_and_zero_elsewhere()
     val_grad = [torch.randn(3, generator=g, dtype=torch.float64), torch.randn(2, generator=g, dtype=torch.float64)]
     damping = 0.1
 
-    u = solve_direction(model, train_grad, val_grad, [True, False], method="cg", steps=3, damping=damping,
-                        scale=1.0, tolerance=0.0)
+    u = solve_direction(exact_hvp(model, train_grad, [True, False]), val_grad, [True, False], method="cg", steps=3,
+                        damping=damping, scale=1.0, tolerance=0.0)
     block = matrix[:3, :3] + damping * torch.eye(3, dtype=torch.float64)
     torch.testing.assert_close(u[0], torch.linalg.solve(block, val_grad[0]))
     assert torch.equal(u[1], torch.zeros(2, dtype=torch.float64))
 
-    everything = solve_direction(model, train_grad, val_grad, None, method="cg", steps=5, damping=damping,
-                                 scale=1.0, tolerance=0.0)
+    everything = solve_direction(exact_hvp(model, train_grad, None), val_grad, None, method="cg", steps=5,
+                                 damping=damping, scale=1.0, tolerance=0.0)
     exact = torch.linalg.solve(matrix + damping * torch.eye(5, dtype=torch.float64), torch.cat(val_grad))
     torch.testing.assert_close(torch.cat(everything), exact)
 
@@ -141,3 +144,40 @@ def test_a_job_request_sets_hessian_layers_and_a_bad_value_is_refused_naming_it(
     assert OptimizeConfig.from_dict(settings).hessian_layers == "head"
     with pytest.raises(ValidationError, match="hessian_layers"):
         JobOptions.model_validate({"hessian_layers": "backbone"})
+
+
+@pytest.mark.parametrize("layers", ["all", "head"])
+def test_finite_difference_products_are_close_to_the_exact_ones_and_leave_the_weights_as_they_were(layers):
+    model, batch = _detector_and_batch()
+    mode = BatchNormMode.BATCH
+    mask = hessian_mask(model, layers)
+    parameters = trainable_parameters(model)
+    before = [p.detach().clone() for p in parameters]
+    g = torch.Generator().manual_seed(4)
+    vector = [torch.randn(p.shape, generator=g) for p in kept(parameters, mask)]
+
+    approximate = finite_difference_hvp(model, batch.images, batch.targets(), mode, mask)(vector)
+    assert all(torch.equal(p, b) for p, b in zip(parameters, before))
+    train_grad, _ = training_gradient(model, batch.images, batch.targets(), mode, mask)
+    exact = exact_hvp(model, train_grad, mask)(vector)
+
+    flat = lambda tensors: torch.cat([t.reshape(-1) for t in tensors])  # noqa: E731
+    cosine = torch.nn.functional.cosine_similarity(flat(approximate), flat(exact), dim=0)
+    assert cosine > 0.99
+    assert 0.9 < flat(approximate).norm() / flat(exact).norm() < 1.1
+
+
+def test_the_loops_direction_by_finite_differences_is_close_to_the_exact_one():
+    model, batch = _detector_and_batch()
+    images = batch.images.clone().requires_grad_(True)
+    g = torch.Generator().manual_seed(5)
+    val_grad = [1e-2 * torch.randn(p.shape, generator=g) for p in trainable_parameters(model)]
+    directions = {}
+    for product in ("double-backward", "finite-difference"):
+        config = OptimizeConfig(hessian_product=product, inverse_hessian="cg", inverse_hessian_steps=2)
+        u, _, _, fell_back = inverse_hessian_direction(config, model, images, batch.targets(), val_grad)
+        assert not fell_back
+        directions[product] = torch.cat([x.reshape(-1) for x in u])
+    exact, approximate = directions["double-backward"], directions["finite-difference"]
+    assert torch.nn.functional.cosine_similarity(exact, approximate, dim=0) > 0.99
+    assert 0.85 < approximate.norm() / exact.norm() < 1.15
