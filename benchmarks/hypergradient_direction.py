@@ -1,6 +1,8 @@
-"""How far cheaper hypergradients point from today's: psi's outer gradient under cheaper settings
-against the product's (``OptimizeConfig()``), on the same detector, images and state, over a
-few outer iterations of a default job on the demo scene at 128 px (after a warm-up).
+"""How far cheaper hypergradients point from the exact one: psi's outer gradient under cheaper
+settings against the product's settings with exact Hessian-vector products (``OptimizeConfig(
+hessian_product="double-backward")``, the default before issue 27), on the same detector,
+images and state, over a few outer iterations of a default job on the demo scene at 128 px
+(after a warm-up).
 
 Per iteration, the loop's ``outer_step_direction`` runs once per variant from the same state
 (the reward baseline restored between them), and psi's gradient is compared with the
@@ -17,11 +19,13 @@ Last line: ``cosine_<variant>=<mean over iterations> ... seconds_<variant>=<mean
 (``seconds_reference`` too).
 
 Measured 2026-12-06 (default mode: 5 iterations after 100 warm-up steps; 2 shared cores,
-contended, 1 torch thread, so the seconds are noisy): ``cosine_head=0.262 cosine_cg2=1.000
-cosine_cg1=0.895 cosine_identity=0.707``. The reference's CG made 3, 1, 2, 3 and 3
-Hessian-vector products: it always stopped on non-positive curvature by its third direction,
-so 2 steps gave exactly its direction; the head-restricted Hessian's cosines ranged from -0.39
-to 0.79 (the azimuth part from -0.15 to 0.40).
+contended, 1 torch thread, so the seconds are noisy): ``cosine_finite-difference=0.957
+cosine_head=0.262 cosine_cg2=1.000 cosine_cg1=0.895 cosine_identity=0.707``. Finite
+differences gave 0.999, 1.000, 1.000, 0.999 and 0.786 (there CG's stopping point moved; the
+azimuth part 0.90). The reference's CG made 3, 1, 2, 3 and 3 Hessian-vector products: it
+always stopped on non-positive curvature by its third direction, so 2 steps gave exactly its
+direction; the head-restricted Hessian's cosines ranged from -0.39 to 0.79 (the azimuth part
+from -0.15 to 0.40).
 """
 
 from __future__ import annotations
@@ -107,7 +111,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work_dir:
         work = Path(work_dir)
         val_set = load_dataset(render_target_set("demo", work / "val", 16, args.size) / "annotations.json")
-        config = OptimizeConfig(scene="demo", image_size=args.size, warmup_steps=warmup, final_images=0)
+        config = OptimizeConfig(scene="demo", image_size=args.size, warmup_steps=warmup, final_images=0,
+                                hessian_product="double-backward")
         loop = loop_module._Loop(config, renderer, spec.class_names, val_set, None, work / "run", None, None, False)
         loop.out_dir.mkdir(parents=True, exist_ok=True)
         loop.initial_state()

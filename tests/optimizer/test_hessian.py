@@ -181,3 +181,12 @@ def test_the_loops_direction_by_finite_differences_is_close_to_the_exact_one():
     exact, approximate = directions["double-backward"], directions["finite-difference"]
     assert torch.nn.functional.cosine_similarity(exact, approximate, dim=0) > 0.99
     assert 0.85 < approximate.norm() / exact.norm() < 1.15
+
+
+def test_a_run_saved_before_finite_differences_resumes_only_with_exact_products():
+    import json
+
+    saved = json.loads(json.dumps(OptimizeConfig().to_dict()))
+    del saved["hessian_product"]
+    assert OptimizeConfig().differences(saved) == ["hessian_product"]
+    assert OptimizeConfig(hessian_product="double-backward").differences(saved) == []
