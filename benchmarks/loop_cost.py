@@ -22,7 +22,18 @@ OptimizeConfig.hessian_layers and hessian_product.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/loop_cost.py --quick
 
-Measured 2026-12-06, 2 shared cores, contended (see the end of this docstring for numbers).
+Measured 2026-12-06, 2 shared cores (contended: load about 4), 1 torch thread, full mode:
+
+- default (finite-difference products): ``outer_iteration_s_128=12.6 outer_iteration_s_320=54.8
+  hypergradient_over_finetune=0.50 hvp_over_train_step=0.90`` (at 320 px: 1.34 and 2.4, the
+  latter with the first product's gradient at the weights counted in);
+- ``--product double-backward`` (exact products, the default before): ``outer_iteration_s_128=12.5
+  outer_iteration_s_320=46.5 hypergradient_over_finetune=0.98 hvp_over_train_step=3.40`` (at
+  320 px: 1.60 and 7.0).
+
+The two runs met different contention (the 320 px fine-tuning took 13.9 s in the second, 18.2 s
+in the first), so compare the ratios, not the seconds. CG made 2 products in every timed
+iteration.
 """
 
 from __future__ import annotations

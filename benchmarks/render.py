@@ -15,10 +15,9 @@ Last line: ``render_ratio_vs_nerfacto=<nerfsim 64 px forward images/s over nerfa
 images_per_s_64=<nerfsim images/s, 64 px, 1 object, forward>
 images_per_s_640x480=<nerfsim images/s at 640 x 480, 3 objects, forward>``.
 
-Measured 2026-12-06 (``--quick --threads 1``, 2 shared cores, contended), demo scene, NeRF
-(triplane) objects: 640 x 640 with 3 objects took 14 s per image, so
-``images_per_s_640x480=0.089``, 22 times short of the issue's target of 2 (64 px: 16.5 images/s
-with 1 object, 6.2 with 3). A profile at 320 px spends the time in the fields' triplane lookups
+Measured 2026-12-06, demo scene, NeRF (triplane) objects, 2 shared cores: ``--quick`` (2
+threads, a quiet moment) ``images_per_s_64=66.11 images_per_s_640x480=0.283``, 7 times short of
+the issue's target of 2; ``--quick --threads 1`` (contended) 16.5 and 0.089. A profile at 320 px spends the time in the fields' triplane lookups
 (grid_sample, 22 %), gathering samples (index, cat, copy: 38 %), sorting them (10 %) and the MLP
 (13 %): rays that miss an object's box are already skipped, occupancy testing leaves about 19
 field evaluations per ray that hits, and early termination stops rays after about 2 of their 3
@@ -28,7 +27,12 @@ segments. No single waste explains the gap: real-size datasets on CPU need the s
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
+# Run as a script, this file's folder leads sys.path and benchmarks/detector.py would shadow the
+# detector package (optimizer.loop imports it): put the repository root there instead.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 # Idle OpenMP threads sleep instead of spinning (busy-waiting threads are ruinous on a shared
 # machine); must be set before torch starts.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
