@@ -1,13 +1,16 @@
 """The hypergradient's inverse-Hessian direction over all the detector's weights or its head alone
 (``OptimizeConfig.hessian_layers``), with Hessian-vector products by double backward or by
-finite differences of gradients (``OptimizeConfig.hessian_product``).
+finite differences of gradients (``OptimizeConfig.hessian_product``), and the second
+derivatives the loop reads off the training gradient's graph (per-image alignments, the
+pathwise mixed derivative).
 
 With ``"head"`` the inner problem is treated as if only the Detect head (the model's last
 module) were trained and the rest of the network held fixed: ``u`` solves
 ``(H_head + damping) u_head = g_head`` with ``H_head`` the head's block of the training
 loss's Hessian and is zero elsewhere, and the training gradient keeps a graph for the head's
-weights only. Each Hessian-vector product then runs the double backward through the loss
-and the head instead of through the whole network. It is the exact implicit gradient of that
+weights only: a double-backward product then runs through the loss and the head instead of
+the whole network (a finite-difference one steps the head's weights alone, and its gradients
+stop at the head). It is the exact implicit gradient of that
 restricted inner problem, not of the full one: the loop's mixed derivative and per-image
 alignments see the head's part of ``u`` only.
 """
@@ -51,10 +54,9 @@ def training_gradient(
     weights (ones, [B]) the mean loss was taken with, so that :func:`per_image_dots` reads every
     image's alignment off the same graph instead of a second forward and backward pass."""
     parameters = trainable_parameters(model)
-    kept = parameters if mask is None else [p for p, keep in zip(parameters, mask) if keep]
     weights = torch.ones(images.shape[0], device=images.device, dtype=images.dtype, requires_grad=True)
     loss = (weights * detection_loss(model, images, targets, bn_mode, reduction="none")).mean()
-    grads = iter(torch.autograd.grad(loss, kept, create_graph=True, allow_unused=True))
+    grads = iter(torch.autograd.grad(loss, kept(parameters, mask), create_graph=True, allow_unused=True))
     result = []
     for index, parameter in enumerate(parameters):
         grad = next(grads) if mask is None or mask[index] else None

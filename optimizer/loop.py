@@ -128,8 +128,7 @@ WARMUP_DETECTOR = "warmup_detector.pt"
 """The detector after the warm-up, in the run folder when final_init is 'warmup'."""
 AFTER_WARMUP = frozenset({
     "target_val", "target_test", "method", "estimator", "lookahead_bin_share", "inverse_hessian", "hessian_layers",
-    "hessian_product",
-    "inverse_hessian_steps", "damping", "neumann_scale", "alignment_normalisation", "pose_group", "enumerate_bins",
+    "hessian_product", "inverse_hessian_steps", "damping", "neumann_scale", "alignment_normalisation", "pose_group", "enumerate_bins",
     "alignment_ignores", "alignment_objective", "baseline_decay", "search_metric", "normalise_hypergradient", "oracle_psi",
     "psi_learning_rate", "psi_warmup_iterations", "entropy_weight", "outer_iterations", "val_batch_size",
     "val_map_every", "sample_images", "final_images", "final_epochs", "final_batch_size", "final_init",
@@ -419,9 +418,9 @@ def inverse_hessian_direction(
     weights config.hessian_layers names (optimizer.hessian; u is zero elsewhere), its products
     taken as config.hessian_product says. Returns u, the training gradient (its graph kept: the
     pathwise part and the per-image alignments differentiate it again), its per-image weights
-    (optimizer.hessian.per_image_dots) and
-    whether u fell back to val_grad: CG that meets non-positive curvature along the validation
-    gradient itself stays at 0, which would leave psi without a signal."""
+    (optimizer.hessian.per_image_dots) and whether u fell back to val_grad: CG that meets
+    non-positive curvature along the validation gradient itself stays at 0, which would leave
+    psi without a signal."""
     mask = hessian_mask(model, config.hessian_layers)
     solver = dict(method=config.inverse_hessian, steps=config.inverse_hessian_steps, damping=config.damping,
                   scale=config.neumann_scale)
