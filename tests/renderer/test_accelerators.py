@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +15,8 @@ import renderer.accelerators as accelerators
 from optimizer.loop import resolve_device
 from optimizer.psi import OptimizerError
 from renderer.accelerators import TCNN_HASH_GRID, AcceleratorError, CudaPath, unavailable_reason, use_cuda_path
-from renderer.object_field import ObjectField, ObjectFieldConfig
+from renderer.object_field import ObjectAssetMeta, ObjectField, ObjectFieldConfig
+from renderer.train_object import AssetError, load_object_asset, save_object_asset
 
 GSPLAT = CudaPath("gsplat rasteriser", "gsplat", "splat backend", "the torch rasteriser")
 AABB = torch.tensor([[-0.05, -0.05, -0.05], [0.05, 0.05, 0.05]])
@@ -89,3 +92,28 @@ def test_a_job_asking_for_cuda_without_it_is_refused_and_auto_runs_on_the_cpu(no
     with pytest.raises(OptimizerError, match="OptimizeConfig.device: 'cuda' asked for, but torch sees no CUDA device"):
         resolve_device("cuda")
     assert resolve_device("auto") == torch.device("cpu")
+
+
+def _hash_asset(folder: Path, backend: str) -> Path:
+    """A pure-torch hash-grid asset whose description says ``hash_backend=backend``."""
+    config = ObjectFieldConfig(encoding="hash", hash_levels=2, hash_backend="torch")
+    field = ObjectField(config, AABB)
+    meta = ObjectAssetMeta(name="box", aabb=AABB.tolist(), model={**asdict(config), "hash_backend": backend})
+    return save_object_asset(field, meta, folder)
+
+
+def test_a_torch_trained_hash_asset_loads_without_cuda_whatever_backend_it_asked_for(no_cuda, tmp_path) -> None:
+    field, _ = load_object_asset(_hash_asset(tmp_path / "asset", "cuda"))
+    assert field.encodings[0].tcnn_encoding is None
+    density, _ = field(torch.zeros(3, 3))
+    assert torch.isfinite(density).all()
+
+
+def test_a_tiny_cuda_nn_trained_asset_without_cuda_is_refused_saying_why(no_cuda, tmp_path) -> None:
+    folder = _hash_asset(tmp_path / "asset", "auto")
+    weights = folder / "field.pt"
+    state = torch.load(weights, weights_only=True)
+    state = {k.replace("hash_table", "tcnn_encoding.params"): v for k, v in state.items()}  # as tiny-cuda-nn saves it
+    torch.save(state, weights)
+    with pytest.raises(AssetError, match=r"trained on the tiny-cuda-nn hash grid.*no CUDA device.*hash_backend 'torch'"):
+        load_object_asset(folder)
