@@ -17,6 +17,8 @@ from optimizer.presets import DEFAULT_PRESET, PRESET_FIELDS, resolve
 Method = Literal["neural-sim", "uniform", "random-search", "reinforce", "oracle"]
 Estimator = Literal["pathwise", "score", "both", "lookahead"]
 InverseHessian = Literal["identity", "neumann", "cg"]
+HessianLayers = Literal["all", "head"]
+HessianProduct = Literal["double-backward", "finite-difference"]
 Stage = Literal["setup", "outer", "final-render", "final-train", "evaluate", "report", "done"]
 InnerOptimizer = Literal["sgd", "adamw"]
 AlignmentNormalisation = Literal["none", "standardise", "cosine"]
@@ -59,6 +61,17 @@ class OptimizeConfig:
     inverse_hessian: InverseHessian = "cg"
     """Inverse-Hessian-vector-product approximation in the hypergradient."""
     inverse_hessian_steps: int = 5
+    hessian_layers: HessianLayers = "all"
+    """Which detector weights the hypergradient's inverse Hessian acts on: 'all', or 'head' (the
+    Detect head; the rest of the network is treated as fixed in the inner problem, so u is zero
+    there and each Hessian-vector product runs through the head alone: optimizer.hessian)."""
+    hessian_product: HessianProduct = "double-backward"
+    """How the inverse-Hessian solve multiplies by the Hessian: 'finite-difference' (the
+    difference of the training gradient at the weights and at a small step along the vector,
+    the target assignment held fixed: one forward and backward pass per product;
+    optimizer.hessian) or 'double-backward' (exact, by differentiating the training gradient
+    again, which costs several training steps per product). The default stays exact until the
+    shift benchmark shows the cheaper product closes as much of the gap."""
     damping: float = 0.01
     neumann_scale: float = 0.01
     """Step of the Neumann series: every eigenvalue of neumann_scale * (H + damping) must lie in

@@ -67,8 +67,6 @@ from detector.evaluate import DetectionMetrics, evaluate
 from detector.losses import (
     BatchNormMode,
     detection_loss,
-    parameter_gradient,
-    per_image_gradient_dot,
     trainable_parameters,
 )
 from detector.model import DetectorConfig, build_detector, load_detector, save_detector
@@ -83,6 +81,8 @@ from optimizer.config import (
     AlignmentObjective,
     Estimator,
     FinalInit,
+    HessianLayers,
+    HessianProduct,
     InnerOptimizer,
     InverseHessian,
     Method,
@@ -102,7 +102,16 @@ from optimizer.estimators import (
     per_sample_gradient_norms,
     score_function_surrogate,
 )
-from optimizer.hypergradient import hvp_from_gradients, inverse_hvp, mixed_grad_from_gradients, pathwise_backward
+from optimizer.hessian import (
+    exact_hvp,
+    finite_difference_hvp,
+    hessian_mask,
+    per_image_dots,
+    per_image_dots_and_image_gradient,
+    solve_direction,
+    training_gradient,
+)
+from optimizer.hypergradient import mixed_grad_from_gradients, pathwise_backward
 from optimizer.priors import starting_psi_config
 from optimizer.psi import PARTS, PER_CLASS_PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiConfig, PsiNoise
 from optimizer.final_size import final_image_shape
@@ -122,8 +131,8 @@ _PURPOSES = ("render", "finetune", "candidate", "warmup", "final", "resample", "
 WARMUP_DETECTOR = "warmup_detector.pt"
 """The detector after the warm-up, in the run folder when final_init is 'warmup'."""
 AFTER_WARMUP = frozenset({
-    "target_val", "target_test", "method", "estimator", "lookahead_bin_share", "inverse_hessian",
-    "inverse_hessian_steps", "damping", "neumann_scale", "alignment_normalisation", "pose_group", "enumerate_bins",
+    "target_val", "target_test", "method", "estimator", "lookahead_bin_share", "inverse_hessian", "hessian_layers",
+    "hessian_product", "inverse_hessian_steps", "damping", "neumann_scale", "alignment_normalisation", "pose_group", "enumerate_bins",
     "alignment_ignores", "alignment_objective", "baseline_decay", "search_metric", "normalise_hypergradient", "oracle_psi",
     "psi_learning_rate", "psi_warmup_iterations", "entropy_weight", "outer_iterations", "val_batch_size",
     "val_map_every", "sample_images", "final_images", "final_epochs", "final_batch_size", "final_init",
@@ -168,6 +177,8 @@ def validate_config(config: OptimizeConfig) -> None:
         "method": get_args(Method),
         "estimator": get_args(Estimator),
         "inverse_hessian": get_args(InverseHessian),
+        "hessian_layers": get_args(HessianLayers),
+        "hessian_product": get_args(HessianProduct),
         "inner_optimizer": get_args(InnerOptimizer),
         "alignment_normalisation": get_args(AlignmentNormalisation),
         "alignment_objective": get_args(AlignmentObjective),
@@ -420,19 +431,30 @@ def inverse_hessian_direction(
     images: Float[Tensor, "B 3 S S"],
     targets: UltralyticsTargets,
     val_grad: list[Tensor],
-) -> tuple[list[Tensor], list[Tensor], bool]:
+) -> tuple[list[Tensor], list[Tensor], Tensor, bool]:
     """``u = (H + damping)^-1 val_grad`` by config.inverse_hessian, ``H`` the Hessian of the
-    training loss on ``images`` (BatchNorm on batch statistics, HYPERGRADIENT_BN). Returns u,
-    the training gradient (its graph kept: the pathwise part differentiates it again) and
-    whether u fell back to val_grad: CG that meets non-positive curvature along the validation
-    gradient itself stays at 0, which would leave psi without a signal."""
-    train_grad = parameter_gradient(model, images, targets, HYPERGRADIENT_BN, create_graph=True)
-    u = inverse_hvp(
-        hvp_from_gradients(train_grad, trainable_parameters(model)), val_grad, method=config.inverse_hessian,
-        steps=config.inverse_hessian_steps, damping=config.damping, scale=config.neumann_scale,
-    )
+    training loss on ``images`` (BatchNorm on batch statistics, HYPERGRADIENT_BN) over the
+    weights config.hessian_layers names (optimizer.hessian; u is zero elsewhere), its products
+    taken as config.hessian_product says. Returns u, the training gradient (its graph kept: the
+    pathwise part and the per-image alignments differentiate it again), its per-image weights
+    (optimizer.hessian.per_image_dots) and whether u fell back to val_grad: CG that meets
+    non-positive curvature along the validation gradient itself stays at 0, which would leave
+    psi without a signal."""
+    mask = hessian_mask(model, config.hessian_layers)
+    solver = dict(method=config.inverse_hessian, steps=config.inverse_hessian_steps, damping=config.damping,
+                  scale=config.neumann_scale)
+    if config.hessian_product == "finite-difference":
+        # Before the training gradient's graph is built: these products step the weights in place.
+        hvp = finite_difference_hvp(model, images, targets, HYPERGRADIENT_BN, mask)
+        u = solve_direction(hvp, val_grad, mask, **solver)
+        train_grad, image_weights = training_gradient(model, images, targets, HYPERGRADIENT_BN, mask)
+    else:
+        train_grad, image_weights = training_gradient(model, images, targets, HYPERGRADIENT_BN, mask)
+        u = solve_direction(exact_hvp(model, train_grad, mask), val_grad, mask, **solver)
     fell_back = not any(bool(x.any()) for x in u)
-    return ([g.clone() for g in val_grad] if fell_back else u), train_grad, fell_back
+    if fell_back:
+        u = [g.clone() if mask is None or mask[i] else torch.zeros_like(g) for i, g in enumerate(val_grad)]
+    return u, train_grad, image_weights, fell_back
 
 
 class _Stopped(Exception):
@@ -691,26 +713,31 @@ class _Loop:
         _check_finite(val_loss, "the validation loss", iteration, "the detector diverged")
         targets = batch.targets()
         images = batch.images.detach().requires_grad_(True)
-        u, train_grad, fell_back = inverse_hessian_direction(config, model, images, targets, val_grad)
+        u, train_grad, image_weights, fell_back = inverse_hessian_direction(config, model, images, targets, val_grad)
         diagnostics["inverse_hessian_fallback"] = fell_back
         _check_finite(torch.cat([x.reshape(-1) for x in u]), "the inverse-Hessian-vector product", iteration,
                       "raise damping, or use 'cg' or a smaller neumann_scale")
+        alignment = None
         if pathwise:
             # -d/dx [u . dL_train/dtheta], then through the renderer chunk by chunk, so that the
-            # renderer's graph never holds more than one chunk.
-            image_grad = mixed_grad_from_gradients(train_grad, images)(u)[0]
+            # renderer's graph never holds more than one chunk. The per-image alignments come
+            # from the same double backward when they use the same u.
+            if score and self.alignment_kept is None:
+                alignment, image_grad = per_image_dots_and_image_gradient(train_grad, image_weights, u, images)
+            else:
+                image_grad = mixed_grad_from_gradients(train_grad, images)(u)[0]
             step = self.renderer.config.chunk_images
             for start in range(0, noise.batch_size, step):
                 rows = slice(start, start + step)
                 rgb = self.renderer.render(self.psi.replay(noise.index(rows), pathwise), config.image_size).rgb.clamp(0, 1)
                 rgb = self.photograph(rgb, iteration, 0, start)
                 pathwise_backward(rgb, lambda _u, g=image_grad[rows]: [g], u)
-        del train_grad
         if score:
             if self.alignment_kept is not None:
                 u = [x if keep else torch.zeros_like(x) for x, keep in zip(u, self.alignment_kept)]
                 parameters = [p for p, keep in zip(parameters, self.alignment_kept) if keep]
-            alignment = per_image_gradient_dot(model, batch.images, targets, u, HYPERGRADIENT_BN)
+            if alignment is None:
+                alignment = per_image_dots(train_grad, image_weights, u)
             norms = gram = None
             if config.alignment_normalisation == "cosine":
                 losses = detection_loss(model, batch.images, targets, HYPERGRADIENT_BN, reduction="none")

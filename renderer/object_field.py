@@ -22,6 +22,8 @@ from nerfstudio.field_components.encodings import Encoding, HashEncoding
 from nerfstudio.field_components.mlp import MLP
 from torch import Tensor, nn
 
+from renderer.accelerators import TCNN_HASH_GRID, Backend, use_cuda_path
+
 
 @dataclass
 class ObjectFieldConfig:
@@ -36,6 +38,11 @@ class ObjectFieldConfig:
     """Triplanes: feature channels per plane."""
     hash_levels: int = 12
     """Hash grid: number of levels (finest resolution 512)."""
+    hash_backend: Backend = "auto"
+    """Hash grid: 'auto' runs it on tiny-cuda-nn where that can run (CUDA and tinycudann
+    importable) and on nerfstudio's pure-torch grid otherwise, saying so once; 'cuda' insists on
+    tiny-cuda-nn (a clear error elsewhere); 'torch' always uses the pure-torch grid. The two
+    store their weights differently, so an asset loads only where its training's grid runs."""
     hidden_dim: int = 64
     """Width of the single hidden layer of the MLP."""
     occupancy_resolution: int = 64
@@ -85,7 +92,8 @@ class ObjectField(nn.Module):
             feature_dim = config.plane_components * len(config.plane_resolutions)
         else:
             self.encodings = nn.ModuleList(
-                [HashEncoding(num_levels=config.hash_levels, max_res=512, implementation="tcnn")]
+                [HashEncoding(num_levels=config.hash_levels, max_res=512,
+                              implementation="tcnn" if use_cuda_path(TCNN_HASH_GRID, config.hash_backend) else "torch")]
             )
             feature_dim = self.encodings[0].get_out_dim()
         self.mlp = MLP(

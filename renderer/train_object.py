@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm import tqdm
 
+from renderer.accelerators import TCNN_HASH_GRID, unavailable_reason
 from renderer.object_field import (
     ObjectAssetMeta,
     ObjectField,
@@ -321,6 +322,21 @@ def save_object_asset(field_model: ObjectField, meta: ObjectAssetMeta, out_dir: 
     return out_dir
 
 
+def _with_trained_hash_grid(config: ObjectFieldConfig, state: dict, weights_path: Path) -> ObjectFieldConfig:
+    """``config`` set to the hash grid its saved weights come from: tiny-cuda-nn and the pure-torch
+    grid store their weights differently, so a torch-trained asset loads on the torch grid
+    anywhere, and a tiny-cuda-nn one only where tiny-cuda-nn runs (else a clear error)."""
+    if config.encoding != "hash":
+        return config
+    if not any("tcnn_encoding" in key for key in state):
+        return replace(config, hash_backend="torch")
+    reason = unavailable_reason(TCNN_HASH_GRID)
+    if reason is not None:
+        raise AssetError(f"{weights_path}: trained on the {TCNN_HASH_GRID.name}, which cannot run here ({reason}); "
+                         "load it on a CUDA machine with tinycudann, or train the asset again with hash_backend 'torch'")
+    return replace(config, hash_backend="cuda")
+
+
 def load_object_asset(asset_dir: Path, device: str | torch.device = "cpu") -> tuple[ObjectField, ObjectAssetMeta]:
     """Load an asset written by :func:`save_object_asset`."""
     asset_dir = Path(asset_dir)
@@ -337,7 +353,7 @@ def load_object_asset(asset_dir: Path, device: str | torch.device = "cpu") -> tu
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise AssetError(f"{weights_path}: corrupt or not a nerfsim field ({error})") from error
-    field_model = ObjectField(config, torch.tensor(meta.aabb))
+    field_model = ObjectField(_with_trained_hash_grid(config, state, weights_path), torch.tensor(meta.aabb))
     try:
         field_model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except RuntimeError as error:

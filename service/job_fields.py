@@ -15,7 +15,7 @@ from typing import Annotated, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-from optimizer.config import AlignmentNormalisation, FinalInit, InnerOptimizer, SearchMetric
+from optimizer.config import AlignmentNormalisation, FinalInit, HessianLayers, HessianProduct, InnerOptimizer, SearchMetric
 
 Architecture = Literal["yolov8n", "yolo11n", "yolov8n-cpu"]
 """The detector architectures a job can start from (detector.model.Architecture)."""
@@ -174,6 +174,8 @@ class JobOptions(Strict):
     docstrings there say what each does). Those the job's preset sets win over it when given."""
 
     inverse_hessian_steps: int | None = Field(None, ge=1, le=100)
+    hessian_layers: HessianLayers | None = None
+    hessian_product: HessianProduct | None = None
     damping: float | None = Field(None, ge=0, le=1000)
     neumann_scale: float | None = Field(None, gt=0, le=10)
     alignment_normalisation: AlignmentNormalisation | None = None

@@ -1,0 +1,180 @@
+"""Loop-cost benchmark: one outer iteration of a closed-loop job, stage by stage, at 128 and 320 px.
+
+The job is the product's default neural-sim job (``OptimizeConfig()``: estimator 'both', CG
+with 5 steps, K = 32 images, 20 inner AdamW steps) on the bundled demo scene, its validation
+set 16 images rendered from the demo's shifted psi (service.demo). The iteration is the loop's
+own (``optimizer.loop._Loop.iteration``); the benchmark only wraps the stages it calls with
+timers, so nothing it measures behaves differently from a job:
+
+- render: the K images drawn from psi (no gradient);
+- hypergradient: ``outer_step_direction``, i.e. the validation gradient (``val_gradient``),
+  the training gradient's graph and the inverse-Hessian solve (``inverse_hessian``; ``hvp`` is
+  one of its products), the mixed derivative with the per-image alignments
+  (``mixed_and_alignment``), the pathwise re-render and its backward through the renderer (the
+  rest; ``pathwise`` is the backward alone);
+- psi step, inner fine-tune (``inner_steps`` steps), validation loss and mAP.
+
+Each size runs one iteration to warm up (``--quick``: none) and times the next. Last line:
+``outer_iteration_s_128=... outer_iteration_s_320=... hypergradient_over_finetune=...
+hvp_over_train_step=...``, the two ratios at 128 px (one HVP of the solve over one inner
+training step on the same K images). ``--hessian`` and ``--product`` pick
+OptimizeConfig.hessian_layers and hessian_product.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/loop_cost.py --quick
+
+Measured 2026-12-06, 2 shared cores (contended: load about 4), 1 torch thread, full mode:
+
+- default (finite-difference products): ``outer_iteration_s_128=12.6 outer_iteration_s_320=54.8
+  hypergradient_over_finetune=0.50 hvp_over_train_step=0.90`` (at 320 px: 1.34 and 2.4, the
+  latter with the first product's gradient at the weights counted in);
+- ``--product double-backward`` (exact products, the default before): ``outer_iteration_s_128=12.5
+  outer_iteration_s_320=46.5 hypergradient_over_finetune=0.98 hvp_over_train_step=3.40`` (at
+  320 px: 1.60 and 7.0).
+
+The two runs met different contention (the 320 px fine-tuning took 13.9 s in the second, 18.2 s
+in the first), so compare the ratios, not the seconds. CG made 2 products in every timed
+iteration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the repository, not benchmarks/, leads
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+import optimizer.hessian as hessian_module  # noqa: E402
+import optimizer.loop as loop_module  # noqa: E402
+from detector.datasets import load_dataset  # noqa: E402
+from optimizer.config import OptimizeConfig  # noqa: E402
+from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: E402
+from renderer.scene_spec import load_scene, read_scene_spec  # noqa: E402
+from service.demo import render_target_set  # noqa: E402
+
+LOOP_STAGES = {"render": "render", "outer_step_direction": "hypergradient", "step_psi": "psi_step",
+               "train": "finetune", "val_loss": "val_loss", "val_map": "val_map"}
+"""_Loop methods timed, and the stage each is reported as."""
+HYPERGRADIENT_PARTS = {"validation_loss_and_gradient": "val_gradient", "inverse_hessian_direction": "inverse_hessian",
+                       "pathwise_backward": "pathwise", "per_image_dots": "alignment",
+                       "per_image_dots_and_image_gradient": "mixed_and_alignment"}
+"""optimizer.loop functions the hypergradient calls, timed as its parts."""
+
+
+class Timers:
+    """Seconds and calls per name, for wrapped callables."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self.device = device
+
+    def wrap(self, name: str, function: Callable) -> Callable:
+        @functools.wraps(function)
+        def timed(*args, **kwargs):
+            self.sync()
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.sync()
+                self.seconds[name] += time.perf_counter() - start
+                self.calls[name] += 1
+
+        return timed
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.calls.clear()
+
+
+def instrument(timers: Timers) -> None:
+    """Wrap the loop's stages and the hypergradient's parts with ``timers`` (module-wide)."""
+    for method, name in LOOP_STAGES.items():
+        setattr(loop_module._Loop, method, timers.wrap(name, getattr(loop_module._Loop, method)))
+    for function, name in HYPERGRADIENT_PARTS.items():
+        setattr(loop_module, function, timers.wrap(name, getattr(loop_module, function)))
+    for name in ("exact_hvp", "finite_difference_hvp"):
+        make_hvp = getattr(hessian_module, name)
+        # Bound now (default argument): the loop's module imported these names from optimizer.hessian.
+        setattr(loop_module, name, lambda *a, make=make_hvp, **k: timers.wrap("hvp", make(*a, **k)))
+
+
+def time_iteration(renderer: SceneRenderer, class_names: list[str], val_set, size: int, config: OptimizeConfig,
+                   work: Path, timers: Timers, warm: bool) -> dict:
+    """Stage seconds of one outer iteration of ``config`` at ``size`` px (after one untimed
+    iteration when ``warm``)."""
+    loop = loop_module._Loop(config, renderer, class_names, val_set, None, work / f"run_{size}", None, None, False)
+    loop.out_dir.mkdir(parents=True, exist_ok=True)
+    loop.initial_state()
+    if warm:
+        loop.iteration(0)
+    timers.reset()
+    start = time.perf_counter()
+    loop.iteration(1 if warm else 0)
+    total = time.perf_counter() - start
+    row = {"size": size, "outer_iteration_s": total}
+    row.update({f"{name}_s": seconds for name, seconds in timers.seconds.items()})
+    row["hvp_calls"] = timers.calls.get("hvp", 0)
+    row["hvp_each_s"] = timers.seconds.get("hvp", 0.0) / max(1, row["hvp_calls"])
+    row["train_step_s"] = timers.seconds["finetune"] / max(1, config.inner_steps)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="no warm-up iteration (first-call costs included)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 320])
+    parser.add_argument("--hessian", default=None, help="OptimizeConfig.hessian_layers (default: the product's)")
+    parser.add_argument("--product", default=None, help="OptimizeConfig.hessian_product (default: the product's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = loop_module.resolve_device("auto")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    overrides = {"warmup_steps": 0, "final_images": 0}
+    if args.hessian is not None:
+        overrides["hessian_layers"] = args.hessian
+    if args.product is not None:
+        overrides["hessian_product"] = args.product
+    print(f"device={name} settings=OptimizeConfig() + {overrides}", flush=True)
+
+    spec = read_scene_spec("demo")
+    fields, backgrounds = load_scene(spec)
+    renderer = SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds)
+    timers = Timers(device)
+    instrument(timers)
+    rows = []
+    with tempfile.TemporaryDirectory() as work_dir:
+        work = Path(work_dir)
+        val_set = load_dataset(render_target_set("demo", work / "val", 16, 128) / "annotations.json")
+        for size in args.sizes:
+            config = OptimizeConfig(scene="demo", image_size=size, **overrides)
+            row = time_iteration(renderer, spec.class_names, val_set, size, config, work, timers, not args.quick)
+            rows.append(row)
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    by_size = {row["size"]: row for row in rows}
+    first = by_size.get(128, rows[0])
+    print(" ".join(f"outer_iteration_s_{row['size']}={row['outer_iteration_s']:.1f}" for row in rows)
+          + f" hypergradient_over_finetune={first['hypergradient_s'] / first['finetune_s']:.2f}"
+          f" hvp_over_train_step={first['hvp_each_s'] / first['train_step_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
