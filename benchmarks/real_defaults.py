@@ -32,10 +32,13 @@ from optimizer.loop import job_renderer, run_optimization  # noqa: E402
 from renderer.scene_spec import read_scene_spec  # noqa: E402
 
 VARIANTS = {
-    "default": {},
+    "default": {},  # as measured first: resting poses with canonical_pose_share 0.5, several objects
     "upright": {"resting_poses": False},
     "single": {"psi": {"max_objects": 1}},
     "upright_single": {"resting_poses": False, "psi": {"max_objects": 1}},
+    "standing": {"canonical_pose_share": 1.0},
+    "standing_single": {"canonical_pose_share": 1.0, "psi": {"max_objects": 1}},
+    "mostly_standing_single": {"canonical_pose_share": 0.8, "psi": {"max_objects": 1}},
 }
 """Job settings on top of the defaults (a user's psi override wins over the priors)."""
 

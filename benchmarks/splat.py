@@ -3,13 +3,12 @@
 The object is a YCB mesh (``../shared/assets/ycb``; else a generated textured box). Its NeRF
 asset is built as ``benchmarks/assets.py`` does (and shares its cache). Its splat is trained on
 the same posed views by ``renderer.train_splat`` (:data:`SPLAT_TRAINING` steps). Render speed
-is measured with a splat initialised from the NeRF's occupied cells (one Gaussian per cell, up
-to ``--gaussians``, colour and opacity from the field): both renderers draw the object alone
+is measured with that trained splat: both renderers draw the object alone
 from the same random views, interleaved, on one thread, at 128 px and at 640x480 (fov 40 degrees across the longer side); the NeRF through
 ``march_field`` and the compositing of ``renderer.raymarch``, the splat through
 ``render_gaussians`` (the torch rasteriser on CPU).
 
-    python benchmarks/splat.py [--quick] [--object cracker_box] [--gaussians 20000]
+    python benchmarks/splat.py [--quick] [--object cracker_box]
 
 Last line: ``splat_render_over_nerf=<images/s ratio at 640x480> splat_psnr_db=<x> nerf_psnr_db=<y>``.
 
@@ -47,11 +46,10 @@ import torch
 
 from benchmarks.assets import CACHE, FULL_BUDGET, QUICK_BUDGET, YCB, AssetBudget, build_asset
 from renderer.camera import focal_length, object_to_camera
-from renderer.object_field import ObjectField, dilate
+from renderer.object_field import ObjectField
 from renderer.posed_images import PosedImages, load_posed_images
 from renderer.raymarch import accumulate, compositing_weights, march_field
 from renderer.splat import Gaussians, render_gaussians
-from renderer.splat_sh import C0
 from renderer.train_object import load_object_asset, psnr_on_white, render_views
 
 FOV_DEG = 40.0
@@ -65,32 +63,6 @@ def object_asset(name: str, budget: AssetBudget) -> tuple[Path, Path]:
 
         name, mesh = "generated_box", write_box(Path(tempfile.mkdtemp()) / "box")
     return build_asset(name, budget, mesh=mesh), CACHE / budget.tag / f"{name}_views"
-
-
-@torch.no_grad()
-def splat_from_occupancy(field: ObjectField, max_gaussians: int, seed: int = 0) -> Gaussians:
-    """One axis-aligned Gaussian per outer occupied cell of the NeRF's grid (those beside an
-    empty cell: the surface; a random subset of at most ``max_gaussians``, scaled up to cover
-    the same surface), opaque as a trained splat's surface is (peak opacity 0.95), coloured by
-    the field at the cell's centre. A speed stand-in for a trained splat, not a fit."""
-    surface = field.occupancy & dilate(~field.occupancy)
-    centres = field.cell_centres()[surface]
-    if centres.shape[0] > max_gaussians:
-        keep = torch.randperm(centres.shape[0], generator=torch.Generator().manual_seed(seed))[:max_gaussians]
-        cover = math.sqrt(centres.shape[0] / max_gaussians)  # fewer Gaussians on the same surface
-        centres = centres[keep]
-    else:
-        cover = 1.0
-    cell = (field.aabb[1] - field.aabb[0]) / field.occupancy.shape[0]
-    _, rgb = field(centres)
-    n = centres.shape[0]
-    return Gaussians(
-        means=centres,
-        log_scales=torch.log(0.6 * cover * cell).expand(n, 3).clone(),
-        quats=torch.tensor([1.0, 0, 0, 0]).expand(n, 4).clone(),
-        opacity_logits=torch.full((n,), math.log(0.95 / 0.05)),
-        sh=((rgb - 0.5) / C0)[:, None, :],
-    )
 
 
 SPLAT_TRAINING = {True: dict(steps=1000, initial_gaussians=5000), False: dict(steps=3000, initial_gaussians=20_000)}
@@ -166,7 +138,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the small asset budget and fewer views")
     parser.add_argument("--object", default="cracker_box")
-    parser.add_argument("--gaussians", type=int, default=20_000, help="Gaussians of the speed splat")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -178,15 +149,14 @@ def main() -> None:
     held_out = load_posed_images(views_dir, "test")
     with torch.no_grad():
         nerf_psnr = psnr_on_white(*render_views(field, held_out, spr), held_out)
-    splat_psnr_db = splat_psnr(trained_splat(views_dir, args.quick), held_out)
-    speed_splat = splat_from_occupancy(field, args.gaussians)
-    print(f"object={asset.name} gaussians={speed_splat.num} init_splat_psnr_db={splat_psnr(speed_splat, held_out):.2f} "
-          f"(occupancy stand-in, untrained)")
+    splat = trained_splat(views_dir, args.quick)
+    splat_psnr_db = splat_psnr(splat, held_out)
+    print(f"object={asset.name} gaussians={splat.num}")
     radius = float((field.aabb[1] - field.aabb[0]).norm() / 2)
     poses = views(3 if args.quick else 8, radius)
     ratios = {}
     for size in [(128, 128), (480, 640)]:
-        nerf_ips, splat_ips = images_per_second(field, speed_splat, size, poses, spr)
+        nerf_ips, splat_ips = images_per_second(field, splat, size, poses, spr)
         ratios[size] = splat_ips / nerf_ips
         print(f"{size[1]}x{size[0]}: nerf_images_per_s={nerf_ips:.2f} splat_images_per_s={splat_ips:.2f} "
               f"ratio={ratios[size]:.2f}")

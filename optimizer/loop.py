@@ -119,7 +119,7 @@ from optimizer.real_training import compare_with_real_only, final_training_data,
 from optimizer.uniform_baseline import MIN_PHOTOS_TO_HOLD_OUT, hold_out, psi_before_after, uniform_baseline
 from optimizer.report import plot_history, plot_psi_before_after, sample_paths, save_sample_images, write_json_atomic
 from renderer.photometric import PhotometricConfig, PhotometricError, photograph
-from renderer.resting import field_pose_table
+from renderer.resting import RestingConfig, field_pose_table
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
 from renderer.scene_spec import SceneSpec, load_scene, read_scene_spec
 
@@ -281,7 +281,8 @@ def job_renderer(config: OptimizeConfig, spec: SceneSpec, val_set: LabelledSet) 
     harvested from the labelled photos (renderer.harvest), objects resting in their stable poses
     (renderer.resting), as ``config`` asks."""
     fields, backgrounds = load_scene(spec, photo_backgrounds(val_set) if config.harvest_backgrounds else None)
-    poses = [field_pose_table(f) for f in fields] if config.resting_poses else None
+    resting = RestingConfig(canonical_pose_share=config.canonical_pose_share)
+    poses = [field_pose_table(f, resting) for f in fields] if config.resting_poses else None
     return SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds, poses)
 
 

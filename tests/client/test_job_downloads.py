@@ -12,19 +12,9 @@ import pytest
 from detector.model import load_detector
 from nerfsim_client import Client
 from service.cli import main
-from tests.service.jobs import TINY_JOB
+from tests.service.jobs import TINY_JOB, strings
 
 pytestmark = pytest.mark.slow
-
-
-def strings(value) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for item in value.values() for s in strings(item)]
-    if isinstance(value, list):
-        return [s for item in value for s in strings(item)]
-    return []
 
 
 def test_the_best_detector_and_portable_reports_are_downloadable(service, workers, box_asset: Path, coco_zip: Path,

@@ -66,3 +66,14 @@ def read_events(client: TestClient, job_id: str, headers: dict, last_event_id: s
     if current:
         events.append(current)
     return events
+
+
+def strings(value) -> list[str]:
+    """Every string inside a JSON value (to look for server paths in a downloaded report)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in strings(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in strings(item)]
+    return []

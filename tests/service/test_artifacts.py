@@ -11,6 +11,7 @@ from pathlib import Path
 from service.logs import JsonFormatter, job_context
 from service.storage import Storage
 from service.tasks import publish_artifacts
+from tests.service.jobs import strings
 
 
 def make_work(job_dir: Path, psi: str) -> None:
@@ -56,16 +57,6 @@ def test_logs_are_json_lines_with_the_job_id() -> None:
     assert line["message"] == "job started" and line["job_id"] == "job-42" and line["attempt"] == 2
     assert line["level"] == "info" and line["time"].endswith("Z")
     assert "job_id" not in json.loads(JsonFormatter().format(record))
-
-
-def strings(value) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for item in value.values() for s in strings(item)]
-    if isinstance(value, list):
-        return [s for item in value for s in strings(item)]
-    return []
 
 
 def test_published_json_holds_no_server_path(tmp_path: Path) -> None:
