@@ -15,6 +15,7 @@ import anyio
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from service.api.deps import get_settings
 from service.job_fields import Architecture
@@ -202,6 +203,10 @@ def test_the_real_photo_settings_reach_the_loop_config() -> None:
     assert on.resting_poses  # the loop's default: objects rest on a support plane
     off = JobCreate.model_validate({**JOB, "options": {"resting_poses": False}}).optimize_config("scene.json", "val", None)
     assert off.resting_poses is False
+    lying = JobCreate.model_validate({**JOB, "options": {"canonical_pose_share": 0.25}}).optimize_config("scene.json", "val", None)
+    assert lying.canonical_pose_share == 0.25
+    with pytest.raises(ValidationError, match="canonical_pose_share"):
+        JobCreate.model_validate({**JOB, "options": {"canonical_pose_share": 1.5}})
 
 
 def test_the_architectures_are_the_detectors() -> None:
