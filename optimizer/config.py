@@ -209,9 +209,14 @@ class OptimizeConfig:
     probabilities with the canonical pose at RestingConfig.canonical_pose_share), the view's
     elevation is taken above that plane, and they cast contact shadows on the background.
     False: objects float in their canonical pose without shadows, as before issue 23."""
-    canonical_pose_share: float = 0.5
+    canonical_pose_share: float = 1.0
     """With resting_poses: the probability of each object's own upright pose (how it stood when
-    captured); its other stable poses share the rest by their geometric probabilities."""
+    captured); its other stable poses share the rest by their geometric probabilities. Lower it
+    for objects that lie in other poses in the photos (e.g. 0.5)."""
+    several_objects: bool = False
+    """Render up to as many objects per image as the validation photos have labelled boxes (at
+    most 4), spaced so that neighbours overlap a little (optimizer.priors); False: one object
+    per image unless ``psi`` sets max_objects."""
     uniform_baseline: bool = field(default=True, metadata={"before": False})
     """Also train the same detector with the same final dataset size and training on images
     rendered from the starting psi (no loop), evaluate both on the test set and report the

@@ -16,7 +16,9 @@ A detector is judged on the user's photos, so the scene parameters start where t
   the most boxes in one photo (at most MAX_OBJECTS) and ``object_spacing`` NEIGHBOUR_SPACING
   times the median box width, so that neighbours of the photos' size overlap a little, as in
   clutter (occlusion); the row of objects reaches the image border now and then (truncation;
-  the labels keep the visible box). One object per photo leaves both as configured.
+  the labels keep the visible box). One object per photo leaves both as configured. Jobs do
+  this only with ``OptimizeConfig.several_objects`` (off by default: on the YCB-Video photos
+  one object per render scored better, docs/findings.md).
 - **elevation** is left as configured: a box's aspect depends on the azimuth as much as on the
   elevation (and not at all for objects that look alike from every side). Measured on the
   tests' 10 x 6 x 4 cm box, 32 renders per elevation: the likelihood of the boxes' aspects
@@ -160,18 +162,20 @@ def starting_psi_config(
     base = psi_config(config, renderer.fields, len(renderer.backgrounds), getattr(renderer, "poses", None))
     if not config.psi_priors:
         return base, None
-    return apply_priors(base, derive_priors(val_set, class_names, renderer, base, config.psi), config.psi)
+    priors = derive_priors(val_set, class_names, renderer, base, config.psi, layout=config.several_objects)
+    return apply_priors(base, priors, config.psi)
 
 
 def derive_priors(
     val_set: LabelledSet, class_names: Sequence[str], renderer: SceneRenderer, config: PsiConfig,
-    user_fields: Collection[str] = (),
+    user_fields: Collection[str] = (), layout: bool = True,
 ) -> PsiPriors:
     """Priors from ``val_set`` (class ids in the scene's order, ``class_names``) for the objects
     ``renderer`` renders (its fields, in that order, and its camera). ``config`` (the job's
     PsiConfig before priors) gives the elevation range the views cover and the placement the
     offsets must fit; where the user set the layout (``user_fields`` holds max_objects or
-    object_spacing) it is kept and the offsets fit it."""
+    object_spacing) it is kept and the offsets fit it. ``layout``: derive the number of objects
+    per image and their spacing from the photos (OptimizeConfig.several_objects)."""
     sizes: list[list[tuple[float, bool]]] = [[] for _ in class_names]
     centres: list[tuple[float, float]] = []
     widths: list[float] = []
@@ -194,7 +198,7 @@ def derive_priors(
             if not truncated:
                 widths.append(x1 - x0)
     priors = PsiPriors(classes=[])
-    if most > 1 and widths and not {"max_objects", "object_spacing"} & set(user_fields):
+    if layout and most > 1 and widths and not {"max_objects", "object_spacing"} & set(user_fields):
         slots = min(most, MAX_OBJECTS)
         # The row of centres (+ a quarter spacing of jitter) must stay inside MAX_OFFSET.
         widest_row = MAX_OFFSET / ((slots - 1) / 2 + 1 / 4)

@@ -41,7 +41,7 @@ class RestingError(ValueError):
 class RestingConfig:
     """How the pose table of an object is built."""
 
-    canonical_pose_share: float = 0.5
+    canonical_pose_share: float = 1.0
     """Probability of the canonical pose (the asset's own y-up, as captured); the other poses
     split the rest in proportion to their geometric probabilities (all of it goes to the
     canonical pose when the object has no other stable face)."""

@@ -210,6 +210,7 @@ class JobOptions(Strict):
     psi_priors: bool | None = None
     resting_poses: bool | None = None
     canonical_pose_share: float | None = Field(None, ge=0, le=1)
+    several_objects: bool | None = None
     photometric: bool | None = Field(None, description="false: the final dataset's images stay plain renders.")
 
     def loop_settings(self) -> dict:

@@ -17,7 +17,7 @@ from optimizer.checkpoint import load_checkpoint
 from optimizer.config import OptimizeConfig, Progress
 from optimizer.loop import TrainingDivergedError, run_loop, run_optimization
 from optimizer.psi import OptimizerError, Psi, PsiConfig
-from renderer.resting import field_pose_table
+from renderer.resting import RestingConfig, field_pose_table
 from renderer.scene_renderer import SceneRenderer
 from tests.optimizer.scenes import SHIFTED_AZIMUTH, FacedBoxField, faced_box_renderer, shifted_psi, target_set
 
@@ -62,9 +62,10 @@ def trained(monkeypatch: pytest.MonkeyPatch) -> list:
 
 def _run(config: OptimizeConfig, val_set: LabelledSet, out_dir: Path, poses: bool = False, **kwargs):
     renderer = faced_box_renderer()
-    if poses:  # objects resting on a support plane, with contact shadows (renderer.resting)
+    if poses:  # objects resting on a support plane in several poses, with contact shadows (renderer.resting)
+        lying = RestingConfig(canonical_pose_share=0.5)
         renderer = SceneRenderer(renderer.config, renderer.fields, renderer.backgrounds,
-                                 [field_pose_table(f) for f in renderer.fields])
+                                 [field_pose_table(f, lying) for f in renderer.fields])
     return run_loop(config, renderer, CLASSES, val_set, None, out_dir, progress_bar=False, **kwargs)
 
 

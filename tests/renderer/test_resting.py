@@ -107,7 +107,7 @@ def test_field_pose_table_of_a_field_touches_the_plane_with_its_surface() -> Non
     assert field_pose_table(field) is table  # cached
     # Opaque cells reach a little past the soft walls; the plane lies half a cell below the lowest centre.
     assert 0.02 < float(table.heights[0]) < 0.03 and 0.03 < table.canonical_height < 0.04
-    assert table.num_poses == 5 and table.choice_probs()[0] == 0.5
+    assert table.num_poses == 5 and table.choice_probs()[0] == 1.0  # the default: objects stand as captured
 
 
 @torch.no_grad()
