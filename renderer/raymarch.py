@@ -165,16 +165,16 @@ def compositing_weights(samples: PackedSamples) -> Float[Tensor, "N"]:
 def transmittance_before(samples: PackedSamples) -> Float[Tensor, "N"]:
     """Transmittance T_i of each ray-sorted packed sample's ray in front of the sample."""
     # An exclusive cumulative sum within each ray, computed as one global cumulative sum minus
-    # each ray's starting value, in float64 so long sums keep precision. Each sample finds its
-    # ray's first sample by a running maximum of the indices where a ray starts (cheaper than
-    # counting runs and repeating their starts).
+    # each ray's starting value, in float64 so long sums keep precision (the differences are
+    # short again, so float32 suffices for the exponential). Each sample finds its ray's start
+    # by a cumulative count of the ray starts (cheaper than counting runs and repeating them).
     tau = samples.optical_depth.double()
     exclusive = torch.cumsum(tau, dim=0) - tau
-    index = torch.arange(tau.numel(), device=tau.device)
     starts = torch.ones_like(samples.ray_ids, dtype=torch.bool)
-    starts[1:] = samples.ray_ids[1:] != samples.ray_ids[:-1]
-    first = torch.where(starts, index, 0).cummax(0).values
-    return torch.exp(-(exclusive - exclusive.index_select(0, first))).to(samples.optical_depth.dtype)
+    torch.ne(samples.ray_ids[1:], samples.ray_ids[:-1], out=starts[1:])
+    ray = torch.cumsum(starts, dim=0, dtype=torch.int32) - 1
+    within_ray = exclusive.masked_select(starts).index_select(0, ray) - exclusive
+    return torch.exp(within_ray.to(samples.optical_depth.dtype))
 
 
 def accumulate(
