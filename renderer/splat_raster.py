@@ -141,12 +141,14 @@ def _visible_pairs(
     depth_so_far = u.new_zeros(height * width)
     done = torch.zeros(height * width, dtype=torch.bool, device=u.device)
     parts: list[tuple[Tensor, Tensor, Tensor]] = []
+    row_open = None
     for batch in torch.argsort(z).tensor_split(slices):
-        if parts:
-            batch = batch[_sees_open_pixels(_at(boxes, batch), ~done.reshape(height, width))]
+        if parts:  # open pixels per row up to each column: [H, W + 1]
+            row_open = torch.nn.functional.pad((~done).reshape(height, width).cumsum(1, dtype=torch.int32), (1, 0))
+            batch = batch[_sees_open_pixels(_at(boxes, batch), row_open)]
         gauss, pixel, alpha = _ellipse_pairs(
             _at(boxes, batch), _at(u, batch), _at(v, batch), _at(conic, batch), _at(opacity, batch), _at(q_max, batch),
-            ~done.reshape(height, width) if parts else None, width,
+            row_open, width,
         )
         if parts:  # pairs of pixels closed by earlier slices go before the sort
             open_pairs = (~_at(done, pixel)).nonzero().squeeze(-1)
@@ -181,9 +183,10 @@ def _footprint_boxes(u: Tensor, v: Tensor, reach2_x: Tensor, reach2_y: Tensor, h
     return torch.stack([x0, y0, x1, y1], dim=-1).long()
 
 
-def _sees_open_pixels(boxes: Int[Tensor, "N 4"], open_pixels: Tensor) -> Tensor:
-    """Whether each box holds an open pixel, from an integral image of ``open_pixels`` [H, W]."""
-    integral = torch.nn.functional.pad(open_pixels.int().cumsum(0).cumsum(1), (1, 0, 1, 0))
+def _sees_open_pixels(boxes: Int[Tensor, "N 4"], row_open: Tensor) -> Tensor:
+    """Whether each box holds an open pixel, from an integral image of the open pixels (made
+    from ``row_open``, their counts per row up to each column, [H, W + 1])."""
+    integral = torch.nn.functional.pad(row_open.cumsum(0), (0, 0, 1, 0))
     x0, y0, x1, y1 = boxes.unbind(-1)
     x1, y1 = torch.maximum(x1 + 1, x0), torch.maximum(y1 + 1, y0)
     return (integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]) > 0
@@ -191,13 +194,13 @@ def _sees_open_pixels(boxes: Int[Tensor, "N 4"], open_pixels: Tensor) -> Tensor:
 
 def _ellipse_pairs(
     boxes: Int[Tensor, "N 4"], u: Tensor, v: Tensor, conic: Tensor, opacity: Tensor, q_max: Tensor,
-    open_pixels: Tensor | None, width: int,
+    row_open: Tensor | None, width: int,
 ) -> tuple[Int[Tensor, "P"], Int[Tensor, "P"], Float[Tensor, "P"]]:
     """(Gaussian, pixel, alpha) for the pixel centres where ``q <= q_max``, Gaussian by
     Gaussian, generated flat (no Python loop over Gaussians): first each Gaussian's row spans
     of its ellipse (a quadratic in the column offset per row), then their pixels, in chunks of
-    CHUNK_PAIRS. Spans without a pixel of ``open_pixels`` [H, W] (None: all open) are skipped
-    whole. Indices are int32 (images hold fewer than 2^31 pixels)."""
+    CHUNK_PAIRS. Spans without an open pixel are skipped whole (``row_open``: the open pixels
+    per row up to each column, [H, W + 1]; None: all open). Indices are int32 (images hold fewer than 2^31 pixels)."""
     _, y0, _, y1 = boxes.unbind(-1)
     rows = (y1 - y0 + 1).clamp(min=0)
     seg_gauss = torch.repeat_interleave(torch.arange(u.numel(), device=u.device), rows)
@@ -211,8 +214,8 @@ def _ellipse_pairs(
     x0 = torch.ceil(centre + (-b_dv - root) / a - 0.5).clamp(min=0)
     x1 = torch.floor(centre + (-b_dv + root) / a - 0.5).clamp(max=width - 1)
     lengths = (x1 - x0 + 1).clamp(min=0).long()
-    if open_pixels is not None:  # occlusion culling by row span: count its open pixels by prefix sums
-        row_open = torch.nn.functional.pad(open_pixels.int().cumsum(1), (1, 0)).reshape(-1)
+    if row_open is not None:  # occlusion culling by row span: count its open pixels by prefix sums
+        row_open = row_open.reshape(-1)
         row_start = seg_y * (width + 1)
         x0_long = x0.long().clamp(max=width)
         seen = _at(row_open, row_start + (x0_long + lengths).clamp(max=width)) - _at(row_open, row_start + x0_long)
