@@ -13,9 +13,10 @@ transmittance to 1e-4 (early termination).
 
 Speed: the pairs are found without gradients: row spans of each ellipse expanded flat (no
 Python loop over Gaussians), Gaussians taken in depth slices front to back so that a stable
-integer sort by pixel orders them (no float sort) and Gaussians behind already-opaque pixels
-are skipped whole. With gradients enabled the surviving pairs are evaluated once more, on the
-autograd graph.
+integer sort by pixel orders them (no float sort; on CPU one numpy sort of packed int64 keys),
+and what lies behind pixels already closed by earlier slices is dropped before the sort: whole
+Gaussians by their footprint box, whole row spans, then single pairs. With gradients enabled
+the surviving pairs are evaluated once more, on the autograd graph.
 
 Differentiable w.r.t. the Gaussians, the rotation and the translation (through centres, 2D
 covariances, opacities, colours and ``t``). Not differentiable: which pairs exist (the
@@ -131,7 +132,8 @@ def _visible_pairs(
     pairs, up to MAX_SLICES); within a slice one stable sort by pixel leaves each pixel's pairs
     in depth order. As in 3DGS, a pixel stops at the pair that would take its transmittance to
     T_MIN or below, and a slice skips the Gaussians whose footprint box holds no pixel still
-    open (exact occlusion culling: hidden Gaussians cost nothing).
+    open, the row spans without an open pixel and the pairs of closed pixels (exact occlusion
+    culling: hidden Gaussians cost nothing).
     """
     # A pair counts where q <= 9 (3 sigma) and alpha = opacity exp(-q/2) >= ALPHA_MIN.
     q_max = torch.minimum(2 * torch.log(opacity / ALPHA_MIN).clamp(min=0), torch.full_like(opacity, SIGMA_CUTOFF**2))
