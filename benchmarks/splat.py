@@ -15,6 +15,11 @@ Last line: ``splat_render_over_nerf=<images/s ratio at 640x480> splat_psnr_db=<x
 Measured 2026-12-06, 2 shared cores, contended (load 3-5), 1 thread, cracker_box, 20000
 Gaussians of the occupancy stand-in for the speed:
 
+- full budget with the trained splat after the rasteriser speed-up (issue 26, branch
+  splatspeed, one run, load ~2): splat 29.83 dB held-out (3000 steps, 208 s, 22392 Gaussians)
+  vs NeRF 28.27 dB; 640x480 NeRF 0.95 images/s, splat 4.86 (**5.10x**; 4.51x in the run
+  before the speed-up, NeRF 0.70, splat 3.17); 128 px 35.7 vs 42.5 (1.19x). Same process,
+  min of 4 passes over the 8 views at 640x480: ``render_gaussians`` 256 -> 182 ms per image.
 - full budget with the trained splat (branch splatfit, one run): splat 29.85 dB held-out
   (3000 steps, 379 s, 22411 Gaussians) vs NeRF 28.27 dB; 640x480 NeRF 0.60 images/s, splat
   3.98 (6.59x); 128 px 25.2 vs 38.1 (1.51x). ``--quick``: splat 25.25 dB (1000 steps, 45 s,

@@ -159,15 +159,22 @@ def compositing_weights(samples: PackedSamples) -> Float[Tensor, "N"]:
     """Volume-rendering weights T_i (1 - exp(-sigma_i delta_i)) of ray-sorted packed samples."""
     if samples.t.numel() == 0:
         return samples.t
-    # Transmittance is an exclusive cumulative sum within each ray; computed as one global
-    # cumulative sum minus each ray's starting value, in float64 so long sums keep precision.
+    return transmittance_before(samples) * (1 - torch.exp(-samples.optical_depth))
+
+
+def transmittance_before(samples: PackedSamples) -> Float[Tensor, "N"]:
+    """Transmittance T_i of each ray-sorted packed sample's ray in front of the sample."""
+    # An exclusive cumulative sum within each ray, computed as one global cumulative sum minus
+    # each ray's starting value, in float64 so long sums keep precision (the differences are
+    # short again, so float32 suffices for the exponential). Each sample finds its ray's start
+    # by a cumulative count of the ray starts (cheaper than counting runs and repeating them).
     tau = samples.optical_depth.double()
     exclusive = torch.cumsum(tau, dim=0) - tau
-    _, counts = torch.unique_consecutive(samples.ray_ids, return_counts=True)
-    starts = torch.cumsum(counts, dim=0) - counts
-    within_ray = exclusive - exclusive[starts].repeat_interleave(counts)
-    transmittance = torch.exp(-within_ray).to(samples.optical_depth.dtype)
-    return transmittance * (1 - torch.exp(-samples.optical_depth))
+    starts = torch.ones_like(samples.ray_ids, dtype=torch.bool)
+    torch.ne(samples.ray_ids[1:], samples.ray_ids[:-1], out=starts[1:])
+    ray = torch.cumsum(starts, dim=0, dtype=torch.int32) - 1
+    within_ray = exclusive.masked_select(starts).index_select(0, ray) - exclusive
+    return torch.exp(within_ray.to(samples.optical_depth.dtype))
 
 
 def accumulate(
