@@ -119,6 +119,58 @@ def evaluate_predictions(
     class_names: list[str],
 ) -> DetectionMetrics:
     """mAP of per-image ``predictions`` against the ground truth (xyxy pixels, same frame)."""
+    evaluation = _matched(predictions, true_boxes, true_classes, class_names)
+    if evaluation is None:
+        return DetectionMetrics(0.0, 0.0, {class_names[c]: 0.0 for c in _classes_with_ground_truth(true_classes)})
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and the summary table
+        evaluation.accumulate()
+        evaluation.summarize()
+    # precision[iou threshold, recall, class, area range ("all" first), max detections (100 last)]
+    precision = evaluation.eval["precision"][:, :, :, 0, -1]
+    per_class = {}
+    for c in _classes_with_ground_truth(true_classes):
+        values = precision[:, :, c]
+        per_class[class_names[c]] = float(values[values > -1].mean()) if (values > -1).any() else 0.0
+    return DetectionMetrics(float(evaluation.stats[0]), float(evaluation.stats[1]), per_class)
+
+
+def resampled_map50_95(
+    predictions: Sequence[Detections],
+    true_boxes: Sequence[Float[Tensor, "N 4"]],
+    true_classes: Sequence[Int[Tensor, "N"]],
+    class_names: list[str],
+    resamples: Sequence[Sequence[int]],
+) -> list[float]:
+    """mAP50-95 (as :func:`evaluate_predictions` computes it) on each resample of the images:
+    a list of image indices, repeats allowed (a bootstrap). The detections are matched to the
+    boxes once per image; each resample only re-accumulates those matches, as pycocotools would
+    for a set holding those images (a repeated image counts as often as it is drawn)."""
+    evaluation = _matched(predictions, true_boxes, true_classes, class_names)
+    if evaluation is None:
+        return [0.0] * len(resamples)
+    matched, images, areas = evaluation.evalImgs, len(true_boxes), len(evaluation._paramsEval.areaRng)
+    classes = len(matched) // (areas * images)  # evalImgs: a block of images per (class, area range)
+    for params in (evaluation.params, evaluation._paramsEval):  # mAP50-95 reads "all" areas, 100 detections
+        params.areaRng, params.areaRngLbl, params.maxDets = params.areaRng[:1], params.areaRngLbl[:1], params.maxDets[-1:]
+    scores = []
+    for rows in resamples:
+        evaluation.evalImgs = [matched[c * areas * images + row] for c in range(classes) for row in rows]
+        evaluation.params.imgIds = evaluation._paramsEval.imgIds = list(range(len(rows)))
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluation.accumulate()
+        precision = evaluation.eval["precision"][:, :, :, 0, -1]
+        scores.append(float(precision[precision > -1].mean()) if (precision > -1).any() else 0.0)
+    return scores
+
+
+def _matched(
+    predictions: Sequence[Detections],
+    true_boxes: Sequence[Float[Tensor, "N 4"]],
+    true_classes: Sequence[Int[Tensor, "N"]],
+    class_names: list[str],
+) -> COCOeval | None:
+    """pycocotools' evaluation of ``predictions`` after its per-image matching (``evaluate()``),
+    before accumulation; None when nothing was detected."""
     if not len(predictions) == len(true_boxes) == len(true_classes):
         raise DetectorError(
             f"{len(predictions)} prediction lists for {len(true_boxes)} images with {len(true_classes)} class lists"
@@ -150,21 +202,13 @@ def evaluate_predictions(
         if len(d.boxes)
     ]
     if not rows:
-        return DetectionMetrics(0.0, 0.0, {class_names[c]: 0.0 for c in _classes_with_ground_truth(true_classes)})
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and the summary table
+        return None
+    with contextlib.redirect_stdout(io.StringIO()):
         ground_truth.createIndex()
         detected = ground_truth.loadRes(np.concatenate(rows).astype(np.float64))
         evaluation = COCOeval(ground_truth, detected, iouType="bbox")
         evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    # precision[iou threshold, recall, class, area range ("all" first), max detections (100 last)]
-    precision = evaluation.eval["precision"][:, :, :, 0, -1]
-    per_class = {}
-    for c in _classes_with_ground_truth(true_classes):
-        values = precision[:, :, c]
-        per_class[class_names[c]] = float(values[values > -1].mean()) if (values > -1).any() else 0.0
-    return DetectionMetrics(float(evaluation.stats[0]), float(evaluation.stats[1]), per_class)
+    return evaluation
 
 
 def _xywh(boxes: Tensor) -> Tensor:

@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 from detector.datasets import LabelledSet
-from detector.errors import DetectorError
-from detector.evaluate import evaluate_predictions, predict_dataset
+from detector.evaluate import predict_dataset, resampled_map50_95
 from detector.mixing import write_training_mix
 from detector.model import load_detector
 from optimizer.arms import difference, train_arm
@@ -60,22 +59,16 @@ def paired_bootstrap(final: tuple, baseline: tuple, class_names: list[str], seed
     """Mean, standard deviation and 2.5 / 97.5 % quantiles of final - baseline mAP50-95 over
     ``resamples`` resamples (with replacement) of the test images, the same images for both
     detectors. ``final``, ``baseline``: :func:`detector.evaluate.predict_dataset` results."""
-    count = len(final[0])
+    boxes = final[1]
     generator = np.random.default_rng(seed)
-    differences = []
-    for _ in range(resamples):
-        rows = generator.integers(0, count, count)
-        try:
-            scores = [evaluate_predictions([p[i] for i in rows], [b[i] for i in rows], [c[i] for i in rows],
-                                           class_names).map50_95 for p, b, c in (final, baseline)]
-        except DetectorError:  # a resample without any box: no mAP
-            continue
-        differences.append(scores[0] - scores[1])
-    if not differences:
+    drawn = [rows for rows in (generator.integers(0, len(boxes), len(boxes)) for _ in range(resamples))
+             if any(len(boxes[row]) for row in rows)]  # a resample without any box has no mAP
+    if not drawn:
         return {"mean": None, "std": None, "low": None, "high": None, "resamples": 0}
-    values = np.array(differences)
+    scores = [np.array(resampled_map50_95(*arm, class_names, drawn)) for arm in (final, baseline)]
+    values = scores[0] - scores[1]
     return {"mean": float(values.mean()), "std": float(values.std()), "low": float(np.quantile(values, 0.025)),
-            "high": float(np.quantile(values, 0.975)), "resamples": len(differences)}
+            "high": float(np.quantile(values, 0.975)), "resamples": len(drawn)}
 
 
 def uniform_baseline(

@@ -37,7 +37,12 @@ def test_the_last_line_names_every_part_and_the_worst() -> None:
              "zoom": {"default": {"gap_closed": 0.6, "psi_distance": {"mean": 0.02}}}}
     assert last_line(table, "default") == ("default_gap_closed_min=0.600 gap_closed_azimuth=0.900 "
                                            "gap_closed_distance=0.600 psi_distance_azimuth=0.050 "
-                                           "psi_distance_distance=0.020")
+                                           "psi_distance_distance=0.020 no_gap=-")
+    # A part whose oracle does not beat uniform by MIN_GAP has no gap: listed, left out of the minimum.
+    table["zoom"]["default"]["gap_closed"] = None
+    assert last_line(table, "default").startswith("default_gap_closed_min=0.900 gap_closed_azimuth=0.900 "
+                                                  "gap_closed_distance=nan")
+    assert last_line(table, "default").endswith("no_gap=distance")
     table["zoom"] = {}  # a part without its run: no minimum over the parts
     assert last_line(table, "default").startswith("default_gap_closed_min=nan gap_closed_azimuth=0.900 "
                                                   "gap_closed_distance=nan")

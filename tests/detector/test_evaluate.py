@@ -71,3 +71,23 @@ def test_no_predictions_give_zero_and_no_ground_truth_is_refused():
     assert evaluate_predictions(empty, TRUE_BOXES, TRUE_CLASSES, CLASS_NAMES).map50_95 == 0.0
     with pytest.raises(DetectorError, match="no ground-truth boxes"):
         evaluate_predictions(empty, [torch.zeros(0, 4)] * 3, [torch.zeros(0, dtype=torch.long)] * 3, CLASS_NAMES)
+
+
+def test_a_resample_scores_as_the_set_holding_those_images_would():
+    """resampled_map50_95 re-accumulates one matching: the whole set in order gives
+    evaluate_predictions' mAP50-95, and a resample with repeats gives that of a set in which
+    each drawn image appears as often (the bootstrap of optimizer.uniform_baseline)."""
+    from detector.evaluate import resampled_map50_95
+
+    shifted = [_detections(b + torch.tensor([3.0, 2.0, 3.0, 2.0]) * (i + 1), c, torch.tensor([0.9, 0.4][: len(b)]))
+               for i, (b, c) in enumerate(zip(TRUE_BOXES, TRUE_CLASSES))]
+    whole = evaluate_predictions(shifted, TRUE_BOXES, TRUE_CLASSES, CLASS_NAMES).map50_95
+    rows = [[0, 1, 2], [0, 0, 2], [1, 1, 1], [2, 0, 1, 1]]
+    scores = resampled_map50_95(shifted, TRUE_BOXES, TRUE_CLASSES, CLASS_NAMES, rows)
+    assert scores[0] == pytest.approx(whole)
+    for chosen, score in zip(rows, scores):
+        expected = evaluate_predictions([shifted[i] for i in chosen], [TRUE_BOXES[i] for i in chosen],
+                                        [TRUE_CLASSES[i] for i in chosen], CLASS_NAMES).map50_95
+        assert score == pytest.approx(expected)
+    none = [Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))] * 3
+    assert resampled_map50_95(none, TRUE_BOXES, TRUE_CLASSES, CLASS_NAMES, rows) == [0.0] * 4
