@@ -31,7 +31,7 @@ RESAMPLES = 200
 """Bootstrap resamples of the test images for the difference's interval."""
 SNAPSHOT_KEYS = {"elevation": "elevation_deg", "distance": "distance_m", "exposure": "exposure_stops",
                  "appearance": "appearance_probs", "background": "background_probs", "class_mix": "class_probs",
-                 "count": "count_probs"}
+                 "count": "count_probs", "pose": "pose_probs"}
 """Psi.snapshot() entry of each psi part whose entry is not named after it."""
 
 

@@ -16,8 +16,8 @@ from detector.mixing import real_repeats
 from optimizer import loop as loop_module
 from optimizer.config import OptimizeConfig
 from optimizer.loop import run_loop
-from optimizer.psi import PsiConfig
-from optimizer.uniform_baseline import hold_out, paired_bootstrap
+from optimizer.psi import PARTS, Psi, PsiConfig
+from optimizer.uniform_baseline import hold_out, paired_bootstrap, psi_before_after
 from tests.optimizer.scenes import SHIFTED_AZIMUTH, faced_box_renderer, shifted_psi, target_set
 
 CLASSES = ["box"]
@@ -141,3 +141,11 @@ def test_the_bootstrap_of_one_detector_against_itself_is_zero() -> None:
     assert same["mean"] == same["low"] == same["high"] == 0.0
     better = paired_bootstrap((found, boxes, classes), (missed, boxes, classes), CLASSES, seed=0, resamples=20)
     assert better["low"] > 0.9
+
+
+def test_every_learnable_part_has_its_before_and_after() -> None:
+    """Each psi part's snapshot entry is found, whatever it is named (SNAPSHOT_KEYS)."""
+    config = PsiConfig(num_classes=2, max_objects=2, num_backgrounds=2, pose_probs=((0.5, 0.5), (1.0,)))
+    snapshot = Psi(config).snapshot()
+    parts = [part for part in PARTS if part != "appearance"]  # no object here has embeddings
+    assert set(psi_before_after(snapshot, snapshot, parts)) == set(parts)
