@@ -50,12 +50,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.assets import CACHE, FULL_BUDGET, QUICK_BUDGET, YCB, AssetBudget, build_asset
-from renderer.camera import focal_length, object_to_camera
+from renderer.camera import camera_ray_directions, object_to_camera
 from renderer.object_field import ObjectField
 from renderer.posed_images import PosedImages, load_posed_images
 from renderer.raymarch import accumulate, compositing_weights, march_field
 from renderer.splat import Gaussians, render_gaussians
 from renderer.train_object import load_object_asset, psnr_on_white, render_views
+from renderer.train_splat import SplatTrainConfig, render_splat_views, train_splat
 
 FOV_DEG = 40.0
 
@@ -78,8 +79,6 @@ budget, as the NeRF's: on a shared machine a time budget gives a load-dependent 
 def trained_splat(views: Path, quick: bool) -> Gaussians:
     """The splat ``renderer.train_splat`` trains on the NeRF's training views (one view per step,
     L1 + SSIM on random backgrounds, clone / split / prune)."""
-    from renderer.train_splat import SplatTrainConfig, train_splat
-
     gaussians, stats = train_splat(load_posed_images(views, "train"), SplatTrainConfig(**SPLAT_TRAINING[quick]))
     print(f"splat training: {stats}")
     return gaussians
@@ -87,14 +86,7 @@ def trained_splat(views: Path, quick: bool) -> Gaussians:
 
 def splat_psnr(gaussians: Gaussians, images: PosedImages) -> float:
     """PSNR over white of the splat at the held-out cameras (centred square pinhole images)."""
-    fov = math.degrees(2 * math.atan(max(images.width, images.height) / 2 / images.fx))
-    rgb, alpha = [], []
-    for c2w in images.c2w:
-        rotation = c2w[:, :3].T
-        out = render_gaussians(gaussians, rotation, -rotation @ c2w[:, 3], fov, (images.height, images.width))
-        rgb.append(out[0].permute(1, 2, 0))
-        alpha.append(out[1].permute(1, 2, 0))
-    return psnr_on_white(torch.stack(rgb), torch.stack(alpha), images)
+    return psnr_on_white(*render_splat_views(gaussians, images), images)
 
 
 @torch.no_grad()
@@ -102,11 +94,7 @@ def render_nerf(field: ObjectField, rotation: torch.Tensor, translation: torch.T
                 samples_per_ray: int) -> torch.Tensor:
     """The NeRF alone through the same camera as ``render_gaussians`` (premultiplied rgb)."""
     height, width = size
-    focal = focal_length(max(height, width), FOV_DEG)
-    xs = (torch.arange(width) + 0.5 - width / 2) / focal
-    ys = -(torch.arange(height) + 0.5 - height / 2) / focal
-    y, x = torch.meshgrid(ys, xs, indexing="ij")
-    directions = torch.nn.functional.normalize(torch.stack([x, y, -torch.ones_like(x)], -1).reshape(-1, 3), dim=-1)
+    directions = camera_ray_directions(size, FOV_DEG).reshape(-1, 3)
     origins = (-rotation.T @ translation).expand(height * width, 3)
     samples = march_field(field, origins, directions @ rotation, samples_per_ray)
     weights = compositing_weights(samples)

@@ -52,6 +52,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -994,8 +995,7 @@ class _Loop:
         real_report: dict = {}  # issue 23: the final training's photos and the real-only baseline
         dataset_dir = detector_path = None
         stage_seconds: dict[str, float] = {}
-        # The photos' aspect and pixel scale (optimizer.final_size); the loop searched at image_size.
-        shape = final_image_shape(config, self.val_set)
+        shape = self.final_shape
         if config.final_images:
             real_report["final_image"] = {"height": shape[0], "width": shape[1]}
             if self.should_stop():
@@ -1111,10 +1111,16 @@ class _Loop:
                   psi=snapshot, message="done")
         return result
 
+    @cached_property
+    def final_shape(self) -> tuple[int, int]:
+        """``(height, width)`` of the final dataset: the photos' aspect and pixel scale
+        (optimizer.final_size); the loop searched at image_size."""
+        return final_image_shape(self.config, self.val_set)
+
     def render_final(self, psi: Psi, folder: Path) -> None:
         """The final dataset's draws (the same whatever the method and its iterations: common
         random numbers) from ``psi`` into ``folder``."""
-        render_dataset(self.renderer, psi, self.config.final_images, final_image_shape(self.config, self.val_set), folder, self.class_names,
+        render_dataset(self.renderer, psi, self.config.final_images, self.final_shape, folder, self.class_names,
                        seed=_seed(self.config.seed, 0, "final"), progress=self.progress_bar, photometric=self.photometric)
 
     def baseline_arm(self, final: dict, detector_path: Path) -> dict | None:
@@ -1131,7 +1137,7 @@ class _Loop:
         baseline = uniform_baseline(
             config, self.class_names, lambda folder: self.render_final(Psi.uniform(self.psi_config).to(self.device), folder),
             self.val_set, self.test_set, "held-out validation photos" if self.test_held_out else "test set", final["test"], detector_path,
-            self.out_dir, train_final_detector, image_size=max(final_image_shape(config, self.val_set)), device=self.device, progress=self.progress_bar, should_stop=self.should_stop,
+            self.out_dir, train_final_detector, image_size=max(self.final_shape), device=self.device, progress=self.progress_bar, should_stop=self.should_stop,
         )
         return baseline
 

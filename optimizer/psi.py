@@ -407,6 +407,7 @@ class Psi(nn.Module):
         c = config.num_classes
         lo, hi = config.elevation_range_deg
         median_fraction = (torch.tensor(config.per_class("elevation_median_deg")) - lo) / (hi - lo)
+        pose_logits, pose_available = _pose_table(config)
         initial = {
             "azimuth_logits": torch.zeros(c, config.azimuth_bins),
             "elevation_loc": torch.logit(median_fraction),
@@ -421,7 +422,7 @@ class Psi(nn.Module):
             "background_logits": torch.zeros(config.num_background_choices),
             "class_logits": torch.zeros(c),
             "count_logits": torch.zeros(config.max_objects),
-            "pose_logits": _pose_table(config)[0],
+            "pose_logits": pose_logits,
         }
         for part in PARTS:
             for name in _PART_TENSORS[part]:
@@ -434,7 +435,7 @@ class Psi(nn.Module):
         embeddings = torch.tensor(config.appearance_embeddings or (0,) * c)
         available = torch.arange(config.appearance_choices) <= embeddings[:, None]
         self.register_buffer("appearance_available", available, persistent=False)
-        self.register_buffer("pose_available", _pose_table(config)[1], persistent=False)
+        self.register_buffer("pose_available", pose_available, persistent=False)
         self.register_load_state_dict_pre_hook(_average_appearance_if_missing)
         self.register_load_state_dict_pre_hook(_canonical_pose_if_missing)
 

@@ -113,6 +113,20 @@ def camera_ray_directions(size: Size, fov_deg: float, device: torch.device | str
     return dirs / dirs.norm(dim=-1, keepdim=True)
 
 
+def pixel_coordinates(
+    points: Float[Tensor, "... 3"], focal: float, size: Size
+) -> tuple[Float[Tensor, "..."], Float[Tensor, "..."]]:
+    """Column and row (continuous pixels, a pixel's centre at +0.5) at which camera-frame
+    ``points`` project in the ``size`` image: the inverse of :func:`camera_ray_directions`,
+    band included. Depths are clamped to 1e-6, so points behind the camera give finite values
+    the caller must discard."""
+    height, width = image_shape(size)
+    top, left = band_origin(size)
+    centre = max(height, width) / 2
+    depth = (-points[..., 2]).clamp(min=1e-6)
+    return focal * points[..., 0] / depth + centre - left, centre - top - focal * points[..., 1] / depth
+
+
 def focal_length(size: Size, fov_deg: float) -> float:
     """Focal length in pixels of the camera used everywhere in nerfsim (the field of view spans
     the longer side)."""

@@ -9,7 +9,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from renderer.camera import Size, band_origin, image_shape
+from renderer.camera import Size, image_shape, pixel_coordinates
 
 MASK_THRESHOLD = 0.5
 """A pixel belongs to an instance where its soft mask exceeds this."""
@@ -58,14 +58,9 @@ def in_image_fractions(corners: Float[Tensor, "B M K 3"], focal: float, size: Si
     finite box). Multiplies the occlusion-visible fraction, so an object cut by the image border
     to a sliver is not labelled: its mask, and so its alone mask, ends at the border too."""
     corners = corners.detach()
-    depth = -corners[..., 2]
-    ahead = (depth > 1e-6).all(-1)
-    safe = depth.clamp(min=1e-6)
+    ahead = (-corners[..., 2] > 1e-6).all(-1)
     height, width = image_shape(size)
-    top, left = band_origin(size)
-    centre = max(height, width) / 2
-    u = focal * corners[..., 0] / safe + centre - left
-    v = centre - top - focal * corners[..., 1] / safe
+    u, v = pixel_coordinates(corners, focal, size)
     lo = torch.stack([u.amin(-1), v.amin(-1)], dim=-1)
     hi = torch.stack([u.amax(-1), v.amax(-1)], dim=-1)
     full = (hi - lo).clamp(min=1e-9).prod(-1)

@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from renderer.camera import Size, band_origin, focal_length, image_shape, object_to_camera
+from renderer.camera import Size, focal_length, image_shape, object_to_camera, pixel_coordinates
 from renderer.resting import PoseTable
 from renderer.scene_types import SceneParams
 
@@ -87,8 +87,6 @@ def contact_shadow_mask(
     light = light_directions(params.background_crop, config.light_jitter_deg)
     focal = focal_length(size, fov_deg)
     image_rows, image_columns = image_shape(size)
-    top, left = band_origin(size)
-    centre = max(image_rows, image_columns) / 2
     xs = torch.arange(image_columns, device=device, dtype=dtype) + 0.5
     ys = torch.arange(image_rows, device=device, dtype=dtype) + 0.5
     log_unlit = [torch.zeros(image_rows, image_columns, device=device, dtype=dtype) for _ in range(batch)]
@@ -102,13 +100,11 @@ def contact_shadow_mask(
         ground = rested + (above / -light[b, 1])[:, None] * light[b]
         weight = torch.exp(-above / (config.contact_falloff * float(above.max()) + 1e-9))
         camera = ground @ view[b, m].T + translation[b, m]
-        depth = -camera[:, 2]
-        front = depth > 1e-6
+        front = -camera[:, 2] > 1e-6
         if not bool(front.any()):
             continue
-        camera, depth, weight = camera[front], depth[front], weight[front]
-        u = focal * camera[:, 0] / depth + centre - left
-        v = centre - top - focal * camera[:, 1] / depth
+        camera, weight = camera[front], weight[front]
+        u, v = pixel_coordinates(camera, focal, size)
         radius = float(points.norm(dim=-1).max())
         sigma = max(0.5, config.softness * radius * focal / float(params.distance[b, m]))
         reach = 3 * sigma

@@ -21,8 +21,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from renderer.camera import Size, image_shape
 from renderer.raymarch import PackedSamples, accumulate, compositing_weights
-from renderer.splat_raster import ALPHA_MIN, image_shape, splat_samples
+from renderer.splat_raster import ALPHA_MIN, splat_samples
 
 
 class SplatError(ValueError):
@@ -147,7 +148,7 @@ class SplatObject(nn.Module):
         rotation: Float[Tensor, "V 3 3"],
         translation: Float[Tensor, "V 3"],
         fov_deg: float,
-        size: int | tuple[int, int],
+        size: Size,
     ) -> PackedSamples:
         """The object seen in V views (object-to-camera poses) as packed samples, one per
         (Gaussian, pixel) pair; ``ray_ids`` = view * pixels + pixel, like ``march_field``'s."""
@@ -166,7 +167,7 @@ def render_gaussians(
     rotation: Float[Tensor, "3 3"],
     translation: Float[Tensor, "3"],
     fov_deg: float,
-    size: int | tuple[int, int],
+    size: Size,
     background: Tensor | None = None,
     backend: Literal["auto", "torch", "gsplat"] = "auto",
 ) -> tuple[Float[Tensor, "3 H W"], Float[Tensor, "1 H W"], Float[Tensor, "1 H W"]]:

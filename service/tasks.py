@@ -375,20 +375,21 @@ def _build(record: AssetRecord, asset_dir: Path, source: Path, settings: Service
     if record.kind == "mesh":
         from renderer.mesh import build_posed_image_set, load_textured_mesh
 
+        up_axis = build.up_axis or "z"
         views = staging_dir(asset_dir / "views")
         build_posed_image_set(source, views, num_views=build.views, num_test_views=build.test_views,
-                              size=build.view_size, spp=build.spp, progress=False, up_axis=build.up_axis or "z",
-                              scale=build.scale)
+                              size=build.view_size, spp=build.spp, progress=False, up_axis=up_axis, scale=build.scale)
         posed_dir = publish_dir(views, asset_dir / "views")
-        mesh = load_textured_mesh(source, up_axis=build.up_axis or "z", scale=build.scale)
+        if build.representation == "splat":  # the splat starts on the mesh's surface
+            mesh = load_textured_mesh(source, up_axis=up_axis, scale=build.scale)
     if build.representation == "splat":
         stats = train_splat_asset(posed_dir, asset_dir / "object", record.name, steps=build.train_steps,
                                   minutes=build.train_minutes, splat=build.splat.model_dump(), mesh=mesh,
                                   progress=False)
-        return {"object_path": "object", "training": json.loads(json.dumps(stats, default=float))}
-    stats = train_asset(posed_dir, asset_dir / "object", record.name, steps=build.train_steps,
-                        minutes=build.train_minutes, model=build.model.model_dump(), trainer=build.trainer.model_dump(),
-                        progress=False)
+    else:
+        stats = train_asset(posed_dir, asset_dir / "object", record.name, steps=build.train_steps,
+                            minutes=build.train_minutes, model=build.model.model_dump(),
+                            trainer=build.trainer.model_dump(), progress=False)
     return {"object_path": "object", "training": json.loads(json.dumps(stats, default=float))}
 
 
