@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from renderer.camera import focal_length
+from renderer.camera import band_origin, focal_length
 from renderer.splat import Gaussians, SplatError
 from renderer.splat_raster import LOW_PASS, NEAR
 
@@ -41,7 +41,9 @@ def render_with_gsplat(
     viewmat = torch.eye(4, device=device, dtype=dtype)
     viewmat[:3, :3] = flip @ rotation
     viewmat[:3, 3] = flip @ translation
-    intrinsics = torch.tensor([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1]], device=device, dtype=dtype)
+    top, left = band_origin((height, width))  # the band of the longer side's square (renderer.camera)
+    centre = max(height, width) / 2
+    intrinsics = torch.tensor([[focal, 0, centre - left], [0, focal, centre - top], [0, 0, 1]], device=device, dtype=dtype)
     colours, alphas, _ = rasterization(
         gaussians.means,
         gaussians.quats,

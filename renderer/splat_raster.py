@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from renderer.camera import focal_length
+from renderer.camera import band_origin, focal_length, image_shape
 from renderer.raymarch import PackedSamples, transmittance_before
 from renderer.splat_sh import sh_colour
 
@@ -60,11 +60,6 @@ CHUNK_PAIRS = 1 << 22
 """Candidate pairs tested at once; bounds the rasteriser's temporary memory."""
 
 
-def image_shape(size: int | tuple[int, int]) -> tuple[int, int]:
-    """(height, width) from a square side or a (height, width) pair."""
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
 def splat_samples(
     gaussians: "Gaussians",
     rotation: Float[Tensor, "3 3"],
@@ -87,11 +82,14 @@ def splat_samples(
     centres = g.means @ rotation.T + translation
     z = -centres[:, 2]
     x_over_z, y_over_z = centres[:, 0] / z, centres[:, 1] / z
-    u = width / 2 + focal * x_over_z
-    v = height / 2 - focal * y_over_z
+    # The principal point of the band of the longer side's square (renderer.camera).
+    top, left = band_origin(size)
+    u = max(height, width) / 2 - left + focal * x_over_z
+    v = max(height, width) / 2 - top - focal * y_over_z
     # EWA: Jacobian of (u, v) w.r.t. the camera-frame point, with x/z and y/z clamped to 1.3x
-    # the field of view (as 3DGS) so Gaussians far off-screen do not blow up.
-    limit_x, limit_y = 1.3 * width / 2 / focal, 1.3 * height / 2 / focal
+    # the field of view (as 3DGS) so Gaussians far off-screen do not blow up; the field of view
+    # of the longer side's square, so that a band renders as the centre of the square image.
+    limit_x = limit_y = 1.3 * max(height, width) / 2 / focal
     tx, ty = x_over_z.clamp(-limit_x, limit_x), y_over_z.clamp(-limit_y, limit_y)
     zero = torch.zeros_like(z)
     jacobian = torch.stack(
@@ -116,8 +114,8 @@ def splat_samples(
         tau = -torch.log1p(-(_at(opacity, gauss) * torch.exp(-0.5 * q)).clamp(max=ALPHA_MAX))
     # Distance along the pixel's ray to the plane through the centre parallel to the image:
     # per pixel the order of 3DGS's view-space z, and what gsplat's expected depth measures.
-    xs = (torch.arange(width, device=u.device, dtype=u.dtype) + 0.5 - width / 2) / focal
-    ys = (torch.arange(height, device=u.device, dtype=u.dtype) + 0.5 - height / 2) / focal
+    xs = (torch.arange(width, device=u.device, dtype=u.dtype) + 0.5 - (max(height, width) / 2 - left)) / focal
+    ys = (torch.arange(height, device=u.device, dtype=u.dtype) + 0.5 - (max(height, width) / 2 - top)) / focal
     stretch = torch.sqrt(1 + xs[None, :] ** 2 + ys[:, None] ** 2).reshape(-1)
     return PackedSamples(ray_ids=pixel, t=_at(z, gauss) * _at(stretch, pixel), optical_depth=tau, rgb=_at(colour, gauss))
 

@@ -67,6 +67,19 @@ def test_output_shapes_background_and_non_square_images() -> None:
     assert torch.allclose(over, rgb + (1 - alpha) * image)
 
 
+@pytest.mark.parametrize("shape", [(21, 32), (32, 21), (20, 32)])
+def test_a_band_is_the_centre_of_the_square_render(shape: tuple[int, int]) -> None:
+    """As for NeRF objects (renderer.camera): a (height, width) image is the centre band of the
+    square of its longer side, also when the sides differ by an odd number of pixels."""
+    g = random_gaussians(60, degree=1)
+    rotation, translation = pose()
+    square = render_gaussians(g, rotation, translation, 40.0, 32)
+    band = render_gaussians(g, rotation, translation, 40.0, shape)
+    top, left = (32 - shape[0]) // 2, (32 - shape[1]) // 2
+    for whole, part in zip(square, band):
+        assert torch.allclose(part, whole[:, top : top + shape[0], left : left + shape[1]], atol=1e-6)
+
+
 def test_gaussians_behind_the_camera_or_off_image_draw_nothing() -> None:
     g = random_gaussians(20, degree=0)
     rotation = torch.eye(3, dtype=torch.float64)
