@@ -159,7 +159,7 @@ def starting_psi_config(
     """A job's starting PsiConfig (optimizer.baselines.psi_config) with the priors from
     ``val_set`` (class ids in the scene's order) when ``config.psi_priors``; and the report's
     summary of the priors (None when off)."""
-    base = psi_config(config, renderer.fields, len(renderer.backgrounds), getattr(renderer, "poses", None))
+    base = psi_config(config, renderer.fields, len(renderer.backgrounds), renderer.poses)
     if not config.psi_priors:
         return base, None
     priors = derive_priors(val_set, class_names, renderer, base, config.psi, layout=config.several_objects)
