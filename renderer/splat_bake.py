@@ -65,8 +65,8 @@ def nerf_views(nerf: RadianceField, config: BakeConfig) -> PosedImages:
 
 
 @torch.no_grad()
-def occupied_points(nerf: RadianceField, config: BakeConfig,
-                    generator: torch.Generator) -> tuple[Float[Tensor, "N 3"], Float[Tensor, "N 3"]]:
+def dense_points_and_colours(nerf: RadianceField, config: BakeConfig,
+                             generator: torch.Generator) -> tuple[Float[Tensor, "N 3"], Float[Tensor, "N 3"]]:
     """Up to ``config.train.initial_gaussians`` random points where the field is dense, and the
     field's colour there (the mean over six axis directions, for view-dependent fields)."""
     aabb = nerf.aabb.detach().float().cpu()
@@ -88,7 +88,7 @@ def bake_nerf(nerf: RadianceField, config: BakeConfig, progress: bool = True) ->
     over its own renders on white (``render_psnr_db``)."""
     generator = torch.Generator().manual_seed(config.seed)
     views = nerf_views(nerf, config)
-    start = gaussians_from_points(*occupied_points(nerf, config, generator), config.train.sh_degree)
+    start = gaussians_from_points(*dense_points_and_colours(nerf, config, generator), config.train.sh_degree)
     gaussians, stats = train_splat(views, config.train, init=start, progress=progress)
     rgb, alpha = render_splat_views(gaussians, views)
     stats["render_psnr_db"] = round(psnr_on_white(rgb, alpha, views), 2)
