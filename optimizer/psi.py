@@ -106,8 +106,8 @@ class Psi(nn.Module):
         ``class_probs``, ``count_probs``. Probabilities are normalised and may be 0 (that
         choice is never drawn). Parts left out (or None) keep the config's initial values."""
         unknown = set(targets) - set(TARGET_ARGUMENTS)
-        if unknown:
-            raise OptimizerError(f"Psi.from_target: unknown arguments {sorted(unknown)}; the arguments are {list(TARGET_ARGUMENTS)}")
+        if unknown:  # a TypeError, as for any unknown keyword argument
+            raise TypeError(f"Psi.from_target: unknown arguments {sorted(unknown)}; the arguments are {list(TARGET_ARGUMENTS)}")
         psi = cls.uniform(config)
         values: dict[str, Tensor] = {}
         for part in PSI_PARTS.values():

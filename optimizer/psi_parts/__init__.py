@@ -21,7 +21,8 @@ DRAW_ORDER: tuple[str, ...] = ("count", "class_mix", "azimuth", "elevation", "di
 changes. A part not listed draws after these, in PARTS order (and a part should draw nothing
 when unused), so a seed keeps giving the scenes it gave before the part existed."""
 
+_BY_NAME: dict[str, Component] = {**PSI_PARTS, OFFSETS.name: OFFSETS}
 COMPONENTS: tuple[Component, ...] = tuple(
-    {**PSI_PARTS, OFFSETS.name: OFFSETS}[name] for name in (*DRAW_ORDER, *(p for p in PARTS if p not in DRAW_ORDER))
+    _BY_NAME[name] for name in (*DRAW_ORDER, *(name for name in PARTS if name not in DRAW_ORDER))
 )
 """Every component, in draw order."""

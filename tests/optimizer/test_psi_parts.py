@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from optimizer.part_names import PARTS, PER_CLASS_PARTS, REGISTRY, SNAPSHOT_KEYS
-from optimizer.psi import OptimizerError, Psi, PsiConfig
+from optimizer.psi import Psi, PsiConfig
 from optimizer.psi_parts import COMPONENTS, DRAW_ORDER, PSI_PARTS
 
 RICH = PsiConfig(num_classes=3, max_objects=3, num_backgrounds=2, appearance_embeddings=(2, 0, 3),
@@ -46,7 +46,7 @@ def test_from_target_hands_each_argument_to_its_part_and_refuses_unknown_ones() 
     psi = Psi.from_target(RICH, class_probs=[0.2, 0.3, 0.5], distance_median=0.4, pose_probs=None)
     torch.testing.assert_close(psi.class_probs(), torch.tensor([0.2, 0.3, 0.5]))
     torch.testing.assert_close(psi.distance_loc.exp(), torch.full((3,), 0.4))
-    with pytest.raises(OptimizerError, match=r"unknown arguments \['distance_mean'\]"):
+    with pytest.raises(TypeError, match=r"unknown arguments \['distance_mean'\]"):
         Psi.from_target(RICH, distance_mean=0.4)
 
 
