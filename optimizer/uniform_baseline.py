@@ -22,6 +22,7 @@ from detector.mixing import write_training_mix
 from detector.model import load_detector
 from optimizer.arms import difference, train_arm
 from optimizer.config import OptimizeConfig
+from optimizer.part_names import SNAPSHOT_KEYS
 
 FOLDER = "uniform_baseline"
 """Run-folder entry of the baseline arm (its dataset, training folder and Ultralytics' run)."""
@@ -29,10 +30,6 @@ MIN_PHOTOS_TO_HOLD_OUT = 8
 """Fewest validation photos of which a quarter is held out when a job has no test set."""
 RESAMPLES = 200
 """Bootstrap resamples of the test images for the difference's interval."""
-SNAPSHOT_KEYS = {"elevation": "elevation_deg", "distance": "distance_m", "exposure": "exposure_stops",
-                 "appearance": "appearance_probs", "background": "background_probs", "class_mix": "class_probs",
-                 "count": "count_probs", "pose": "pose_probs"}
-"""Psi.snapshot() entry of each psi part whose entry is not named after it."""
 
 
 def hold_out(photos: LabelledSet, seed: int) -> tuple[LabelledSet, LabelledSet | None]:
@@ -50,7 +47,7 @@ def hold_out(photos: LabelledSet, seed: int) -> tuple[LabelledSet, LabelledSet |
 
 def psi_before_after(before: dict, after: dict, learnable: list[str]) -> dict:
     """Per learned part: its Psi.snapshot() entry at the start and at the end."""
-    keys = {part: SNAPSHOT_KEYS.get(part, part) for part in learnable}
+    keys = {part: SNAPSHOT_KEYS[part] for part in learnable}
     return {part: {"before": before[key], "after": after[key]} for part, key in keys.items() if key in before}
 
 

@@ -16,6 +16,8 @@ from typing import Annotated, Literal, TypeVar, get_args
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from optimizer.config import AlignmentNormalisation, FinalInit, HessianLayers, HessianProduct, InnerOptimizer, SearchMetric
+from optimizer.errors import OptimizerError
+from optimizer.psi_config import PsiConfig
 
 Architecture = Literal["yolov8n", "yolo11n", "yolov8n-cpu"]
 """The detector architectures a job can start from (detector.model.Architecture)."""
@@ -103,8 +105,6 @@ class PsiOverrides(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "PsiOverrides":
-        from optimizer.psi import OptimizerError, PsiConfig
-
         _ordered(self, ("elevation_range_deg", "background_crop_side", "background_color_range"))
         try:
             # The checks that need no scene: one class, and a background image so that

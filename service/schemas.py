@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from optimizer.config import InverseHessian, Method, OptimizeConfig
 from optimizer.presets import DEFAULT_PRESET, PRESETS
-from optimizer.psi import PARTS
+from optimizer.part_names import PARTS
 from service.asset_fields import ObjectFieldOverrides, ObjectTrainerOverrides, SplatTrainerOverrides
 from service.job_fields import (
     MAX_BACKGROUND_SETS,
