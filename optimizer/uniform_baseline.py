@@ -90,12 +90,12 @@ def uniform_baseline(
     test metrics minus the baseline's; its mAP50-95 with a paired bootstrap interval), or None
     when ``should_stop`` stopped it.
     ``render(folder)`` renders the final dataset's draws from the starting psi into ``folder``;
-    ``photos`` are the real photos the final training mixed in (config.final_real_share);
+    ``photos`` are the real photos the final training mixed in (config.final.real_share);
     ``evaluated_on`` says what ``test_set`` is (the test set, or held-out validation photos);
     ``image_size``: the final detector's (optimizer.final_size), for training and scoring."""
     folder = Path(run_dir) / FOLDER
     render(folder / "dataset")
-    mix = write_training_mix(folder / "dataset", photos, folder / "data", config.final_real_share)
+    mix = write_training_mix(folder / "dataset", photos, folder / "data", config.final.real_share)
     arm = train_arm(config, class_names, run_dir, folder / "train", mix.data_dir, test_set, train, image_size=image_size, device=device,
                     progress=progress, should_stop=should_stop)
     if arm is None:

@@ -27,6 +27,7 @@ from service.job_fields import (
     JobOptions,
     PsiOverrides,
     drop_retired,
+    sectioned,
 )
 
 AssetKind = Literal["nerfstudio", "posed-images", "mesh", "nerfsim", "splat"]
@@ -289,7 +290,7 @@ class JobBase(BaseModel):
 
     def optimize_config(self, scene: str, target_val: str | None, target_test: str | None) -> OptimizeConfig:
         """The loop's config for this job, given where its scene and target sets are."""
-        return OptimizeConfig.from_dict({
+        return OptimizeConfig.from_dict(sectioned({
             **self.options.loop_settings(),
             "scene": scene,
             "target_val": target_val,
@@ -305,7 +306,7 @@ class JobBase(BaseModel):
             "image_size": self.image_size,
             "seed": self.seed,
             "device": self.device,
-        })
+        }))
 
     @field_validator("learnable")
     @classmethod
