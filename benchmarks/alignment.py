@@ -207,7 +207,7 @@ LAYER_GROUPS = {
     "box_head": ("model.22.cv2.",),
     "class_head": ("model.22.cv3.",),
 }
-"""Parameter groups of YOLOv8n-cpu as parameter-name prefixes (as OptimizeConfig.alignment_ignores
+"""Parameter groups of YOLOv8n-cpu as parameter-name prefixes (as OptimizeConfig.outer.alignment_ignores
 takes them): the backbone, the neck (FPN/PAN), and the Detect head's box-regression (cv2) and
 classification (cv3) branches."""
 

@@ -18,7 +18,7 @@ Each size runs one iteration to warm up (``--quick``: none) and times the next. 
 ``outer_iteration_s_128=... outer_iteration_s_320=... hypergradient_over_finetune=...
 hvp_over_train_step=...``, the two ratios at 128 px (one HVP of the solve over one inner
 training step on the same K images). ``--hessian`` and ``--product`` pick
-OptimizeConfig.hessian_layers and hessian_product.
+OptimizeConfig.hypergradient.hessian_layers and hessian_product.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/loop_cost.py --quick
 

@@ -92,6 +92,7 @@ class OptimizeConfig:
         self.outer = replace(self.outer, **resolve(self.preset, explicit))
 
     def sections(self) -> list[Section]:
+        """The eight sections, in order."""
         return [getattr(self, name) for name in SECTIONS]
 
     def validate(self) -> None:
@@ -165,11 +166,13 @@ def merged(settings: dict[str, Any], *changes: dict[str, Any]) -> dict[str, Any]
     return result
 
 
+def _default(f: Field) -> Any:
+    return f.default if f.default_factory is MISSING else f.default_factory()
+
+
 def _before(f: Field) -> Any:
     """What a run did before the field existed."""
-    if "before" in f.metadata:
-        return f.metadata["before"]
-    return f.default if f.default_factory is MISSING else f.default_factory()
+    return f.metadata["before"] if "before" in f.metadata else _default(f)
 
 
 def _flatten(data: dict[str, Any]) -> dict[str, Any]:
@@ -185,7 +188,7 @@ def _flatten(data: dict[str, Any]) -> dict[str, Any]:
 
 def _refuse_research(name: str, settings: dict[str, Any]) -> None:
     # At their defaults they change nothing: what to_dict() writes reads back.
-    defaults = {f.name: _before(f) for f in fields(SECTIONS[name])}
+    defaults = {f.name: _default(f) for f in fields(SECTIONS[name])}
     research = sorted(f"{name}.{key}" for key, value in settings.items()
                       if f"{name}.{key}" in RESEARCH_FIELDS and value != defaults[key])
     if research:

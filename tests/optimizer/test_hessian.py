@@ -1,5 +1,5 @@
-"""OptimizeConfig.hessian_layers: the head-restricted Hessian is the full Hessian's head block, its
-solve is the block system's, and the loop runs with it (u zero outside the head)."""
+"""OptimizeConfig.hypergradient.hessian_layers: the head-restricted Hessian is the full Hessian's
+head block, its solve is the block system's, and the loop runs with it (u zero outside the head)."""
 
 from __future__ import annotations
 

@@ -158,9 +158,10 @@ def test_a_saved_run_that_predates_the_real_photos_did_without_them() -> None:
     """A finished run from before these settings trained on renders alone, harvested nothing and
     had no baseline: it is not reused for a config that asks for them (their defaults)."""
     saved = json.loads(json.dumps(tiny_config().to_dict()))
-    for name in ("final_real_share", "harvest_backgrounds", "real_only_baseline"):
-        del saved[name]
-    assert tiny_config().differences(saved) == ["final_real_share", "harvest_backgrounds", "real_only_baseline"]
+    for section, name in (("final", "real_share"), ("scene", "harvest_backgrounds"), ("final", "real_only_baseline")):
+        del saved[section][name]
+    assert tiny_config().differences(saved) == ["final.real_only_baseline", "final.real_share",
+                                                "scene.harvest_backgrounds"]
     old = tiny_config(final={"real_share": 0.0, "real_only_baseline": False}, scene={"harvest_backgrounds": False})
     assert old.differences(saved) == []
 
