@@ -86,12 +86,9 @@ from optimizer.estimators import (  # noqa: E402
     per_sample_gradient_norms,
 )
 from optimizer.hypergradient import dot  # noqa: E402
-from optimizer.loop import (  # noqa: E402
-    HYPERGRADIENT_BN,
-    inverse_hessian_direction,
-    run_loop,
-    validation_loss_and_gradient,
-)
+from optimizer.direction import inverse_hessian_direction  # noqa: E402
+from optimizer.loop import run_loop  # noqa: E402
+from optimizer.validation import HYPERGRADIENT_BN, validation_loss_and_gradient  # noqa: E402
 from renderer.backgrounds import BackgroundSet  # noqa: E402
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: E402
 

@@ -21,8 +21,9 @@ from optimizer.hessian import (
     solve_direction,
     training_gradient,
 )
+from optimizer.direction import inverse_hessian_direction
 from optimizer.hypergradient import hvp_from_gradients, mixed_grad_from_gradients
-from optimizer.loop import inverse_hessian_direction, validate_config
+from optimizer.loop import validate_config
 from optimizer.psi import OptimizerError
 
 
