@@ -137,8 +137,8 @@ class LoopContext:
         that the pathwise re-render of a chunk gets what the detector saw."""
         if self.photometric is None or not self.photometric.in_loop:
             return images
-        return photograph(images, self.photometric, generator(self.config.seed, iteration, "photometric", round_index, start),
-                          differentiable_only=True)
+        effects = generator(self.config.seed, iteration, "photometric", round_index, start)
+        return photograph(images, self.photometric, effects, differentiable_only=True)
 
     def train(self, model: DetectionModel, batch: ImageBatch, steps: int, state: FinetuneState, iteration: int) -> FinetuneState:
         """Fine-tune ``model`` on ``batch`` for ``steps`` inner steps from the inner optimiser's

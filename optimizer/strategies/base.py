@@ -66,8 +66,11 @@ class Strategy:
 
     def draw(self, t: int) -> tuple[Psi, PsiNoise]:
         """The psi that draws outer iteration ``t``'s scenes, and its recorded draws."""
-        psi = self.loop.psi
-        return psi, psi.sample(self.config.images_per_iteration, generator(self.config.seed, t, "render"), self.pose_group).noise
+        return self.loop.psi, self.sample(self.loop.psi, t)
+
+    def sample(self, psi: Psi, t: int) -> PsiNoise:
+        """Outer iteration ``t``'s draws from ``psi`` (in groups of pose_group)."""
+        return psi.sample(self.config.images_per_iteration, generator(self.config.seed, t, "render"), self.pose_group).noise
 
     def step(self, t: int, batch: ImageBatch, noise: PsiNoise, sampler: Psi, record: dict) -> Step:
         """Learn from iteration ``t``'s rendered ``batch`` (drawn by ``sampler``) and train a

@@ -59,7 +59,8 @@ class NeuralSim(GradientStrategy):
     def __init__(self, loop: LoopContext) -> None:
         super().__init__(loop)
         config = self.config
-        self.pathwise_parts, self.score_parts = (parts & set(config.learnable) for parts in estimator_parts(config.estimator))
+        learnable = set(config.learnable)
+        self.pathwise_parts, self.score_parts = (parts & learnable for parts in estimator_parts(config.estimator))
         self.lookahead = config.estimator == "lookahead"
         # Presets set enumerate_bins whatever the job learns: it enumerates the azimuth's score
         # part, so without that part it is off, and so is the bins' objective (alignment_objective).
@@ -94,7 +95,8 @@ class NeuralSim(GradientStrategy):
 
     def load_state_dict(self, state: LoopState) -> None:
         super().load_state_dict(state)
-        self.mixture = MixtureStatistics(**state.mixture) if state.mixture else MixtureStatistics(decay=self.config.baseline_decay)
+        self.mixture = (MixtureStatistics(**state.mixture) if state.mixture
+                        else MixtureStatistics(decay=self.config.baseline_decay))
         self.appearance = AppearanceStatistics(**state.appearance) if state.appearance else self.new_appearance_statistics()
 
     def new_appearance_statistics(self) -> AppearanceStatistics | None:

@@ -31,8 +31,7 @@ class RandomSearch(Strategy):
         start = initial_psi(self.config, loop.psi_config).to(loop.device)
         candidate = random_candidate(start, set(self.config.learnable), generator(self.config.seed, t, "candidate"),
                                      shared=self.config.share_classes)
-        return candidate, candidate.sample(self.config.images_per_iteration, generator(self.config.seed, t, "render"),
-                                           self.pose_group).noise
+        return candidate, self.sample(candidate, t)
 
     def step(self, t: int, batch: ImageBatch, noise: PsiNoise, sampler: Psi, record: dict) -> Step:
         trained, score = self.train_copy(t, batch)
