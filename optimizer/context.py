@@ -27,7 +27,7 @@ from optimizer.result import OptimizeResult
 from optimizer.seeds import generator
 from optimizer.strategies import Strategy, make_strategy
 from optimizer.validation import validation_loss_and_gradient
-from renderer.photometric import PhotometricConfig, photograph
+from renderer.photometric import photograph
 from renderer.scene_renderer import SceneRenderer
 
 
@@ -38,14 +38,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise OptimizerError("OptimizeConfig.device: 'cuda' asked for, but torch sees no CUDA device")
     return torch.device(name)
-
-
-def photometric_config(config: OptimizeConfig) -> PhotometricConfig | None:
-    """The job's photographic effects (config.photometric: PhotometricConfig overrides), or None."""
-    if config.photometric is None:
-        return None
-    # JSON turns the tuples into lists.
-    return PhotometricConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.photometric.items()})
 
 
 def _remap_classes(dataset: LabelledSet, class_names: list[str], what: str) -> LabelledSet:
@@ -108,12 +100,12 @@ class LoopContext:
             radiance_field.to(self.device)
         # issue 23: the starting psi from the validation photos (optimizer.priors; None: off).
         self.psi_config, self.priors = starting_psi_config(config, renderer, self.class_names, self.val_set)
-        self.photometric = photometric_config(config)
+        self.photometric = config.scene.photometric_config()
         self.detector_config = detector_config(config, self.class_names)
-        self.val_batch = self.val_set.batch(config.image_size).to(self.device)
-        self.target_azimuth = (config.oracle_psi or {}).get("azimuth_bin_probs")
+        self.val_batch = self.val_set.batch(config.detector.image_size).to(self.device)
+        self.target_azimuth = (config.psi.oracle or {}).get("azimuth_bin_probs")
         self.strategy: Strategy = make_strategy(self)
-        """The outer method (config.method): draws, learns, trains; last, so that it can fail
+        """The outer method (config.outer.method): draws, learns, trains; last, so that it can fail
         on the set-up above before any work."""
 
     def emit(self, stage: str, iteration: int, total: int, **kwargs) -> None:
@@ -123,7 +115,7 @@ class LoopContext:
         """Render the recorded samples without gradients; labels from the renderer.
         ``round_index`` tells apart the renders of one iteration (the warm-up's rounds)."""
         with torch.no_grad():
-            out = self.renderer.render((psi or self.psi).replay(noise), self.config.image_size)
+            out = self.renderer.render((psi or self.psi).replay(noise), self.config.detector.image_size)
             step = self.renderer.config.chunk_images
             images = torch.cat([self.photograph(out.rgb[start : start + step].clamp(0, 1), iteration, round_index, start)
                                 for start in range(0, noise.batch_size, step)])
@@ -145,8 +137,8 @@ class LoopContext:
         ``state`` (BatchNorm statistics updated, as in plain training); its new state."""
         config = self.config
         result = finetune(
-            model, batch.images, batch.targets(), steps, config.inner_learning_rate, BatchNormMode.UPDATE,
-            batch_size=config.inner_batch_size, optimizer_name=config.inner_optimizer,
+            model, batch.images, batch.targets(), steps, config.detector.inner_learning_rate, BatchNormMode.UPDATE,
+            batch_size=config.detector.inner_batch_size, optimizer_name=config.detector.inner_optimizer,
             generator=generator(config.seed, iteration, "finetune"), optimizer_state=state, progress=False,
         )
         for step, loss in enumerate(result.losses[len(result.losses) - steps :]):
@@ -156,19 +148,19 @@ class LoopContext:
 
     def val_loss(self, model: DetectionModel, iteration: int) -> float:
         """The validation loss of ``model`` (HYPERGRADIENT_BN, no gradient)."""
-        loss, _ = validation_loss_and_gradient(model, self.val_batch, self.config.val_batch_size, False)
+        loss, _ = validation_loss_and_gradient(model, self.val_batch, self.config.detector.val_batch_size, False)
         check_finite(loss, "the validation loss", iteration, "the detector diverged")
         return loss
 
     def val_map(self, model: DetectionModel, iteration: int, always: bool = False) -> DetectionMetrics | None:
         """Validation mAP every ``val_map_every`` iterations (or ``always``)."""
-        every = self.config.val_map_every
+        every = self.config.detector.val_map_every
         if not always and (not every or (iteration + 1) % every):
             return None
-        return evaluate(model, self.val_set, self.config.image_size, progress=False)
+        return evaluate(model, self.val_set, self.config.detector.image_size, progress=False)
 
     def cancelled(self, iteration: int) -> OptimizeResult:
-        self.emit("outer", iteration, self.config.outer_iterations, psi=self.psi.snapshot(), message="cancelled")
+        self.emit("outer", iteration, self.config.budget.outer_iterations, psi=self.psi.snapshot(), message="cancelled")
         return OptimizeResult(
             status="cancelled", out_dir=self.out_dir, iterations_done=len(self.history), psi=self.psi.snapshot(),
             history=self.history, images_rendered=self.images_rendered,

@@ -20,18 +20,19 @@ def inverse_hessian_direction(
     targets: UltralyticsTargets,
     val_grad: list[Tensor],
 ) -> tuple[list[Tensor], list[Tensor], Tensor, bool]:
-    """``u = (H + damping)^-1 val_grad`` by config.inverse_hessian, ``H`` the Hessian of the
+    """``u = (H + damping)^-1 val_grad`` by config.hypergradient.inverse_hessian, ``H`` the Hessian of the
     training loss on ``images`` (BatchNorm on batch statistics, HYPERGRADIENT_BN) over the
-    weights config.hessian_layers names (optimizer.hessian; u is zero elsewhere), its products
-    taken as config.hessian_product says. Returns u, the training gradient (its graph kept: the
+    weights config.hypergradient.hessian_layers names (optimizer.hessian; u is zero elsewhere), its products
+    taken as config.hypergradient.hessian_product says. Returns u, the training gradient (its graph kept: the
     pathwise part and the per-image alignments differentiate it again), its per-image weights
     (optimizer.hessian.per_image_dots) and whether u fell back to val_grad: CG that meets
     non-positive curvature along the validation gradient itself stays at 0, which would leave
     psi without a signal."""
-    mask = hessian_mask(model, config.hessian_layers)
-    solver = dict(method=config.inverse_hessian, steps=config.inverse_hessian_steps, damping=config.damping,
-                  scale=config.neumann_scale)
-    if config.hessian_product == "finite-difference":
+    mask = hessian_mask(model, config.hypergradient.hessian_layers)
+    settings = config.hypergradient
+    solver = dict(method=settings.inverse_hessian, steps=settings.inverse_hessian_steps, damping=settings.damping,
+                  scale=settings.neumann_scale)
+    if settings.hessian_product == "finite-difference":
         # Before the training gradient's graph is built: these products step the weights in place.
         hvp = finite_difference_hvp(model, images, targets, HYPERGRADIENT_BN, mask)
         u = solve_direction(hvp, val_grad, mask, **solver)

@@ -43,7 +43,7 @@ def write_report(
         "state": {name: torch.nan_to_num(value.detach().cpu(), neginf=-1e4).tolist()
                   for name, value in loop.psi.state_dict().items()},
     })
-    before_after = psi_before_after(Psi.uniform(loop.psi_config).snapshot(), snapshot, config.learnable)
+    before_after = psi_before_after(Psi.uniform(loop.psi_config).snapshot(), snapshot, config.psi.learnable)
     plots = [*plot_history(loop.history, loop.class_names, final, out_dir / "plots"),
              *plot_psi_before_after(before_after, out_dir / "plots")]
     report = {

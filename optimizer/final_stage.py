@@ -51,23 +51,23 @@ class FinalStage:
         dataset_dir = detector_path = None
         stage_seconds: dict[str, float] = {}
         shape = self.shape
-        if config.final_images:
+        if config.budget.final_images:
             real_report["final_image"] = {"height": shape[0], "width": shape[1]}
             if loop.should_stop():
-                return loop.cancelled(config.outer_iterations)
+                return loop.cancelled(config.budget.outer_iterations)
             began = time.perf_counter()
-            loop.emit("final-render", 0, config.final_images, psi=loop.psi.snapshot(),
-                      message=f"rendering {config.final_images} images from the learned psi")
+            loop.emit("final-render", 0, config.budget.final_images, psi=loop.psi.snapshot(),
+                      message=f"rendering {config.budget.final_images} images from the learned psi")
             dataset_dir = loop.out_dir / "dataset"
             if dataset_dir.exists():
                 shutil.rmtree(dataset_dir)
             self.render(loop.psi, dataset_dir)
-            loop.images_rendered += config.final_images
+            loop.images_rendered += config.budget.final_images
             stage_seconds["final_render"] = round(time.perf_counter() - began, 3)
-            loop.emit("final-render", config.final_images, config.final_images, message="dataset written")
+            loop.emit("final-render", config.budget.final_images, config.budget.final_images, message="dataset written")
 
             if loop.should_stop():
-                return loop.cancelled(config.outer_iterations)
+                return loop.cancelled(config.budget.outer_iterations)
             began = time.perf_counter()
 
             def epoch_done(trainer) -> None:
@@ -87,7 +87,7 @@ class FinalStage:
                 data_dir=mix.data_dir, should_stop=loop.should_stop, image_size=max(shape),
             )
             if best is None:
-                return loop.cancelled(config.outer_iterations)
+                return loop.cancelled(config.budget.outer_iterations)
             stage_seconds["final_train"] = round(time.perf_counter() - began, 3)
 
             began = time.perf_counter()
@@ -101,7 +101,7 @@ class FinalStage:
             stage_seconds["evaluate"] = round(time.perf_counter() - began, 3)
 
             # issue 23: the same detector trained on the photos alone, on the same test set.
-            if loop.test_set is not None and config.real_only_baseline:
+            if loop.test_set is not None and config.final.real_only_baseline:
                 began = time.perf_counter()
                 loop.emit("evaluate", 0, 1, message="training and evaluating the real-only baseline")
                 real_only = train_real_only(
@@ -110,15 +110,15 @@ class FinalStage:
                     should_stop=loop.should_stop, image_size=max(shape),
                 )
                 if real_only is None:
-                    return loop.cancelled(config.outer_iterations)
+                    return loop.cancelled(config.budget.outer_iterations)
                 real_report["real_only"] = compare_with_real_only(final["test"], real_only)
                 stage_seconds["real_only"] = round(time.perf_counter() - began, 3)
 
-            if config.uniform_baseline:
+            if config.final.uniform_baseline:
                 began = time.perf_counter()
                 arm = self.baseline_arm(final, detector_path)
                 if arm is None:
-                    return loop.cancelled(config.outer_iterations)
+                    return loop.cancelled(config.budget.outer_iterations)
                 real_report.update(arm)
                 stage_seconds["uniform_baseline"] = round(time.perf_counter() - began, 3)
 
@@ -129,7 +129,7 @@ class FinalStage:
         method and its iterations (common random numbers), so runs of one seed differ in their
         final data only where their psi differ."""
         loop = self.loop
-        render_dataset(loop.renderer, psi, self.config.final_images, self.shape, folder, loop.class_names,
+        render_dataset(loop.renderer, psi, self.config.budget.final_images, self.shape, folder, loop.class_names,
                        seed=seed(self.config.seed, 0, "final"), progress=loop.progress_bar, photometric=loop.photometric)
 
     def baseline_arm(self, final: dict, detector_path: Path) -> dict | None:
@@ -139,10 +139,10 @@ class FinalStage:
         if loop.test_set is None:
             return {"baseline": {"skipped": f"no test set, and fewer than {MIN_PHOTOS_TO_HOLD_OUT} validation "
                                             "photos to hold out"}}
-        if config.method == "uniform":
+        if config.outer.method == "uniform":
             return {"baseline": {"skipped": "the job's psi is the starting psi: the baseline would be the same run"}}
         loop.emit("evaluate", 0, 1, message="training and evaluating the uniform baseline (psi at its start)")
-        loop.images_rendered += config.final_images
+        loop.images_rendered += config.budget.final_images
         return uniform_baseline(
             config, loop.class_names, lambda folder: self.render(Psi.uniform(loop.psi_config).to(loop.device), folder),
             loop.val_set, loop.test_set, "held-out validation photos" if loop.test_held_out else "test set",

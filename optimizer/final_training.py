@@ -21,8 +21,8 @@ class Stopped(Exception):
 
 def detector_config(config: OptimizeConfig, class_names: list[str]) -> DetectorConfig:
     """The detector a run of ``config`` builds at its start."""
-    return DetectorConfig(arch=config.detector, weights=config.detector_weights, class_names=list(class_names),
-                          image_size=config.image_size, seed=config.seed)
+    return DetectorConfig(arch=config.detector.arch, weights=config.detector.weights, class_names=list(class_names),
+                          image_size=config.detector.image_size, seed=config.seed)
 
 
 def train_final_detector(
@@ -41,10 +41,10 @@ def train_final_detector(
 ) -> Path | None:
     """Train a final detector on ``data_dir`` (a YOLO folder; default ``run_dir/dataset``) as
     the final stage does (from the initial or the warmed-up weights: final_init), at
-    ``image_size`` (default ``config.image_size``; the final stage passes the photos' size,
+    ``image_size`` (default ``config.detector.image_size``; the final stage passes the photos' size,
     optimizer.final_size), with Ultralytics' trainer seeded by ``seed``; returns its best
     checkpoint, or None when ``should_stop()``, asked after every batch, said yes."""
-    start = (load_detector(Path(run_dir) / WARMUP_DETECTOR) if config.final_init == "warmup"
+    start = (load_detector(Path(run_dir) / WARMUP_DETECTOR) if config.final.init == "warmup"
              else detector_config(config, class_names))
     callbacks = {event: list(functions) for event, functions in (callbacks or {}).items()}
     if should_stop is not None:
@@ -56,11 +56,11 @@ def train_final_detector(
         callbacks.setdefault("on_train_batch_end", []).append(batch_done)
     try:
         return train_on_dataset(
-            start, Path(data_dir or Path(run_dir) / "dataset"), config.final_epochs, image_size or config.image_size,
-            out_dir,
-            progress=progress, batch_size=config.final_batch_size, device="cpu" if device.type == "cpu" else "0",
+            start, Path(data_dir or Path(run_dir) / "dataset"), config.budget.final_epochs,
+            image_size or config.detector.image_size, out_dir,
+            progress=progress, batch_size=config.final.batch_size, device="cpu" if device.type == "cpu" else "0",
             seed=seed, callbacks=callbacks,
-            **{"val": False, "plots": False, "nbs": config.final_batch_size, **config.final_trainer_overrides},
+            **{"val": False, "plots": False, "nbs": config.final.batch_size, **config.final.trainer_overrides},
         )
     except Stopped:
         return None

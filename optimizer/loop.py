@@ -5,7 +5,7 @@ This module holds the sequence and what every method shares:
 
 1. set up: the scene's renderer (:func:`job_renderer`), the photos' classes in the scene's
    order, the starting psi from the photos (optimizer.priors), the method's strategy
-   (optimizer.strategies: one per config.method);
+   (optimizer.strategies: one per config.outer.method);
 2. warm up the detector from the initial psi whatever the method (optimizer.warmup), or resume
    from ``checkpoint.pt``;
 3. iterate: per outer iteration ``t`` the strategy draws the scenes (recorded noise), the loop
@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import get_args
 
 import torch
 from tqdm import tqdm
@@ -41,162 +40,35 @@ from detector.train import FinetuneState
 from optimizer.baselines import azimuth_total_variation, initial_psi
 from optimizer.best_detector import keep_if_best
 from optimizer.checkpoint import LoopState, load_checkpoint, save_checkpoint
-from optimizer.config import (
-    AlignmentNormalisation,
-    AlignmentObjective,
-    Estimator,
-    FinalInit,
-    HessianLayers,
-    HessianProduct,
-    InnerOptimizer,
-    InverseHessian,
-    Method,
-    OptimizeConfig,
-    Progress,
-    SearchMetric,
-)
-from optimizer.context import LoopContext, photometric_config, resolve_device
+from optimizer.config import OptimizeConfig, Progress
+from optimizer.context import LoopContext, resolve_device
 from optimizer.divergence import TrainingDivergedError
-from optimizer.estimators import estimator_parts
 from optimizer.final_stage import FinalStage
 from optimizer.final_training import WARMUP_DETECTOR, detector_config, train_final_detector
-from optimizer.psi import PARTS, REPARAMETERISED_PARTS, OptimizerError, PsiConfig
+from optimizer.psi import OptimizerError
 from optimizer.real_training import photo_backgrounds
 from optimizer.report import sample_paths, save_sample_images, write_json_atomic
 from optimizer.result import OptimizeResult, completed_result, plain
 from optimizer.uniform_baseline import hold_out
 from optimizer.validation import validation_loss_and_gradient
 from optimizer.warmup import warm_up, warmup_images
-from renderer.photometric import PhotometricError
 from renderer.resting import RestingConfig, field_pose_table
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
 from renderer.scene_spec import SceneSpec, load_scene, read_scene_spec
 
 __all__ = [
-    "AFTER_WARMUP", "OptimizeResult", "TrainingDivergedError", "detector_config", "job_renderer", "resolve_device",
-    "run_loop", "run_optimization", "train_final_detector", "validate_config",
+    "OptimizeResult", "TrainingDivergedError", "detector_config", "job_renderer", "resolve_device", "run_loop",
+    "run_optimization", "train_final_detector",
 ]
-
-AFTER_WARMUP = frozenset({
-    "target_val", "target_test", "method", "estimator", "lookahead_bin_share", "inverse_hessian", "hessian_layers",
-    "hessian_product", "inverse_hessian_steps", "damping", "neumann_scale", "alignment_normalisation", "pose_group", "enumerate_bins",
-    "alignment_ignores", "alignment_objective", "baseline_decay", "search_metric", "normalise_hypergradient", "oracle_psi",
-    "psi_learning_rate", "psi_warmup_iterations", "entropy_weight", "outer_iterations", "val_batch_size",
-    "val_map_every", "sample_images", "final_images", "final_epochs", "final_batch_size", "final_init",
-    "final_trainer_overrides", "final_real_share", "real_only_baseline", "preset", "uniform_baseline",
-})
-"""OptimizeConfig settings the warm-up does not read (it draws from the initial psi whatever the
-method): runs that differ only in these share one warm-up (run_loop's warmup_cache). A setting
-not listed here keys the warm-up, so a new one can only cost a cache miss."""
-
-
-def validate_config(config: OptimizeConfig) -> None:
-    """Raise :class:`OptimizerError` naming the first setting of ``config`` that cannot work."""
-
-    def fail(name: str, problem: str) -> None:
-        raise OptimizerError(f"OptimizeConfig.{name}: {problem}")
-
-    choices = {
-        "method": get_args(Method),
-        "estimator": get_args(Estimator),
-        "inverse_hessian": get_args(InverseHessian),
-        "hessian_layers": get_args(HessianLayers),
-        "hessian_product": get_args(HessianProduct),
-        "inner_optimizer": get_args(InnerOptimizer),
-        "alignment_normalisation": get_args(AlignmentNormalisation),
-        "alignment_objective": get_args(AlignmentObjective),
-        "search_metric": get_args(SearchMetric),
-        "final_init": get_args(FinalInit),
-        "device": ("auto", "cpu", "cuda"),
-    }
-    for name, allowed in choices.items():
-        if getattr(config, name) not in allowed:
-            fail(name, f"unknown value {getattr(config, name)!r}; use one of {list(allowed)}")
-    unknown = sorted(set(config.learnable) - set(PARTS))
-    if unknown:
-        fail("learnable", f"unknown parts {unknown}; the parts are {list(PARTS)}")
-    minimum = {
-        "outer_iterations": 0, "images_per_iteration": 1, "inner_steps": 0, "inverse_hessian_steps": 1,
-        "warmup_steps": 0, "val_batch_size": 1, "val_map_every": 0, "sample_images": 0, "final_images": 0,
-        "final_epochs": 1, "final_batch_size": 1, "pose_group": 1, "psi_warmup_iterations": 0,
-    }
-    for name, low in minimum.items():
-        if getattr(config, name) < low:
-            fail(name, f"must be >= {low}, got {getattr(config, name)}")
-    if config.inner_batch_size is not None and config.inner_batch_size < 1:
-        fail("inner_batch_size", f"must be >= 1 or None, got {config.inner_batch_size}")
-    for name in ("psi_learning_rate", "inner_learning_rate", "neumann_scale"):
-        if not getattr(config, name) > 0:
-            fail(name, f"must be > 0, got {getattr(config, name)}")
-    for name in ("damping", "entropy_weight"):
-        if not getattr(config, name) >= 0:
-            fail(name, f"must be >= 0, got {getattr(config, name)}")
-    if not 0 <= config.baseline_decay < 1:
-        fail("baseline_decay", f"must be in [0, 1), got {config.baseline_decay}")
-    if config.image_size <= 0 or config.image_size % 32:
-        fail("image_size", f"must be a positive multiple of 32 (the detector's stride), got {config.image_size}")
-    if config.final_image_size is not None and (config.final_image_size <= 0 or config.final_image_size % 32):
-        fail("final_image_size", f"must be a positive multiple of 32 or None, got {config.final_image_size}")
-    learns = config.method in ("neural-sim", "random-search", "reinforce")
-    if learns and not config.learnable:
-        fail("learnable", f"method {config.method!r} learns psi, but no part is learnable")
-    if not 0 <= config.final_real_share < 1:
-        fail("final_real_share", f"must be in [0, 1), got {config.final_real_share}")
-    if config.final_init == "warmup" and config.warmup_steps < 1:
-        fail("final_init", "'warmup' starts the final detector from the warmed-up detector: needs warmup_steps >= 1")
-    try:
-        photometric_config(config)
-    except (TypeError, PhotometricError) as error:
-        fail("photometric", str(error))
-    if config.method == "oracle" and config.oracle_psi is None:
-        fail("oracle_psi", "method 'oracle' needs the target's distribution (Psi.from_target arguments)")
-    if config.method != "neural-sim":
-        return
-    bins = config.psi.get("azimuth_bins", PsiConfig.azimuth_bins)
-    if config.estimator == "lookahead":
-        if set(config.learnable) != {"azimuth"}:
-            fail("learnable", f"the 'lookahead' estimator learns the azimuth bins only, got {config.learnable}; "
-                              "use learnable=['azimuth'], or the 'both' estimator for other parts")
-        if config.inner_steps < 1:
-            fail("inner_steps", "the 'lookahead' estimator fine-tunes a detector copy per bin: needs inner_steps >= 1")
-        if not 0 < config.lookahead_bin_share <= 1:
-            fail("lookahead_bin_share", f"must be in (0, 1], got {config.lookahead_bin_share}")
-        if config.images_per_iteration % bins:
-            fail("images_per_iteration", f"the 'lookahead' estimator renders every scene at each of the {bins} azimuth "
-                                         f"bins, so it must be a multiple of {bins}, got {config.images_per_iteration}")
-        return
-    pathwise, score = estimator_parts(config.estimator)
-    reachable = (pathwise | score) & set(config.learnable)
-    missing = sorted(set(config.learnable) - reachable)
-    if missing:
-        fail(
-            "estimator",
-            f"{config.estimator!r} gives no gradient to the learnable parts {missing} (only "
-            f"{sorted(REPARAMETERISED_PARTS)} have a pathwise gradient); use 'score' or 'both'",
-        )
-    if score and config.alignment_normalisation == "standardise" and config.images_per_iteration < 2:
-        fail("images_per_iteration", "standardised alignments need at least 2 images per iteration")
-    # Presets set enumerate_bins whatever the job learns: without the azimuth learnt by the
-    # score function it has nothing to enumerate and does nothing.
-    if config.enumerate_bins and "azimuth" in score & set(config.learnable):
-        if config.images_per_iteration % bins:
-            fail("images_per_iteration", f"enumerate_bins renders every scene at each of the {bins} azimuth bins, so it "
-                                         f"must be a multiple of {bins}, got {config.images_per_iteration}")
-    if config.alignment_objective == "appearance" and not config.enumerate_bins:
-        fail("alignment_objective", "'appearance' compares every scene's views at every bin, so it needs enumerate_bins")
-    if config.alignment_objective == "mixture" and not (config.enumerate_bins and config.alignment_normalisation == "cosine"):
-        fail("alignment_objective", f"'mixture' weighs every scene's views by psi, so it needs enumerate_bins and "
-                                    f"alignment_normalisation 'cosine', got enumerate_bins={config.enumerate_bins} "
-                                    f"and {config.alignment_normalisation!r}")
 
 
 def job_renderer(config: OptimizeConfig, spec: SceneSpec, val_set: LabelledSet) -> SceneRenderer:
     """The renderer a job renders with: the scene's objects on its backgrounds plus those
     harvested from the labelled photos (renderer.harvest), objects resting in their stable poses
     (renderer.resting), as ``config`` asks."""
-    fields, backgrounds = load_scene(spec, photo_backgrounds(val_set) if config.harvest_backgrounds else None)
-    resting = RestingConfig(canonical_pose_share=config.canonical_pose_share)
-    poses = [field_pose_table(f, resting) for f in fields] if config.resting_poses else None
+    fields, backgrounds = load_scene(spec, photo_backgrounds(val_set) if config.scene.harvest_backgrounds else None)
+    resting = RestingConfig(canonical_pose_share=config.scene.canonical_pose_share)
+    poses = [field_pose_table(f, resting) for f in fields] if config.scene.resting_poses else None
     return SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds, poses)
 
 
@@ -212,16 +84,16 @@ def run_optimization(
     ``out_dir`` receives everything (see :func:`run_loop`); when it already holds a checkpoint
     of the same config, the run resumes from it.
     """
-    validate_config(config)
-    if config.target_val is None:
-        raise OptimizerError("OptimizeConfig.target_val: the loop needs a labelled validation set (COCO json or YOLO folder)")
-    val_set = load_dataset(Path(config.target_val))
-    test_set = load_dataset(Path(config.target_test)) if config.target_test is not None else None
-    held_out = test_set is None and config.uniform_baseline and config.final_images > 0
+    config.validate()
+    if config.targets.val is None:
+        raise OptimizerError("OptimizeConfig.targets.val: the loop needs a labelled validation set (COCO json or YOLO folder)")
+    val_set = load_dataset(Path(config.targets.val))
+    test_set = load_dataset(Path(config.targets.test)) if config.targets.test is not None else None
+    held_out = test_set is None and config.final.uniform_baseline and config.budget.final_images > 0
     if held_out:  # the uniform baseline needs photos the run never sees (optimizer.uniform_baseline)
         val_set, test_set = hold_out(val_set, config.seed)
         held_out = test_set is not None
-    spec = read_scene_spec(config.scene)
+    spec = read_scene_spec(config.scene.spec)
     renderer = job_renderer(config, spec, val_set)
     return run_loop(
         config, renderer, spec.class_names, val_set, test_set, out_dir,
@@ -243,12 +115,12 @@ def run_loop(
     warmup_cache: Path | None = None,
     test_held_out: bool = False,
 ) -> OptimizeResult:
-    """The loop on already-loaded objects (``config.scene``, ``target_val`` and ``target_test``
-    are not read). The renderer's fields are frozen and moved to the run's device.
+    """The loop on already-loaded objects (``config.scene.spec`` and ``config.targets`` are not
+    read). The renderer's fields are frozen and moved to the run's device.
 
     ``warmup_cache``: a folder shared by runs with the same renderer, in which the warm-up's
     result (detector, inner optimiser state, torch RNG state) is kept under a key of the
-    settings it reads (all but AFTER_WARMUP) and torch's thread count: a run whose warm-up is
+    settings it reads (OptimizeConfig.warmup_settings) and torch's thread count: a run whose warm-up is
     there starts from it instead of training it again, and continues exactly as if it had
     (tested). ``test_held_out``: ``test_set`` is validation photos held out of the run
     (run_optimization without a test set), as the report says.
@@ -262,7 +134,7 @@ def run_loop(
     after every batch of the final training; when it says yes the run returns
     with status 'cancelled' (the checkpoint is current, so calling again resumes).
     """
-    validate_config(config)
+    config.validate()
     loop = _Loop(config, renderer, class_names, val_set, test_set, Path(out_dir), on_progress, should_stop, progress_bar,
                  warmup_cache, test_held_out)
     return loop.run()
@@ -281,18 +153,18 @@ class _Loop(LoopContext):
         self.history = []
         self.images_rendered = 0
         warm_up(self, self.warmup_cache, self.warmup_key_settings())
-        if config.final_init == "warmup":
+        if config.final.init == "warmup":
             # Before the first checkpoint, so a resumed run always finds it.
             partial = self.out_dir / f"{WARMUP_DETECTOR}.partial"
             save_detector(self.detector, partial).replace(self.out_dir / WARMUP_DETECTOR)
-        val_loss, _ = validation_loss_and_gradient(self.detector, self.val_batch, config.val_batch_size, False)
+        val_loss, _ = validation_loss_and_gradient(self.detector, self.val_batch, config.detector.val_batch_size, False)
         return self.state(iteration=0, val_loss_start=val_loss)
 
     def warmup_key_settings(self) -> dict:
-        """What keys the warm-up cache: the settings the warm-up reads (all but AFTER_WARMUP),
-        torch's thread count (other counts round differently) and the photos' priors (the
-        warm-up's psi depends on them too)."""
-        settings = {k: v for k, v in plain(self.config.to_dict()).items() if k not in AFTER_WARMUP}
+        """What keys the warm-up cache: the settings the warm-up reads
+        (OptimizeConfig.warmup_settings), torch's thread count (other counts round differently)
+        and the photos' priors (the warm-up's psi depends on them too)."""
+        settings = plain(self.config.warmup_settings())
         settings["torch_threads"] = torch.get_num_threads()
         if self.priors is not None and self.priors["values"]:
             settings["priors"] = self.priors["values"]
@@ -354,7 +226,7 @@ class _Loop(LoopContext):
             return done
         priors = "" if self.priors is None else f", starting psi from the photos ({', '.join(self.priors['applied']) or 'nothing applied'})"
         notes = "".join(f"; {note}" for note in self.strategy.notes)
-        self.emit("setup", 0, 1, message=f"{config.method}: {len(self.class_names)} classes, "
+        self.emit("setup", 0, 1, message=f"{config.outer.method}: {len(self.class_names)} classes, "
                   f"{len(self.val_set)} validation images, device {self.device}{priors}{notes}")
         saved = load_checkpoint(self.out_dir)
         if saved is None:
@@ -368,8 +240,8 @@ class _Loop(LoopContext):
         val_loss_start = state.val_loss_start
         start = state.iteration
 
-        total = config.outer_iterations
-        bar = tqdm(range(start, total), initial=start, total=total, desc=f"{config.method} outer", unit="it",
+        total = config.budget.outer_iterations
+        bar = tqdm(range(start, total), initial=start, total=total, desc=f"{config.outer.method} outer", unit="it",
                    disable=not self.progress_bar)
         for t in bar:
             if self.should_stop():
@@ -380,7 +252,7 @@ class _Loop(LoopContext):
             record["seconds"] = round(time.perf_counter() - began, 3)
             self.history.append(record)
             save_checkpoint(self.state(t + 1, val_loss_start), self.out_dir)
-            count = min(config.sample_images, batch.images.shape[0])
+            count = min(config.detector.sample_images, batch.images.shape[0])
             samples = save_sample_images(
                 batch.images[:count], batch.boxes[:count], batch.classes[:count], batch.keep[:count],
                 self.class_names, sample_paths(self.out_dir, t, count),

@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 
 def warmup_images(config: OptimizeConfig) -> int:
     """Images the warm-up renders: one batch per round."""
-    round_steps = config.inner_steps or config.warmup_steps
-    return math.ceil(config.warmup_steps / round_steps) * config.images_per_iteration if round_steps else 0
+    round_steps = config.budget.inner_steps or config.detector.warmup_steps
+    if not round_steps:
+        return 0
+    return math.ceil(config.detector.warmup_steps / round_steps) * config.budget.images_per_iteration
 
 
 def warm_up(loop: LoopContext, cache: Path | None, key_settings: dict) -> None:
@@ -52,11 +54,11 @@ def warm_up(loop: LoopContext, cache: Path | None, key_settings: dict) -> None:
             loop.images_rendered = warmup_images(config)
             return
     warmup_psi = Psi.uniform(loop.psi_config).to(loop.device)
-    round_steps = config.inner_steps or config.warmup_steps
-    for first in range(0, config.warmup_steps, round_steps):
-        noise = warmup_psi.sample(config.images_per_iteration, generator(config.seed, first, "warmup")).noise
+    round_steps = config.budget.inner_steps or config.detector.warmup_steps
+    for first in range(0, config.detector.warmup_steps, round_steps):
+        noise = warmup_psi.sample(config.budget.images_per_iteration, generator(config.seed, first, "warmup")).noise
         batch = loop.render(noise, -1, warmup_psi, round_index=first)
-        steps = min(round_steps, config.warmup_steps - first)
+        steps = min(round_steps, config.detector.warmup_steps - first)
         loop.finetune_state = loop.train(loop.detector, batch, steps, loop.finetune_state, -1)
     if entry is not None:
         entry.parent.mkdir(parents=True, exist_ok=True)

@@ -117,14 +117,14 @@ def cmd_optimize(args: argparse.Namespace) -> None:
     except json.JSONDecodeError as error:
         raise ValueError(f"{args.config}: not valid JSON ({error})") from error
     if not isinstance(settings, dict):
-        raise ValueError(f"{args.config}: a job config is a JSON object of OptimizeConfig settings")
+        raise ValueError(f"{args.config}: a job config is a JSON object of OptimizeConfig sections")
     if args.preset is not None:
         settings["preset"] = args.preset
     try:
         config = OptimizeConfig.from_dict(settings)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{args.config}: {error}") from error
-    print(f"preset {config.preset}: method {config.method}, estimator {config.estimator}", file=sys.stderr)
+    print(f"preset {config.preset}: method {config.outer.method}, estimator {config.outer.estimator}", file=sys.stderr)
     view = StageProgress()  # one bar per stage (the loop's own bars and Ultralytics' logs stay off)
     try:
         run_optimization(config, Path(args.out), on_progress=lambda p: view.progress(p.to_dict()), progress_bar=False)

@@ -16,6 +16,8 @@ from typing import Annotated, Literal, TypeVar, get_args
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from optimizer.config import AlignmentNormalisation, FinalInit, HessianLayers, HessianProduct, InnerOptimizer, SearchMetric
+from optimizer.errors import OptimizerError
+from optimizer.psi_config import PsiConfig
 
 Architecture = Literal["yolov8n", "yolo11n", "yolov8n-cpu"]
 """The detector architectures a job can start from (detector.model.Architecture)."""
@@ -103,8 +105,6 @@ class PsiOverrides(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "PsiOverrides":
-        from optimizer.psi import OptimizerError, PsiConfig
-
         _ordered(self, ("elevation_range_deg", "background_crop_side", "background_color_range"))
         try:
             # The checks that need no scene: one class, and a background image so that
@@ -219,6 +219,44 @@ class JobOptions(Strict):
         if "photometric" in settings:
             settings["photometric"] = {} if settings["photometric"] else None
         return settings
+
+
+_SECTION_OF = {
+    "scene": ("scene", "spec"), "harvest_backgrounds": ("scene", None), "resting_poses": ("scene", None),
+    "canonical_pose_share": ("scene", None), "several_objects": ("scene", None), "photometric": ("scene", None),
+    "target_val": ("targets", "val"), "target_test": ("targets", "test"),
+    **{name: ("budget", None) for name in ("outer_iterations", "images_per_iteration", "inner_steps", "final_images",
+                                           "final_epochs")},
+    **{name: ("outer", None) for name in ("method", "estimator", "enumerate_bins", "alignment_objective",
+                                          "alignment_normalisation", "pose_group", "baseline_decay", "search_metric")},
+    **{name: ("hypergradient", None) for name in ("inverse_hessian", "inverse_hessian_steps", "hessian_layers",
+                                                  "hessian_product", "damping", "neumann_scale")},
+    "learnable": ("psi", None), "share_classes": ("psi", None), "psi": ("psi", "initial"),
+    "psi_priors": ("psi", "priors"),
+    "oracle_psi": ("psi", "oracle"), "psi_learning_rate": ("psi", "learning_rate"),
+    "psi_warmup_iterations": ("psi", "warmup_iterations"), "entropy_weight": ("psi", None),
+    "detector": ("detector", "arch"), "detector_weights": ("detector", "weights"),
+    **{name: ("detector", None) for name in ("image_size", "inner_learning_rate", "inner_optimizer", "inner_batch_size",
+                                             "warmup_steps", "val_batch_size", "val_map_every", "sample_images")},
+    "final_image_size": ("final", "image_size"), "final_batch_size": ("final", "batch_size"),
+    "final_init": ("final", "init"),
+    "final_trainer_overrides": ("final", "trainer_overrides"), "final_real_share": ("final", "real_share"),
+    "real_only_baseline": ("final", None), "uniform_baseline": ("final", None),
+}
+"""A job field's (section, name) in OptimizeConfig (None: the same name); the JobSpec replaces this."""
+
+
+def sectioned(settings: dict) -> dict:
+    """A job's flat loop settings as OptimizeConfig.from_dict's nested ones (preset, seed and
+    device stay at the top)."""
+    nested: dict = {}
+    for name, value in settings.items():
+        if name not in _SECTION_OF:
+            nested[name] = value
+            continue
+        section, field = _SECTION_OF[name]
+        nested.setdefault(section, {})[field or name] = value
+    return nested
 
 
 def drop_retired(data, model: type[BaseModel]):

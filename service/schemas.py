@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from optimizer.config import InverseHessian, Method, OptimizeConfig
 from optimizer.presets import DEFAULT_PRESET, PRESETS
-from optimizer.psi import PARTS
+from optimizer.part_names import PARTS
 from service.asset_fields import ObjectFieldOverrides, ObjectTrainerOverrides, SplatTrainerOverrides
 from service.job_fields import (
     MAX_BACKGROUND_SETS,
@@ -27,6 +27,7 @@ from service.job_fields import (
     JobOptions,
     PsiOverrides,
     drop_retired,
+    sectioned,
 )
 
 AssetKind = Literal["nerfstudio", "posed-images", "mesh", "nerfsim", "splat"]
@@ -289,7 +290,7 @@ class JobBase(BaseModel):
 
     def optimize_config(self, scene: str, target_val: str | None, target_test: str | None) -> OptimizeConfig:
         """The loop's config for this job, given where its scene and target sets are."""
-        return OptimizeConfig.from_dict({
+        return OptimizeConfig.from_dict(sectioned({
             **self.options.loop_settings(),
             "scene": scene,
             "target_val": target_val,
@@ -305,7 +306,7 @@ class JobBase(BaseModel):
             "image_size": self.image_size,
             "seed": self.seed,
             "device": self.device,
-        })
+        }))
 
     @field_validator("learnable")
     @classmethod

@@ -94,7 +94,7 @@ def job_config(record: JobRecord, store: RecordStore, job_dir: Path) -> Optimize
                                     target_path(record.target_test))
     if record.detector_weights is not None:
         weights = store.get(WeightsRecord, record.tenant, record.detector_weights)
-        config.detector_weights = str(storage.record_dir("weights", record.tenant, weights.id) / WEIGHTS_FILE)
+        config.detector.weights = str(storage.record_dir("weights", record.tenant, weights.id) / WEIGHTS_FILE)
     return config
 
 

@@ -21,15 +21,16 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "random-search": RandomSearch,
     "reinforce": Reinforce,
 }
-"""config.method -> its strategy; a new method is a module here and an entry (and a Method value)."""
+"""config.outer.method -> its strategy; a new method is a module here and an entry (and a Method value)."""
 
 
 def make_strategy(loop: LoopContext) -> Strategy:
-    """The strategy of ``loop.config.method``, set up for ``loop``."""
+    """The strategy of ``loop.config.outer.method``, set up for ``loop``."""
+    method = loop.config.outer.method
     try:
-        strategy = STRATEGIES[loop.config.method]
+        strategy = STRATEGIES[method]
     except KeyError:
-        raise OptimizerError(f"OptimizeConfig.method: unknown value {loop.config.method!r}; "
+        raise OptimizerError(f"OptimizeConfig.outer.method: unknown value {method!r}; "
                              f"use one of {sorted(STRATEGIES)}") from None
     return strategy(loop)
 

@@ -70,7 +70,8 @@ class Strategy:
 
     def sample(self, psi: Psi, t: int) -> PsiNoise:
         """Outer iteration ``t``'s draws from ``psi`` (in groups of pose_group)."""
-        return psi.sample(self.config.images_per_iteration, generator(self.config.seed, t, "render"), self.pose_group).noise
+        draws = generator(self.config.seed, t, "render")
+        return psi.sample(self.config.budget.images_per_iteration, draws, self.pose_group).noise
 
     def step(self, t: int, batch: ImageBatch, noise: PsiNoise, sampler: Psi, record: dict) -> Step:
         """Learn from iteration ``t``'s rendered ``batch`` (drawn by ``sampler``) and train a
@@ -82,7 +83,7 @@ class Strategy:
     def train_loop_detector(self, t: int, batch: ImageBatch) -> Step:
         """Fine-tune the loop detector, warm-started, on ``batch``; its validation loss and mAP."""
         loop = self.loop
-        trained = loop.train(loop.detector, batch, self.config.inner_steps, loop.finetune_state, t)
+        trained = loop.train(loop.detector, batch, self.config.budget.inner_steps, loop.finetune_state, t)
         loop.finetune_state = trained
         return Step(loop.detector, trained, loop.val_loss(loop.detector, t), loop.val_map(loop.detector, t), batch)
 
@@ -91,7 +92,8 @@ class Strategy:
         starts from: Learning-to-Simulate trains a fresh model per reward) on ``batch``; the
         step and its search score."""
         model = copy.deepcopy(self.loop.detector)
-        trained = self.loop.train(model, batch, self.config.inner_steps, copy.deepcopy(self.loop.finetune_state), t)
+        start = copy.deepcopy(self.loop.finetune_state)
+        trained = self.loop.train(model, batch, self.config.budget.inner_steps, start, t)
         score, val_loss, metrics = self.search_score(model, t)
         return Step(model, trained, val_loss, metrics, batch), score
 
@@ -102,7 +104,7 @@ class Strategy:
         the validation mAP50-95 or minus the validation loss (search_metric). The mAP is also
         computed every val_map_every iterations for the record, unless not ``periodic_map``."""
         val_loss = self.loop.val_loss(model, iteration)
-        by_map = self.config.search_metric == "map50_95"
+        by_map = self.config.outer.search_metric == "map50_95"
         metrics = self.loop.val_map(model, iteration, always=by_map) if by_map or periodic_map else None
         score = metrics.map50_95 if by_map else -val_loss
         return score, val_loss, metrics

@@ -25,7 +25,7 @@ class GradientStrategy(Strategy):
 
     def start(self) -> None:
         self.psi_optimizer = self.new_psi_optimizer()
-        self.baseline = MovingAverageBaseline(decay=self.config.baseline_decay)
+        self.baseline = MovingAverageBaseline(decay=self.config.outer.baseline_decay)
 
     def state_dict(self) -> dict:
         return {"psi_optimizer": self.psi_optimizer.state_dict() if self.psi_optimizer is not None else {},
@@ -39,7 +39,7 @@ class GradientStrategy(Strategy):
 
     def new_psi_optimizer(self) -> torch.optim.Adam | None:
         parameters = list(self.loop.psi.parameters())
-        return torch.optim.Adam(parameters, lr=self.config.psi_learning_rate) if parameters else None
+        return torch.optim.Adam(parameters, lr=self.config.psi.learning_rate) if parameters else None
 
     def step_psi(self, iteration: int) -> float:
         """Normalise psi's gradient, add the entropy bonus, take the Adam step (its size warmed
@@ -49,18 +49,18 @@ class GradientStrategy(Strategy):
         grads = [p.grad for p in psi.parameters() if p.grad is not None]
         norm = float(torch.cat([g.reshape(-1) for g in grads]).norm()) if grads else 0.0
         check_finite(norm, "the hypergradient", iteration, "lower psi_learning_rate or raise damping")
-        if config.normalise_hypergradient and norm > 0:
+        if config.outer.normalise_hypergradient and norm > 0:
             for g in grads:
                 g.div_(norm)
-        if "azimuth" in config.learnable and config.entropy_weight > 0:
-            (-config.entropy_weight * psi.entropy().sum()).backward()
-        if config.share_classes:
+        if "azimuth" in config.psi.learnable and config.psi.entropy_weight > 0:
+            (-config.psi.entropy_weight * psi.entropy().sum()).backward()
+        if config.psi.share_classes:
             for part, tensors in psi.part_parameters().items():
                 if part in PER_CLASS_PARTS:
                     for tensor in tensors:
                         tensor.grad.copy_(tensor.grad.mean(0, keepdim=True).expand_as(tensor))
         for group in self.psi_optimizer.param_groups:
-            group["lr"] = config.psi_learning_rate * psi_step_scale(iteration, config.psi_warmup_iterations)
+            group["lr"] = config.psi.learning_rate * psi_step_scale(iteration, config.psi.warmup_iterations)
         self.psi_optimizer.step()
         self.psi_optimizer.zero_grad(set_to_none=True)
         psi.step_temperature()

@@ -3,7 +3,7 @@ before the detector trains on the iteration's images (after fine-tuning on them 
 gradients describe how well it fits them, not what they would teach it).
 
 The estimate: the validation loss's gradient ``g`` w.r.t. the warm-started detector's
-weights; ``u = (H + damping)^-1 g`` (optimizer.direction); then by config.estimator the
+weights; ``u = (H + damping)^-1 g`` (optimizer.direction); then by config.outer.estimator the
 pathwise part (replay the same draws with gradients, render again in chunks and push
 ``-d/dx [u . dL_train/dtheta]`` through the renderer) and the score-function part (per-image
 alignments ``u . dL_i/dtheta`` as rewards). Every gradient uses HYPERGRADIENT_BN: the per-image
@@ -44,7 +44,13 @@ from optimizer.hessian import per_image_dots, per_image_dots_and_image_gradient
 from optimizer.hypergradient import mixed_grad_from_gradients, pathwise_backward
 from optimizer.psi import OptimizerError, Psi, PsiNoise
 from optimizer.strategies.base import Step
-from optimizer.strategies.every_bin import at_every_bin, mean_by_bin, mean_by_class_and_bin, resample_by_psi, rows_by_psi
+from optimizer.strategies.every_bin import (
+    at_every_bin,
+    mean_by_bin,
+    mean_by_class_and_bin,
+    resample_by_psi,
+    rows_by_psi,
+)
 from optimizer.strategies.gradient import GradientStrategy
 from optimizer.validation import HYPERGRADIENT_BN, validation_loss_and_gradient
 
@@ -59,22 +65,23 @@ class NeuralSim(GradientStrategy):
     def __init__(self, loop: LoopContext) -> None:
         super().__init__(loop)
         config = self.config
-        learnable = set(config.learnable)
-        self.pathwise_parts, self.score_parts = (parts & learnable for parts in estimator_parts(config.estimator))
-        self.lookahead = config.estimator == "lookahead"
+        learnable = set(config.psi.learnable)
+        parts = estimator_parts(config.outer.estimator)
+        self.pathwise_parts, self.score_parts = (part & learnable for part in parts)
+        self.lookahead = config.outer.estimator == "lookahead"
         # Presets set enumerate_bins whatever the job learns: it enumerates the azimuth's score
         # part, so without that part it is off, and so is the bins' objective (alignment_objective).
-        self.enumerate_bins = config.enumerate_bins and "azimuth" in self.score_parts
-        if config.enumerate_bins and not self.enumerate_bins:
-            self.notes = (f"enumerate_bins and alignment_objective {config.alignment_objective!r} are unused: "
+        self.enumerate_bins = config.outer.enumerate_bins and "azimuth" in self.score_parts
+        if config.outer.enumerate_bins and not self.enumerate_bins:
+            self.notes = (f"enumerate_bins and alignment_objective {config.outer.alignment_objective!r} are unused: "
                           "the azimuth is not learnt by the score function",)
         self.every_bin = self.lookahead or self.enumerate_bins
         if self.every_bin:
             self.pose_group = loop.psi_config.azimuth_bins  # scenes that share all but the azimuth, one per bin
         elif "azimuth" in self.score_parts:
-            self.pose_group = config.pose_group
+            self.pose_group = config.outer.pose_group
         self.alignment_kept = self.parameters_aligned()
-        self.by_appearance = self.enumerate_bins and config.alignment_objective == "appearance"
+        self.by_appearance = self.enumerate_bins and config.outer.alignment_objective == "appearance"
         if self.by_appearance:
             val_batch = loop.val_batch
             self.val_crops, rows, slots = object_crops(val_batch.images, val_batch.boxes, val_batch.keep)
@@ -83,7 +90,7 @@ class NeuralSim(GradientStrategy):
 
     def start(self) -> None:
         super().start()
-        self.mixture = MixtureStatistics(decay=self.config.baseline_decay)
+        self.mixture = MixtureStatistics(decay=self.config.outer.baseline_decay)
         self.appearance = self.new_appearance_statistics()
 
     def state_dict(self) -> dict:
@@ -96,8 +103,9 @@ class NeuralSim(GradientStrategy):
     def load_state_dict(self, state: LoopState) -> None:
         super().load_state_dict(state)
         self.mixture = (MixtureStatistics(**state.mixture) if state.mixture
-                        else MixtureStatistics(decay=self.config.baseline_decay))
-        self.appearance = AppearanceStatistics(**state.appearance) if state.appearance else self.new_appearance_statistics()
+                        else MixtureStatistics(decay=self.config.outer.baseline_decay))
+        self.appearance = (AppearanceStatistics(**state.appearance) if state.appearance
+                           else self.new_appearance_statistics())
 
     def new_appearance_statistics(self) -> AppearanceStatistics | None:
         return AppearanceStatistics(bandwidth=self.appearance_bandwidth) if self.by_appearance else None
@@ -143,7 +151,7 @@ class NeuralSim(GradientStrategy):
             if not (pathwise or score):  # nothing else learns: no detector gradient is needed
                 return loop.val_loss(model, iteration), diagnostics
         parameters = trainable_parameters(model)
-        val_loss, val_grad = validation_loss_and_gradient(model, loop.val_batch, config.val_batch_size, True)
+        val_loss, val_grad = validation_loss_and_gradient(model, loop.val_batch, config.detector.val_batch_size, True)
         check_finite(val_loss, "the validation loss", iteration, "the detector diverged")
         targets = batch.targets()
         images = batch.images.detach().requires_grad_(True)
@@ -163,7 +171,8 @@ class NeuralSim(GradientStrategy):
             step = loop.renderer.config.chunk_images
             for start in range(0, noise.batch_size, step):
                 rows = slice(start, start + step)
-                rgb = loop.renderer.render(psi.replay(noise.index(rows), pathwise), config.image_size).rgb.clamp(0, 1)
+                draws = psi.replay(noise.index(rows), pathwise)
+                rgb = loop.renderer.render(draws, config.detector.image_size).rgb.clamp(0, 1)
                 rgb = loop.photograph(rgb, iteration, 0, start)
                 pathwise_backward(rgb, lambda _u, g=image_grad[rows]: [g], u)
         if score:
@@ -173,9 +182,9 @@ class NeuralSim(GradientStrategy):
             if alignment is None:
                 alignment = per_image_dots(train_grad, image_weights, u)
             norms = gram = None
-            if config.alignment_normalisation == "cosine":
+            if config.outer.alignment_normalisation == "cosine":
                 losses = detection_loss(model, batch.images, targets, HYPERGRADIENT_BN, reduction="none")
-                if config.alignment_objective == "mixture":
+                if config.outer.alignment_objective == "mixture":
                     gram = per_sample_gradient_gram(losses, parameters)
                     norms = gram.diagonal().sqrt()
                 else:
@@ -186,12 +195,12 @@ class NeuralSim(GradientStrategy):
             if shared or sampled_bins:
                 rewards = outer_gradient(
                     "score", u, log_prob=psi.log_prob(noise, shared) if shared else None, alignment=alignment,
-                    gradient_norms=norms, normalise=config.alignment_normalisation, baseline=self.baseline,
+                    gradient_norms=norms, normalise=config.outer.alignment_normalisation, baseline=self.baseline,
                     grouped_log_prob=psi.log_prob(noise, {"azimuth"}) if sampled_bins else None,
                     group_size=self.pose_group,
                 )
             else:
-                rewards = alignment_rewards(alignment, u, config.alignment_normalisation, norms)
+                rewards = alignment_rewards(alignment, u, config.outer.alignment_normalisation, norms)
             if self.enumerate_bins and not self.by_appearance:
                 logits = psi.azimuth_logits
                 if gram is not None:
@@ -216,13 +225,14 @@ class NeuralSim(GradientStrategy):
         bins = loop.psi.config.azimuth_bins
         chosen = noise.azimuth_bin[:, 0]
         per_bin = noise.batch_size // bins
-        share = self.config.lookahead_bin_share
+        share = self.config.outer.lookahead_bin_share
         from_psi = rows_by_psi(loop, noise, iteration, round(per_bin * (1 - share) / share), "lookahead")
         scores = []
         for k in range(bins):
             model = copy.deepcopy(loop.detector)
             rows = torch.cat([(chosen == k).nonzero()[:, 0], from_psi.to(chosen.device)])
-            loop.train(model, batch.index(rows), self.config.inner_steps, copy.deepcopy(loop.finetune_state), iteration)
+            steps = self.config.budget.inner_steps
+            loop.train(model, batch.index(rows), steps, copy.deepcopy(loop.finetune_state), iteration)
             scores.append(self.search_score(model, iteration, periodic_map=False)[0])  # only the score is kept
         logits = loop.psi.azimuth_logits
         logits.grad = enumerated_bin_gradient(logits, torch.tensor(scores, device=logits.device))
@@ -232,7 +242,7 @@ class NeuralSim(GradientStrategy):
         """Per trainable detector parameter: does the per-image alignment use it
         (alignment_ignores; None: all)? Fails, before any work, naming a prefix that matches no
         parameter."""
-        ignores = self.config.alignment_ignores
+        ignores = self.config.outer.alignment_ignores
         if not ignores:
             return None
         model = build_detector(self.loop.detector_config)
@@ -240,9 +250,9 @@ class NeuralSim(GradientStrategy):
         for prefix in ignores:
             if not any(name.startswith(prefix) for name in names):
                 raise OptimizerError(
-                    f"OptimizeConfig.alignment_ignores: {prefix!r} is the start of no parameter name of the "
-                    f"{self.config.detector} detector (they look like {names[0]!r} ... {names[-1]!r})")
+                    f"OptimizeConfig.outer.alignment_ignores: {prefix!r} is the start of no parameter name of the "
+                    f"{self.config.detector.arch} detector (they look like {names[0]!r} ... {names[-1]!r})")
         kept = [not any(name.startswith(prefix) for prefix in ignores) for name in names]
         if not any(kept):
-            raise OptimizerError("OptimizeConfig.alignment_ignores: leaves no parameter for the per-image alignment")
+            raise OptimizerError("OptimizeConfig.outer.alignment_ignores: leaves no parameter for the per-image alignment")
         return kept

@@ -29,8 +29,8 @@ class RandomSearch(Strategy):
             return super().draw(t)  # the initial psi is the first candidate
         loop = self.loop
         start = initial_psi(self.config, loop.psi_config).to(loop.device)
-        candidate = random_candidate(start, set(self.config.learnable), generator(self.config.seed, t, "candidate"),
-                                     shared=self.config.share_classes)
+        candidate = random_candidate(start, set(self.config.psi.learnable), generator(self.config.seed, t, "candidate"),
+                                     shared=self.config.psi.share_classes)
         return candidate, self.sample(candidate, t)
 
     def step(self, t: int, batch: ImageBatch, noise: PsiNoise, sampler: Psi, record: dict) -> Step:

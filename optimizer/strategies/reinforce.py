@@ -21,7 +21,7 @@ class Reinforce(GradientStrategy):
         baseline = self.baseline.update(torch.tensor([score]))
         rewards = torch.full((noise.batch_size,), score, device=self.loop.device)
         psi = self.loop.psi
-        score_function_surrogate(psi.log_prob(noise, set(self.config.learnable)), rewards, baseline).backward()
+        score_function_surrogate(psi.log_prob(noise, set(self.config.psi.learnable)), rewards, baseline).backward()
         record["reward"], record["reward_baseline"] = score, baseline
         record["hypergradient_norm"] = self.step_psi(t)
         return trained

@@ -10,7 +10,8 @@ from torch import nn
 from detector.losses import BatchNormMode, per_image_gradient_dot, trainable_parameters
 from detector.model import DetectorConfig, build_detector
 from detector.targets import ImageBatch
-from optimizer.config import OptimizeConfig
+from optimizer.config import HypergradientConfig, OptimizeConfig
+from optimizer.direction import inverse_hessian_direction
 from optimizer.hessian import (
     exact_hvp,
     finite_difference_hvp,
@@ -21,9 +22,7 @@ from optimizer.hessian import (
     solve_direction,
     training_gradient,
 )
-from optimizer.direction import inverse_hessian_direction
 from optimizer.hypergradient import hvp_from_gradients, mixed_grad_from_gradients
-from optimizer.loop import validate_config
 from optimizer.psi import OptimizerError
 
 
@@ -102,7 +101,8 @@ def test_the_loops_direction_with_the_head_hessian_is_zero_outside_the_head():
     mask = hessian_mask(model, "head")
     val_grad = [torch.full_like(p, 1e-3) for p in parameters]
     images = batch.images.clone().requires_grad_(True)
-    config = OptimizeConfig(hessian_layers="head", inverse_hessian="cg", inverse_hessian_steps=3)
+    config = OptimizeConfig(hypergradient=HypergradientConfig(hessian_layers="head", inverse_hessian="cg",
+                                                              inverse_hessian_steps=3))
     u, train_grad, _, _ = inverse_hessian_direction(config, model, images, batch.targets(), val_grad)
     assert any(bool(x.any()) for x, keep in zip(u, mask) if keep)
     assert not any(bool(x.any()) for x, keep in zip(u, mask) if not keep)
@@ -110,8 +110,8 @@ def test_the_loops_direction_with_the_head_hessian_is_zero_outside_the_head():
 
 
 def test_an_unknown_hessian_layers_value_is_refused_naming_the_setting():
-    with pytest.raises(OptimizerError, match="OptimizeConfig.hessian_layers"):
-        validate_config(OptimizeConfig(hessian_layers="backbone"))
+    with pytest.raises(OptimizerError, match="OptimizeConfig.hypergradient.hessian_layers"):
+        OptimizeConfig(hypergradient=HypergradientConfig(hessian_layers="backbone")).validate()
 
 
 @pytest.mark.parametrize("layers", ["all", "head"])
@@ -139,10 +139,10 @@ def test_per_image_alignments_from_the_training_gradients_graph_equal_a_pass_of_
 def test_a_job_request_sets_hessian_layers_and_a_bad_value_is_refused_naming_it():
     from pydantic import ValidationError
 
-    from service.job_fields import JobOptions
+    from service.job_fields import JobOptions, sectioned
 
     settings = JobOptions.model_validate({"hessian_layers": "head"}).loop_settings()
-    assert OptimizeConfig.from_dict(settings).hessian_layers == "head"
+    assert OptimizeConfig.from_dict(sectioned(settings)).hypergradient.hessian_layers == "head"
     with pytest.raises(ValidationError, match="hessian_layers"):
         JobOptions.model_validate({"hessian_layers": "backbone"})
 
@@ -175,7 +175,8 @@ def test_the_loops_direction_by_finite_differences_is_close_to_the_exact_one():
     val_grad = [1e-2 * torch.randn(p.shape, generator=g) for p in trainable_parameters(model)]
     directions = {}
     for product in ("double-backward", "finite-difference"):
-        config = OptimizeConfig(hessian_product=product, inverse_hessian="cg", inverse_hessian_steps=2)
+        config = OptimizeConfig(hypergradient=HypergradientConfig(hessian_product=product, inverse_hessian="cg",
+                                                                  inverse_hessian_steps=2))
         u, _, _, fell_back = inverse_hessian_direction(config, model, images, batch.targets(), val_grad)
         assert not fell_back
         directions[product] = torch.cat([x.reshape(-1) for x in u])
@@ -188,6 +189,7 @@ def test_a_run_saved_before_finite_differences_resumes_only_with_exact_products(
     import json
 
     saved = json.loads(json.dumps(OptimizeConfig().to_dict()))
-    del saved["hessian_product"]
+    del saved["hypergradient"]["hessian_product"]
     assert OptimizeConfig().differences(saved) == []  # the default is exact, as such runs were
-    assert OptimizeConfig(hessian_product="finite-difference").differences(saved) == ["hessian_product"]
+    approximate = OptimizeConfig(hypergradient=HypergradientConfig(hessian_product="finite-difference"))
+    assert approximate.differences(saved) == ["hypergradient.hessian_product"]

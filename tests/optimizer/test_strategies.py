@@ -37,11 +37,12 @@ def test_enumerate_bins_without_the_azimuth_learnt_is_said_at_set_up(tmp_path: P
     by the score function has no bins to enumerate, and the set-up message says so."""
     config = PsiConfig(distance_median=0.35, elevation_median_deg=20.0, elevation_range_deg=(0.0, 50.0))
     val_set = target_set(faced_box_renderer(), shifted_psi(config), 4, 32, tmp_path / "val", CLASSES, seed=1)
-    settings = dict(enumerate_bins=True, outer_iterations=1, warmup_steps=0, sample_images=0, val_map_every=0)
-    unused = _setup_message(tiny_config(learnable=["distance"], **settings), tmp_path / "distance", val_set)
+    settings = {"outer": {"enumerate_bins": True}, "budget": {"outer_iterations": 1},
+                "detector": {"warmup_steps": 0, "sample_images": 0, "val_map_every": 0}}
+    unused = _setup_message(tiny_config(settings, psi={"learnable": ["distance"]}), tmp_path / "distance", val_set)
     assert "enumerate_bins and alignment_objective 'mean' are unused: the azimuth is not learnt" in unused
-    used = _setup_message(tiny_config(learnable=["azimuth"], images_per_iteration=8, **settings), tmp_path / "azimuth",
-                          val_set)
+    used = _setup_message(tiny_config(settings, psi={"learnable": ["azimuth"]}, budget={"images_per_iteration": 8}),
+                          tmp_path / "azimuth", val_set)
     assert "unused" not in used
 
 
@@ -51,8 +52,10 @@ def test_a_strategys_own_state_survives_a_resume(tmp_path: Path, method: str) ->
     in the checkpoint: cancelled after one iteration and resumed, the run equals the whole one."""
     config = PsiConfig(distance_median=0.35, elevation_median_deg=20.0, elevation_range_deg=(0.0, 50.0))
     val_set = target_set(faced_box_renderer(), shifted_psi(config), 4, 32, tmp_path / "val", CLASSES, seed=1)
-    settings = tiny_config(method=method, outer_iterations=3, learnable=["azimuth", "distance"], sample_images=0,
-                           val_map_every=0, search_metric="val_loss")
+    settings = tiny_config(outer={"method": method, "search_metric": "val_loss"},
+                           budget={"outer_iterations": 3},
+                           psi={"learnable": ["azimuth", "distance"]},
+                           detector={"sample_images": 0, "val_map_every": 0})
 
     def run(folder: str, **kwargs):
         return run_loop(settings, faced_box_renderer(), CLASSES, val_set, None, tmp_path / folder, progress_bar=False,

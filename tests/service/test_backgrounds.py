@@ -173,10 +173,10 @@ def test_a_job_lists_its_background_folders_in_its_scene(client, make_key, setti
     tenant = next(store.storage.tenants_dir().glob(f"*/jobs/{job['id']}")).parent.parent.name
     config = job_config(store.get(JobRecord, tenant, job["id"]), store, tmp_path / "job")
 
-    scene = json.loads(Path(config.scene).read_text())
+    scene = json.loads(Path(config.scene.spec).read_text())
     folders = [str(store.storage.record_dir("backgrounds", tenant, b["id"]) / "images") for b in (second, first)]
     assert scene["backgrounds"] == folders and scene["procedural_backgrounds"] is None  # the fallback: none here
-    _, backgrounds = load_scene(read_scene_spec(config.scene))
+    _, backgrounds = load_scene(read_scene_spec(config.scene.spec))
     assert len(backgrounds) == 4 and [tuple(image.shape) for image in backgrounds.images[:2]] == [(3, 24, 24),
                                                                                                  (3, 48, 64)]
 
@@ -185,7 +185,7 @@ def test_a_job_lists_its_background_folders_in_its_scene(client, make_key, setti
         body = {**request, **changes}
         created = client.post("/v1/jobs", headers=headers, json=body).json()
         config = job_config(store.get(JobRecord, tenant, created["id"]), store, tmp_path / created["id"])
-        names = load_scene(read_scene_spec(config.scene))[1].names
+        names = load_scene(read_scene_spec(config.scene.spec))[1].names
         assert sum(name.startswith("procedural_") for name in names) == procedural
 
     # Photos alone are something to draw: no plain colours and no textures is then fine.

@@ -41,7 +41,8 @@ def test_a_job_runs_its_preset_with_its_explicit_settings_on_top(client, inputs)
     assert job.json()["preset"] == "neural-sim" and job.json()["method"] is None
     # What the worker runs: the stored record's config.
     config = JobRecord.model_validate({**job.json(), "tenant": "acme"}).optimize_config("scene.json", "val", None)
-    assert (config.preset, config.method, config.estimator, config.enumerate_bins, config.alignment_objective) == \
+    outer = config.outer
+    assert (config.preset, outer.method, outer.estimator, outer.enumerate_bins, outer.alignment_objective) == \
         ("neural-sim", "neural-sim", "score", True, "mean")
 
     # The default preset, whose settings the job did not override.
@@ -49,8 +50,8 @@ def test_a_job_runs_its_preset_with_its_explicit_settings_on_top(client, inputs)
         **tiny_job(asset_id, target_id), "preset": DEFAULT_PRESET,
         "budget": {**tiny_job(asset_id, target_id)["budget"], "images_per_iteration": 8}}).json()})
     config = default.optimize_config("scene.json", "val", None)
-    assert (config.enumerate_bins, config.alignment_objective) == (True, "appearance")
-    assert config.uniform_baseline is True
+    assert (config.outer.enumerate_bins, config.outer.alignment_objective) == (True, "appearance")
+    assert config.final.uniform_baseline is True
 
 
 def test_a_record_stored_before_presets_runs_the_papers_method(client, inputs) -> None:
@@ -62,4 +63,5 @@ def test_a_record_stored_before_presets_runs_the_papers_method(client, inputs) -
     record = JobRecord.model_validate({**stored, "tenant": "acme"})
     assert record.preset == "neural-sim" and "alignment_ignores" not in record.options.model_dump()
     config = record.optimize_config("scene.json", "val", None)
-    assert (config.enumerate_bins, config.alignment_objective, config.uniform_baseline) == (False, "mean", False)
+    assert (config.outer.enumerate_bins, config.outer.alignment_objective, config.final.uniform_baseline) == \
+        (False, "mean", False)

@@ -170,7 +170,7 @@ def test_cuda_is_refused_where_the_workers_have_none(client, headers, settings) 
 def test_allowed_fields_reach_the_loop_config() -> None:
     """What the SDK, the dashboard and the benchmarks send is accepted and converts to the
     loop's config, trainer overrides as a plain dict and unset fields left to the loop."""
-    from optimizer.config import OptimizeConfig
+    from optimizer.config import HypergradientConfig
     from service.schemas import JobCreate
 
     request = {**JOB, "psi": {"distance_median": 0.5, "elevation_range_deg": [0, 50]},
@@ -180,14 +180,16 @@ def test_allowed_fields_reach_the_loop_config() -> None:
                                                        "warmup_epochs": 1.0, "optimizer": "AdamW", "lr0": 0.002}}}
     job = JobCreate.model_validate(request)
     config = job.optimize_config("scene.json", "val", None)
-    assert config.psi == {"distance_median": 0.5, "elevation_range_deg": [0.0, 50.0]}
-    assert config.final_trainer_overrides == {"optimizer": "AdamW", "lr0": 0.002, "warmup_epochs": 1.0,
+    assert config.psi.initial == {"distance_median": 0.5, "elevation_range_deg": [0.0, 50.0]}
+    assert config.final.trainer_overrides == {"optimizer": "AdamW", "lr0": 0.002, "warmup_epochs": 1.0,
                                               "close_mosaic": 0, "mosaic": 0.0, "fliplr": 0.0}
-    assert config.oracle_psi == {"azimuth_bin_probs": [0, 0, 1, 1, 0, 0, 0, 0]}
-    assert (config.damping, config.warmup_steps, config.inner_batch_size) == (1.0, 1, None)
-    assert config.neumann_scale == OptimizeConfig.neumann_scale  # unset: the loop's default
+    assert config.psi.oracle == {"azimuth_bin_probs": [0, 0, 1, 1, 0, 0, 0, 0]}
+    assert (config.hypergradient.damping, config.detector.warmup_steps, config.detector.inner_batch_size) == (1.0, 1,
+                                                                                                              None)
+    assert config.hypergradient.neumann_scale == HypergradientConfig.neumann_scale  # unset: the loop's default
     assert json.loads(job.model_dump_json())["options"]["final_trainer_overrides"]["optimizer"] == "AdamW"
-    assert config.photometric == {} and config.psi_priors and config.harvest_backgrounds  # the loop's defaults
+    # the loop's defaults
+    assert config.scene.photometric == {} and config.psi.priors and config.scene.harvest_backgrounds
 
 
 def test_the_real_photo_settings_reach_the_loop_config() -> None:
@@ -196,15 +198,15 @@ def test_the_real_photo_settings_reach_the_loop_config() -> None:
     options = {"final_real_share": 0.5, "real_only_baseline": False, "harvest_backgrounds": False,
                "psi_priors": False, "photometric": False}
     config = JobCreate.model_validate({**JOB, "options": options}).optimize_config("scene.json", "val", "test")
-    assert (config.final_real_share, config.real_only_baseline, config.harvest_backgrounds, config.psi_priors,
-            config.photometric) == (0.5, False, False, False, None)
+    assert (config.final.real_share, config.final.real_only_baseline, config.scene.harvest_backgrounds,
+            config.psi.priors, config.scene.photometric) == (0.5, False, False, False, None)
     on = JobCreate.model_validate({**JOB, "options": {"photometric": True}}).optimize_config("scene.json", "val", None)
-    assert on.photometric == {}
-    assert on.resting_poses  # the loop's default: objects rest on a support plane
+    assert on.scene.photometric == {}
+    assert on.scene.resting_poses  # the loop's default: objects rest on a support plane
     off = JobCreate.model_validate({**JOB, "options": {"resting_poses": False}}).optimize_config("scene.json", "val", None)
-    assert off.resting_poses is False
+    assert off.scene.resting_poses is False
     lying = JobCreate.model_validate({**JOB, "options": {"canonical_pose_share": 0.25}}).optimize_config("scene.json", "val", None)
-    assert lying.canonical_pose_share == 0.25
+    assert lying.scene.canonical_pose_share == 0.25
     with pytest.raises(ValidationError, match="canonical_pose_share"):
         JobCreate.model_validate({**JOB, "options": {"canonical_pose_share": 1.5}})
 
@@ -319,9 +321,9 @@ def test_records_stored_before_the_allowlists_still_load() -> None:
 
 def test_the_final_image_size_option_reaches_the_loop_config() -> None:
     from optimizer.config import OptimizeConfig
-    from service.job_fields import JobOptions
+    from service.job_fields import JobOptions, sectioned
 
     settings = JobOptions(final_image_size=640).loop_settings()
     assert settings == {"final_image_size": 640}
-    assert OptimizeConfig.from_dict(settings).final_image_size == 640
+    assert OptimizeConfig.from_dict(sectioned(settings)).final.image_size == 640
     assert "final_image_size" not in JobOptions().loop_settings()  # unset: the photos' size

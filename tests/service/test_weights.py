@@ -140,7 +140,7 @@ def test_a_job_with_uploaded_weights_starts_its_detector_from_them(client, make_
     config = job_config(record, store, tmp_path / "job")
 
     stored = store.storage.record_dir("weights", record.tenant, weights["id"]) / "weights.pt"
-    assert config.detector_weights == str(stored)
+    assert config.detector.weights == str(stored)
     detector = build_detector(detector_config(config, ["box"]))
     source = build_detector(DetectorConfig(arch="yolov8n-cpu", class_names=["box", "mug"], seed=7))
     logits = {f"model.22.cv3.{level}.2.{kind}" for level in range(3) for kind in ("weight", "bias")}

@@ -73,10 +73,8 @@ def _check_references(job: JobCreate, tenant: str, store, settings) -> None:
     if job.detector_weights is not None:
         _check_weights(job.detector_weights, names, tenant, store)
     _check_backgrounds(job.backgrounds, tenant, store, settings.max_background_images)
-    from optimizer.loop import validate_config  # the loop's own checks, so a bad job fails here, not later
-
-    try:
-        validate_config(job.optimize_config("scene.json", "validation", "test" if job.target_test else None))
+    try:  # the loop's own checks, so a bad job fails here, not later
+        job.optimize_config("scene.json", "validation", "test" if job.target_test else None).validate()
     except (TypeError, ValueError) as error:
         raise ServiceError(str(error).replace("OptimizeConfig.", "")) from error
 
