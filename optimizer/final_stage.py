@@ -139,7 +139,7 @@ class FinalStage:
         if loop.test_set is None:
             return {"baseline": {"skipped": f"no test set, and fewer than {MIN_PHOTOS_TO_HOLD_OUT} validation "
                                             "photos to hold out"}}
-        if config.outer.method == "uniform":
+        if loop.strategy.keeps_the_uniform_start:
             return {"baseline": {"skipped": "the job's psi is the starting psi: the baseline would be the same run"}}
         loop.emit("evaluate", 0, 1, message="training and evaluating the uniform baseline (psi at its start)")
         loop.images_rendered += config.budget.final_images

@@ -37,7 +37,7 @@ from detector.evaluate import evaluate
 from detector.model import build_detector, save_detector
 from detector.targets import ImageBatch
 from detector.train import FinetuneState
-from optimizer.baselines import azimuth_total_variation, initial_psi
+from optimizer.baselines import azimuth_total_variation
 from optimizer.best_detector import keep_if_best
 from optimizer.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from optimizer.config import OptimizeConfig, Progress
@@ -146,7 +146,7 @@ class _Loop(LoopContext):
     def initial_state(self) -> LoopState:
         """Psi, detector and the strategy's state before the first outer iteration (after the warm-up)."""
         config = self.config
-        self.psi = initial_psi(config, self.psi_config).to(self.device)
+        self.psi = self.strategy.initial_psi(config, self.psi_config).to(self.device)
         self.strategy.start()
         self.detector = build_detector(self.detector_config).to(self.device)
         self.finetune_state = FinetuneState(optimizer={})
@@ -188,7 +188,7 @@ class _Loop(LoopContext):
                 f"{self.out_dir}: holds a run of another config (settings {differing} differ); "
                 "use a new output folder or the same config"
             )
-        self.psi = initial_psi(self.config, self.psi_config).to(self.device)
+        self.psi = self.strategy.initial_psi(self.config, self.psi_config).to(self.device)
         self.psi.load_state_dict(state.psi)
         self.detector = build_detector(self.detector_config).to(self.device)
         self.detector.load_state_dict(state.detector)

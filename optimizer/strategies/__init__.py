@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from optimizer.psi import OptimizerError
 from optimizer.strategies.base import Step, Strategy
-from optimizer.strategies.fixed import Fixed
+from optimizer.strategies.fixed import Oracle, Uniform
 from optimizer.strategies.neural_sim import NeuralSim
 from optimizer.strategies.random_search import RandomSearch
 from optimizer.strategies.reinforce import Reinforce
@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "neural-sim": NeuralSim,
-    "uniform": Fixed,
-    "oracle": Fixed,
+    "uniform": Uniform,
+    "oracle": Oracle,
     "random-search": RandomSearch,
     "reinforce": Reinforce,
 }

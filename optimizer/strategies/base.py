@@ -2,10 +2,10 @@
 
 The loop (optimizer.loop) owns the sequence and what every method shares: psi, the loop
 detector and its inner optimiser state, rendering, fine-tuning, the validation loss and mAP,
-the history and the checkpoint. A :class:`Strategy` decides, per outer iteration, which psi
-draws the scenes, what psi learns from them and which detector trains on them; it keeps its
-own state (reward baseline, incumbent, psi's optimiser, ...) and says which checkpoint entries
-(optimizer.checkpoint.LoopState fields) hold it.
+the history and the checkpoint. A :class:`Strategy` decides where psi starts and, per outer
+iteration, which psi draws the scenes, what psi learns from them and which detector trains on
+them; it keeps its own state (reward baseline, incumbent, psi's optimiser, ...) and says which
+checkpoint entries (optimizer.checkpoint.LoopState fields) hold it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from detector.evaluate import DetectionMetrics
 from detector.targets import ImageBatch
 from detector.train import FinetuneState
 from optimizer.checkpoint import LoopState
-from optimizer.psi import Psi, PsiNoise
+from optimizer.config import OptimizeConfig
+from optimizer.psi import Psi, PsiConfig, PsiNoise
 from optimizer.seeds import generator
 
 if TYPE_CHECKING:
@@ -49,10 +50,18 @@ class Strategy:
     """Consecutive scenes of a draw that share all but the azimuth."""
     notes: tuple[str, ...] = ()
     """Settings this method leaves unused for this job, said once in the set-up message."""
+    keeps_the_uniform_start: bool = False
+    """psi stays at its uniform start: the final stage's uniform baseline would repeat the run."""
 
     def __init__(self, loop: LoopContext) -> None:
         self.loop = loop
         self.config = loop.config
+
+    @classmethod
+    def initial_psi(cls, config: OptimizeConfig, psi_config: PsiConfig) -> Psi:
+        """psi at the start of a run: the config's initial values, the parts named in
+        ``config.psi.learnable`` parameters."""
+        return Psi(psi_config)
 
     def start(self) -> None:
         """Fresh state, after the loop made its initial psi."""

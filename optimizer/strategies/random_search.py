@@ -5,15 +5,20 @@ images and keeps the best-scoring candidate as psi (the incumbent)."""
 from __future__ import annotations
 
 from detector.targets import ImageBatch
-from optimizer.baselines import initial_psi, random_candidate
+from optimizer.baselines import random_candidate
 from optimizer.checkpoint import LoopState
-from optimizer.psi import Psi, PsiNoise
+from optimizer.config import OptimizeConfig
+from optimizer.psi import Psi, PsiConfig, PsiNoise
 from optimizer.seeds import generator
 from optimizer.strategies.base import Step, Strategy
 
 
 class RandomSearch(Strategy):
     """The incumbent ``{"psi": state_dict, "score": search score, "iteration": t}`` is its state."""
+
+    @classmethod
+    def initial_psi(cls, config: OptimizeConfig, psi_config: PsiConfig) -> Psi:
+        return Psi(psi_config.frozen())  # the candidates are drawn whole: psi itself is never a parameter
 
     def start(self) -> None:
         self.best: dict | None = None
@@ -28,7 +33,7 @@ class RandomSearch(Strategy):
         if t == 0:
             return super().draw(t)  # the initial psi is the first candidate
         loop = self.loop
-        start = initial_psi(self.config, loop.psi_config).to(loop.device)
+        start = self.initial_psi(self.config, loop.psi_config).to(loop.device)
         candidate = random_candidate(start, set(self.config.psi.learnable), generator(self.config.seed, t, "candidate"),
                                      shared=self.config.psi.share_classes)
         return candidate, self.sample(candidate, t)
