@@ -76,9 +76,10 @@ from detector.losses import (  # noqa: E402
 from detector.model import DetectorConfig, build_detector  # noqa: E402
 from detector.targets import ImageBatch  # noqa: E402
 from optimizer.appearance import AppearanceStatistics, crop_bandwidth, gaussian_kernel, object_crops  # noqa: E402
-from optimizer.baselines import azimuth_total_variation, initial_psi, psi_config  # noqa: E402
+from optimizer.baselines import azimuth_total_variation, psi_config  # noqa: E402
 from optimizer.checkpoint import load_checkpoint  # noqa: E402
 from optimizer.config import OptimizeConfig  # noqa: E402
+from optimizer.direction import inverse_hessian_direction  # noqa: E402
 from optimizer.estimators import (  # noqa: E402
     mixture_alignment_gradient,
     mixture_cell_sums,
@@ -86,12 +87,9 @@ from optimizer.estimators import (  # noqa: E402
     per_sample_gradient_norms,
 )
 from optimizer.hypergradient import dot  # noqa: E402
-from optimizer.loop import (  # noqa: E402
-    HYPERGRADIENT_BN,
-    inverse_hessian_direction,
-    run_loop,
-    validation_loss_and_gradient,
-)
+from optimizer.loop import run_loop  # noqa: E402
+from optimizer.strategies import STRATEGIES  # noqa: E402
+from optimizer.validation import HYPERGRADIENT_BN, validation_loss_and_gradient  # noqa: E402
 from renderer.backgrounds import BackgroundSet  # noqa: E402
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: E402
 
@@ -125,7 +123,8 @@ def warmed_up_detector(config, renderer, val_set, warmup: int, warmup_cache: Pat
 
 def enumerated_batch(config, renderer, groups: int, seed: int) -> tuple[ImageBatch, torch.Tensor]:
     """``groups`` scenes from uniform psi, each at all 8 bins (consecutive rows); their classes."""
-    psi = initial_psi(config, psi_config(config, renderer.fields, len(renderer.backgrounds)))
+    starting = psi_config(config, renderer.fields, len(renderer.backgrounds))
+    psi = STRATEGIES[config.outer.method].initial_psi(config, starting)
     noise = psi.sample(groups * BINS, seed, pose_group=BINS).noise
     noise.azimuth_bin[:, 0] = torch.arange(BINS).repeat(groups)
     with torch.no_grad():

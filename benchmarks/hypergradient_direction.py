@@ -4,9 +4,9 @@ hessian_product="double-backward")``, the default before issue 27), on the same 
 images and state, over a few outer iterations of a default job on the demo scene at 128 px
 (after a warm-up).
 
-Per iteration, the loop's ``outer_step_direction`` runs once per variant from the same state
-(the reward baseline restored between them), and psi's gradient is compared with the
-reference's by cosine similarity, whole and per learnable part, with the time each took. Then
+Per iteration, the neural-sim strategy's ``outer_step_direction`` runs once per variant from
+the same state (the reward baseline restored between them), and psi's gradient is compared with
+the reference's by cosine similarity, whole and per learnable part, with the time each took. Then
 the iteration goes on as the reference would (psi step, inner fine-tune), so later iterations
 see a detector as a job would. Variants: ``finite-difference`` (hessian_product),
 ``head`` (hessian_layers 'head'), ``cg2`` and ``cg1``
@@ -45,6 +45,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+import optimizer.direction as direction_module  # noqa: E402
 import optimizer.hessian as hessian_module  # noqa: E402
 import optimizer.loop as loop_module  # noqa: E402
 from detector.datasets import load_dataset  # noqa: E402
@@ -55,6 +56,7 @@ from optimizer.config import (  # noqa: E402
     OptimizeConfig,
     SceneConfig,
 )
+from optimizer.seeds import generator  # noqa: E402
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: E402
 from renderer.scene_spec import load_scene, read_scene_spec  # noqa: E402
 from service.demo import render_target_set  # noqa: E402
@@ -79,21 +81,22 @@ def count_hvps() -> None:
 
         return call
 
-    loop_module.exact_hvp = counted
+    direction_module.exact_hvp = counted
 
 
 def outer_gradient(loop, batch, noise, t: int, overrides: dict) -> tuple[dict[str, torch.Tensor], float]:
     """psi's outer gradient per part (flattened) under ``overrides``, and the seconds it took;
     leaves psi's .grad holding it."""
-    saved = {name: getattr(loop.config, name) for name in overrides}
+    settings = loop.config.hypergradient  # every variant changes a hypergradient setting
+    saved = {name: getattr(settings, name) for name in overrides}
     for name, value in overrides.items():
-        setattr(loop.config, name, value)
-    loop.psi_optimizer.zero_grad(set_to_none=True)
+        setattr(settings, name, value)
+    loop.strategy.psi_optimizer.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    loop.outer_step_direction(batch, noise, t)
+    loop.strategy.outer_step_direction(batch, noise, t)
     seconds = time.perf_counter() - start
     for name, value in saved.items():
-        setattr(loop.config, name, value)
+        setattr(settings, name, value)
     parts = {part: torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in tensors])
              for part, tensors in loop.psi.part_parameters().items()}
     return parts, seconds
@@ -126,15 +129,15 @@ def main() -> None:
         loop.out_dir.mkdir(parents=True, exist_ok=True)
         loop.initial_state()
         for t in range(iterations):
-            noise = loop.psi.sample(config.budget.images_per_iteration, loop_module._generator(config.seed, t, "render"),
-                                    loop.pose_group).noise
+            noise = loop.psi.sample(config.budget.images_per_iteration, generator(config.seed, t, "render"),
+                                    loop.strategy.pose_group).noise
             batch = loop.render(noise, t)
-            baseline = copy.deepcopy(loop.baseline)
+            baseline = copy.deepcopy(loop.strategy.baseline)
             results = {}
             for name, overrides in VARIANTS.items():
-                loop.baseline = copy.deepcopy(baseline)
+                loop.strategy.baseline = copy.deepcopy(baseline)
                 results[name] = outer_gradient(loop, batch, noise, t, overrides)
-            loop.baseline = baseline
+            loop.strategy.baseline = baseline
             before = HVP_CALLS[0]
             reference, reference_s = outer_gradient(loop, batch, noise, t, {})  # psi's .grad holds it for the step
             seconds["reference"].append(reference_s)
@@ -146,7 +149,7 @@ def main() -> None:
                 line.append(f"{name}: cos={totals[name][-1]:.3f} s={took:.2f} "
                             + " ".join(f"{part}={cosine(parts[part], reference[part]):.2f}" for part in reference))
             print(" | ".join(line), flush=True)
-            loop.step_psi(t)
+            loop.strategy.step_psi(t)
             loop.finetune_state = loop.train(loop.detector, batch, config.budget.inner_steps, loop.finetune_state, t)
     print(" ".join(f"cosine_{name}={sum(v) / len(v):.3f}" for name, v in totals.items()) + " "
           + " ".join(f"seconds_{name}={sum(v) / len(v):.2f}" for name, v in seconds.items()))

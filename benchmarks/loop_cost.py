@@ -3,11 +3,11 @@
 The job is the product's default neural-sim job (``OptimizeConfig()``: estimator 'both', CG
 with 5 steps, K = 32 images, 20 inner AdamW steps) on the bundled demo scene, its validation
 set 16 images rendered from the demo's shifted psi (service.demo). The iteration is the loop's
-own (``optimizer.loop._Loop.iteration``); the benchmark only wraps the stages it calls with
-timers, so nothing it measures behaves differently from a job:
+own (``optimizer.loop._Loop.iteration`` with its neural-sim strategy); the benchmark only wraps
+the stages it calls with timers, so nothing it measures behaves differently from a job:
 
 - render: the K images drawn from psi (no gradient);
-- hypergradient: ``outer_step_direction``, i.e. the validation gradient (``val_gradient``),
+- hypergradient: ``NeuralSim.outer_step_direction``, i.e. the validation gradient (``val_gradient``),
   the training gradient's graph and the inverse-Hessian solve (``inverse_hessian``; ``hvp`` is
   one of its products), the mixed derivative with the per-image alignments
   (``mixed_and_alignment``), the pathwise re-render and its backward through the renderer (the
@@ -55,21 +55,24 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+import optimizer.direction as direction_module  # noqa: E402
 import optimizer.hessian as hessian_module  # noqa: E402
 import optimizer.loop as loop_module  # noqa: E402
+import optimizer.strategies.neural_sim as neural_sim_module  # noqa: E402
 from detector.datasets import load_dataset  # noqa: E402
 from optimizer.config import OptimizeConfig, merged  # noqa: E402
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: E402
 from renderer.scene_spec import load_scene, read_scene_spec  # noqa: E402
 from service.demo import render_target_set  # noqa: E402
 
-LOOP_STAGES = {"render": "render", "outer_step_direction": "hypergradient", "step_psi": "psi_step",
-               "train": "finetune", "val_loss": "val_loss", "val_map": "val_map"}
+LOOP_STAGES = {"render": "render", "train": "finetune", "val_loss": "val_loss", "val_map": "val_map"}
 """_Loop methods timed, and the stage each is reported as."""
+STRATEGY_STAGES = {"outer_step_direction": "hypergradient", "step_psi": "psi_step"}
+"""NeuralSim (optimizer.strategies.neural_sim) methods timed, and the stage each is reported as."""
 HYPERGRADIENT_PARTS = {"validation_loss_and_gradient": "val_gradient", "inverse_hessian_direction": "inverse_hessian",
                        "pathwise_backward": "pathwise", "per_image_dots": "alignment",
                        "per_image_dots_and_image_gradient": "mixed_and_alignment"}
-"""optimizer.loop functions the hypergradient calls, timed as its parts."""
+"""optimizer.strategies.neural_sim functions the hypergradient calls, timed as its parts."""
 
 
 class Timers:
@@ -107,12 +110,15 @@ def instrument(timers: Timers) -> None:
     """Wrap the loop's stages and the hypergradient's parts with ``timers`` (module-wide)."""
     for method, name in LOOP_STAGES.items():
         setattr(loop_module._Loop, method, timers.wrap(name, getattr(loop_module._Loop, method)))
+    strategy = neural_sim_module.NeuralSim
+    for method, name in STRATEGY_STAGES.items():
+        setattr(strategy, method, timers.wrap(name, getattr(strategy, method)))
     for function, name in HYPERGRADIENT_PARTS.items():
-        setattr(loop_module, function, timers.wrap(name, getattr(loop_module, function)))
+        setattr(neural_sim_module, function, timers.wrap(name, getattr(neural_sim_module, function)))
     for name in ("exact_hvp", "finite_difference_hvp"):
         make_hvp = getattr(hessian_module, name)
-        # Bound now (default argument): the loop's module imported these names from optimizer.hessian.
-        setattr(loop_module, name, lambda *a, make=make_hvp, **k: timers.wrap("hvp", make(*a, **k)))
+        # Bound now (default argument): optimizer.direction imported these names from optimizer.hessian.
+        setattr(direction_module, name, lambda *a, make=make_hvp, **k: timers.wrap("hvp", make(*a, **k)))
 
 
 def time_iteration(renderer: SceneRenderer, class_names: list[str], val_set, size: int, config: OptimizeConfig,

@@ -38,7 +38,7 @@ from detector.losses import BatchNormMode  # noqa: E402
 from detector.targets import ImageBatch  # noqa: E402
 from detector.train import finetune  # noqa: E402
 from optimizer.baselines import psi_config  # noqa: E402
-from optimizer.loop import validation_loss_and_gradient  # noqa: E402
+from optimizer.validation import validation_loss_and_gradient  # noqa: E402
 from optimizer.psi import Psi  # noqa: E402
 
 BINS = 8

@@ -110,9 +110,11 @@ from detector.model import load_detector  # noqa: E402
 from optimizer.baselines import azimuth_total_variation  # noqa: E402
 from optimizer.config import OptimizeConfig, merged  # noqa: E402
 from optimizer.dataset import render_dataset  # noqa: E402
-from optimizer.loop import completed_report, run_loop, train_final_detector  # noqa: E402
+from optimizer.final_training import train_final_detector  # noqa: E402
+from optimizer.loop import run_loop  # noqa: E402
 from optimizer.report import write_json_atomic  # noqa: E402
 from optimizer.psi import Psi, PsiConfig  # noqa: E402
+from optimizer.result import completed_report  # noqa: E402
 from renderer.backgrounds import BackgroundSet  # noqa: E402
 from renderer.mesh import MeshSceneRenderer, MeshSceneRendererConfig, load_textured_mesh  # noqa: E402
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: E402

@@ -35,7 +35,7 @@ def train_arm(
     should_stop: Callable[[], bool],
 ) -> tuple[Path, dict] | None:
     """Train ``config``'s final detector on ``data_dir`` into ``folder`` with ``train``
-    (:func:`optimizer.loop.train_final_detector`: the final detector's epochs, batch, trainer
+    (:func:`optimizer.final_training.train_final_detector`: the final detector's epochs, batch, trainer
     overrides and seed), both at ``image_size`` (the final detector's: optimizer.final_size), and
     evaluate it on ``test_set``. Returns its best checkpoint and test metrics, or None when
     ``should_stop`` stopped the training."""

@@ -1,11 +1,6 @@
-"""psi for each method of the loop, and the random-search proposal.
+"""A job's PsiConfig, the random-search proposal and the azimuth's distance to a target.
 
-- ``neural-sim`` and ``reinforce``: psi starts at the config's initial values, the parts named
-  in ``OptimizeConfig.psi.learnable`` are parameters.
-- ``uniform``: the same initial psi with every part fixed (Psi.uniform).
-- ``oracle``: fixed at the target's true distribution (Psi.from_target(**psi.oracle)).
-- ``random-search``: each outer iteration proposes a candidate (:func:`random_candidate`);
-  the incumbent is the candidate whose images gave the lowest validation loss.
+Where each method's psi starts is its strategy's ``initial_psi`` (optimizer.strategies).
 """
 
 from __future__ import annotations
@@ -61,23 +56,6 @@ def psi_config(
         num_classes=len(radiance_fields), appearance_embeddings=appearance_embeddings, num_backgrounds=num_backgrounds,
         pose_probs=pose_probs, **overrides, **learn,
     )
-
-
-def initial_psi(config: OptimizeConfig, psi_cfg: PsiConfig) -> Psi:
-    """psi at the start of a run of ``config.outer.method``."""
-    if config.outer.method == "uniform":
-        return Psi.uniform(psi_cfg)
-    if config.outer.method == "oracle":
-        if config.psi.oracle is None:
-            raise OptimizerError("method 'oracle' needs psi.oracle (Psi.from_target arguments: the target's distribution)")
-        try:
-            return Psi.from_target(psi_cfg, **config.psi.oracle)
-        except TypeError as error:
-            raise OptimizerError(f"OptimizeConfig.psi.oracle: {error}") from error
-    if config.outer.method == "random-search":
-        # The candidates are drawn whole; psi itself is never a parameter.
-        return Psi(psi_cfg.frozen())
-    return Psi(psi_cfg)
 
 
 @torch.no_grad()

@@ -24,21 +24,24 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 @dataclass
 class LoopState:
-    """What the loop carries from one outer iteration to the next (tensors on the CPU)."""
+    """What the loop carries from one outer iteration to the next (tensors on the CPU). The
+    fields ``psi_optimizer``, ``baseline``, ``mixture``, ``appearance`` and ``best`` belong to the
+    outer method (optimizer.strategies): each fills its own and leaves the others at their defaults."""
 
     config: dict[str, Any]
     """The job config (OptimizeConfig.to_dict()); a resume must use the same one."""
     iteration: int
     """Outer iterations completed."""
     psi: dict[str, torch.Tensor]
-    psi_optimizer: dict
     detector: dict[str, torch.Tensor]
     """The loop detector's state_dict (warm-started for neural-sim and the fixed baselines; the
     reference that every candidate starts from for random search and REINFORCE)."""
     finetune: dict
     """detector.train.FinetuneState fields (optimizer state, steps done, losses)."""
-    baseline: dict
-    """optimizer.estimators.MovingAverageBaseline fields."""
+    psi_optimizer: dict = field(default_factory=dict)
+    """psi's Adam state (the methods that step psi by a gradient; empty for the others)."""
+    baseline: dict | None = None
+    """optimizer.estimators.MovingAverageBaseline fields (neural-sim and REINFORCE)."""
     mixture: dict | None = None
     """optimizer.estimators.MixtureStatistics fields (the 'mixture' alignment's running sums)."""
     appearance: dict | None = None

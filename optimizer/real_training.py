@@ -72,7 +72,7 @@ def train_real_only(
     ``image_size``: the final detector's, trainer overrides, seed) from the config's initial weights (never the warmed-up
     ones: they have seen renders) on ``photos`` alone, repeated to ``images_per_epoch`` per
     epoch, i.e. as many optimiser steps as the final detector made; evaluate it on
-    ``test_set``. ``train`` is :func:`optimizer.loop.train_final_detector`. Returns the test
+    ``test_set``. ``train`` is :func:`optimizer.final_training.train_final_detector`. Returns the test
     metrics, or None when ``should_stop`` stopped the training."""
     folder = Path(run_dir) / REAL_ONLY_FOLDER
     mix = write_real_only(photos, folder / "data", images_per_epoch)

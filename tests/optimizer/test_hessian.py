@@ -11,6 +11,7 @@ from detector.losses import BatchNormMode, per_image_gradient_dot, trainable_par
 from detector.model import DetectorConfig, build_detector
 from detector.targets import ImageBatch
 from optimizer.config import HypergradientConfig, OptimizeConfig
+from optimizer.direction import inverse_hessian_direction
 from optimizer.hessian import (
     exact_hvp,
     finite_difference_hvp,
@@ -22,7 +23,6 @@ from optimizer.hessian import (
     training_gradient,
 )
 from optimizer.hypergradient import hvp_from_gradients, mixed_grad_from_gradients
-from optimizer.loop import inverse_hessian_direction
 from optimizer.psi import OptimizerError
 
 
