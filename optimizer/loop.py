@@ -74,6 +74,12 @@ from detector.model import DetectorConfig, build_detector, load_detector, save_d
 from detector.targets import ImageBatch, UltralyticsTargets
 from detector.train import FinetuneState, finetune, train_on_dataset
 from optimizer.appearance import AppearanceStatistics, crop_bandwidth, object_crops
+from optimizer.appearance_parts import (
+    appearance_part_gradients,
+    enumerated_bin_weights,
+    feature_bandwidths,
+    scene_features,
+)
 from optimizer.baselines import azimuth_total_variation, initial_psi, random_candidate
 from optimizer.best_detector import best_iteration, keep_if_best
 from optimizer.checkpoint import LoopState, load_checkpoint, save_checkpoint
@@ -514,11 +520,17 @@ class _Loop:
         self.alignment_kept = self.parameters_aligned()
         if self.every_bin:
             self.pose_group = self.psi_config.azimuth_bins  # scenes that share all but the azimuth, one per bin
-        self.by_appearance = self.enumerate_bins and config.alignment_objective == "appearance"
-        if self.by_appearance:
+        # parts24 hook: 'appearance' moves every learnable part (optimizer.appearance_parts), the
+        # enumerated azimuth bins by their exact MMD (optimizer.appearance); no detector gradient.
+        self.by_appearance = config.method == "neural-sim" and config.alignment_objective == "appearance"
+        self.bins_by_appearance = self.by_appearance and self.enumerate_bins
+        if self.by_appearance:  # (fails here, before any work, with too few validation objects)
+            self.val_features = scene_features(self.val_batch)
+            self.feature_bandwidths = feature_bandwidths(self.val_features)
+        if self.bins_by_appearance:
             self.val_crops, rows, slots = object_crops(self.val_batch.images, self.val_batch.boxes, self.val_batch.keep)
             self.val_crop_classes = self.val_batch.classes[rows, slots]
-            self.appearance_bandwidth = crop_bandwidth(self.val_crops)  # fails here, before any work
+            self.appearance_bandwidth = crop_bandwidth(self.val_crops)
 
     # ------------------------------------------------------------------ setup and resume
 
@@ -685,17 +697,27 @@ class _Loop:
         return evaluate(model, self.val_set, self.config.image_size, progress=False)
 
     def new_appearance_statistics(self) -> AppearanceStatistics | None:
-        return AppearanceStatistics(bandwidth=self.appearance_bandwidth) if self.by_appearance else None
+        return AppearanceStatistics(bandwidth=self.appearance_bandwidth) if self.bins_by_appearance else None
 
     def appearance_gradient(self, batch: ImageBatch, noise: PsiNoise) -> dict:
-        """alignment_objective 'appearance': add this batch's crops to the statistics and put
-        the MMD's derivative into the bin logits' .grad; returns diagnostics."""
-        crops, rows, slots = object_crops(batch.images, batch.boxes, batch.keep)
-        logits = self.psi.azimuth_logits
-        self.appearance.update(crops, batch.classes[rows, slots], noise.azimuth_bin[rows, slots],
-                               torch.div(rows, self.pose_group, rounding_mode="floor"))
-        gradient, found = self.appearance.gradient(logits, self.val_crops, self.val_crop_classes)
-        logits.grad = gradient if logits.grad is None else logits.grad + gradient
+        """alignment_objective 'appearance': the MMD's derivative into the .grad of every
+        learnable part (enumerated bins: add this batch's crops to the statistics, exact
+        gradient; other parts: score function, weighted back to psi's bins); returns diagnostics."""
+        found: dict = {}
+        scenes = torch.div(torch.arange(noise.batch_size), self.pose_group, rounding_mode="floor")
+        parts = set(self.learnable)
+        weights = None
+        if self.bins_by_appearance:
+            crops, rows, slots = object_crops(batch.images, batch.boxes, batch.keep)
+            logits = self.psi.azimuth_logits
+            self.appearance.update(crops, batch.classes[rows, slots], noise.azimuth_bin[rows, slots], scenes[rows.cpu()])
+            gradient, found = self.appearance.gradient(logits, self.val_crops, self.val_crop_classes)
+            logits.grad = gradient if logits.grad is None else logits.grad + gradient
+            parts -= {"azimuth"}
+            weights = enumerated_bin_weights(self.psi, noise)
+        if parts:
+            found.update(appearance_part_gradients(self.psi, noise, scene_features(batch), self.val_features,
+                                                   self.feature_bandwidths, parts, scenes, weights))
         return found
 
     def outer_step_direction(self, batch: ImageBatch, noise: PsiNoise, iteration: int) -> tuple[float, dict]:
@@ -705,11 +727,9 @@ class _Loop:
         model = self.detector
         pathwise, score = (parts & self.learnable for parts in estimator_parts(config.estimator))
         diagnostics: dict = {}
-        if self.by_appearance:
+        if self.by_appearance:  # parts24 hook: every learnable part by appearance, no detector gradient
             diagnostics.update(self.appearance_gradient(batch, noise))
-            score = score - {"azimuth"}
-            if not (pathwise or score):  # nothing else learns: no detector gradient is needed
-                return self.val_loss(model, iteration), diagnostics
+            return self.val_loss(model, iteration), diagnostics
         parameters = trainable_parameters(model)
         val_loss, val_grad = validation_loss_and_gradient(model, self.val_batch, config.val_batch_size, True)
         _check_finite(val_loss, "the validation loss", iteration, "the detector diverged")
@@ -760,7 +780,7 @@ class _Loop:
                 )
             else:
                 rewards = alignment_rewards(alignment, u, config.alignment_normalisation, norms)
-            if self.enumerate_bins and not self.by_appearance:
+            if self.enumerate_bins:
                 logits = self.psi.azimuth_logits
                 if gram is not None:
                     scenes = torch.div(torch.arange(noise.batch_size), self.pose_group, rounding_mode="floor")
