@@ -13,11 +13,15 @@ same kind of objective: for a kernel ``k`` and psi's images ``x ~ p_psi``, valid
 ``w`` the witness: high where psi draws more than the photos show. ``E_{x'}`` is estimated
 from the batch's *other* scenes (a scene's own images share its draw, so they are not
 independent of it), and the mean witness of the other scenes is subtracted as a baseline
-(unbiased: it does not depend on the scene's own draw).
+(unbiased: it does not depend on the scene's own draw); for the parts drawn per class, the mean
+over the other scenes of the image's class (objects of different classes differ far more than
+one part's draws move them, and the class is drawn independently of those parts).
 
 Features per object (from its box; the kernel compares only objects of the same class, so the
-class mix is part of what is matched) and per image, each group with its own Gaussian kernel
-whose bandwidth is the median distance between the validation photos' features:
+class mix is part of what is matched) and per image, each group with its own kernel: the mean of
+Gaussians whose bandwidths are BANDWIDTH_SCALES times the median distance between the
+validation photos' features (one Gaussian that narrow gives no gradient while psi's images are
+far from the photos: every kernel value to them is ~0):
 
 - ``shape``: the box's crop at CROP_SIZE^2 pixels, mean 0 and unit length (as for the bins);
 - ``colour``: the log mean RGB of the crop's central half (exposure and colour gain);
@@ -45,7 +49,7 @@ from torch import Tensor
 from detector.datasets import LETTERBOX_FILL
 from detector.targets import ImageBatch
 from optimizer.appearance import CROP_SIZE, gaussian_kernel, normalised_crops, raw_object_crops
-from optimizer.psi import PARTS, OptimizerError, Psi, PsiNoise
+from optimizer.psi import PARTS, PER_CLASS_PARTS, OptimizerError, Psi, PsiNoise
 
 OBJECT_GROUPS: tuple[str, ...] = ("shape", "colour", "size", "class")
 """Feature groups of each object, compared only between objects of one class."""
@@ -65,6 +69,12 @@ PART_FEATURES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "count": ("count",),
 })
 """The feature groups whose distribution each part of psi changes."""
+
+BANDWIDTH_SCALES: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+"""A group's kernel is the mean of Gaussians with these multiples of its bandwidth."""
+
+BASELINE_BY_CLASS: frozenset[str] = PER_CLASS_PARTS | {"appearance", "pose"}
+"""Parts drawn per class given the class: their baseline is the mean over the image's class."""
 
 COUNT_BANDWIDTH = 0.25
 """Kernel bandwidth of the ``count`` group: exp(-8) between counts one apart, near an indicator
@@ -152,6 +162,12 @@ def feature_bandwidths(val: SceneFeatures) -> dict[str, float]:
     return bandwidths
 
 
+def multiscale_kernel(a: Float[Tensor, "N D"], b: Float[Tensor, "M D"], bandwidth: float) -> Float[Tensor, "N M"]:
+    """The mean of Gaussian kernels of bandwidths ``bandwidth`` times BANDWIDTH_SCALES."""
+    squared = torch.cdist(a, b) ** 2
+    return torch.stack([torch.exp(-squared / (2 * (bandwidth * scale) ** 2)) for scale in BANDWIDTH_SCALES]).mean(0)
+
+
 def group_witness(
     features: SceneFeatures, val: SceneFeatures, group: str, bandwidth: float, scenes: Int[Tensor, "B"],
     weights: Float[Tensor, "B"],
@@ -165,8 +181,9 @@ def group_witness(
     ours = features.images[group] if image_level else features.objects[group]
     theirs = val.images[group] if image_level else val.objects[group]
     rows = torch.arange(features.image_count) if image_level else features.rows
-    to_ours = gaussian_kernel(ours, ours, bandwidth)
-    to_theirs = gaussian_kernel(ours, theirs, bandwidth)
+    kernel = gaussian_kernel if group == "count" else multiscale_kernel  # (counts: an indicator)
+    to_ours = kernel(ours, ours, bandwidth)
+    to_theirs = kernel(ours, theirs, bandwidth)
     if not image_level:
         to_ours = to_ours * (features.classes[:, None] == features.classes[None, :])
         to_theirs = to_theirs * (features.classes[:, None] == val.classes[None, :])
@@ -196,7 +213,7 @@ def appearance_part_gradients(
     if noise.batch_size != features.image_count or scenes.shape != (noise.batch_size,):
         raise OptimizerError(f"appearance_part_gradients: noise of {noise.batch_size} images, features of "
                              f"{features.image_count} and scenes {tuple(scenes.shape)} must describe the same images")
-    scenes = scenes.cpu()
+    scenes, image_classes = scenes.cpu(), noise.class_ids[:, 0].cpu()
     weights = torch.ones(noise.batch_size) if weights is None else weights.detach().float().cpu()
     groups = {group for part in parts for group in PART_FEATURES[part]}
     witnesses, diagnostics = {}, {}
@@ -209,6 +226,10 @@ def appearance_part_gradients(
         has = torch.stack([witnesses[group][1] for group in PART_FEATURES[part]]).all(0)
         used = weights * has
         other_scene = (scenes[:, None] != scenes[None, :]).float() * used[None, :]
+        if part in BASELINE_BY_CLASS:
+            same_class = image_classes[:, None] == image_classes[None, :]
+            known = (other_scene * same_class).sum(1, keepdim=True) > 0  # (else: every class)
+            other_scene = torch.where(known, other_scene * same_class, other_scene)
         baseline = (other_scene * reward[None, :]).sum(1) / other_scene.sum(1).clamp_min(1e-12)
         advantage = torch.where(has, reward - baseline, 0.0) * used
         log_prob = psi.log_prob(noise, {part})

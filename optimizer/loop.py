@@ -17,9 +17,10 @@ One outer iteration ``t`` (every method goes through it; see :mod:`optimizer.bas
    loop detector then trains on the images resampled in proportion to psi's bin probabilities.
    With ``enumerate_bins`` the score function's azimuth part renders its scenes at every bin
    the same way and takes the exact expectation of the bins' mean per-image rewards; the loop
-   detector trains on the resample too. With ``alignment_objective="appearance"`` the bins
-   instead descend the MMD between the crops of psi's objects and the validation objects'
-   (:mod:`optimizer.appearance`), which needs no detector gradient.
+   detector trains on the resample too. With ``alignment_objective="appearance"`` no detector
+   gradient is used: every learnable part descends the MMD between features of psi's objects
+   and images and the validation ones' (:mod:`optimizer.appearance_parts`; enumerated bins
+   exactly, :mod:`optimizer.appearance`).
    Then an Adam step on psi with an entropy bonus on the azimuth bins (against collapse onto
    one bin), after scaling the outer gradient to unit norm, and a temperature-schedule step;
 3. fine-tune a detector on the images (``BatchNormMode.UPDATE``, plain training): the loop

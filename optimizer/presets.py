@@ -44,8 +44,8 @@ PRESET_FIELDS entry (the loop reads them for neural-sim alone)."""
 
 PRESETS: Mapping[str, Preset] = MappingProxyType({preset.name: preset for preset in (
     Preset("neural-sim-appearance",
-           "Neural-Sim whose azimuth bins match the look of the photos' objects (crop MMD); "
-           "other parts by the detector's hypergradient. The best measured.",
+           "Every learnable part of psi moves its images' objects toward the look of the photos' objects "
+           "(MMD of crops, box sizes, colours, backgrounds); no detector gradient. The best measured.",
            {**_PAPER, "enumerate_bins": True, "alignment_objective": "appearance",
             "alignment_normalisation": "cosine"}),
     Preset("neural-sim",
