@@ -8,13 +8,13 @@ import torch
 
 from detector.datasets import LETTERBOX_FILL
 from detector.targets import ImageBatch
-from optimizer.appearance import gaussian_kernel
 from optimizer.appearance_parts import (
     PART_FEATURES,
     SceneFeatures,
     appearance_part_gradients,
     enumerated_bin_weights,
     feature_bandwidths,
+    multiscale_kernel,
     scene_features,
 )
 from optimizer.psi import PARTS, OptimizerError, Psi, PsiConfig
@@ -63,8 +63,8 @@ def test_background_and_class_mix_gradients_match_the_exact_mmd_gradient() -> No
 
     logits = psi.background_logits.detach().clone().requires_grad_(True)
     p = logits.softmax(0)
-    kernel = gaussian_kernel(PROTOTYPES, PROTOTYPES, 1.0)
-    to_val = gaussian_kernel(PROTOTYPES, PROTOTYPES[val_backgrounds], 1.0).mean(1)
+    kernel = multiscale_kernel(PROTOTYPES, PROTOTYPES, 1.0)
+    to_val = multiscale_kernel(PROTOTYPES, PROTOTYPES[val_backgrounds], 1.0).mean(1)
     (p @ kernel @ p - 2 * p @ to_val).backward()
     class_logits = psi.class_logits.detach().clone().requires_grad_(True)
     pc, qc = class_logits.softmax(0), torch.tensor([9 / 30, 21 / 30])
@@ -75,29 +75,44 @@ def test_background_and_class_mix_gradients_match_the_exact_mmd_gradient() -> No
 
 
 def test_distance_gradient_matches_a_finite_difference_of_the_mmd() -> None:
-    """A continuous part: the box size's log is minus the log distance; the score-function
-    estimate of d MMD^2 / d (distance loc, log scale) matches central differences of the MMD^2
-    of reparameterised draws (the same noise at both ends)."""
-    psi = _only("distance", distance_median=0.6, distance_log_std=0.3)
-    noise = psi.sample(3000, 1).noise
-    val_sizes = (-torch.log(torch.tensor(0.35)) + 0.1 * torch.randn(40, 1, generator=torch.Generator().manual_seed(2)))
-    val = _features(torch.zeros(40, 6), torch.zeros(40, dtype=torch.long), size=val_sizes)
-    features = _features(torch.zeros(3000, 6), noise.class_ids[:, 0], size=-noise.log_distance)
-    appearance_part_gradients(psi, noise, features, val, {"size": 0.3}, {"distance"}, scenes=torch.arange(3000))
+    """A continuous part drawn per class, two classes of different sizes: the box size's log is
+    the class's log size minus the log distance; the score-function estimate of d MMD^2 /
+    d (each class's distance loc and log scale) matches central differences of the MMD^2 of
+    reparameterised draws (the same noise and classes at both ends)."""
+    psi = _only("distance", num_classes=2, distance_median=0.6, distance_log_std=0.3)
+    noise = psi.sample(4000, 1).noise
+    object_size = torch.tensor([0.0, 1.0])
+    generator = torch.Generator().manual_seed(2)
+    val_classes = torch.tensor([0, 1] * 20)
+    val_sizes = (object_size[val_classes] - torch.log(torch.tensor([0.35, 0.8]))[val_classes]
+                 + 0.1 * torch.randn(40, generator=generator))[:, None]
+    val = _features(torch.zeros(40, 6), val_classes, size=val_sizes)
+    classes = noise.class_ids[:, 0]
+    features = _features(torch.zeros(4000, 6), classes, size=(object_size[classes] - noise.log_distance[:, 0])[:, None])
+    appearance_part_gradients(psi, noise, features, val, {"size": 0.3}, {"distance"}, scenes=torch.arange(4000))
 
-    draws = torch.randn(4000, 1, generator=torch.Generator().manual_seed(3))
+    draws = torch.randn(3000, generator=torch.Generator().manual_seed(3))
+    drawn = torch.randint(0, 2, (3000,), generator=torch.Generator().manual_seed(4))
+    same = (drawn[:, None] == drawn[None, :]).float()
+    to_val_class = (drawn[:, None] == val_classes[None, :]).float()
 
-    def mmd(loc: float, log_scale: float) -> float:
-        sizes = -(loc + torch.tensor(log_scale).exp() * draws)
-        return float(gaussian_kernel(sizes, sizes, 0.3).mean() - 2 * gaussian_kernel(sizes, val_sizes, 0.3).mean())
+    def mmd(loc: torch.Tensor, log_scale: torch.Tensor) -> float:
+        sizes = (object_size[drawn] - (loc[drawn] + log_scale[drawn].exp() * draws))[:, None]
+        return float((multiscale_kernel(sizes, sizes, 0.3) * same).mean()
+                     - 2 * (multiscale_kernel(sizes, val_sizes, 0.3) * to_val_class).mean())
 
-    loc, log_scale, step = float(psi.distance_loc.detach()), float(psi.distance_log_scale.detach()), 1e-3
-    exact = torch.tensor([(mmd(loc + step, log_scale) - mmd(loc - step, log_scale)) / (2 * step),
-                          (mmd(loc, log_scale + step) - mmd(loc, log_scale - step)) / (2 * step)])
+    loc, log_scale, step = psi.distance_loc.detach(), psi.distance_log_scale.detach(), 1e-3
+    exact = []
+    for index in range(4):
+        shift = torch.zeros(4)
+        shift[index] = step
+        up, down = mmd(loc + shift[:2], log_scale + shift[2:]), mmd(loc - shift[:2], log_scale - shift[2:])
+        exact.append((up - down) / (2 * step))
+    exact = torch.tensor(exact)
     estimate = torch.cat([psi.distance_loc.grad, psi.distance_log_scale.grad])
-    assert exact[0] > 0  # the photos' objects are nearer: the distance must come down
-    assert _cosine(estimate, exact) > 0.98, (estimate, exact)
-    torch.testing.assert_close(estimate, exact, atol=0.15 * float(exact.norm()), rtol=0)
+    assert exact[0] > 0 > exact[1]  # class 0's photos are nearer than psi's start, class 1's further
+    assert _cosine(estimate, exact) > 0.97, (estimate, exact)
+    torch.testing.assert_close(estimate, exact, atol=0.2 * float(exact.norm()), rtol=0)
 
 
 def test_images_of_one_scene_are_never_paired_and_weights_reweigh_the_bins() -> None:
