@@ -78,6 +78,7 @@ from optimizer.appearance import AppearanceStatistics, crop_bandwidth, object_cr
 from optimizer.appearance_parts import (
     appearance_part_gradients,
     enumerated_bin_weights,
+    exact_part_gradients,
     feature_bandwidths,
     scene_features,
 )
@@ -719,6 +720,7 @@ class _Loop:
         if parts:
             found.update(appearance_part_gradients(self.psi, noise, scene_features(batch), self.val_features,
                                                    self.feature_bandwidths, parts, scenes, weights))
+            found.update(exact_part_gradients(self.psi, self.val_features, parts))
         return found
 
     def outer_step_direction(self, batch: ImageBatch, noise: PsiNoise, iteration: int) -> tuple[float, dict]:

@@ -9,10 +9,12 @@ import torch
 from detector.datasets import LETTERBOX_FILL
 from detector.targets import ImageBatch
 from optimizer.appearance_parts import (
+    EXACT_PARTS,
     PART_FEATURES,
     SceneFeatures,
     appearance_part_gradients,
     enumerated_bin_weights,
+    exact_part_gradients,
     feature_bandwidths,
     multiscale_kernel,
     scene_features,
@@ -31,8 +33,8 @@ def _only(*parts: str, **config) -> Psi:
 def _features(context: torch.Tensor, classes: torch.Tensor, **objects: torch.Tensor) -> SceneFeatures:
     """One object per image: image context features, object classes and object groups."""
     count = classes.numel()
-    return SceneFeatures(objects={"class": torch.zeros(count, 0), **objects}, classes=classes,
-                         rows=torch.arange(count), images={"context": context, "count": torch.ones(count, 1)})
+    return SceneFeatures(objects=objects, classes=classes, rows=torch.arange(count), images={"context": context},
+                         counts=torch.ones(count, dtype=torch.long))
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -40,12 +42,13 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_every_part_has_feature_groups() -> None:
-    assert set(PART_FEATURES) == set(PARTS)
+    assert set(PART_FEATURES) | EXACT_PARTS == set(PARTS) and not set(PART_FEATURES) & EXACT_PARTS
 
 
-def test_background_and_class_mix_gradients_match_the_exact_mmd_gradient() -> None:
-    """Backgrounds and classes drawn from psi: the score-function estimate over 3000 images
-    equals the gradient of the exact MMD^2 (enumerated over the choices) within sampling error."""
+def test_background_gradient_matches_the_exact_mmd_gradient_and_the_class_mix_has_it() -> None:
+    """Backgrounds drawn from psi: the score-function estimate over 3000 images equals the
+    gradient of the exact MMD^2 (enumerated over the choices) within sampling error; the class
+    mix's and the count's gradients are exact (no images), and the score function skips them."""
     psi = _only("background", "class_mix", num_classes=2, num_backgrounds=3, plain_background=False)
     with torch.no_grad():
         psi.background_logits.copy_(torch.tensor([0.3, -0.2, 0.5]))
@@ -56,10 +59,11 @@ def test_background_and_class_mix_gradients_match_the_exact_mmd_gradient() -> No
     val_backgrounds = torch.tensor([0] * 20 + [2] * 10)
     val_classes = torch.tensor([1] * 21 + [0] * 9)
     val = _features(PROTOTYPES[val_backgrounds], val_classes)
-    bandwidths = {"context": 1.0, "class": 1.0}
-    found = appearance_part_gradients(psi, noise, features, val, bandwidths, {"background", "class_mix"},
+    found = appearance_part_gradients(psi, noise, features, val, {"context": 1.0}, {"background", "class_mix"},
                                       scenes=torch.arange(3000))
-    assert set(found) == {"appearance_mmd_context", "appearance_mmd_class"}
+    assert set(found) == {"appearance_mmd_context"} and psi.class_logits.grad is None
+    found = exact_part_gradients(psi, val, {"background", "class_mix"})
+    assert set(found) == {"appearance_mmd_class_mix"}
 
     logits = psi.background_logits.detach().clone().requires_grad_(True)
     p = logits.softmax(0)
@@ -68,10 +72,18 @@ def test_background_and_class_mix_gradients_match_the_exact_mmd_gradient() -> No
     (p @ kernel @ p - 2 * p @ to_val).backward()
     class_logits = psi.class_logits.detach().clone().requires_grad_(True)
     pc, qc = class_logits.softmax(0), torch.tensor([9 / 30, 21 / 30])
-    ((pc ** 2).sum() - 2 * (pc * qc).sum()).backward()
-    for estimate, exact in ((psi.background_logits.grad, logits.grad), (psi.class_logits.grad, class_logits.grad)):
-        assert _cosine(estimate, exact) > 0.98, (estimate, exact)
-        torch.testing.assert_close(estimate, exact, atol=0.15 * float(exact.norm()), rtol=0)
+    ((pc - qc) ** 2).sum().backward()
+    torch.testing.assert_close(psi.class_logits.grad, class_logits.grad)
+    estimate, exact = psi.background_logits.grad, logits.grad
+    assert _cosine(estimate, exact) > 0.98, (estimate, exact)
+    torch.testing.assert_close(estimate, exact, atol=0.15 * float(exact.norm()), rtol=0)
+
+    counted = _only("count", max_objects=3)
+    val.counts = torch.tensor([1] * 20 + [2] * 6 + [5] * 4)  # 5 objects count as the most psi draws, 3
+    exact_part_gradients(counted, val, {"count"})
+    count_logits = counted.count_logits.detach().clone().requires_grad_(True)
+    ((count_logits.softmax(0) - torch.tensor([20, 6, 4]) / 30) ** 2).sum().backward()
+    torch.testing.assert_close(counted.count_logits.grad, count_logits.grad)
 
 
 def test_distance_gradient_matches_a_finite_difference_of_the_mmd() -> None:
@@ -170,8 +182,8 @@ def test_features_keep_size_colour_and_the_background() -> None:
     torch.testing.assert_close(colour[0] - colour[1], torch.full((3,), 0.6931), atol=1e-3, rtol=0)
     torch.testing.assert_close(features.images["context"][0], torch.tensor([0.2, 0.2, 0.2, 0.0, 0.0, 0.0]))
     torch.testing.assert_close(features.images["context"][1], torch.tensor([0.6, 0.2, 0.2, 0.0, 0.0, 0.0]))
-    assert features.images["count"].tolist() == [[1.0], [1.0]]
+    assert features.counts.tolist() == [1, 1]
     bandwidths = feature_bandwidths(features)
-    assert bandwidths["size"] == pytest.approx(0.6931 * 2 ** 0.5, abs=1e-3) and bandwidths["class"] == 1.0
+    assert bandwidths["size"] == pytest.approx(0.6931 * 2 ** 0.5, abs=1e-3) and bandwidths["context"] > 0
     with pytest.raises(OptimizerError, match="at least 2 validation objects"):
         feature_bandwidths(_features(torch.zeros(1, 6), torch.zeros(1, dtype=torch.long)))
