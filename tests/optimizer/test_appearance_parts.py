@@ -180,10 +180,14 @@ def test_features_keep_size_colour_and_the_background() -> None:
     size, colour = features.objects["size"], features.objects["colour"]
     torch.testing.assert_close(size[1] - size[0], torch.full((2,), 0.6931), atol=1e-3, rtol=0)
     torch.testing.assert_close(colour[0] - colour[1], torch.full((3,), 0.6931), atol=1e-3, rtol=0)
-    torch.testing.assert_close(features.images["context"][0], torch.tensor([0.2, 0.2, 0.2, 0.0, 0.0, 0.0]))
-    torch.testing.assert_close(features.images["context"][1], torch.tensor([0.6, 0.2, 0.2, 0.0, 0.0, 0.0]))
+    torch.testing.assert_close(features.images["context"][0], torch.tensor([0.2, 0.2, 0.2] + [0.0] * 7))
+    torch.testing.assert_close(features.images["context"][1], torch.tensor([0.6, 0.2, 0.2] + [0.0] * 7))
+    images[1, :, :, ::2] += 0.1  # stripes down the background: texture across, none down
+    texture = scene_features(ImageBatch(images, boxes, torch.zeros(2, 1, dtype=torch.long),
+                                        torch.ones(2, 1, dtype=torch.bool))).images["context"][1, 6:]
+    torch.testing.assert_close(texture, torch.tensor([0.1, 0.0, 0.0, 0.0]), atol=1e-6, rtol=0)
     assert features.counts.tolist() == [1, 1]
     bandwidths = feature_bandwidths(features)
-    assert bandwidths["size"] == pytest.approx(0.6931 * 2 ** 0.5, abs=1e-3) and bandwidths["context"] > 0
+    assert bandwidths["size"] == pytest.approx(0.6931 * 2 ** 0.5, abs=1e-3) and bandwidths["context"].shape == (10,)
     with pytest.raises(OptimizerError, match="at least 2 validation objects"):
         feature_bandwidths(_features(torch.zeros(1, 6), torch.zeros(1, dtype=torch.long)))
