@@ -19,8 +19,7 @@ One outer iteration ``t`` (every method goes through it; see :mod:`optimizer.bas
    the same way and takes the exact expectation of the bins' mean per-image rewards; the loop
    detector trains on the resample too. With ``alignment_objective="appearance"`` no detector
    gradient is used: every learnable part descends the MMD between features of psi's objects
-   and images and the validation ones' (:mod:`optimizer.appearance_parts`; enumerated bins
-   exactly, :mod:`optimizer.appearance`).
+   and images and the validation ones' (:mod:`optimizer.appearance_objective`).
    Then an Adam step on psi with an entropy bonus on the azimuth bins (against collapse onto
    one bin), after scaling the outer gradient to unit norm, and a temperature-schedule step;
 3. fine-tune a detector on the images (``BatchNormMode.UPDATE``, plain training): the loop
@@ -74,14 +73,8 @@ from detector.losses import (
 from detector.model import DetectorConfig, build_detector, load_detector, save_detector
 from detector.targets import ImageBatch, UltralyticsTargets
 from detector.train import FinetuneState, finetune, train_on_dataset
-from optimizer.appearance import AppearanceStatistics, crop_bandwidth, object_crops
-from optimizer.appearance_parts import (
-    appearance_part_gradients,
-    enumerated_bin_weights,
-    exact_part_gradients,
-    feature_bandwidths,
-    scene_features,
-)
+from optimizer.appearance import AppearanceStatistics
+from optimizer.appearance_objective import AppearanceTargets, appearance_step
 from optimizer.baselines import azimuth_total_variation, initial_psi, random_candidate
 from optimizer.best_detector import best_iteration, keep_if_best
 from optimizer.checkpoint import LoopState, load_checkpoint, save_checkpoint
@@ -522,17 +515,11 @@ class _Loop:
         self.alignment_kept = self.parameters_aligned()
         if self.every_bin:
             self.pose_group = self.psi_config.azimuth_bins  # scenes that share all but the azimuth, one per bin
-        # parts24 hook: 'appearance' moves every learnable part (optimizer.appearance_parts), the
-        # enumerated azimuth bins by their exact MMD (optimizer.appearance); no detector gradient.
+        # 'appearance' moves every learnable part, no detector gradient (optimizer.appearance_objective);
+        # built here so that too few validation objects fail before any work.
         self.by_appearance = config.method == "neural-sim" and config.alignment_objective == "appearance"
-        self.bins_by_appearance = self.by_appearance and self.enumerate_bins
-        if self.by_appearance:  # (fails here, before any work, with too few validation objects)
-            self.val_features = scene_features(self.val_batch)
-            self.feature_bandwidths = feature_bandwidths(self.val_features)
-        if self.bins_by_appearance:
-            self.val_crops, rows, slots = object_crops(self.val_batch.images, self.val_batch.boxes, self.val_batch.keep)
-            self.val_crop_classes = self.val_batch.classes[rows, slots]
-            self.appearance_bandwidth = crop_bandwidth(self.val_crops)
+        self.appearance_targets = (AppearanceTargets.from_validation(self.val_batch, bins=self.enumerate_bins)
+                                   if self.by_appearance else None)
 
     # ------------------------------------------------------------------ setup and resume
 
@@ -699,29 +686,7 @@ class _Loop:
         return evaluate(model, self.val_set, self.config.image_size, progress=False)
 
     def new_appearance_statistics(self) -> AppearanceStatistics | None:
-        return AppearanceStatistics(bandwidth=self.appearance_bandwidth) if self.bins_by_appearance else None
-
-    def appearance_gradient(self, batch: ImageBatch, noise: PsiNoise) -> dict:
-        """alignment_objective 'appearance': the MMD's derivative into the .grad of every
-        learnable part (enumerated bins: add this batch's crops to the statistics, exact
-        gradient; other parts: score function, weighted back to psi's bins); returns diagnostics."""
-        found: dict = {}
-        scenes = torch.div(torch.arange(noise.batch_size), self.pose_group, rounding_mode="floor")
-        parts = set(self.learnable)
-        weights = None
-        if self.bins_by_appearance:
-            crops, rows, slots = object_crops(batch.images, batch.boxes, batch.keep)
-            logits = self.psi.azimuth_logits
-            self.appearance.update(crops, batch.classes[rows, slots], noise.azimuth_bin[rows, slots], scenes[rows.cpu()])
-            gradient, found = self.appearance.gradient(logits, self.val_crops, self.val_crop_classes)
-            logits.grad = gradient if logits.grad is None else logits.grad + gradient
-            parts -= {"azimuth"}
-            weights = enumerated_bin_weights(self.psi, noise)
-        if parts:
-            found.update(appearance_part_gradients(self.psi, noise, scene_features(batch), self.val_features,
-                                                   self.feature_bandwidths, parts, scenes, weights))
-            found.update(exact_part_gradients(self.psi, self.val_features, parts))
-        return found
+        return self.appearance_targets.bin_statistics() if self.by_appearance else None
 
     def outer_step_direction(self, batch: ImageBatch, noise: PsiNoise, iteration: int) -> tuple[float, dict]:
         """Neural-sim: accumulate the estimated dL_val/dpsi into psi's .grad; returns the
@@ -730,8 +695,9 @@ class _Loop:
         model = self.detector
         pathwise, score = (parts & self.learnable for parts in estimator_parts(config.estimator))
         diagnostics: dict = {}
-        if self.by_appearance:  # parts24 hook: every learnable part by appearance, no detector gradient
-            diagnostics.update(self.appearance_gradient(batch, noise))
+        if self.by_appearance:
+            diagnostics.update(appearance_step(self.psi, batch, noise, self.learnable, self.pose_group,
+                                               self.appearance_targets, self.appearance))
             return self.val_loss(model, iteration), diagnostics
         parameters = trainable_parameters(model)
         val_loss, val_grad = validation_loss_and_gradient(model, self.val_batch, config.val_batch_size, True)
