@@ -2,9 +2,11 @@
 
 A job chooses a preset by name (``OptimizeConfig.preset``); the preset sets the fields in
 ``PRESET_FIELDS`` and the job's own explicit fields go on top. Which preset is the default, and
-why, is in docs/findings.md (2026-12-06, "presets"): ``neural-sim-appearance`` closed 0.90 of
-the uniform -> oracle test-mAP gap on the shift benchmark's pose shift where the paper's method
-(``neural-sim``) closed 0.28, and both learn the other parts the same way.
+why, is in docs/findings.md (2026-12-06, "presets" and "session 13: every part"):
+``neural-sim-appearance`` closed 0.90 of the uniform -> oracle test-mAP gap on the shift
+benchmark's pose shift where the paper's method (``neural-sim``) closed 0.28, and since session
+13 it moves every part of psi toward its shift's target (optimizer.appearance_objective) where
+the paper's hypergradient moved elevation, colour and background away.
 
 Torch-free on purpose: the API lists the presets (``GET /v1/presets``) without the optimizer.
 """
