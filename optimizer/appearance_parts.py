@@ -17,8 +17,9 @@ independent of it), and the mean witness of the other scenes is subtracted as a 
 over the other scenes of the image's class (objects of different classes differ far more than
 one part's draws move them, and the class is drawn independently of those parts).
 
-Features per object (from its box; the kernel compares only objects of the same class, so the
-class mix is part of what is matched) and per image, each group with its own kernel: the mean of
+Features per object (from its box; the kernel compares only objects of the same class: a
+class's objects are matched to the photos' objects of that class) and per image, each group
+with its own kernel: the mean of
 Gaussians whose bandwidths are BANDWIDTH_SCALES times the median distance between the
 validation photos' features (one Gaussian that narrow gives no gradient while psi's images are
 far from the photos: every kernel value to them is ~0):
