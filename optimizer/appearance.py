@@ -41,17 +41,31 @@ CROP_SIZE = 16
 """Side of an object's crop in pixels (at the pose shift 8 and 16 told the bins apart alike)."""
 
 
+def raw_object_crops(
+    images: Float[Tensor, "B 3 S S"], boxes: Float[Tensor, "B M 4"], keep: Bool[Tensor, "B M"]
+) -> tuple[Float[Tensor, "N 3 R R"], Int[Tensor, "N"], Int[Tensor, "N"]]:
+    """Each kept object's box resampled to CROP_SIZE x CROP_SIZE pixels as it is (R =
+    CROP_SIZE), with the row and slot of its image it came from. Detached."""
+    rows, slots = keep.nonzero(as_tuple=True)
+    regions = torch.cat([rows[:, None].to(images.dtype), boxes.detach()[rows, slots].to(images.dtype)], 1)
+    with torch.no_grad():
+        crops = roi_align(images.detach(), regions, CROP_SIZE, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    return crops, rows, slots
+
+
+def normalised_crops(crops: Float[Tensor, "N 3 R R"]) -> Float[Tensor, "N D"]:
+    """:func:`raw_object_crops` flattened, mean 0 and unit length: shape and texture only."""
+    crops = crops - crops.mean((1, 2, 3), keepdim=True)
+    return torch.nn.functional.normalize(crops.flatten(1), dim=1)
+
+
 def object_crops(
     images: Float[Tensor, "B 3 S S"], boxes: Float[Tensor, "B M 4"], keep: Bool[Tensor, "B M"]
 ) -> tuple[Float[Tensor, "N D"], Int[Tensor, "N"], Int[Tensor, "N"]]:
     """Each kept object's crop (CROP_SIZE^2 x 3 values, mean 0, unit length), with the row and
     slot of its image it came from. Detached."""
-    rows, slots = keep.nonzero(as_tuple=True)
-    regions = torch.cat([rows[:, None].to(images.dtype), boxes.detach()[rows, slots].to(images.dtype)], 1)
-    with torch.no_grad():
-        crops = roi_align(images.detach(), regions, CROP_SIZE, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-    crops = crops - crops.mean((1, 2, 3), keepdim=True)
-    return torch.nn.functional.normalize(crops.flatten(1), dim=1), rows, slots
+    crops, rows, slots = raw_object_crops(images, boxes, keep)
+    return normalised_crops(crops), rows, slots
 
 
 def crop_bandwidth(crops: Float[Tensor, "N D"]) -> float:

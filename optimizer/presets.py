@@ -2,10 +2,11 @@
 
 A job chooses a preset by name (``OptimizeConfig.preset``); the preset sets the fields of its
 ``outer`` section named in ``PRESET_FIELDS`` and the job's own explicit fields go on top. Which
-preset is the default, and why, is in docs/findings.md (2026-12-06, "presets"):
-``neural-sim-appearance`` closed 0.90 of the uniform -> oracle test-mAP gap on the shift
-benchmark's pose shift where the paper's method (``neural-sim``) closed 0.28, and both learn the
-other parts the same way.
+preset is the default, and why, is in docs/findings.md (2026-12-06, "presets" and "session 13:
+every part"): ``neural-sim-appearance`` closed 0.90 of the uniform -> oracle test-mAP gap on the
+shift benchmark's pose shift where the paper's method (``neural-sim``) closed 0.28, and since
+session 13 it moves every part of psi toward its shift's target (optimizer.appearance_objective)
+where the paper's hypergradient moved elevation, colour and background away.
 
 Torch-free on purpose: the API lists the presets (``GET /v1/presets``) without the optimizer.
 """
@@ -45,8 +46,8 @@ PRESET_FIELDS entry (the loop reads them for neural-sim alone)."""
 
 PRESETS: Mapping[str, Preset] = MappingProxyType({preset.name: preset for preset in (
     Preset("neural-sim-appearance",
-           "Neural-Sim whose azimuth bins match the look of the photos' objects (crop MMD); "
-           "other parts by the detector's hypergradient. The best measured.",
+           "Every learnable part of psi moves its images' objects toward the look of the photos' objects "
+           "(MMD of crops, box sizes, colours, backgrounds); no detector gradient. The best measured.",
            {**_PAPER, "enumerate_bins": True, "alignment_objective": "appearance",
             "alignment_normalisation": "cosine"}),
     Preset("neural-sim",

@@ -51,12 +51,13 @@ class OuterConfig(Section):
     on the images resampled in proportion to psi. budget.images_per_iteration must be a
     multiple of the number of bins. No effect when the azimuth is not learnt. None: the preset's."""
     alignment_objective: AlignmentObjective | None = None
-    """With enumerate_bins, what the azimuth bins follow: ``mean``, the mean per-image
-    alignment of each bin's images; ``appearance``, no detector gradient: they descend the
-    maximum mean discrepancy between the crops of psi's objects and those of the validation
-    objects of their class (optimizer.appearance), summed over every iteration so far; the
-    other score-function parts keep the mean per-image alignment. ``mixture`` (benchmarks
-    only, needs cosine rewards): the cosine between u and psi's mean unit training gradient
+    """What psi follows: ``mean``, the detector's hypergradient (with enumerate_bins the azimuth
+    bins take the mean per-image alignment of each bin's images); ``appearance``, no detector
+    gradient: every learnable part descends the maximum mean discrepancy between features of
+    psi's objects and images (crops, box sizes, colours, backgrounds) and the validation photos'
+    (optimizer.appearance_objective), the class mix and object count their exact distance to the
+    photos' frequencies. ``mixture`` (benchmarks only, needs cosine rewards): the bins follow the
+    cosine between u and psi's mean unit training gradient
     (optimizer.estimators.mixture_alignment_gradient). None: the preset's."""
     alignment_normalisation: AlignmentNormalisation | None = None
     """How the score-function estimator turns per-image gradient alignments into rewards

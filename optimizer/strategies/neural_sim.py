@@ -9,10 +9,12 @@ pathwise part (replay the same draws with gradients, render again in chunks and 
 alignments ``u . dL_i/dtheta`` as rewards). Every gradient uses HYPERGRADIENT_BN: the per-image
 alignment is informative only with batch statistics. With ``enumerate_bins`` the azimuth's
 score part renders every scene at every bin and takes the exact expectation of the bins' mean
-rewards (or, with alignment_objective 'mixture' / 'appearance', their running statistics:
-optimizer.estimators.MixtureStatistics, optimizer.appearance); the benchmark-only 'lookahead'
-estimator fine-tunes a detector copy per bin instead. Either
-way the loop detector then trains on the every-bin images resampled by psi.
+rewards (or, with alignment_objective 'mixture', their running statistics:
+optimizer.estimators.MixtureStatistics); the benchmark-only 'lookahead' estimator fine-tunes a
+detector copy per bin instead. Either way the loop detector then trains on the every-bin images
+resampled by psi. With alignment_objective 'appearance' no detector gradient is taken: every
+learnable part descends the MMD between features of psi's images and the validation photos'
+(optimizer.appearance_objective).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from torch import Tensor
 from detector.losses import detection_loss, trainable_parameters
 from detector.model import build_detector
 from detector.targets import ImageBatch
-from optimizer.appearance import AppearanceStatistics, crop_bandwidth, object_crops
+from optimizer.appearance import AppearanceStatistics
+from optimizer.appearance_objective import AppearanceTargets, appearance_step
 from optimizer.checkpoint import LoopState
 from optimizer.direction import inverse_hessian_direction
 from optimizer.divergence import check_finite
@@ -72,21 +75,22 @@ class NeuralSim(GradientStrategy):
         # Presets set enumerate_bins whatever the job learns: it enumerates the azimuth's score
         # part, so without that part it is off, and so is the bins' objective (alignment_objective).
         self.enumerate_bins = config.outer.enumerate_bins and "azimuth" in self.score_parts
+        # 'appearance' moves every learnable part without a detector gradient
+        # (optimizer.appearance_objective); the other objectives are the enumerated bins'.
+        self.by_appearance = config.outer.alignment_objective == "appearance"
         if config.outer.enumerate_bins and not self.enumerate_bins:
-            self.notes = (f"enumerate_bins and alignment_objective {config.outer.alignment_objective!r} are unused: "
-                          "the azimuth is not learnt by the score function",)
+            unused = "enumerate_bins is" if self.by_appearance else \
+                f"enumerate_bins and alignment_objective {config.outer.alignment_objective!r} are"
+            self.notes = (f"{unused} unused: the azimuth is not learnt by the score function",)
         self.every_bin = self.lookahead or self.enumerate_bins
         if self.every_bin:
             self.pose_group = loop.psi_config.azimuth_bins  # scenes that share all but the azimuth, one per bin
         elif "azimuth" in self.score_parts:
             self.pose_group = config.outer.pose_group
         self.alignment_kept = self.parameters_aligned()
-        self.by_appearance = self.enumerate_bins and config.outer.alignment_objective == "appearance"
-        if self.by_appearance:
-            val_batch = loop.val_batch
-            self.val_crops, rows, slots = object_crops(val_batch.images, val_batch.boxes, val_batch.keep)
-            self.val_crop_classes = val_batch.classes[rows, slots]
-            self.appearance_bandwidth = crop_bandwidth(self.val_crops)  # fails here, before any work
+        # Built here so that too few validation objects fail before any work.
+        self.appearance_targets = (AppearanceTargets.from_validation(loop.val_batch, bins=self.enumerate_bins)
+                                   if self.by_appearance else None)
 
     def start(self) -> None:
         super().start()
@@ -108,7 +112,7 @@ class NeuralSim(GradientStrategy):
                            else self.new_appearance_statistics())
 
     def new_appearance_statistics(self) -> AppearanceStatistics | None:
-        return AppearanceStatistics(bandwidth=self.appearance_bandwidth) if self.by_appearance else None
+        return self.appearance_targets.bin_statistics() if self.by_appearance else None
 
     def draw(self, t: int) -> tuple[Psi, PsiNoise]:
         psi, noise = super().draw(t)
@@ -127,17 +131,6 @@ class NeuralSim(GradientStrategy):
             batch = resample_by_psi(self.loop, batch, noise, t)
         return self.train_loop_detector(t, batch)
 
-    def appearance_gradient(self, batch: ImageBatch, noise: PsiNoise) -> dict:
-        """alignment_objective 'appearance': add this batch's crops to the statistics and put
-        the MMD's derivative into the bin logits' .grad; returns diagnostics."""
-        crops, rows, slots = object_crops(batch.images, batch.boxes, batch.keep)
-        logits = self.loop.psi.azimuth_logits
-        self.appearance.update(crops, batch.classes[rows, slots], noise.azimuth_bin[rows, slots],
-                               torch.div(rows, self.pose_group, rounding_mode="floor"))
-        gradient, found = self.appearance.gradient(logits, self.val_crops, self.val_crop_classes)
-        logits.grad = gradient if logits.grad is None else logits.grad + gradient
-        return found
-
     def outer_step_direction(self, batch: ImageBatch, noise: PsiNoise, iteration: int) -> tuple[float, dict]:
         """Accumulate the estimated dL_val/dpsi into psi's .grad; returns the validation loss
         and diagnostics."""
@@ -146,10 +139,9 @@ class NeuralSim(GradientStrategy):
         pathwise, score = self.pathwise_parts, self.score_parts
         diagnostics: dict = {}
         if self.by_appearance:
-            diagnostics.update(self.appearance_gradient(batch, noise))
-            score = score - {"azimuth"}
-            if not (pathwise or score):  # nothing else learns: no detector gradient is needed
-                return loop.val_loss(model, iteration), diagnostics
+            diagnostics.update(appearance_step(psi, batch, noise, config.psi.learnable, self.pose_group,
+                                               self.appearance_targets, self.appearance))
+            return loop.val_loss(model, iteration), diagnostics
         parameters = trainable_parameters(model)
         val_loss, val_grad = validation_loss_and_gradient(model, loop.val_batch, config.detector.val_batch_size, True)
         check_finite(val_loss, "the validation loss", iteration, "the detector diverged")
@@ -201,7 +193,7 @@ class NeuralSim(GradientStrategy):
                 )
             else:
                 rewards = alignment_rewards(alignment, u, config.outer.alignment_normalisation, norms)
-            if self.enumerate_bins and not self.by_appearance:
+            if self.enumerate_bins:
                 logits = psi.azimuth_logits
                 if gram is not None:
                     scenes = torch.div(torch.arange(noise.batch_size), self.pose_group, rounding_mode="floor")

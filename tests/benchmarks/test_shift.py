@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.shift import BASE_PSI, PART_OF, QUICK, SHIFTS, last_line, psi_distance, run_config
+from benchmarks.shift import BASE_PSI, FULL, PART_OF, QUICK, SHIFTS, last_line, psi_distance, run_config
 from optimizer.presets import DEFAULT_PRESET, PRESET_FIELDS, PRESETS
 from optimizer.psi import Psi, PsiConfig
 
@@ -29,6 +29,9 @@ def test_the_default_method_runs_the_default_preset_untouched() -> None:
         assert {name: getattr(config.outer, name) for name in PRESET_FIELDS} == dict(PRESETS[DEFAULT_PRESET].settings)
         assert not config.final.uniform_baseline  # the benchmark's own uniform arm
         assert run_config(shift, "uniform", 0, QUICK).budget.outer_iterations == 0
+        # A third of the full run's iterations, three times its psi steps (but the pose shift's).
+        assert config.psi.learning_rate == SHIFTS[shift]["psi_lr"] * (1 if shift == "pose" else 3)
+        assert run_config(shift, "default", 0, FULL).psi.learning_rate == SHIFTS[shift]["psi_lr"]
 
 
 def test_the_last_line_names_every_part_and_the_worst() -> None:

@@ -450,9 +450,9 @@ def test_the_appearance_objective_moves_the_bins_toward_the_validation_objects_w
 ) -> None:
     """alignment_objective='appearance': the bins descend the crops' MMD to the validation
     objects (the faced box's target bins 1-2, SHIFTED_AZIMUTH), psi gets closer to the target,
-    no per-image alignment is computed when nothing else learns (with the distance learnable
-    too it is, for the distance); the crops are checkpointed (resume equals the uninterrupted
-    run); without enumerate_bins it fails, naming the setting."""
+    no per-image alignment is computed (with the distance learnable too, the distance follows
+    the MMD of the boxes' sizes: still none); the crops are checkpointed (resume equals the
+    uninterrupted run); without enumerate_bins it fails, naming the setting."""
     config = tiny_config(psi={"learnable": ["azimuth"], "learning_rate": 0.3},
                          outer={"enumerate_bins": True, "alignment_objective": "appearance"},
                          budget={"images_per_iteration": 16, "outer_iterations": 4},
@@ -470,9 +470,26 @@ def test_the_appearance_objective_moves_the_bins_toward_the_validation_objects_w
                                  psi=replace(config.psi, learnable=["azimuth", "distance"]),
                                  budget=replace(config.budget, outer_iterations=1)), val_set,
                          tmp_path / "distance").history[0]
-    assert "alignment_mean" in with_distance and with_distance["appearance_mmd"] == first["appearance_mmd"]
+    assert "alignment_mean" not in with_distance and "appearance_mmd_size" in with_distance
+    assert with_distance["appearance_mmd"] == first["appearance_mmd"]
     with pytest.raises(OptimizerError, match="alignment_objective: 'appearance' .* needs enumerate_bins"):
         _run(tiny_config(outer={"alignment_objective": "appearance"}), val_set, tmp_path / "bad")
+
+
+def test_the_appearance_objective_moves_the_distance_toward_the_validation_objects(
+    tmp_path: Path, val_set: LabelledSet
+) -> None:
+    """With the azimuth not learnt (no enumerated bins), 'appearance' still moves the distance:
+    psi starts twice as far as the validation objects (0.7 m vs 0.35 m) and comes nearer, by
+    the box sizes' MMD alone."""
+    config = tiny_config(psi={"learnable": ["distance"], "initial": {**PSI, "distance_median": 0.7}, "learning_rate": 0.1},
+                         outer={"enumerate_bins": True, "alignment_objective": "appearance"},
+                         budget={"images_per_iteration": 12, "outer_iterations": 3},
+                         detector={"sample_images": 0, "val_map_every": 0})
+    history = _run(config, val_set, tmp_path / "run").history
+    medians = [record["psi"]["distance_m"]["median"][0] for record in history]
+    assert medians[-1] < 0.7 - 0.1 and medians == sorted(medians, reverse=True), medians
+    assert "alignment_mean" not in history[0] and history[0]["appearance_mmd_size"] > history[-1]["appearance_mmd_size"]
 
 
 def test_alignment_ignores_leaves_those_parameters_out_of_the_per_image_rewards(
