@@ -18,7 +18,8 @@ from rq.timeouts import JobTimeoutException
 
 from optimizer.config import Stage
 from service.interruption import WorkerStopping
-from service.schemas import JobAttempt, JobRecord, utcnow
+from service.job_schemas import JobAttempt, JobRecord
+from service.schemas import utcnow
 
 STAGES: tuple[str, ...] = get_args(Stage)
 """The loop's stages in the order a run goes through them."""
