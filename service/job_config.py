@@ -92,8 +92,8 @@ class TenantRecords:
     """A tenant's records and their folders: the service's store, or the files of a storage."""
 
     storage: Storage
-    tenant: str
-    read: Callable[[type[Record], str, str], Record]
+    tenant: str | None
+    read: Callable[[type[Record], str | None, str], Record]
     """(record type, tenant, id) -> the record; NotFound when there is none."""
 
     def get(self, record_type: type[Record], record_id: str) -> Record:
@@ -103,13 +103,16 @@ class TenantRecords:
         return self.storage.record_dir(_kind(record_type), self.tenant, record_id)
 
 
-def stored_records(storage: Storage, tenant: str) -> TenantRecords:
+def stored_records(storage: Storage, tenant: str | None) -> TenantRecords:
     """A tenant's records read from their ``record.json`` files (no Redis: ``nerfsim optimize``)."""
 
-    def read(record_type: type[Record], tenant: str, record_id: str) -> Record:
-        path = storage.record_file(_kind(record_type), tenant, record_id)
+    def read(record_type: type[Record], tenant: str | None, record_id: str) -> Record:
+        kind = _kind(record_type)
+        if tenant is None:
+            raise NotFound(f"{kind} {record_id}: no such file, and no tenant given to find a record id in {storage.root}")
+        path = storage.record_file(kind, tenant, record_id)
         if "/" in record_id or not path.is_file():
-            raise NotFound(f"{_kind(record_type)} {record_id} not found in {storage.root} (tenant {tenant})")
+            raise NotFound(f"{kind} {record_id}: no such file, nor a record of tenant {tenant} in {storage.root}")
         return record_type.model_validate_json(path.read_text())
 
     return TenantRecords(storage, tenant, read)

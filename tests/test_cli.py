@@ -111,9 +111,11 @@ def test_optimize_reads_detector_weights_without_running_them(tmp_path: Path, bo
     marker = tmp_path / "marker"
     hostile = tmp_path / "hostile.pt"
     torch.save({"model": _RunsCode(marker)}, hostile)
-    config = {"scene": str(scene), "target_val": str(target / "annotations.json"), "detector_weights": str(hostile),
-              "image_size": 32, "outer_iterations": 1, "images_per_iteration": 8, "inner_steps": 1,
-              "warmup_steps": 0, "final_images": 0, "device": "cpu"}
+    config = {"scene": {"assets": [str(box_asset)], "procedural_backgrounds": 1},
+              "targets": {"val": str(target / "annotations.json")},
+              "detector": {"weights": str(hostile), "image_size": 32, "warmup_steps": 0},
+              "budget": {"outer_iterations": 1, "images_per_iteration": 8, "inner_steps": 1, "final_images": 1},
+              "device": "cpu"}
     (tmp_path / "config.json").write_text(json.dumps(config))
     capsys.readouterr()
 
