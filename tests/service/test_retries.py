@@ -21,7 +21,7 @@ from service.events import cancel_key, decode, events_key
 from service.interruption import WorkerStopping
 from service.queue import get_queue
 from service.records import RecordStore, record_key
-from service.schemas import JobRecord
+from service.job_schemas import JobRecord
 from service.storage import Storage
 from tests.service.jobs import read_events, setup_job_inputs, tiny_job
 
