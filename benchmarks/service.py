@@ -180,7 +180,7 @@ def main() -> None:
         with open(target_zip, "rb") as handle:
             target = httpx.post(f"{nerfsim}/v1/targets", headers=headers, files={"file": ("t.zip", handle)},
                                 data={"name": "real", "format": "coco"}, timeout=60).json()
-        job_request = {"assets": [asset["id"]], "target_val": target["id"], "image_size": 32}
+        job_request = {"scene": {"assets": [asset["id"]]}, "targets": {"val": target["id"]}, "detector": {"image_size": 32}}
         job = httpx.post(f"{nerfsim}/v1/jobs", headers=headers, json=job_request, timeout=60).json()
 
         def run(url, n, **kwargs):
