@@ -236,7 +236,7 @@ class HypergradientSection(Strict):
 class PsiSection(Strict):
     """The scene-parameter distribution: what moves, where it starts, how fast it moves."""
 
-    learnable: List[str] = Field(default_factory=lambda: list(DEFAULT_LEARNABLE), max_length=16,
+    learnable: List[str] = Field(list(DEFAULT_LEARNABLE), max_length=16,  # (copied per instance: in the schema)
                                  description="Parts of psi that move (GET /v1/presets lists the parts).")
     share_classes: Optional[bool] = None
     initial: PsiOverrides = Field(default_factory=PsiOverrides, description="Initial values and shape of psi.")
