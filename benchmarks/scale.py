@@ -78,7 +78,7 @@ def settings_env(settings: ServiceSettings) -> dict[str, str]:
 def process_env(settings: ServiceSettings) -> dict[str, str]:
     """This process's environment with ``settings``, single-threaded math and the repository
     importable: for the API and worker processes."""
-    return {**os.environ, **settings_env(settings), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return {**os.environ, **settings_env(settings), "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join((str(REPO), str(REPO / "client")))}
 
 
 class ApiServer:

@@ -160,7 +160,7 @@ def main() -> None:
     env = {**os.environ, "REDIS_URL": redis_url, "NERFSIM_STORAGE_ROOT": str(work / "storage"),
            "NERFSIM_QUEUE_NAME": "bench", "NERFSIM_LOG_JSON": "true", "OMP_NUM_THREADS": "1",
            # 50 clients share one key here: the per-key rate limit would answer 429s.
-           "NERFSIM_RATE_LIMIT_PER_S": "0", "PYTHONPATH": str(REPO)}
+           "NERFSIM_RATE_LIMIT_PER_S": "0", "PYTHONPATH": os.pathsep.join((str(REPO), str(REPO / "client")))}
     (work / "bare_app.py").write_text(BARE_APP)
     nerfsim_port, bare_port = free_port(), free_port()
     processes = [
