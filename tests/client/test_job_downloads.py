@@ -55,4 +55,5 @@ def test_the_best_detector_and_portable_reports_are_downloadable(service, worker
     root = str(service.settings.storage_root.resolve())
     for name, data in (("report", report), ("config", config)):
         assert not [s for s in strings(data) if s.startswith("/") or root in s], (name, data)
-    assert config["scene"] == "scene.json" and config["target_val"].startswith(f"targets/{target.id}/")
+    assert config["targets"]["val"].startswith(f"targets/{target.id}/")
+    assert config["scene"]["spec"]["objects"][0]["path"].startswith(f"assets/{asset.id}/")  # the scene inline
