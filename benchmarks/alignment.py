@@ -111,12 +111,14 @@ def pose_setting(seed: int, budget) -> tuple[SceneRenderer, LabelledSet, Labelle
 def warmed_up_detector(config, renderer, val_set, warmup: int, warmup_cache: Path | None = None):
     """The loop's detector after ``warmup`` steps on uniform psi (its checkpoint's weights);
     from ``warmup_cache`` (as run_loop keeps it) when that holds the same warm-up."""
-    config = dataclasses.replace(config, warmup_steps=warmup, outer_iterations=0, final_images=0)
+    config = dataclasses.replace(config,
+                                 detector=dataclasses.replace(config.detector, warmup_steps=warmup),
+                                 budget=dataclasses.replace(config.budget, outer_iterations=0, final_images=0))
     with tempfile.TemporaryDirectory() as folder:
         run_loop(config, renderer, list(SHIFT_OBJECTS), val_set, None, Path(folder), warmup_cache=warmup_cache)
         state = load_checkpoint(Path(folder))
-    model = build_detector(DetectorConfig(arch=config.detector, class_names=list(SHIFT_OBJECTS),
-                                          image_size=config.image_size, seed=config.seed))
+    model = build_detector(DetectorConfig(arch=config.detector.arch, class_names=list(SHIFT_OBJECTS),
+                                          image_size=config.detector.image_size, seed=config.seed))
     model.load_state_dict(state.detector)
     return model
 
@@ -127,7 +129,7 @@ def enumerated_batch(config, renderer, groups: int, seed: int) -> tuple[ImageBat
     noise = psi.sample(groups * BINS, seed, pose_group=BINS).noise
     noise.azimuth_bin[:, 0] = torch.arange(BINS).repeat(groups)
     with torch.no_grad():
-        out = renderer.render(psi.replay(noise), config.image_size)
+        out = renderer.render(psi.replay(noise), config.detector.image_size)
     return ImageBatch(out.rgb.clamp(0, 1), out.boxes, out.classes, out.keep), noise.class_ids[:, 0]
 
 
@@ -149,8 +151,9 @@ def hypergradient_direction(model, config: OptimizeConfig, val_gradient: list[to
     if method == "identity":
         return val_gradient
     rows = torch.randperm(batch.images.shape[0], generator=torch.Generator().manual_seed(seed + 1))
-    part = batch.index(rows[:config.images_per_iteration])
-    u, _, fell_back = inverse_hessian_direction(dataclasses.replace(config, inverse_hessian=method), model,
+    part = batch.index(rows[:config.budget.images_per_iteration])
+    solver = dataclasses.replace(config.hypergradient, inverse_hessian=method)
+    u, _, fell_back = inverse_hessian_direction(dataclasses.replace(config, hypergradient=solver), model,
                                                 part.images, part.targets(), val_gradient)
     print(f"  u by {method}: {'fell back to the validation gradient' if fell_back else 'solved'}", flush=True)
     return u
@@ -204,7 +207,7 @@ LAYER_GROUPS = {
     "box_head": ("model.22.cv2.",),
     "class_head": ("model.22.cv3.",),
 }
-"""Parameter groups of YOLOv8n-cpu as parameter-name prefixes (as OptimizeConfig.alignment_ignores
+"""Parameter groups of YOLOv8n-cpu as parameter-name prefixes (as OptimizeConfig.outer.alignment_ignores
 takes them): the backbone, the neck (FPN/PAN), and the Detect head's box-regression (cv2) and
 classification (cv3) branches."""
 
@@ -401,7 +404,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     renderer, val_set, _, config = pose_setting(args.seed, QUICK)
-    val_batch = val_set.batch(config.image_size)
+    val_batch = val_set.batch(config.detector.image_size)
     batch, classes = enumerated_batch(config, renderer, args.groups, args.seed)
     results = {}
     for warmup in args.warmup:

@@ -48,7 +48,13 @@ import torch  # noqa: E402
 import optimizer.hessian as hessian_module  # noqa: E402
 import optimizer.loop as loop_module  # noqa: E402
 from detector.datasets import load_dataset  # noqa: E402
-from optimizer.config import OptimizeConfig  # noqa: E402
+from optimizer.config import (  # noqa: E402
+    BudgetConfig,
+    DetectorSection,
+    HypergradientConfig,
+    OptimizeConfig,
+    SceneConfig,
+)
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: E402
 from renderer.scene_spec import load_scene, read_scene_spec  # noqa: E402
 from service.demo import render_target_set  # noqa: E402
@@ -112,13 +118,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work_dir:
         work = Path(work_dir)
         val_set = load_dataset(render_target_set("demo", work / "val", 16, args.size) / "annotations.json")
-        config = OptimizeConfig(scene="demo", image_size=args.size, warmup_steps=warmup, final_images=0,
-                                hessian_product="double-backward")
+        config = OptimizeConfig(scene=SceneConfig(spec="demo"),
+                                detector=DetectorSection(image_size=args.size, warmup_steps=warmup),
+                                budget=BudgetConfig(final_images=0),
+                                hypergradient=HypergradientConfig(hessian_product="double-backward"))
         loop = loop_module._Loop(config, renderer, spec.class_names, val_set, None, work / "run", None, None, False)
         loop.out_dir.mkdir(parents=True, exist_ok=True)
         loop.initial_state()
         for t in range(iterations):
-            noise = loop.psi.sample(config.images_per_iteration, loop_module._generator(config.seed, t, "render"),
+            noise = loop.psi.sample(config.budget.images_per_iteration, loop_module._generator(config.seed, t, "render"),
                                     loop.pose_group).noise
             batch = loop.render(noise, t)
             baseline = copy.deepcopy(loop.baseline)
@@ -139,7 +147,7 @@ def main() -> None:
                             + " ".join(f"{part}={cosine(parts[part], reference[part]):.2f}" for part in reference))
             print(" | ".join(line), flush=True)
             loop.step_psi(t)
-            loop.finetune_state = loop.train(loop.detector, batch, config.inner_steps, loop.finetune_state, t)
+            loop.finetune_state = loop.train(loop.detector, batch, config.budget.inner_steps, loop.finetune_state, t)
     print(" ".join(f"cosine_{name}={sum(v) / len(v):.3f}" for name, v in totals.items()) + " "
           + " ".join(f"seconds_{name}={sum(v) / len(v):.2f}" for name, v in seconds.items()))
 

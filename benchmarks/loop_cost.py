@@ -18,7 +18,7 @@ Each size runs one iteration to warm up (``--quick``: none) and times the next. 
 ``outer_iteration_s_128=... outer_iteration_s_320=... hypergradient_over_finetune=...
 hvp_over_train_step=...``, the two ratios at 128 px (one HVP of the solve over one inner
 training step on the same K images). ``--hessian`` and ``--product`` pick
-OptimizeConfig.hessian_layers and hessian_product.
+OptimizeConfig.hypergradient.hessian_layers and hessian_product.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/loop_cost.py --quick
 
@@ -58,7 +58,7 @@ import torch  # noqa: E402
 import optimizer.hessian as hessian_module  # noqa: E402
 import optimizer.loop as loop_module  # noqa: E402
 from detector.datasets import load_dataset  # noqa: E402
-from optimizer.config import OptimizeConfig  # noqa: E402
+from optimizer.config import OptimizeConfig, merged  # noqa: E402
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: E402
 from renderer.scene_spec import load_scene, read_scene_spec  # noqa: E402
 from service.demo import render_target_set  # noqa: E402
@@ -132,7 +132,7 @@ def time_iteration(renderer: SceneRenderer, class_names: list[str], val_set, siz
     row.update({f"{name}_s": seconds for name, seconds in timers.seconds.items()})
     row["hvp_calls"] = timers.calls.get("hvp", 0)
     row["hvp_each_s"] = timers.seconds.get("hvp", 0.0) / max(1, row["hvp_calls"])
-    row["train_step_s"] = timers.seconds["finetune"] / max(1, config.inner_steps)
+    row["train_step_s"] = timers.seconds["finetune"] / max(1, config.budget.inner_steps)
     return row
 
 
@@ -140,19 +140,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="no warm-up iteration (first-call costs included)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 320])
-    parser.add_argument("--hessian", default=None, help="OptimizeConfig.hessian_layers (default: the product's)")
-    parser.add_argument("--product", default=None, help="OptimizeConfig.hessian_product (default: the product's)")
+    parser.add_argument("--hessian", default=None,
+                        help="OptimizeConfig.hypergradient.hessian_layers (default: the product's)")
+    parser.add_argument("--product", default=None,
+                        help="OptimizeConfig.hypergradient.hessian_product (default: the product's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = loop_module.resolve_device("auto")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    overrides = {"warmup_steps": 0, "final_images": 0}
+    overrides = {"detector": {"warmup_steps": 0}, "budget": {"final_images": 0}, "hypergradient": {}}
     if args.hessian is not None:
-        overrides["hessian_layers"] = args.hessian
+        overrides["hypergradient"]["hessian_layers"] = args.hessian
     if args.product is not None:
-        overrides["hessian_product"] = args.product
+        overrides["hypergradient"]["hessian_product"] = args.product
     print(f"device={name} settings=OptimizeConfig() + {overrides}", flush=True)
 
     spec = read_scene_spec("demo")
@@ -165,7 +167,8 @@ def main() -> None:
         work = Path(work_dir)
         val_set = load_dataset(render_target_set("demo", work / "val", 16, 128) / "annotations.json")
         for size in args.sizes:
-            config = OptimizeConfig(scene="demo", image_size=size, **overrides)
+            config = OptimizeConfig.from_dict(merged({"scene": {"spec": "demo"}, "detector": {"image_size": size}},
+                                                     overrides))
             row = time_iteration(renderer, spec.class_names, val_set, size, config, work, timers, not args.quick)
             rows.append(row)
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)

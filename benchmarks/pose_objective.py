@@ -63,7 +63,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     renderer, val_set, test_set, config = pose_setting(args.seed, FULL)
-    val_batch = val_set.batch(config.image_size)
+    val_batch = val_set.batch(config.detector.image_size)
     began = time.perf_counter()
     warmed = warmed_up_detector(config, renderer, val_set, args.warmup)
     print(f"warm-up {args.warmup} steps: {time.perf_counter() - began:.0f} s", flush=True)
@@ -78,16 +78,17 @@ def main() -> None:
             state = None
             for round_index in range(args.rounds):
                 seed = 10_000 * args.seed + 100 * repeat + round_index
-                noise = psi.sample(config.images_per_iteration, torch.Generator().manual_seed(seed)).noise
+                noise = psi.sample(config.budget.images_per_iteration, torch.Generator().manual_seed(seed)).noise
                 with torch.no_grad():
-                    out = renderer.render(psi.replay(noise), config.image_size)
+                    out = renderer.render(psi.replay(noise), config.detector.image_size)
                 batch = ImageBatch(out.rgb.clamp(0, 1), out.boxes, out.classes, out.keep)
-                state = finetune(model, batch.images, batch.targets(), config.inner_steps, config.inner_learning_rate,
-                                 BatchNormMode.UPDATE, optimizer_name=config.inner_optimizer,
+                state = finetune(model, batch.images, batch.targets(), config.budget.inner_steps,
+                                 config.detector.inner_learning_rate,
+                                 BatchNormMode.UPDATE, optimizer_name=config.detector.inner_optimizer,
                                  generator=torch.Generator().manual_seed(seed), optimizer_state=state, progress=False)
             scores["val_loss"].append(validation_loss_and_gradient(model, val_batch, 64, False)[0])
-            scores["val_map"].append(evaluate(model, val_set, config.image_size, progress=False).map50_95)
-            scores["test_map"].append(evaluate(model, test_set, config.image_size, progress=False).map50_95)
+            scores["val_map"].append(evaluate(model, val_set, config.detector.image_size, progress=False).map50_95)
+            scores["test_map"].append(evaluate(model, test_set, config.detector.image_size, progress=False).map50_95)
         results[name] = scores
         print(f"{name:11s} " + " ".join(f"{k} {statistics.fmean(v):.4f} (+- {statistics.pstdev(v):.4f})"
                                         for k, v in scores.items()), flush=True)

@@ -95,7 +95,15 @@ from detector.mixing import write_real_only, write_training_mix  # noqa: E402
 from detector.model import DetectorConfig, load_detector  # noqa: E402
 from detector.train import train_on_dataset  # noqa: E402
 from optimizer.baselines import psi_config  # noqa: E402
-from optimizer.config import OptimizeConfig
+from optimizer.config import (
+    BudgetConfig,
+    DetectorSection,
+    FinalConfig,
+    OptimizeConfig,
+    PsiSettings,
+    SceneConfig,
+    TargetsConfig,
+)
 from optimizer.presets import DEFAULT_PRESET  # noqa: E402
 from optimizer.dataset import render_dataset  # noqa: E402
 from optimizer.final_size import final_image_shape  # noqa: E402
@@ -110,8 +118,12 @@ RESULTS = REPO / "benchmarks" / "results" / "real"
 ARMS = ("real", "fixed", "uniform", "optimised", "uniform+real", "optimised+real")
 PSI_ARMS = ("fixed", "uniform", "optimised")
 """The arms whose renders come from a psi of their own (the +real arms reuse them)."""
-REAL_SHARE = OptimizeConfig.final_real_share
+REAL_SHARE = FinalConfig.real_share
 """The photos' share of a +real arm's epoch: the product's default, so the arm measures its mix."""
+
+
+LOOP_BUDGET = ("outer_iterations", "images_per_iteration", "inner_steps")
+"""Budget.loop's names in OptimizeConfig.budget."""
 
 
 @dataclass(frozen=True)
@@ -123,9 +135,10 @@ class Budget:
     batch_size: int = 16
     loop: tuple[tuple[str, int], ...] = (("image_size", 128), ("outer_iterations", 20), ("images_per_iteration", 32),
                                          ("inner_steps", 20), ("warmup_steps", 100))
-    """OptimizeConfig settings of the closed loop that learns the optimised psi (a job's default
-    budget; everything else is a job's default too): it searches at a lower resolution than the
-    detector trains at."""
+    """Settings of the closed loop that learns the optimised psi (a job's default budget;
+    everything else is a job's default too): OptimizeConfig.budget's LOOP_BUDGET and
+    OptimizeConfig.detector's image_size and warmup_steps. It searches at a lower resolution
+    than the detector trains at."""
 
     @property
     def tag(self) -> str:
@@ -208,8 +221,11 @@ def learn_psi(preset: str, scene: Path, val: Path, budget: Budget, seed: int, ou
         loop = dict(budget.loop)
         if preset == "uniform":  # the starting psi: no outer iteration, no detector warm-up
             loop.update(outer_iterations=0, warmup_steps=0)
-        config = OptimizeConfig(scene=str(scene), target_val=str(val), preset=preset, final_images=0, seed=seed,
-                                device="cpu", sample_images=0, **loop)
+        config = OptimizeConfig(
+            preset=preset, seed=seed, device="cpu", scene=SceneConfig(spec=str(scene)),
+            targets=TargetsConfig(val=str(val)),
+            budget=BudgetConfig(final_images=0, **{name: loop[name] for name in LOOP_BUDGET}),
+            detector=DetectorSection(sample_images=0, image_size=loop["image_size"], warmup_steps=loop["warmup_steps"]))
         result = run_optimization(config, out_dir, progress_bar=False)
         if result.status != "completed":
             raise SystemExit(f"{out_dir}: the loop ended {result.status}")
@@ -326,7 +342,7 @@ def main() -> None:
     scene, val = job_inputs(names, assets.QUICK_BUDGET)
     renderer = job_renderer(OptimizeConfig(), read_scene_spec(scene), photos[1])
     fields, backgrounds = renderer.fields, renderer.backgrounds
-    fixed = Psi.uniform(psi_config(OptimizeConfig(learnable=[]), fields, len(backgrounds)))
+    fixed = Psi.uniform(psi_config(OptimizeConfig(psi=PsiSettings(learnable=[])), fields, len(backgrounds)))
     print(f"classes {names}; {len(real)} photos, {len(test)} test photos, {len(backgrounds)} backgrounds; "
           f"assets ready after {time.perf_counter() - began:.0f} s", flush=True)
 
@@ -341,7 +357,7 @@ def main() -> None:
         loop_seconds.append(round(time.perf_counter() - loop_began, 1))
         data = {"real": write_real_only(real, work / "data" / "real", budget.renders).data_dir}
         # Renders at the photos' aspect, longer side budget.image_size (as a job's final dataset).
-        shape = final_image_shape(OptimizeConfig(final_image_size=budget.image_size), photos[1])
+        shape = final_image_shape(OptimizeConfig(final=FinalConfig(image_size=budget.image_size)), photos[1])
         renders = f"{shape[1]}x{shape[0]}px"
         kept = round(budget.renders * (1 - REAL_SHARE))
         for arm in PSI_ARMS:

@@ -26,21 +26,22 @@ import benchmarks.real as real  # noqa: E402  (its budget, assets, training and 
 import torch  # noqa: E402
 
 from detector.datasets import LabelledSet  # noqa: E402
-from optimizer.config import OptimizeConfig  # noqa: E402
+from optimizer.config import FinalConfig, OptimizeConfig, merged  # noqa: E402
 from optimizer.final_size import final_image_shape  # noqa: E402
 from optimizer.loop import job_renderer, run_optimization  # noqa: E402
 from renderer.scene_spec import read_scene_spec  # noqa: E402
 
 VARIANTS = {
     "default": {},  # as measured first: resting poses with canonical_pose_share 0.5, several objects
-    "upright": {"resting_poses": False},
-    "single": {"psi": {"max_objects": 1}},
-    "upright_single": {"resting_poses": False, "psi": {"max_objects": 1}},
-    "standing": {"canonical_pose_share": 1.0},
-    "standing_single": {"canonical_pose_share": 1.0, "psi": {"max_objects": 1}},
-    "mostly_standing_single": {"canonical_pose_share": 0.8, "psi": {"max_objects": 1}},
+    "upright": {"scene": {"resting_poses": False}},
+    "single": {"psi": {"initial": {"max_objects": 1}}},
+    "upright_single": {"scene": {"resting_poses": False}, "psi": {"initial": {"max_objects": 1}}},
+    "standing": {"scene": {"canonical_pose_share": 1.0}},
+    "standing_single": {"scene": {"canonical_pose_share": 1.0}, "psi": {"initial": {"max_objects": 1}}},
+    "mostly_standing_single": {"scene": {"canonical_pose_share": 0.8}, "psi": {"initial": {"max_objects": 1}}},
 }
-"""Job settings on top of the defaults (a user's psi override wins over the priors)."""
+"""Job settings (nested, as OptimizeConfig.from_dict reads them) on top of the defaults (a
+user's psi override wins over the priors)."""
 
 
 def main() -> None:
@@ -61,14 +62,18 @@ def main() -> None:
     for seed in args.seeds:
         for variant in args.variants:
             work = out / f"seed{seed}" / variant
-            loop = {**dict(budget.loop), "outer_iterations": 0, "warmup_steps": 0}
-            config = OptimizeConfig(scene=str(scene), target_val=str(val_json), preset="uniform", final_images=0,
-                                    seed=seed, device="cpu", sample_images=0, **{**loop, **VARIANTS[variant]})
+            loop = dict(budget.loop)
+            settings = {"preset": "uniform", "seed": seed, "device": "cpu", "scene": {"spec": str(scene)},
+                        "targets": {"val": str(val_json)},
+                        "budget": {**{name: loop[name] for name in real.LOOP_BUDGET}, "outer_iterations": 0,
+                                   "final_images": 0},
+                        "detector": {"image_size": loop["image_size"], "warmup_steps": 0, "sample_images": 0}}
+            config = OptimizeConfig.from_dict(merged(settings, VARIANTS[variant]))
             if not (work / "loop" / "psi.json").is_file():
                 run_optimization(config, work / "loop", progress_bar=False)
             psi = real.psi_from_run(work / "loop")
             renderer = job_renderer(config, read_scene_spec(scene), val)
-            shape = final_image_shape(OptimizeConfig(final_image_size=budget.image_size), val)
+            shape = final_image_shape(OptimizeConfig(final=FinalConfig(image_size=budget.image_size)), val)
             data = real.render_seed(renderer, psi, names, budget, shape, seed, work / "renders")
             result = real.run_arm(variant, data, names, photos, budget, seed, work / "arm")
             scores.setdefault(variant, []).append(result["map50_95"])

@@ -108,10 +108,9 @@ from detector.datasets import LabelledSet, load_dataset  # noqa: E402
 from detector.evaluate import evaluate  # noqa: E402
 from detector.model import load_detector  # noqa: E402
 from optimizer.baselines import azimuth_total_variation  # noqa: E402
-from optimizer.config import OptimizeConfig  # noqa: E402
+from optimizer.config import OptimizeConfig, merged  # noqa: E402
 from optimizer.dataset import render_dataset  # noqa: E402
 from optimizer.loop import completed_report, run_loop, train_final_detector  # noqa: E402
-from optimizer.presets import DEFAULT_PRESET  # noqa: E402
 from optimizer.report import write_json_atomic  # noqa: E402
 from optimizer.psi import Psi, PsiConfig  # noqa: E402
 from renderer.backgrounds import BackgroundSet  # noqa: E402
@@ -243,8 +242,9 @@ METHODS = {
                               "alignment_objective": "appearance"},
     "reinforce": {"method": "reinforce"},
     "random-search": {"method": "random-search"},
-    "default": {"preset": DEFAULT_PRESET},
+    "default": {},
 }
+"""Each method's OptimizeConfig.outer fields ("default": the product's default preset, none set)."""
 ONLY_FOR = {
     "neural-sim-lookahead": {"pose"}, "neural-sim-enumerate": {"pose"}, "neural-sim-enumerate-box": {"pose"},
     "neural-sim-box": {"pose"}, "neural-sim-enumerate-box-mixture": {"pose"},
@@ -327,47 +327,35 @@ def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeCo
     # The research methods name every setting they were measured with on top of the paper's
     # preset (their finished runs stay valid); "default" runs the product's default preset as a
     # job that names none would, only the shift's step sizes set.
-    research = {} if base == "default" else dict(
-        preset="neural-sim",
-        estimator="both",
-        alignment_normalisation=SHIFTS[shift].get("alignment_normalisation", "standardise")
-        if base.startswith("neural-sim") else "standardise",
-    )
-    settings = dict(
-        **research,
-        learnable=list(SHIFTS[shift]["learnable"]),
-        share_classes=True,
-        psi=dict(BASE_PSI),
-        oracle_psi=dict(SHIFTS[shift]["target"]),
-        inverse_hessian="identity",
-        psi_learning_rate=SHIFTS[shift]["psi_lr"],
-        psi_warmup_iterations=SHIFTS[shift].get("psi_warmup_iterations", 0),
-        entropy_weight=0.01,
-        pose_group=4,
-        outer_iterations=0 if fixed else iterations,
-        images_per_iteration=budget.pose_images_per_iteration if shift == "pose" else budget.images_per_iteration,
-        inner_steps=budget.inner_steps,
-        inner_learning_rate=0.002,
-        warmup_steps=warmup,
-        detector="yolov8n-cpu",
-        image_size=budget.image_size,
-        final_images=budget.final_images,
-        final_epochs=budget.final_epochs,
-        final_init="warmup",
-        final_trainer_overrides=dict(FINAL_TRAINER),
+    research = {} if base == "default" else {
+        "preset": "neural-sim",
+        "outer": {"estimator": "both",
+                  "alignment_normalisation": SHIFTS[shift].get("alignment_normalisation", "standardise")
+                  if base.startswith("neural-sim") else "standardise"},
+    }
+    settings = {
+        "seed": seed,
+        # the synthetic shifts keep the plain renders their findings were measured on
+        "scene": {"harvest_backgrounds": False, "photometric": None},
+        "psi": {"learnable": list(SHIFTS[shift]["learnable"]), "share_classes": True, "initial": dict(BASE_PSI),
+                "oracle": dict(SHIFTS[shift]["target"]), "learning_rate": SHIFTS[shift]["psi_lr"],
+                "warmup_iterations": SHIFTS[shift].get("psi_warmup_iterations", 0), "entropy_weight": 0.01,
+                "priors": False},
+        "outer": {"pose_group": 4},
+        "hypergradient": {"inverse_hessian": "identity"},
+        "budget": {"outer_iterations": 0 if fixed else iterations,
+                   "images_per_iteration": budget.pose_images_per_iteration if shift == "pose"
+                   else budget.images_per_iteration,
+                   "inner_steps": budget.inner_steps, "final_images": budget.final_images,
+                   "final_epochs": budget.final_epochs},
+        "detector": {"arch": "yolov8n-cpu", "image_size": budget.image_size, "inner_learning_rate": 0.002,
+                     "warmup_steps": warmup, "val_map_every": 0, "sample_images": 2},
         # Renders alone, as the recorded results: the target sets are renders too (issue 23's
         # real photos in the final training would mix the validation set into it).
-        final_real_share=0.0,
-        real_only_baseline=False,
-        uniform_baseline=False,  # the benchmark's own uniform arm
-        harvest_backgrounds=False,
-        psi_priors=False,
-        photometric=None,  # the synthetic shifts keep the plain renders their findings were measured on
-        val_map_every=0,
-        sample_images=2,
-        seed=seed,
-    )
-    return OptimizeConfig(**{**settings, **METHODS[base]})
+        "final": {"init": "warmup", "trainer_overrides": dict(FINAL_TRAINER), "real_share": 0.0,
+                  "real_only_baseline": False, "uniform_baseline": False},  # the benchmark's own uniform arm
+    }
+    return OptimizeConfig.from_dict(merged(settings, research, {"outer": METHODS[base]}), benchmark=True)
 
 
 def final_detector_maps(config: OptimizeConfig, class_names: list[str], run_dir: Path, test_set: LabelledSet,
@@ -383,7 +371,7 @@ def final_detector_maps(config: OptimizeConfig, class_names: list[str], run_dir:
         scratch = run_dir / "final_detectors" / str(index)
         best = train_final_detector(config, class_names, run_dir, scratch, seed=config.seed + 1000 * index,
                                     device=torch.device("cpu"))
-        maps.append(evaluate(load_detector(best), test_set, config.image_size, progress=False).map50_95)
+        maps.append(evaluate(load_detector(best), test_set, config.detector.image_size, progress=False).map50_95)
         shutil.rmtree(scratch)
         write_json_atomic(record, maps)
     return maps

@@ -1,9 +1,9 @@
 """psi for each method of the loop, and the random-search proposal.
 
 - ``neural-sim`` and ``reinforce``: psi starts at the config's initial values, the parts named
-  in ``OptimizeConfig.learnable`` are parameters.
+  in ``OptimizeConfig.psi.learnable`` are parameters.
 - ``uniform``: the same initial psi with every part fixed (Psi.uniform).
-- ``oracle``: fixed at the target's true distribution (Psi.from_target(**oracle_psi)).
+- ``oracle``: fixed at the target's true distribution (Psi.from_target(**psi.oracle)).
 - ``random-search``: each outer iteration proposes a candidate (:func:`random_candidate`);
   the incumbent is the candidate whose images gave the lowest validation loss.
 """
@@ -33,28 +33,28 @@ exp(+-0.5), exposure mean +-1 stop, colour gain median times exp(+-0.2)."""
 def psi_config(
     config: OptimizeConfig, radiance_fields: Sequence[nn.Module], num_backgrounds: int, poses: Sequence[PoseTable] | None = None
 ) -> PsiConfig:
-    """The PsiConfig of a job: ``config.psi`` overrides, the scene's classes (one per object's
+    """The PsiConfig of a job: ``config.psi.initial`` overrides, the scene's classes (one per object's
     radiance field, with its ``appearance_embeddings`` count; fields without that attribute
     have none), each object's resting ``poses`` (the renderer's pose tables; None: no support
-    plane) and backgrounds, and learnability from ``config.learnable``."""
-    unknown_parts = sorted(set(config.learnable) - set(PARTS))
+    plane) and backgrounds, and learnability from ``config.psi.learnable``."""
+    unknown_parts = sorted(set(config.psi.learnable) - set(PARTS))
     if unknown_parts:
-        raise OptimizerError(f"OptimizeConfig.learnable: unknown parts {unknown_parts}; the parts are {list(PARTS)}")
+        raise OptimizerError(f"OptimizeConfig.psi.learnable: unknown parts {unknown_parts}; the parts are {list(PARTS)}")
     known = {f.name for f in fields(PsiConfig)}
     reserved = {"num_classes", "num_backgrounds", "appearance_embeddings", "pose_probs"} | {f"learn_{part}" for part in PARTS}
-    bad = sorted(set(config.psi) - known)
+    bad = sorted(set(config.psi.initial) - known)
     if bad:
-        raise OptimizerError(f"OptimizeConfig.psi: unknown PsiConfig fields {bad}; known: {sorted(known - reserved)}")
-    clashing = sorted(set(config.psi) & reserved)
+        raise OptimizerError(f"OptimizeConfig.psi.initial: unknown PsiConfig fields {bad}; known: {sorted(known - reserved)}")
+    clashing = sorted(set(config.psi.initial) & reserved)
     if clashing:
         raise OptimizerError(
-            f"OptimizeConfig.psi: {clashing} are set by the loop (classes, appearance embeddings, resting poses "
+            f"OptimizeConfig.psi.initial: {clashing} are set by the loop (classes, appearance embeddings, resting poses "
             "and backgrounds come from the scene, learnability from 'learnable')"
         )
     overrides: dict[str, Any] = {
-        name: tuple(value) if isinstance(value, list) else value for name, value in config.psi.items()
+        name: tuple(value) if isinstance(value, list) else value for name, value in config.psi.initial.items()
     }
-    learn = {f"learn_{part}": part in config.learnable for part in PARTS}
+    learn = {f"learn_{part}": part in config.psi.learnable for part in PARTS}
     appearance_embeddings = tuple(getattr(field, "appearance_embeddings", 0) for field in radiance_fields)
     pose_probs = tuple(tuple(table.choice_probs()) for table in poses) if poses else ()
     return PsiConfig(
@@ -64,17 +64,17 @@ def psi_config(
 
 
 def initial_psi(config: OptimizeConfig, psi_cfg: PsiConfig) -> Psi:
-    """psi at the start of a run of ``config.method``."""
-    if config.method == "uniform":
+    """psi at the start of a run of ``config.outer.method``."""
+    if config.outer.method == "uniform":
         return Psi.uniform(psi_cfg)
-    if config.method == "oracle":
-        if config.oracle_psi is None:
-            raise OptimizerError("method 'oracle' needs oracle_psi (Psi.from_target arguments: the target's distribution)")
+    if config.outer.method == "oracle":
+        if config.psi.oracle is None:
+            raise OptimizerError("method 'oracle' needs psi.oracle (Psi.from_target arguments: the target's distribution)")
         try:
-            return Psi.from_target(psi_cfg, **config.oracle_psi)
+            return Psi.from_target(psi_cfg, **config.psi.oracle)
         except TypeError as error:
-            raise OptimizerError(f"OptimizeConfig.oracle_psi: {error}") from error
-    if config.method == "random-search":
+            raise OptimizerError(f"OptimizeConfig.psi.oracle: {error}") from error
+    if config.outer.method == "random-search":
         # The candidates are drawn whole; psi itself is never a parameter.
         return Psi(psi_cfg.frozen())
     return Psi(psi_cfg)

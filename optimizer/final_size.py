@@ -1,6 +1,6 @@
 """The size the final dataset is rendered at and the final detector trains at: the photos'.
 
-The closed loop searches at ``OptimizeConfig.image_size`` (square renders, the letterboxed frame
+The closed loop searches at ``OptimizeConfig.detector.image_size`` (square renders, the letterboxed frame
 the validation photos are compared in); the final dataset and detector use the photos' pixel
 scale and aspect, so that objects are as many pixels across as in the photos. A rectangular
 render is the centre band of the square one (renderer.camera), so psi learned on squares means
@@ -29,12 +29,12 @@ def photo_aspect(photos: LabelledSet | None) -> Fraction:
 
 
 def final_image_size(config: OptimizeConfig, photos: LabelledSet | None) -> int:
-    """``config.final_image_size``, or the photos' median longer side rounded to a multiple of
-    STRIDE (at least STRIDE), or ``config.image_size`` without photos."""
-    if config.final_image_size is not None:
-        return config.final_image_size
+    """``config.final.image_size``, or the photos' median longer side rounded to a multiple of
+    STRIDE (at least STRIDE), or ``config.detector.image_size`` without photos."""
+    if config.final.image_size is not None:
+        return config.final.image_size
     if photos is None or not len(photos):
-        return config.image_size
+        return config.detector.image_size
     longer = statistics.median(max(item.width, item.height) for item in photos.images)
     return max(STRIDE, round(longer / STRIDE) * STRIDE)
 

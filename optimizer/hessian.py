@@ -1,6 +1,6 @@
 """The hypergradient's inverse-Hessian direction over all the detector's weights or its head alone
-(``OptimizeConfig.hessian_layers``), with Hessian-vector products by double backward or by
-finite differences of gradients (``OptimizeConfig.hessian_product``), and the second
+(``OptimizeConfig.hypergradient.hessian_layers``), with Hessian-vector products by double backward or by
+finite differences of gradients (``OptimizeConfig.hypergradient.hessian_product``), and the second
 derivatives the loop reads off the training gradient's graph (per-image alignments, the
 pathwise mixed derivative).
 
@@ -38,10 +38,11 @@ def hessian_mask(model: nn.Module, layers: HessianLayers) -> list[bool] | None:
     if layers == "all":
         return None
     if layers != "head":
-        raise OptimizerError(f"OptimizeConfig.hessian_layers: unknown value {layers!r}; use 'all' or 'head'")
+        raise OptimizerError(f"OptimizeConfig.hypergradient.hessian_layers: unknown value {layers!r}; use 'all' or 'head'")
     head = getattr(model, "model", None)
     if not isinstance(head, nn.Sequential):
-        raise OptimizerError("OptimizeConfig.hessian_layers: 'head' needs an Ultralytics model (its last module is the head)")
+        raise OptimizerError("OptimizeConfig.hypergradient.hessian_layers: 'head' needs an Ultralytics model "
+                             "(its last module is the head)")
     kept = {id(p) for p in head[-1].parameters()}
     return [id(p) in kept for p in trainable_parameters(model)]
 

@@ -3,7 +3,7 @@ on the user's validation set, then render the final dataset and train the final 
 
 One outer iteration ``t`` (every method goes through it; see :mod:`optimizer.baselines`):
 
-1. draw ``images_per_iteration`` scenes from psi (the random-search candidate) with recorded
+1. draw ``budget.images_per_iteration`` scenes from psi (the random-search candidate) with recorded
    noise, render them (no gradient);
 2. neural-sim only, before the detector sees these images: the validation loss's gradient
    ``g`` w.r.t. the warm-started detector's weights; ``u = (H + damping)^-1 g`` with ``H`` the
@@ -35,9 +35,9 @@ iteration depends only on the state the previous one left, which the checkpoint 
 resumed from its checkpoint reproduces the uninterrupted one bit for bit (same machine and
 thread count).
 
-The final stage renders ``final_images`` from the learned psi (:func:`optimizer.dataset.render_dataset`),
+The final stage renders ``budget.final_images`` from the learned psi (:func:`optimizer.dataset.render_dataset`),
 trains the final detector with Ultralytics' trainer from the initial weights or the warmed-up
-detector (final_init), evaluates it on the target test (and validation) set and writes
+detector (final.init), evaluates it on the target test (and validation) set and writes
 ``report.json``, ``psi.json``, ``detector.pt`` and plots.
 """
 
@@ -54,7 +54,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 import numpy as np
 import torch
@@ -77,20 +77,7 @@ from optimizer.appearance import AppearanceStatistics, crop_bandwidth, object_cr
 from optimizer.baselines import azimuth_total_variation, initial_psi, random_candidate
 from optimizer.best_detector import best_iteration, keep_if_best
 from optimizer.checkpoint import LoopState, load_checkpoint, save_checkpoint
-from optimizer.config import (
-    AlignmentNormalisation,
-    AlignmentObjective,
-    Estimator,
-    FinalInit,
-    HessianLayers,
-    HessianProduct,
-    InnerOptimizer,
-    InverseHessian,
-    Method,
-    OptimizeConfig,
-    Progress,
-    SearchMetric,
-)
+from optimizer.config import OptimizeConfig, Progress
 from optimizer.dataset import render_dataset
 from optimizer.estimators import (
     MixtureStatistics,
@@ -114,12 +101,12 @@ from optimizer.hessian import (
 )
 from optimizer.hypergradient import mixed_grad_from_gradients, pathwise_backward
 from optimizer.priors import starting_psi_config
-from optimizer.psi import PARTS, PER_CLASS_PARTS, REPARAMETERISED_PARTS, OptimizerError, Psi, PsiConfig, PsiNoise
+from optimizer.psi import PER_CLASS_PARTS, OptimizerError, Psi, PsiNoise
 from optimizer.final_size import final_image_shape
 from optimizer.real_training import compare_with_real_only, final_training_data, photo_backgrounds, train_real_only
 from optimizer.uniform_baseline import MIN_PHOTOS_TO_HOLD_OUT, hold_out, psi_before_after, uniform_baseline
 from optimizer.report import plot_history, plot_psi_before_after, sample_paths, save_sample_images, write_json_atomic
-from renderer.photometric import PhotometricConfig, PhotometricError, photograph
+from renderer.photometric import PhotometricConfig, photograph
 from renderer.resting import RestingConfig, field_pose_table
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
 from renderer.scene_spec import SceneSpec, load_scene, read_scene_spec
@@ -130,20 +117,7 @@ HYPERGRADIENT_BN = BatchNormMode.BATCH
 derivative, per-image alignment) and of the validation loss the baselines are scored with."""
 _PURPOSES = ("render", "finetune", "candidate", "warmup", "final", "resample", "lookahead", "photometric")
 WARMUP_DETECTOR = "warmup_detector.pt"
-"""The detector after the warm-up, in the run folder when final_init is 'warmup'."""
-AFTER_WARMUP = frozenset({
-    "target_val", "target_test", "method", "estimator", "lookahead_bin_share", "inverse_hessian", "hessian_layers",
-    "hessian_product", "inverse_hessian_steps", "damping", "neumann_scale", "alignment_normalisation", "pose_group", "enumerate_bins",
-    "alignment_ignores", "alignment_objective", "baseline_decay", "search_metric", "normalise_hypergradient", "oracle_psi",
-    "psi_learning_rate", "psi_warmup_iterations", "entropy_weight", "outer_iterations", "val_batch_size",
-    "val_map_every", "sample_images", "final_images", "final_epochs", "final_batch_size", "final_init",
-    "final_trainer_overrides", "final_real_share", "real_only_baseline", "preset", "uniform_baseline",
-})
-"""OptimizeConfig settings the warm-up does not read (it draws from the initial psi whatever the
-method): runs that differ only in these share one warm-up (run_loop's warmup_cache). A setting
-not listed here keys the warm-up, so a new one can only cost a cache miss."""
-
-
+"""The detector after the warm-up, in the run folder when final.init is 'warmup'."""
 class TrainingDivergedError(RuntimeError):
     """A loss, gradient, image or psi value became NaN or infinite during the loop."""
 
@@ -168,106 +142,6 @@ class OptimizeResult:
     dataset: Path | None = None
 
 
-def validate_config(config: OptimizeConfig) -> None:
-    """Raise :class:`OptimizerError` naming the first setting of ``config`` that cannot work."""
-
-    def fail(name: str, problem: str) -> None:
-        raise OptimizerError(f"OptimizeConfig.{name}: {problem}")
-
-    choices = {
-        "method": get_args(Method),
-        "estimator": get_args(Estimator),
-        "inverse_hessian": get_args(InverseHessian),
-        "hessian_layers": get_args(HessianLayers),
-        "hessian_product": get_args(HessianProduct),
-        "inner_optimizer": get_args(InnerOptimizer),
-        "alignment_normalisation": get_args(AlignmentNormalisation),
-        "alignment_objective": get_args(AlignmentObjective),
-        "search_metric": get_args(SearchMetric),
-        "final_init": get_args(FinalInit),
-        "device": ("auto", "cpu", "cuda"),
-    }
-    for name, allowed in choices.items():
-        if getattr(config, name) not in allowed:
-            fail(name, f"unknown value {getattr(config, name)!r}; use one of {list(allowed)}")
-    unknown = sorted(set(config.learnable) - set(PARTS))
-    if unknown:
-        fail("learnable", f"unknown parts {unknown}; the parts are {list(PARTS)}")
-    minimum = {
-        "outer_iterations": 0, "images_per_iteration": 1, "inner_steps": 0, "inverse_hessian_steps": 1,
-        "warmup_steps": 0, "val_batch_size": 1, "val_map_every": 0, "sample_images": 0, "final_images": 0,
-        "final_epochs": 1, "final_batch_size": 1, "pose_group": 1, "psi_warmup_iterations": 0,
-    }
-    for name, low in minimum.items():
-        if getattr(config, name) < low:
-            fail(name, f"must be >= {low}, got {getattr(config, name)}")
-    if config.inner_batch_size is not None and config.inner_batch_size < 1:
-        fail("inner_batch_size", f"must be >= 1 or None, got {config.inner_batch_size}")
-    for name in ("psi_learning_rate", "inner_learning_rate", "neumann_scale"):
-        if not getattr(config, name) > 0:
-            fail(name, f"must be > 0, got {getattr(config, name)}")
-    for name in ("damping", "entropy_weight"):
-        if not getattr(config, name) >= 0:
-            fail(name, f"must be >= 0, got {getattr(config, name)}")
-    if not 0 <= config.baseline_decay < 1:
-        fail("baseline_decay", f"must be in [0, 1), got {config.baseline_decay}")
-    if config.image_size <= 0 or config.image_size % 32:
-        fail("image_size", f"must be a positive multiple of 32 (the detector's stride), got {config.image_size}")
-    if config.final_image_size is not None and (config.final_image_size <= 0 or config.final_image_size % 32):
-        fail("final_image_size", f"must be a positive multiple of 32 or None, got {config.final_image_size}")
-    learns = config.method in ("neural-sim", "random-search", "reinforce")
-    if learns and not config.learnable:
-        fail("learnable", f"method {config.method!r} learns psi, but no part is learnable")
-    if not 0 <= config.final_real_share < 1:
-        fail("final_real_share", f"must be in [0, 1), got {config.final_real_share}")
-    if config.final_init == "warmup" and config.warmup_steps < 1:
-        fail("final_init", "'warmup' starts the final detector from the warmed-up detector: needs warmup_steps >= 1")
-    try:
-        photometric_config(config)
-    except (TypeError, PhotometricError) as error:
-        fail("photometric", str(error))
-    if config.method == "oracle" and config.oracle_psi is None:
-        fail("oracle_psi", "method 'oracle' needs the target's distribution (Psi.from_target arguments)")
-    if config.method != "neural-sim":
-        return
-    bins = config.psi.get("azimuth_bins", PsiConfig.azimuth_bins)
-    if config.estimator == "lookahead":
-        if set(config.learnable) != {"azimuth"}:
-            fail("learnable", f"the 'lookahead' estimator learns the azimuth bins only, got {config.learnable}; "
-                              "use learnable=['azimuth'], or the 'both' estimator for other parts")
-        if config.inner_steps < 1:
-            fail("inner_steps", "the 'lookahead' estimator fine-tunes a detector copy per bin: needs inner_steps >= 1")
-        if not 0 < config.lookahead_bin_share <= 1:
-            fail("lookahead_bin_share", f"must be in (0, 1], got {config.lookahead_bin_share}")
-        if config.images_per_iteration % bins:
-            fail("images_per_iteration", f"the 'lookahead' estimator renders every scene at each of the {bins} azimuth "
-                                         f"bins, so it must be a multiple of {bins}, got {config.images_per_iteration}")
-        return
-    pathwise, score = estimator_parts(config.estimator)
-    reachable = (pathwise | score) & set(config.learnable)
-    missing = sorted(set(config.learnable) - reachable)
-    if missing:
-        fail(
-            "estimator",
-            f"{config.estimator!r} gives no gradient to the learnable parts {missing} (only "
-            f"{sorted(REPARAMETERISED_PARTS)} have a pathwise gradient); use 'score' or 'both'",
-        )
-    if score and config.alignment_normalisation == "standardise" and config.images_per_iteration < 2:
-        fail("images_per_iteration", "standardised alignments need at least 2 images per iteration")
-    # Presets set enumerate_bins whatever the job learns: without the azimuth learnt by the
-    # score function it has nothing to enumerate and does nothing.
-    if config.enumerate_bins and "azimuth" in score & set(config.learnable):
-        if config.images_per_iteration % bins:
-            fail("images_per_iteration", f"enumerate_bins renders every scene at each of the {bins} azimuth bins, so it "
-                                         f"must be a multiple of {bins}, got {config.images_per_iteration}")
-    if config.alignment_objective == "appearance" and not config.enumerate_bins:
-        fail("alignment_objective", "'appearance' compares every scene's views at every bin, so it needs enumerate_bins")
-    if config.alignment_objective == "mixture" and not (config.enumerate_bins and config.alignment_normalisation == "cosine"):
-        fail("alignment_objective", f"'mixture' weighs every scene's views by psi, so it needs enumerate_bins and "
-                                    f"alignment_normalisation 'cosine', got enumerate_bins={config.enumerate_bins} "
-                                    f"and {config.alignment_normalisation!r}")
-
-
 def resolve_device(name: str) -> torch.device:
     """'auto' (CUDA when available), 'cpu' or 'cuda'."""
     if name == "auto":
@@ -281,9 +155,9 @@ def job_renderer(config: OptimizeConfig, spec: SceneSpec, val_set: LabelledSet) 
     """The renderer a job renders with: the scene's objects on its backgrounds plus those
     harvested from the labelled photos (renderer.harvest), objects resting in their stable poses
     (renderer.resting), as ``config`` asks."""
-    fields, backgrounds = load_scene(spec, photo_backgrounds(val_set) if config.harvest_backgrounds else None)
-    resting = RestingConfig(canonical_pose_share=config.canonical_pose_share)
-    poses = [field_pose_table(f, resting) for f in fields] if config.resting_poses else None
+    fields, backgrounds = load_scene(spec, photo_backgrounds(val_set) if config.scene.harvest_backgrounds else None)
+    resting = RestingConfig(canonical_pose_share=config.scene.canonical_pose_share)
+    poses = [field_pose_table(f, resting) for f in fields] if config.scene.resting_poses else None
     return SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds, poses)
 
 
@@ -299,16 +173,16 @@ def run_optimization(
     ``out_dir`` receives everything (see :func:`run_loop`); when it already holds a checkpoint
     of the same config, the run resumes from it.
     """
-    validate_config(config)
-    if config.target_val is None:
-        raise OptimizerError("OptimizeConfig.target_val: the loop needs a labelled validation set (COCO json or YOLO folder)")
-    val_set = load_dataset(Path(config.target_val))
-    test_set = load_dataset(Path(config.target_test)) if config.target_test is not None else None
-    held_out = test_set is None and config.uniform_baseline and config.final_images > 0
+    config.validate()
+    if config.targets.val is None:
+        raise OptimizerError("OptimizeConfig.targets.val: the loop needs a labelled validation set (COCO json or YOLO folder)")
+    val_set = load_dataset(Path(config.targets.val))
+    test_set = load_dataset(Path(config.targets.test)) if config.targets.test is not None else None
+    held_out = test_set is None and config.final.uniform_baseline and config.budget.final_images > 0
     if held_out:  # the uniform baseline needs photos the run never sees (optimizer.uniform_baseline)
         val_set, test_set = hold_out(val_set, config.seed)
         held_out = test_set is not None
-    spec = read_scene_spec(config.scene)
+    spec = read_scene_spec(config.scene.spec)
     renderer = job_renderer(config, spec, val_set)
     return run_loop(
         config, renderer, spec.class_names, val_set, test_set, out_dir,
@@ -330,12 +204,12 @@ def run_loop(
     warmup_cache: Path | None = None,
     test_held_out: bool = False,
 ) -> OptimizeResult:
-    """The loop on already-loaded objects (``config.scene``, ``target_val`` and ``target_test``
-    are not read). The renderer's fields are frozen and moved to the run's device.
+    """The loop on already-loaded objects (``config.scene.spec`` and ``config.targets`` are not
+    read). The renderer's fields are frozen and moved to the run's device.
 
     ``warmup_cache``: a folder shared by runs with the same renderer, in which the warm-up's
     result (detector, inner optimiser state, torch RNG state) is kept under a key of the
-    settings it reads (all but AFTER_WARMUP) and torch's thread count: a run whose warm-up is
+    settings it reads (OptimizeConfig.warmup_settings) and torch's thread count: a run whose warm-up is
     there starts from it instead of training it again, and continues exactly as if it had
     (tested). ``test_held_out``: ``test_set`` is validation photos held out of the run
     (run_optimization without a test set), as the report says.
@@ -349,7 +223,7 @@ def run_loop(
     after every batch of the final training; when it says yes the run returns
     with status 'cancelled' (the checkpoint is current, so calling again resumes).
     """
-    validate_config(config)
+    config.validate()
     loop = _Loop(config, renderer, class_names, val_set, test_set, Path(out_dir), on_progress, should_stop, progress_bar,
                  warmup_cache, test_held_out)
     return loop.run()
@@ -359,7 +233,7 @@ def run_loop(
 
 
 def psi_step_scale(iteration: int, warmup_iterations: int) -> float:
-    """Fraction of psi_learning_rate used at outer ``iteration`` (0-based): a linear warm-up over
+    """Fraction of psi.learning_rate used at outer ``iteration`` (0-based): a linear warm-up over
     the first ``warmup_iterations``, then 1."""
     return min(1.0, (iteration + 1) / (warmup_iterations + 1))
 
@@ -374,11 +248,8 @@ def _generator(seed: int, iteration: int, purpose: str, *more: int) -> torch.Gen
 
 
 def photometric_config(config: OptimizeConfig) -> PhotometricConfig | None:
-    """The job's photographic effects (config.photometric: PhotometricConfig overrides), or None."""
-    if config.photometric is None:
-        return None
-    # JSON turns the tuples into lists.
-    return PhotometricConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.photometric.items()})
+    """The job's photographic effects (config.scene.photometric: PhotometricConfig overrides), or None."""
+    return config.scene.photometric_config()
 
 
 def _remap_classes(dataset: LabelledSet, class_names: list[str], what: str) -> LabelledSet:
@@ -434,18 +305,19 @@ def inverse_hessian_direction(
     targets: UltralyticsTargets,
     val_grad: list[Tensor],
 ) -> tuple[list[Tensor], list[Tensor], Tensor, bool]:
-    """``u = (H + damping)^-1 val_grad`` by config.inverse_hessian, ``H`` the Hessian of the
+    """``u = (H + damping)^-1 val_grad`` by config.hypergradient.inverse_hessian, ``H`` the Hessian of the
     training loss on ``images`` (BatchNorm on batch statistics, HYPERGRADIENT_BN) over the
-    weights config.hessian_layers names (optimizer.hessian; u is zero elsewhere), its products
-    taken as config.hessian_product says. Returns u, the training gradient (its graph kept: the
+    weights config.hypergradient.hessian_layers names (optimizer.hessian; u is zero elsewhere), its products
+    taken as config.hypergradient.hessian_product says. Returns u, the training gradient (its graph kept: the
     pathwise part and the per-image alignments differentiate it again), its per-image weights
     (optimizer.hessian.per_image_dots) and whether u fell back to val_grad: CG that meets
     non-positive curvature along the validation gradient itself stays at 0, which would leave
     psi without a signal."""
-    mask = hessian_mask(model, config.hessian_layers)
-    solver = dict(method=config.inverse_hessian, steps=config.inverse_hessian_steps, damping=config.damping,
-                  scale=config.neumann_scale)
-    if config.hessian_product == "finite-difference":
+    mask = hessian_mask(model, config.hypergradient.hessian_layers)
+    settings = config.hypergradient
+    solver = dict(method=settings.inverse_hessian, steps=settings.inverse_hessian_steps, damping=settings.damping,
+                  scale=settings.neumann_scale)
+    if config.hypergradient.hessian_product == "finite-difference":
         # Before the training gradient's graph is built: these products step the weights in place.
         hvp = finite_difference_hvp(model, images, targets, HYPERGRADIENT_BN, mask)
         u = solve_direction(hvp, val_grad, mask, **solver)
@@ -502,19 +374,20 @@ class _Loop:
         # issue 23: the starting psi from the validation photos (optimizer.priors; None: off).
         self.psi_config, self.priors = starting_psi_config(config, renderer, self.class_names, self.val_set)
         self.photometric = photometric_config(config)
-        self.learnable = set(config.learnable)
+        self.learnable = set(config.psi.learnable)
         self.detector_config = detector_config(config, self.class_names)
-        self.val_batch = self.val_set.batch(config.image_size).to(self.device)
-        self.target_azimuth = (config.oracle_psi or {}).get("azimuth_bin_probs")
-        score_parts = estimator_parts(config.estimator)[1] & self.learnable
-        self.pose_group = config.pose_group if config.method == "neural-sim" and "azimuth" in score_parts else 1
-        self.lookahead = config.method == "neural-sim" and config.estimator == "lookahead"
-        self.enumerate_bins = config.method == "neural-sim" and config.enumerate_bins and "azimuth" in score_parts
+        self.val_batch = self.val_set.batch(config.detector.image_size).to(self.device)
+        self.target_azimuth = (config.psi.oracle or {}).get("azimuth_bin_probs")
+        score_parts = estimator_parts(config.outer.estimator)[1] & self.learnable
+        self.pose_group = config.outer.pose_group if config.outer.method == "neural-sim" and "azimuth" in score_parts else 1
+        self.lookahead = config.outer.method == "neural-sim" and config.outer.estimator == "lookahead"
+        self.enumerate_bins = (config.outer.method == "neural-sim" and config.outer.enumerate_bins
+                               and "azimuth" in score_parts)
         self.every_bin = self.lookahead or self.enumerate_bins
         self.alignment_kept = self.parameters_aligned()
         if self.every_bin:
             self.pose_group = self.psi_config.azimuth_bins  # scenes that share all but the azimuth, one per bin
-        self.by_appearance = self.enumerate_bins and config.alignment_objective == "appearance"
+        self.by_appearance = self.enumerate_bins and config.outer.alignment_objective == "appearance"
         if self.by_appearance:
             self.val_crops, rows, slots = object_crops(self.val_batch.images, self.val_batch.boxes, self.val_batch.keep)
             self.val_crop_classes = self.val_batch.classes[rows, slots]
@@ -532,29 +405,29 @@ class _Loop:
         self.psi_optimizer = self._psi_optimizer()
         self.detector = build_detector(self.detector_config).to(self.device)
         self.finetune_state = FinetuneState(optimizer={})
-        self.baseline = MovingAverageBaseline(decay=config.baseline_decay)
-        self.mixture = MixtureStatistics(decay=config.baseline_decay)
+        self.baseline = MovingAverageBaseline(decay=config.outer.baseline_decay)
+        self.mixture = MixtureStatistics(decay=config.outer.baseline_decay)
         self.appearance = self.new_appearance_statistics()
         self.best: dict | None = None
         self.history: list[dict] = []
         self.images_rendered = 0
         self.warm_up()
-        if config.final_init == "warmup":
+        if config.final.init == "warmup":
             # Before the first checkpoint, so a resumed run always finds it.
             partial = self.out_dir / f"{WARMUP_DETECTOR}.partial"
             save_detector(self.detector, partial).replace(self.out_dir / WARMUP_DETECTOR)
-        val_loss, _ = validation_loss_and_gradient(self.detector, self.val_batch, config.val_batch_size, False)
+        val_loss, _ = validation_loss_and_gradient(self.detector, self.val_batch, config.detector.val_batch_size, False)
         return self.state(iteration=0, val_loss_start=val_loss)
 
     def warm_up(self) -> None:
-        """Warm-up rounds of inner_steps steps, each on fresh images (one batch for all steps
+        """Warm-up rounds of budget.inner_steps steps, each on fresh images (one batch for all steps
         would overfit it), from the config's initial psi whatever the method: every method of a
-        seed then leaves the warm-up with the same detector (see final_init). Taken from the
+        seed then leaves the warm-up with the same detector (see final.init). Taken from the
         warm-up cache when it is there; stored in it otherwise."""
         config = self.config
         cached = None
         if self.warmup_cache is not None:
-            settings = {k: v for k, v in _plain(config.to_dict()).items() if k not in AFTER_WARMUP}
+            settings = _plain(config.warmup_settings())
             settings["torch_threads"] = torch.get_num_threads()  # other thread counts round differently
             if self.priors is not None and self.priors["values"]:  # the warm-up's psi depends on the photos too
                 settings["priors"] = self.priors["values"]
@@ -572,11 +445,11 @@ class _Loop:
                 self.images_rendered = self.warmup_images()
                 return
         warmup_psi = Psi.uniform(self.psi_config).to(self.device)
-        round_steps = config.inner_steps or config.warmup_steps
-        for first in range(0, config.warmup_steps, round_steps):
-            noise = warmup_psi.sample(config.images_per_iteration, _generator(config.seed, first, "warmup")).noise
+        round_steps = config.budget.inner_steps or config.detector.warmup_steps
+        for first in range(0, config.detector.warmup_steps, round_steps):
+            noise = warmup_psi.sample(config.budget.images_per_iteration, _generator(config.seed, first, "warmup")).noise
             batch = self.render(noise, -1, warmup_psi, round_index=first)
-            steps = min(round_steps, config.warmup_steps - first)
+            steps = min(round_steps, config.detector.warmup_steps - first)
             self.finetune_state = self.train(self.detector, batch, steps, self.finetune_state, -1)
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
@@ -586,12 +459,14 @@ class _Loop:
             partial.replace(cached)
 
     def warmup_images(self) -> int:
-        round_steps = self.config.inner_steps or self.config.warmup_steps
-        return math.ceil(self.config.warmup_steps / round_steps) * self.config.images_per_iteration if round_steps else 0
+        round_steps = self.config.budget.inner_steps or self.config.detector.warmup_steps
+        if not round_steps:
+            return 0
+        return math.ceil(self.config.detector.warmup_steps / round_steps) * self.config.budget.images_per_iteration
 
     def _psi_optimizer(self) -> torch.optim.Adam | None:
         parameters = list(self.psi.parameters())
-        return torch.optim.Adam(parameters, lr=self.config.psi_learning_rate) if parameters else None
+        return torch.optim.Adam(parameters, lr=self.config.psi.learning_rate) if parameters else None
 
     def state(self, iteration: int, val_loss_start: float | None) -> LoopState:
         def cpu(state: dict) -> dict:
@@ -629,7 +504,8 @@ class _Loop:
         self.detector.load_state_dict(state.detector)
         self.finetune_state = FinetuneState(**state.finetune)
         self.baseline = MovingAverageBaseline(**state.baseline)
-        self.mixture = MixtureStatistics(**state.mixture) if state.mixture else MixtureStatistics(decay=self.config.baseline_decay)
+        self.mixture = (MixtureStatistics(**state.mixture) if state.mixture
+                        else MixtureStatistics(decay=self.config.outer.baseline_decay))
         self.appearance = AppearanceStatistics(**state.appearance) if state.appearance else self.new_appearance_statistics()
         self.best = state.best
         self.history = list(state.history)
@@ -643,7 +519,7 @@ class _Loop:
         """Render the recorded samples without gradients; labels from the renderer.
         ``round_index`` tells apart the renders of one iteration (the warm-up's rounds)."""
         with torch.no_grad():
-            out = self.renderer.render((psi or self.psi).replay(noise), self.config.image_size)
+            out = self.renderer.render((psi or self.psi).replay(noise), self.config.detector.image_size)
             step = self.renderer.config.chunk_images
             images = torch.cat([self.photograph(out.rgb[start : start + step].clamp(0, 1), iteration, round_index, start)
                                 for start in range(0, noise.batch_size, step)])
@@ -663,8 +539,8 @@ class _Loop:
     def train(self, model: DetectionModel, batch: ImageBatch, steps: int, state: FinetuneState, iteration: int) -> FinetuneState:
         config = self.config
         result = finetune(
-            model, batch.images, batch.targets(), steps, config.inner_learning_rate, BatchNormMode.UPDATE,
-            batch_size=config.inner_batch_size, optimizer_name=config.inner_optimizer,
+            model, batch.images, batch.targets(), steps, config.detector.inner_learning_rate, BatchNormMode.UPDATE,
+            batch_size=config.detector.inner_batch_size, optimizer_name=config.detector.inner_optimizer,
             generator=_generator(config.seed, iteration, "finetune"), optimizer_state=state, progress=False,
         )
         for step, loss in enumerate(result.losses[len(result.losses) - steps :]):
@@ -673,16 +549,16 @@ class _Loop:
         return result
 
     def val_loss(self, model: DetectionModel, iteration: int) -> float:
-        loss, _ = validation_loss_and_gradient(model, self.val_batch, self.config.val_batch_size, False)
+        loss, _ = validation_loss_and_gradient(model, self.val_batch, self.config.detector.val_batch_size, False)
         _check_finite(loss, "the validation loss", iteration, "the detector diverged")
         return loss
 
     def val_map(self, model: DetectionModel, iteration: int, always: bool = False) -> DetectionMetrics | None:
         """Validation mAP every ``val_map_every`` iterations (or ``always``)."""
-        every = self.config.val_map_every
+        every = self.config.detector.val_map_every
         if not always and (not every or (iteration + 1) % every):
             return None
-        return evaluate(model, self.val_set, self.config.image_size, progress=False)
+        return evaluate(model, self.val_set, self.config.detector.image_size, progress=False)
 
     def new_appearance_statistics(self) -> AppearanceStatistics | None:
         return AppearanceStatistics(bandwidth=self.appearance_bandwidth) if self.by_appearance else None
@@ -703,7 +579,7 @@ class _Loop:
         validation loss and diagnostics."""
         config = self.config
         model = self.detector
-        pathwise, score = (parts & self.learnable for parts in estimator_parts(config.estimator))
+        pathwise, score = (parts & self.learnable for parts in estimator_parts(config.outer.estimator))
         diagnostics: dict = {}
         if self.by_appearance:
             diagnostics.update(self.appearance_gradient(batch, noise))
@@ -711,7 +587,7 @@ class _Loop:
             if not (pathwise or score):  # nothing else learns: no detector gradient is needed
                 return self.val_loss(model, iteration), diagnostics
         parameters = trainable_parameters(model)
-        val_loss, val_grad = validation_loss_and_gradient(model, self.val_batch, config.val_batch_size, True)
+        val_loss, val_grad = validation_loss_and_gradient(model, self.val_batch, config.detector.val_batch_size, True)
         _check_finite(val_loss, "the validation loss", iteration, "the detector diverged")
         targets = batch.targets()
         images = batch.images.detach().requires_grad_(True)
@@ -731,7 +607,8 @@ class _Loop:
             step = self.renderer.config.chunk_images
             for start in range(0, noise.batch_size, step):
                 rows = slice(start, start + step)
-                rgb = self.renderer.render(self.psi.replay(noise.index(rows), pathwise), config.image_size).rgb.clamp(0, 1)
+                rgb = self.renderer.render(self.psi.replay(noise.index(rows), pathwise),
+                                           config.detector.image_size).rgb.clamp(0, 1)
                 rgb = self.photograph(rgb, iteration, 0, start)
                 pathwise_backward(rgb, lambda _u, g=image_grad[rows]: [g], u)
         if score:
@@ -741,9 +618,9 @@ class _Loop:
             if alignment is None:
                 alignment = per_image_dots(train_grad, image_weights, u)
             norms = gram = None
-            if config.alignment_normalisation == "cosine":
+            if config.outer.alignment_normalisation == "cosine":
                 losses = detection_loss(model, batch.images, targets, HYPERGRADIENT_BN, reduction="none")
-                if config.alignment_objective == "mixture":
+                if config.outer.alignment_objective == "mixture":
                     gram = per_sample_gradient_gram(losses, parameters)
                     norms = gram.diagonal().sqrt()
                 else:
@@ -754,12 +631,12 @@ class _Loop:
             if shared or sampled_bins:
                 rewards = outer_gradient(
                     "score", u, log_prob=self.psi.log_prob(noise, shared) if shared else None, alignment=alignment,
-                    gradient_norms=norms, normalise=config.alignment_normalisation, baseline=self.baseline,
+                    gradient_norms=norms, normalise=config.outer.alignment_normalisation, baseline=self.baseline,
                     grouped_log_prob=self.psi.log_prob(noise, {"azimuth"}) if sampled_bins else None,
                     group_size=self.pose_group,
                 )
             else:
-                rewards = alignment_rewards(alignment, u, config.alignment_normalisation, norms)
+                rewards = alignment_rewards(alignment, u, config.outer.alignment_normalisation, norms)
             if self.enumerate_bins and not self.by_appearance:
                 logits = self.psi.azimuth_logits
                 if gram is not None:
@@ -779,18 +656,18 @@ class _Loop:
         """Per trainable detector parameter: does the per-image alignment use it
         (alignment_ignores; None: all)? Fails, before any work, naming a prefix that matches no
         parameter."""
-        if not self.config.alignment_ignores:
+        if not self.config.outer.alignment_ignores:
             return None
         model = build_detector(self.detector_config)
         names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
-        for prefix in self.config.alignment_ignores:
+        for prefix in self.config.outer.alignment_ignores:
             if not any(name.startswith(prefix) for name in names):
                 raise OptimizerError(
-                    f"OptimizeConfig.alignment_ignores: {prefix!r} is the start of no parameter name of the "
-                    f"{self.config.detector} detector (they look like {names[0]!r} ... {names[-1]!r})")
-        kept = [not any(name.startswith(prefix) for prefix in self.config.alignment_ignores) for name in names]
+                    f"OptimizeConfig.outer.alignment_ignores: {prefix!r} is the start of no parameter name of the "
+                    f"{self.config.detector.arch} detector (they look like {names[0]!r} ... {names[-1]!r})")
+        kept = [not any(name.startswith(prefix) for prefix in self.config.outer.alignment_ignores) for name in names]
         if not any(kept):
-            raise OptimizerError("OptimizeConfig.alignment_ignores: leaves no parameter for the per-image alignment")
+            raise OptimizerError("OptimizeConfig.outer.alignment_ignores: leaves no parameter for the per-image alignment")
         return kept
 
     def search_score(
@@ -800,7 +677,7 @@ class _Loop:
         the validation mAP50-95 or minus the validation loss (search_metric). The mAP is also
         computed every val_map_every iterations for the record, unless not ``periodic_map``."""
         val_loss = self.val_loss(model, iteration)
-        by_map = self.config.search_metric == "map50_95"
+        by_map = self.config.outer.search_metric == "map50_95"
         metrics = self.val_map(model, iteration, always=by_map) if by_map or periodic_map else None
         score = metrics.map50_95 if by_map else -val_loss
         return score, val_loss, metrics
@@ -813,13 +690,14 @@ class _Loop:
         bins = self.psi.config.azimuth_bins
         chosen = noise.azimuth_bin[:, 0]
         per_bin = noise.batch_size // bins
-        share = self.config.lookahead_bin_share
+        share = self.config.outer.lookahead_bin_share
         from_psi = self.rows_by_psi(noise, iteration, round(per_bin * (1 - share) / share), "lookahead")
         scores = []
         for k in range(bins):
             model = copy.deepcopy(self.detector)
             rows = torch.cat([(chosen == k).nonzero()[:, 0], from_psi.to(chosen.device)])
-            self.train(model, batch.index(rows), self.config.inner_steps, copy.deepcopy(self.finetune_state), iteration)
+            self.train(model, batch.index(rows), self.config.budget.inner_steps, copy.deepcopy(self.finetune_state),
+                       iteration)
             scores.append(self.search_score(model, iteration, periodic_map=False)[0])  # only the score is kept
         logits = self.psi.azimuth_logits
         logits.grad = enumerated_bin_gradient(logits, torch.tensor(scores, device=logits.device))
@@ -847,31 +725,31 @@ class _Loop:
         parameters = [p for p in self.psi.parameters()]
         grads = [p.grad for p in parameters if p.grad is not None]
         norm = float(torch.cat([g.reshape(-1) for g in grads]).norm()) if grads else 0.0
-        _check_finite(norm, "the hypergradient", iteration, "lower psi_learning_rate or raise damping")
-        if self.config.normalise_hypergradient and norm > 0:
+        _check_finite(norm, "the hypergradient", iteration, "lower psi.learning_rate or raise damping")
+        if self.config.outer.normalise_hypergradient and norm > 0:
             for g in grads:
                 g.div_(norm)
-        if "azimuth" in self.learnable and self.config.entropy_weight > 0:
-            (-self.config.entropy_weight * self.psi.entropy().sum()).backward()
-        if self.config.share_classes:
+        if "azimuth" in self.learnable and self.config.psi.entropy_weight > 0:
+            (-self.config.psi.entropy_weight * self.psi.entropy().sum()).backward()
+        if self.config.psi.share_classes:
             for part, tensors in self.psi.part_parameters().items():
                 if part in PER_CLASS_PARTS:
                     for tensor in tensors:
                         tensor.grad.copy_(tensor.grad.mean(0, keepdim=True).expand_as(tensor))
         for group in self.psi_optimizer.param_groups:
-            group["lr"] = self.config.psi_learning_rate * psi_step_scale(iteration, self.config.psi_warmup_iterations)
+            group["lr"] = self.config.psi.learning_rate * psi_step_scale(iteration, self.config.psi.warmup_iterations)
         self.psi_optimizer.step()
         self.psi_optimizer.zero_grad(set_to_none=True)
         self.psi.step_temperature()
         for name, value in self.psi.named_parameters():
-            _check_finite(value.detach(), f"psi's {name}", iteration, "lower psi_learning_rate")
+            _check_finite(value.detach(), f"psi's {name}", iteration, "lower psi.learning_rate")
         return norm
 
     # ------------------------------------------------------------------ one outer iteration
 
     def iteration(self, t: int) -> tuple[dict, ImageBatch]:
         config = self.config
-        method = config.method
+        method = config.outer.method
         record: dict = {"iteration": t}
         sampler = self.psi
         if method == "random-search":
@@ -880,8 +758,9 @@ class _Loop:
             else:
                 start = initial_psi(config, self.psi_config).to(self.device)
                 sampler = random_candidate(start, self.learnable, _generator(config.seed, t, "candidate"),
-                                           shared=config.share_classes)
-        noise = sampler.sample(config.images_per_iteration, _generator(config.seed, t, "render"), self.pose_group).noise
+                                           shared=config.psi.share_classes)
+        noise = sampler.sample(config.budget.images_per_iteration, _generator(config.seed, t, "render"),
+                               self.pose_group).noise
         if self.every_bin:  # each group of pose_group scenes at every bin, in order
             bins = torch.arange(self.pose_group, device=noise.azimuth_bin.device).repeat(noise.batch_size // self.pose_group)
             noise.azimuth_bin[:] = bins[:, None]
@@ -889,7 +768,7 @@ class _Loop:
 
         if method in ("random-search", "reinforce"):
             model = copy.deepcopy(self.detector)
-            trained = self.train(model, batch, config.inner_steps, copy.deepcopy(self.finetune_state), t)
+            trained = self.train(model, batch, config.budget.inner_steps, copy.deepcopy(self.finetune_state), t)
             score, val_loss, metrics = self.search_score(model, t)
             if method == "random-search":
                 record["candidate_score"] = score
@@ -918,7 +797,7 @@ class _Loop:
                 record["hypergradient_norm"] = self.step_psi(t)
             if self.every_bin:
                 batch = self.resample_by_psi(batch, noise, t)
-            trained = self.train(model, batch, config.inner_steps, self.finetune_state, t)
+            trained = self.train(model, batch, config.budget.inner_steps, self.finetune_state, t)
             self.finetune_state = trained
             val_loss = self.val_loss(model, t)
             metrics = self.val_map(model, t)
@@ -944,7 +823,7 @@ class _Loop:
         if done is not None:
             return done
         priors = "" if self.priors is None else f", starting psi from the photos ({', '.join(self.priors['applied']) or 'nothing applied'})"
-        self.emit("setup", 0, 1, message=f"{config.method}: {len(self.class_names)} classes, "
+        self.emit("setup", 0, 1, message=f"{config.outer.method}: {len(self.class_names)} classes, "
                     f"{len(self.val_set)} validation images, device {self.device}{priors}")
         saved = load_checkpoint(self.out_dir)
         if saved is None:
@@ -958,8 +837,8 @@ class _Loop:
         val_loss_start = state.val_loss_start
         start = state.iteration
 
-        total = config.outer_iterations
-        bar = tqdm(range(start, total), initial=start, total=total, desc=f"{config.method} outer", unit="it",
+        total = config.budget.outer_iterations
+        bar = tqdm(range(start, total), initial=start, total=total, desc=f"{config.outer.method} outer", unit="it",
                    disable=not self.progress_bar)
         for t in bar:
             if self.should_stop():
@@ -970,7 +849,7 @@ class _Loop:
             record["seconds"] = round(time.perf_counter() - began, 3)
             self.history.append(record)
             save_checkpoint(self.state(t + 1, val_loss_start), self.out_dir)
-            count = min(config.sample_images, batch.images.shape[0])
+            count = min(config.detector.sample_images, batch.images.shape[0])
             samples = save_sample_images(
                 batch.images[:count], batch.boxes[:count], batch.classes[:count], batch.keep[:count],
                 self.class_names, sample_paths(self.out_dir, t, count),
@@ -983,7 +862,7 @@ class _Loop:
         return self.final_stage(val_loss_start)
 
     def cancelled(self, iteration: int) -> OptimizeResult:
-        self.emit("outer", iteration, self.config.outer_iterations, psi=self.psi.snapshot(), message="cancelled")
+        self.emit("outer", iteration, self.config.budget.outer_iterations, psi=self.psi.snapshot(), message="cancelled")
         return OptimizeResult(
             status="cancelled", out_dir=self.out_dir, iterations_done=len(self.history), psi=self.psi.snapshot(),
             history=self.history, images_rendered=self.images_rendered,
@@ -996,25 +875,25 @@ class _Loop:
         dataset_dir = detector_path = None
         stage_seconds: dict[str, float] = {}
         shape = self.final_shape
-        if config.final_images:
+        if config.budget.final_images:
             real_report["final_image"] = {"height": shape[0], "width": shape[1]}
             if self.should_stop():
-                return self.cancelled(config.outer_iterations)
+                return self.cancelled(config.budget.outer_iterations)
             began = time.perf_counter()
-            self.emit("final-render", 0, config.final_images, psi=self.psi.snapshot(),
-                        message=f"rendering {config.final_images} images from the learned psi")
+            self.emit("final-render", 0, config.budget.final_images, psi=self.psi.snapshot(),
+                        message=f"rendering {config.budget.final_images} images from the learned psi")
             dataset_dir = self.out_dir / "dataset"
             if dataset_dir.exists():
                 shutil.rmtree(dataset_dir)
             # The same draws whatever the method and its iterations (common random numbers): runs
             # of one seed then differ in their final data only where their psi differ.
             self.render_final(self.psi, dataset_dir)
-            self.images_rendered += config.final_images
+            self.images_rendered += config.budget.final_images
             stage_seconds["final_render"] = round(time.perf_counter() - began, 3)
-            self.emit("final-render", config.final_images, config.final_images, message="dataset written")
+            self.emit("final-render", config.budget.final_images, config.budget.final_images, message="dataset written")
 
             if self.should_stop():
-                return self.cancelled(config.outer_iterations)
+                return self.cancelled(config.budget.outer_iterations)
             began = time.perf_counter()
 
             def epoch_done(trainer) -> None:
@@ -1034,7 +913,7 @@ class _Loop:
                 data_dir=mix.data_dir, should_stop=self.should_stop, image_size=max(shape),
             )
             if best is None:
-                return self.cancelled(config.outer_iterations)
+                return self.cancelled(config.budget.outer_iterations)
             stage_seconds["final_train"] = round(time.perf_counter() - began, 3)
 
             began = time.perf_counter()
@@ -1048,7 +927,7 @@ class _Loop:
             stage_seconds["evaluate"] = round(time.perf_counter() - began, 3)
 
             # issue 23: the same detector trained on the photos alone, on the same test set.
-            if self.test_set is not None and config.real_only_baseline:
+            if self.test_set is not None and config.final.real_only_baseline:
                 began = time.perf_counter()
                 self.emit("evaluate", 0, 1, message="training and evaluating the real-only baseline")
                 real_only = train_real_only(
@@ -1057,15 +936,15 @@ class _Loop:
                     should_stop=self.should_stop, image_size=max(shape),
                 )
                 if real_only is None:
-                    return self.cancelled(config.outer_iterations)
+                    return self.cancelled(config.budget.outer_iterations)
                 real_report["real_only"] = compare_with_real_only(final["test"], real_only)
                 stage_seconds["real_only"] = round(time.perf_counter() - began, 3)
 
-            if config.uniform_baseline:
+            if config.final.uniform_baseline:
                 began = time.perf_counter()
                 arm = self.baseline_arm(final, detector_path)
                 if arm is None:
-                    return self.cancelled(config.outer_iterations)
+                    return self.cancelled(config.budget.outer_iterations)
                 real_report.update(arm)
                 stage_seconds["uniform_baseline"] = round(time.perf_counter() - began, 3)
 
@@ -1079,7 +958,7 @@ class _Loop:
             "state": {name: torch.nan_to_num(value.detach().cpu(), neginf=-1e4).tolist()
                       for name, value in self.psi.state_dict().items()},
         })
-        before_after = psi_before_after(Psi.uniform(self.psi_config).snapshot(), snapshot, config.learnable)
+        before_after = psi_before_after(Psi.uniform(self.psi_config).snapshot(), snapshot, config.psi.learnable)
         plots = [*plot_history(self.history, self.class_names, final, self.out_dir / "plots"),
                  *plot_psi_before_after(before_after, self.out_dir / "plots")]
         report = {
@@ -1120,7 +999,7 @@ class _Loop:
     def render_final(self, psi: Psi, folder: Path) -> None:
         """The final dataset's draws (the same whatever the method and its iterations: common
         random numbers) from ``psi`` into ``folder``."""
-        render_dataset(self.renderer, psi, self.config.final_images, self.final_shape, folder, self.class_names,
+        render_dataset(self.renderer, psi, self.config.budget.final_images, self.final_shape, folder, self.class_names,
                        seed=_seed(self.config.seed, 0, "final"), progress=self.progress_bar, photometric=self.photometric)
 
     def baseline_arm(self, final: dict, detector_path: Path) -> dict | None:
@@ -1130,10 +1009,10 @@ class _Loop:
         if self.test_set is None:
             return {"baseline": {"skipped": f"no test set, and fewer than {MIN_PHOTOS_TO_HOLD_OUT} validation "
                                             "photos to hold out"}}
-        if config.method == "uniform":
+        if config.outer.method == "uniform":
             return {"baseline": {"skipped": "the job's psi is the starting psi: the baseline would be the same run"}}
         self.emit("evaluate", 0, 1, message="training and evaluating the uniform baseline (psi at its start)")
-        self.images_rendered += config.final_images
+        self.images_rendered += config.budget.final_images
         baseline = uniform_baseline(
             config, self.class_names, lambda folder: self.render_final(Psi.uniform(self.psi_config).to(self.device), folder),
             self.val_set, self.test_set, "held-out validation photos" if self.test_held_out else "test set", final["test"], detector_path,
@@ -1158,8 +1037,8 @@ class _Loop:
 
 def detector_config(config: OptimizeConfig, class_names: list[str]) -> DetectorConfig:
     """The detector a run of ``config`` builds at its start."""
-    return DetectorConfig(arch=config.detector, weights=config.detector_weights, class_names=list(class_names),
-                          image_size=config.image_size, seed=config.seed)
+    return DetectorConfig(arch=config.detector.arch, weights=config.detector.weights, class_names=list(class_names),
+                          image_size=config.detector.image_size, seed=config.seed)
 
 
 def train_final_detector(
@@ -1177,11 +1056,11 @@ def train_final_detector(
     image_size: int | None = None,
 ) -> Path | None:
     """Train a final detector on ``data_dir`` (a YOLO folder; default ``run_dir/dataset``) as
-    the final stage does (from the initial or the warmed-up weights: final_init), at
-    ``image_size`` (default ``config.image_size``; the final stage passes the photos' size,
+    the final stage does (from the initial or the warmed-up weights: final.init), at
+    ``image_size`` (default ``config.detector.image_size``; the final stage passes the photos' size,
     optimizer.final_size), with Ultralytics' trainer seeded by ``seed``; returns its best
     checkpoint, or None when ``should_stop()``, asked after every batch, said yes."""
-    start = (load_detector(Path(run_dir) / WARMUP_DETECTOR) if config.final_init == "warmup"
+    start = (load_detector(Path(run_dir) / WARMUP_DETECTOR) if config.final.init == "warmup"
              else detector_config(config, class_names))
     callbacks = {event: list(functions) for event, functions in (callbacks or {}).items()}
     if should_stop is not None:
@@ -1193,11 +1072,12 @@ def train_final_detector(
         callbacks.setdefault("on_train_batch_end", []).append(batch_done)
     try:
         return train_on_dataset(
-            start, Path(data_dir or Path(run_dir) / "dataset"), config.final_epochs, image_size or config.image_size,
+            start, Path(data_dir or Path(run_dir) / "dataset"), config.budget.final_epochs,
+            image_size or config.detector.image_size,
             out_dir,
-            progress=progress, batch_size=config.final_batch_size, device="cpu" if device.type == "cpu" else "0",
+            progress=progress, batch_size=config.final.batch_size, device="cpu" if device.type == "cpu" else "0",
             seed=seed, callbacks=callbacks,
-            **{"val": False, "plots": False, "nbs": config.final_batch_size, **config.final_trainer_overrides},
+            **{"val": False, "plots": False, "nbs": config.final.batch_size, **config.final.trainer_overrides},
         )
     except _Stopped:
         return None

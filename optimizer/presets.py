@@ -1,10 +1,11 @@
 """Named method presets of the closed loop (as nerfstudio's ``method_configs``).
 
-A job chooses a preset by name (``OptimizeConfig.preset``); the preset sets the fields in
-``PRESET_FIELDS`` and the job's own explicit fields go on top. Which preset is the default, and
-why, is in docs/findings.md (2026-12-06, "presets"): ``neural-sim-appearance`` closed 0.90 of
-the uniform -> oracle test-mAP gap on the shift benchmark's pose shift where the paper's method
-(``neural-sim``) closed 0.28, and both learn the other parts the same way.
+A job chooses a preset by name (``OptimizeConfig.preset``); the preset sets the fields of its
+``outer`` section named in ``PRESET_FIELDS`` and the job's own explicit fields go on top. Which
+preset is the default, and why, is in docs/findings.md (2026-12-06, "presets"):
+``neural-sim-appearance`` closed 0.90 of the uniform -> oracle test-mAP gap on the shift
+benchmark's pose shift where the paper's method (``neural-sim``) closed 0.28, and both learn the
+other parts the same way.
 
 Torch-free on purpose: the API lists the presets (``GET /v1/presets``) without the optimizer.
 """
@@ -24,7 +25,7 @@ class Preset:
     description: str
     """One line: what it does."""
     settings: Mapping[str, Any]
-    """OptimizeConfig fields it sets (a subset of PRESET_FIELDS); the job's explicit fields win."""
+    """OuterConfig fields it sets (a subset of PRESET_FIELDS); the job's explicit fields win."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "settings": dict(self.settings)}
@@ -32,7 +33,7 @@ class Preset:
 
 PRESET_FIELDS: tuple[str, ...] = ("method", "estimator", "enumerate_bins", "alignment_objective",
                                   "alignment_normalisation")
-"""The OptimizeConfig fields presets set; every preset sets each of them, so a preset alone
+"""The fields of OptimizeConfig.outer (OuterConfig) presets set; every preset sets each of them, so a preset alone
 decides them unless the job names one explicitly."""
 
 _PAPER = {"method": "neural-sim", "estimator": "both", "enumerate_bins": False, "alignment_objective": "mean",

@@ -17,7 +17,7 @@ A detector is judged on the user's photos, so the scene parameters start where t
   times the median box width, so that neighbours of the photos' size overlap a little, as in
   clutter (occlusion); the row of objects reaches the image border now and then (truncation;
   the labels keep the visible box). One object per photo leaves both as configured. Jobs do
-  this only with ``OptimizeConfig.several_objects`` (off by default: on the YCB-Video photos
+  this only with ``OptimizeConfig.scene.several_objects`` (off by default: on the YCB-Video photos
   one object per render scored better, docs/findings.md).
 - **elevation** is left as configured: a box's aspect depends on the azimuth as much as on the
   elevation (and not at all for objects that look alike from every side). Measured on the
@@ -32,7 +32,7 @@ the renderer needs to match the photos.
 Fallbacks (each written into :meth:`PsiPriors.summary`): a class with no box in the photos gets
 the mean log distance of the classes that have boxes (objects photographed together sit at
 similar depths) and the widest of their spreads; no box at all leaves psi as configured.
-Explicit PsiConfig overrides (``OptimizeConfig.psi``) win over every prior.
+Explicit PsiConfig overrides (``OptimizeConfig.psi.initial``) win over every prior.
 """
 
 from __future__ import annotations
@@ -157,13 +157,14 @@ def starting_psi_config(
     config: OptimizeConfig, renderer: SceneRenderer, class_names: Sequence[str], val_set: LabelledSet
 ) -> tuple[PsiConfig, dict | None]:
     """A job's starting PsiConfig (optimizer.baselines.psi_config) with the priors from
-    ``val_set`` (class ids in the scene's order) when ``config.psi_priors``; and the report's
+    ``val_set`` (class ids in the scene's order) when ``config.psi.priors``; and the report's
     summary of the priors (None when off)."""
     base = psi_config(config, renderer.fields, len(renderer.backgrounds), renderer.poses)
-    if not config.psi_priors:
+    if not config.psi.priors:
         return base, None
-    priors = derive_priors(val_set, class_names, renderer, base, config.psi, layout=config.several_objects)
-    return apply_priors(base, priors, config.psi)
+    priors = derive_priors(val_set, class_names, renderer, base, config.psi.initial,
+                           layout=config.scene.several_objects)
+    return apply_priors(base, priors, config.psi.initial)
 
 
 def derive_priors(
@@ -175,7 +176,7 @@ def derive_priors(
     PsiConfig before priors) gives the elevation range the views cover and the placement the
     offsets must fit; where the user set the layout (``user_fields`` holds max_objects or
     object_spacing) it is kept and the offsets fit it. ``layout``: derive the number of objects
-    per image and their spacing from the photos (OptimizeConfig.several_objects)."""
+    per image and their spacing from the photos (OptimizeConfig.scene.several_objects)."""
     sizes: list[list[tuple[float, bool]]] = [[] for _ in class_names]
     centres: list[tuple[float, float]] = []
     widths: list[float] = []

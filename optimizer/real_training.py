@@ -3,8 +3,8 @@ from their boxes (renderer.harvest), the final detector's training (beside the r
 dataset), and the same detector trained on them alone, the baseline the report sets nerfsim's
 detector against on the test set.
 
-The photos are the validation target (``target_val``), never the test set. Why a third of each
-epoch by default (``OptimizeConfig.final_real_share``): a user brings tens of photos, often
+The photos are the validation target (``targets.val``), never the test set. Why a third of each
+epoch by default (``OptimizeConfig.final.real_share``): a user brings tens of photos, often
 near-duplicate frames, against hundreds of rendered images. Taken once each they are a few
 percent of an epoch and barely move the detector; as the majority the detector fits those few
 frames and forgets what only the renders show (classes, poses and backgrounds absent from the
@@ -49,9 +49,9 @@ def photo_backgrounds(photos: LabelledSet) -> BackgroundSet | None:
 
 def final_training_data(config: OptimizeConfig, photos: LabelledSet, dataset_dir: Path, run_dir: Path) -> TrainingMix:
     """The folder the final detector trains on: the rendered dataset plus the photos
-    (``config.final_real_share`` of each epoch), or the rendered dataset alone when the share
+    (``config.final.real_share`` of each epoch), or the rendered dataset alone when the share
     is 0. ``photos`` carry the scene's class ids (the loop's remapped validation set)."""
-    return write_training_mix(dataset_dir, photos, Path(run_dir) / MIX_FOLDER, config.final_real_share)
+    return write_training_mix(dataset_dir, photos, Path(run_dir) / MIX_FOLDER, config.final.real_share)
 
 
 def train_real_only(
@@ -76,7 +76,8 @@ def train_real_only(
     metrics, or None when ``should_stop`` stopped the training."""
     folder = Path(run_dir) / REAL_ONLY_FOLDER
     mix = write_real_only(photos, folder / "data", images_per_epoch)
-    arm = train_arm(replace(config, final_init="initial"), class_names, run_dir, folder / "train", mix.data_dir,
+    from_initial = replace(config, final=replace(config.final, init="initial"))
+    arm = train_arm(from_initial, class_names, run_dir, folder / "train", mix.data_dir,
                     test_set, train, image_size=image_size, device=device, progress=progress,
                     should_stop=should_stop)
     if arm is None:

@@ -22,6 +22,7 @@ from detector.mixing import write_training_mix
 from detector.model import load_detector
 from optimizer.arms import difference, train_arm
 from optimizer.config import OptimizeConfig
+from optimizer.part_names import SNAPSHOT_KEYS
 
 FOLDER = "uniform_baseline"
 """Run-folder entry of the baseline arm (its dataset, training folder and Ultralytics' run)."""
@@ -29,10 +30,6 @@ MIN_PHOTOS_TO_HOLD_OUT = 8
 """Fewest validation photos of which a quarter is held out when a job has no test set."""
 RESAMPLES = 200
 """Bootstrap resamples of the test images for the difference's interval."""
-SNAPSHOT_KEYS = {"elevation": "elevation_deg", "distance": "distance_m", "exposure": "exposure_stops",
-                 "appearance": "appearance_probs", "background": "background_probs", "class_mix": "class_probs",
-                 "count": "count_probs", "pose": "pose_probs"}
-"""Psi.snapshot() entry of each psi part whose entry is not named after it."""
 
 
 def hold_out(photos: LabelledSet, seed: int) -> tuple[LabelledSet, LabelledSet | None]:
@@ -50,7 +47,7 @@ def hold_out(photos: LabelledSet, seed: int) -> tuple[LabelledSet, LabelledSet |
 
 def psi_before_after(before: dict, after: dict, learnable: list[str]) -> dict:
     """Per learned part: its Psi.snapshot() entry at the start and at the end."""
-    keys = {part: SNAPSHOT_KEYS.get(part, part) for part in learnable}
+    keys = {part: SNAPSHOT_KEYS[part] for part in learnable}
     return {part: {"before": before[key], "after": after[key]} for part, key in keys.items() if key in before}
 
 
@@ -93,12 +90,12 @@ def uniform_baseline(
     test metrics minus the baseline's; its mAP50-95 with a paired bootstrap interval), or None
     when ``should_stop`` stopped it.
     ``render(folder)`` renders the final dataset's draws from the starting psi into ``folder``;
-    ``photos`` are the real photos the final training mixed in (config.final_real_share);
+    ``photos`` are the real photos the final training mixed in (config.final.real_share);
     ``evaluated_on`` says what ``test_set`` is (the test set, or held-out validation photos);
     ``image_size``: the final detector's (optimizer.final_size), for training and scoring."""
     folder = Path(run_dir) / FOLDER
     render(folder / "dataset")
-    mix = write_training_mix(folder / "dataset", photos, folder / "data", config.final_real_share)
+    mix = write_training_mix(folder / "dataset", photos, folder / "data", config.final.real_share)
     arm = train_arm(config, class_names, run_dir, folder / "train", mix.data_dir, test_set, train, image_size=image_size, device=device,
                     progress=progress, should_stop=should_stop)
     if arm is None:

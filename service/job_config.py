@@ -69,7 +69,7 @@ def loop_config(spec: JobSpec, resolved: Resolved, name: str = "job") -> Optimiz
 def check_spec(spec: JobSpec) -> None:
     """InvalidField naming the first setting of ``spec`` that the loop refuses (its own
     checks: one copy of the rules), before the job is queued."""
-    from optimizer.psi import PsiConfig
+    from optimizer.psi_config import PsiConfig
 
     try:
         # The initial psi's checks that need no scene: one class, and a background so that

@@ -99,7 +99,7 @@ def test_bad_scenes_are_clear_errors(tmp_path: Path, box_asset: Path, capsys: py
 
 def test_optimize_reads_detector_weights_without_running_them(tmp_path: Path, box_asset: Path,
                                                               capsys: pytest.CaptureFixture) -> None:
-    """A config's detector_weights go through the safe loader: a pickle that runs code is refused, unrun."""
+    """A job's detector.weights go through the safe loader: a pickle that runs code is refused, unrun."""
     import torch
 
     from tests.detector.test_checkpoint import _RunsCode

@@ -9,7 +9,7 @@ import torch
 
 from benchmarks.real import psi_from_run
 from optimizer.checkpoint import load_checkpoint
-from optimizer.config import OptimizeConfig
+from optimizer.config import BudgetConfig, DetectorSection, HypergradientConfig, OptimizeConfig, PsiSettings
 from optimizer.loop import run_loop
 from optimizer.psi import Psi, PsiConfig
 from tests.optimizer.scenes import faced_box_renderer, shifted_psi, target_set
@@ -21,10 +21,11 @@ def test_psi_from_run_is_the_psi_the_loop_learnt(tmp_path: Path) -> None:
     target = shifted_psi(PsiConfig(distance_median=0.35, elevation_median_deg=20.0, elevation_range_deg=(0.0, 50.0)))
     val = target_set(renderer, target, 6, 32, tmp_path / "val", ["box"], seed=1)
     config = OptimizeConfig(
-        preset="neural-sim", learnable=["azimuth", "distance", "exposure"], psi=psi,
-        outer_iterations=2, images_per_iteration=6, inner_steps=2, warmup_steps=2, inverse_hessian_steps=2,
-        image_size=32, final_images=0, sample_images=0, seed=3, psi_learning_rate=0.2, device="cpu",
-    )
+        preset="neural-sim", seed=3, device="cpu",
+        psi=PsiSettings(learnable=["azimuth", "distance", "exposure"], initial=psi, learning_rate=0.2),
+        budget=BudgetConfig(outer_iterations=2, images_per_iteration=6, inner_steps=2, final_images=0),
+        detector=DetectorSection(warmup_steps=2, image_size=32, sample_images=0),
+        hypergradient=HypergradientConfig(inverse_hessian_steps=2))
     result = run_loop(config, renderer, ["box"], val, None, tmp_path / "run", progress_bar=False)
     learnt = load_checkpoint(tmp_path / "run").psi
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.shift import BASE_PSI, PART_OF, QUICK, SHIFTS, last_line, psi_distance, run_config
-from optimizer.loop import validate_config
 from optimizer.presets import DEFAULT_PRESET, PRESET_FIELDS, PRESETS
 from optimizer.psi import Psi, PsiConfig
 
@@ -25,11 +24,11 @@ def test_the_default_method_runs_the_default_preset_untouched() -> None:
     assert sorted(PART_OF.values()) == sorted(set(PART_OF.values()))  # one shift per part
     for shift in SHIFTS:
         config = run_config(shift, "default", 0, QUICK)
-        validate_config(config)
+        config.validate()
         assert config.preset == DEFAULT_PRESET
-        assert {name: getattr(config, name) for name in PRESET_FIELDS} == dict(PRESETS[DEFAULT_PRESET].settings)
-        assert not config.uniform_baseline  # the benchmark's own uniform arm
-        assert run_config(shift, "uniform", 0, QUICK).outer_iterations == 0
+        assert {name: getattr(config.outer, name) for name in PRESET_FIELDS} == dict(PRESETS[DEFAULT_PRESET].settings)
+        assert not config.final.uniform_baseline  # the benchmark's own uniform arm
+        assert run_config(shift, "uniform", 0, QUICK).budget.outer_iterations == 0
 
 
 def test_the_last_line_names_every_part_and_the_worst() -> None:

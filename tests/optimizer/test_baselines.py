@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from optimizer.baselines import azimuth_total_variation, psi_config, random_candidate
-from optimizer.config import OptimizeConfig
+from optimizer.config import OptimizeConfig, PsiSettings
 from optimizer.psi import OptimizerError, Psi, PsiConfig
 from renderer.object_field import ObjectField, ObjectFieldConfig
 
@@ -43,11 +43,11 @@ def test_psi_config_takes_the_appearance_embeddings_from_the_fields():
 
     box = torch.tensor([[-0.1] * 3, [0.1] * 3])
     fields = [NerfactoLike(), ObjectField(ObjectFieldConfig(plane_resolutions=(8,)), box), nn.Identity()]
-    config = psi_config(OptimizeConfig(learnable=["azimuth", "appearance"]), fields, num_backgrounds=2)
+    config = psi_config(OptimizeConfig(psi=PsiSettings(learnable=["azimuth", "appearance"])), fields, num_backgrounds=2)
     assert config.num_classes == 3 and config.appearance_embeddings == (5, 0, 0)
     assert config.learn_appearance and not config.learn_distance
     with pytest.raises(OptimizerError, match="set by the loop"):
-        psi_config(OptimizeConfig(psi={"appearance_embeddings": [1, 1, 1]}), fields, num_backgrounds=0)
+        psi_config(OptimizeConfig(psi=PsiSettings(initial={"appearance_embeddings": [1, 1, 1]})), fields, num_backgrounds=0)
 
 
 def test_azimuth_total_variation():

@@ -62,7 +62,7 @@ def test_the_loop_keeps_its_best_detector_and_names_it_in_the_report(tmp_path: P
     kept = load_detector(tmp_path / "whole" / BEST_LOOP_DETECTOR)
     assert all(torch.equal(kept.state_dict()[k].float(), v.float()) for k, v in scored_models[best["iteration"]].items())
     assert not torch.equal(scored_models[0]["model.0.conv.weight"], scored_models[2]["model.0.conv.weight"])
-    assert evaluate(kept, val_set, config.image_size, progress=False).map50_95 == best["val_map50_95"]
+    assert evaluate(kept, val_set, config.detector.image_size, progress=False).map50_95 == best["val_map50_95"]
 
     # A run cancelled after its first iteration and resumed keeps the same detector.
     asked = []

@@ -32,11 +32,11 @@ def sizes(*shapes: tuple[int, int]) -> LabelledSet:
 def test_the_final_shape_follows_the_photos() -> None:
     config = tiny_config()  # image_size 32
     assert final_image_shape(config, sizes((640, 480), (640, 480), (480, 640))) == (480, 640)
-    assert final_image_shape(tiny_config(final_image_size=160), sizes((640, 480))) == (120, 160)
-    assert final_image_shape(tiny_config(final_image_size=160), sizes((480, 640))) == (160, 120)
+    assert final_image_shape(tiny_config(final={"image_size": 160}), sizes((640, 480))) == (120, 160)
+    assert final_image_shape(tiny_config(final={"image_size": 160}), sizes((480, 640))) == (160, 120)
     assert final_image_size(config, sizes((1000, 700), (1010, 700), (2000, 700))) == 1024  # median 1010 -> 32 * 32
     assert final_image_shape(config, None) == (32, 32)  # no photos: the loop's size, square
-    assert final_image_shape(tiny_config(final_image_size=96), None) == (96, 96)
+    assert final_image_shape(tiny_config(final={"image_size": 96}), None) == (96, 96)
 
 
 def test_the_final_dataset_has_the_photos_aspect_and_labels_normalised_by_width_and_height(tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ def test_the_final_detector_trains_and_is_evaluated_at_final_image_size(
     monkeypatch.setattr(loop_module, "train_final_detector", recording)
     monkeypatch.setattr(loop_module, "evaluate", evaluate)
     monkeypatch.setattr(arms_module, "evaluate", evaluate)
-    result = run_loop(tiny_config(final_image_size=64), faced_box_renderer(), CLASSES, photos, photos, tmp_path / "run",
+    result = run_loop(tiny_config(final={"image_size": 64}), faced_box_renderer(), CLASSES, photos, photos, tmp_path / "run",
                       progress_bar=False)
     assert result.status == "completed"
     assert seen == [64, 64]  # the final detector, then the real-only baseline
@@ -94,6 +94,6 @@ def test_the_final_detector_trains_and_is_evaluated_at_final_image_size(
 
 
 def test_a_final_image_size_off_the_stride_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(OptimizerError, match="final_image_size: must be a positive multiple of 32"):
-        run_loop(tiny_config(final_image_size=50), faced_box_renderer(), CLASSES, sizes(), None, tmp_path,
+    with pytest.raises(OptimizerError, match="final.image_size: must be a positive multiple of 32"):
+        run_loop(tiny_config(final={"image_size": 50}), faced_box_renderer(), CLASSES, sizes(), None, tmp_path,
                  progress_bar=False)

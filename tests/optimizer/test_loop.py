@@ -14,7 +14,7 @@ import torch
 from detector.datasets import LabelledSet
 from detector.model import DetectorConfig, build_detector, load_detector
 from optimizer.checkpoint import load_checkpoint
-from optimizer.config import OptimizeConfig, Progress
+from optimizer.config import OptimizeConfig, Progress, merged
 from optimizer.loop import TrainingDivergedError, run_loop, run_optimization
 from optimizer.psi import OptimizerError, Psi, PsiConfig
 from renderer.resting import RestingConfig, field_pose_table
@@ -25,16 +25,22 @@ PSI = {"distance_median": 0.35, "elevation_median_deg": 20.0, "elevation_range_d
 CLASSES = ["box"]
 
 
-def tiny_config(**overrides) -> OptimizeConfig:
-    """Seconds per outer iteration: 32 px, 6 images, 2 inner steps. The paper's preset: these
-    tests measure its mechanics (the presets' own tests: tests/optimizer/test_presets.py)."""
-    settings = dict(
-        preset="neural-sim", method="neural-sim", estimator="both", learnable=["azimuth", "distance"], psi=PSI, outer_iterations=3,
-        images_per_iteration=6, inner_steps=2, warmup_steps=2, inverse_hessian="cg", inverse_hessian_steps=2,
-        detector="yolov8n-cpu", image_size=32, final_images=0, val_map_every=1, sample_images=1, seed=3,
-        psi_learning_rate=0.2, oracle_psi={"azimuth_bin_probs": SHIFTED_AZIMUTH},
-    )
-    return OptimizeConfig(**{**settings, **overrides})
+TINY = {
+    "preset": "neural-sim", "seed": 3,
+    "outer": {"method": "neural-sim", "estimator": "both"},
+    "psi": {"learnable": ["azimuth", "distance"], "initial": PSI, "learning_rate": 0.2,
+            "oracle": {"azimuth_bin_probs": SHIFTED_AZIMUTH}},
+    "budget": {"outer_iterations": 3, "images_per_iteration": 6, "inner_steps": 2, "final_images": 0},
+    "hypergradient": {"inverse_hessian": "cg", "inverse_hessian_steps": 2},
+    "detector": {"arch": "yolov8n-cpu", "image_size": 32, "warmup_steps": 2, "val_map_every": 1, "sample_images": 1},
+}
+
+
+def tiny_config(*changes: dict, **sections) -> OptimizeConfig:
+    """Seconds per outer iteration: 32 px, 6 images, 2 inner steps, with ``changes`` and then
+    ``sections`` (nested settings) on top. The paper's preset: these tests measure its
+    mechanics (the presets' own tests: tests/optimizer/test_presets.py)."""
+    return OptimizeConfig.from_dict(merged(TINY, *changes, sections), benchmark=True)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +77,7 @@ def _run(config: OptimizeConfig, val_set: LabelledSet, out_dir: Path, poses: boo
 
 @pytest.mark.parametrize("poses", [False, True])
 def test_resume_after_cancellation_equals_the_uninterrupted_run(tmp_path: Path, val_set: LabelledSet, poses: bool) -> None:
-    config = tiny_config(learnable=["azimuth", "distance", "pose"]) if poses else tiny_config()
+    config = tiny_config(psi={"learnable": ["azimuth", "distance", "pose"]}) if poses else tiny_config()
     whole = _run(config, val_set, poses=poses, out_dir=tmp_path / "whole")
     assert whole.status == "completed" and whole.iterations_done == 3
 
@@ -116,15 +122,17 @@ def test_resume_after_cancellation_equals_the_uninterrupted_run(tmp_path: Path, 
 
 
 def test_cancel_before_the_first_iteration_keeps_a_checkpoint(tmp_path: Path, val_set: LabelledSet) -> None:
-    result = _run(tiny_config(warmup_steps=0), val_set, tmp_path, should_stop=lambda: True)
+    result = _run(tiny_config(detector={"warmup_steps": 0}), val_set, tmp_path, should_stop=lambda: True)
     assert result.status == "cancelled" and result.iterations_done == 0 and result.history == []
     assert load_checkpoint(tmp_path).iteration == 0
 
 
 @pytest.mark.parametrize("method", ["uniform", "oracle", "random-search", "reinforce"])
 def test_each_baseline_runs_through_the_loop(tmp_path: Path, val_set: LabelledSet, method: str) -> None:
-    config = tiny_config(method=method, outer_iterations=2, learnable=["azimuth"], search_metric="val_loss",
-                         sample_images=0, val_map_every=0)
+    config = tiny_config(outer={"method": method, "search_metric": "val_loss"},
+                         budget={"outer_iterations": 2},
+                         psi={"learnable": ["azimuth"]},
+                         detector={"sample_images": 0, "val_map_every": 0})
     reports: list[Progress] = []
     result = _run(config, val_set, tmp_path, on_progress=reports.append)
     assert result.status == "completed" and len(result.history) == 2
@@ -148,25 +156,25 @@ def test_each_baseline_runs_through_the_loop(tmp_path: Path, val_set: LabelledSe
 
 def test_bad_configs_are_refused(tmp_path: Path, val_set: LabelledSet) -> None:
     cases = {
-        "unknown parts": tiny_config(learnable=["azimuth", "hue"]),
-        "unknown value 'magic'": tiny_config(method="magic"),
-        "needs the target's distribution": tiny_config(method="oracle", oracle_psi=None),
-        "gives no gradient to the learnable parts": tiny_config(estimator="pathwise", learnable=["class_mix"]),
-        r"no gradient to the learnable parts \['appearance'\]": tiny_config(
-            estimator="pathwise", learnable=["appearance"]
-        ),
-        "multiple of 32": tiny_config(image_size=48),
-        "no part is learnable": tiny_config(learnable=[]),
-        "must be > 0": tiny_config(psi_learning_rate=0.0),
-        r"OptimizeConfig.pose_group: must be >= 1, got 0": tiny_config(pose_group=0),
-        "set by the loop": tiny_config(psi={"learn_azimuth": False}),
-        "unknown PsiConfig fields": tiny_config(psi={"bins": 4}),
+        "unknown parts": tiny_config(psi={"learnable": ["azimuth", "hue"]}),
+        "unknown value 'magic'": tiny_config(outer={"method": "magic"}),
+        "needs the target's distribution": tiny_config(outer={"method": "oracle"}, psi={"oracle": None}),
+        "gives no gradient to the learnable parts": tiny_config(outer={"estimator": "pathwise"},
+                                                                psi={"learnable": ["class_mix"]}),
+        r"no gradient to the learnable parts \['appearance'\]": tiny_config(outer={"estimator": "pathwise"},
+                                                                            psi={"learnable": ["appearance"]}),
+        "multiple of 32": tiny_config(detector={"image_size": 48}),
+        "no part is learnable": tiny_config(psi={"learnable": []}),
+        "must be > 0": tiny_config(psi={"learning_rate": 0.0}),
+        r"OptimizeConfig.outer.pose_group: must be >= 1, got 0": tiny_config(outer={"pose_group": 0}),
+        "set by the loop": tiny_config(psi={"initial": {"learn_azimuth": False}}),
+        "unknown PsiConfig fields": tiny_config(psi={"initial": {"bins": 4}}),
     }
     for message, config in cases.items():
         with pytest.raises(OptimizerError, match=message):
             _run(config, val_set, tmp_path / "bad")
     with pytest.raises(OptimizerError, match="needs a labelled validation set"):
-        run_optimization(tiny_config(target_val=None), tmp_path / "bad", progress_bar=False)
+        run_optimization(tiny_config(targets={"val": None}), tmp_path / "bad", progress_bar=False)
     renamed = LabelledSet(val_set.images, ["mug"], val_set.source)
     with pytest.raises(OptimizerError, match=r"classes \['mug'\] that the scene lacks"):
         _run(tiny_config(), renamed, tmp_path / "bad")
@@ -186,7 +194,7 @@ def test_non_finite_values_stop_the_run_with_a_clear_error(tmp_path: Path, val_s
     with pytest.raises(TrainingDivergedError, match="rendered image is not finite"):
         run_loop(tiny_config(), renderer, CLASSES, val_set, None, tmp_path / "nan_images", progress_bar=False)
     with pytest.raises(TrainingDivergedError, match="training loss at inner step"):
-        _run(tiny_config(inner_learning_rate=1e30, warmup_steps=0), val_set, tmp_path / "nan_loss")
+        _run(tiny_config(detector={"inner_learning_rate": 1e30, "warmup_steps": 0}), val_set, tmp_path / "nan_loss")
 
 
 @pytest.mark.slow
@@ -197,11 +205,12 @@ def test_the_loop_moves_psi_toward_the_target(tmp_path: Path) -> None:
     psi_cfg = PsiConfig(distance_median=0.45, elevation_median_deg=20.0, elevation_range_deg=(0.0, 50.0))
     renderer = faced_box_renderer()
     val = target_set(renderer, Psi.from_target(psi_cfg, distance_median=0.22), 32, 64, tmp_path / "val", CLASSES, seed=1)
-    config = tiny_config(
-        estimator="score", learnable=["distance"], psi=initial, outer_iterations=6, images_per_iteration=24,
-        inner_steps=5, warmup_steps=60, inverse_hessian="identity", image_size=64, psi_learning_rate=0.05,
-        inner_learning_rate=0.002, val_map_every=0, sample_images=0, oracle_psi=None,
-    )
+    config = tiny_config(outer={"estimator": "score"},
+                         psi={"learnable": ["distance"], "initial": initial, "learning_rate": 0.05, "oracle": None},
+                         budget={"outer_iterations": 6, "images_per_iteration": 24, "inner_steps": 5},
+                         detector={"warmup_steps": 60, "image_size": 64, "inner_learning_rate": 0.002,
+                                   "val_map_every": 0, "sample_images": 0},
+                         hypergradient={"inverse_hessian": "identity"})
     result = run_loop(config, renderer, CLASSES, val, None, tmp_path / "run", progress_bar=False)
     medians = [r["psi"]["distance_m"]["median"][0] for r in result.history]
     assert medians[-1] < 0.9 * 0.45, medians  # at least a tenth of the way in distance ...
@@ -220,10 +229,11 @@ def test_run_optimization_from_files_writes_the_report(tmp_path: Path, val_set: 
     aabb = torch.tensor([[-0.05, -0.03, -0.02], [0.05, 0.03, 0.02]])
     save_object_asset(ObjectField(model, aabb), ObjectAssetMeta("box", aabb.tolist(), asdict(model)), tmp_path / "box")
     (tmp_path / "scene.json").write_text(json.dumps({"name": "t", "objects": [{"name": "box", "path": "box"}]}))
-    config = tiny_config(
-        scene=str(tmp_path / "scene.json"), target_val=str(val_set.source), target_test=str(val_set.source),
-        outer_iterations=1, final_images=8, final_epochs=1, final_batch_size=8, warmup_steps=0,
-    )
+    config = tiny_config(scene={"spec": str(tmp_path / "scene.json")},
+                         targets={"val": str(val_set.source), "test": str(val_set.source)},
+                         budget={"outer_iterations": 1, "final_images": 8, "final_epochs": 1},
+                         final={"batch_size": 8},
+                         detector={"warmup_steps": 0})
     reports: list[Progress] = []
     result = run_optimization(config, tmp_path / "out", on_progress=reports.append, progress_bar=False)
     assert result.status == "completed"
@@ -254,7 +264,10 @@ def test_shared_classes_learn_one_distribution(tmp_path: Path, val_set: Labelled
 
     renderer = SceneRenderer(SceneRendererConfig(samples_per_ray=24),
                              [FacedBoxField((0.05, 0.03, 0.02)), FacedBoxField((0.03, 0.03, 0.03))])
-    config = tiny_config(share_classes=True, estimator="score", outer_iterations=2, sample_images=0, val_map_every=0)
+    config = tiny_config(psi={"share_classes": True},
+                         outer={"estimator": "score"},
+                         budget={"outer_iterations": 2},
+                         detector={"sample_images": 0, "val_map_every": 0})
     result = run_loop(config, renderer, ["box", "cube"], val_set, None, tmp_path, progress_bar=False)
     probs = torch.tensor(result.psi["azimuth"]["probs"])
     assert not torch.allclose(probs[0], torch.full((8,), 1 / 8))
@@ -266,8 +279,9 @@ def test_should_stop_is_honoured_inside_the_final_training(tmp_path: Path, val_s
     """Asked after every batch of Ultralytics' training, not only after an epoch (and its
     validation on the whole dataset): the run stops at the first batch, keeps its dataset and
     resumes to completion."""
-    config = tiny_config(outer_iterations=1, final_images=8, final_epochs=2, final_batch_size=2, warmup_steps=0,
-                         sample_images=0, val_map_every=0)
+    config = tiny_config(budget={"outer_iterations": 1, "final_images": 8, "final_epochs": 2},
+                         final={"batch_size": 2},
+                         detector={"warmup_steps": 0, "sample_images": 0, "val_map_every": 0})
     out = tmp_path / "run"
     reports: list[Progress] = []
     # True once the final training has begun (it first saves the detector it starts from).
@@ -283,10 +297,12 @@ def test_the_final_dataset_draws_do_not_depend_on_the_method(tmp_path: Path, val
     """Common random numbers: one seed's runs draw the same final scenes from the same psi, so
     a uniform baseline (no outer iteration) and a loop that kept psi fixed render the same
     final dataset, and methods differ only where their psi differ."""
-    final = dict(final_images=4, final_epochs=1, final_batch_size=4, sample_images=0, val_map_every=0)
+    final = {"budget": {"final_images": 4, "final_epochs": 1}, "final": {"batch_size": 4},
+             "detector": {"sample_images": 0, "val_map_every": 0}}
     datasets = []
     for name, iterations in (("none", 0), ("two", 2)):
-        _run(tiny_config(method="uniform", outer_iterations=iterations, **final), val_set, tmp_path / name)
+        _run(tiny_config(final, outer={"method": "uniform"}, budget={"outer_iterations": iterations}),
+             val_set, tmp_path / name)
         dataset = tmp_path / name / "dataset"
         datasets.append(sorted((p.relative_to(dataset).as_posix(), p.read_bytes()) for p in dataset.rglob("*.png")))
     assert datasets[0] and datasets[0] == datasets[1]
@@ -294,11 +310,13 @@ def test_the_final_dataset_draws_do_not_depend_on_the_method(tmp_path: Path, val
 
 def test_psi_steps_warm_up_over_the_first_iterations(tmp_path: Path, val_set: LabelledSet) -> None:
     """Adam's first update moves each bin logit by a full step whatever the gradient's size;
-    psi_warmup_iterations=2 makes that first step a third of psi_learning_rate."""
+    psi.warmup_iterations=2 makes that first step a third of psi.learning_rate."""
     first_steps = {}
     for warmup in (0, 2):
-        config = tiny_config(learnable=["azimuth"], estimator="score", outer_iterations=1, psi_warmup_iterations=warmup,
-                             sample_images=0, val_map_every=0)
+        config = tiny_config(psi={"learnable": ["azimuth"], "warmup_iterations": warmup},
+                             outer={"estimator": "score"},
+                             budget={"outer_iterations": 1},
+                             detector={"sample_images": 0, "val_map_every": 0})
         _run(config, val_set, tmp_path / f"warmup{warmup}")
         logits = load_checkpoint(tmp_path / f"warmup{warmup}").psi["azimuth_logits"]
         first_steps[warmup] = float(logits.abs().max())  # from all zeros (uniform)
@@ -308,18 +326,24 @@ def test_psi_steps_warm_up_over_the_first_iterations(tmp_path: Path, val_set: La
 
 def test_a_saved_config_that_predates_a_setting_means_its_default() -> None:
     saved = json.loads(json.dumps(tiny_config().to_dict()))
-    del saved["psi_warmup_iterations"]
+    del saved["psi"]["warmup_iterations"]
     assert tiny_config().differences(saved) == []
-    assert tiny_config(psi_warmup_iterations=2).differences(saved) == ["psi_warmup_iterations"]
-    assert tiny_config(seed=4).differences({**saved, "inner_steps": 7}) == ["inner_steps", "seed"]
+    assert tiny_config(psi={"warmup_iterations": 2}).differences(saved) == ["psi.warmup_iterations"]
+    changed = {**saved, "budget": {**saved["budget"], "inner_steps": 7}}
+    assert tiny_config(seed=4).differences(changed) == ["budget.inner_steps", "seed"]
+    # A config saved before the sections (flat) is another config: the run starts again.
+    flat = {"preset": "neural-sim", "seed": 3, "outer_iterations": 3, "images_per_iteration": 6}
+    assert {"outer_iterations", "budget.outer_iterations"} <= set(tiny_config().differences(flat))
 
 
 def test_the_lookahead_estimator_scores_every_bin_and_trains_on_psi(tmp_path: Path, val_set: LabelledSet) -> None:
     """Each iteration renders every scene at all 8 bins, scores a detector copy per bin, steps
     psi by the exact expectation over the bins, and trains the loop detector on images drawn
     in proportion to psi's bin probabilities."""
-    config = tiny_config(estimator="lookahead", learnable=["azimuth"], images_per_iteration=16, outer_iterations=2,
-                         search_metric="val_loss", sample_images=0, val_map_every=0)
+    config = tiny_config(outer={"estimator": "lookahead", "search_metric": "val_loss"},
+                         psi={"learnable": ["azimuth"]},
+                         budget={"images_per_iteration": 16, "outer_iterations": 2},
+                         detector={"sample_images": 0, "val_map_every": 0})
     result = _run(config, val_set, tmp_path)
     assert result.images_rendered == 16 * (1 + 2)
     first = result.history[0]
@@ -331,8 +355,11 @@ def test_the_lookahead_estimator_scores_every_bin_and_trains_on_psi(tmp_path: Pa
     assert logits[above].min() > logits[~above].max()
 
     for bad, message in (
-        (tiny_config(estimator="lookahead", learnable=["azimuth", "distance"]), "learns the azimuth bins only"),
-        (tiny_config(estimator="lookahead", learnable=["azimuth"], images_per_iteration=12), "a multiple of 8"),
+        (tiny_config(outer={"estimator": "lookahead"},
+                     psi={"learnable": ["azimuth", "distance"]}), "learns the azimuth bins only"),
+        (tiny_config(outer={"estimator": "lookahead"},
+                     psi={"learnable": ["azimuth"]},
+                     budget={"images_per_iteration": 12}), "a multiple of 8"),
     ):
         with pytest.raises(OptimizerError, match=message):
             _run(bad, val_set, tmp_path / "bad")
@@ -345,8 +372,10 @@ def test_enumerate_bins_scores_every_scene_at_every_bin_and_trains_on_psi(
     expectation of their mean per-image rewards (so psi's first Adam step raises exactly the
     bins whose mean reward is above the mean), and the loop detector trained on as many images
     drawn in proportion to psi."""
-    config = tiny_config(learnable=["azimuth"], enumerate_bins=True, images_per_iteration=16, outer_iterations=1,
-                         alignment_normalisation="cosine", sample_images=0, val_map_every=0)
+    config = tiny_config(psi={"learnable": ["azimuth"]},
+                         outer={"enumerate_bins": True, "alignment_normalisation": "cosine"},
+                         budget={"images_per_iteration": 16, "outer_iterations": 1},
+                         detector={"sample_images": 0, "val_map_every": 0})
     result = _run(config, val_set, tmp_path)
     assert result.images_rendered == 16 * (1 + 1)
     rewards = torch.tensor(result.history[0]["reward_by_azimuth_bin"])
@@ -361,13 +390,16 @@ def test_enumerate_bins_scores_every_scene_at_every_bin_and_trains_on_psi(
     assert len({image.sum().item() for image in loop_round[0]}) < 16
 
     with pytest.raises(OptimizerError, match="enumerate_bins .* a multiple of 8"):
-        _run(tiny_config(enumerate_bins=True, images_per_iteration=12), val_set, tmp_path / "bad")
+        _run(tiny_config(outer={"enumerate_bins": True},
+                         budget={"images_per_iteration": 12}), val_set, tmp_path / "bad")
     # Presets set it whatever the job learns: without the azimuth learnt by the score function
     # it does nothing (any number of images, no rendering at every bin).
-    for settings in (dict(estimator="pathwise", learnable=["azimuth"]), dict(learnable=["distance"])):
+    for settings in ({"outer": {"estimator": "pathwise"}, "psi": {"learnable": ["azimuth"]}},
+                     {"psi": {"learnable": ["distance"]}}):
         trained.clear()
-        _run(tiny_config(enumerate_bins=True, outer_iterations=1, sample_images=0, val_map_every=0, **settings),
-             val_set, tmp_path / "noop" / settings["learnable"][0])
+        _run(tiny_config(settings, outer={"enumerate_bins": True}, budget={"outer_iterations": 1},
+                         detector={"sample_images": 0, "val_map_every": 0}),
+             val_set, tmp_path / "noop" / settings["psi"]["learnable"][0])
         assert [len(images) for iteration, images in trained if iteration == 0] == [6]
 
 
@@ -379,10 +411,11 @@ def test_the_mixture_alignment_objective_steps_psi_from_the_same_rewards_another
     objective recorded; it fails without enumerate_bins or cosine rewards, naming the setting."""
     # 4 scenes: with 2 this tiny detector's two scenes' gradients point apart (no positive
     # estimate of |m|^2: the mean cosine's fallback, unit-tested in test_estimators).
-    settings = dict(learnable=["azimuth"], enumerate_bins=True, images_per_iteration=32, outer_iterations=1,
-                    alignment_normalisation="cosine", sample_images=0, val_map_every=0)
-    mean = _run(tiny_config(**settings), val_set, tmp_path / "mean").history[0]
-    config = replace(tiny_config(**settings, alignment_objective="mixture"), outer_iterations=2)
+    settings = {"psi": {"learnable": ["azimuth"]}, "outer": {"enumerate_bins": True, "alignment_normalisation": "cosine"},
+                "budget": {"images_per_iteration": 32, "outer_iterations": 1},
+                "detector": {"sample_images": 0, "val_map_every": 0}}
+    mean = _run(tiny_config(settings), val_set, tmp_path / "mean").history[0]
+    config = tiny_config(settings, outer={"alignment_objective": "mixture"}, budget={"outer_iterations": 2})
     whole = _run(config, val_set, tmp_path / "mixture")
     mixture = whole.history[0]
     torch.testing.assert_close(torch.tensor(mixture["reward_by_azimuth_bin"]), torch.tensor(mean["reward_by_azimuth_bin"]),
@@ -400,11 +433,13 @@ def test_the_mixture_alignment_objective_steps_psi_from_the_same_rewards_another
     assert resumed.history[-1]["psi"] == whole.history[-1]["psi"]
 
     for bad, message in (
-        (tiny_config(alignment_objective="mixture", alignment_normalisation="cosine"),
+        (tiny_config(outer={"alignment_objective": "mixture", "alignment_normalisation": "cosine"}),
          "alignment_objective: 'mixture' .* needs enumerate_bins"),
-        (tiny_config(alignment_objective="mixture", enumerate_bins=True, learnable=["azimuth"], images_per_iteration=16),
+        (tiny_config(outer={"alignment_objective": "mixture", "enumerate_bins": True},
+                     psi={"learnable": ["azimuth"]},
+                     budget={"images_per_iteration": 16}),
          "alignment_objective: .* alignment_normalisation 'cosine', got enumerate_bins=True and 'standardise'"),
-        (tiny_config(alignment_objective="sum"), "alignment_objective"),
+        (tiny_config(outer={"alignment_objective": "sum"}), "alignment_objective"),
     ):
         with pytest.raises(OptimizerError, match=message):
             _run(bad, val_set, tmp_path / "bad")
@@ -418,9 +453,10 @@ def test_the_appearance_objective_moves_the_bins_toward_the_validation_objects_w
     no per-image alignment is computed when nothing else learns (with the distance learnable
     too it is, for the distance); the crops are checkpointed (resume equals the uninterrupted
     run); without enumerate_bins it fails, naming the setting."""
-    settings = dict(learnable=["azimuth"], enumerate_bins=True, images_per_iteration=16, outer_iterations=4,
-                    alignment_objective="appearance", psi_learning_rate=0.3, sample_images=0, val_map_every=0)
-    config = tiny_config(**settings)
+    config = tiny_config(psi={"learnable": ["azimuth"], "learning_rate": 0.3},
+                         outer={"enumerate_bins": True, "alignment_objective": "appearance"},
+                         budget={"images_per_iteration": 16, "outer_iterations": 4},
+                         detector={"sample_images": 0, "val_map_every": 0})
     whole = _run(config, val_set, tmp_path / "whole")
     first, last = whole.history[0], whole.history[-1]
     assert first["appearance_classes"] == 1 and "alignment_mean" not in first
@@ -430,11 +466,13 @@ def test_the_appearance_objective_moves_the_bins_toward_the_validation_objects_w
     assert stopped.iterations_done == 2 and load_checkpoint(tmp_path / "split").appearance["crops"].shape[0] == 32
     resumed = _run(config, val_set, tmp_path / "split")
     assert resumed.history[-1]["psi"] == whole.history[-1]["psi"]
-    with_distance = _run(replace(config, learnable=["azimuth", "distance"], outer_iterations=1), val_set,
+    with_distance = _run(replace(config,
+                                 psi=replace(config.psi, learnable=["azimuth", "distance"]),
+                                 budget=replace(config.budget, outer_iterations=1)), val_set,
                          tmp_path / "distance").history[0]
     assert "alignment_mean" in with_distance and with_distance["appearance_mmd"] == first["appearance_mmd"]
     with pytest.raises(OptimizerError, match="alignment_objective: 'appearance' .* needs enumerate_bins"):
-        _run(tiny_config(alignment_objective="appearance"), val_set, tmp_path / "bad")
+        _run(tiny_config(outer={"alignment_objective": "appearance"}), val_set, tmp_path / "bad")
 
 
 def test_alignment_ignores_leaves_those_parameters_out_of_the_per_image_rewards(
@@ -442,16 +480,18 @@ def test_alignment_ignores_leaves_those_parameters_out_of_the_per_image_rewards(
 ) -> None:
     """Leaving the Detect head's classification branch out changes the rewards (the same draws
     otherwise); leaving everything out, or naming no parameter, fails with the setting named."""
-    settings = dict(learnable=["azimuth"], outer_iterations=1, alignment_normalisation="cosine", sample_images=0,
-                    val_map_every=0, pose_group=2)
-    whole = _run(tiny_config(**settings), val_set, tmp_path / "whole").history[0]
-    boxes = _run(tiny_config(**settings, alignment_ignores=["model.22.cv3"]), val_set, tmp_path / "boxes").history[0]
+    settings = {"psi": {"learnable": ["azimuth"]}, "budget": {"outer_iterations": 1},
+                "outer": {"alignment_normalisation": "cosine", "pose_group": 2},
+                "detector": {"sample_images": 0, "val_map_every": 0}}
+    whole = _run(tiny_config(settings), val_set, tmp_path / "whole").history[0]
+    boxes = _run(tiny_config(settings, outer={"alignment_ignores": ["model.22.cv3"]}), val_set,
+                 tmp_path / "boxes").history[0]
     assert whole["alignment_mean"] != boxes["alignment_mean"]
     assert whole["reward_by_azimuth_bin"] != boxes["reward_by_azimuth_bin"]
     for ignores, message in ((["model.99"], "'model.99' is the start of no parameter name"),
                              (["model."], "leaves no parameter")):
         with pytest.raises(OptimizerError, match=f"alignment_ignores: .*{message}"):
-            _run(tiny_config(**settings, alignment_ignores=ignores), val_set, tmp_path / "bad")
+            _run(tiny_config(settings, outer={"alignment_ignores": ignores}), val_set, tmp_path / "bad")
 
 
 def test_final_init_warmup_starts_every_methods_final_detector_from_one_warmed_up_detector(
@@ -460,11 +500,12 @@ def test_final_init_warmup_starts_every_methods_final_detector_from_one_warmed_u
     """The warm-up draws from the config's initial psi whatever the method (the oracle's too), so
     uniform, oracle and neural-sim of one seed leave it with the same detector; with
     final_init='warmup' the final detector's training starts from exactly those weights."""
-    final = dict(final_images=4, final_epochs=1, final_batch_size=4, sample_images=0, val_map_every=0,
-                 final_init="warmup")
+    final = {"budget": {"final_images": 4, "final_epochs": 1}, "final": {"batch_size": 4, "init": "warmup"},
+             "detector": {"sample_images": 0, "val_map_every": 0}}
     warmed = {}
     for method, iterations in (("uniform", 0), ("oracle", 0), ("neural-sim", 1)):
-        result = _run(tiny_config(method=method, outer_iterations=iterations, **final), val_set, tmp_path / method)
+        result = _run(tiny_config(final, outer={"method": method}, budget={"outer_iterations": iterations}),
+                      val_set, tmp_path / method)
         assert result.status == "completed"
         warmed[method] = load_detector(tmp_path / method / "warmup_detector.pt").state_dict()
         started = load_detector(tmp_path / method / "final_train" / "initial.pt").state_dict()
@@ -474,13 +515,13 @@ def test_final_init_warmup_starts_every_methods_final_detector_from_one_warmed_u
     fresh = build_detector(DetectorConfig(arch="yolov8n-cpu", class_names=CLASSES, image_size=32, seed=3)).state_dict()
     assert not all(torch.equal(fresh[name], value) for name, value in warmed["uniform"].items())
     # The default starts from the initial weights, as before.
-    _run(tiny_config(method="uniform", outer_iterations=0, **{**final, "final_init": "initial"}), val_set,
-         tmp_path / "initial")
+    _run(tiny_config(final, outer={"method": "uniform"}, budget={"outer_iterations": 0}, final={"init": "initial"}),
+         val_set, tmp_path / "initial")
     started = load_detector(tmp_path / "initial" / "final_train" / "initial.pt").state_dict()
     assert all(torch.equal(started[name], value) for name, value in fresh.items())
     assert not (tmp_path / "initial" / "warmup_detector.pt").exists()
-    with pytest.raises(OptimizerError, match="final_init: 'warmup' .* needs warmup_steps >= 1"):
-        _run(tiny_config(final_init="warmup", warmup_steps=0), val_set, tmp_path / "bad")
+    with pytest.raises(OptimizerError, match="final.init: 'warmup' .* needs detector.warmup_steps >= 1"):
+        _run(tiny_config(final={"init": "warmup"}, detector={"warmup_steps": 0}), val_set, tmp_path / "bad")
 
 
 def test_lookahead_copies_train_on_their_bin_mixed_with_the_same_draws_from_psi(
@@ -488,8 +529,10 @@ def test_lookahead_copies_train_on_their_bin_mixed_with_the_same_draws_from_psi(
 ) -> None:
     """lookahead_bin_share=0.5: each bin's copy fine-tunes on that bin's scenes plus as many
     images drawn by psi, and those drawn images are the same for every copy."""
-    config = tiny_config(estimator="lookahead", learnable=["azimuth"], images_per_iteration=16, outer_iterations=1,
-                         search_metric="val_loss", sample_images=0, val_map_every=0, lookahead_bin_share=0.5)
+    config = tiny_config(outer={"estimator": "lookahead", "search_metric": "val_loss", "lookahead_bin_share": 0.5},
+                         psi={"learnable": ["azimuth"]},
+                         budget={"images_per_iteration": 16, "outer_iterations": 1},
+                         detector={"sample_images": 0, "val_map_every": 0})
     result = _run(config, val_set, tmp_path)
     copies = [images for iteration, images in trained if iteration == 0][:8]  # then the loop detector's round
     assert [len(images) for images in copies] == [2 + 2] * 8
@@ -497,19 +540,21 @@ def test_lookahead_copies_train_on_their_bin_mixed_with_the_same_draws_from_psi(
     assert len({images[:2].sum().item() for images in copies}) == 8  # each copy its own bin's scenes
     assert len(set(result.history[0]["score_by_azimuth_bin"])) > 1
     with pytest.raises(OptimizerError, match=r"lookahead_bin_share: must be in \(0, 1\]"):
-        _run(replace(config, lookahead_bin_share=0.0), val_set, tmp_path / "bad")
+        _run(replace(config, outer=replace(config.outer, lookahead_bin_share=0.0)), val_set, tmp_path / "bad")
 
 
 def test_a_run_from_the_warmup_cache_equals_one_that_warms_up_itself(tmp_path: Path, val_set: LabelledSet) -> None:
     """Runs that differ only in settings the warm-up does not read share its cached result and
     continue exactly as the run without a cache; another warm-up setting gets its own entry."""
     cache = tmp_path / "warmups"
-    config = tiny_config(warmup_steps=4, outer_iterations=2)
+    config = tiny_config(detector={"warmup_steps": 4}, budget={"outer_iterations": 2})
     alone = _run(config, val_set, tmp_path / "alone")
     first = _run(config, val_set, tmp_path / "first", warmup_cache=cache)
     assert len(list(cache.glob("warmup_*.pt"))) == 1
     from_cache = _run(config, val_set, tmp_path / "from_cache", warmup_cache=cache)
-    other_method = _run(replace(config, method="uniform", outer_iterations=0), val_set, tmp_path / "uniform",
+    other_method = _run(replace(config,
+                                outer=replace(config.outer, method="uniform"),
+                                budget=replace(config.budget, outer_iterations=0)), val_set, tmp_path / "uniform",
                         warmup_cache=cache)
     assert len(list(cache.glob("warmup_*.pt"))) == 1  # the uniform run found the same warm-up
 
@@ -524,7 +569,9 @@ def test_a_run_from_the_warmup_cache_equals_one_that_warms_up_itself(tmp_path: P
     assert uniform.val_loss_start == states["alone"].val_loss_start  # the same warmed-up detector
     assert other_method.images_rendered == 6 * 2
 
-    _run(replace(config, warmup_steps=2, outer_iterations=0), val_set, tmp_path / "shorter", warmup_cache=cache)
+    shorter = replace(config, detector=replace(config.detector, warmup_steps=2),
+                      budget=replace(config.budget, outer_iterations=0))
+    _run(shorter, val_set, tmp_path / "shorter", warmup_cache=cache)
     assert len(list(cache.glob("warmup_*.pt"))) == 2
 
     for entry in cache.glob("warmup_*.pt"):
@@ -549,13 +596,15 @@ def test_in_loop_photometric_effects_reach_the_detector_and_the_pathwise_rerende
         return out
 
     monkeypatch.setattr(loop_module._Loop, "photograph", recording)
-    config = tiny_config(estimator="pathwise", learnable=["distance", "exposure"], outer_iterations=1,
-                         val_map_every=0, sample_images=0)
+    config = tiny_config(outer={"estimator": "pathwise"},
+                         psi={"learnable": ["distance", "exposure"]},
+                         budget={"outer_iterations": 1},
+                         detector={"val_map_every": 0, "sample_images": 0})
     _run(config, val_set, tmp_path / "plain")
     plain = [images for _, images in trained]
     trained.clear()
     outputs.clear()
-    _run(replace(config, photometric={"in_loop": True}), val_set, tmp_path / "photo")
+    _run(replace(config, scene=replace(config.scene, photometric={"in_loop": True})), val_set, tmp_path / "photo")
     assert [i for i, _ in trained] == [-1, 0]  # the warm-up round and the iteration
     assert all(not torch.allclose(a, b, atol=1e-3) for a, (_, b) in zip(plain, trained))
     rendered, rerendered = outputs[(0, 0, 0)]  # the iteration's images, then the pathwise re-render

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from detector.datasets import LabelledImage, LabelledSet
-from optimizer.config import OptimizeConfig
+from optimizer.config import BudgetConfig, DetectorSection, OptimizeConfig, OuterConfig, PsiSettings
 from optimizer.loop import _Loop, run_loop
 from optimizer.priors import MIN_OFFSET_RANGE, apply_priors, derive_priors
 from optimizer.psi import Psi, PsiConfig
@@ -154,8 +154,8 @@ def test_the_loop_starts_from_the_priors_unless_turned_off(tmp_path: Path) -> No
     truth = Psi.from_target(PsiConfig(), distance_median=0.3, distance_log_std=0.1)
     photos = target_set(renderer, truth, 12, 48, tmp_path / "val", ["box"], seed=4)
 
-    def loop(**settings) -> _Loop:
-        config = OptimizeConfig(image_size=32, **settings)
+    def loop(**psi) -> _Loop:
+        config = OptimizeConfig(detector=DetectorSection(image_size=32), psi=PsiSettings(**psi))
         return _Loop(config, renderer, ["box"], photos, None, tmp_path / "run", None, None, False)
 
     with_priors = loop()
@@ -164,15 +164,17 @@ def test_the_loop_starts_from_the_priors_unless_turned_off(tmp_path: Path) -> No
     assert with_priors.priors["applied"] == ["distance_log_std", "distance_median", "offset_centre", "offset_range"]
     assert with_priors.priors["values"]["distance_median"] == [with_priors.psi_config.distance_median[0]]
 
-    without = loop(psi_priors=False)
+    without = loop(priors=False)
     assert without.priors is None and without.psi_config.distance_median == PsiConfig.distance_median
 
-    user = loop(psi={"distance_median": 0.7})
+    user = loop(initial={"distance_median": 0.7})
     assert user.psi_config.distance_median == 0.7 and user.priors["overridden_by_user"] == [
         "distance_log_std", "distance_median"]
 
-    result = run_loop(OptimizeConfig(method="uniform", outer_iterations=1, images_per_iteration=2, inner_steps=1,
-                                     warmup_steps=0, image_size=32, final_images=0, val_map_every=0, sample_images=0),
+    config = OptimizeConfig(outer=OuterConfig(method="uniform"),
+                            budget=BudgetConfig(outer_iterations=1, images_per_iteration=2, inner_steps=1, final_images=0),
+                            detector=DetectorSection(warmup_steps=0, image_size=32, val_map_every=0, sample_images=0))
+    result = run_loop(config,
                       renderer, ["box"], photos, None, tmp_path / "report", progress_bar=False)
     report = json.loads(result.report.read_text())
     assert report["priors"]["values"] == with_priors.priors["values"]

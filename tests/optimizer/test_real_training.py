@@ -14,7 +14,7 @@ from detector.datasets import LabelledSet
 from detector.mixing import real_repeats
 from detector.model import DetectorConfig, build_detector, load_detector
 from optimizer import loop as loop_module
-from optimizer.config import OptimizeConfig
+from optimizer.config import OptimizeConfig, merged
 from optimizer.loop import run_loop
 from optimizer.psi import OptimizerError, PsiConfig
 from tests.optimizer.scenes import faced_box_renderer, shifted_psi, target_set
@@ -23,12 +23,17 @@ CLASSES = ["box"]
 PSI = {"distance_median": 0.35, "elevation_median_deg": 20.0, "elevation_range_deg": [0.0, 50.0]}
 
 
-def tiny_config(**overrides) -> OptimizeConfig:
+TINY = {
+    "seed": 3, "outer": {"method": "uniform"}, "psi": {"learnable": [], "initial": PSI},
+    "budget": {"outer_iterations": 0, "images_per_iteration": 6, "inner_steps": 2, "final_images": 12, "final_epochs": 1},
+    "detector": {"warmup_steps": 0, "arch": "yolov8n-cpu", "image_size": 32, "val_map_every": 0, "sample_images": 0},
+    "final": {"batch_size": 6},
+}
+
+
+def tiny_config(**sections) -> OptimizeConfig:
     """No outer iteration: a uniform psi's 12 rendered images and a one-epoch final detector."""
-    settings = dict(method="uniform", learnable=[], psi=PSI, outer_iterations=0, images_per_iteration=6,
-                    inner_steps=2, warmup_steps=0, detector="yolov8n-cpu", image_size=32, final_images=12,
-                    final_epochs=1, final_batch_size=6, val_map_every=0, sample_images=0, seed=3)
-    return OptimizeConfig(**{**settings, **overrides})
+    return OptimizeConfig.from_dict(merged(TINY, sections))
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +113,11 @@ def test_the_photos_reach_the_final_training_with_their_labels_repeated_to_a_thi
 
 
 def test_a_share_of_zero_trains_on_the_renders_alone(tmp_path: Path, photos: LabelledSet, trainings: list[dict]) -> None:
-    run_loop(tiny_config(final_real_share=0.0), faced_box_renderer(), CLASSES, photos, None, tmp_path,
+    run_loop(tiny_config(final={"real_share": 0.0}), faced_box_renderer(), CLASSES, photos, None, tmp_path,
              progress_bar=False)
     assert len(trainings[0]["files"]) == 12 and not _real_rows(trainings[0], photos)
-    with pytest.raises(OptimizerError, match=r"final_real_share: must be in \[0, 1\)"):
-        run_loop(tiny_config(final_real_share=1.0), faced_box_renderer(), CLASSES, photos, None, tmp_path / "bad",
+    with pytest.raises(OptimizerError, match=r"final.real_share: must be in \[0, 1\)"):
+        run_loop(tiny_config(final={"real_share": 1.0}), faced_box_renderer(), CLASSES, photos, None, tmp_path / "bad",
                  progress_bar=False)
 
 
@@ -143,7 +148,7 @@ def test_with_a_test_set_the_report_holds_the_real_only_baseline_and_the_differe
 
 
 def test_the_baseline_can_be_switched_off(tmp_path: Path, photos: LabelledSet, trainings: list[dict]) -> None:
-    run_loop(tiny_config(real_only_baseline=False), faced_box_renderer(), CLASSES, photos, photos, tmp_path,
+    run_loop(tiny_config(final={"real_only_baseline": False}), faced_box_renderer(), CLASSES, photos, photos, tmp_path,
              progress_bar=False)
     assert len(trainings) == 1
     assert "real_only" not in json.loads((tmp_path / "report.json").read_text())
@@ -153,10 +158,11 @@ def test_a_saved_run_that_predates_the_real_photos_did_without_them() -> None:
     """A finished run from before these settings trained on renders alone, harvested nothing and
     had no baseline: it is not reused for a config that asks for them (their defaults)."""
     saved = json.loads(json.dumps(tiny_config().to_dict()))
-    for name in ("final_real_share", "harvest_backgrounds", "real_only_baseline"):
-        del saved[name]
-    assert tiny_config().differences(saved) == ["final_real_share", "harvest_backgrounds", "real_only_baseline"]
-    old = tiny_config(final_real_share=0.0, harvest_backgrounds=False, real_only_baseline=False)
+    for section, name in (("final", "real_share"), ("scene", "harvest_backgrounds"), ("final", "real_only_baseline")):
+        del saved[section][name]
+    assert tiny_config().differences(saved) == ["final.real_only_baseline", "final.real_share",
+                                                "scene.harvest_backgrounds"]
+    old = tiny_config(final={"real_share": 0.0, "real_only_baseline": False}, scene={"harvest_backgrounds": False})
     assert old.differences(saved) == []
 
 

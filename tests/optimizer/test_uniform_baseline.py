@@ -14,7 +14,7 @@ from detector.datasets import LabelledSet
 from detector.evaluate import Detections
 from detector.mixing import real_repeats
 from optimizer import loop as loop_module
-from optimizer.config import OptimizeConfig
+from optimizer.config import OptimizeConfig, merged
 from optimizer.loop import run_loop
 from optimizer.psi import PARTS, Psi, PsiConfig
 from optimizer.uniform_baseline import hold_out, paired_bootstrap, psi_before_after
@@ -24,13 +24,18 @@ CLASSES = ["box"]
 PSI = {"distance_median": 0.35, "elevation_median_deg": 20.0, "elevation_range_deg": [0.0, 50.0]}
 
 
-def tiny_config(**overrides) -> OptimizeConfig:
+TINY = {
+    "preset": "uniform", "seed": 3, "outer": {"method": "oracle"},
+    "psi": {"oracle": {"azimuth_bin_probs": SHIFTED_AZIMUTH}, "learnable": [], "initial": PSI, "priors": False},
+    "budget": {"outer_iterations": 0, "images_per_iteration": 6, "inner_steps": 2, "final_images": 8, "final_epochs": 1},
+    "detector": {"warmup_steps": 0, "arch": "yolov8n-cpu", "image_size": 32, "val_map_every": 0, "sample_images": 0},
+    "final": {"batch_size": 4, "real_only_baseline": False},
+}
+
+
+def tiny_config(*changes: dict, **sections) -> OptimizeConfig:
     """The oracle (a psi far from the start) without outer iterations, a one-epoch final detector."""
-    settings = dict(preset="uniform", method="oracle", oracle_psi={"azimuth_bin_probs": SHIFTED_AZIMUTH}, learnable=[],
-                    psi=PSI, outer_iterations=0, images_per_iteration=6, inner_steps=2, warmup_steps=0,
-                    detector="yolov8n-cpu", image_size=32, final_images=8, final_epochs=1, final_batch_size=4,
-                    val_map_every=0, sample_images=0, seed=3, real_only_baseline=False, psi_priors=False)
-    return OptimizeConfig(**{**settings, **overrides})
+    return OptimizeConfig.from_dict(merged(TINY, *changes, sections))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +78,7 @@ def test_the_baseline_arm_trains_on_renders_from_the_starting_psi_with_the_same_
     assert (baseline["epochs"], baseline["batch"]) == (final["epochs"], final["batch"]) == (1, 4)
     # The baseline's renders are what a run that never moves psi renders (the same draws):
     # uniform psi, not the oracle's.
-    uniform = run_loop(tiny_config(method="uniform"), renderer, CLASSES, photos, photos, tmp_path / "uniform",
+    uniform = run_loop(tiny_config(outer={"method": "uniform"}), renderer, CLASSES, photos, photos, tmp_path / "uniform",
                        progress_bar=False)
     assert uniform.status == "completed"
     start_images = _images(tmp_path / "uniform" / "dataset")
@@ -95,7 +100,7 @@ def test_the_baseline_arm_trains_on_renders_from_the_starting_psi_with_the_same_
 
 
 def test_the_baseline_can_be_switched_off(tmp_path: Path, photos: LabelledSet, trainings: list[dict]) -> None:
-    run_loop(tiny_config(uniform_baseline=False), faced_box_renderer(), CLASSES, photos, photos, tmp_path,
+    run_loop(tiny_config(final={"uniform_baseline": False}), faced_box_renderer(), CLASSES, photos, photos, tmp_path,
              progress_bar=False)
     report = json.loads((tmp_path / "report.json").read_text())
     assert len(trainings) == 1 and "baseline" not in report and "difference" not in report
@@ -119,16 +124,17 @@ def test_a_job_without_a_test_set_runs_on_the_photos_it_does_not_hold_out(
     monkeypatch.setattr(loop_module, "photo_backgrounds", lambda kept: seen.setdefault("harvested_from", kept) and None)
     monkeypatch.setattr(loop_module, "run_loop", lambda config, renderer, names, val, test, out, **kwargs:
                         seen.update(val=val, test=test, held_out=kwargs["test_held_out"]))
-    loop_module.run_optimization(tiny_config(target_val=str(photos.source), scene="demo", harvest_backgrounds=True),
+    loop_module.run_optimization(tiny_config(targets={"val": str(photos.source)},
+                                             scene={"spec": "demo", "harvest_backgrounds": True}),
                                  tmp_path, progress_bar=False)
     kept, held = hold_out(photos, seed=3)
     assert [i.path for i in seen["val"].images] == [i.path for i in seen["harvested_from"].images] == \
         [i.path for i in kept.images]
     assert [i.path for i in seen["test"].images] == [i.path for i in held.images] and seen["held_out"]
     # Switched off, or with nothing to train a baseline for, the run keeps every photo.
-    for settings in (dict(uniform_baseline=False), dict(final_images=0)):
-        loop_module.run_optimization(tiny_config(target_val=str(photos.source), scene="demo", **settings), tmp_path,
-                                     progress_bar=False)
+    for settings in ({"final": {"uniform_baseline": False}}, {"budget": {"final_images": 0}}):
+        loop_module.run_optimization(tiny_config(settings, targets={"val": str(photos.source)}, scene={"spec": "demo"}),
+                                     tmp_path, progress_bar=False)
         assert len(seen["val"]) == 8 and seen["test"] is None and not seen["held_out"]
 
 

@@ -156,11 +156,12 @@ def renderers(monkeypatch: pytest.MonkeyPatch) -> list:
 def test_a_job_renders_on_backgrounds_from_its_photos_by_default(
     tmp_path: Path, renderers: list, harvest_backgrounds: bool
 ) -> None:
-    from optimizer.config import OptimizeConfig
+    from optimizer.config import OptimizeConfig, SceneConfig, TargetsConfig
     from optimizer.loop import run_optimization
 
     scene, photos = _scene_and_photos(tmp_path, [(60, 40, 100, 80)])
-    config = OptimizeConfig(scene=str(scene), target_val=str(photos), harvest_backgrounds=harvest_backgrounds)
+    config = OptimizeConfig(scene=SceneConfig(spec=str(scene), harvest_backgrounds=harvest_backgrounds),
+                            targets=TargetsConfig(val=str(photos)))
     run_optimization(config, tmp_path / "out", progress_bar=False)
     names = renderers[0].backgrounds.names
     if harvest_backgrounds:
@@ -172,12 +173,13 @@ def test_a_job_renders_on_backgrounds_from_its_photos_by_default(
 def test_photos_without_a_free_region_fall_back_to_procedural_textures_and_say_why(
     tmp_path: Path, renderers: list, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from optimizer.config import OptimizeConfig
+    from optimizer.config import OptimizeConfig, SceneConfig, TargetsConfig
     from optimizer.loop import run_optimization
 
     scene, photos = _scene_and_photos(tmp_path, [(0, 0, 160, 120)])
     with caplog.at_level(logging.WARNING):
-        run_optimization(OptimizeConfig(scene=str(scene), target_val=str(photos)), tmp_path / "out", progress_bar=False)
+        run_optimization(OptimizeConfig(scene=SceneConfig(spec=str(scene)),
+                                        targets=TargetsConfig(val=str(photos))), tmp_path / "out", progress_bar=False)
     assert renderers[0].backgrounds.names == [f"procedural_{i}" for i in range(4)]
     assert "none of the 2 labelled photos has a region clear of its labelled boxes" in caplog.text
     assert "procedural textures instead" in caplog.text

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from optimizer.config import OptimizeConfig
-from optimizer.loop import validate_config
+from optimizer.config import OptimizeConfig, SceneConfig
 from optimizer.psi import OptimizerError
 from renderer.photometric import (
     PhotometricConfig,
@@ -163,9 +162,9 @@ def test_bad_settings_name_the_field() -> None:
         PhotometricConfig(jpeg_probability=1.5)
     with pytest.raises(PhotometricError, match="clutter_shapes"):
         PhotometricConfig(clutter_shapes=(4, 2))
-    with pytest.raises(OptimizerError, match="OptimizeConfig.photometric"):
-        validate_config(OptimizeConfig(photometric={"sharpness": 1.0}))
-    with pytest.raises(OptimizerError, match="OptimizeConfig.photometric.*shot_noise"):
-        validate_config(OptimizeConfig(photometric={"shot_noise": -1}))
-    validate_config(OptimizeConfig(photometric={"jpeg_quality": [50, 60], "in_loop": True}))
-    validate_config(OptimizeConfig(photometric=None))
+    with pytest.raises(OptimizerError, match="OptimizeConfig.scene.photometric"):
+        OptimizeConfig(scene=SceneConfig(photometric={"sharpness": 1.0})).validate()
+    with pytest.raises(OptimizerError, match="OptimizeConfig.scene.photometric.*shot_noise"):
+        OptimizeConfig(scene=SceneConfig(photometric={"shot_noise": -1})).validate()
+    OptimizeConfig(scene=SceneConfig(photometric={"jpeg_quality": [50, 60], "in_loop": True})).validate()
+    OptimizeConfig(scene=SceneConfig(photometric=None)).validate()

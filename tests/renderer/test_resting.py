@@ -200,12 +200,13 @@ def test_a_job_renders_its_objects_in_resting_poses_by_default(tmp_path, rendere
     """run_optimization gives the renderer each asset's pose table, and the starting psi draws
     poses with the tables' probabilities; resting_poses=False keeps floating objects."""
     from detector.datasets import load_dataset
-    from optimizer.config import OptimizeConfig
+    from optimizer.config import OptimizeConfig, SceneConfig, TargetsConfig
     from optimizer.loop import run_optimization
     from optimizer.priors import starting_psi_config
 
     scene, photos = _scene_and_photos(tmp_path, [(60, 40, 100, 80)])
-    config = OptimizeConfig(scene=str(scene), target_val=str(photos), resting_poses=resting)
+    config = OptimizeConfig(scene=SceneConfig(spec=str(scene), resting_poses=resting),
+                            targets=TargetsConfig(val=str(photos)))
     run_optimization(config, tmp_path / "out", progress_bar=False)
     (built,) = renderers
     psi_config, _ = starting_psi_config(config, built, ["object"] * len(built.fields), load_dataset(photos))

@@ -64,8 +64,8 @@ def test_published_json_holds_no_server_path(tmp_path: Path) -> None:
     job_dir = storage.record_dir("job", "acme", "job-0123456789abcdef")
     make_work(job_dir, "{}")
     target = storage.record_dir("target", "acme", "target-1") / "annotations.json"
-    config = {"scene": str(job_dir / "scene.json"), "target_val": str(target), "target_test": None,
-              "detector_weights": str(storage.record_dir("weights", "acme", "weights-1") / "weights.pt"),
+    config = {"scene": {"spec": str(job_dir / "scene.json")}, "targets": {"val": str(target), "test": None},
+              "detector": {"weights": str(storage.record_dir("weights", "acme", "weights-1") / "weights.pt")},
               "seed": 3}
     (job_dir / "work" / "config.json").write_text(json.dumps(config))
     report = {"config": config, "plots": ["plots/map.png"], "out": str(job_dir / "work"),
@@ -76,9 +76,9 @@ def test_published_json_holds_no_server_path(tmp_path: Path) -> None:
     published = json.loads((job_dir / "artifacts" / "report.json").read_text())
     assert not [s for s in strings(published) if s.startswith("/") or str(tmp_path) in s], published
     assert published["config"] == json.loads((job_dir / "artifacts" / "config.json").read_text())
-    assert published["config"]["scene"] == "scene.json" and published["config"]["seed"] == 3
-    assert published["config"]["target_val"] == "targets/target-1/annotations.json"
-    assert published["config"]["detector_weights"] == "weights/weights-1/weights.pt"
+    assert published["config"]["scene"]["spec"] == "scene.json" and published["config"]["seed"] == 3
+    assert published["config"]["targets"]["val"] == "targets/target-1/annotations.json"
+    assert published["config"]["detector"]["weights"] == "weights/weights-1/weights.pt"
     assert published["out"] == "." and published["dataset"] == "dataset" and published["plots"] == ["plots/map.png"]
     assert published["error"] == "targets/target-1/annotations.json: box 3 outside the image"
     # The loop's own copy keeps its paths: a resumed run compares its config with it.

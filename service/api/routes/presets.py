@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from optimizer.presets import DEFAULT_PRESET, PRESETS
-from optimizer.psi import PARTS
+from optimizer.part_names import PARTS
 from service.api.deps import TenantDep
 from service.schemas import PresetPublic, PresetsPublic
 
