@@ -96,7 +96,7 @@ def describe(record: JobRecord, what: str) -> str:
     """``what`` happened during the running attempt, with how far that attempt got."""
     attempt = current_attempt(record)
     number = attempt.number if attempt else record.attempts
-    total = record.budget.outer_iterations
+    total = record.spec.budget.outer_iterations
     where = f"outer iteration {iterations_done(record)} of {total} done"
     if attempt is not None and attempt.resumed_from:
         where = f"resumed from outer iteration {attempt.resumed_from}, {where}"

@@ -62,6 +62,12 @@ def test_a_record_in_the_flat_shape_loads_with_every_setting_it_was_sent() -> No
     assert record.history == FLAT_RECORD["history"] and record.revision == 3
     # Saved again, it is in the new shape, and reads back the same.
     assert JobRecord.model_validate_json(record.model_dump_json()) == record
+    # It runs with what it was sent.
+    config = loop_config(spec, Resolved([("a", "/a"), ("b", "/b")], "/val", "/test", ["/photos"], "/w.pt"))
+    assert (config.hypergradient.inverse_hessian, config.final.real_share, config.scene.photometric,
+            config.detector.arch, config.scene.spec["fov_deg"], config.outer.pose_group) == \
+        ("neumann", 0.25, None, "yolo11n", 55.0, 2)
+    config.validate()
 
 
 def test_a_record_from_before_presets_keeps_the_method_it_ran() -> None:
