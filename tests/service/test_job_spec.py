@@ -103,3 +103,14 @@ def test_a_spec_becomes_the_loops_config_with_its_scene_inline() -> None:
 def test_a_request_names_records_by_id_never_by_path(change: dict, field: str) -> None:
     with pytest.raises(ValidationError, match=f"{field}: .* is not a record id"):
         JobCreate.model_validate(tiny_job("asset-0000000000000001", "target-0000000000000001", **change))
+
+
+def test_the_defaults_a_spec_carries_are_the_loops() -> None:
+    """The few defaults the JobSpec states (so that its schema shows them) are the loop's own."""
+    from optimizer.config import OptimizeConfig
+
+    spec = JobSpec.model_validate({"scene": {"assets": ["a"]}, "targets": {"val": "t"}})
+    mine, loops = loop_config(spec, Resolved([("a", "a")], "t")), OptimizeConfig()
+    assert mine.budget == loops.budget and mine.psi.learnable == loops.psi.learnable and mine.seed == loops.seed
+    assert (mine.detector.arch, mine.detector.image_size, mine.device) == (loops.detector.arch, loops.detector.image_size,
+                                                                         loops.device)
