@@ -122,15 +122,23 @@ def resolve(spec: JobSpec, records: TenantRecords, base: Path | None = None) -> 
     """Where ``spec``'s references are: record ids in ``records``; with a ``base`` folder (the
     CLI's job file's) also paths, relative to it, used as they are when they exist."""
 
-    def path(reference: str) -> Path | None:
-        candidate = base / reference if base is not None else None
-        return candidate if candidate is not None and candidate.exists() else None
+    def local(reference: str) -> Path | None:
+        path = base / reference if base is not None else None
+        return path if path is not None and path.exists() else None
+
+    def stored(record_type: type[Record], reference: str, inside: Callable[[Record], str]) -> str:
+        """The path ``reference`` names, or what ``inside`` names in the folder of its record."""
+        path = local(reference)
+        if path is not None:
+            return str(path)
+        record = records.get(record_type, reference)  # (NotFound: another tenant's id, or none)
+        return str(records.folder(record_type, reference) / inside(record))
 
     objects = []
     for reference in spec.scene.assets:
-        local = path(reference)
-        if local is not None:
-            objects.append((_asset_name(local), str(local)))
+        path = local(reference)
+        if path is not None:
+            objects.append((_asset_name(path), str(path)))
             continue
         asset = records.get(AssetRecord, reference)
         if asset.status != "ready" or asset.object_path is None:
@@ -138,18 +146,12 @@ def resolve(spec: JobSpec, records: TenantRecords, base: Path | None = None) -> 
         objects.append((asset.name, str(records.folder(AssetRecord, reference) / asset.object_path)))
 
     def target(reference: str) -> str:
-        local = path(reference)
-        if local is not None:
-            return str(local)
-        return str(records.folder(TargetRecord, reference) / records.get(TargetRecord, reference).data_path)
+        return stored(TargetRecord, reference, lambda target: target.data_path)
 
-    backgrounds = [str(path(b) or records.folder(BackgroundsRecord, records.get(BackgroundsRecord, b).id) / BACKGROUNDS_DIR)
-                   for b in spec.scene.backgrounds]
-    weights = spec.detector.weights
-    if weights is not None:
-        weights = str(path(weights) or records.folder(WeightsRecord, records.get(WeightsRecord, weights).id) / WEIGHTS_FILE)
-    test = spec.targets.test
-    return Resolved(objects, target(spec.targets.val), test and target(test), backgrounds, weights)
+    test, weights = spec.targets.test, spec.detector.weights
+    return Resolved(objects, target(spec.targets.val), test and target(test),
+                    [stored(BackgroundsRecord, b, lambda _: BACKGROUNDS_DIR) for b in spec.scene.backgrounds],
+                    weights and stored(WeightsRecord, weights, lambda _: WEIGHTS_FILE))
 
 
 def _asset_name(path: Path) -> str:
