@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.scale import ApiServer, WorkerGroup, make_upload_inputs, small_job, upload_inputs, wait_for_jobs  # noqa: E402
-from service.client import NerfsimClient  # noqa: E402
+from nerfsim_client import Client  # noqa: E402
 from service.keys import KeyStore  # noqa: E402
 from service.redis_server import RedisServer  # noqa: E402
 from service.schemas import TERMINAL_STATUSES  # noqa: E402
@@ -72,12 +72,20 @@ JOB_TIMEOUT_S = 900
 class Tenant:
     name: str
     key: str
-    client: NerfsimClient
+    client: Client
+    http: httpx.Client
+    """Plain HTTP with the tenant's key: the attacks send what the SDK would refuse to."""
     asset_id: str = ""
     target_id: str = ""
 
     def job_count(self) -> int:
-        return self.client.http.get("/v1/jobs", params={"limit": 1}).json()["count"]
+        return self.http.get("/v1/jobs", params={"limit": 1}).json()["count"]
+
+
+def clients(url: str, key: str) -> tuple[Client, httpx.Client]:
+    """The SDK's client and a plain HTTP one, both with ``key``."""
+    return Client(url, key, progress=False), httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
+                                                          timeout=120.0)
 
 
 @dataclass
@@ -98,7 +106,7 @@ class Bench:
         """A new tenant with an API key and, with ``inputs``, its own asset and target."""
         name = f"{name}-{uuid.uuid4().hex[:6]}"
         key, _ = KeyStore(redis.Redis.from_url(self.settings.redis_url), Storage(self.settings.storage_root)).create(name)
-        tenant = Tenant(name, key, NerfsimClient(self.api.url, key))
+        tenant = Tenant(name, key, *clients(self.api.url, key))
         if inputs:
             tenant.asset_id, tenant.target_id = upload_inputs(tenant.client, self.inputs)
         self.tenants.append(tenant)
@@ -108,7 +116,8 @@ class Bench:
         """New clients after the API restarted (no stale keep-alive connections)."""
         for tenant in self.tenants:
             tenant.client.close()
-            tenant.client = NerfsimClient(self.api.url, tenant.key)
+            tenant.http.close()
+            tenant.client, tenant.http = clients(self.api.url, tenant.key)
 
     def stored_files(self) -> set[Path]:
         return {p for p in self.settings.storage_root.rglob("*") if p.is_file()}
@@ -118,14 +127,14 @@ class Bench:
 # 1. jobs: kills and restarts
 
 
-def why_lost(client: NerfsimClient, record: dict) -> str | None:
+def why_lost(http: httpx.Client, record: dict) -> str | None:
     """Why a finished job counts as lost; None when it succeeded with all its results."""
     if record["status"] != "succeeded":
         return f"{record['status']} after {record['attempts']} attempt(s): {record['error']}"
-    if len(record["history"]) != record["budget"]["outer_iterations"]:
-        return f"history has {len(record['history'])} of {record['budget']['outer_iterations']} iterations"
+    if len(record["history"]) != record["spec"]["budget"]["outer_iterations"]:
+        return f"history has {len(record['history'])} of {record['spec']['budget']['outer_iterations']} iterations"
     for name in ARTIFACTS:
-        response = client.http.get(f"/v1/jobs/{record['id']}/artifacts/{name}")
+        response = http.get(f"/v1/jobs/{record['id']}/artifacts/{name}")
         if response.status_code != 200 or not response.content:
             return f"artifact {name}: {response.status_code}"
     return None
@@ -142,8 +151,8 @@ def kill_restart_cycle(bench: Bench, owner: Tenant, jobs: int, outer_iterations:
     worker and the API are killed (SIGKILL), the API restarted and new workers started."""
     bench.workers.start(jobs)
     ids = [owner.client.create_job(small_job(owner.asset_id, owner.target_id, seed=i,
-                                             outer_iterations=outer_iterations))["id"] for i in range(jobs)]
-    wait_for(lambda: all((r := owner.client.job(j))["history"] or r["status"] in TERMINAL_STATUSES for j in ids),
+                                             outer_iterations=outer_iterations)).id for i in range(jobs)]
+    wait_for(lambda: all((r := owner.client.get_job(j).data)["history"] or r["status"] in TERMINAL_STATUSES for j in ids),
              JOB_TIMEOUT_S, "an outer iteration of every job")
     kill_workers(bench)
     bench.api.process.send_signal(signal.SIGKILL)
@@ -158,12 +167,12 @@ def three_interruptions(bench: Bench, owner: Tenant, outer_iterations: int = 5) 
     """One job whose worker is killed three times, each time after the running attempt
     checkpointed one more outer iteration (with job_retries=2 it must still succeed)."""
     job = owner.client.create_job(small_job(owner.asset_id, owner.target_id, seed=100,
-                                            outer_iterations=outer_iterations))["id"]
+                                            outer_iterations=outer_iterations)).id
     bench.workers.start(1)
     done = 0
 
     def progressed() -> dict | None:
-        record = owner.client.job(job)
+        record = owner.client.get_job(job).data
         return record if record["status"] in TERMINAL_STATUSES or len(record["history"]) > done else None
 
     for _ in range(3):
@@ -186,13 +195,13 @@ def run_jobs(bench: Bench, owner: Tenant, quick: bool) -> int:
     bench.workers.stop()
     lost = 0
     for label, record in zip(labels, records):
-        reason = why_lost(owner.client, record)
+        reason = why_lost(owner.http, record)
         lost += reason is not None
         print(f"  {label}: {record['id']} {record['status']}, attempts {record['attempts']}, "
-              f"history {len(record['history'])}/{record['budget']['outer_iterations']}"
+              f"history {len(record['history'])}/{record['spec']['budget']['outer_iterations']}"
               + (f"  LOST: {reason}" if reason else ""))
         if reason is None and bench.detector_pt is None:
-            bench.detector_pt = owner.client.http.get(f"/v1/jobs/{record['id']}/artifacts/detector.pt").content
+            bench.detector_pt = owner.http.get(f"/v1/jobs/{record['id']}/artifacts/detector.pt").content
     return lost
 
 
@@ -316,12 +325,12 @@ def evil_pickle(marker: Path) -> bytes:
 
 def post_job(tenant: Tenant, request: dict | str) -> httpx.Response:
     if isinstance(request, str):  # raw JSON text (what json.dumps would not write)
-        return tenant.client.http.post("/v1/jobs", content=request, headers={"Content-Type": "application/json"})
-    return tenant.client.http.post("/v1/jobs", json=request)
+        return tenant.http.post("/v1/jobs", content=request, headers={"Content-Type": "application/json"})
+    return tenant.http.post("/v1/jobs", json=request)
 
 
 def upload(tenant: Tenant, path: str, filename: str, data: bytes, **form) -> httpx.Response:
-    return tenant.client.http.post(path, files={"file": (filename, data)}, data=form)
+    return tenant.http.post(path, files={"file": (filename, data)}, data=form)
 
 
 def target_members(bench: Bench) -> dict[str, bytes]:
@@ -330,7 +339,7 @@ def target_members(bench: Bench) -> dict[str, bytes]:
 
 
 def pickle_named_by_path(bench: Bench, attacker: Tenant) -> Outcome:
-    """A target zip carries a pickle; a job names its absolute path in options.detector_weights
+    """A target zip carries a pickle; a job names its absolute path in detector.weights
     (422; a worker then gets the chance to run whatever was created)."""
     marker = bench.work / "pwned-by-job"
     members = {**target_members(bench), "evil.pt": evil_pickle(marker)}
@@ -343,12 +352,12 @@ def pickle_named_by_path(bench: Bench, attacker: Tenant) -> Outcome:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(members["evil.pt"])
     before = watch(bench, attacker)
-    response = post_job(attacker, small_job(attacker.asset_id, attacker.target_id, detector_weights=str(path.resolve())))
+    response = post_job(attacker, small_job(attacker.asset_id, attacker.target_id, detector={"weights": str(path.resolve())}))
     if response.status_code == 201:
         bench.workers.start(1)
         wait_for_jobs(attacker.client, [response.json()["id"]], JOB_TIMEOUT_S)
         bench.workers.stop()
-    return judge(bench, attacker, response, {422}, ["detector_weights"], before, (marker,))
+    return judge(bench, attacker, response, {422}, ["detector.weights"], before, (marker,))
 
 
 def pickle_weights_upload(bench: Bench, attacker: Tenant) -> Outcome:
@@ -360,12 +369,12 @@ def pickle_weights_upload(bench: Bench, attacker: Tenant) -> Outcome:
 
 
 def other_tenants_weights(bench: Bench, attacker: Tenant) -> Outcome:
-    """A job names another tenant's weights id as detector_weights (404)."""
+    """A job names another tenant's weights id as detector.weights (404)."""
     owner = bench.tenants[0]
     mine = upload(owner, "/v1/weights", "detector.pt", bench.detector_pt or b"", name="mine")
     weights_id = mine.json().get("id") if mine.status_code == 201 else "weights-0123456789abcdef"
     before = watch(bench, attacker)
-    response = post_job(attacker, {**small_job(attacker.asset_id, attacker.target_id), "detector_weights": weights_id})
+    response = post_job(attacker, small_job(attacker.asset_id, attacker.target_id, detector={"weights": weights_id}))
     outcome = judge(bench, attacker, response, {404}, [weights_id], before)
     if mine.status_code != 201:
         outcome = Outcome(False, outcome.answer, f"the owner's weights upload answered {mine.status_code} "
@@ -374,19 +383,19 @@ def other_tenants_weights(bench: Bench, attacker: Tenant) -> Outcome:
 
 
 def trainer_writes_outside(bench: Bench, attacker: Tenant) -> Outcome:
-    """options.final_trainer_overrides.project names a folder outside the storage root (422)."""
+    """final.trainer_overrides.project names a folder outside the storage root (422)."""
     outside = bench.work / "outside"
     before = watch(bench, attacker)
     response = post_job(attacker, small_job(attacker.asset_id, attacker.target_id,
-                                            final_trainer_overrides={"project": str(outside)}))
-    return judge(bench, attacker, response, {422}, ["final_trainer_overrides"], before, (outside,))
+                                            final={"trainer_overrides": {"project": str(outside)}}))
+    return judge(bench, attacker, response, {422}, ["trainer_overrides"], before, (outside,))
 
 
 def huge_psi_body(bench: Bench, attacker: Tenant) -> Outcome:
     """A 22 MB body of unknown psi keys (413 or 422, nothing stored)."""
     psi = {f"unknown_{i:07d}": "x" * 200 for i in range(22 * 1024 * 1024 // 220)}
     before = watch(bench, attacker)
-    response = post_job(attacker, {**small_job(attacker.asset_id, attacker.target_id), "psi": psi})
+    response = post_job(attacker, small_job(attacker.asset_id, attacker.target_id, psi={"initial": psi}))
     return judge(bench, attacker, response, {413, 422}, ["psi"], before)
 
 
@@ -401,10 +410,10 @@ def raw_fov(text: str) -> Callable[[Bench, Tenant], Outcome]:
     def exploit(bench: Bench, attacker: Tenant) -> Outcome:
         before = watch(bench, attacker)
         request = json.dumps(small_job(attacker.asset_id, attacker.target_id))
-        response = post_job(attacker, request[:-1] + f', "fov_deg": {text}}}')
+        response = post_job(attacker, request.replace('"procedural_backgrounds": 1', f'"fov_deg": {text}'))
         return judge(bench, attacker, response, {422}, ["fov_deg"], before)
 
-    exploit.__doc__ = f"fov_deg {text}, sent as raw JSON (422 with a JSON body)"
+    exploit.__doc__ = f"scene.fov_deg {text}, sent as raw JSON (422 with a JSON body)"
     return exploit
 
 
@@ -467,10 +476,10 @@ EXPLOITS: list[Callable[[Bench, Tenant], Outcome]] = [
     # (b) reaching outside the tenant's files
     other_tenants_weights,
     trainer_writes_outside,
-    bad_field("options.final_trainer_overrides.model names a file", {"options": {"final_trainer_overrides": {"model": "x.pt"}}},
-              ["final_trainer_overrides"]),
+    bad_field("final.trainer_overrides.model names a file", {"final": {"trainer_overrides": {"model": "x.pt"}}},
+              ["trainer_overrides"]),
     # (c) exhausting memory
-    bad_field("psi.azimuth_bins 10000000", {"psi": {"azimuth_bins": 10_000_000}}, ["azimuth_bins"]),
+    bad_field("psi.initial.azimuth_bins 10000000", {"psi": {"initial": {"azimuth_bins": 10_000_000}}}, ["azimuth_bins"]),
     huge_psi_body,
     huge_unknown_field,
     # (e) 5xx on bad input
@@ -485,11 +494,11 @@ EXPLOITS: list[Callable[[Bench, Tenant], Outcome]] = [
     bad_field("seed -1", {"seed": -1}, ["seed"]),
     bad_field("seed 2**64", {"seed": 2**64}, ["seed"]),
     bad_field("seed 10**30", {"seed": 10**30}, ["seed"]),
-    bad_field('detector "bogus"', {"detector": "bogus"}, ["detector"]),
-    bad_field("psi.azimuth_bins 0", {"psi": {"azimuth_bins": 0}}, ["azimuth_bins"]),
-    bad_field("psi.azimuth_bins -3", {"psi": {"azimuth_bins": -3}}, ["azimuth_bins"]),
-    bad_field("an unknown psi key", {"psi": {"no_such_setting": 1}}, ["no_such_setting"]),
-    bad_field('options.damping "x"', {"options": {"damping": "x"}}, ["damping"]),
+    bad_field('detector.arch "bogus"', {"detector": {"arch": "bogus"}}, ["arch"]),
+    bad_field("psi.initial.azimuth_bins 0", {"psi": {"initial": {"azimuth_bins": 0}}}, ["azimuth_bins"]),
+    bad_field("psi.initial.azimuth_bins -3", {"psi": {"initial": {"azimuth_bins": -3}}}, ["azimuth_bins"]),
+    bad_field("an unknown psi key", {"psi": {"initial": {"no_such_setting": 1}}}, ["no_such_setting"]),
+    bad_field('hypergradient.damping "x"', {"hypergradient": {"damping": "x"}}, ["damping"]),
     bad_field('seed "3" (a string for an integer)', {"seed": "3"}, ["seed"]),
     bad_field("seed true (a boolean for an integer)", {"seed": True}, ["seed"]),
     bad_field('budget.outer_iterations "3"', {"budget": {"outer_iterations": "3"}}, ["outer_iterations"]),
@@ -501,9 +510,9 @@ EXPLOITS: list[Callable[[Bench, Tenant], Outcome]] = [
 
 def cancel_unfinished(tenant: Tenant) -> None:
     """Cancel the tenant's queued jobs (what an exploit that got through created)."""
-    for record in tenant.client.http.get("/v1/jobs", params={"limit": 200}).json()["data"]:
+    for record in tenant.http.get("/v1/jobs", params={"limit": 200}).json()["data"]:
         if record["status"] in ("queued", "running"):
-            tenant.client.http.post(f"/v1/jobs/{record['id']}/cancel")
+            tenant.http.post(f"/v1/jobs/{record['id']}/cancel")
 
 
 def run_exploits(bench: Bench, attacker: Tenant) -> tuple[int, int]:

@@ -39,30 +39,32 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service.client import NerfsimClient  # noqa: E402
+from nerfsim_client import Client  # noqa: E402
 from service.redis_server import free_port  # noqa: E402
 from service.schemas import TERMINAL_STATUSES  # noqa: E402
 from service.settings import ServiceSettings  # noqa: E402
 
 SMALL_JOB: dict = {
     "preset": "neural-sim",  # 4 images per iteration (the default preset renders each scene at 8 bins)
-    "image_size": 32,
-    "procedural_backgrounds": 1,
     "device": "cpu",
+    "scene": {"procedural_backgrounds": 1},
     "budget": {"outer_iterations": 1, "images_per_iteration": 4, "inner_steps": 1, "final_images": 4,
                "final_epochs": 1},
-    "options": {"warmup_steps": 1, "val_map_every": 0, "inverse_hessian_steps": 1, "sample_images": 1,
-                "final_batch_size": 4, "val_batch_size": 8, "uniform_baseline": False},
+    "hypergradient": {"inverse_hessian_steps": 1},
+    "detector": {"image_size": 32, "warmup_steps": 1, "val_map_every": 0, "sample_images": 1, "val_batch_size": 8},
+    "final": {"batch_size": 4, "uniform_baseline": False},
 }
-"""A closed-loop job of a few seconds on one CPU core (untrained asset, 32 px; the same work as
-before the uniform baseline arm, so the measured throughputs compare)."""
+"""A closed-loop job (a JobSpec without its references) of a few seconds on one CPU core
+(untrained asset, 32 px; the same work as before the uniform baseline arm, so the measured
+throughputs compare)."""
 
 
-def small_job(asset_id: str, target_id: str, seed: int = 0, outer_iterations: int = 1, **options) -> dict:
-    """:data:`SMALL_JOB` on ``asset_id`` against ``target_id``."""
-    return {**SMALL_JOB, "assets": [asset_id], "target_val": target_id, "seed": seed,
-            "budget": {**SMALL_JOB["budget"], "outer_iterations": outer_iterations},
-            "options": {**SMALL_JOB["options"], **options}}
+def small_job(asset_id: str, target_id: str, seed: int = 0, outer_iterations: int = 1, **changes: dict) -> dict:
+    """:data:`SMALL_JOB` on ``asset_id`` against ``target_id``; ``changes``: fields merged into
+    their sections (``hypergradient={"damping": 1.0}``)."""
+    job = {**SMALL_JOB, "seed": seed, "scene": {**SMALL_JOB["scene"], "assets": [asset_id]}, "targets": {"val": target_id},
+           "budget": {**SMALL_JOB["budget"], "outer_iterations": outer_iterations}}
+    return {**job, **{section: {**job.get(section, {}), **fields} for section, fields in changes.items()}}
 
 
 def settings_env(settings: ServiceSettings) -> dict[str, str]:
@@ -76,7 +78,7 @@ def settings_env(settings: ServiceSettings) -> dict[str, str]:
 def process_env(settings: ServiceSettings) -> dict[str, str]:
     """This process's environment with ``settings``, single-threaded math and the repository
     importable: for the API and worker processes."""
-    return {**os.environ, **settings_env(settings), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return {**os.environ, **settings_env(settings), "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join((str(REPO), str(REPO / "client")))}
 
 
 class ApiServer:
@@ -190,16 +192,14 @@ def wait_for_workers(settings: ServiceSettings, count: int, timeout_s: float = 1
         time.sleep(0.2)
 
 
-def wait_for_jobs(client: NerfsimClient, job_ids: list[str], timeout_s: float, progress: bool = False) -> list[dict]:
+def wait_for_jobs(client: Client, job_ids: list[str], timeout_s: float, progress: bool = False) -> list[dict]:
     """The final records of ``job_ids`` once every one has finished (succeeded, failed or
     cancelled). Polls the job list: one request however many jobs."""
     deadline = time.monotonic() + timeout_s
     wanted, done = set(job_ids), {}
     with tqdm(total=len(job_ids), desc="jobs", unit="job", disable=not progress, leave=False) as bar:
         while len(done) < len(wanted):
-            page = client.http.get("/v1/jobs", params={"limit": 200})
-            page.raise_for_status()
-            for record in page.json()["data"]:
+            for record in (job.data for job in client.list_jobs(limit=200)):
                 if record["id"] in wanted and record["id"] not in done and record["status"] in TERMINAL_STATUSES:
                     done[record["id"]] = record
                     bar.update(1)
@@ -266,20 +266,20 @@ class RoundResult:
                 f"{statistics.median(runs):.1f} s; jobs per worker {sorted(self.ran_on.values(), reverse=True)}")
 
 
-def warm_up(client: NerfsimClient, workers: int, request: dict, timeout_s: float = 600.0) -> None:
+def warm_up(client: Client, workers: int, request: dict, timeout_s: float = 600.0) -> None:
     """One job per idle worker (each is blocked waiting on the queue, so each takes one): the
     first job of a process pays one-off set-up that the measured jobs should not."""
-    wait_for_jobs(client, [client.create_job(request)["id"] for _ in range(workers)], timeout_s)
+    wait_for_jobs(client, [client.create_job(request).id for _ in range(workers)], timeout_s)
 
 
-def run_round(client: NerfsimClient, settings: ServiceSettings, group: WorkerGroup, requests: list[dict],
+def run_round(client: Client, settings: ServiceSettings, group: WorkerGroup, requests: list[dict],
               timeout_s: float = 900.0, progress: bool = False) -> RoundResult:
     """Submit ``requests`` at once to the (idle) workers of ``group`` and wait for all of them."""
     from rq.job import Job
 
     workers = len(group.alive)
     wait_for_workers(settings, workers)
-    job_ids = [client.create_job(request)["id"] for request in requests]
+    job_ids = [client.create_job(request).id for request in requests]
     records = wait_for_jobs(client, job_ids, timeout_s, progress)
     connection = redis.Redis.from_url(settings.redis_url)
     ran_on = Counter(Job.fetch(job_id, connection=connection).worker_name for job_id in job_ids)
@@ -287,7 +287,7 @@ def run_round(client: NerfsimClient, settings: ServiceSettings, group: WorkerGro
     return RoundResult(workers, records, Counter({job_id: starts[job_id] for job_id in job_ids}), ran_on)
 
 
-def scale_rounds(client: NerfsimClient, settings: ServiceSettings, group: WorkerGroup, scaled: list[dict],
+def scale_rounds(client: Client, settings: ServiceSettings, group: WorkerGroup, scaled: list[dict],
                  single: list[dict], workers: int = 3, progress: bool = False) -> tuple[RoundResult, RoundResult]:
     """``scaled`` on ``workers`` warm workers, then ``single`` on one of them (the others are
     stopped): the same processes, warmed up once."""
@@ -323,12 +323,12 @@ def make_upload_inputs(folder: Path) -> tuple[Path, Path]:
     return make_inputs(folder)
 
 
-def upload_inputs(client: NerfsimClient, archives: tuple[Path, Path]) -> tuple[str, str]:
+def upload_inputs(client: Client, archives: tuple[Path, Path]) -> tuple[str, str]:
     """Upload :func:`make_upload_inputs`' asset and target; returns (asset id, target id)."""
     asset_zip, target_zip = archives
     asset = client.upload_asset(asset_zip, "thing", "nerfsim")
     target = client.upload_target(target_zip, "real", "validation", "coco")
-    return asset["id"], target["id"]
+    return asset.id, target.id
 
 
 def main() -> None:
@@ -352,7 +352,7 @@ def main() -> None:
     try:
         with ApiServer(settings, work / "api.log") as api:
             key, _ = KeyStore(redis.Redis.from_url(server.url), Storage(settings.storage_root)).create("scale")
-            client = NerfsimClient(api.url, key)
+            client = Client(api.url, key, progress=False)
             asset_id, target_id = upload_inputs(client, make_upload_inputs(work / "inputs"))
             requests = [small_job(asset_id, target_id, seed=i, outer_iterations=iterations) for i in range(jobs)]
             print(f"{jobs} jobs per round ({iterations} outer iteration(s), 32 px, CPU), {os.cpu_count()} CPU cores; "

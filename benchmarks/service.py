@@ -160,7 +160,7 @@ def main() -> None:
     env = {**os.environ, "REDIS_URL": redis_url, "NERFSIM_STORAGE_ROOT": str(work / "storage"),
            "NERFSIM_QUEUE_NAME": "bench", "NERFSIM_LOG_JSON": "true", "OMP_NUM_THREADS": "1",
            # 50 clients share one key here: the per-key rate limit would answer 429s.
-           "NERFSIM_RATE_LIMIT_PER_S": "0", "PYTHONPATH": str(REPO)}
+           "NERFSIM_RATE_LIMIT_PER_S": "0", "PYTHONPATH": os.pathsep.join((str(REPO), str(REPO / "client")))}
     (work / "bare_app.py").write_text(BARE_APP)
     nerfsim_port, bare_port = free_port(), free_port()
     processes = [
@@ -180,7 +180,7 @@ def main() -> None:
         with open(target_zip, "rb") as handle:
             target = httpx.post(f"{nerfsim}/v1/targets", headers=headers, files={"file": ("t.zip", handle)},
                                 data={"name": "real", "format": "coco"}, timeout=60).json()
-        job_request = {"assets": [asset["id"]], "target_val": target["id"], "image_size": 32}
+        job_request = {"scene": {"assets": [asset["id"]]}, "targets": {"val": target["id"]}, "detector": {"image_size": 32}}
         job = httpx.post(f"{nerfsim}/v1/jobs", headers=headers, json=job_request, timeout=60).json()
 
         def run(url, n, **kwargs):

@@ -70,8 +70,12 @@ class SceneSpec:
         return [o.name for o in self.objects]
 
 
-def read_scene_spec(scene: str | Path) -> SceneSpec:
-    """``"demo"`` (the bundled demo scene) or the path of a ``scene.json`` (or its folder)."""
+def read_scene_spec(scene: str | Path | dict) -> SceneSpec:
+    """``"demo"`` (the bundled demo scene), the path of a ``scene.json`` (or its folder), or a
+    scene description itself (a dict as a ``scene.json`` holds, its paths absolute or relative
+    to the working directory: how a job's scene comes inline in its config)."""
+    if isinstance(scene, dict):
+        return _scene_spec(scene, Path("."), "the inline scene")
     path = DEMO_SCENE if str(scene) == "demo" else Path(scene)
     if path.is_dir():
         path = path / "scene.json"
@@ -79,27 +83,36 @@ def read_scene_spec(scene: str | Path) -> SceneSpec:
         raise SceneError(f"{path}: scene description not found (give 'demo' or a scene.json)")
     try:
         raw = json.loads(path.read_text())
-        objects = [ObjectSpec(str(o["name"]), path.parent / o["path"]) for o in raw["objects"]]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+    except json.JSONDecodeError as error:
         raise SceneError(f"{path}: not a valid scene description ({error!r})") from error
+    spec = _scene_spec(raw, path.parent, str(path))
+    spec.source = path
+    return spec
+
+
+def _scene_spec(raw: dict, folder: Path, where: str) -> SceneSpec:
+    """A parsed scene description; ``folder``: what its relative paths are relative to."""
+    try:
+        objects = [ObjectSpec(str(o["name"]), folder / o["path"]) for o in raw["objects"]]
+    except (KeyError, TypeError) as error:
+        raise SceneError(f"{where}: not a valid scene description ({error!r})") from error
     if not objects:
-        raise SceneError(f"{path}: the scene lists no objects")
+        raise SceneError(f"{where}: the scene lists no objects")
     names = [o.name for o in objects]
     if len(set(names)) != len(names):
-        raise SceneError(f"{path}: object names must be unique, got {names}")
+        raise SceneError(f"{where}: object names must be unique, got {names}")
     backgrounds = raw.get("backgrounds") or []
     if isinstance(backgrounds, str):
         backgrounds = [backgrounds]
     if not isinstance(backgrounds, list) or not all(isinstance(b, str) and b for b in backgrounds):
-        raise SceneError(f"{path}: 'backgrounds' must be a folder or a list of folders, got {backgrounds!r}")
+        raise SceneError(f"{where}: 'backgrounds' must be a folder or a list of folders, got {backgrounds!r}")
     procedural = raw.get("procedural_backgrounds", 0)
     return SceneSpec(
-        name=str(raw.get("name", path.parent.name)),
+        name=str(raw.get("name", folder.name)),
         objects=objects,
         fov_deg=float(raw.get("fov_deg", 40.0)),
-        backgrounds=[path.parent / folder for folder in backgrounds],
+        backgrounds=[folder / b for b in backgrounds],
         procedural_backgrounds=None if procedural is None else int(procedural),
-        source=path,
     )
 
 

@@ -1,7 +1,7 @@
 """The typed, bounded overrides of an asset build: the object NeRF's model and trainer settings,
 and the splat trainer's.
 
-Allowlists like the job's fields (service.job_fields): unknown fields are refused, nothing is
+Allowlists like the job's fields (nerfsim_client.spec): unknown fields are refused, nothing is
 coerced, every number is bounded so that one build cannot exhaust a worker's memory. The steps,
 time budget and seed are set by the build's own fields, never here.
 """
@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from service.job_fields import Strict
+from nerfsim_client.spec import Strict
 
 
 class ObjectFieldOverrides(Strict):

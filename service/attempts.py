@@ -18,7 +18,8 @@ from rq.timeouts import JobTimeoutException
 
 from optimizer.config import Stage
 from service.interruption import WorkerStopping
-from service.schemas import JobAttempt, JobRecord, utcnow
+from service.job_schemas import JobAttempt, JobRecord
+from service.schemas import utcnow
 
 STAGES: tuple[str, ...] = get_args(Stage)
 """The loop's stages in the order a run goes through them."""
@@ -95,7 +96,7 @@ def describe(record: JobRecord, what: str) -> str:
     """``what`` happened during the running attempt, with how far that attempt got."""
     attempt = current_attempt(record)
     number = attempt.number if attempt else record.attempts
-    total = record.budget.outer_iterations
+    total = record.spec.budget.outer_iterations
     where = f"outer iteration {iterations_done(record)} of {total} done"
     if attempt is not None and attempt.resumed_from:
         where = f"resumed from outer iteration {attempt.resumed_from}, {where}"

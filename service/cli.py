@@ -7,8 +7,9 @@
     nerfsim asset import-splat PLY --out ASSET splat asset from a 3DGS / nerfstudio .ply
     nerfsim render --scene demo --num N --size S|WxH --out DIR
                                                labelled dataset (COCO + YOLO + card)
-    nerfsim optimize --config JOB.json --out DIR [--preset NAME]
-                                               run the closed loop here (resumes from DIR)
+    nerfsim optimize --config JOB.json --out DIR [--storage DIR --tenant T] [--preset NAME]
+                                               run a job (a JobSpec, as POST /v1/jobs takes) here
+                                               (resumes from DIR)
     nerfsim presets                            the method presets a job can name
     nerfsim demo [--out DIR]                   the main job on the demo scene, through the service
     nerfsim download JOB ARTIFACT [--out PATH] a finished job's artifact from a service (through the SDK)
@@ -106,23 +107,29 @@ def cmd_render(args: argparse.Namespace) -> None:
 
 
 def cmd_optimize(args: argparse.Namespace) -> None:
-    from optimizer.config import OptimizeConfig
+    from nerfsim_client.spec import JobSpec
+    from pydantic import ValidationError
+
     from optimizer.loop import run_optimization
+    from service.job_config import loop_config, resolve, stored_records
     from service.progress_view import StageProgress
+    from service.storage import Storage
 
     try:
-        settings = json.loads(Path(args.config).read_text())
+        data = json.loads(Path(args.config).read_text())
     except FileNotFoundError as error:
-        raise ValueError(f"{args.config}: job config not found") from error
+        raise ValueError(f"{args.config}: job file not found") from error
     except json.JSONDecodeError as error:
         raise ValueError(f"{args.config}: not valid JSON ({error})") from error
-    if not isinstance(settings, dict):
-        raise ValueError(f"{args.config}: a job config is a JSON object of OptimizeConfig sections")
+    if not isinstance(data, dict):
+        raise ValueError(f"{args.config}: a job file is a JSON object: a JobSpec, as POST /v1/jobs takes")
     if args.preset is not None:
-        settings["preset"] = args.preset
+        data["preset"] = args.preset
     try:
-        config = OptimizeConfig.from_dict(settings)
-    except (TypeError, ValueError) as error:
+        spec = JobSpec.model_validate(data)
+        records = stored_records(Storage(_service_settings(args).storage_root), args.tenant)
+        config = loop_config(spec, resolve(spec, records, base=args.config.parent), name=args.config.stem)
+    except (TypeError, ValueError, ValidationError) as error:
         raise ValueError(f"{args.config}: {error}") from error
     print(f"preset {config.preset}: method {config.outer.method}, estimator {config.outer.estimator}", file=sys.stderr)
     view = StageProgress()  # one bar per stage (the loop's own bars and Ultralytics' logs stay off)
@@ -283,8 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     render.set_defaults(run=cmd_render)
 
     optimize = commands.add_parser("optimize", help="run a closed-loop job here, with a progress bar")
-    optimize.add_argument("--config", type=Path, required=True, help="OptimizeConfig as JSON")
+    optimize.add_argument("--config", type=Path, required=True,
+                          help="the job: a JobSpec as JSON (a POST /v1/jobs body); its references are paths "
+                               "(relative to the file) or record ids in --storage for --tenant")
     optimize.add_argument("--out", type=Path, required=True, help="job folder (resumed if it has a checkpoint)")
+    optimize.add_argument("--storage", type=Path, help="service storage root the record ids are found in "
+                                                       "(default: $NERFSIM_STORAGE_ROOT or ./nerfsim-data)")
+    optimize.add_argument("--tenant", help="the tenant whose records the ids name")
     optimize.add_argument("--preset", help="method preset (nerfsim presets lists them; default: the config's, "
                                            "else the default preset); the config's explicit settings win over it")
     optimize.set_defaults(run=cmd_optimize)

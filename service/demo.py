@@ -37,13 +37,13 @@ def demo_budget(quick: bool) -> dict:
     baseline, measured 2026-12-06 on 2 shared, contended cores; it left that baseline out
     since: the demo's "real" photos are renders, so a detector trained on them alone says
     nothing a user would ask)."""
-    options = {"real_only_baseline": False}
+    final = {"real_only_baseline": False}
     if quick:
         return {"budget": {"outer_iterations": 3, "images_per_iteration": 16, "inner_steps": 4, "final_images": 32,
-                           "final_epochs": 2}, "image_size": 64,
-                "options": {**options, "sample_images": 2, "inverse_hessian_steps": 2}}
+                           "final_epochs": 2}, "detector": {"image_size": 64, "sample_images": 2},
+                "hypergradient": {"inverse_hessian_steps": 2}, "final": final}
     return {"budget": {"outer_iterations": 10, "images_per_iteration": 32, "inner_steps": 10, "final_images": 400,
-                       "final_epochs": 30}, "image_size": 64, "options": {**options, "sample_images": 4}}
+                       "final_epochs": 30}, "detector": {"image_size": 64, "sample_images": 4}, "final": final}
 
 
 def render_target_set(scene: str, out_dir: Path, count: int, size: int, seed: int = 7) -> Path:
@@ -86,7 +86,7 @@ def run_demo(out: Path, settings: ServiceSettings, quick: bool = False, scene: s
     """Run the demo job; returns the finished job's record."""
     from renderer.scene_spec import read_scene_spec
     from service.archives import zip_folder
-    from service.client import NerfsimClient
+    from nerfsim_client import AssetBuildError, Client
     from service.embedded import EmbeddedService
     from service.keys import KeyStore
     from service.logs import configure_logging
@@ -115,7 +115,7 @@ def run_demo(out: Path, settings: ServiceSettings, quick: bool = False, scene: s
     with EmbeddedService(settings, workers=1, worker_log=out / "worker.log") as service:
         url, server, thread = _serve_in_thread(service.settings)
         key, _ = KeyStore(None, Storage(service.settings.storage_root)).create("demo", "nerfsim demo")
-        client = NerfsimClient(url, key)
+        client = Client(url, key, progress=False)
         try:
             print(f"nerfsim demo: service at {url} (Redis {service.settings.redis_url}, worker log {out / 'worker.log'})")
             assets = []
@@ -125,24 +125,20 @@ def run_demo(out: Path, settings: ServiceSettings, quick: bool = False, scene: s
                 else:
                     archive, kind = zip_folder(obj.path, uploads / f"{obj.name}.zip"), "nerfsim"
                 assets.append(client.upload_asset(archive, obj.name, kind))
-            for index, asset in enumerate(assets):
-                while asset["status"] == "building":
-                    time.sleep(1.0)
-                    asset = client.http.get(f"/v1/assets/{asset['id']}").raise_for_status().json()
-                if asset["status"] != "ready":
-                    raise ServiceError(f"demo asset {asset['name']} failed: {asset['error']}")
-                assets[index] = asset
-            sets = {role: client.upload_target(path, f"demo-{role}", role=role, fmt="coco") for role, path in zips.items()}
-            request = {"assets": [a["id"] for a in assets], "target_val": sets["validation"]["id"],
-                       "target_test": sets["test"]["id"],
-                       "procedural_backgrounds": spec.procedural_backgrounds or 4, "fov_deg": spec.fov_deg,
-                       **demo_budget(quick)}
-            job = client.create_job(request, idempotency_key=f"demo-{out.resolve()}")
-            print(f"nerfsim demo: job {job['id']} queued: preset {job['preset']}, {request['budget']}")
-            job = _follow(client, job["id"])
-            if job["status"] != "succeeded":
-                raise ServiceError(f"demo job {job['id']} {job['status']}: {job['error']} (see {out / 'worker.log'})")
-            results = _download(client, job, out)
+            try:
+                assets = [client.wait_asset(asset) for asset in assets]
+            except AssetBuildError as error:
+                raise ServiceError(f"demo asset failed: {error}") from error
+            sets = {role: client.upload_target(path, f"demo-{role}", role=role, format="coco") for role, path in zips.items()}
+            spec_body = {"scene": {"assets": assets, "procedural_backgrounds": spec.procedural_backgrounds or 4,
+                                   "fov_deg": spec.fov_deg},
+                         "targets": {"val": sets["validation"], "test": sets["test"]}, **demo_budget(quick)}
+            job = client.create_job(spec_body, idempotency_key=f"demo-{out.resolve()}")
+            print(f"nerfsim demo: job {job.id} queued: preset {job.preset}, {job.data['spec']['budget']}")
+            job = _follow(job)
+            if job.status != "succeeded":
+                raise ServiceError(f"demo job {job.id} {job.status}: {job.error} (see {out / 'worker.log'})")
+            results = _download(job, out)
         finally:
             client.close()
             server.should_exit = True
@@ -153,7 +149,7 @@ def run_demo(out: Path, settings: ServiceSettings, quick: bool = False, scene: s
     report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
     for line in summary_lines(report):
         print(f"  {line}")
-    return job
+    return job.data
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -173,23 +169,23 @@ def summary_lines(report: dict) -> list[str]:
     return lines
 
 
-def _follow(client, job_id: str) -> dict:
+def _follow(job):
     """Show the job's progress from its event stream (service.progress_view: a bar per long
-    stage, or a few plain lines when the output is not a terminal); returns its final record."""
+    stage, or a few plain lines when the output is not a terminal); returns it, finished."""
     view = StageProgress()
-    for event, data in client.events(job_id):
-        if event == "status":
-            view.line(f"job {data['status']}" + (f": {data['error']}" if data.get("error") else ""))
-        elif event == "progress":
-            view.progress(data)
+    for event in job.events():
+        if event.event == "status":
+            view.line(f"job {event.data['status']}" + (f": {event.data['error']}" if event.data.get("error") else ""))
+        elif event.event == "progress":
+            view.progress(event.data)
     view.close()
-    return client.job(job_id)
+    return job.refresh()
 
 
-def _download(client, job: dict, out: Path) -> dict[str, Path]:
+def _download(job, out: Path) -> dict[str, Path]:
     results = {}
-    for name in job["artifacts"]:
-        path = client.download(job["id"], name, out / name)
+    for name in job.artifacts:
+        path = job.download(name, out / name)
         if name == "dataset.zip":
             shutil.rmtree(out / "dataset", ignore_errors=True)
             with zipfile.ZipFile(path) as bundle:

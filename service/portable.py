@@ -1,10 +1,10 @@
 """Published JSON without the server's paths.
 
 The loop's ``config.json`` and ``report.json`` name the files it read by their paths on the
-worker (the job's ``scene.json``, the tenant's target sets and detector weights, its own output
-folder). A tenant downloads them, so before they are published every such path becomes relative:
+worker (the tenant's assets in the inline scene, its target sets and detector weights, its own
+output folder). A tenant downloads them, so before they are published every such path becomes relative:
 to the job's working folder (the artifacts' own layout: ``dataset``, ``plots/map.png``), to the
-job's folder (``scene.json``), or to the tenant's space (``targets/<id>/annotations.json``).
+job's folder, or to the tenant's space (``targets/<id>/annotations.json``, ``assets/<id>/object``).
 The files in ``work/`` keep their absolute paths: a resumed run compares its config with them.
 """
 

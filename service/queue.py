@@ -11,7 +11,7 @@ from rq.job import Job, JobStatus
 from service.settings import ServiceSettings
 
 RUN_JOB = "service.tasks.run_job"
-BUILD_ASSET = "service.tasks.build_asset"
+BUILD_ASSET = "service.asset_tasks.build_asset"
 ON_FAILURE = "service.tasks.on_failure"
 _ACTIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 

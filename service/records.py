@@ -20,7 +20,8 @@ import redis
 from pydantic import ValidationError
 
 from service.errors import NotFound
-from service.schemas import AssetRecord, BackgroundsRecord, JobRecord, Record, TargetRecord, WeightsRecord, utcnow
+from service.job_schemas import JobRecord
+from service.schemas import AssetRecord, BackgroundsRecord, Record, TargetRecord, WeightsRecord, utcnow
 from service.storage import RECORD_FILE, Storage, kind_folder, remove_dir, write_json_atomic
 
 log = logging.getLogger(__name__)

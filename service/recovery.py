@@ -16,7 +16,8 @@ from rq import Queue
 from service.keys import KeyStore
 from service.queue import BUILD_ASSET, RUN_JOB, enqueue
 from service.records import RECORD_TYPES, RecordStore
-from service.schemas import AssetRecord, JobRecord
+from service.job_schemas import JobRecord
+from service.schemas import AssetRecord
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)

@@ -9,26 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from optimizer.config import InverseHessian, Method, OptimizeConfig
-from optimizer.presets import DEFAULT_PRESET, PRESETS
-from optimizer.part_names import PARTS
 from service.asset_fields import ObjectFieldOverrides, ObjectTrainerOverrides, SplatTrainerOverrides
-from service.job_fields import (
-    MAX_BACKGROUND_SETS,
-    MAX_BACKGROUNDS,
-    MAX_CLASSES,
-    Architecture,
-    Device,
-    JobEstimator,
-    JobOptions,
-    PsiOverrides,
-    drop_retired,
-    sectioned,
-)
+from service.job_fields import drop_retired
 
 AssetKind = Literal["nerfstudio", "posed-images", "mesh", "nerfsim", "splat"]
 AssetStatus = Literal["building", "ready", "failed"]
@@ -36,9 +22,6 @@ TargetFormat = Literal["coco", "yolo"]
 TargetRole = Literal["validation", "test", "both"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
-
-RecordId = Annotated[str, Field(min_length=1, max_length=64)]
-"""A record id as a request names it (ids are ``<kind>-<16 hex digits>``)."""
 
 
 def new_id(prefix: str) -> str:
@@ -189,9 +172,6 @@ class WeightsListPublic(BaseModel):
 # backgrounds
 
 
-BackgroundsId = Annotated[str, Field(pattern=r"^backgrounds-[0-9a-f]{16}$")]
-
-
 class BackgroundsBase(BaseModel):
     name: str = Field(min_length=1, max_length=128, description="A name for the photo set.")
 
@@ -220,10 +200,6 @@ class BackgroundsListPublic(BaseModel):
 # --------------------------------------------------------------------------------------------
 # presets
 
-PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
-"""A preset's name (optimizer.presets.PRESETS): an unknown one is a 422 naming ``preset``."""
-
-
 class PresetPublic(BaseModel):
     """A named method preset: what it does and the loop settings it sets."""
 
@@ -237,175 +213,8 @@ class PresetsPublic(BaseModel):
     count: int
     default: str
     """The preset a job runs unless it names another."""
-
-
-# --------------------------------------------------------------------------------------------
-# jobs
-
-
-class JobBudget(BaseModel):
-    """How much work the job may do."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    outer_iterations: int = Field(20, ge=1, le=10_000)
-    images_per_iteration: int = Field(32, ge=1, le=4096)
-    inner_steps: int = Field(20, ge=1, le=10_000)
-    final_images: int = Field(200, ge=1, le=1_000_000)
-    final_epochs: int = Field(10, ge=1, le=1000)
-
-
-class JobBase(BaseModel):
-    assets: list[RecordId] = Field(min_length=1, max_length=MAX_CLASSES,
-                                   description="Asset ids: the object classes, in order.")
-    target_val: RecordId = Field(description="Target id of the labelled validation set that drives the loop.")
-    target_test: RecordId | None = Field(None, description="Target id of the labelled test set (final metrics).")
-    budget: JobBudget = Field(default_factory=JobBudget)
-    learnable: list[str] = Field(default_factory=lambda: ["azimuth", "elevation", "distance", "exposure"],
-                                 max_length=len(PARTS))
-    preset: PresetName = Field(DEFAULT_PRESET, description="The method preset (GET /v1/presets); `method`, "
-                                                           "`estimator` and options given explicitly win over it.")
-    method: Method | None = Field(None, description="Overrides the preset's method.")
-    estimator: JobEstimator | None = Field(None, description="Overrides the preset's estimator (neural-sim).")
-    inverse_hessian: InverseHessian = "cg"
-    detector: Architecture = "yolov8n-cpu"
-    image_size: int = Field(64, ge=32, le=1280)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    backgrounds: list[BackgroundsId] = Field(
-        default_factory=list, max_length=MAX_BACKGROUND_SETS,
-        description="Ids of uploaded background photo sets (POST /v1/backgrounds) the scenes are composed on.")
-    procedural_backgrounds: int | None = Field(
-        None, ge=0, le=MAX_BACKGROUNDS,
-        description="Generated textures added to the backgrounds. Default: 4 when the job has no photo "
-                    "backgrounds (uploaded `backgrounds`, or harvested from its labelled photos), none when "
-                    "it has.")
-    fov_deg: float = Field(40.0, gt=1, lt=170, allow_inf_nan=False)
-    psi: PsiOverrides = Field(default_factory=PsiOverrides, description="Initial values and shape of psi.")
-    device: Device = "auto"
-    detector_weights: str | None = Field(
-        None, pattern=r"^weights-[0-9a-f]{16}$",
-        description="Id of uploaded weights (POST /v1/weights) the detector starts from; they must share a "
-                    "class name with the assets. Default: a random initialisation of `detector`.")
-    options: JobOptions = Field(default_factory=JobOptions, description="Further loop settings (advanced).")
-
-    def optimize_config(self, scene: str, target_val: str | None, target_test: str | None) -> OptimizeConfig:
-        """The loop's config for this job, given where its scene and target sets are."""
-        return OptimizeConfig.from_dict(sectioned({
-            **self.options.loop_settings(),
-            "scene": scene,
-            "target_val": target_val,
-            "target_test": target_test,
-            "preset": self.preset,
-            "method": self.method,
-            "estimator": self.estimator,
-            "inverse_hessian": self.inverse_hessian,
-            "learnable": self.learnable,
-            "psi": self.psi.model_dump(),
-            **self.budget.model_dump(),
-            "detector": self.detector,
-            "image_size": self.image_size,
-            "seed": self.seed,
-            "device": self.device,
-        }))
-
-    @field_validator("learnable")
-    @classmethod
-    def _known_parts(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(PARTS))
-        if unknown:
-            raise ValueError(f"unknown parts of psi {unknown}; known: {list(PARTS)}")
-        return value
-
-    @field_validator("backgrounds")
-    @classmethod
-    def _distinct_sets(cls, value: list[str]) -> list[str]:
-        repeated = sorted({b for b in value if value.count(b) > 1})
-        if repeated:
-            raise ValueError(f"background sets listed more than once: {repeated}")
-        return value
-
-    @field_validator("image_size")
-    @classmethod
-    def _stride_multiple(cls, value: int) -> int:
-        if value % 32:
-            raise ValueError("image_size must be a multiple of 32 (the detector's stride)")
-        return value
-
-
-class JobCreate(JobBase):
-    # Strict on requests only: stored records keep Record's tolerance of retired fields.
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    @model_validator(mode="after")
-    def _something_to_draw(self) -> "JobCreate":
-        if self.psi.plain_background is False and self.procedural_backgrounds == 0 and not self.backgrounds:
-            raise ValueError("psi.plain_background false needs backgrounds or procedural_backgrounds >= 1: "
-                             "nothing to draw")
-        return self
-
-
-class JobAttempt(BaseModel):
-    """One run of a job on a worker."""
-
-    number: int
-    """1 for the first run; a retry or a resumption after an interruption adds one."""
-    started_at: dt.datetime
-    resumed_from: int = 0
-    """Outer iterations already done (checkpointed) when it started."""
-    ended_at: dt.datetime | None = None
-    reached: int | None = None
-    """Outer iterations done when it ended."""
-    stage: str | None = None
-    """The loop's stage when it ended (optimizer.config.Stage)."""
-    outcome: Literal["running", "interrupted", "failed", "succeeded", "cancelled"] = "running"
-    reason: str | None = None
-    """Why it ended early (an interruption or a failure)."""
-    counted: bool = False
-    """Whether it used up one of the service's retries: an attempt that ended without any
-    progress did; one that checkpointed progress, or was stopped by a worker shutdown, did not."""
-
-
-class JobPublic(JobBase):
-    id: str
-    status: JobStatus
-    attempts: int = 0
-    """Runs started (interrupted ones included; see attempt_history)."""
-    error: str | None = None
-    """Why the job failed (None while it is queued or runs again after an interruption)."""
-    attempt_history: list[JobAttempt] = Field(default_factory=list)
-    """Every run of the job, in order."""
-    progress: dict[str, Any] | None = None
-    """The latest progress report (optimizer.config.Progress as a dict)."""
-    history: list[dict[str, Any]] = Field(default_factory=list)
-    """Metrics of each outer iteration, in order."""
-    artifacts: dict[str, str] = Field(default_factory=dict)
-    """Downloadable artifacts: name -> URL path."""
-    cancel_requested: bool = False
-    created_at: dt.datetime
-    updated_at: dt.datetime
-    started_at: dt.datetime | None = None
-    finished_at: dt.datetime | None = None
-
-
-class JobRecord(Record, JobPublic):
-    idempotency_key: str | None = None
-    request_hash: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _retired_settings(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            if "preset" not in data:  # stored before presets: the paper's method and no baseline, as then
-                data = {**data, "preset": "neural-sim",
-                        "options": {"uniform_baseline": False, **(data.get("options") or {})}}
-            data = {**data, **{name: drop_retired(data[name], model)
-                               for name, model in (("options", JobOptions), ("psi", PsiOverrides)) if name in data}}
-        return data
-
-
-class JobsPublic(BaseModel):
-    data: list[JobPublic]
-    count: int
+    parts: list[str]
+    """The parts of psi a job can name in ``psi.learnable``."""
 
 
 class Message(BaseModel):

@@ -1,5 +1,6 @@
-"""What a worker runs: a closed-loop job, or an asset build. Both are idempotent: they read the
-record, skip work already done, and publish results under their final names in one rename.
+"""What a worker runs for a closed-loop job (asset builds: service.asset_tasks). Idempotent: it
+reads the record, skips work already done, and publishes results under their final names in one
+rename.
 
 A closed-loop job runs ``optimizer.loop.run_optimization`` in the job's ``work/`` folder, where
 the loop keeps its checkpoint: a retried job (its worker was killed, or it raised) resumes from
@@ -12,37 +13,27 @@ whatever it produced is published to ``artifacts/`` (a failed job keeps its part
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import shutil
-import time
 from pathlib import Path
-from typing import Any
 
 import redis
-from rq import get_current_job
 
 from optimizer.config import OptimizeConfig
-from service import metrics
+from service import attempts, metrics
 from service.archives import zip_folder
-from service.errors import ServiceError
-from service import attempts
+from service.asset_tasks import asset_failed, build_asset  # noqa: F401  (build_asset: builds queued by its old name)
 from service.events import cancel_key, publish
 from service.interruption import JobCancelled, WorkerStopping, interruptible
+from service.job_config import TenantRecords, loop_config, resolve
+from service.job_schemas import JobRecord
 from service.logs import job_context
 from service.portable import copy_portable, server_prefixes
 from service.records import RecordStore
-from service.schemas import (
-    TERMINAL_STATUSES,
-    AssetRecord,
-    BackgroundsRecord,
-    JobRecord,
-    TargetRecord,
-    WeightsRecord,
-    utcnow,
-)
-from service.settings import ServiceSettings, get_settings
-from service.storage import BACKGROUNDS_DIR, WEIGHTS_FILE, Storage, publish_dir, remove_dir, staging_dir, write_json_atomic
+from service.schemas import TERMINAL_STATUSES, utcnow
+from service.settings import ServiceSettings
+from service.storage import Storage, publish_dir, remove_dir, staging_dir, write_json_atomic
+from service.task_common import CancelFlag, give_back_retry, task_context
 
 log = logging.getLogger(__name__)
 
@@ -50,52 +41,15 @@ WORK_DIR = "work"
 ARTIFACTS_DIR = "artifacts"
 PRIVATE_FILES = {"checkpoint.pt"}
 """Files of the loop's folder that are its own state, not results."""
-BUILD_CANCELLED = "the build was cancelled"
 ZIPPED_FOLDERS = {"dataset": "dataset.zip", "samples": "samples.zip", "plots": "plots.zip"}
 
 
-def _context(connection: redis.Redis | None = None) -> tuple[ServiceSettings, RecordStore, redis.Redis]:
-    settings = get_settings()
-    if connection is None:
-        connection = get_current_job().connection
-    return settings, RecordStore(connection, Storage(settings.storage_root, settings.artifact_mirror)), connection
-
-
-# --------------------------------------------------------------------------------------------
-# closed-loop jobs
-
-
-def job_config(record: JobRecord, store: RecordStore, job_dir: Path) -> OptimizeConfig:
-    """The loop's config for a job: its scene (``scene.json`` listing the tenant's assets and
-    background photo sets), its target sets and its uploaded detector weights, at their paths in
-    storage (the only way ``detector_weights`` and ``backgrounds`` get a path: a request names
-    them by id)."""
-    storage = store.storage
-    objects = []
-    for asset_id in record.assets:
-        asset = store.get(AssetRecord, record.tenant, asset_id)
-        if asset.status != "ready" or asset.object_path is None:
-            raise ServiceError(f"asset {asset_id} is {asset.status}, not ready")
-        path = storage.record_dir("asset", record.tenant, asset_id) / asset.object_path
-        objects.append({"name": asset.name, "path": str(path)})
-    backgrounds = [str(storage.record_dir("backgrounds", record.tenant, b.id) / BACKGROUNDS_DIR)
-                   for b in (store.get(BackgroundsRecord, record.tenant, i) for i in record.backgrounds)]
-    scene = {"name": record.id, "fov_deg": record.fov_deg, "objects": objects, "backgrounds": backgrounds,
-             "procedural_backgrounds": record.procedural_backgrounds}
-    write_json_atomic(job_dir / "scene.json", scene)
-
-    def target_path(target_id: str | None) -> str | None:
-        if target_id is None:
-            return None
-        target = store.get(TargetRecord, record.tenant, target_id)
-        return str(storage.record_dir("target", record.tenant, target_id) / target.data_path)
-
-    config = record.optimize_config(str(job_dir / "scene.json"), target_path(record.target_val),
-                                    target_path(record.target_test))
-    if record.detector_weights is not None:
-        weights = store.get(WeightsRecord, record.tenant, record.detector_weights)
-        config.detector.weights = str(storage.record_dir("weights", record.tenant, weights.id) / WEIGHTS_FILE)
-    return config
+def job_config(record: JobRecord, store: RecordStore) -> OptimizeConfig:
+    """The loop's config for a job: its spec with its records' paths in the tenant's storage
+    (the only way a job's assets, targets, background sets and weights get a path: a request
+    names them by id)."""
+    records = TenantRecords(store.storage, record.tenant, store.get)
+    return loop_config(record.spec, resolve(record.spec, records), name=record.id)
 
 
 class _Reporter:
@@ -127,24 +81,6 @@ class _Reporter:
         except ValueError:
             return path.name
         return f"/v1/jobs/{self.record.id}/files/{relative.as_posix()}"
-
-
-class _CancelFlag:
-    """A job's (or an asset build's) cancellation flag, read at most once a second: the loop's
-    ``should_stop``, and what the interruption watcher polls."""
-
-    def __init__(self, connection: redis.Redis, job_id: str) -> None:
-        self.connection, self.key = connection, cancel_key(job_id)
-        self.checked_at, self.cancelled = 0.0, False
-
-    def __call__(self) -> bool:
-        if not self.cancelled and time.monotonic() - self.checked_at > 1.0:
-            self.checked_at = time.monotonic()
-            try:
-                self.cancelled = bool(self.connection.exists(self.key))
-            except redis.RedisError:
-                pass
-        return self.cancelled
 
 
 def publish_artifacts(job_dir: Path, storage: Storage) -> dict[str, str]:
@@ -207,7 +143,7 @@ def _finish(store: RecordStore, record: JobRecord, status: str, error: str | Non
 
 def run_job(tenant: str, job_id: str) -> str:
     """Run (or resume) the closed-loop job ``job_id``; returns its final status."""
-    settings, store, connection = _context()
+    settings, store, connection = task_context()
     with job_context(job_id):
         record = store.get(JobRecord, tenant, job_id)
         if record.status in TERMINAL_STATUSES:
@@ -228,9 +164,9 @@ def run_job(tenant: str, job_id: str) -> str:
         from optimizer.loop import TrainingDivergedError, run_optimization
 
         try:
-            config = job_config(record, store, job_dir)
+            config = job_config(record, store)
             write_json_atomic(job_dir / "config.json", config.to_dict())
-            cancelled = _CancelFlag(connection, job_id)
+            cancelled = CancelFlag(connection, job_id)
             with interruptible(cancelled):
                 result = run_optimization(config, job_dir / WORK_DIR, on_progress=_Reporter(store, record, settings, job_dir),
                                           should_stop=cancelled, progress_bar=False)
@@ -258,9 +194,9 @@ def on_failure(job, connection: redis.Redis, exc_type, exc_value, traceback) -> 
     whatever the job produced so far. An attempt that made progress, or that a worker shutdown
     stopped, gives its retry back (service.attempts)."""
     tenant, record_id = job.args
-    settings, store, _ = _context(connection)
+    settings, store, _ = task_context(connection)
     if not record_id.startswith("job-"):
-        _asset_failed(job, store, tenant, record_id,
+        asset_failed(job, store, tenant, record_id,
                       store.storage.without_root(attempts.cause(exc_type, exc_value, settings.job_timeout_s)),
                       exc_type is not None and issubclass(exc_type, WorkerStopping))
         return
@@ -269,7 +205,7 @@ def on_failure(job, connection: redis.Redis, exc_type, exc_value, traceback) -> 
         return
     counted = attempts.counts_as_failure(record, exc_type)
     if not counted:
-        _give_back_retry(job)
+        give_back_retry(job)
     reason = store.storage.without_root(attempts.describe(record, attempts.cause(exc_type, exc_value,
                                                                              settings.job_timeout_s)))
     with job_context(record_id):
@@ -288,122 +224,3 @@ def on_failure(job, connection: redis.Redis, exc_type, exc_value, traceback) -> 
             retries = settings.job_retries
             _finish(store, record, "failed", f"{reason}; no retries left (job_retries={retries})",
                     store.storage.record_dir("job", tenant, record_id))
-
-
-def _give_back_retry(job) -> None:
-    """The attempt that just ended uses no retry: RQ takes one off as it re-queues the job (its
-    failure callback runs before it decides), so one is added here."""
-    job.retries_left = (job.retries_left or 0) + 1
-
-
-def _asset_failed(job, store: RecordStore, tenant: str, asset_id: str, reason: str, shutdown: bool) -> None:
-    record = store.get(AssetRecord, tenant, asset_id)
-    if record.status != "building":
-        return
-    if shutdown:
-        _give_back_retry(job)  # a shutdown is not a failure of the build
-    with job_context(asset_id):
-        if job.retries_left:
-            log.warning("asset build will be retried", extra={"reason": reason, "retries_left": job.retries_left - 1})
-        else:
-            _fail_asset(store, record, reason)
-
-
-# --------------------------------------------------------------------------------------------
-# asset builds
-
-
-def _fail_asset(store: RecordStore, record: AssetRecord, reason: str) -> None:
-    def change(current: AssetRecord) -> None:
-        current.status, current.error = "failed", reason
-
-    store.update(AssetRecord, record.tenant, record.id, change)
-    log.info("asset build failed", extra={"asset": record.id, "reason": reason})
-
-
-def build_asset(tenant: str, asset_id: str) -> str:
-    """Make asset ``asset_id`` loadable: check a nerfstudio checkpoint by loading it; train a
-    nerfsim asset (NeRF or splat) from a posed image set, or from a mesh rendered into one first;
-    bake a NeRF into a splat; put an uploaded splat into the object frame."""
-    settings, store, connection = _context()
-    with job_context(asset_id):
-        record = store.get(AssetRecord, tenant, asset_id)
-        if record.status != "building":
-            return record.status
-        cancelled = _CancelFlag(connection, asset_id)
-        asset_dir = store.storage.record_dir("asset", tenant, asset_id)
-        source = asset_dir / record.details["source"]
-        build = record.build
-        try:
-            if cancelled():
-                raise JobCancelled
-            # Cancelling stops the build within seconds; a worker shutdown too (it is re-queued).
-            with interruptible(cancelled):
-                details = _build(record, asset_dir, source, settings)
-        except JobCancelled:
-            _fail_asset(store, record, BUILD_CANCELLED)
-            return "failed"
-        except ValueError as error:
-            _fail_asset(store, record, str(error).replace(str(asset_dir) + "/", ""))
-            return "failed"
-
-        def ready(current: AssetRecord) -> None:
-            current.status, current.error = "ready", None
-            current.object_path = details.pop("object_path")
-            current.details = {**current.details, **details}
-
-        store.update(AssetRecord, tenant, asset_id, ready)
-        log.info("asset ready", extra={"asset": asset_id, "kind": record.kind, "build": build.model_dump()})
-        return "ready"
-
-
-def _build(record: AssetRecord, asset_dir: Path, source: Path, settings: ServiceSettings) -> dict[str, Any]:
-    import torch
-
-    torch.set_num_threads(settings.threads)
-    build = record.build
-    if record.kind == "splat" or (build.representation == "splat" and record.kind in ("nerfsim", "nerfstudio")):
-        return _build_splat(record, asset_dir, source)
-    if record.kind == "nerfstudio":
-        from renderer.nerfstudio_asset import load_nerfstudio_field
-
-        field = load_nerfstudio_field(source)
-        return {"object_path": source.relative_to(asset_dir).as_posix(), "aabb": field.aabb.tolist()}
-    from service.assets import train_asset, train_splat_asset
-
-    posed_dir, mesh = source.parent, None
-    if record.kind == "mesh":
-        from renderer.mesh import build_posed_image_set, load_textured_mesh
-
-        up_axis = build.up_axis or "z"
-        views = staging_dir(asset_dir / "views")
-        build_posed_image_set(source, views, num_views=build.views, num_test_views=build.test_views,
-                              size=build.view_size, spp=build.spp, progress=False, up_axis=up_axis, scale=build.scale)
-        posed_dir = publish_dir(views, asset_dir / "views")
-        if build.representation == "splat":  # the splat starts on the mesh's surface
-            mesh = load_textured_mesh(source, up_axis=up_axis, scale=build.scale)
-    if build.representation == "splat":
-        stats = train_splat_asset(posed_dir, asset_dir / "object", record.name, steps=build.train_steps,
-                                  minutes=build.train_minutes, splat=build.splat.model_dump(), mesh=mesh,
-                                  progress=False)
-    else:
-        stats = train_asset(posed_dir, asset_dir / "object", record.name, steps=build.train_steps,
-                            minutes=build.train_minutes, model=build.model.model_dump(),
-                            trainer=build.trainer.model_dump(), progress=False)
-    return {"object_path": "object", "training": json.loads(json.dumps(stats, default=float))}
-
-
-def _build_splat(record: AssetRecord, asset_dir: Path, source: Path) -> dict[str, Any]:
-    """A splat upload put into the object frame, or a NeRF upload baked into a splat (a bad
-    splat raises renderer.splat.SplatError, a ValueError: the build fails with its reason)."""
-    from renderer.splat_asset import import_splat
-    from service.assets import bake_splat_asset
-
-    build = record.build
-    if record.kind == "splat":
-        meta = import_splat(source, record.name, asset_dir / "object", up_axis=build.up_axis, scale=build.scale)
-        return {"object_path": "object", "aabb": meta.aabb, "num_gaussians": meta.num_gaussians, "frame": meta.source}
-    stats = bake_splat_asset(source, asset_dir / "object", record.name, views=build.views, view_size=build.view_size,
-                             steps=build.train_steps, minutes=build.train_minutes, splat=build.splat.model_dump(),
-                             progress=False)
-    return {"object_path": "object", "training": json.loads(json.dumps(stats, default=float))}

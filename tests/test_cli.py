@@ -99,7 +99,7 @@ def test_bad_scenes_are_clear_errors(tmp_path: Path, box_asset: Path, capsys: py
 
 def test_optimize_reads_detector_weights_without_running_them(tmp_path: Path, box_asset: Path,
                                                               capsys: pytest.CaptureFixture) -> None:
-    """A config's detector.weights go through the safe loader: a pickle that runs code is refused, unrun."""
+    """A job's detector.weights go through the safe loader: a pickle that runs code is refused, unrun."""
     import torch
 
     from tests.detector.test_checkpoint import _RunsCode
@@ -111,9 +111,10 @@ def test_optimize_reads_detector_weights_without_running_them(tmp_path: Path, bo
     marker = tmp_path / "marker"
     hostile = tmp_path / "hostile.pt"
     torch.save({"model": _RunsCode(marker)}, hostile)
-    config = {"scene": {"spec": str(scene)}, "targets": {"val": str(target / "annotations.json")},
+    config = {"scene": {"assets": [str(box_asset)], "procedural_backgrounds": 1},
+              "targets": {"val": str(target / "annotations.json")},
               "detector": {"weights": str(hostile), "image_size": 32, "warmup_steps": 0},
-              "budget": {"outer_iterations": 1, "images_per_iteration": 8, "inner_steps": 1, "final_images": 0},
+              "budget": {"outer_iterations": 1, "images_per_iteration": 8, "inner_steps": 1, "final_images": 1},
               "device": "cpu"}
     (tmp_path / "config.json").write_text(json.dumps(config))
     capsys.readouterr()

@@ -27,7 +27,7 @@ def test_setuptools_reads_the_project_without_a_warning() -> None:
 
 @pytest.mark.slow
 def test_importing_the_nerfstudio_modules_prints_no_future_warning() -> None:
-    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(ROOT / "client")))}
     done = subprocess.run(
         [sys.executable, "-c", "import renderer.object_field, renderer.nerfstudio_asset, renderer.nerfstudio_method"],
         cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300,

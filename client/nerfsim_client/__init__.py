@@ -5,7 +5,8 @@ closed-loop jobs, follow them live, download their dataset, detector and report.
 >>> with Client("http://localhost:8000", api_key="nsk_...") as client:
 ...     asset = client.upload_asset("cracker_box/", name="cracker_box")
 ...     real = client.upload_target("real_photos.zip", name="shelf", role="both")
-...     job = client.create_job([asset], real, target_test=real).wait()
+...     spec = JobSpec(scene={"assets": [asset.id]}, targets={"val": real.id, "test": real.id})
+...     job = client.create_job(spec, preset="neural-sim").wait()
 ...     job.download("dataset", "out/")
 
 :class:`AsyncClient` offers the same calls for asyncio; both share one implementation
@@ -34,11 +35,27 @@ from nerfsim_client.errors import (
     WaitTimeout,
 )
 from nerfsim_client.models import Asset, Backgrounds, BaselineComparison, Event, Preset, Target, Weights
+from nerfsim_client.spec import (
+    BudgetSection,
+    DetectorSection,
+    FinalSection,
+    FinalTrainerOverrides,
+    HypergradientSection,
+    JobSpec,
+    OraclePsi,
+    OuterSection,
+    PsiOverrides,
+    PsiSection,
+    SceneSection,
+    TargetsSection,
+)
 
 __all__ = [
     "APIConnectionError", "APIError", "Asset", "AssetBuildError", "AsyncClient", "AsyncJob", "AuthenticationError",
-    "Backgrounds", "BaselineComparison",
-    "Client", "ConflictError", "Event", "Job", "JobFailedError", "NerfsimError", "NotFoundError",
-    "PayloadTooLargeError", "PermissionDeniedError", "Preset", "RateLimitError", "RetryPolicy", "ServerError",
-    "ServiceUnavailableError", "Target", "ValidationError", "WaitTimeout", "Weights", "__version__",
+    "Backgrounds", "BaselineComparison", "BudgetSection",
+    "Client", "ConflictError", "DetectorSection", "Event", "FinalSection", "FinalTrainerOverrides",
+    "HypergradientSection", "Job", "JobFailedError", "JobSpec", "NerfsimError", "NotFoundError", "OraclePsi",
+    "OuterSection", "PayloadTooLargeError", "PermissionDeniedError", "Preset", "PsiOverrides", "PsiSection",
+    "RateLimitError", "RetryPolicy", "SceneSection", "ServerError", "ServiceUnavailableError", "Target",
+    "TargetsSection", "ValidationError", "WaitTimeout", "Weights", "__version__",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Union
+from typing import Any, AsyncIterator, Dict, List, Optional, Union
 
 import httpx
 
@@ -22,6 +22,7 @@ from nerfsim_client._core import (
 )
 from nerfsim_client._retry import RetryPolicy
 from nerfsim_client.models import Asset, Backgrounds, Event, JobData, Preset, Target, Weights
+from nerfsim_client.spec import JobSpec, job_spec
 
 
 class _Driver:
@@ -204,14 +205,10 @@ class AsyncClient:
     async def delete_backgrounds(self, backgrounds: Union[Backgrounds, str]) -> None:
         await self._run(self._ops.json(Call("DELETE", f"/v1/backgrounds/{getattr(backgrounds, 'id', backgrounds)}")))
 
-    async def create_job(self, assets: Sequence[Union[Asset, str]], target_val: Union[Target, str], *,
-                         target_test: Union[Target, str, None] = None, idempotency_key: Optional[str] = None,
-                         detector_weights: Union[Weights, str, None] = None,
-                         backgrounds: Optional[Sequence[Union[Backgrounds, str]]] = None,
-                         preset: Union[Preset, str, None] = None, **settings: Any) -> AsyncJob:
-        settings = {**settings, "detector_weights": detector_weights, "backgrounds": backgrounds, "preset": preset}
-        operation = self._ops.create_job(list(assets), target_val, target_test, idempotency_key, settings)
-        return AsyncJob(await self._run(operation), self)
+    async def create_job(self, spec: Union[JobSpec, Dict[str, Any]], *, preset: Union[Preset, str, None] = None,
+                         idempotency_key: Optional[str] = None) -> AsyncJob:
+        """See :meth:`Client.create_job`."""
+        return AsyncJob(await self._run(self._ops.create_job(job_spec(spec, preset), idempotency_key)), self)
 
     async def list_presets(self) -> List[Preset]:
         """See :meth:`Client.list_presets`."""

@@ -43,6 +43,7 @@ from nerfsim_client.errors import (
     error_class,
 )
 from nerfsim_client.models import Asset, Event, JobData
+from nerfsim_client.spec import JobSpec
 
 DEFAULT_TIMEOUT = httpx.Timeout(60.0)
 UPLOAD_TIMEOUT = httpx.Timeout(60.0, read=900.0, write=900.0)
@@ -365,24 +366,12 @@ class Operations:
 
     # ---------------------------------------------------------------- jobs
 
-    def create_job(self, assets: List[Any], target_val: Any, target_test: Any, idempotency_key: Optional[str],
-                   settings: Dict[str, Any]):
+    def create_job(self, spec: JobSpec, idempotency_key: Optional[str]):
         """Create a job; the idempotency key (a new one unless given) makes the call safe to
         retry: a repeat returns the job the first attempt created."""
-        request = {**settings, "assets": [_ref(a) for a in assets], "target_val": _ref(target_val)}
-        if target_test is not None:
-            request["target_test"] = _ref(target_test)
-        weights = request.pop("detector_weights", None)
-        if weights is not None:
-            request["detector_weights"] = _ref(weights)
-        backgrounds = request.pop("backgrounds", None)
-        if backgrounds is not None:
-            request["backgrounds"] = [_ref(b) for b in backgrounds]
-        preset = request.pop("preset", None)
-        if preset is not None:  # (unset: the service's default preset)
-            request["preset"] = getattr(preset, "name", preset)
         headers = {"Idempotency-Key": idempotency_key or f"sdk-{uuid.uuid4().hex}"}
-        return (yield from self.json(Call("POST", "/v1/jobs", json=request, headers=headers)))
+        body = spec.model_dump(mode="json")
+        return (yield from self.json(Call("POST", "/v1/jobs", json=body, headers=headers)))
 
     def events(self, job_id: str, last_event_id: Optional[str] = None, deadline: Optional[float] = None,
                on_event: Optional[Callable[[Event], None]] = None):

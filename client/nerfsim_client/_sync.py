@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 import httpx
 
@@ -22,6 +22,7 @@ from nerfsim_client._core import (
 )
 from nerfsim_client._retry import RetryPolicy
 from nerfsim_client.models import Asset, Backgrounds, Event, JobData, Preset, Target, Weights
+from nerfsim_client.spec import JobSpec, job_spec
 
 
 class _Driver:
@@ -242,20 +243,14 @@ class Client:
 
     # ---------------------------------------------------------------- jobs
 
-    def create_job(self, assets: Sequence[Union[Asset, str]], target_val: Union[Target, str], *,
-                   target_test: Union[Target, str, None] = None, idempotency_key: Optional[str] = None,
-                   detector_weights: Union[Weights, str, None] = None,
-                   backgrounds: Optional[Sequence[Union[Backgrounds, str]]] = None, preset: Union[Preset, str, None] = None,
-                   **settings: Any) -> Job:
-        """Create a closed-loop job running method ``preset`` (:meth:`list_presets`; default:
-        the service's default preset) with ``settings`` on top (the service's job fields -
-        ``budget``, ``learnable``, ``image_size``, ``options``, ...). An idempotency key is sent (a new one
-        unless given), so a retried call never creates a second job. ``detector_weights``:
-        uploaded weights (:meth:`upload_weights`) the detector starts from; ``backgrounds``:
-        uploaded photo sets (:meth:`upload_backgrounds`) the scenes are composed on (procedural
-        textures are then used only if ``procedural_backgrounds`` asks for them)."""
-        settings = {**settings, "detector_weights": detector_weights, "backgrounds": backgrounds, "preset": preset}
-        return Job(self._run(self._ops.create_job(list(assets), target_val, target_test, idempotency_key, settings)), self)
+    def create_job(self, spec: Union[JobSpec, Dict[str, Any]], *, preset: Union[Preset, str, None] = None,
+                   idempotency_key: Optional[str] = None) -> Job:
+        """Create a closed-loop job from ``spec`` (a :class:`JobSpec`, or a dict of its shape,
+        checked here; record objects such as an :class:`Asset` may stand for their ids),
+        running method ``preset`` (:meth:`list_presets`) when given, else the spec's preset,
+        else the service's default. An idempotency key is sent (a new one unless given), so a
+        retried call never creates a second job."""
+        return Job(self._run(self._ops.create_job(job_spec(spec, preset), idempotency_key)), self)
 
     def list_presets(self) -> List[Preset]:
         """The method presets a job can name, the service's default first."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from nerfsim_client.spec import JobSpec
+
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 
@@ -78,7 +80,7 @@ class Backgrounds:
 
 @dataclass(frozen=True)
 class Preset:
-    """A named method a job can run (``create_job(..., preset=name)``)."""
+    """A named method a job can run (``create_job(spec, preset=name)``)."""
 
     name: str
     description: str
@@ -167,9 +169,14 @@ class JobData:
         return self.data.get("history", [])
 
     @property
+    def spec(self) -> JobSpec:
+        """What the job was asked to do (send it again to run the same job anew)."""
+        return JobSpec.model_validate(self.data["spec"])
+
+    @property
     def preset(self) -> Optional[str]:
         """The method preset the job runs."""
-        return self.data.get("preset")
+        return self.data["spec"].get("preset")
 
     @property
     def baseline(self) -> Optional[BaselineComparison]:

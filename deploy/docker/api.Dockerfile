@@ -36,7 +36,8 @@ COPY renderer renderer
 COPY detector detector
 COPY optimizer optimizer
 COPY service service
-RUN pip install --no-deps .
+COPY client client
+RUN pip install --no-deps . ./client
 
 FROM ${BASE_IMAGE}
 ARG PYTHON_VERSION

@@ -49,7 +49,8 @@ COPY renderer renderer
 COPY detector detector
 COPY optimizer optimizer
 COPY service service
-RUN pip install --no-deps . && pip show nerfstudio torch
+COPY client client
+RUN pip install --no-deps . ./client && pip show nerfstudio torch
 
 FROM ${BASE_IMAGE}
 # libLLVM for mitsuba's fast llvm_ad_rgb variant (mesh uploads are rendered into posed image

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 from service.errors import Conflict
 from service.records import RecordStore
-from service.schemas import JobRecord, Record
+from service.job_schemas import JobRecord
+from service.schemas import Record
 
 
 def delete_unless_used(store: RecordStore, record: Record, what: str, uses: Callable[[JobRecord], bool]) -> None:

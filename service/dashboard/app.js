@@ -8,9 +8,6 @@ import { PALETTE, lineChart, linspace, logNormalDensity, normalDensity, polarCha
 const KEY_STORAGE = "nerfsim.apiKey";
 const STAGES = ["queued", "setup", "outer", "final-render", "final-train", "evaluate", "report", "done"];
 const TERMINAL = ["succeeded", "failed", "cancelled"];
-const PARTS = ["azimuth", "elevation", "distance", "exposure", "color_gain", "appearance", "background", "class_mix",
-               "count", "pose"];
-const DEFAULT_LEARNABLE = ["azimuth", "elevation", "distance", "exposure"];
 const FINAL_METRICS = [["test_map50_95", "test mAP50-95"], ["test_map50", "test mAP50"],
                        ["val_map50_95", "validation mAP50-95"], ["val_map50", "validation mAP50"]];
 
@@ -36,7 +33,10 @@ function h(tag, attrs = {}, ...children) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 /** The method a job runs: its preset, and the method it overrides the preset's with. */
-const methodOf = (job) => (job.method ? `${job.preset} (method ${job.method})` : job.preset);
+const methodOf = (job) => {
+  const { preset, outer } = job.spec;
+  return outer.method ? `${preset} (method ${outer.method})` : preset;
+};
 const fmt = (value, digits = 3) => (Number.isFinite(value) ? (+value.toPrecision(digits)).toString() : "–");
 const when = (iso) => (iso ? new Date(iso).toLocaleString() : "–");
 
@@ -347,6 +347,23 @@ function checkList(id, name, label, empty) {
   return { box, update };
 }
 
+/** What the job form offers, from the API: the presets and psi's parts (GET /v1/presets), and
+ * the job request's sections with their fields' defaults and bounds (its OpenAPI schema). */
+async function jobChoices() {
+  const [presets, openapi] = await Promise.all([api.get("/v1/presets"), api.get("/openapi.json")]);
+  const schemas = openapi.components.schemas;
+  const resolve = (schema) => (schema.$ref ? schemas[schema.$ref.split("/").pop()] : schema);
+  const request = resolve(openapi.paths["/v1/jobs"].post.requestBody.content["application/json"].schema);
+  const section = (name) => resolve(request.properties[name]).properties;
+  return { presets, section };
+}
+
+/** A number input for a field of the job request's schema: its default, bounds and description. */
+function schemaNumber(name, field, attrs = {}) {
+  return h("label", { title: field.description }, name.replace(/_/g, " "),
+    h("input", { type: "number", name, value: field.default, min: field.minimum, max: field.maximum, ...attrs }));
+}
+
 function jobFormView() {
   const assetsList = checkList("job-assets", "assets", (a) => a.name, "no ready assets");
   const backgroundsList = checkList("job-backgrounds", "backgrounds", (b) => `${b.name} (${b.num_images} photos)`,
@@ -354,24 +371,32 @@ function jobFormView() {
   const targetVal = h("select", { name: "target_val", required: true });
   const targetTest = h("select", { name: "target_test" });
   const weightsSelect = h("select", { name: "detector_weights" });
-  const number = (name, value, attrs = {}) => h("label", {}, name.replace(/_/g, " "),
-    h("input", { type: "number", name, value, min: 1, ...attrs }));
   const presetSelect = h("select", { name: "preset", id: "job-preset" });
   const presetNote = h("p", { class: "muted", id: "job-preset-description" });
+  const budgetRow = h("div", { class: "row", id: "job-budget" });
+  const learnableBox = h("div", { class: "choices", id: "job-learnable" });
   const presets = new Map();
+  let budgetNames = [];
   const describePreset = () => {
     const preset = presets.get(presetSelect.value);
     presetNote.textContent = preset ? preset.description : "";
   };
   presetSelect.addEventListener("change", describePreset);
-  api.get("/v1/presets").then((page) => {
+  jobChoices().then(({ presets: page, section }) => {
+    const budget = section("budget");
+    budgetNames = Object.keys(budget);
+    budgetRow.replaceChildren(...budgetNames.map((name) => schemaNumber(name, budget[name])),
+      schemaNumber("image_size", section("detector").image_size, { step: 32 }));
+    const learnable = section("psi").learnable.default;
+    learnableBox.replaceChildren(...page.parts.map((part) => h("label", { class: "check" },
+      h("input", { type: "checkbox", name: "learnable", value: part, checked: learnable.includes(part) }), part)));
     for (const preset of page.data) presets.set(preset.name, preset);
     presetSelect.replaceChildren(...page.data.map((p) => h("option", { value: p.name, selected: p.name === page.default,
       title: JSON.stringify(p.settings) }, p.name === page.default ? `${p.name} (default)` : p.name)));
     describePreset();
   }).catch((error) => { presetNote.textContent = `presets: ${error.message}`; });
   const advanced = h("textarea", { name: "advanced", id: "job-advanced", rows: 4,
-                                   placeholder: '{"options": {"sample_images": 4}, "psi": {}}' });
+                                   placeholder: '{"detector": {"sample_images": 4}, "psi": {"initial": {}}}' });
   const message = h("p", { class: "message" });
   let idempotencyKey = newKey();
 
@@ -382,31 +407,25 @@ function jobFormView() {
     h("label", {}, "Detector starts from", weightsSelect),
     h("fieldset", {}, h("legend", {}, "Background photos (none: generated textures)"), backgroundsList.box),
     h("label", {}, "Method preset", presetSelect), presetNote,
-    h("div", { class: "row" }, number("outer_iterations", 20), number("images_per_iteration", 32),
-      number("inner_steps", 20)),
-    h("div", { class: "row" }, number("final_images", 200), number("final_epochs", 10),
-      number("image_size", 64, { step: 32, min: 32 })),
-    h("fieldset", {}, h("legend", {}, "Learnable parts of psi"), h("div", { class: "choices" },
-      ...PARTS.map((part) => h("label", { class: "check" },
-        h("input", { type: "checkbox", name: "learnable", value: part, checked: DEFAULT_LEARNABLE.includes(part) }), part)))),
-    h("details", {}, h("summary", {}, "Advanced settings (JSON, merged into the request)"), advanced),
+    budgetRow,
+    h("fieldset", {}, h("legend", {}, "Learnable parts of psi"), learnableBox),
+    h("details", {}, h("summary", {}, "Advanced settings (JSON sections, merged into the request)"), advanced),
     h("button", { type: "submit", id: "create-job" }, "Create job"), message);
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const data = new FormData(form);
+    // The request is a JobSpec (the same shape as nerfsim optimize's file and the SDK's spec).
     const request = {
-      assets: data.getAll("assets"),
-      target_val: data.get("target_val"),
       preset: data.get("preset"),
-      learnable: data.getAll("learnable"),
-      image_size: +data.get("image_size"),
-      budget: Object.fromEntries(["outer_iterations", "images_per_iteration", "inner_steps", "final_images",
-                                  "final_epochs"].map((k) => [k, +data.get(k)])),
+      scene: { assets: data.getAll("assets"), backgrounds: data.getAll("backgrounds") },
+      targets: { val: data.get("target_val") },
+      budget: Object.fromEntries(budgetNames.map((k) => [k, +data.get(k)])),
+      psi: { learnable: data.getAll("learnable") },
+      detector: { image_size: +data.get("image_size") },
     };
-    if (data.get("target_test")) request.target_test = data.get("target_test");
-    if (data.get("detector_weights")) request.detector_weights = data.get("detector_weights");
-    if (data.getAll("backgrounds").length) request.backgrounds = data.getAll("backgrounds");
+    if (data.get("target_test")) request.targets.test = data.get("target_test");
+    if (data.get("detector_weights")) request.detector.weights = data.get("detector_weights");
     try {
       const extra = advanced.value.trim() ? JSON.parse(advanced.value) : {};
       for (const [key, value] of Object.entries(extra)) {
@@ -562,7 +581,8 @@ function jobView(jobId) {
     const job = state.job;
     if (!job) return;
     if (el.status.textContent !== job.status) el.status.replaceChildren(badge(job.status));
-    el.meta.textContent = `${methodOf(job)}${job.estimator ? ` · ${job.estimator}` : ""} · ${state.classNames.join(", ") || job.assets.join(", ")}`
+    const { outer, scene } = job.spec;
+    el.meta.textContent = `${methodOf(job)}${outer.estimator ? ` · ${outer.estimator}` : ""} · ${state.classNames.join(", ") || scene.assets.join(", ")}`
       + ` · created ${when(job.created_at)}${job.finished_at ? ` · finished ${when(job.finished_at)}` : ""}`;
     el.error.textContent = job.error || "";
     renderActions(job);
@@ -637,7 +657,7 @@ function jobView(jobId) {
     const last = iterations[iterations.length - 1];
     const shown = state.pinned !== null && psiAt(state.pinned) ? state.pinned : last;
     Object.assign(el.slider, { min: iterations[0], max: last, value: shown, disabled: iterations.length < 2 });
-    el.sliderLabel.textContent = `iteration ${shown + 1} of ${state.job.budget.outer_iterations}`
+    el.sliderLabel.textContent = `iteration ${shown + 1} of ${state.job.spec.budget.outer_iterations}`
       + (state.pinned === null ? " (newest)" : "");
     const psi = psiAt(shown);
     const first = psiAt(iterations[0]);
@@ -740,7 +760,7 @@ function jobView(jobId) {
   (async () => {
     try {
       await loadJob();
-      state.classNames = await Promise.all(state.job.assets.map((id) =>
+      state.classNames = await Promise.all(state.job.spec.scene.assets.map((id) =>
         api.get(`/v1/assets/${id}`, { signal: controller.signal }).then((a) => a.name, () => id)));
       await followEvents(jobId, onEvent, controller.signal);
     } catch (error) {

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nerfsim_client import AsyncClient, Backgrounds, Client, ConflictError, NotFoundError, ValidationError
-from tests.service.jobs import TINY_JOB
+from tests.service.jobs import tiny_job
 from tests.service.test_archives import write_zip
 from tests.service.test_backgrounds import photo_bytes
 
@@ -36,13 +36,13 @@ def test_backgrounds_upload_list_use_and_delete(service, asset_zip: Path, coco_z
 
         asset = client.upload_asset(asset_zip, name="box")
         target = client.upload_target(coco_zip, name="real", role="both")
-        job = client.create_job([asset], target, backgrounds=[kitchen, wall.id], **TINY_JOB)
-        assert job.data["backgrounds"] == [kitchen.id, wall.id]
-        assert client.create_job([asset], target, **TINY_JOB).data["backgrounds"] == []
+        job = client.create_job(tiny_job(asset, target, scene={"backgrounds": [kitchen, wall.id]}))
+        assert job.data["spec"]["scene"]["backgrounds"] == [kitchen.id, wall.id] == job.spec.scene.backgrounds
+        assert client.create_job(tiny_job(asset, target)).spec.scene.backgrounds == []
         with pytest.raises(ConflictError, match="are used by job"):
             client.delete_backgrounds(kitchen)
         with pytest.raises(NotFoundError, match="backgrounds backgrounds-0123456789abcdef not found"):
-            client.create_job([asset], target, backgrounds=["backgrounds-0123456789abcdef"], **TINY_JOB)
+            client.create_job(tiny_job(asset, target, scene={"backgrounds": ["backgrounds-0123456789abcdef"]}))
 
         broken = write_zip(tmp_path / "broken.zip", {"ok.jpg": photo_bytes(8, 8), "bad.jpg": b"\xff\xd8\xff broken"})
         with pytest.raises(ValidationError, match="broken.zip:bad.jpg: unreadable image") as caught:

@@ -7,6 +7,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from nerfsim_client import (
@@ -18,7 +19,7 @@ from nerfsim_client import (
     ValidationError,
     WaitTimeout,
 )
-from tests.service.jobs import TINY_JOB
+from tests.service.jobs import tiny_job
 
 
 def test_errors_are_typed_and_name_the_problem(service, asset_zip: Path, coco_zip: Path, yolo_zip: Path,
@@ -35,12 +36,14 @@ def test_errors_are_typed_and_name_the_problem(service, asset_zip: Path, coco_zi
 
         with pytest.raises(NotFoundError):
             client.get_job("job-0000000000000000")
-        with pytest.raises(ValidationError, match=r"image_size: .*multiple of 32") as caught:
-            client.create_job([asset], target, **{**TINY_JOB, "image_size": 48})
+        with pytest.raises(pydantic.ValidationError, match=r"image_size\n.*multiple of 32"):  # checked here
+            client.create_job(tiny_job(asset, target, detector={"image_size": 48}))
+        with pytest.raises(ValidationError, match=r"preset: Input should be 'neural-sim-appearance'") as caught:
+            client.create_job(tiny_job(asset, target), preset="magic")  # checked by the service
         assert caught.value.status_code == 422 and isinstance(caught.value.detail, list)
         test_only = client.upload_target(yolo_zip, name="held-out", role="test")
         with pytest.raises(ValidationError, match="uploaded as a test set") as caught:
-            client.create_job([asset], test_only, **TINY_JOB)
+            client.create_job(tiny_job(asset, test_only))
         assert caught.value.status_code == 400
 
         broken = tmp_path / "broken.zip"
@@ -50,11 +53,11 @@ def test_errors_are_typed_and_name_the_problem(service, asset_zip: Path, coco_zi
             client.upload_target(broken, name="broken")
         assert caught.value.status_code == 422
 
-        job = client.create_job([asset], target, idempotency_key="order-7", **TINY_JOB)
-        assert client.create_job([asset], target, idempotency_key="order-7", **TINY_JOB).id == job.id
+        job = client.create_job(tiny_job(asset, target), idempotency_key="order-7")
+        assert client.create_job(tiny_job(asset, target), idempotency_key="order-7").id == job.id
         with pytest.raises(ConflictError, match="different request"):
-            client.create_job([asset], target, idempotency_key="order-7", **{**TINY_JOB, "seed": 5})
-        assert client.create_job([asset], target, **TINY_JOB).id != job.id  # a new key each call
+            client.create_job(tiny_job(asset, target, seed=5), idempotency_key="order-7")
+        assert client.create_job(tiny_job(asset, target)).id != job.id  # a new key each call
         assert {j.id for j in client.list_jobs(status="queued")} >= {job.id}
 
         began = time.monotonic()

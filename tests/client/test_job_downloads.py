@@ -12,7 +12,7 @@ import pytest
 from detector.model import load_detector
 from nerfsim_client import Client
 from service.cli import main
-from tests.service.jobs import TINY_JOB, strings
+from tests.service.jobs import strings, tiny_job
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def test_the_best_detector_and_portable_reports_are_downloadable(service, worker
     with Client(service.url, service.api_key, progress=False) as client:
         asset = client.upload_asset(box_asset, name="box")
         target = client.upload_target(coco_zip, name="real", role="both", format="coco")
-        job = client.create_job([asset], target, target_test=target, **TINY_JOB).wait(timeout=240)
+        job = client.create_job(tiny_job(asset, target, targets={"test": target})).wait(timeout=240)
         assert job.status == "succeeded" and "best_loop_detector.pt" in job.artifacts
 
         # The SDK, by the artifact's kind.
@@ -55,4 +55,5 @@ def test_the_best_detector_and_portable_reports_are_downloadable(service, worker
     root = str(service.settings.storage_root.resolve())
     for name, data in (("report", report), ("config", config)):
         assert not [s for s in strings(data) if s.startswith("/") or root in s], (name, data)
-    assert config["scene"] == "scene.json" and config["target_val"].startswith(f"targets/{target.id}/")
+    assert config["targets"]["val"].startswith(f"targets/{target.id}/")
+    assert config["scene"]["spec"]["objects"][0]["path"].startswith(f"assets/{asset.id}/")  # the scene inline

@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from nerfsim_client import APIConnectionError, AsyncClient, BaselineComparison, Client, RetryPolicy
+from nerfsim_client import APIConnectionError, AsyncClient, BaselineComparison, Client, JobSpec, RetryPolicy
 from tests.client.servers import CuttingProxy
-from tests.service.jobs import TINY_JOB
+from tests.service.jobs import tiny_job
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +34,11 @@ def test_a_job_from_upload_to_download(service, workers, box_asset: Path, coco_z
         assert asset.status == "ready" and asset.kind == "nerfsim"
         target = client.upload_target(coco_zip, name="real", role="both", format="coco")
         assert target.num_images == 8 and target.class_names == ["box"]
-        job = client.create_job([asset], target, target_test=target, idempotency_key="sdk-test-1", **TINY_JOB)
+        spec = JobSpec.model_validate(tiny_job(asset.id, target.id, targets={"test": target.id}))  # typed
+        job = client.create_job(spec, idempotency_key="sdk-test-1")
         assert job.status == "queued"
-        assert client.create_job([asset], target, target_test=target, idempotency_key="sdk-test-1", **TINY_JOB).id == job.id
+        assert client.create_job(spec.model_dump(), idempotency_key="sdk-test-1").id == job.id  # a dict of its shape
+        assert job.spec.targets.test == target.id
 
         live: list = []
 
@@ -53,7 +55,7 @@ def test_a_job_from_upload_to_download(service, workers, box_asset: Path, coco_z
         bar = capsys.readouterr().err
         assert job.status == "succeeded" and {"dataset.zip", "detector.pt", "report.json"} <= set(job.artifacts)
         # The preset it ran, and its final detector against its own uniform baseline, as typed fields.
-        assert job.preset == TINY_JOB["preset"] and [p.name for p in client.list_presets()][0] == "neural-sim-appearance"
+        assert job.preset == spec.preset == "neural-sim" and [p.name for p in client.list_presets()][0] == "neural-sim-appearance"
         comparison = job.baseline
         assert isinstance(comparison, BaselineComparison)
         assert comparison.difference == pytest.approx(comparison.final_map50_95 - comparison.baseline_map50_95)

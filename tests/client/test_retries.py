@@ -90,7 +90,7 @@ def test_uploads_are_repeated_only_when_refused_outright(asynchronous: bool, tmp
 def test_job_creation_keeps_its_idempotency_key_across_attempts(asynchronous: bool) -> None:
     with ScriptedServer([Answer(502, {"detail": "bad gateway"}), Answer(500, {}), Answer(201, JOB)]) as server:
         call(asynchronous, server.url, RetryPolicy(backoff_base_s=0.01),
-             lambda client: client.create_job(["asset-1"], "target-1"))
+             lambda client: client.create_job({"scene": {"assets": ["asset-1"]}, "targets": {"val": "target-1"}}))
     keys = {s.headers["idempotency-key"] for s in server.seen}
     assert len(server.seen) == 3 and len(keys) == 1 and keys.pop().startswith("sdk-")
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from nerfsim_client import AsyncClient, Client, ConflictError
-from tests.service.jobs import TINY_JOB
+from tests.service.jobs import tiny_job
 
 
 def test_a_cancelled_job_is_retried_and_a_queued_one_is_a_conflict(service, asset_zip: Path, coco_zip: Path) -> None:
     with Client(service.url, service.api_key, progress=False) as client:
         asset = client.upload_asset(asset_zip, name="box")
         target = client.upload_target(coco_zip, name="real", role="both")
-        job = client.create_job([asset], target, **TINY_JOB)
+        job = client.create_job(tiny_job(asset, target))
         with pytest.raises(ConflictError, match=f"job {job.id} is queued; only a failed or cancelled job can be retried"):
             job.retry()
         assert job.cancel().status == "cancelled"

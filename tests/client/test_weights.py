@@ -11,7 +11,7 @@ import torch
 from detector.model import DetectorConfig, build_detector, save_detector
 from nerfsim_client import AsyncClient, Client, ConflictError, NotFoundError, ValidationError, Weights
 from tests.detector.test_checkpoint import _RunsCode
-from tests.service.jobs import TINY_JOB
+from tests.service.jobs import tiny_job
 
 
 @pytest.fixture
@@ -31,14 +31,14 @@ def test_weights_upload_list_use_and_delete(service, asset_zip: Path, coco_zip: 
 
         asset = client.upload_asset(asset_zip, name="box")
         target = client.upload_target(coco_zip, name="real", role="both")
-        job = client.create_job([asset], target, detector_weights=weights, **TINY_JOB)
-        assert job.data["detector_weights"] == weights.id
-        assert client.create_job([asset], target, detector_weights=weights.id, **TINY_JOB).data["detector_weights"] == weights.id
-        assert client.create_job([asset], target, **TINY_JOB).data["detector_weights"] is None
+        job = client.create_job(tiny_job(asset, target, detector={"weights": weights}))
+        assert job.spec.detector.weights == weights.id
+        assert client.create_job(tiny_job(asset, target, detector={"weights": weights.id})).spec.detector.weights == weights.id
+        assert client.create_job(tiny_job(asset, target)).spec.detector.weights is None
         with pytest.raises(ConflictError, match="are used by job"):
             client.delete_weights(weights)
         with pytest.raises(NotFoundError, match="weights weights-0123456789abcdef not found"):
-            client.create_job([asset], target, detector_weights="weights-0123456789abcdef", **TINY_JOB)
+            client.create_job(tiny_job(asset, target, detector={"weights": "weights-0123456789abcdef"}))
 
         marker = tmp_path / "marker"
         torch.save({"model": _RunsCode(marker)}, tmp_path / "evil.pt")

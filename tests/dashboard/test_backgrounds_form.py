@@ -37,4 +37,4 @@ def test_background_photos_are_uploaded_and_ticked_for_a_job(browser, service, a
     with httpx.Client(base_url=service.url, timeout=60) as http:
         job = http.get(f"/v1/jobs/{job_id}", headers=headers).json()
         backgrounds = http.get("/v1/backgrounds", headers=headers).json()["data"]
-    assert [b["name"] for b in backgrounds] == ["kitchen"] and job["backgrounds"] == [backgrounds[0]["id"]]
+    assert [b["name"] for b in backgrounds] == ["kitchen"] and job["spec"]["scene"]["backgrounds"] == [backgrounds[0]["id"]]

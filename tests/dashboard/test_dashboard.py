@@ -80,6 +80,12 @@ def test_dashboard_runs_a_job(browser, service, workers, asset_zip: Path, coco_z
     presets = _api(service, "/v1/presets")
     assert chosen.get_attribute("value") == presets["default"]
     assert text(browser, "#job-preset-description") == presets["data"][0]["description"]
+    # So do psi's parts, and the budget's fields with their defaults (the JobSpec's OpenAPI schema).
+    budget = _api(service, "/openapi.json")["components"]["schemas"]["BudgetSection"]["properties"]
+    assert [i.get_attribute("name") for i in job_form.find_elements(By.CSS_SELECTOR, "#job-budget input")] == \
+        [*budget, "image_size"]
+    assert job_form.find_element(By.NAME, "final_epochs").get_attribute("value") == str(budget["final_epochs"]["default"])
+    assert [i.get_attribute("value") for i in job_form.find_elements(By.NAME, "learnable")] == presets["parts"]
     job_form.find_element(By.TAG_NAME, "summary").click()
     browser.find_element(By.ID, "job-advanced").send_keys(json.dumps(TINY_JOB))
     browser.find_element(By.ID, "create-job").click()

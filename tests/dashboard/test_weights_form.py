@@ -38,4 +38,4 @@ def test_weights_are_uploaded_and_picked_for_a_job(browser, service, asset_zip: 
     with httpx.Client(base_url=service.url, timeout=60) as http:
         job = http.get(f"/v1/jobs/{job_id}", headers=headers).json()
         weights = http.get("/v1/weights", headers=headers).json()["data"]
-    assert [w["name"] for w in weights] == ["boxes v1"] and job["detector_weights"] == weights[0]["id"]
+    assert [w["name"] for w in weights] == ["boxes v1"] and job["spec"]["detector"]["weights"] == weights[0]["id"]

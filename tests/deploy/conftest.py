@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.scale import ApiServer, make_upload_inputs, upload_inputs
-from service.client import NerfsimClient
+from nerfsim_client import Client
 from service.settings import ServiceSettings
 from tests.service.conftest import make_key, redis_server, redis_url, settings  # noqa: F401  (fixtures)
 
@@ -31,14 +31,14 @@ def api(settings: ServiceSettings, tmp_path: Path) -> Iterator[ApiServer]:
 
 
 @pytest.fixture
-def api_client(api: ApiServer, make_key) -> Iterator[NerfsimClient]:
-    """A client of the API process with a new tenant's key."""
-    client = NerfsimClient(api.url, make_key("deploy")["Authorization"].removeprefix("Bearer "))
+def api_client(api: ApiServer, make_key) -> Iterator[Client]:
+    """A client (the SDK) of the API process with a new tenant's key."""
+    client = Client(api.url, make_key("deploy")["Authorization"].removeprefix("Bearer "), progress=False)
     yield client
     client.close()
 
 
 @pytest.fixture
-def small_job_inputs(api_client: NerfsimClient, small_inputs: tuple[Path, Path]) -> tuple[str, str]:
+def small_job_inputs(api_client: Client, small_inputs: tuple[Path, Path]) -> tuple[str, str]:
     """(asset id, target id) of the small inputs, uploaded for ``api_client``'s tenant."""
     return upload_inputs(api_client, small_inputs)

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import uuid
 import zipfile
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 import torch
+from nerfsim_client import Client
 from rq.job import Job
 
 from benchmarks.scale import (
@@ -30,7 +32,6 @@ from benchmarks.scale import (
     wait_for_workers,
     WorkerGroup,
 )
-from service.client import NerfsimClient
 from service.keys import KeyStore
 from service.settings import ServiceSettings
 from service.storage import Storage
@@ -45,26 +46,25 @@ def worker_pid(settings: ServiceSettings, job_id: str) -> int:
     return int(name.split(".")[-2])
 
 
-def artifact_bytes(client: NerfsimClient, job_id: str, name: str) -> bytes:
-    response = client.http.get(f"/v1/jobs/{job_id}/artifacts/{name}")
-    assert response.status_code == 200, (name, response.text)
-    return response.content
+def artifact_bytes(client: Client, job_id: str, name: str) -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        return client.get_job(job_id).download(name, folder).read_bytes()
 
 
-def test_a_killed_worker_resumes_and_ends_as_an_uninterrupted_run(api_client: NerfsimClient, settings: ServiceSettings,
+def test_a_killed_worker_resumes_and_ends_as_an_uninterrupted_run(api_client: Client, settings: ServiceSettings,
                                                                   small_job_inputs, tmp_path: Path) -> None:
     request = small_job(*small_job_inputs, seed=7, outer_iterations=4)
     with WorkerGroup(settings, tmp_path / "workers.log") as group:
         group.start(2)
         wait_for_workers(settings, 2)
-        uninterrupted = api_client.create_job(request)["id"]
-        killed = api_client.create_job(request)["id"]
+        uninterrupted = api_client.create_job(request).id
+        killed = api_client.create_job(request).id
         # Both run at once, one per worker; kill the second's once two iterations are checkpointed.
-        wait_for(lambda: len(api_client.job(killed)["history"]) >= 2, 180, "two outer iterations")
+        wait_for(lambda: len(api_client.get_job(killed).history) >= 2, 180, "two outer iterations")
         victim = worker_pid(settings, killed)
         assert victim != worker_pid(settings, uninterrupted)
         os.kill(victim, signal.SIGKILL)
-        assert api_client.job(killed)["status"] == "running"
+        assert api_client.get_job(killed).status == "running"
         group.start(1)  # the orchestrator's replacement
         records = {r["id"]: r for r in wait_for_jobs(api_client, [uninterrupted, killed], 300)}
     first, second = records[uninterrupted], records[killed]
@@ -141,11 +141,11 @@ def test_a_full_artifact_disk_fails_the_job_with_the_reason_and_no_corrupt_artif
         api: ApiServer, settings: ServiceSettings, small_inputs, tiny_disk, tmp_path: Path) -> None:
     tenant = f"full-{uuid.uuid4().hex[:8]}"
     key, _ = KeyStore(redis.Redis.from_url(settings.redis_url), Storage(settings.storage_root)).create(tenant)
-    client = NerfsimClient(api.url, key)
+    client = Client(api.url, key, progress=False)
     inputs = upload_inputs(client, small_inputs)
     # The tenant's jobs live on a 2 MiB disk: the job's record fits, the loop's checkpoint not.
     jobs_disk = tiny_disk(Storage(settings.storage_root).tenants_dir() / tenant / "jobs")
-    job = client.create_job(small_job(*inputs, outer_iterations=2))["id"]
+    job = client.create_job(small_job(*inputs, outer_iterations=2)).id
     with WorkerGroup(settings, tmp_path / "workers.log") as group:
         (worker,) = group.start(1)
         wait_for_workers(settings, 1)
@@ -166,16 +166,17 @@ def test_a_full_artifact_disk_fails_the_job_with_the_reason_and_no_corrupt_artif
     assert sorted(p.name for p in published.iterdir()) == sorted(record["artifacts"]) if published.exists() else not record["artifacts"]
 
 
-def test_diverging_training_fails_at_once_and_the_worker_lives_on(api_client: NerfsimClient, settings: ServiceSettings,
+def test_diverging_training_fails_at_once_and_the_worker_lives_on(api_client: Client, settings: ServiceSettings,
                                                                   small_job_inputs, tmp_path: Path) -> None:
     # A Neumann series whose step is far too large for the Hessian grows without bound.
-    diverging = {**small_job(*small_job_inputs, neumann_scale=10.0, inverse_hessian_steps=100), "inverse_hessian": "neumann"}
+    diverging = small_job(*small_job_inputs, hypergradient={"inverse_hessian": "neumann", "neumann_scale": 10.0,
+                                                            "inverse_hessian_steps": 100})
     with WorkerGroup(settings, tmp_path / "workers.log") as group:
         (worker,) = group.start(1)
         wait_for_workers(settings, 1)
-        bad = api_client.create_job(diverging)["id"]
+        bad = api_client.create_job(diverging).id
         (failed,) = wait_for_jobs(api_client, [bad], 180)
-        good = api_client.create_job(small_job(*small_job_inputs))["id"]
+        good = api_client.create_job(small_job(*small_job_inputs)).id
         (succeeded,) = wait_for_jobs(api_client, [good], 180)
         assert worker.poll() is None
     assert failed["status"] == "failed" and failed["attempts"] == 1  # not retried: it would diverge again

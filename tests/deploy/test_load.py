@@ -16,7 +16,7 @@ import redis
 
 from benchmarks.scale import ApiServer, small_job, upload_inputs
 from benchmarks.service import percentile_ms
-from service.client import NerfsimClient
+from nerfsim_client import Client
 from service.keys import KeyStore
 from service.settings import ServiceSettings
 from service.storage import Storage
@@ -67,9 +67,9 @@ def test_fifty_clients_for_a_minute_on_status_and_lists_without_errors(
     tenant = f"load-{os.getpid()}-{int(time.time())}"
     keys = [keys_store.create(tenant, f"client {i}")[0] for i in range(CLIENTS)]
     with ApiServer(settings, tmp_path / "api.log") as api:
-        client = NerfsimClient(api.url, keys[0])
+        client = Client(api.url, keys[0], progress=False)
         inputs = upload_inputs(client, small_inputs)
-        job_ids = [client.create_job(small_job(*inputs, seed=seed))["id"] for seed in range(JOBS)]
+        job_ids = [client.create_job(small_job(*inputs, seed=seed)).id for seed in range(JOBS)]
         result = asyncio.run(run_clients(api.url, keys, job_ids, SECONDS))
 
     latencies = result["latencies"]

@@ -77,12 +77,12 @@ def test_dockerfiles_pin_what_the_package_pins_and_run_the_cli() -> None:
         for package in ("torch", "torchvision"):
             assert f"{package}=={pins[package]}" in text, (name, package)
         assert f"ARG PYTHON_VERSION={python}" in text or f"python{python} -m venv" in text, (name, python)
-        for copied in ("renderer", "detector", "optimizer", "service", "pyproject.toml"):
+        for copied in ("renderer", "detector", "optimizer", "service", "client", "pyproject.toml"):
             assert re.search(rf"^COPY {copied}\b", text, re.M), (name, copied)
         assert "USER nerfsim" in text and "NERFSIM_STORAGE_ROOT=/data" in text
         # Only the sources go into the build context.
         ignore = (DEPLOY / "docker" / f"{name}.Dockerfile.dockerignore").read_text().splitlines()
-        assert ignore[1] == "*" and "!service/" in ignore
+        assert ignore[1] == "*" and "!service/" in ignore and "!client/" in ignore
     api = dockerfile("api")
     assert "whl/cpu" in api and "ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim-bookworm" in api
     serve = parse_command(instruction(api, "CMD"))
@@ -105,7 +105,7 @@ def test_smoke_script_builds_on_any_base_and_sends_a_valid_job() -> None:
     would fall back to the registry base), every stage's base is an argument, and its tiny job
     is a request the API accepts."""
     from deploy.smoke_client import TINY_JOB
-    from service.schemas import JobCreate
+    from service.job_schemas import JobCreate
 
     script = DEPLOY / "smoke.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
@@ -117,8 +117,9 @@ def test_smoke_script_builds_on_any_base_and_sends_a_valid_job() -> None:
         declared |= set(re.findall(r"^ARG (\w+)", text, re.M))
         assert all(re.fullmatch(r"\$\{\w+\}", line.split()[1]) for line in text.splitlines() if line.startswith("FROM "))
     assert passed <= declared, passed - declared
-    job = JobCreate(assets=["asset"], target_val="target", **TINY_JOB)
-    assert job.budget.outer_iterations == 1 and job.device == "cpu" and not job.options.model_fields_set
+    job = JobCreate.model_validate({**TINY_JOB, "scene": {**TINY_JOB["scene"], "assets": ["asset"]},
+                                    "targets": {"val": "target"}})
+    assert job.budget.outer_iterations == 1 and job.device == "cpu" and not job.outer.model_fields_set
 
 
 def run_entrypoint(tmp_path: Path, gpus: int, hold: Path, env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from benchmarks.scale import WorkerGroup, scale_rounds, small_job
-from service.client import NerfsimClient
+from nerfsim_client import Client
 from service.settings import ServiceSettings
 
 pytestmark = pytest.mark.slow
 
 
 def test_twelve_jobs_on_three_workers_run_once_each_and_faster_than_on_one(
-        api_client: NerfsimClient, settings: ServiceSettings, small_job_inputs, tmp_path: Path, record_property) -> None:
+        api_client: Client, settings: ServiceSettings, small_job_inputs, tmp_path: Path, record_property) -> None:
     requests = [small_job(*small_job_inputs, seed=seed) for seed in range(12)]
     with WorkerGroup(settings, tmp_path / "workers.log") as group:
         three, one = scale_rounds(api_client, settings, group, requests, requests[:4])

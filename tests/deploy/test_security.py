@@ -13,13 +13,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from nerfsim_client import Client, RetryPolicy, ValidationError
 
 from benchmarks.scale import ApiServer, small_job
 from service.api.main import create_app
-from service.client import ApiError, NerfsimClient
 from service.keys import KeyStore
 from service.settings import ServiceSettings
 from service.storage import Storage
@@ -99,7 +100,7 @@ def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory, small_inpu
         weights = _upload(client, "/v1/weights", headers, _weights_file(root), name="thing detector").json()
         photos = _upload(client, "/v1/backgrounds", headers, _photos_file(root), name="walls").json()
         finished = client.post("/v1/jobs", headers=headers,
-                               json={**small_job(asset["id"], target["id"]), "backgrounds": [photos["id"]]}).json()
+                               json=small_job(asset["id"], target["id"], scene={"backgrounds": [photos["id"]]})).json()
         workers = WorkerProcesses(settings, root)
         workers.start()
         try:
@@ -396,16 +397,17 @@ def test_api_keys_never_reach_the_logs(settings: ServiceSettings, tmp_path: Path
     key_id, secret = key.split("_")[1], key.split("_", 2)[2]
     wrong_secret = f"nsk_{key_id}_{'x' * len(secret)}"
     with ApiServer(settings, tmp_path / "api.log") as api:
-        client = NerfsimClient(api.url, key)
-        client.upload_target(small_inputs[1], "real", fmt="coco")
-        with pytest.raises(ApiError):
-            client.upload_asset(small_inputs[1], "thing", "nerfsim")  # a refused upload is logged
+        with Client(api.url, key, progress=False, retry=RetryPolicy(max_retries=0)) as client:
+            client.upload_target(small_inputs[1], "real", format="coco")
+            with pytest.raises(ValidationError):
+                client.upload_asset(small_inputs[1], "thing", "nerfsim")  # a refused upload is logged
+        http = httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"})
         for headers in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key}, {"Authorization": f"Bearer {revoked}"},
                         {"Authorization": f"Bearer {wrong_secret}"}, {"Authorization": f"Basic {key}"},
                         {"X-API-Key": key[:20]}):
-            client.http.get("/v1/jobs?status=nonsense", headers=headers)
-            client.http.get("/v1/jobs/job-0000000000000000", headers=headers)
-        statuses = {client.http.get("/v1/jobs").status_code for _ in range(5)}
+            http.get("/v1/jobs?status=nonsense", headers=headers)
+            http.get("/v1/jobs/job-0000000000000000", headers=headers)
+        statuses = {http.get("/v1/jobs").status_code for _ in range(5)}
         assert 429 in statuses  # the rate-limited answers were logged too
     log = (tmp_path / "api.log").read_text()
     assert "/v1/jobs/job-0000000000000000" in log and "429" in log  # the requests are in the log...

@@ -101,7 +101,7 @@ def worker_env(settings: ServiceSettings) -> dict[str, str]:
         "NERFSIM_STORAGE_ROOT": str(settings.storage_root),
         "NERFSIM_QUEUE_NAME": settings.queue_name,
         "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": os.pathsep.join((str(REPO), str(REPO / "client"))),  # the SDK: the service imports its JobSpec
     })
     env.update({f"NERFSIM_{k.upper()}": str(v) for k, v in FAST_HEARTBEATS.items()})
     return env

@@ -12,14 +12,16 @@ TINY_JOB: dict[str, Any] = {
     # The paper's preset: 4 images per iteration (the default preset renders every scene at each
     # of the 8 azimuth bins). The service's own tests of the default: tests/service/test_presets.py.
     "preset": "neural-sim",
+    "device": "cpu",
+    "scene": {"procedural_backgrounds": 1},
     "budget": {"outer_iterations": 2, "images_per_iteration": 4, "inner_steps": 2, "final_images": 4,
                "final_epochs": 1},
-    "image_size": 32,
-    "procedural_backgrounds": 1,
-    "psi": {"distance_median": 0.5},
-    "device": "cpu",
-    "options": {"inverse_hessian_steps": 1, "sample_images": 1, "final_batch_size": 4, "val_batch_size": 8},
+    "hypergradient": {"inverse_hessian_steps": 1},
+    "psi": {"initial": {"distance_median": 0.5}},
+    "detector": {"image_size": 32, "sample_images": 1, "val_batch_size": 8},
+    "final": {"batch_size": 4},
 }
+"""A JobSpec without its references (tiny_job adds them)."""
 
 
 def upload(client: TestClient, path: str, headers: dict, archive: Path, **form) -> dict:
@@ -42,7 +44,15 @@ def setup_job_inputs(client: TestClient, headers: dict, asset_zip: Path, coco_zi
 
 
 def tiny_job(asset_id: str, target_id: str, **changes) -> dict:
-    return {**TINY_JOB, "assets": [asset_id], "target_val": target_id, **changes}
+    """TINY_JOB for these records, with ``changes``: a section's fields are merged into its own."""
+    job = {**TINY_JOB, "scene": {**TINY_JOB["scene"], "assets": [asset_id]}, "targets": {"val": target_id}}
+    return merged(job, changes)
+
+
+def merged(job: dict, changes: dict) -> dict:
+    """``job`` with ``changes``, a section's fields merged into the section's."""
+    return {**job, **{key: {**job[key], **value} if isinstance(value, dict) and isinstance(job.get(key), dict) else value
+                      for key, value in changes.items()}}
 
 
 def read_events(client: TestClient, job_id: str, headers: dict, last_event_id: str | None = None) -> list[dict]:

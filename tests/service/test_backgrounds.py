@@ -18,10 +18,10 @@ from PIL import Image
 
 from renderer.scene_spec import load_scene, read_scene_spec
 from service.records import RecordStore
-from service.schemas import JobRecord
+from service.job_schemas import JobRecord
 from service.storage import Storage
 from service.tasks import job_config
-from tests.service.jobs import setup_job_inputs, stored_files, tiny_job, upload
+from tests.service.jobs import merged, setup_job_inputs, stored_files, tiny_job, upload
 from tests.service.test_archives import write_zip
 
 
@@ -135,9 +135,9 @@ def test_a_job_names_background_sets_by_id_in_its_own_tenant_only(client, make_k
     owned = upload(client, "/v1/backgrounds", owner, photos_zip, name="kitchen")
     asset_id, target_id = setup_job_inputs(client, other, asset_zip, coco_zip)
 
-    stolen = client.post("/v1/jobs", headers=other, json=tiny_job(asset_id, target_id, backgrounds=[owned["id"]]))
+    stolen = client.post("/v1/jobs", headers=other, json=tiny_job(asset_id, target_id, scene={"backgrounds": [owned["id"]]}))
     missing = client.post("/v1/jobs", headers=other,
-                          json=tiny_job(asset_id, target_id, backgrounds=["backgrounds-0123456789abcdef"]))
+                          json=tiny_job(asset_id, target_id, scene={"backgrounds": ["backgrounds-0123456789abcdef"]}))
     assert stolen.status_code == missing.status_code == 404
     assert stolen.json()["detail"] == f"backgrounds {owned['id']} not found"
     assert client.get(f"/v1/backgrounds/{owned['id']}", headers=other).status_code == 404
@@ -145,7 +145,7 @@ def test_a_job_names_background_sets_by_id_in_its_own_tenant_only(client, make_k
 
     for backgrounds in (["/abs/photos"], "backgrounds-0123456789abcdef", ["backgrounds-0123456789abcdef"] * 2,
                         [f"backgrounds-{i:016x}" for i in range(33)]):
-        response = client.post("/v1/jobs", headers=other, json=tiny_job(asset_id, target_id, backgrounds=backgrounds))
+        response = client.post("/v1/jobs", headers=other, json=tiny_job(asset_id, target_id, scene={"backgrounds": backgrounds}))
         assert response.status_code == 422, response.text
         assert "backgrounds" in json.dumps(response.json()["detail"])
     assert client.get("/v1/jobs", headers=other).json()["count"] == 0
@@ -158,12 +158,13 @@ def test_a_job_lists_its_background_folders_in_its_scene(client, make_key, setti
     first = upload(client, "/v1/backgrounds", headers, photos_zip, name="kitchen")
     (tmp_path / "wall.png").write_bytes(photo_bytes(24, 24, "PNG"))
     second = upload(client, "/v1/backgrounds", headers, tmp_path / "wall.png", name="wall")
-    request = tiny_job(asset_id, target_id, backgrounds=[second["id"], first["id"]])
-    del request["procedural_backgrounds"]
+    request = tiny_job(asset_id, target_id, scene={"backgrounds": [second["id"], first["id"]]})
+    del request["scene"]["procedural_backgrounds"]
     response = client.post("/v1/jobs", headers=headers, json=request)
     assert response.status_code == 201, response.text
     job = response.json()
-    assert job["backgrounds"] == [second["id"], first["id"]] and job["procedural_backgrounds"] is None
+    assert job["spec"]["scene"]["backgrounds"] == [second["id"], first["id"]]
+    assert "procedural_backgrounds" not in job["spec"]["scene"]
     # In use by a queued job: not deletable.
     conflict = client.delete(f"/v1/backgrounds/{first['id']}", headers=headers)
     assert conflict.status_code == 409
@@ -171,9 +172,9 @@ def test_a_job_lists_its_background_folders_in_its_scene(client, make_key, setti
 
     store = RecordStore(redis.Redis.from_url(settings.redis_url), Storage(settings.storage_root))
     tenant = next(store.storage.tenants_dir().glob(f"*/jobs/{job['id']}")).parent.parent.name
-    config = job_config(store.get(JobRecord, tenant, job["id"]), store, tmp_path / "job")
+    config = job_config(store.get(JobRecord, tenant, job["id"]), store)
 
-    scene = json.loads(Path(config.scene.spec).read_text())
+    scene = config.scene.spec  # inline: no scene.json
     folders = [str(store.storage.record_dir("backgrounds", tenant, b["id"]) / "images") for b in (second, first)]
     assert scene["backgrounds"] == folders and scene["procedural_backgrounds"] is None  # the fallback: none here
     _, backgrounds = load_scene(read_scene_spec(config.scene.spec))
@@ -182,16 +183,15 @@ def test_a_job_lists_its_background_folders_in_its_scene(client, make_key, setti
 
     # Without photos the procedural textures are the fallback; asked for, they come with the photos.
     for changes, procedural in (({"backgrounds": []}, 4), ({"procedural_backgrounds": 2}, 2)):
-        body = {**request, **changes}
-        created = client.post("/v1/jobs", headers=headers, json=body).json()
-        config = job_config(store.get(JobRecord, tenant, created["id"]), store, tmp_path / created["id"])
+        created = client.post("/v1/jobs", headers=headers, json=merged(request, {"scene": changes})).json()
+        config = job_config(store.get(JobRecord, tenant, created["id"]), store)
         names = load_scene(read_scene_spec(config.scene.spec))[1].names
         assert sum(name.startswith("procedural_") for name in names) == procedural
 
     # Photos alone are something to draw: no plain colours and no textures is then fine.
-    photos_only = {**request, "psi": {**request["psi"], "plain_background": False}, "procedural_backgrounds": 0}
+    photos_only = merged(request, {"psi": {"initial": {"plain_background": False}}, "scene": {"procedural_backgrounds": 0}})
     assert client.post("/v1/jobs", headers=headers, json=photos_only).status_code == 201
-    nothing = client.post("/v1/jobs", headers=headers, json={**photos_only, "backgrounds": []})
+    nothing = client.post("/v1/jobs", headers=headers, json=merged(photos_only, {"scene": {"backgrounds": []}}))
     assert nothing.status_code == 422 and "nothing to draw" in nothing.text
 
     for queued in client.get("/v1/jobs", headers=headers).json()["data"]:
@@ -205,6 +205,6 @@ def test_a_job_over_the_photo_limit_is_refused(client, make_key, settings, asset
     asset_id, target_id = setup_job_inputs(client, headers, asset_zip, coco_zip)
     sets = [upload(client, "/v1/backgrounds", headers, photos_zip, name=f"kitchen {i}")["id"] for i in range(2)]
     settings.max_background_images = 5
-    response = client.post("/v1/jobs", headers=headers, json=tiny_job(asset_id, target_id, backgrounds=sets))
+    response = client.post("/v1/jobs", headers=headers, json=tiny_job(asset_id, target_id, scene={"backgrounds": sets}))
     assert response.status_code == 422
-    assert response.json()["detail"] == "backgrounds: the sets hold 6 photos together, more than the limit of 5 per job"
+    assert response.json()["detail"] == "scene.backgrounds: the sets hold 6 photos together, more than the limit of 5 per job"

@@ -1,47 +1,78 @@
-"""The service's commands of the ``nerfsim`` CLI: bad job configs are named errors."""
+"""The service's commands of the ``nerfsim`` CLI: ``nerfsim optimize`` reads a JobSpec (the REST
+body: one saved to a file runs unchanged); bad job files are named errors."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
+
 from service.cli import main
+from tests.service.jobs import merged, setup_job_inputs, tiny_job
+
+DEMO_ASSET = str(Path(__file__).parents[2] / "renderer" / "demo_assets" / "mug")
 
 
-def test_optimize_refuses_bad_config_files(tmp_path: Path, capsys) -> None:
-    assert main(["optimize", "--config", str(tmp_path / "missing.json"), "--out", str(tmp_path / "out")]) == 2
-    assert "missing.json: job config not found" in capsys.readouterr().err
+@pytest.fixture
+def local_job(tmp_path: Path) -> dict:
+    """A JobSpec whose references are local paths (the validation file need not be valid here)."""
+    (tmp_path / "val.json").write_text("{}")
+    return {"scene": {"assets": [DEMO_ASSET]}, "targets": {"val": "val.json"}}
+
+
+def optimize(config: Path, *extra: str) -> int:
+    return main(["optimize", "--config", str(config), "--out", str(config.parent / "out"), *extra])
+
+
+def test_optimize_refuses_bad_job_files(tmp_path: Path, local_job: dict, capsys) -> None:
+    assert optimize(tmp_path / "missing.json") == 2
+    assert "missing.json: job file not found" in capsys.readouterr().err
     (tmp_path / "broken.json").write_text("{")
-    assert main(["optimize", "--config", str(tmp_path / "broken.json"), "--out", str(tmp_path / "out")]) == 2
+    assert optimize(tmp_path / "broken.json") == 2
     assert "broken.json: not valid JSON" in capsys.readouterr().err
-    (tmp_path / "unknown.json").write_text(json.dumps({"scene": {"spec": "demo"}, "warp": 9}))
-    assert main(["optimize", "--config", str(tmp_path / "unknown.json"), "--out", str(tmp_path / "out")]) == 2
-    assert "unknown.json: unknown job settings ['warp']" in capsys.readouterr().err
-    (tmp_path / "no-target.json").write_text(json.dumps({"scene": {"spec": "demo"}}))
-    assert main(["optimize", "--config", str(tmp_path / "no-target.json"), "--out", str(tmp_path / "out")]) == 2
-    assert "targets.val" in capsys.readouterr().err
-    (tmp_path / "flat.json").write_text(json.dumps({"scene": "demo"}))  # from before the sections
-    assert main(["optimize", "--config", str(tmp_path / "flat.json"), "--out", str(tmp_path / "out")]) == 2
-    assert "scene: a section is a JSON object" in capsys.readouterr().err
+    (tmp_path / "unknown.json").write_text(json.dumps({**local_job, "warp": 9}))
+    assert optimize(tmp_path / "unknown.json") == 2
+    assert "warp\n  Extra inputs are not permitted" in capsys.readouterr().err
+    (tmp_path / "no-target.json").write_text(json.dumps({"scene": local_job["scene"]}))
+    assert optimize(tmp_path / "no-target.json") == 2
+    assert "targets\n  Field required" in capsys.readouterr().err
+    (tmp_path / "no-such-asset.json").write_text(json.dumps(merged(local_job, {"scene": {"assets": ["asset-x"]}})))
+    assert optimize(tmp_path / "no-such-asset.json") == 2
+    assert "asset asset-x: no such file, and no tenant given" in capsys.readouterr().err
 
 
-def test_optimize_chooses_a_preset_by_name_and_refuses_unknown_or_benchmark_only_settings(tmp_path: Path,
-                                                                                          capsys) -> None:
+def test_optimize_chooses_a_preset_by_name_and_refuses_unknown_or_benchmark_only_settings(
+        tmp_path: Path, local_job: dict, capsys) -> None:
     config = tmp_path / "job.json"
-    config.write_text(json.dumps({"scene": {"spec": "demo"}}))
-    assert main(["optimize", "--config", str(config), "--out", str(tmp_path / "out"), "--preset", "magic"]) == 2
+    config.write_text(json.dumps(local_job))
+    assert optimize(config, "--preset", "magic") == 2
     assert "job.json: preset: unknown preset 'magic'; use one of ['neural-sim-appearance'" in capsys.readouterr().err
-    config.write_text(json.dumps({"outer": {"lookahead_bin_share": 0.5}}))
-    assert main(["optimize", "--config", str(config), "--out", str(tmp_path / "out")]) == 2
-    assert "['outer.lookahead_bin_share']: benchmark-only settings" in capsys.readouterr().err
-    config.write_text(json.dumps({"outer": {"estimator": "lookahead"}}))
-    assert main(["optimize", "--config", str(config), "--out", str(tmp_path / "out")]) == 2
-    assert "outer.estimator: 'lookahead' is a benchmark-only value" in capsys.readouterr().err
-    # A known preset (the command line's wins over the file's) gets as far as the missing target.
-    config.write_text(json.dumps({"scene": {"spec": "demo"}, "preset": "magic"}))
-    assert main(["optimize", "--config", str(config), "--out", str(tmp_path / "out"), "--preset", "uniform"]) == 2
+    config.write_text(json.dumps(merged(local_job, {"outer": {"lookahead_bin_share": 0.5}})))
+    assert optimize(config) == 2
+    assert "outer.lookahead_bin_share\n  Extra inputs are not permitted" in capsys.readouterr().err
+    config.write_text(json.dumps(merged(local_job, {"outer": {"estimator": "lookahead"}})))
+    assert optimize(config) == 2
+    assert "outer.estimator\n  Input should be 'pathwise', 'score' or 'both'" in capsys.readouterr().err
+    # A known preset (the command line's wins over the file's) gets as far as reading the target set.
+    config.write_text(json.dumps({**local_job, "preset": "magic"}))
+    assert optimize(config, "--preset", "uniform") == 2
     captured = capsys.readouterr().err
-    assert "preset uniform: method uniform" in captured and "targets.val" in captured
+    assert "preset uniform: method uniform" in captured and "val.json" in captured
+
+
+def test_a_rest_body_saved_to_a_file_runs_unchanged(client, make_key, settings, asset_zip: Path, coco_zip: Path,
+                                                    tmp_path: Path) -> None:
+    headers = make_key("cli")
+    body = tiny_job(*setup_job_inputs(client, headers, asset_zip, coco_zip), budget={"outer_iterations": 1})
+    assert client.post("/v1/jobs", headers=headers, json=body).status_code == 201
+    tenant = next((settings.storage_root / "tenants").iterdir()).name
+    config = tmp_path / "job.json"
+    config.write_text(json.dumps(body))
+    assert optimize(config, "--storage", str(settings.storage_root), "--tenant", tenant) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["iterations_done"] == 1
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["scene"]["spec"]["objects"][0]["name"] == "box"
 
 
 def test_presets_are_listed(capsys) -> None:

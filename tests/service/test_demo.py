@@ -36,10 +36,10 @@ def test_demo_writes_dataset_detector_and_report(box_asset: Path, tmp_path: Path
     for line in ("closed loop: 3/3", "final rendering: 32/32", "final training: 2/2", "job succeeded"):
         assert line in captured.err.splitlines() or any(l.startswith(line + "  ") for l in captured.err.splitlines()), line
     # The test set is not the validation set: other targets, other images (the same shift).
-    assert job["target_test"] != job["target_val"]
+    assert job["spec"]["targets"]["test"] != job["spec"]["targets"]["val"]
     val, test = (load_coco(out / "uploads" / role / "annotations.json") for role in ("validation", "test"))
     assert not {p.path.read_bytes() for p in val.images} & {p.path.read_bytes() for p in test.images}
     report = json.loads((out / "report.json").read_text())
     # ...and the demo says what the loop gained over uniform psi on it.
     assert report["baseline"]["evaluated_on"] == "test set" and "optimised - uniform:" in printed
-    assert job["preset"] == "neural-sim-appearance"  # the default preset
+    assert job["spec"]["preset"] == "neural-sim-appearance"  # the default preset

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 def test_serve_runs_the_whole_service(tmp_path: Path) -> None:
     storage, port = tmp_path / "storage", free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "NERFSIM_REDIS_URL")}
-    env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join((str(REPO), str(REPO / "client")))})
     cli = [sys.executable, "-m", "service.cli"]
     log = open(tmp_path / "serve.log", "w")
     serve = subprocess.Popen([*cli, "serve", "--port", str(port), "--storage", str(storage)], cwd=REPO, env=env,

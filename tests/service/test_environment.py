@@ -30,7 +30,7 @@ def test_the_default_is_the_users_config_dir(tmp_path: Path, monkeypatch) -> Non
 @pytest.mark.slow
 def test_a_command_leaves_no_yolo_folder_where_it_ran(tmp_path: Path) -> None:
     environment = {k: v for k, v in os.environ.items() if k != "YOLO_CONFIG_DIR"}
-    environment.update(PYTHONPATH=str(ROOT), XDG_CONFIG_HOME=str(tmp_path / "config"), OMP_NUM_THREADS="1")
+    environment.update(PYTHONPATH=os.pathsep.join((str(ROOT), str(ROOT / "client"))), XDG_CONFIG_HOME=str(tmp_path / "config"), OMP_NUM_THREADS="1")
     here = tmp_path / "somewhere"
     here.mkdir()
     done = subprocess.run(

@@ -88,7 +88,7 @@ def test_a_job_cancelled_during_its_final_training_stops_inside_it_and_keeps_wha
     request = tiny_job(*setup_job_inputs(client, headers, asset_zip, coco_zip))
     # One long epoch (128 batches of 2 images): the old check, at the end of an epoch, comes late.
     request["budget"] = {**request["budget"], "outer_iterations": 1, "final_images": 256, "final_epochs": 1}
-    request["options"] = {**request["options"], "final_batch_size": 2}
+    request["final"] = {**request["final"], "batch_size": 2}
     job_id = client.post("/v1/jobs", headers=headers, json=request).json()["id"]
     workers.start()
     started = lambda: next(settings.storage_root.rglob(f"jobs/{job_id}/work/final_train/initial.pt"), None)  # noqa: E731

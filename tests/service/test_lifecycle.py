@@ -21,7 +21,7 @@ def test_job_lifecycle_over_http(client, make_key, workers, asset_zip: Path, coc
     asset_id, target_id = setup_job_inputs(client, headers, asset_zip, coco_zip)
     workers.start()
 
-    response = client.post("/v1/jobs", headers=headers, json=tiny_job(asset_id, target_id, target_test=target_id))
+    response = client.post("/v1/jobs", headers=headers, json=tiny_job(asset_id, target_id, targets={"test": target_id}))
     assert response.status_code == 201, response.text
     job = response.json()
     assert job["status"] == "queued"

@@ -9,8 +9,12 @@ from pathlib import Path
 import pytest
 
 from optimizer.presets import DEFAULT_PRESET, PRESETS
-from service.schemas import JobRecord
+from service.job_config import Resolved, loop_config
+from service.job_schemas import JobRecord
 from tests.service.jobs import setup_job_inputs, tiny_job
+
+RESOLVED = Resolved([("box", "box")], "val")
+"""Stand-in paths: what matters here are the settings."""
 
 
 @pytest.fixture
@@ -29,39 +33,39 @@ def test_the_presets_are_listed_with_their_settings(client, make_key) -> None:
     assert listed["neural-sim"]["settings"]["method"] == "neural-sim"
     assert listed["neural-sim-appearance"]["settings"]["alignment_objective"] == "appearance"
     assert all(p["description"] for p in answer["data"])
+    assert answer["parts"][:4] == ["azimuth", "elevation", "distance", "exposure"]
 
 
 def test_a_job_runs_its_preset_with_its_explicit_settings_on_top(client, inputs) -> None:
     headers, asset_id, target_id = inputs
-    request = tiny_job(asset_id, target_id, preset="neural-sim", estimator="score",
-                       options={**tiny_job(asset_id, target_id)["options"], "enumerate_bins": True},
-                       budget={**tiny_job(asset_id, target_id)["budget"], "images_per_iteration": 8})
+    request = tiny_job(asset_id, target_id, preset="neural-sim", outer={"estimator": "score", "enumerate_bins": True},
+                       budget={"images_per_iteration": 8})
     job = client.post("/v1/jobs", headers=headers, json=request)
     assert job.status_code == 201, job.text
-    assert job.json()["preset"] == "neural-sim" and job.json()["method"] is None
+    assert job.json()["spec"]["preset"] == "neural-sim" and "method" not in job.json()["spec"]["outer"]
     # What the worker runs: the stored record's config.
-    config = JobRecord.model_validate({**job.json(), "tenant": "acme"}).optimize_config("scene.json", "val", None)
-    outer = config.outer
-    assert (config.preset, outer.method, outer.estimator, outer.enumerate_bins, outer.alignment_objective) == \
-        ("neural-sim", "neural-sim", "score", True, "mean")
+    config = loop_config(JobRecord.model_validate({**job.json(), "tenant": "acme"}).spec, RESOLVED)
+    assert (config.preset, config.outer.method, config.outer.estimator, config.outer.enumerate_bins,
+            config.outer.alignment_objective) == ("neural-sim", "neural-sim", "score", True, "mean")
 
-    # The default preset, whose settings the job did not override.
-    default = JobRecord.model_validate({"tenant": "acme", **client.post("/v1/jobs", headers=headers, json={
-        **tiny_job(asset_id, target_id), "preset": DEFAULT_PRESET,
-        "budget": {**tiny_job(asset_id, target_id)["budget"], "images_per_iteration": 8}}).json()})
-    config = default.optimize_config("scene.json", "val", None)
+    # The default preset (filled in when a request names none), whose settings the job did not override.
+    unnamed = {key: value for key, value in tiny_job(asset_id, target_id, budget={"images_per_iteration": 8}).items()
+               if key != "preset"}
+    default = JobRecord.model_validate({"tenant": "acme", **client.post("/v1/jobs", headers=headers, json=unnamed).json()})
+    assert default.spec.preset == DEFAULT_PRESET
+    config = loop_config(default.spec, RESOLVED)
     assert (config.outer.enumerate_bins, config.outer.alignment_objective) == (True, "appearance")
     assert config.final.uniform_baseline is True
 
 
-def test_a_record_stored_before_presets_runs_the_papers_method(client, inputs) -> None:
-    headers, asset_id, target_id = inputs
-    stored = client.post("/v1/jobs", headers=headers, json=tiny_job(asset_id, target_id)).json()
-    del stored["preset"]
-    stored["method"], stored["estimator"] = "neural-sim", "both"
-    stored["options"]["alignment_ignores"] = ["model.22.cv3"]  # a setting jobs may no longer name
-    record = JobRecord.model_validate({**stored, "tenant": "acme"})
-    assert record.preset == "neural-sim" and "alignment_ignores" not in record.options.model_dump()
-    config = record.optimize_config("scene.json", "val", None)
+def test_a_record_stored_before_presets_runs_the_papers_method(inputs) -> None:
+    _, asset_id, target_id = inputs
+    stored = {"id": "job-0000000000000000", "tenant": "acme", "status": "queued", "assets": [asset_id],
+              "target_val": target_id, "method": "neural-sim", "estimator": "both",
+              "options": {"alignment_ignores": ["model.22.cv3"]}}  # (a setting jobs may no longer name)
+    record = JobRecord.model_validate(stored)
+    assert record.spec.preset == "neural-sim"
+    config = loop_config(record.spec, RESOLVED)
     assert (config.outer.enumerate_bins, config.outer.alignment_objective, config.final.uniform_baseline) == \
         (False, "mean", False)
+    assert config.outer.alignment_ignores == []

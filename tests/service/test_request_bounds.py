@@ -18,19 +18,16 @@ from PIL import Image
 from pydantic import ValidationError
 
 from service.api.deps import get_settings
-from service.job_fields import Architecture
 from service.settings import MiB
-from tests.service.jobs import TINY_JOB
+from tests.service.jobs import merged, tiny_job
 
-JOB = {**TINY_JOB, "assets": ["asset-0000000000000000"], "target_val": "target-0000000000000000"}
+JOB = tiny_job("asset-0000000000000000", "target-0000000000000000")
 """A job request valid in itself: every check here refuses it before its ids are looked up."""
 
 
 def refused(client, headers: dict, change: dict, status: int = 422):
-    """The answer to JOB with ``change`` merged in (nested dicts merged one level)."""
-    request = {key: {**JOB[key], **value} if isinstance(value, dict) and isinstance(JOB.get(key), dict) else value
-               for key, value in change.items()}
-    response = client.post("/v1/jobs", headers=headers, json={**JOB, **request})
+    """The answer to JOB with ``change`` merged in (a section's fields merged into its own)."""
+    response = client.post("/v1/jobs", headers=headers, json=merged(JOB, change))
     assert response.status_code == status, response.text
     return response.json()["detail"]
 
@@ -48,35 +45,36 @@ def headers(make_key) -> dict:
 
 
 @pytest.mark.parametrize("loc, value, message", [
-    (("options", "detector_weights"), "/srv/nerfsim-data/tenants/other/evil.pt", "Extra inputs are not permitted"),
-    (("options", "scene"), "/etc", "Extra inputs are not permitted"),
-    (("options", "target_val"), "/etc/passwd", "Extra inputs are not permitted"),
-    (("options", "final_trainer_overrides", "project"), "/tmp/outside", "Extra inputs are not permitted"),
-    (("options", "final_trainer_overrides", "model"), "/tmp/evil.pt", "Extra inputs are not permitted"),
-    (("options", "final_trainer_overrides", "data"), "/etc/data.yaml", "Extra inputs are not permitted"),
-    (("options", "final_trainer_overrides", "optimizer"), "Lion", "Input should be 'auto', 'SGD'"),
-    (("options", "final_trainer_overrides", "lr0"), 5.0, "less than or equal to 1"),
-    (("options", "damping"), "x", "Input should be a valid number"),
-    (("options", "sample_images"), "3", "Input should be a valid integer"),
-    (("options", "sample_images"), True, "Input should be a valid integer"),
-    (("options", "enumerate_bins"), 1, "Input should be a valid boolean"),
-    (("options", "warp_factor"), 9, "Extra inputs are not permitted"),
-    (("options", "final_real_share"), 1.0, "less than 1"),
-    (("options", "final_image_size"), 48, "Input should be a multiple of 32"),
-    (("options", "final_image_size"), 1312, "less than or equal to 1280"),
-    (("options", "final_image_size"), 0, "greater than or equal to 32"),
-    (("options", "photometric"), {"noise": 1}, "Input should be a valid boolean"),
-    (("options", "alignment_ignores"), ["model.22.cv3"], "Extra inputs are not permitted"),  # benchmarks only
-    (("options", "uniform_baseline"), "no", "Input should be a valid boolean"),
+    (("detector", "weights"), "/srv/nerfsim-data/tenants/other/evil.pt", "detector.weights: '/srv/nerfsim-data"),
+    (("scene", "assets"), ["/etc"], "scene.assets: '/etc' is not a record id"),
+    (("targets", "val"), "/etc/passwd", "targets: '/etc/passwd' is not a record id"),
+    (("scene", "spec"), "/etc", "Extra inputs are not permitted"),
+    (("final", "trainer_overrides", "project"), "/tmp/outside", "Extra inputs are not permitted"),
+    (("final", "trainer_overrides", "model"), "/tmp/evil.pt", "Extra inputs are not permitted"),
+    (("final", "trainer_overrides", "data"), "/etc/data.yaml", "Extra inputs are not permitted"),
+    (("final", "trainer_overrides", "optimizer"), "Lion", "Input should be 'auto', 'SGD'"),
+    (("final", "trainer_overrides", "lr0"), 5.0, "less than or equal to 1"),
+    (("hypergradient", "damping"), "x", "Input should be a valid number"),
+    (("detector", "sample_images"), "3", "Input should be a valid integer"),
+    (("detector", "sample_images"), True, "Input should be a valid integer"),
+    (("outer", "enumerate_bins"), 1, "Input should be a valid boolean"),
+    (("outer", "warp_factor"), 9, "Extra inputs are not permitted"),
+    (("final", "real_share"), 1.0, "less than 1"),
+    (("final", "image_size"), 48, "Input should be a multiple of 32"),
+    (("final", "image_size"), 1312, "less than or equal to 1280"),
+    (("final", "image_size"), 0, "greater than or equal to 32"),
+    (("scene", "photometric"), {"noise": 1}, "Input should be a valid boolean"),
+    (("outer", "alignment_ignores"), ["model.22.cv3"], "Extra inputs are not permitted"),  # benchmarks only
+    (("final", "uniform_baseline"), "no", "Input should be a valid boolean"),
     (("preset",), "neural-sim-magic", "Input should be 'neural-sim-appearance', 'neural-sim'"),
-    (("psi", "azimuth_bins"), 10_000_000, "less than or equal to 72"),
-    (("psi", "azimuth_bins"), 0, "greater than or equal to 1"),
-    (("psi", "azimuth_bins"), -3, "greater than or equal to 1"),
-    (("psi", "azimuth_bins"), "8", "Input should be a valid integer"),
-    (("psi", "num_classes"), 3, "Extra inputs are not permitted"),
-    (("psi", "learn_azimuth"), False, "Extra inputs are not permitted"),
-    (("psi", "hue_bins"), 3, "Extra inputs are not permitted"),
-    (("psi", "elevation_range_deg"), [0, 50, 80], "List should have at most 2 items"),
+    (("psi", "initial", "azimuth_bins"), 10_000_000, "less than or equal to 72"),
+    (("psi", "initial", "azimuth_bins"), 0, "greater than or equal to 1"),
+    (("psi", "initial", "azimuth_bins"), -3, "greater than or equal to 1"),
+    (("psi", "initial", "azimuth_bins"), "8", "Input should be a valid integer"),
+    (("psi", "initial", "num_classes"), 3, "Extra inputs are not permitted"),
+    (("psi", "initial", "learn_azimuth"), False, "Extra inputs are not permitted"),
+    (("psi", "initial", "hue_bins"), 3, "Extra inputs are not permitted"),
+    (("psi", "initial", "elevation_range_deg"), [0, 50, 80], "List should have at most 2 items"),
     (("budget", "outer_iterations"), "3", "Input should be a valid integer"),
     (("budget", "warp"), 1, "Extra inputs are not permitted"),
     (("seed",), -1, "greater than or equal to 0"),
@@ -84,44 +82,47 @@ def headers(make_key) -> dict:
     (("seed",), 10**30, "less than or equal to 2147483647"),
     (("seed",), "3", "Input should be a valid integer"),
     (("seed",), True, "Input should be a valid integer"),
-    (("detector",), "bogus", "Input should be 'yolov8n', 'yolo11n' or 'yolov8n-cpu'"),
-    (("image_size",), 64.0, "Input should be a valid integer"),
-    (("detector_weightz",), "x", "Extra inputs are not permitted"),
+    (("detector", "arch"), "bogus", "Input should be 'yolov8n', 'yolo11n' or 'yolov8n-cpu'"),
+    (("detector", "image_size"), 64.0, "Input should be a valid integer"),
+    (("detector", "weightz"), "x", "Extra inputs are not permitted"),
+    (("target_val",), "target-0000000000000000", "Extra inputs are not permitted"),  # the flat shape is gone
 ])
 def test_bad_fields_are_refused_naming_them(client, headers, loc: tuple, value, message: str) -> None:
     change: dict = value
-    for key in reversed(loc):
-        change = [change] if isinstance(key, int) else {key: change}
-    detail = refused(client, headers, change)
-    assert message in problem(detail, *loc)["msg"]
+    for key in reversed(loc[1:]):
+        change = {key: change}
+    detail = refused(client, headers, {loc[0]: change})
+    # A reference that is not a record id is refused by the request's own check (loc: the body).
+    found = [p for p in detail if tuple(p["loc"]) in (("body", *loc), ("body",))]
+    assert found and message in found[0]["msg"], detail
 
 
-@pytest.mark.parametrize("psi, message", [
-    ({"elevation_range_deg": [50, 0]}, "elevation_range_deg: need lo <= hi, got [50.0, 0.0]"),
-    ({"background_crop_side": [0.9, 0.2]}, "background_crop_side: need lo <= hi"),
-    ({"elevation_median_deg": 70}, "elevation_median_deg: must lie strictly inside elevation_range_deg"),
+@pytest.mark.parametrize("initial, loc, message", [
+    ({"elevation_range_deg": [50, 0]}, ("psi", "initial"), "elevation_range_deg: need lo <= hi, got [50.0, 0.0]"),
+    ({"background_crop_side": [0.9, 0.2]}, ("psi", "initial"), "background_crop_side: need lo <= hi"),
 ])
-def test_psi_ranges_are_ordered_and_consistent(client, headers, psi: dict, message: str) -> None:
-    assert message in problem(refused(client, headers, {"psi": psi}), "psi")["msg"]
+def test_psi_ranges_are_ordered(client, headers, initial: dict, loc: tuple, message: str) -> None:
+    assert message in problem(refused(client, headers, {"psi": {"initial": initial}}), *loc)["msg"]
 
 
 @pytest.mark.parametrize("value", ["1e309", "-1e309", "NaN", "Infinity"])
 def test_non_finite_numbers_are_refused_with_a_json_answer(client, headers, value: str) -> None:
-    body = json.dumps(JOB)[:-1] + f', "fov_deg": {value}}}'
+    body = json.dumps(JOB)[:-1] + f', "seed": {value}}}'
     response = client.post("/v1/jobs", headers={**headers, "Content-Type": "application/json"}, content=body)
     assert response.status_code == 422, response.text
-    found = problem(response.json()["detail"], "fov_deg")
-    assert found["msg"] == "Input should be a finite number"
+    found = problem(response.json()["detail"], "seed")
+    assert found["msg"] in ("Input should be a finite number", "Input should be a valid integer")
     assert not math.isfinite(float(found["input"]))  # sent back as text: JSON has no inf or NaN
-    for field in ({"options": {"damping": value}}, {"psi": {"distance_median": value}}):
-        key, inner = next(iter(field.items()))
-        body = json.dumps(JOB)[:-1] + f', "{key}": {{"{next(iter(inner))}": {value}}}}}'
+    for key, inner in (("hypergradient", "damping"), ("scene", "fov_deg")):
+        body = json.dumps({**JOB, key: {**JOB.get(key, {}), inner: "VALUE"}}).replace('"VALUE"', value)
         response = client.post("/v1/jobs", headers={**headers, "Content-Type": "application/json"}, content=body)
-        assert response.status_code == 422 and response.json()["detail"][0]["loc"][:2] == ["body", key], response.text
+        assert response.status_code == 422, response.text
+        found = problem(response.json()["detail"], key, inner)
+        assert found["msg"] == "Input should be a finite number"
 
 
 def test_huge_psi_and_unknown_fields_answer_413_without_reading_them(client, headers) -> None:
-    many_keys = {"psi": {f"k{i:07d}": 1 for i in range(1_200_000)}}  # 22 MB of unknown psi keys
+    many_keys = {"psi": {"initial": {f"k{i:07d}": 1 for i in range(1_200_000)}}}  # 22 MB of unknown psi keys
     response = client.post("/v1/jobs", headers=headers, json={**JOB, **many_keys})
     assert response.status_code == 413
     assert "larger than the 1048576 byte limit of JSON requests" in response.json()["detail"]
@@ -129,7 +130,7 @@ def test_huge_psi_and_unknown_fields_answer_413_without_reading_them(client, hea
     response = client.post("/v1/jobs", headers={**headers, "Content-Type": "application/json"}, content=body)
     assert response.status_code == 413 and "byte limit of JSON requests" in response.json()["detail"]
     # Just under the limit the body is read, and its unknown fields are named.
-    under = {**JOB, "psi": {f"k{i:05d}": 1 for i in range(3)}}
+    under = {"psi": {"initial": {f"k{i:05d}": 1 for i in range(3)}}}
     assert refused(client, headers, under)[0]["msg"] == "Extra inputs are not permitted"
 
 
@@ -167,56 +168,58 @@ def test_cuda_is_refused_where_the_workers_have_none(client, headers, settings) 
                       "NERFSIM_WORKER_DEVICES lists them)")
 
 
+def config_of(change: dict):
+    """The loop's config of JOB with ``change`` (placeholder paths)."""
+    from service.job_config import loop_config, placeholders
+    from service.job_schemas import JobCreate
+
+    job = JobCreate.model_validate(merged(JOB, change))
+    return loop_config(job, placeholders(job))
+
+
 def test_allowed_fields_reach_the_loop_config() -> None:
     """What the SDK, the dashboard and the benchmarks send is accepted and converts to the
     loop's config, trainer overrides as a plain dict and unset fields left to the loop."""
-    from optimizer.config import HypergradientConfig
-    from service.schemas import JobCreate
+    from optimizer.config import OptimizeConfig
 
-    request = {**JOB, "psi": {"distance_median": 0.5, "elevation_range_deg": [0, 50]},
-               "options": {"warmup_steps": 1, "val_map_every": 0, "sample_images": 1, "damping": 1,
-                           "oracle_psi": {"azimuth_bin_probs": [0, 0, 1, 1, 0, 0, 0, 0]},
-                           "final_trainer_overrides": {"mosaic": 0.0, "close_mosaic": 0, "fliplr": 0.0,
-                                                       "warmup_epochs": 1.0, "optimizer": "AdamW", "lr0": 0.002}}}
-    job = JobCreate.model_validate(request)
-    config = job.optimize_config("scene.json", "val", None)
+    config = config_of({
+        "psi": {"initial": {"distance_median": 0.5, "elevation_range_deg": [0, 50]},
+                "oracle": {"azimuth_bin_probs": [0, 0, 1, 1, 0, 0, 0, 0]}},
+        "detector": {"warmup_steps": 1, "val_map_every": 0, "sample_images": 1}, "hypergradient": {"damping": 1},
+        "final": {"trainer_overrides": {"mosaic": 0.0, "close_mosaic": 0, "fliplr": 0.0, "warmup_epochs": 1.0,
+                                        "optimizer": "AdamW", "lr0": 0.002}}})
     assert config.psi.initial == {"distance_median": 0.5, "elevation_range_deg": [0.0, 50.0]}
     assert config.final.trainer_overrides == {"optimizer": "AdamW", "lr0": 0.002, "warmup_epochs": 1.0,
                                               "close_mosaic": 0, "mosaic": 0.0, "fliplr": 0.0}
     assert config.psi.oracle == {"azimuth_bin_probs": [0, 0, 1, 1, 0, 0, 0, 0]}
-    assert (config.hypergradient.damping, config.detector.warmup_steps, config.detector.inner_batch_size) == (1.0, 1,
-                                                                                                              None)
-    assert config.hypergradient.neumann_scale == HypergradientConfig.neumann_scale  # unset: the loop's default
-    assert json.loads(job.model_dump_json())["options"]["final_trainer_overrides"]["optimizer"] == "AdamW"
-    # the loop's defaults
+    assert (config.hypergradient.damping, config.detector.warmup_steps, config.detector.inner_batch_size) == (1.0, 1, None)
+    assert config.hypergradient.neumann_scale == OptimizeConfig().hypergradient.neumann_scale  # unset: the loop's
     assert config.scene.photometric == {} and config.psi.priors and config.scene.harvest_backgrounds
 
 
 def test_the_real_photo_settings_reach_the_loop_config() -> None:
-    from service.schemas import JobCreate
-
-    options = {"final_real_share": 0.5, "real_only_baseline": False, "harvest_backgrounds": False,
-               "psi_priors": False, "photometric": False}
-    config = JobCreate.model_validate({**JOB, "options": options}).optimize_config("scene.json", "val", "test")
+    config = config_of({"final": {"real_share": 0.5, "real_only_baseline": False},
+                        "scene": {"harvest_backgrounds": False, "photometric": False}, "psi": {"priors": False}})
     assert (config.final.real_share, config.final.real_only_baseline, config.scene.harvest_backgrounds,
             config.psi.priors, config.scene.photometric) == (0.5, False, False, False, None)
-    on = JobCreate.model_validate({**JOB, "options": {"photometric": True}}).optimize_config("scene.json", "val", None)
-    assert on.scene.photometric == {}
-    assert on.scene.resting_poses  # the loop's default: objects rest on a support plane
-    off = JobCreate.model_validate({**JOB, "options": {"resting_poses": False}}).optimize_config("scene.json", "val", None)
-    assert off.scene.resting_poses is False
-    lying = JobCreate.model_validate({**JOB, "options": {"canonical_pose_share": 0.25}}).optimize_config("scene.json", "val", None)
-    assert lying.scene.canonical_pose_share == 0.25
+    on = config_of({"scene": {"photometric": True}})
+    assert on.scene.photometric == {} and on.scene.resting_poses  # the loop's default: objects rest on a plane
+    assert config_of({"scene": {"resting_poses": False}}).scene.resting_poses is False
+    assert config_of({"scene": {"canonical_pose_share": 0.25}}).scene.canonical_pose_share == 0.25
+    assert config_of({"final": {"image_size": 640}}).final.image_size == 640
+    assert config_of({}).final.image_size is None  # unset: the photos' size
     with pytest.raises(ValidationError, match="canonical_pose_share"):
-        JobCreate.model_validate({**JOB, "options": {"canonical_pose_share": 1.5}})
+        config_of({"scene": {"canonical_pose_share": 1.5}})
 
 
 def test_the_architectures_are_the_detectors() -> None:
     from typing import get_args
 
+    from nerfsim_client.spec import DetectorSection
+
     from detector.model import Architecture as DetectorArchitecture
 
-    assert get_args(Architecture) == get_args(DetectorArchitecture)
+    assert get_args(DetectorSection.model_fields["arch"].annotation) == get_args(DetectorArchitecture)
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,9 +293,10 @@ def test_asset_builds_are_bounded(client, headers, tmp_path: Path, build: dict, 
 
 
 def test_ids_are_bounded(client, headers) -> None:
-    detail = refused(client, headers, {"assets": ["a" * 65]})
-    assert "at most 64 characters" in problem(detail, "assets", 0)["msg"]
-    assert "at most 64 characters" in problem(refused(client, headers, {"target_val": "t" * 1000}), "target_val")["msg"]
+    detail = refused(client, headers, {"scene": {"assets": ["a" * 65]}})
+    assert "scene.assets: 'aaaa" in problem(detail)["msg"] and "is not a record id" in problem(detail)["msg"]
+    assert "at most 1024 characters" in problem(refused(client, headers, {"targets": {"val": "t" * 2000}}),
+                                                "targets", "val")["msg"]
 
 
 def test_a_multipart_body_to_a_json_route_has_the_json_limit(client, headers) -> None:
@@ -305,25 +309,20 @@ def test_a_multipart_body_to_a_json_route_has_the_json_limit(client, headers) ->
 def test_records_stored_before_the_allowlists_still_load() -> None:
     """A stored job or asset with settings no longer accepted reads without them (a queued job
     then runs without the path it named) instead of breaking every listing of its tenant."""
-    from service.schemas import AssetRecord, JobRecord
+    from service.job_schemas import JobCreate, JobRecord
+    from service.schemas import AssetRecord
 
-    legacy_job = {**JOB, "id": "job-0000000000000000", "tenant": "acme", "status": "queued", "psi": {"bins": 3},
+    legacy_job = {"assets": ["asset-0000000000000000"], "target_val": "target-0000000000000000", "preset": "neural-sim",
+                  "id": "job-0000000000000000", "tenant": "acme", "status": "queued", "psi": {"bins": 3},
                   "options": {"detector_weights": "/data/tenants/b/evil.pt", "sample_images": 1,
                               "final_trainer_overrides": {"project": "/tmp", "lr0": 0.002}}}
     job = JobRecord.model_validate_json(json.dumps(legacy_job))
-    assert job.options.model_dump() == {"sample_images": 1, "final_trainer_overrides": {"lr0": 0.002}}
-    assert job.psi.model_dump() == {}
+    assert job.spec.detector.model_dump() == {"arch": "yolov8n-cpu", "image_size": 64, "sample_images": 1}
+    assert job.spec.final.model_dump() == {"trainer_overrides": {"lr0": 0.002}}
+    assert job.spec.psi.initial.model_dump() == {}
+    stored = {**legacy_job, "spec": merged(JOB, {"detector": {"retired_knob": 1}})}
+    assert JobRecord.model_validate(stored).spec.detector == JobCreate.model_validate(JOB).detector
     legacy_asset = {"id": "asset-0000000000000000", "tenant": "acme", "name": "box", "kind": "mesh",
                     "status": "ready", "build": {"views": 12, "trainer": {"steps": 9, "rays_per_step": 512}}}
     asset = AssetRecord.model_validate_json(json.dumps(legacy_asset))
     assert asset.build.trainer.model_dump() == {"rays_per_step": 512} and asset.build.views == 12
-
-
-def test_the_final_image_size_option_reaches_the_loop_config() -> None:
-    from optimizer.config import OptimizeConfig
-    from service.job_fields import JobOptions, sectioned
-
-    settings = JobOptions(final_image_size=640).loop_settings()
-    assert settings == {"final_image_size": 640}
-    assert OptimizeConfig.from_dict(sectioned(settings)).final.image_size == 640
-    assert "final_image_size" not in JobOptions().loop_settings()  # unset: the photos' size

@@ -15,13 +15,13 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.timeouts import JobTimeoutException
 
-from service import tasks
+from service import task_common, tasks
 from service.attempts import start_attempt
 from service.events import cancel_key, decode, events_key
 from service.interruption import WorkerStopping
 from service.queue import get_queue
 from service.records import RecordStore, record_key
-from service.schemas import JobRecord
+from service.job_schemas import JobRecord
 from service.storage import Storage
 from tests.service.jobs import read_events, setup_job_inputs, tiny_job
 
@@ -30,7 +30,7 @@ from tests.service.jobs import read_events, setup_job_inputs, tiny_job
 def job(client, make_key, settings, asset_zip: Path, coco_zip: Path, monkeypatch):
     """A queued tiny job (RQ holds it with job_retries=2 retries), its API headers, its store
     and tenant, and the request that created it."""
-    monkeypatch.setattr(tasks, "get_settings", lambda: settings)  # the worker's settings: the test's
+    monkeypatch.setattr(task_common, "get_settings", lambda: settings)  # the worker's settings: the test's
     headers = make_key("retries")
     request = tiny_job(*setup_job_inputs(client, headers, asset_zip, coco_zip))
     job_id = client.post("/v1/jobs", headers=headers, json=request).json()["id"]
@@ -171,7 +171,7 @@ def test_a_job_whose_inputs_are_gone_is_not_retried(client, settings, job) -> No
     for _ in range(3):
         run_attempt(store, tenant, job_id, iterations=0, stage="setup")
         end_attempt(store, settings, job_id, AbandonedJobError())
-    asset = request["assets"][0]
+    asset = request["scene"]["assets"][0]
     assert client.delete(f"/v1/assets/{asset}", headers=headers).status_code == 204
     answer = client.post(f"/v1/jobs/{job_id}/retry", headers=headers)
     assert answer.status_code == 404 and asset in answer.json()["detail"], answer.text

@@ -120,5 +120,5 @@ def test_splat_builds_and_a_job_with_a_splat_on_a_worker(client, make_key, worke
                     300, "the job with a splat")
     assert done["status"] == "succeeded", done["error"]
     assert read_events(client, job["id"], headers)[-1]["data"]["status"] == "succeeded"
-    scene = json.loads(next((tenant_dir / "jobs" / job["id"]).rglob("scene.json")).read_text())
+    scene = json.loads((tenant_dir / "jobs" / job["id"] / "config.json").read_text())["scene"]["spec"]  # inline
     assert scene["objects"][0]["path"].endswith(f"{baked['id']}/object")

@@ -12,7 +12,7 @@ import torch
 from detector.model import DetectorConfig, build_detector, save_detector
 from optimizer.loop import detector_config
 from service.records import RecordStore
-from service.schemas import JobRecord
+from service.job_schemas import JobRecord
 from service.storage import Storage
 from service.tasks import job_config
 from tests.detector.test_checkpoint import _RunsCode
@@ -91,19 +91,19 @@ def test_a_job_names_weights_by_id_in_its_own_tenant_only(client, make_key, asse
     owned = upload(client, "/v1/weights", owner, weights_file, name="boxes")
     asset_id, target_id = setup_job_inputs(client, other, asset_zip, coco_zip)
 
-    stolen = client.post("/v1/jobs", headers=other, json=tiny_job(asset_id, target_id, detector_weights=owned["id"]))
+    stolen = client.post("/v1/jobs", headers=other, json=tiny_job(asset_id, target_id, detector={"weights": owned["id"]}))
     missing = client.post("/v1/jobs", headers=other,
-                          json=tiny_job(asset_id, target_id, detector_weights="weights-0123456789abcdef"))
+                          json=tiny_job(asset_id, target_id, detector={"weights": "weights-0123456789abcdef"}))
     assert stolen.status_code == missing.status_code == 404
     assert stolen.json()["detail"] == f"weights {owned['id']} not found"
     assert missing.json()["detail"] == "weights weights-0123456789abcdef not found"
     assert client.get(f"/v1/weights/{owned['id']}", headers=other).status_code == 404
     assert client.delete(f"/v1/weights/{owned['id']}", headers=other).status_code == 404
 
-    for body in ({"detector_weights": "/abs/path/evil.pt"}, {"options": {"detector_weights": "/abs/path/evil.pt"}}):
-        response = client.post("/v1/jobs", headers=other, json={**tiny_job(asset_id, target_id), **body})
-        assert response.status_code in (400, 422), response.text
-        assert "detector_weights" in str(response.json()["detail"])
+    for change in ({"detector": {"weights": "/abs/path/evil.pt"}}, {"outer": {"detector_weights": "/abs/path/evil.pt"}}):
+        response = client.post("/v1/jobs", headers=other, json=tiny_job(asset_id, target_id, **change))
+        assert response.status_code == 422, response.text
+        assert "weights" in str(response.json()["detail"])
     assert client.get("/v1/jobs", headers=other).json()["count"] == 0
 
 
@@ -115,10 +115,10 @@ def test_weights_must_share_a_class_with_the_assets(client, make_key, asset_zip:
                          tmp_path / "cars.pt")
     weights = upload(client, "/v1/weights", headers, cars, name="cars")
 
-    response = client.post("/v1/jobs", headers=headers, json=tiny_job(asset_id, target_id, detector_weights=weights["id"]))
+    response = client.post("/v1/jobs", headers=headers, json=tiny_job(asset_id, target_id, detector={"weights": weights["id"]}))
 
     assert response.status_code == 422
-    assert response.json()["detail"] == (f"detector_weights: weights {weights['id']} have classes ['car', 'bus'], "
+    assert response.json()["detail"] == (f"detector.weights: weights {weights['id']} have classes ['car', 'bus'], "
                                          "none of which is an asset's class (asset classes: ['box'])")
 
 
@@ -128,16 +128,16 @@ def test_a_job_with_uploaded_weights_starts_its_detector_from_them(client, make_
     headers = make_key("acme")
     asset_id, target_id = setup_job_inputs(client, headers, asset_zip, coco_zip)
     weights = upload(client, "/v1/weights", headers, weights_file, name="boxes")
-    response = client.post("/v1/jobs", headers=headers, json=tiny_job(asset_id, target_id, detector_weights=weights["id"]))
+    response = client.post("/v1/jobs", headers=headers, json=tiny_job(asset_id, target_id, detector={"weights": weights["id"]}))
     assert response.status_code == 201, response.text
     job = response.json()
-    assert job["detector_weights"] == weights["id"]
+    assert job["spec"]["detector"]["weights"] == weights["id"]
     # In use by a queued job: not deletable.
     assert client.delete(f"/v1/weights/{weights['id']}", headers=headers).status_code == 409
 
     store = RecordStore(redis.Redis.from_url(settings.redis_url), Storage(settings.storage_root))
     record = store.get(JobRecord, _record_dir(settings.storage_root, "jobs", job["id"]).parent.parent.name, job["id"])
-    config = job_config(record, store, tmp_path / "job")
+    config = job_config(record, store)
 
     stored = store.storage.record_dir("weights", record.tenant, weights["id"]) / "weights.pt"
     assert config.detector.weights == str(stored)
@@ -161,7 +161,7 @@ def test_a_job_with_uploaded_weights_runs_on_a_worker(client, make_key, workers,
     headers = make_key("acme")
     asset_id, target_id = setup_job_inputs(client, headers, asset_zip, coco_zip)
     weights = upload(client, "/v1/weights", headers, weights_file, name="boxes")
-    job = client.post("/v1/jobs", headers=headers, json=tiny_job(asset_id, target_id, detector_weights=weights["id"])).json()
+    job = client.post("/v1/jobs", headers=headers, json=tiny_job(asset_id, target_id, detector={"weights": weights["id"]})).json()
     workers.start()
 
     done = wait_for(lambda: (r := client.get(f"/v1/jobs/{job['id']}", headers=headers).json())["status"]

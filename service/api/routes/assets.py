@@ -97,7 +97,7 @@ def delete_asset(asset_id: str, tenant: TenantDep, store: StoreDep) -> None:
     record = store.get(AssetRecord, tenant, asset_id)
     if record.status == "building":
         raise Conflict(f"asset {asset_id} is being built; cancel its build or delete it when it is ready or failed")
-    delete_unless_used(store, record, f"asset {asset_id} is", lambda job: asset_id in job.assets)
+    delete_unless_used(store, record, f"asset {asset_id} is", lambda job: asset_id in job.spec.scene.assets)
 
 
 @router.post("/{asset_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=AssetPublic)
@@ -107,7 +107,7 @@ def cancel_asset_build(asset_id: str, tenant: TenantDep, store: StoreDep) -> Ass
     built is a conflict."""
     from service.events import cancel_key
     from service.queue import cancel_queued
-    from service.tasks import BUILD_CANCELLED
+    from service.asset_tasks import BUILD_CANCELLED
 
     record = store.get(AssetRecord, tenant, asset_id)
     if record.status != "building":

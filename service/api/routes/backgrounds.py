@@ -65,4 +65,4 @@ def delete_backgrounds(backgrounds_id: str, tenant: TenantDep, store: StoreDep) 
     """Delete a background set; refused while a queued or running job uses it."""
     record = store.get(BackgroundsRecord, tenant, backgrounds_id)
     delete_unless_used(store, record, f"backgrounds {backgrounds_id} are",
-                       lambda job: backgrounds_id in job.backgrounds)
+                       lambda job: backgrounds_id in job.spec.scene.backgrounds)

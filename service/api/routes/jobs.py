@@ -14,22 +14,21 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from nerfsim_client.spec import JobSpec
 
 from service.api.deps import AsyncRedisDep, QueueDep, SettingsDep, StoreDep, TenantDep
 from service.api.responses import STREAM_ERROR_RESPONSES
 from service.errors import Conflict, InvalidField, NotFound, ServiceError
 from service.events import cancel_key, decode, events_key, publish
+from service.job_config import check_spec
 from service.job_fields import worker_devices
+from service.job_schemas import JobCreate, JobPublic, JobRecord, JobsPublic
 from service.queue import RUN_JOB, cancel_queued, enqueue
 from service.recovery import idempotency_key
 from service.schemas import (
     TERMINAL_STATUSES,
     AssetRecord,
     BackgroundsRecord,
-    JobCreate,
-    JobPublic,
-    JobRecord,
-    JobsPublic,
     JobStatus,
     TargetRecord,
     WeightsRecord,
@@ -45,22 +44,22 @@ FILE_CONTENT = {"content": {**{media: {"schema": {"type": "string", "format": "b
 """Media types of downloaded files (by their suffix; JSON files hold any JSON)."""
 
 
-def _check_references(job: JobCreate, tenant: str, store, settings) -> None:
+def _check_references(job: JobSpec, tenant: str, store, settings) -> None:
     """Assets ready, names unique, targets of the right role and classes the assets provide, a
-    device the workers offer."""
+    device the workers offer, settings the loop takes."""
     offered = worker_devices(settings)
     if job.device not in ("auto", *offered):
         raise InvalidField(f"device: {job.device!r} is not offered by this deployment's workers (they offer "
                            f"{['auto', *offered]}; NERFSIM_WORKER_DEVICES lists them)")
-    assets = [store.get(AssetRecord, tenant, asset_id) for asset_id in job.assets]
+    assets = [store.get(AssetRecord, tenant, asset_id) for asset_id in job.scene.assets]
     for asset in assets:
         if asset.status != "ready":
             raise Conflict(f"asset {asset.id} is {asset.status}, not ready")
     names = [a.name for a in assets]
     if len(set(names)) != len(names):
-        raise ServiceError(f"assets: class names must be unique, got {names}")
-    for field, target_id, roles in (("target_val", job.target_val, ("validation", "both")),
-                                    ("target_test", job.target_test, ("test", "both"))):
+        raise ServiceError(f"scene.assets: class names must be unique, got {names}")
+    for field, target_id, roles in (("targets.val", job.targets.val, ("validation", "both")),
+                                    ("targets.test", job.targets.test, ("test", "both"))):
         if target_id is None:
             continue
         target = store.get(TargetRecord, tenant, target_id)
@@ -70,13 +69,10 @@ def _check_references(job: JobCreate, tenant: str, store, settings) -> None:
         if unknown:
             raise ServiceError(f"{field}: target {target_id} has classes {unknown} that no asset provides "
                                f"(asset classes: {names})")
-    if job.detector_weights is not None:
-        _check_weights(job.detector_weights, names, tenant, store)
-    _check_backgrounds(job.backgrounds, tenant, store, settings.max_background_images)
-    try:  # the loop's own checks, so a bad job fails here, not later
-        job.optimize_config("scene.json", "validation", "test" if job.target_test else None).validate()
-    except (TypeError, ValueError) as error:
-        raise ServiceError(str(error).replace("OptimizeConfig.", "")) from error
+    if job.detector.weights is not None:
+        _check_weights(job.detector.weights, names, tenant, store)
+    _check_backgrounds(job.scene.backgrounds, tenant, store, settings.max_background_images)
+    check_spec(job)  # the loop's own checks, so a bad job fails here, not later
 
 
 def _check_weights(weights_id: str, asset_names: list[str], tenant: str, store) -> None:
@@ -84,7 +80,7 @@ def _check_weights(weights_id: str, asset_names: list[str], tenant: str, store) 
     share a class with the assets: with none in common, no class-logit row carries over."""
     weights = store.get(WeightsRecord, tenant, weights_id)
     if not set(weights.class_names) & set(asset_names):
-        raise InvalidField(f"detector_weights: weights {weights_id} have classes {weights.class_names}, none of "
+        raise InvalidField(f"detector.weights: weights {weights_id} have classes {weights.class_names}, none of "
                             f"which is an asset's class (asset classes: {asset_names})")
 
 
@@ -93,7 +89,7 @@ def _check_backgrounds(backgrounds_ids: list[str], tenant: str, store, max_image
     one) and hold at most ``max_images`` photos together (the worker holds them in memory)."""
     images = sum(store.get(BackgroundsRecord, tenant, backgrounds_id).num_images for backgrounds_id in backgrounds_ids)
     if images > max_images:
-        raise InvalidField(f"backgrounds: the sets hold {images} photos together, more than the limit of "
+        raise InvalidField(f"scene.backgrounds: the sets hold {images} photos together, more than the limit of "
                            f"{max_images} per job")
 
 
@@ -122,7 +118,7 @@ def create_job(
             response.status_code = status.HTTP_200_OK
             return existing
     record = JobRecord(id=job_id, tenant=tenant, status="queued", idempotency_key=idempotency_key_header,
-                       request_hash=request_hash, **job.model_dump())
+                       request_hash=request_hash, spec=job.model_dump())
     store.create(record)
     publish(store.redis, job_id, "status", {"status": "queued"}, settings.progress_stream_length)
     enqueue(queue, RUN_JOB, tenant, job_id, settings, description=f"job {job_id}")
@@ -157,8 +153,8 @@ def list_jobs(
     where = None
     if status or asset or target:
         def where(j: JobRecord) -> bool:
-            return ((status is None or j.status == status) and (asset is None or asset in j.assets)
-                    and (target is None or target in (j.target_val, j.target_test)))
+            return ((status is None or j.status == status) and (asset is None or asset in j.spec.scene.assets)
+                    and (target is None or target in (j.spec.targets.val, j.spec.targets.test)))
     records, count = store.list(JobRecord, tenant, offset, min(limit, settings.page_size_max), where)
     return JobsPublic(data=records, count=count)
 
@@ -298,7 +294,7 @@ def retry_job(job_id: str, tenant: TenantDep, store: StoreDep, queue: QueueDep, 
         raise Conflict(f"job {job_id} is {record.status}; only a failed or cancelled job can be retried")
     if is_active(store.redis, job_id):
         raise Conflict(f"job {job_id} is still being wound up by its worker; retry it in a few seconds")
-    _check_references(record, tenant, store, settings)  # its assets, targets, weights or backgrounds may be gone
+    _check_references(record.spec, tenant, store, settings)  # its assets, targets, weights or backgrounds may be gone
 
     def again(current: JobRecord) -> None:
         if current.status not in RETRYABLE:  # (another request retried it meanwhile)

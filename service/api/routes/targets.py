@@ -73,4 +73,4 @@ def delete_target(target_id: str, tenant: TenantDep, store: StoreDep) -> None:
     """Delete a target set; refused while a queued or running job uses it."""
     record = store.get(TargetRecord, tenant, target_id)
     delete_unless_used(store, record, f"target {target_id} is",
-                       lambda job: target_id in (job.target_val, job.target_test))
+                       lambda job: target_id in (job.spec.targets.val, job.spec.targets.test))

@@ -63,4 +63,4 @@ def get_weights(weights_id: str, tenant: TenantDep, store: StoreDep) -> WeightsR
 def delete_weights(weights_id: str, tenant: TenantDep, store: StoreDep) -> None:
     """Delete weights; refused while a queued or running job starts from them."""
     record = store.get(WeightsRecord, tenant, weights_id)
-    delete_unless_used(store, record, f"weights {weights_id} are", lambda job: job.detector_weights == weights_id)
+    delete_unless_used(store, record, f"weights {weights_id} are", lambda job: job.spec.detector.weights == weights_id)
