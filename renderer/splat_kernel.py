@@ -101,11 +101,16 @@ def render_splat_chunk(
     alpha, depth_sum = torch.zeros(batch, pixels), torch.zeros(batch, pixels)
     masks, alone = torch.zeros(batch, slots, pixels), torch.zeros(batch, slots, pixels)
     stretch = ray_stretch(size, fov_deg, torch.float32, torch.device("cpu")).contiguous()
+    splats: dict[int, tuple] = {}  # object id: its Gaussians and their covariances, shared by its views
     for image in range(batch):
         parts = []
         for slot in params.present[image].nonzero().squeeze(-1).tolist():
-            gaussians = objects[int(params.object_ids[image, slot])].gaussians.detach()
-            p = project(gaussians, rotation[image, slot], translation[image, slot], fov_deg, size)
+            object_id = int(params.object_ids[image, slot])
+            if object_id not in splats:
+                gaussians = objects[object_id].gaussians.detach()
+                splats[object_id] = gaussians, gaussians.covariances()
+            gaussians, covariances = splats[object_id]
+            p = project(gaussians, rotation[image, slot], translation[image, slot], fov_deg, size, covariances)
             if p is None:
                 continue
             q_max, boxes = footprints(p.u, p.v, p.var_x, p.var_y, p.opacity, height, width)

@@ -113,9 +113,11 @@ class Projected:
 
 
 def project(
-    gaussians: "Gaussians", rotation: Float[Tensor, "3 3"], translation: Float[Tensor, "3"], fov_deg: float, size: int | tuple[int, int]
+    gaussians: "Gaussians", rotation: Float[Tensor, "3 3"], translation: Float[Tensor, "3"], fov_deg: float,
+    size: int | tuple[int, int], covariances: Float[Tensor, "N 3 3"] | None = None,
 ) -> Projected | None:
-    """EWA projection of the Gaussians in front of the near plane (None: there are none)."""
+    """EWA projection of the Gaussians in front of the near plane (None: there are none).
+    ``covariances``: the Gaussians' own, where already computed (views of one splat share them)."""
     height, width = image_shape(size)
     focal = focal_length(max(height, width), fov_deg)
     # Cull behind the near plane first: the projection divides by the depth.
@@ -124,7 +126,12 @@ def project(
         front = (depth_all > NEAR).nonzero().squeeze(-1)
     if front.numel() == 0:
         return None
-    g = gaussians.take(front)
+    everything = front.numel() == gaussians.num  # no copy of the Gaussians then (the same values)
+    g = gaussians if everything else gaussians.take(front)
+    if covariances is None:
+        covariances = g.covariances()
+    elif not everything:
+        covariances = covariances.index_select(0, front)
     centres = g.means @ rotation.T + translation
     z = -centres[:, 2]
     x_over_z, y_over_z = centres[:, 0] / z, centres[:, 1] / z
@@ -142,7 +149,7 @@ def project(
         [torch.stack([focal / z, zero, focal * tx / z], -1), torch.stack([zero, -focal / z, -focal * ty / z], -1)], -2
     )
     jw = jacobian @ rotation
-    cov2d = jw @ g.covariances() @ jw.transpose(-1, -2)
+    cov2d = jw @ covariances @ jw.transpose(-1, -2)
     a, b, c = cov2d[:, 0, 0] + LOW_PASS, cov2d[:, 0, 1], cov2d[:, 1, 1] + LOW_PASS
     det = a * c - b * b
     conic = torch.stack([c / det, -b / det, a / det], dim=-1)
