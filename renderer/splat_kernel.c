@@ -9,6 +9,13 @@
 
 #define TILE 16
 
+/* A footprint box x0 y0 x1 y1 inside the image and not empty (boxes of non-finite Gaussians are
+ * garbage: skipped). */
+static int listed(const int32_t *b, int height, int width)
+{
+    return 0 <= b[0] && b[0] <= b[2] && b[2] < width && 0 <= b[1] && b[1] <= b[3] && b[3] < height;
+}
+
 int nerfsim_composite_splats(
     int n, const float *u, const float *v, const float *conic, const float *opacity, const float *q_max,
     const float *colour, const float *z, const int32_t *slot, const int32_t *box,
@@ -21,7 +28,7 @@ int nerfsim_composite_splats(
     if (!start) return 1;
     for (int i = 0; i < n; i++) {
         const int32_t *b = box + 4 * i;
-        if (b[2] < b[0] || b[3] < b[1]) continue;
+        if (!listed(b, height, width)) continue;
         for (int ty = b[1] / TILE; ty <= b[3] / TILE; ty++)
             for (int tx = b[0] / TILE; tx <= b[2] / TILE; tx++) start[(int64_t)ty * tiles_x + tx + 1]++;
     }
@@ -32,7 +39,7 @@ int nerfsim_composite_splats(
     memcpy(fill, start, (size_t)tiles * sizeof(int64_t));
     for (int i = 0; i < n; i++) {
         const int32_t *b = box + 4 * i;
-        if (b[2] < b[0] || b[3] < b[1]) continue;
+        if (!listed(b, height, width)) continue;
         for (int ty = b[1] / TILE; ty <= b[3] / TILE; ty++)
             for (int tx = b[0] / TILE; tx <= b[2] / TILE; tx++) list[fill[(int64_t)ty * tiles_x + tx]++] = i;
     }

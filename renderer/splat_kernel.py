@@ -114,6 +114,9 @@ def render_splat_chunk(
             if p is None:
                 continue
             q_max, boxes = footprints(p.u, p.v, p.var_x, p.var_y, p.opacity, height, width)
+            # Non-finite Gaussians (whose boxes are garbage) get an empty box: the kernel skips them.
+            finite = torch.stack([p.u, p.v, p.opacity, q_max, p.z, *p.conic.T, *p.colour.T]).isfinite().all(dim=0)
+            boxes[~finite] = torch.tensor([0, 0, -1, -1])
             parts.append((p.u, p.v, p.conic, p.opacity, q_max, p.colour * gain[image, slot], p.z,
                           torch.full_like(p.u, slot, dtype=torch.int32), boxes.int()))
         if not parts:

@@ -114,3 +114,18 @@ def test_with_gradients_or_a_nerf_in_the_image_the_torch_path_renders() -> None:
         fast = mixed.render(params, (48, 64))
         slow = SceneRenderer(SceneRendererConfig(compiled_splats=False), mixed.fields).render(params, (48, 64))
     assert torch.equal(fast.rgb, slow.rgb) and torch.equal(fast.masks, slow.masks)
+
+
+def test_gaussians_with_non_finite_values_are_left_out_not_read_out_of_bounds() -> None:
+    g = random_gaussians(50, degree=0, dtype=torch.float32, seed=5, spread=0.02, log_scale=-5.0)
+    broken = Gaussians(*(torch.cat([getattr(g, n), getattr(g, n)[:3]]) for n in
+                         ["means", "log_scales", "quats", "opacity_logits", "sh"]))
+    broken.means[-3] = float("nan")
+    broken.log_scales[-2] = float("inf")
+    broken.means[-1] = torch.tensor([1e30, -1e30, 0.0])
+    params = SceneParams.single([0], [20.0], [10.0], [0.4])
+    with torch.no_grad():
+        out = SceneRenderer(SceneRendererConfig(), [SplatObject(broken)]).render(params, (48, 64))
+        clean = SceneRenderer(SceneRendererConfig(), [SplatObject(g)]).render(params, (48, 64))
+    assert out.alpha.sum() > 10 and torch.isfinite(out.rgb).all()
+    assert torch.allclose(out.rgb, clean.rgb, atol=1e-6) and torch.allclose(out.masks, clean.masks, atol=1e-6)
