@@ -220,7 +220,8 @@ def main() -> None:
         final["nerf"] = 1 / seconds
     for name, rate in final.items():
         rows.append({"renderer": f"dataset {name}" if device.type == "cpu" else "nerfsim", "size": "640x480",
-                     "objects": 3, "pass": "forward", "images_per_s": rate, "rays_per_s": rate * FINAL_SHAPE[0] * FINAL_SHAPE[1]})
+                     "objects": 3, "pass": "forward", "images_per_s": rate,
+                     "rays_per_s": rate * FINAL_SHAPE[0] * FINAL_SHAPE[1]})
     nerfacto_sizes = [64] if args.quick else [64, 128]
     for size in nerfacto_sizes:
         seconds = time_nerfacto(size, spec.fov_deg, 1 if args.quick else 2)

@@ -92,7 +92,9 @@ int nerfsim_composite_splats(
                          * transmittance to t_min. */
                         if (own[local] * (1.0f - a) <= t_min) { own[local] = -own[local]; stopped[s]++; continue; }
                         const float w = scene_t[local] * a;
-                        sums[local] += w * cr; sums[TILE * TILE + local] += w * cg; sums[2 * TILE * TILE + local] += w * cb;
+                        sums[local] += w * cr;
+                        sums[TILE * TILE + local] += w * cg;
+                        sums[2 * TILE * TILE + local] += w * cb;
                         sums[3 * TILE * TILE + local] += w;
                         sums[4 * TILE * TILE + local] += w * zi;
                         mask_sums[s * TILE * TILE + local] += w;

@@ -123,7 +123,8 @@ def render_splat_chunk(
             continue
         u, v, conic, opacity, q_max, colour, z, slot_of, boxes = (torch.cat(column) for column in zip(*parts))
         order = torch.argsort(z, stable=True)
-        arrays = [x.index_select(0, order).contiguous().numpy() for x in (u, v, conic, opacity, q_max, colour, z, slot_of, boxes)]
+        columns = (u, v, conic, opacity, q_max, colour, z, slot_of, boxes)
+        arrays = [x.index_select(0, order).contiguous().numpy() for x in columns]
         outputs = [rgb[image], alpha[image], depth_sum[image], masks[image], alone[image]]
         status = kernel.nerfsim_composite_splats(
             ctypes.c_int(int(order.numel())), *(_pointer(a) for a in arrays), ctypes.c_int(height), ctypes.c_int(width),

@@ -159,7 +159,9 @@ def project(
     return Projected(front, u, v, a, c, conic, opacity, z, colour)
 
 
-def ray_stretch(size: int | tuple[int, int], fov_deg: float, dtype: torch.dtype, device: torch.device) -> Float[Tensor, "P"]:
+def ray_stretch(
+    size: int | tuple[int, int], fov_deg: float, dtype: torch.dtype, device: torch.device
+) -> Float[Tensor, "P"]:
     """Per pixel, the distance along its ray to the plane at depth 1 parallel to the image:
     ``t = z * stretch`` is per pixel the order of 3DGS's view-space z, and what gsplat's
     expected depth measures."""

@@ -28,8 +28,9 @@ def step_splat() -> Gaussians:
 def scene(config: SceneRendererConfig) -> tuple[SceneRenderer, SceneParams]:
     """Three float32 splats (two translucent clouds and an opaque step) overlapping each other
     in three images, one with an empty slot and one with the same object twice."""
-    objects = [SplatObject(random_gaussians(400, degree=1, dtype=torch.float32, seed=seed, spread=0.025, log_scale=-5.5))
-               for seed in (1, 2)] + [SplatObject(step_splat())]
+    clouds = [random_gaussians(400, degree=1, dtype=torch.float32, seed=seed, spread=0.025, log_scale=-5.5)
+              for seed in (1, 2)]
+    objects = [SplatObject(g) for g in clouds] + [SplatObject(step_splat())]
     images = [SceneParams.single([0, 1, 2], [10.0, 80.0, 0.0], [20.0, 5.0, 0.0], [0.5, 0.55, 0.6],
                                  offset=[(-0.4, 0.0), (0.4, 0.05), (0.0, 0.0)]),
               SceneParams.single([2, 0, 1], [30.0, 200.0, 120.0], [10.0, 40.0, 0.0], [0.45, 0.6, 0.5],
