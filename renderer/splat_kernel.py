@@ -16,8 +16,9 @@ of one pixel come in the order of their Gaussians' depth z (the torch path order
 The C file is compiled at first use with the system C compiler (``$CC``, else ``cc``; OpenMP
 where the compiler has it, for ``torch.get_num_threads()`` threads) into a cache folder
 (``$NERFSIM_KERNEL_DIR``, else ``~/.cache/nerfsim/kernels``), named by the source's hash.
-Without a compiler :func:`load_kernel` returns None (logged once) and the renderer keeps the
-torch path.
+Without a compiler, or where the folder cannot be written, :func:`load_kernel` returns None
+(logged once) and the renderer keeps the torch path; a library already in the folder needs no
+compiler (an image without one can ship it, built in the same folder layout).
 """
 
 from __future__ import annotations
@@ -52,7 +53,11 @@ def load_kernel() -> ctypes.CDLL | None:
     cannot be built."""
     compiler = os.environ.get("CC", "cc")
     if compiler not in _loaded:
-        _loaded[compiler] = _build(compiler)
+        try:
+            _loaded[compiler] = _build(compiler)
+        except OSError as error:  # an unwritable cache folder, a library that does not load
+            log.warning("splat kernel: unavailable (%s); splat scenes render through torch", error)
+            _loaded[compiler] = None
     return _loaded[compiler]
 
 

@@ -130,3 +130,15 @@ def test_gaussians_with_non_finite_values_are_left_out_not_read_out_of_bounds() 
         clean = SceneRenderer(SceneRendererConfig(), [SplatObject(g)]).render(params, (48, 64))
     assert out.alpha.sum() > 10 and torch.isfinite(out.rgb).all()
     assert torch.allclose(out.rgb, clean.rgb, atol=1e-6) and torch.allclose(out.masks, clean.masks, atol=1e-6)
+
+
+def test_an_unwritable_kernel_folder_keeps_the_torch_path(tmp_path, monkeypatch, caplog) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("NERFSIM_KERNEL_DIR", str(blocker / "kernels"))
+    monkeypatch.setattr(splat_kernel, "_loaded", {})
+    with caplog.at_level(logging.WARNING, logger="renderer.splat_kernel"):
+        assert splat_kernel.load_kernel() is None
+    assert "unavailable" in caplog.text
+    out = render(SceneRendererConfig())
+    assert torch.equal(out.rgb, render(SceneRendererConfig(compiled_splats=False)).rgb)
