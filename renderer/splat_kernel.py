@@ -45,6 +45,7 @@ _loaded: dict[str, ctypes.CDLL | None] = {}
 
 
 def kernel_dir() -> Path:
+    """Where built kernels are kept: ``$NERFSIM_KERNEL_DIR``, else ``~/.cache/nerfsim/kernels``."""
     return Path(os.environ.get("NERFSIM_KERNEL_DIR") or Path.home() / ".cache" / "nerfsim" / "kernels")
 
 
@@ -68,29 +69,33 @@ def _build(compiler: str) -> ctypes.CDLL | None:
     if not library.is_file():
         library.parent.mkdir(parents=True, exist_ok=True)
         # Built beside its final name and renamed: worker processes may build it at once.
-        partial = Path(tempfile.mkstemp(suffix=".so", dir=library.parent)[1])
-        error = ""
-        for openmp in (["-fopenmp"], []):
-            try:
-                run = subprocess.run([compiler, *FLAGS, *openmp, str(SOURCE), "-o", str(partial), "-lm"],
-                                     capture_output=True, text=True, timeout=120)
-            except (OSError, subprocess.TimeoutExpired) as failure:
-                error = str(failure)
-                break
-            if run.returncode == 0:
-                os.replace(partial, library)
-                break
-            error = run.stderr.strip()[-500:]
-        else:
-            error = error or "unknown error"
-        if not library.is_file():
-            partial.unlink(missing_ok=True)
+        handle, name = tempfile.mkstemp(suffix=".so", dir=library.parent)
+        os.close(handle)
+        error = _compile(compiler, Path(name))
+        if error:
+            Path(name).unlink(missing_ok=True)
             log.warning("splat kernel: cannot compile %s with %r (%s); splat scenes render through torch", SOURCE.name,
                         compiler, error)
             return None
+        os.replace(name, library)
     kernel = ctypes.CDLL(str(library))
     kernel.nerfsim_composite_splats.restype = ctypes.c_int
     return kernel
+
+
+def _compile(compiler: str, out: Path) -> str:
+    """Compile the kernel into ``out`` (with OpenMP where the compiler has it); the error, or ""."""
+    error = ""
+    for openmp in (["-fopenmp"], []):
+        try:
+            run = subprocess.run([compiler, *FLAGS, *openmp, str(SOURCE), "-o", str(out), "-lm"],
+                                 capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as failure:
+            return str(failure) or type(failure).__name__
+        if run.returncode == 0:
+            return ""
+        error = run.stderr.strip()[-500:] or f"exit status {run.returncode}"
+    return error
 
 
 def render_splat_chunk(
