@@ -81,6 +81,7 @@ def test_without_a_compiler_the_renderer_keeps_the_torch_path(tmp_path, monkeypa
         out = render(SceneRendererConfig())
     assert splat_kernel.load_kernel() is None
     assert "cannot compile" in caplog.text and "no-such-compiler" in caplog.text
+    assert not list((tmp_path / "kernels").iterdir())  # no partial library left behind
     torch_path = render(SceneRendererConfig(compiled_splats=False))
     for name in ("rgb", "alpha", "masks", "depth", "boxes"):
         assert torch.equal(getattr(out, name), getattr(torch_path, name)), name
