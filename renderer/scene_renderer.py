@@ -14,6 +14,7 @@ they occlude and are occluded by NeRF objects exactly.
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass, field
 
 import torch
@@ -184,7 +185,7 @@ class SceneRenderer:
         pose = table[params.object_ids.clamp(0, len(self.fields) - 1), params.pose_ids.clamp(-1, table.shape[1] - 2) + 1]
         return torch.where((params.pose_ids >= 0)[..., None, None], view @ pose, view)
 
-    def _splat_kernel(self, params: SceneParams):
+    def _splat_kernel(self, params: SceneParams) -> ctypes.CDLL | None:
         """The compiled splat compositor where it applies to these images, else None."""
         if not self.config.compiled_splats or torch.is_grad_enabled() or params.distance.device.type != "cpu":
             return None

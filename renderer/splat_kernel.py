@@ -29,6 +29,7 @@ import logging
 import os
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ import torch
 from torch import Tensor
 
 from renderer.camera import Size, image_shape
+from renderer.scene_types import SceneParams
 from renderer.splat_raster import ALPHA_MAX, T_MIN, footprints, project, ray_stretch
 
 SOURCE = Path(__file__).with_name("splat_kernel.c")
@@ -99,8 +101,8 @@ def _compile(compiler: str, out: Path) -> str:
 
 
 def render_splat_chunk(
-    kernel: ctypes.CDLL, objects: list, params, rotation: Tensor, translation: Tensor, gain: Tensor, fov_deg: float,
-    size: Size,
+    kernel: ctypes.CDLL, objects: Sequence, params: SceneParams, rotation: Tensor, translation: Tensor, gain: Tensor,
+    fov_deg: float, size: Size,
 ) -> tuple[Tensor, ...]:
     """``SceneRenderer._render_chunk``'s (rgb, alpha, masks, alone, depth) for images whose
     present slots all hold float32 splats on CPU (``objects``: the renderer's objects)."""
