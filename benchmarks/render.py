@@ -28,11 +28,13 @@ renderer alone (640 x 640 timed, 0.75 of it counted), 7 times short of the issue
 field evaluations per ray that hits, and early termination stops rays after about 2 of their 3
 segments. No single waste explains the gap: real-size datasets on CPU need the splat path.
 
-Measured 2026-12-06 (session 13), 2 threads, 2 shared cores, contended (load 3.7-4.5), full
-run, splats baked at the full budget (20,015-22,608 Gaussians each): ``images_per_s_640x480=2.209
+Measured 2026-12-06 (session 13), 2 threads, 2 shared cores, contended, full runs, splats
+baked at the full budget (20,015-22,608 Gaussians each): ``images_per_s_640x480=2.209
 nerf_images_per_s_640x480=0.098 splat_torch_images_per_s_640x480=0.235 speedup_640x480=22.5``
-(the issue's target of 2 met). ``--quick`` (splats of about 5,000 larger Gaussians, load 3-5):
-1.10 and 1.19 images/s, NeRF 0.07-0.08, torch splats 0.15-0.17.
+(load 3.7-4.5) and ``images_per_s_640x480=3.989 nerf_images_per_s_640x480=0.165
+splat_torch_images_per_s_640x480=0.267 speedup_640x480=24.2`` (load 2.8-3.6): the issue's target
+of 2 met. ``--quick`` (splats of about 5,000 larger Gaussians): 1.87 images/s at load 3.4-4.1
+(NeRF 0.18, torch splats 0.33), 1.10-1.19 at load 5-7.
 
 The splat path through the torch rasteriser was hardly faster than the NeRF: a 640x480 image of
 the 3 quick splats holds some 8 million (Gaussian, pixel) pairs, and merging the objects'
