@@ -186,7 +186,8 @@ def final_dataset_rate(scene: str | Path, count: int, compiled: bool = True) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats (under 2 minutes)")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer sizes, repeats and images, smaller splats (about 3 minutes; 2 more to bake them once)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scene", default="demo")
     parser.add_argument("--device", default="cpu", help="where nerfsim renders: cpu, cuda or auto (nerfacto: CPU)")
