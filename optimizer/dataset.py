@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -64,7 +65,10 @@ def render_dataset(
     generator = torch.Generator().manual_seed(seed)
     effects = torch.Generator().manual_seed(seed + 0x5EED)
     bar = tqdm(total=num_images, desc="render dataset", unit="img", disable=not progress)
-    with DatasetWriter(Path(out_dir), class_names) as writer:
+    # A batch's PNGs are encoded in a thread while the next batch renders (Pillow and torch
+    # release the GIL), one batch at a time: the files are those of writing them in turn.
+    with DatasetWriter(Path(out_dir), class_names) as writer, ThreadPoolExecutor(max_workers=1) as encoder:
+        writing: Future | None = None
         for index, stratum in enumerate(strata):
             remaining = num_images // len(strata) + (index < num_images % len(strata))
             while remaining:
@@ -75,11 +79,19 @@ def render_dataset(
                 images = batch.rgb.clamp(0, 1)
                 if photometric is not None:
                     images = photograph(images, photometric, effects)
-                for row in range(count):
-                    keep = batch.keep[row]
-                    writer.add(images[row], batch.boxes[row][keep], batch.classes[row][keep],
-                               image_meta(params, batch, row))
-                bar.update(count)
+                rows = [(images[row], batch.boxes[row][batch.keep[row]], batch.classes[row][batch.keep[row]],
+                         image_meta(params, batch, row)) for row in range(count)]
+                if writing is not None:
+                    writing.result()
+                writing = encoder.submit(_write_rows, writer, rows, bar)
                 remaining -= count
+        if writing is not None:
+            writing.result()
     bar.close()
     return Path(out_dir)
+
+
+def _write_rows(writer: DatasetWriter, rows: list[tuple], bar: tqdm) -> None:
+    for row in rows:
+        writer.add(*row)
+    bar.update(len(rows))

@@ -298,13 +298,20 @@ def paste_clutter(
             cx, cy, angle, u1, u2, u3 = torch.rand(6, generator=generator, dtype=torch.float64).tolist()
             half_a, half_b = (_uniform(2, *size, generator) * longer / 2).tolist()
             power = [1.0, 2.0, 6.0][int(torch.randint(3, (1,), generator=generator))]
+            colours = torch.rand(2, 3, generator=generator, dtype=torch.float64)
+            kind = int(torch.randint(3, (1,), generator=generator))
+            # Only the pixels near the shape change: its mask is 0 where max(|u|, |v|) (at most its
+            # radius) reaches 1 + 0.5 / min(half_a, half_b), so beyond this distance from its centre.
+            reach = math.hypot(half_a, half_b) * (1 + 0.5 / min(half_a, half_b))
+            y0, y1 = max(0, math.floor(cy * height - reach)), min(height, math.ceil(cy * height + reach) + 1)
+            x0, x1 = max(0, math.floor(cx * width - reach)), min(width, math.ceil(cx * width + reach) + 1)
+            if y1 <= y0 or x1 <= x0:
+                continue
             cos, sin = math.cos(angle * math.pi), math.sin(angle * math.pi)
-            dx, dy = xs - cx * width, ys - cy * height
+            dx, dy = xs[:, x0:x1] - cx * width, ys[y0:y1] - cy * height
             u, v = (dx * cos + dy * sin) / half_a, (-dx * sin + dy * cos) / half_b
             radius = (u.abs() ** power + v.abs() ** power) ** (1 / power)
             mask = ((1 - radius) * min(half_a, half_b) + 0.5).clamp(0, 1)
-            colours = torch.rand(2, 3, generator=generator, dtype=torch.float64)
-            kind = int(torch.randint(3, (1,), generator=generator))
             if kind == 0:  # a shaded surface: brighter towards one side
                 texture = colours[0][:, None, None] * (0.6 + 0.4 * ((u + 1) / 2).clamp(0, 1))
             elif kind == 1:  # stripes, printed-packaging-like
@@ -313,10 +320,10 @@ def paste_clutter(
                                       colours[1][:, None, None])
             else:  # a patch of this background from elsewhere, mirrored
                 shift = (int(u2 * height), int(u3 * width))
-                texture = background[row].flip(-1).roll(shift, dims=(-2, -1)).double().cpu()
-            texture = _like(texture.expand(3, height, width), background)
+                texture = background[row].flip(-1).roll(shift, dims=(-2, -1))[:, y0:y1, x0:x1].double().cpu()
+            texture = _like(texture.expand(3, y1 - y0, x1 - x0), background)
             weight = _like(mask, background)
-            out[row] = weight * texture + (1 - weight) * out[row]
+            out[row, :, y0:y1, x0:x1] = weight * texture + (1 - weight) * out[row, :, y0:y1, x0:x1]
     return out
 
 

@@ -14,6 +14,7 @@ they occlude and are occluded by NeRF objects exactly.
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass, field
 
 import torch
@@ -37,6 +38,7 @@ from renderer.resting import PoseTable
 from renderer.scene_types import RenderBatch, SceneParams
 from renderer.shadows import ContactShadowConfig, contact_shadow_mask
 from renderer.splat import SplatObject
+from renderer.splat_kernel import load_kernel, render_splat_chunk
 
 
 @dataclass
@@ -56,6 +58,10 @@ class SceneRendererConfig:
     bounded by one chunk when rendering many images with gradients."""
     contact_shadows: ContactShadowConfig = field(default_factory=ContactShadowConfig)
     """Shadows cast on the support plane by objects in resting poses (scenes with pose ids)."""
+    compiled_splats: bool = True
+    """Render images whose objects are all float32 splats, on CPU and without gradients (a
+    dataset), through the compiled compositor of renderer.splat_kernel when it builds; else, and
+    with gradients, through the torch rasteriser."""
 
 
 @dataclass
@@ -179,6 +185,17 @@ class SceneRenderer:
         pose = table[params.object_ids.clamp(0, len(self.fields) - 1), params.pose_ids.clamp(-1, table.shape[1] - 2) + 1]
         return torch.where((params.pose_ids >= 0)[..., None, None], view @ pose, view)
 
+    def _splat_kernel(self, params: SceneParams) -> ctypes.CDLL | None:
+        """The compiled splat compositor where it applies to these images, else None."""
+        if not self.config.compiled_splats or torch.is_grad_enabled() or params.distance.device.type != "cpu":
+            return None
+        used = [self.fields[i] for i in params.object_ids[params.present].unique().tolist()]
+        if params.distance.dtype != torch.float32 or not all(
+            isinstance(f, SplatObject) and f.means.dtype == torch.float32 for f in used
+        ):
+            return None
+        return load_kernel()
+
     def _render_chunk(self, params: SceneParams, size: Size) -> tuple[Tensor, ...]:
         device = params.distance.device
         batch, slots = params.batch_size, params.num_slots
@@ -193,6 +210,9 @@ class SceneRenderer:
         # -R^T t, and a camera ray direction d becomes R^T d.
         origins = -torch.einsum("bmji,bmj->bmi", rotation, translation)
         gain = params.color_gain * torch.exp2(params.exposure)[..., None]
+        kernel = self._splat_kernel(params)
+        if kernel is not None:
+            return render_splat_chunk(kernel, self.fields, params, rotation, translation, gain, self.config.fov_deg, size)
 
         packed: list[PackedSamples] = []
         slot_of_sample: list[Tensor] = []

@@ -26,6 +26,7 @@ are thresholds), the 0.99 alpha clamp where it binds, and the depth order.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -71,14 +72,66 @@ def splat_samples(
     are pixel indices ``row * width + column``. Ordered like ``march_field``'s samples: by
     pixel, then front to back, ready for ``compositing_weights``."""
     height, width = image_shape(size)
+    p = project(gaussians, rotation, translation, fov_deg, size)
+    if p is None:
+        return PackedSamples.empty(gaussians.means.device)
+    u, v, a, c, conic, opacity, z, colour = p.u, p.v, p.var_x, p.var_y, p.conic, p.opacity, p.z, p.colour
+    with torch.no_grad():
+        gauss, pixel, tau = _visible_pairs(u, v, a, c, conic, opacity, z, height, width)
+    if torch.is_grad_enabled():  # the pair search ran without gradients: evaluate alpha again with them
+        pixel_x, pixel_y = (pixel % width).to(u.dtype), torch.div(pixel, width, rounding_mode="floor").to(u.dtype)
+        du, dv = pixel_x + 0.5 - _at(u, gauss), pixel_y + 0.5 - _at(v, gauss)
+        k = _at(conic, gauss)
+        q = k[:, 0] * du * du + 2 * k[:, 1] * du * dv + k[:, 2] * dv * dv
+        tau = -torch.log1p(-(_at(opacity, gauss) * torch.exp(-0.5 * q)).clamp(max=ALPHA_MAX))
+    stretch = ray_stretch(size, fov_deg, u.dtype, u.device)
+    return PackedSamples(ray_ids=pixel, t=_at(z, gauss) * _at(stretch, pixel), optical_depth=tau, rgb=_at(colour, gauss))
+
+
+@dataclass
+class Projected:
+    """The Gaussians in front of the near plane as seen by one camera (differentiable)."""
+
+    front: Int[Tensor, "N"]
+    """Indices of these Gaussians among the splat's."""
+    u: Float[Tensor, "N"]
+    """Column of the centre, pixels (the image's left edge is 0)."""
+    v: Float[Tensor, "N"]
+    """Row of the centre, pixels (the top edge is 0)."""
+    var_x: Float[Tensor, "N"]
+    """Variance of the 2D Gaussian along x (across columns), pixels^2, low-pass included."""
+    var_y: Float[Tensor, "N"]
+    """Variance along y (across rows), pixels^2, low-pass included."""
+    conic: Float[Tensor, "N 3"]
+    """Inverse 2D covariance as (a, b, c): q = a du^2 + 2 b du dv + c dv^2."""
+    opacity: Float[Tensor, "N"]
+    """Peak opacity."""
+    z: Float[Tensor, "N"]
+    """Depth of the centre in front of the camera, metres."""
+    colour: Float[Tensor, "N 3"]
+    """SH colour seen from the camera."""
+
+
+def project(
+    gaussians: "Gaussians", rotation: Float[Tensor, "3 3"], translation: Float[Tensor, "3"], fov_deg: float,
+    size: int | tuple[int, int], covariances: Float[Tensor, "N 3 3"] | None = None,
+) -> Projected | None:
+    """EWA projection of the Gaussians in front of the near plane (None: there are none).
+    ``covariances``: the Gaussians' own, where already computed (views of one splat share them)."""
+    height, width = image_shape(size)
     focal = focal_length(max(height, width), fov_deg)
     # Cull behind the near plane first: the projection divides by the depth.
     with torch.no_grad():
         depth_all = -(gaussians.means @ rotation[2] + translation[2])
         front = (depth_all > NEAR).nonzero().squeeze(-1)
     if front.numel() == 0:
-        return PackedSamples.empty(gaussians.means.device)
-    g = gaussians.take(front)
+        return None
+    everything = front.numel() == gaussians.num  # no copy of the Gaussians then (the same values)
+    g = gaussians if everything else gaussians.take(front)
+    if covariances is None:
+        covariances = g.covariances()
+    elif not everything:
+        covariances = covariances.index_select(0, front)
     centres = g.means @ rotation.T + translation
     z = -centres[:, 2]
     x_over_z, y_over_z = centres[:, 0] / z, centres[:, 1] / z
@@ -96,28 +149,37 @@ def splat_samples(
         [torch.stack([focal / z, zero, focal * tx / z], -1), torch.stack([zero, -focal / z, -focal * ty / z], -1)], -2
     )
     jw = jacobian @ rotation
-    cov2d = jw @ g.covariances() @ jw.transpose(-1, -2)
+    cov2d = jw @ covariances @ jw.transpose(-1, -2)
     a, b, c = cov2d[:, 0, 0] + LOW_PASS, cov2d[:, 0, 1], cov2d[:, 1, 1] + LOW_PASS
     det = a * c - b * b
     conic = torch.stack([c / det, -b / det, a / det], dim=-1)
     opacity = torch.sigmoid(g.opacity_logits)
     camera_position = -rotation.T @ translation
     colour = sh_colour(g.sh, g.means - camera_position)
+    return Projected(front, u, v, a, c, conic, opacity, z, colour)
 
-    with torch.no_grad():
-        gauss, pixel, tau = _visible_pairs(u, v, a, c, conic, opacity, z, height, width)
-    if torch.is_grad_enabled():  # the pair search ran without gradients: evaluate alpha again with them
-        pixel_x, pixel_y = (pixel % width).to(u.dtype), torch.div(pixel, width, rounding_mode="floor").to(u.dtype)
-        du, dv = pixel_x + 0.5 - _at(u, gauss), pixel_y + 0.5 - _at(v, gauss)
-        k = _at(conic, gauss)
-        q = k[:, 0] * du * du + 2 * k[:, 1] * du * dv + k[:, 2] * dv * dv
-        tau = -torch.log1p(-(_at(opacity, gauss) * torch.exp(-0.5 * q)).clamp(max=ALPHA_MAX))
-    # Distance along the pixel's ray to the plane through the centre parallel to the image:
-    # per pixel the order of 3DGS's view-space z, and what gsplat's expected depth measures.
-    xs = (torch.arange(width, device=u.device, dtype=u.dtype) + 0.5 - (max(height, width) / 2 - left)) / focal
-    ys = (torch.arange(height, device=u.device, dtype=u.dtype) + 0.5 - (max(height, width) / 2 - top)) / focal
-    stretch = torch.sqrt(1 + xs[None, :] ** 2 + ys[:, None] ** 2).reshape(-1)
-    return PackedSamples(ray_ids=pixel, t=_at(z, gauss) * _at(stretch, pixel), optical_depth=tau, rgb=_at(colour, gauss))
+
+def ray_stretch(
+    size: int | tuple[int, int], fov_deg: float, dtype: torch.dtype, device: torch.device
+) -> Float[Tensor, "P"]:
+    """Per pixel, the distance along its ray to the plane at depth 1 parallel to the image:
+    ``t = z * stretch`` is per pixel the order of 3DGS's view-space z, and what gsplat's
+    expected depth measures."""
+    height, width = image_shape(size)
+    focal = focal_length(max(height, width), fov_deg)
+    top, left = band_origin(size)
+    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5 - (max(height, width) / 2 - left)) / focal
+    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5 - (max(height, width) / 2 - top)) / focal
+    return torch.sqrt(1 + xs[None, :] ** 2 + ys[:, None] ** 2).reshape(-1)
+
+
+def footprints(
+    u: Tensor, v: Tensor, var_x: Tensor, var_y: Tensor, opacity: Tensor, height: int, width: int
+) -> tuple[Float[Tensor, "N"], Int[Tensor, "N 4"]]:
+    """Each Gaussian's ``q_max`` (a pair counts where q <= q_max: within 3 sigma and alpha =
+    opacity exp(-q/2) >= ALPHA_MIN) and the pixel box x0 y0 x1 y1 around that ellipse."""
+    q_max = torch.minimum(2 * torch.log(opacity / ALPHA_MIN).clamp(min=0), torch.full_like(opacity, SIGMA_CUTOFF**2))
+    return q_max, _footprint_boxes(u, v, q_max * var_x, q_max * var_y, height, width)
 
 
 def _visible_pairs(
@@ -133,9 +195,7 @@ def _visible_pairs(
     open, the row spans without an open pixel and the pairs of closed pixels (exact occlusion
     culling: hidden Gaussians cost nothing).
     """
-    # A pair counts where q <= 9 (3 sigma) and alpha = opacity exp(-q/2) >= ALPHA_MIN.
-    q_max = torch.minimum(2 * torch.log(opacity / ALPHA_MIN).clamp(min=0), torch.full_like(opacity, SIGMA_CUTOFF**2))
-    boxes = _footprint_boxes(u, v, q_max * var_x, q_max * var_y, height, width)
+    q_max, boxes = footprints(u, v, var_x, var_y, opacity, height, width)
     area = ((boxes[:, 2] - boxes[:, 0] + 1).clamp(min=0) * (boxes[:, 3] - boxes[:, 1] + 1).clamp(min=0)).sum()
     slices = int(min(MAX_SLICES, max(1, int(area) // SLICE_PAIRS)))
     depth_so_far = u.new_zeros(height * width)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from detector.datasets import DatasetWriter
 from optimizer.dataset import image_meta, render_dataset
 from optimizer.psi import OptimizerError, Psi, PsiConfig
 from renderer.scene_types import SceneParams
@@ -57,3 +58,23 @@ def test_render_dataset_makes_photo_like_images_by_default_with_the_same_labels(
         assert (plain / label).read_text() == (photo / label).read_text()
         pixels = [np.asarray(Image.open(folder / name), dtype=np.float32) for folder in (plain, photo)]
         assert np.abs(pixels[0] - pixels[1]).mean() > 2  # of 255: every image changed
+
+
+def test_render_dataset_writes_every_batch_in_order_and_surfaces_a_failed_write(tmp_path, monkeypatch) -> None:
+    # PNGs are encoded in a thread while the next batch renders: batches of 3 for 7 images.
+    psi = Psi.from_target(PsiConfig(num_classes=1, plain_background=True), azimuth_bin_probs=[1.0] * 8)
+    out = render_dataset(faced_box_renderer(8), psi, 7, 16, tmp_path / "set", ["box"], batch_size=3, progress=False)
+    images = json.loads((out / "annotations.json").read_text())["images"]
+    assert [i["file_name"] for i in images] == [f"images/{k:06d}.png" for k in range(7)]
+    assert all((out / i["file_name"]).is_file() for i in images)
+    add = DatasetWriter.add
+
+    def failing_add(self, *args, **kwargs):
+        if len(self._coco_images) == 4:
+            raise OSError("disk full")
+        return add(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetWriter, "add", failing_add)
+    with pytest.raises(OSError, match="disk full"):
+        render_dataset(faced_box_renderer(8), psi, 7, 16, tmp_path / "full", ["box"], batch_size=3, progress=False)
+    assert not (tmp_path / "full" / "annotations.json").exists()

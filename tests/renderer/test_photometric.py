@@ -3,6 +3,8 @@ generator, passes gradients where documented, and never touches the labels."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -168,3 +170,44 @@ def test_bad_settings_name_the_field() -> None:
         OptimizeConfig(scene=SceneConfig(photometric={"shot_noise": -1})).validate()
     OptimizeConfig(scene=SceneConfig(photometric={"jpeg_quality": [50, 60], "in_loop": True})).validate()
     OptimizeConfig(scene=SceneConfig(photometric=None)).validate()
+
+
+def full_image_clutter(background: torch.Tensor, generator: torch.Generator, shapes: tuple[int, int],
+                       size: tuple[float, float]) -> torch.Tensor:
+    """paste_clutter as it was before it worked near each shape only: every shape over the whole image."""
+    batch, _, height, width = background.shape
+    longer = max(height, width)
+    ys = torch.arange(height, dtype=torch.float64)[:, None] + 0.5
+    xs = torch.arange(width, dtype=torch.float64)[None, :] + 0.5
+    out = background.clone()
+    for row in range(batch):
+        for _ in range(int(torch.randint(shapes[0], shapes[1] + 1, (1,), generator=generator))):
+            cx, cy, angle, u1, u2, u3 = torch.rand(6, generator=generator, dtype=torch.float64).tolist()
+            drawn = size[0] + (size[1] - size[0]) * torch.rand(2, generator=generator, dtype=torch.float64)
+            half_a, half_b = (drawn * longer / 2).tolist()
+            power = [1.0, 2.0, 6.0][int(torch.randint(3, (1,), generator=generator))]
+            cos, sin = math.cos(angle * math.pi), math.sin(angle * math.pi)
+            dx, dy = xs - cx * width, ys - cy * height
+            u, v = (dx * cos + dy * sin) / half_a, (-dx * sin + dy * cos) / half_b
+            radius = (u.abs() ** power + v.abs() ** power) ** (1 / power)
+            mask = ((1 - radius) * min(half_a, half_b) + 0.5).clamp(0, 1)
+            colours = torch.rand(2, 3, generator=generator, dtype=torch.float64)
+            kind = int(torch.randint(3, (1,), generator=generator))
+            if kind == 0:
+                texture = colours[0][:, None, None] * (0.6 + 0.4 * ((u + 1) / 2).clamp(0, 1))
+            elif kind == 1:
+                texture = torch.where((torch.floor(u * half_a / (2 + u1 * 8)) % 2 == 0), colours[0][:, None, None],
+                                      colours[1][:, None, None])
+            else:
+                texture = background[row].flip(-1).roll((int(u2 * height), int(u3 * width)), dims=(-2, -1)).double()
+            weight = mask.to(background.dtype)
+            out[row] = weight * texture.expand(3, height, width).to(background.dtype) + (1 - weight) * out[row]
+    return out
+
+
+@pytest.mark.parametrize("shape", [(48, 64), (64, 40)])
+def test_clutter_drawn_near_each_shape_only_is_the_whole_image_computation_bit_for_bit(shape) -> None:
+    background = torch.rand(6, 3, *shape, generator=seeded(3))
+    fast = paste_clutter(background, seeded(4), (2, 5), (0.05, 0.5))
+    assert torch.equal(fast, full_image_clutter(background, seeded(4), (2, 5), (0.05, 0.5)))
+    assert (fast != background).any(dim=1).float().mean() > 0.1  # the shapes are there
