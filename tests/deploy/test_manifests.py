@@ -23,7 +23,7 @@ from tests.service.conftest import REPO
 DEPLOY = REPO / "deploy"
 SETTINGS_ENV = {"REDIS_URL"} | {f"NERFSIM_{name.upper()}" for name in ServiceSettings.model_fields}
 OTHER_ENV = {"OMP_NUM_THREADS", "YOLO_OFFLINE", "YOLO_CONFIG_DIR", "PYTHONUNBUFFERED", "PATH",
-             "NERFSIM_GPU_LOCK_DIR"}
+             "NERFSIM_GPU_LOCK_DIR", "NERFSIM_KERNEL_DIR"}
 """Environment that is not a service setting: libraries' own, and the worker entrypoint's."""
 API_PORT = 8000
 
