@@ -52,9 +52,9 @@ from optimizer.result import OptimizeResult, completed_result, plain
 from optimizer.uniform_baseline import hold_out
 from optimizer.validation import validation_loss_and_gradient
 from optimizer.warmup import warm_up, warmup_images
-from renderer.resting import RestingConfig, field_pose_table
-from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
-from renderer.scene_spec import SceneSpec, load_scene, read_scene_spec
+from renderer.resting import RestingConfig
+from renderer.scene_renderer import SceneRenderer
+from renderer.scene_spec import SceneSpec, read_scene_spec, scene_renderer
 
 __all__ = [
     "OptimizeResult", "TrainingDivergedError", "detector_config", "job_renderer", "resolve_device", "run_loop",
@@ -66,10 +66,9 @@ def job_renderer(config: OptimizeConfig, spec: SceneSpec, val_set: LabelledSet) 
     """The renderer a job renders with: the scene's objects on its backgrounds plus those
     harvested from the labelled photos (renderer.harvest), objects resting in their stable poses
     (renderer.resting), as ``config`` asks."""
-    fields, backgrounds = load_scene(spec, photo_backgrounds(val_set) if config.scene.harvest_backgrounds else None)
-    resting = RestingConfig(canonical_pose_share=config.scene.canonical_pose_share)
-    poses = [field_pose_table(f, resting) for f in fields] if config.scene.resting_poses else None
-    return SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds, poses)
+    harvested = photo_backgrounds(val_set) if config.scene.harvest_backgrounds else None
+    resting = RestingConfig(canonical_pose_share=config.scene.canonical_pose_share) if config.scene.resting_poses else None
+    return scene_renderer(spec, harvested, resting)
 
 
 def run_optimization(

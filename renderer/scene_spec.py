@@ -28,6 +28,8 @@ import torch.nn.functional as F
 
 from renderer.backgrounds import BackgroundSet
 from renderer.raymarch import RadianceField
+from renderer.resting import RestingConfig, field_pose_table
+from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
 from renderer.splat import Gaussians, SplatError, SplatObject
 from renderer.splat_asset import is_splat_asset, load_splat_asset
 from renderer.splat_ply import load_splat_ply, normalise_frame
@@ -171,3 +173,14 @@ def load_scene(
         count = 0 if any(len(s) for s in photos) else FALLBACK_PROCEDURAL_BACKGROUNDS
     sets = [*photos, procedural_backgrounds(count)]
     return fields, BackgroundSet([image for s in sets for image in s.images], [name for s in sets for name in s.names])
+
+
+def scene_renderer(
+    spec: SceneSpec, harvested: BackgroundSet | None = None, resting: RestingConfig | None = None
+) -> SceneRenderer:
+    """The one way a scene becomes a renderer (jobs, ``nerfsim render``, the demo): its objects on
+    its backgrounds (:func:`load_scene`, with ``harvested`` ones), at the scene's field of view;
+    with ``resting``, objects rest on a support plane in their stable poses (renderer.resting)."""
+    fields, backgrounds = load_scene(spec, harvested)
+    poses = [field_pose_table(f, resting) for f in fields] if resting is not None else None
+    return SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds, poses)

@@ -86,18 +86,16 @@ def cmd_render(args: argparse.Namespace) -> None:
 
     from optimizer.dataset import render_dataset
     from optimizer.psi import Psi, PsiConfig
-    from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
-    from renderer.scene_spec import load_scene, read_scene_spec
+    from renderer.scene_spec import read_scene_spec, scene_renderer
 
     torch.set_num_threads(args.threads)
     spec = read_scene_spec(args.scene)
-    fields, backgrounds = load_scene(spec)
-    renderer = SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds)
+    renderer = scene_renderer(spec)
     psi = Psi.uniform(
         PsiConfig(
-            num_classes=len(fields),
+            num_classes=len(renderer.fields),
             max_objects=args.max_objects,
-            num_backgrounds=len(backgrounds),
+            num_backgrounds=len(renderer.backgrounds),
             elevation_range_deg=(-20.0, 70.0),
             distance_median=args.distance,
         )

@@ -50,13 +50,11 @@ def render_target_set(scene: str, out_dir: Path, count: int, size: int, seed: in
     """The stand-in "real" set: ``count`` labelled renders of ``scene`` from a shifted psi."""
     from optimizer.dataset import render_dataset
     from optimizer.psi import Psi, PsiConfig
-    from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
-    from renderer.scene_spec import load_scene, read_scene_spec
+    from renderer.scene_spec import read_scene_spec, scene_renderer
 
     spec = read_scene_spec(scene)
-    fields, backgrounds = load_scene(spec)
-    renderer = SceneRenderer(SceneRendererConfig(fov_deg=spec.fov_deg), fields, backgrounds)
-    config = PsiConfig(num_classes=len(fields), num_backgrounds=len(backgrounds))
+    renderer = scene_renderer(spec)
+    config = PsiConfig(num_classes=len(renderer.fields), num_backgrounds=len(renderer.backgrounds))
     psi = Psi.from_target(config, azimuth_bin_probs=TARGET_AZIMUTH_BINS)
     # A bar on a terminal only: in a log it would print a copy of itself at every refresh.
     render_dataset(renderer, psi, count, size, out_dir, spec.class_names, seed=seed, progress=sys.stderr.isatty())
