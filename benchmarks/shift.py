@@ -255,8 +255,10 @@ METHODS = {
     "reinforce": {"method": "reinforce"},
     "random-search": {"method": "random-search"},
     "default": {},
+    "appearance": {},
 }
-"""Each method's OptimizeConfig.outer fields ("default": the product's default preset, none set)."""
+"""Each method's OptimizeConfig.outer fields ("default": the product's default preset, none set;
+"appearance": the preset of that name, none set)."""
 ONLY_FOR = {
     "neural-sim-lookahead": {"pose"}, "neural-sim-enumerate": {"pose"}, "neural-sim-enumerate-box": {"pose"},
     "neural-sim-box": {"pose"}, "neural-sim-enumerate-box-mixture": {"pose"},
@@ -348,7 +350,7 @@ def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeCo
     # The research methods name every setting they were measured with on top of the paper's
     # preset (their finished runs stay valid); "default" runs the product's default preset as a
     # job that names none would, only the shift's step sizes set.
-    research = {} if base == "default" else {
+    research = {} if base == "default" else {"preset": "appearance"} if base == "appearance" else {
         "preset": "neural-sim",
         "outer": {"estimator": "both",
                   "alignment_normalisation": SHIFTS[shift].get("alignment_normalisation", "standardise")

@@ -4,9 +4,10 @@ A job chooses a preset by name (``OptimizeConfig.preset``); the preset sets the 
 ``outer`` section named in ``PRESET_FIELDS`` and the job's own explicit fields go on top. Which
 preset is the default, and why, is in docs/findings.md (2026-12-06, "presets" and "session 13:
 every part"): ``neural-sim-appearance`` closed 0.90 of the uniform -> oracle test-mAP gap on the
-shift benchmark's pose shift where the paper's method (``neural-sim``) closed 0.28, and since
-session 13 it moves every part of psi toward its shift's target (optimizer.appearance_objective)
-where the paper's hypergradient moved elevation, colour and background away.
+shift benchmark's pose shift where the paper's method (``neural-sim``) closed 0.28. ``appearance``
+(every part by the look of the photos: optimizer.appearance_objective) moves every part toward
+its shift's target in simulation, but scored below the default on the real-photo benchmark, which
+decides the default.
 
 Torch-free on purpose: the API lists the presets (``GET /v1/presets``) without the optimizer.
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
+
+from optimizer.part_names import PARTS
 
 
 @dataclass(frozen=True)
@@ -29,27 +32,33 @@ class Preset:
     """OuterConfig fields it sets (a subset of PRESET_FIELDS); the job's explicit fields win."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "settings": dict(self.settings)}
+        settings = {key: list(value) if isinstance(value, tuple) else value for key, value in self.settings.items()}
+        return {"name": self.name, "description": self.description, "settings": settings}
 
 
 PRESET_FIELDS: tuple[str, ...] = ("method", "estimator", "enumerate_bins", "alignment_objective",
-                                  "alignment_normalisation")
+                                  "alignment_normalisation", "appearance_parts")
 """The fields of OptimizeConfig.outer (OuterConfig) presets set; every preset sets each of them, so a preset alone
 decides them unless the job names one explicitly."""
 
 _PAPER = {"method": "neural-sim", "estimator": "both", "enumerate_bins": False, "alignment_objective": "mean",
-          "alignment_normalisation": "standardise"}
+          "alignment_normalisation": "standardise", "appearance_parts": ()}
 _FIXED = {"estimator": "both", "enumerate_bins": False, "alignment_objective": "mean",
-          "alignment_normalisation": "standardise"}
+          "alignment_normalisation": "standardise", "appearance_parts": ()}
 """Settings a preset that does not run neural-sim carries only so that every preset sets every
 PRESET_FIELDS entry (the loop reads them for neural-sim alone)."""
+_APPEARANCE = {**_PAPER, "enumerate_bins": True, "alignment_objective": "appearance", "alignment_normalisation": "cosine"}
 
 PRESETS: Mapping[str, Preset] = MappingProxyType({preset.name: preset for preset in (
     Preset("neural-sim-appearance",
-           "Every learnable part of psi moves its images' objects toward the look of the photos' objects "
-           "(MMD of crops, box sizes, colours, backgrounds); no detector gradient. The best measured.",
-           {**_PAPER, "enumerate_bins": True, "alignment_objective": "appearance",
-            "alignment_normalisation": "cosine"}),
+           "Neural-Sim whose azimuth bins match the look of the photos' objects (crop MMD); the other "
+           "parts follow the detector's hypergradient. The best measured on real photos.",
+           {**_APPEARANCE, "appearance_parts": ("azimuth",)}),
+    Preset("appearance",
+           "Every learnable part moves its images' objects toward the look of the photos' objects (MMD of "
+           "crops, box sizes, colours, backgrounds); no detector gradient. Moves every part toward its "
+           "target in simulation; below the default on real photos.",
+           {**_APPEARANCE, "appearance_parts": PARTS}),
     Preset("neural-sim",
            "The paper's bi-level method: every learnable part follows the detector's hypergradient "
            "(pathwise for exposure and colour, score function for the rest).",
@@ -80,5 +89,5 @@ def preset(name: str) -> Preset:
 def resolve(name: str, explicit: Mapping[str, Any]) -> dict[str, Any]:
     """The PRESET_FIELDS values of a job: preset ``name``'s settings, then the job's ``explicit``
     ones (None: not set) on top."""
-    chosen = preset(name).settings
+    chosen = {key: list(value) if isinstance(value, tuple) else value for key, value in preset(name).settings.items()}
     return {key: chosen[key] if explicit.get(key) is None else explicit[key] for key in PRESET_FIELDS}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from optimizer.part_names import PARTS
 from optimizer.sections import (
     AlignmentNormalisation,
     AlignmentObjective,
@@ -59,6 +60,9 @@ class OuterConfig(Section):
     photos' frequencies. ``mixture`` (benchmarks only, needs cosine rewards): the bins follow the
     cosine between u and psi's mean unit training gradient
     (optimizer.estimators.mixture_alignment_gradient). None: the preset's."""
+    appearance_parts: list[str] | None = None
+    """With alignment_objective 'appearance': the learnable parts that follow it; the other
+    learnable parts follow the detector's hypergradient (estimator). None: the preset's."""
     alignment_normalisation: AlignmentNormalisation | None = None
     """How the score-function estimator turns per-image gradient alignments into rewards
     (optimizer.estimators.normalise_alignment). None: the preset's."""
@@ -93,6 +97,9 @@ class OuterConfig(Section):
             if not 0 < self.lookahead_bin_share <= 1:
                 fail("outer.lookahead_bin_share", f"must be in (0, 1], got {self.lookahead_bin_share}")
             return
+        unknown = sorted(set(self.appearance_parts or ()) - set(PARTS))
+        if unknown:
+            fail("outer.appearance_parts", f"unknown parts {unknown}; the parts are {list(PARTS)}")
         if self.alignment_objective == "appearance" and not self.enumerate_bins:
             fail("outer.alignment_objective",
                  "'appearance' compares every scene's views at every bin, so it needs enumerate_bins")

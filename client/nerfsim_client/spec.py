@@ -208,7 +208,7 @@ class BudgetSection(Strict):
 
 class OuterSection(Strict):
     """How psi is stepped. The preset fills method, estimator, enumerate_bins,
-    alignment_objective and alignment_normalisation; those given here win over it."""
+    alignment_objective, appearance_parts and alignment_normalisation; those given here win over it."""
 
     method: Optional[Literal["neural-sim", "uniform", "random-search", "reinforce", "oracle"]] = \
         Field(None, description="The bi-level method or a baseline (default: the preset's).")
@@ -216,6 +216,9 @@ class OuterSection(Strict):
         Field(None, description="How neural-sim estimates the gradient of the validation loss (default: the preset's).")
     enumerate_bins: Optional[bool] = None
     alignment_objective: Optional[Literal["mean", "appearance"]] = None
+    appearance_parts: Optional[List[str]] = Field(
+        None, max_length=16, description="With alignment_objective 'appearance': the learnable parts that follow "
+                                         "the look of the photos; the others follow the detector's hypergradient.")
     alignment_normalisation: Optional[Literal["none", "standardise", "cosine"]] = None
     pose_group: Optional[int] = Field(None, ge=1, le=MAX_AZIMUTH_BINS)
     baseline_decay: Optional[float] = Field(None, ge=0, lt=1)

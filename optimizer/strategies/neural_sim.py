@@ -75,9 +75,10 @@ class NeuralSim(GradientStrategy):
         # Presets set enumerate_bins whatever the job learns: it enumerates the azimuth's score
         # part, so without that part it is off, and so is the bins' objective (alignment_objective).
         self.enumerate_bins = config.outer.enumerate_bins and "azimuth" in self.score_parts
-        # 'appearance' moves every learnable part without a detector gradient
-        # (optimizer.appearance_objective); the other objectives are the enumerated bins'.
+        # 'appearance' moves its parts without a detector gradient (optimizer.appearance_objective);
+        # the other objectives are the enumerated bins'.
         self.by_appearance = config.outer.alignment_objective == "appearance"
+        self.appearance_parts = set(config.outer.appearance_parts or ()) & learnable if self.by_appearance else set()
         if config.outer.enumerate_bins and not self.enumerate_bins:
             unused = "enumerate_bins is" if self.by_appearance else \
                 f"enumerate_bins and alignment_objective {config.outer.alignment_objective!r} are"
@@ -89,7 +90,8 @@ class NeuralSim(GradientStrategy):
             self.pose_group = config.outer.pose_group
         self.alignment_kept = self.parameters_aligned()
         # Built here so that too few validation objects fail before any work.
-        self.appearance_targets = (AppearanceTargets.from_validation(loop.val_batch, bins=self.enumerate_bins)
+        self.appearance_targets = (AppearanceTargets.from_validation(
+            loop.val_batch, bins=self.enumerate_bins and "azimuth" in self.appearance_parts)
                                    if self.by_appearance else None)
 
     def start(self) -> None:
@@ -139,9 +141,11 @@ class NeuralSim(GradientStrategy):
         pathwise, score = self.pathwise_parts, self.score_parts
         diagnostics: dict = {}
         if self.by_appearance:
-            diagnostics.update(appearance_step(psi, batch, noise, config.psi.learnable, self.pose_group,
+            diagnostics.update(appearance_step(psi, batch, noise, self.appearance_parts, self.pose_group,
                                                self.appearance_targets, self.appearance))
-            return loop.val_loss(model, iteration), diagnostics
+            pathwise, score = pathwise - self.appearance_parts, score - self.appearance_parts
+            if not (pathwise or score):  # nothing else learns: no detector gradient is needed
+                return loop.val_loss(model, iteration), diagnostics
         parameters = trainable_parameters(model)
         val_loss, val_grad = validation_loss_and_gradient(model, loop.val_batch, config.detector.val_batch_size, True)
         check_finite(val_loss, "the validation loss", iteration, "the detector diverged")
@@ -193,7 +197,7 @@ class NeuralSim(GradientStrategy):
                 )
             else:
                 rewards = alignment_rewards(alignment, u, config.outer.alignment_normalisation, norms)
-            if self.enumerate_bins:
+            if self.enumerate_bins and "azimuth" in score:
                 logits = psi.azimuth_logits
                 if gram is not None:
                     scenes = torch.div(torch.arange(noise.batch_size), self.pose_group, rounding_mode="floor")

@@ -26,7 +26,7 @@ def test_the_default_method_runs_the_default_preset_untouched() -> None:
         config = run_config(shift, "default", 0, QUICK)
         config.validate()
         assert config.preset == DEFAULT_PRESET
-        assert {name: getattr(config.outer, name) for name in PRESET_FIELDS} == dict(PRESETS[DEFAULT_PRESET].settings)
+        assert {name: getattr(config.outer, name) for name in PRESET_FIELDS} == PRESETS[DEFAULT_PRESET].to_dict()["settings"]
         assert not config.final.uniform_baseline  # the benchmark's own uniform arm
         assert run_config(shift, "uniform", 0, QUICK).budget.outer_iterations == 0
         # A third of the full run's iterations, three times its psi steps (but the pose shift's).

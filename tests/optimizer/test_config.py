@@ -27,6 +27,8 @@ from optimizer.psi import OptimizerError
     (BudgetConfig(final_epochs=0), r"OptimizeConfig.budget.final_epochs: must be >= 1"),
     (OuterConfig(method="magic"), r"OptimizeConfig.outer.method: unknown value 'magic'"),
     (OuterConfig(baseline_decay=1.0), r"OptimizeConfig.outer.baseline_decay: must be in \[0, 1\)"),
+    (OuterConfig(method="neural-sim", estimator="both", appearance_parts=["hue"]),
+     r"OptimizeConfig.outer.appearance_parts: unknown parts \['hue'\]"),
     (HypergradientConfig(neumann_scale=0.0), r"OptimizeConfig.hypergradient.neumann_scale: must be > 0"),
     (HypergradientConfig(inverse_hessian="exact"), r"OptimizeConfig.hypergradient.inverse_hessian: unknown value"),
     (PsiSettings(learnable=["hue"]), r"OptimizeConfig.psi.learnable: unknown parts \['hue'\]"),

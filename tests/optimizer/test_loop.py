@@ -450,11 +450,13 @@ def test_the_appearance_objective_moves_the_bins_toward_the_validation_objects_w
 ) -> None:
     """alignment_objective='appearance': the bins descend the crops' MMD to the validation
     objects (the faced box's target bins 1-2, SHIFTED_AZIMUTH), psi gets closer to the target,
-    no per-image alignment is computed (with the distance learnable too, the distance follows
-    the MMD of the boxes' sizes: still none); the crops are checkpointed (resume equals the
-    uninterrupted run); without enumerate_bins it fails, naming the setting."""
+    no per-image alignment is computed; the crops are checkpointed (resume equals the
+    uninterrupted run). With the distance learnable too, the distance follows the MMD of the
+    boxes' sizes when it is one of appearance_parts (still no alignment), else the detector's
+    hypergradient (the default preset's way). Without enumerate_bins it fails, naming the setting."""
     config = tiny_config(psi={"learnable": ["azimuth"], "learning_rate": 0.3},
-                         outer={"enumerate_bins": True, "alignment_objective": "appearance"},
+                         outer={"enumerate_bins": True, "alignment_objective": "appearance",
+                                "appearance_parts": ["azimuth", "distance"]},
                          budget={"images_per_iteration": 16, "outer_iterations": 4},
                          detector={"sample_images": 0, "val_map_every": 0})
     whole = _run(config, val_set, tmp_path / "whole")
@@ -466,12 +468,15 @@ def test_the_appearance_objective_moves_the_bins_toward_the_validation_objects_w
     assert stopped.iterations_done == 2 and load_checkpoint(tmp_path / "split").appearance["crops"].shape[0] == 32
     resumed = _run(config, val_set, tmp_path / "split")
     assert resumed.history[-1]["psi"] == whole.history[-1]["psi"]
-    with_distance = _run(replace(config,
-                                 psi=replace(config.psi, learnable=["azimuth", "distance"]),
-                                 budget=replace(config.budget, outer_iterations=1)), val_set,
-                         tmp_path / "distance").history[0]
-    assert "alignment_mean" not in with_distance and "appearance_mmd_size" in with_distance
-    assert with_distance["appearance_mmd"] == first["appearance_mmd"]
+    with_distance = replace(config, psi=replace(config.psi, learnable=["azimuth", "distance"]),
+                            budget=replace(config.budget, outer_iterations=1))
+    by_look = _run(with_distance, val_set, tmp_path / "distance").history[0]
+    assert "alignment_mean" not in by_look and "appearance_mmd_size" in by_look
+    assert by_look["appearance_mmd"] == first["appearance_mmd"]
+    bins_only = replace(with_distance, outer=replace(with_distance.outer, appearance_parts=["azimuth"]))
+    by_detector = _run(bins_only, val_set, tmp_path / "bins_only").history[0]
+    assert "alignment_mean" in by_detector and "appearance_mmd_size" not in by_detector
+    assert by_detector["appearance_mmd"] == first["appearance_mmd"]
     with pytest.raises(OptimizerError, match="alignment_objective: 'appearance' .* needs enumerate_bins"):
         _run(tiny_config(outer={"alignment_objective": "appearance"}), val_set, tmp_path / "bad")
 
@@ -483,7 +488,8 @@ def test_the_appearance_objective_moves_the_distance_toward_the_validation_objec
     psi starts twice as far as the validation objects (0.7 m vs 0.35 m) and comes nearer, by
     the box sizes' MMD alone."""
     config = tiny_config(psi={"learnable": ["distance"], "initial": {**PSI, "distance_median": 0.7}, "learning_rate": 0.1},
-                         outer={"enumerate_bins": True, "alignment_objective": "appearance"},
+                         outer={"enumerate_bins": True, "alignment_objective": "appearance",
+                                "appearance_parts": ["distance"]},
                          budget={"images_per_iteration": 12, "outer_iterations": 3},
                          detector={"sample_images": 0, "val_map_every": 0})
     history = _run(config, val_set, tmp_path / "run").history

@@ -29,9 +29,11 @@ def test_the_presets_are_listed_with_their_settings(client, make_key) -> None:
     answer = client.get("/v1/presets", headers=make_key("acme")).json()
     assert answer["default"] == DEFAULT_PRESET == answer["data"][0]["name"] and answer["count"] == len(PRESETS)
     listed = {p["name"]: p for p in answer["data"]}
-    assert {"neural-sim", "neural-sim-appearance", "uniform", "reinforce", "random-search"} <= set(listed)
+    assert {"neural-sim", "neural-sim-appearance", "appearance", "uniform", "reinforce", "random-search"} <= set(listed)
     assert listed["neural-sim"]["settings"]["method"] == "neural-sim"
     assert listed["neural-sim-appearance"]["settings"]["alignment_objective"] == "appearance"
+    assert listed["neural-sim-appearance"]["settings"]["appearance_parts"] == ["azimuth"]
+    assert listed["appearance"]["settings"]["appearance_parts"] == answer["parts"]  # every part by the look
     assert all(p["description"] for p in answer["data"])
     assert answer["parts"][:4] == ["azimuth", "elevation", "distance", "exposure"]
 
