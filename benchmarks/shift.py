@@ -63,9 +63,10 @@ run) took 14.7 minutes.
 
 Measured 2026-12-06, session 13 (--quick, seed 0, --final-detectors 2, 2 shared cores,
 contended, one thread; the first call, with assets, target sets and warm-ups to build, took
-25.5 min; a later one with uniform / oracle reused 8 min). Default preset, before (session 12:
-the appearance objective for the bins only, the detector's hypergradient for the rest, the
-steps of SHIFTS) -> after (every part by the appearance objective, psi_step_scale 3): gap
+25.5 min; a later one with uniform / oracle reused 8 min). Default preset (session 12: the
+appearance objective for the bins only, the detector's hypergradient for the rest, the steps of
+SHIFTS; still the default) -> every part by the appearance objective (now the ``appearance``
+method, the preset of that name; psi_step_scale 3): gap
 closed / psi distance per part: azimuth 0.56 / 0.423 -> 0.86 / 0.423 (the same psi: what
 moved is the final detectors' noise, about 0.02 per detector), distance 0.87 / 0.101 m ->
 0.49 / 0.052 m (overshot: median 0.278 m for a target of 0.33), exposure 0.29 / 1.358 ->
