@@ -114,3 +114,30 @@ def test_the_defaults_a_spec_carries_are_the_loops() -> None:
     assert mine.budget == loops.budget and mine.psi.learnable == loops.psi.learnable and mine.seed == loops.seed
     assert (mine.detector.arch, mine.detector.image_size, mine.device) == (loops.detector.arch, loops.detector.image_size,
                                                                          loops.device)
+
+
+def test_the_specs_choices_are_the_loops_choices_less_the_benchmark_only_ones() -> None:
+    """A value the loop takes but the SDK's JobSpec does not list could not be named by a job
+    (and the reverse would fail at submission): the two lists are kept equal here."""
+    from typing import get_args
+
+    from nerfsim_client.spec import HypergradientSection, OuterSection
+
+    from optimizer.config import RESEARCH_VALUES
+    from optimizer.sections import (
+        AlignmentNormalisation, AlignmentObjective, Estimator, HessianLayers, HessianProduct, InverseHessian, Method,
+        SearchMetric,
+    )
+
+    def listed(section, name: str) -> set:
+        return {value for option in get_args(section.model_fields[name].annotation) for value in get_args(option)}
+
+    loop = {(OuterSection, "method"): Method, (OuterSection, "estimator"): Estimator,
+            (OuterSection, "alignment_objective"): AlignmentObjective,
+            (OuterSection, "alignment_normalisation"): AlignmentNormalisation,
+            (OuterSection, "search_metric"): SearchMetric, (HypergradientSection, "inverse_hessian"): InverseHessian,
+            (HypergradientSection, "hessian_layers"): HessianLayers,
+            (HypergradientSection, "hessian_product"): HessianProduct}
+    for (section, name), choices in loop.items():
+        research = RESEARCH_VALUES.get(f"{section.__name__.removesuffix('Section').lower()}.{name}")
+        assert listed(section, name) == set(get_args(choices)) - {research}, name
