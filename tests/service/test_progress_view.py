@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 
+from nerfsim_client import Event
+
 from service.demo import _follow
 from service.progress_view import StageProgress
 
@@ -30,17 +32,19 @@ def demo_events() -> list[tuple[str, dict]]:
 
 
 class RecordedJob:
-    """Stands in for the demo's HTTP client: the events of one finished job."""
+    """Stands in for the SDK's job (nerfsim_client Job): the events of one finished job."""
 
-    def events(self, job_id: str):
-        yield from demo_events()
+    status = "succeeded"
 
-    def job(self, job_id: str) -> dict:
-        return {"id": job_id, "status": "succeeded"}
+    def events(self):
+        yield from (Event(name, data) for name, data in demo_events())
+
+    def refresh(self) -> "RecordedJob":
+        return self
 
 
 def test_the_demo_prints_a_few_plain_lines_when_not_a_terminal(capsys) -> None:
-    assert _follow(RecordedJob(), "job-1")["status"] == "succeeded"
+    assert _follow(RecordedJob()).status == "succeeded"
     captured = capsys.readouterr()
     printed = captured.out + captured.err
     assert "\r" not in printed, printed  # no bar redrawn in a log
