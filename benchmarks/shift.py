@@ -257,6 +257,15 @@ METHODS = {
     "default": {},
 }
 """Each method's OptimizeConfig.outer fields ("default": the product's default preset, none set)."""
+SOLVED = {"neural-sim-cg": {"method": "neural-sim", "estimator": "both"},
+          "neural-sim-cg-fd": {"method": "neural-sim", "estimator": "both"}}
+"""The neural-sim preset's method with a job's inverse-Hessian solve instead of the research
+methods' identity (with which no Hessian product is taken): exact products, and
+finite-difference ones (issue 27: an approximation is kept only if the gap closed does not drop)."""
+METHODS.update(SOLVED)
+HYPERGRADIENT = {"neural-sim-cg": {"inverse_hessian": "cg", "hessian_product": "double-backward"},
+                 "neural-sim-cg-fd": {"inverse_hessian": "cg", "hessian_product": "finite-difference"}}
+"""Each method's OptimizeConfig.hypergradient fields over the benchmark's (inverse_hessian 'identity')."""
 ONLY_FOR = {
     "neural-sim-lookahead": {"pose"}, "neural-sim-enumerate": {"pose"}, "neural-sim-enumerate-box": {"pose"},
     "neural-sim-box": {"pose"}, "neural-sim-enumerate-box-mixture": {"pose"},
@@ -376,7 +385,9 @@ def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeCo
         "final": {"init": "warmup", "trainer_overrides": dict(FINAL_TRAINER), "real_share": 0.0,
                   "real_only_baseline": False, "uniform_baseline": False},  # the benchmark's own uniform arm
     }
-    return OptimizeConfig.from_dict(merged(settings, research, {"outer": METHODS[base]}), benchmark=True)
+    return OptimizeConfig.from_dict(merged(settings, research, {"outer": METHODS[base],
+                                                                "hypergradient": HYPERGRADIENT.get(base, {})}),
+                                    benchmark=True)
 
 
 def final_detector_maps(config: OptimizeConfig, class_names: list[str], run_dir: Path, test_set: LabelledSet,
