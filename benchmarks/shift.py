@@ -372,7 +372,9 @@ def run_config(shift: str, method: str, seed: int, budget: Budget) -> OptimizeCo
                 "warmup_iterations": SHIFTS[shift].get("psi_warmup_iterations", 0), "entropy_weight": 0.01,
                 "priors": False},
         "outer": {"pose_group": 4},
-        "hypergradient": {"inverse_hessian": "identity"},
+        # The identity solve takes no Hessian product; the product named is the one the finished
+        # runs were saved with (the default before issue 27), so they stay reusable.
+        "hypergradient": {"inverse_hessian": "identity", "hessian_product": "double-backward"},
         "budget": {"outer_iterations": 0 if fixed else iterations,
                    "images_per_iteration": budget.pose_images_per_iteration if shift == "pose"
                    else budget.images_per_iteration,
