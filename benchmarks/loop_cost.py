@@ -18,7 +18,9 @@ Each size runs one iteration to warm up (``--quick``: none) and times the next. 
 ``outer_iteration_s_128=... outer_iteration_s_320=... hypergradient_over_finetune=...
 hvp_over_train_step=...``, the two ratios at 128 px (one HVP of the solve over one inner
 training step on the same K images). ``--hessian`` and ``--product`` pick
-OptimizeConfig.hypergradient.hessian_layers and hessian_product.
+OptimizeConfig.hypergradient.hessian_layers and hessian_product; since session 13 the default
+preset takes no Hessian products (its appearance objective moves every part), so ``--preset
+neural-sim`` times the solve.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/loop_cost.py --quick
 
@@ -31,7 +33,14 @@ Measured 2026-12-06, 2 shared cores (contended: load about 4), 1 torch thread, f
   outer_iteration_s_320=46.5 hypergradient_over_finetune=0.98 hvp_over_train_step=3.40`` (at
   320 px: 1.60 and 7.0).
 
-The two runs met different contention (the 320 px fine-tuning took 13.9 s in the second, 18.2 s
+Measured 2026-12-06, session 13 (--quick --preset neural-sim: no warm-up iteration, first-call
+costs included; 2 shared cores, contended, 1 thread): finite-difference (now the default)
+``outer_iteration_s_128=7.2 outer_iteration_s_320=46.4 hypergradient_over_finetune=0.83
+hvp_over_train_step=1.57``; ``--product double-backward`` ``outer_iteration_s_128=7.7
+outer_iteration_s_320=45.1 hypergradient_over_finetune=1.01 hvp_over_train_step=3.18``. The
+default preset alone: ``hypergradient_over_finetune=0.02 hvp_over_train_step=0.00``.
+
+The two full runs met different contention (the 320 px fine-tuning took 13.9 s in the second, 18.2 s
 in the first), so compare the ratios, not the seconds. CG made 2 products in every timed
 iteration.
 """
@@ -150,6 +159,9 @@ def main() -> None:
                         help="OptimizeConfig.hypergradient.hessian_layers (default: the product's)")
     parser.add_argument("--product", default=None,
                         help="OptimizeConfig.hypergradient.hessian_product (default: the product's)")
+    parser.add_argument("--preset", default=None,
+                        help="the job's preset (default: the product's, which takes no Hessian products since "
+                             "session 13; 'neural-sim' times the inverse-Hessian solve)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
@@ -161,6 +173,8 @@ def main() -> None:
         overrides["hypergradient"]["hessian_layers"] = args.hessian
     if args.product is not None:
         overrides["hypergradient"]["hessian_product"] = args.product
+    if args.preset is not None:
+        overrides["preset"] = args.preset
     print(f"device={name} settings=OptimizeConfig() + {overrides}", flush=True)
 
     spec = read_scene_spec("demo")

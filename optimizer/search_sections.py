@@ -127,12 +127,13 @@ class HypergradientConfig(Section):
     """Which detector weights the hypergradient's inverse Hessian acts on: 'all', or 'head' (the
     Detect head; the rest of the network is treated as fixed in the inner problem, so u is zero
     there and each Hessian-vector product runs through the head alone: optimizer.hessian)."""
-    hessian_product: HessianProduct = "double-backward"
+    hessian_product: HessianProduct = field(default="finite-difference", metadata={"before": "double-backward"})
     """How the inverse-Hessian solve multiplies by the Hessian: 'finite-difference' (the
     difference of the training gradient at the weights and at a small step along the vector,
     the target assignment held fixed: one forward and backward pass per product;
     optimizer.hessian) or 'double-backward' (exact, by differentiating the training gradient
-    again, which costs several training steps per product)."""
+    again, which costs several training steps per product). A run saved before the field
+    existed took exact products."""
     damping: float = 0.01
     """Added to the Hessian's diagonal before it is inverted."""
     neumann_scale: float = 0.01

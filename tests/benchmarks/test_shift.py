@@ -34,6 +34,18 @@ def test_the_default_method_runs_the_default_preset_untouched() -> None:
         assert run_config(shift, "default", 0, FULL).psi.learning_rate == SHIFTS[shift]["psi_lr"]
 
 
+def test_the_solved_arms_take_hessian_products_and_differ_in_their_product_only() -> None:
+    for shift in SHIFTS:
+        exact, approximate = (run_config(shift, method, 0, QUICK) for method in ("neural-sim-cg", "neural-sim-cg-fd"))
+        exact.validate()
+        assert exact.preset == "neural-sim" and exact.hypergradient.inverse_hessian == "cg"  # identity takes none
+        assert approximate.differences(exact.to_dict()) == ["hypergradient.hessian_product"]
+        assert (exact.hypergradient.hessian_product, approximate.hypergradient.hessian_product) == (
+            "double-backward", "finite-difference")
+        # The identity-solve runs keep the product they were saved with, whatever the default.
+        assert run_config(shift, "uniform", 0, QUICK).hypergradient.hessian_product == "double-backward"
+
+
 def test_the_last_line_names_every_part_and_the_worst() -> None:
     table = {"pose": {"default": {"gap_closed": 0.9, "psi_distance": {"mean": 0.05}}},
              "zoom": {"default": {"gap_closed": 0.6, "psi_distance": {"mean": 0.02}}}}
