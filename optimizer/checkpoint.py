@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from optimizer.config import OptimizeConfig
 from optimizer.psi import OptimizerError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -86,3 +87,26 @@ def load_checkpoint(out_dir: Path) -> LoopState | None:
         return LoopState(**data)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise OptimizerError(f"{path}: not a readable nerfsim loop checkpoint ({error}); delete it to start over") from error
+
+
+def set_aside_other_run(out_dir: Path, config: OptimizeConfig) -> list[str] | None:
+    """For a folder that only ever holds one job's run (the service's job folders): when its
+    checkpoint is of another config (the same job under an older nerfsim, whose config had other
+    fields or defaults) or cannot be read, rename it to ``checkpoint.<n>.stale.pt`` so that the
+    run starts over instead of failing: the job is kept, its progress is not. Returns the
+    settings that differ (``["unreadable checkpoint"]``), or None when there is no checkpoint or
+    it is of ``config``. Not for a folder a user names (``nerfsim optimize --out``): there a
+    checkpoint of another config is an error that says so (optimizer.loop)."""
+    try:
+        saved = load_checkpoint(out_dir)
+        differing = None if saved is None else config.differences(saved.config)
+    except OptimizerError:
+        differing = ["unreadable checkpoint"]
+    if not differing:
+        return None
+    path = checkpoint_path(out_dir)
+    number = 1
+    while path.with_name(f"checkpoint.{number}.stale.pt").exists():
+        number += 1
+    os.replace(path, path.with_name(f"checkpoint.{number}.stale.pt"))
+    return differing

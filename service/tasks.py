@@ -19,6 +19,7 @@ from pathlib import Path
 
 import redis
 
+from optimizer.checkpoint import set_aside_other_run
 from optimizer.config import OptimizeConfig
 from service import attempts, metrics
 from service.archives import zip_folder
@@ -166,6 +167,11 @@ def run_job(tenant: str, job_id: str) -> str:
         try:
             config = job_config(record, store)
             write_json_atomic(job_dir / "config.json", config.to_dict())
+            # A checkpoint this job left under an older nerfsim (other config fields or defaults)
+            # would fail the run: it starts over instead, and the job is kept.
+            stale = set_aside_other_run(job_dir / WORK_DIR, config)
+            if stale:
+                log.warning("checkpoint of another config set aside; the run starts over", extra={"settings": stale})
             cancelled = CancelFlag(connection, job_id)
             with interruptible(cancelled):
                 result = run_optimization(config, job_dir / WORK_DIR, on_progress=_Reporter(store, record, settings, job_dir),

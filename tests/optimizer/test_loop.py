@@ -13,7 +13,7 @@ import torch
 
 from detector.datasets import LabelledSet
 from detector.model import DetectorConfig, build_detector, load_detector
-from optimizer.checkpoint import load_checkpoint
+from optimizer.checkpoint import load_checkpoint, set_aside_other_run
 from optimizer.config import OptimizeConfig, Progress, merged
 from optimizer.loop import TrainingDivergedError, run_loop, run_optimization
 from optimizer.psi import OptimizerError, Psi, PsiConfig
@@ -125,6 +125,22 @@ def test_cancel_before_the_first_iteration_keeps_a_checkpoint(tmp_path: Path, va
     result = _run(tiny_config(detector={"warmup_steps": 0}), val_set, tmp_path, should_stop=lambda: True)
     assert result.status == "cancelled" and result.iterations_done == 0 and result.history == []
     assert load_checkpoint(tmp_path).iteration == 0
+
+
+def test_a_service_job_folder_sets_aside_a_checkpoint_of_another_config(tmp_path: Path, val_set: LabelledSet) -> None:
+    """What the worker does before a run (service.tasks): the same config keeps its checkpoint;
+    a checkpoint of another config (the job under an older nerfsim) or an unreadable one is
+    renamed aside, and the run then starts over instead of failing."""
+    old = tiny_config(detector={"warmup_steps": 0})
+    _run(old, val_set, tmp_path, should_stop=lambda: True)
+    assert set_aside_other_run(tmp_path, old) is None and load_checkpoint(tmp_path) is not None
+    new = replace(old, hypergradient=replace(old.hypergradient, hessian_product="double-backward"))
+    assert set_aside_other_run(tmp_path, new) == ["hypergradient.hessian_product"]
+    assert load_checkpoint(tmp_path) is None and (tmp_path / "checkpoint.1.stale.pt").is_file()
+    assert _run(new, val_set, tmp_path, should_stop=lambda: True).status == "cancelled"
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert set_aside_other_run(tmp_path, new) == ["unreadable checkpoint"]
+    assert (tmp_path / "checkpoint.2.stale.pt").read_bytes() == b"not a checkpoint"
 
 
 @pytest.mark.parametrize("method", ["uniform", "oracle", "random-search", "reinforce"])
