@@ -18,9 +18,8 @@ Each size runs one iteration to warm up (``--quick``: none) and times the next. 
 ``outer_iteration_s_128=... outer_iteration_s_320=... hypergradient_over_finetune=...
 hvp_over_train_step=...``, the two ratios at 128 px (one HVP of the solve over one inner
 training step on the same K images). ``--hessian`` and ``--product`` pick
-OptimizeConfig.hypergradient.hessian_layers and hessian_product; since session 13 the default
-preset takes no Hessian products (its appearance objective moves every part), so ``--preset
-neural-sim`` times the solve.
+OptimizeConfig.hypergradient.hessian_layers and hessian_product, ``--preset`` the preset (the
+``appearance`` preset takes no Hessian products).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/loop_cost.py --quick
 
@@ -32,6 +31,11 @@ Measured 2026-12-06, 2 shared cores (contended: load about 4), 1 torch thread, f
 - ``--product double-backward`` (exact products, the default before): ``outer_iteration_s_128=12.5
   outer_iteration_s_320=46.5 hypergradient_over_finetune=0.98 hvp_over_train_step=3.40`` (at
   320 px: 1.60 and 7.0).
+
+Measured 2026-12-06, session 13, with the default preset (azimuth bins by the look, the rest by
+the hypergradient, finite-difference products), --quick, 1 thread, machine otherwise quiet:
+``outer_iteration_s_128=8.7 outer_iteration_s_320=45.5 hypergradient_over_finetune=1.52
+hvp_over_train_step=2.27``.
 
 Measured 2026-12-06, session 13 (--quick --preset neural-sim: no warm-up iteration, first-call
 costs included; 2 shared cores, contended, 1 thread): finite-difference (now the default)
