@@ -1,7 +1,7 @@
 """Backgrounds: sets of photographs a tenant uploads for its jobs' scenes to be composed on
 (a job names them by id). Every photo is decoded on upload; an unreadable one, or an upload
 with none, is refused with 422 and leaves nothing behind. Stored as a flat folder of the
-uploaded files, which a job's ``scene.json`` lists."""
+uploaded files, whose folder goes into a job's scene (service.job_config)."""
 
 from __future__ import annotations
 
