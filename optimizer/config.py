@@ -14,7 +14,9 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replac
 from pathlib import Path
 from typing import Any, Literal
 
+from optimizer.part_names import REPARAMETERISED_PARTS
 from optimizer.presets import DEFAULT_PRESET, resolve
+from optimizer.psi_config import PsiConfig
 from optimizer.search_sections import HypergradientConfig, OuterConfig, PsiSettings
 from optimizer.sections import (
     AlignmentNormalisation,
@@ -212,7 +214,6 @@ def _check_across_sections(config: OptimizeConfig) -> None:
         return
     # torch: validation runs in the worker and the CLI, never on import.
     from optimizer.estimators import estimator_parts
-    from optimizer.psi import REPARAMETERISED_PARTS, PsiConfig
 
     bins = psi.initial.get("azimuth_bins", PsiConfig.azimuth_bins)
     if outer.estimator == "lookahead":
