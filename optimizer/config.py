@@ -150,12 +150,17 @@ class OptimizeConfig:
         lacks (it predates the setting) counts as what that run did: the field's ``before``
         metadata where the default changed what a run does (e.g. real photos in the final
         training), else its default. A saved config from before the sections differs."""
-        wanted = _flatten(json.loads(json.dumps(self.to_dict())))
+        wanted = _flatten(plain(self.to_dict()))
         defaults = {f.name: _before(f) for f in fields(self) if f.name not in SECTIONS}
         for name, section in SECTIONS.items():
             defaults.update({f"{name}.{f.name}": _before(f) for f in fields(section)})
-        completed = {**json.loads(json.dumps(defaults)), **_flatten(json.loads(json.dumps(saved)))}
+        completed = {**plain(defaults), **_flatten(plain(saved))}
         return sorted(k for k in set(wanted) | set(completed) if wanted.get(k) != completed.get(k))
+
+
+def plain(data):
+    """JSON round trip: tuples become lists, so configs compare equal after a save and load."""
+    return json.loads(json.dumps(data))
 
 
 def merged(settings: dict[str, Any], *changes: dict[str, Any]) -> dict[str, Any]:

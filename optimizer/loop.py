@@ -40,7 +40,7 @@ from detector.train import FinetuneState
 from optimizer.baselines import azimuth_total_variation
 from optimizer.best_detector import keep_if_best
 from optimizer.checkpoint import LoopState, load_checkpoint, save_checkpoint
-from optimizer.config import OptimizeConfig, Progress
+from optimizer.config import OptimizeConfig, Progress, plain
 from optimizer.context import LoopContext, resolve_device
 from optimizer.divergence import TrainingDivergedError
 from optimizer.final_stage import FinalStage
@@ -48,7 +48,7 @@ from optimizer.final_training import WARMUP_DETECTOR, detector_config, train_fin
 from optimizer.psi import OptimizerError
 from optimizer.real_training import photo_backgrounds
 from optimizer.report import sample_paths, save_sample_images, write_json_atomic
-from optimizer.result import OptimizeResult, completed_result, plain
+from optimizer.result import OptimizeResult, completed_result
 from optimizer.uniform_baseline import hold_out
 from optimizer.validation import validation_loss_and_gradient
 from optimizer.warmup import warm_up, warmup_images
@@ -57,7 +57,7 @@ from renderer.scene_renderer import SceneRenderer
 from renderer.scene_spec import SceneSpec, read_scene_spec, scene_renderer
 
 __all__ = [
-    "OptimizeResult", "TrainingDivergedError", "detector_config", "job_renderer", "resolve_device", "run_loop",
+    "TrainingDivergedError", "detector_config", "job_renderer", "resolve_device", "run_loop",
     "run_optimization", "train_final_detector",
 ]
 
