@@ -151,23 +151,13 @@ class _Loop(LoopContext):
         self.finetune_state = FinetuneState(optimizer={})
         self.history = []
         self.images_rendered = 0
-        warm_up(self, self.warmup_cache, self.warmup_key_settings())
+        warm_up(self)
         if config.final.init == "warmup":
             # Before the first checkpoint, so a resumed run always finds it.
             partial = self.out_dir / f"{WARMUP_DETECTOR}.partial"
             save_detector(self.detector, partial).replace(self.out_dir / WARMUP_DETECTOR)
         val_loss, _ = validation_loss_and_gradient(self.detector, self.val_batch, config.detector.val_batch_size, False)
         return self.state(iteration=0, val_loss_start=val_loss)
-
-    def warmup_key_settings(self) -> dict:
-        """What keys the warm-up cache: the settings the warm-up reads
-        (OptimizeConfig.warmup_settings), torch's thread count (other counts round differently)
-        and the photos' priors (the warm-up's psi depends on them too)."""
-        settings = plain(self.config.warmup_settings())
-        settings["torch_threads"] = torch.get_num_threads()
-        if self.priors is not None and self.priors["values"]:
-            settings["priors"] = self.priors["values"]
-        return settings
 
     def state(self, iteration: int, val_loss_start: float | None) -> LoopState:
         def cpu(state: dict) -> dict:
