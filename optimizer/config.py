@@ -14,7 +14,9 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replac
 from pathlib import Path
 from typing import Any, Literal
 
+from optimizer.part_names import REPARAMETERISED_PARTS
 from optimizer.presets import DEFAULT_PRESET, resolve
+from optimizer.psi_config import PsiConfig
 from optimizer.search_sections import HypergradientConfig, OuterConfig, PsiSettings
 from optimizer.sections import (
     AlignmentNormalisation,
@@ -148,12 +150,17 @@ class OptimizeConfig:
         lacks (it predates the setting) counts as what that run did: the field's ``before``
         metadata where the default changed what a run does (e.g. real photos in the final
         training), else its default. A saved config from before the sections differs."""
-        wanted = _flatten(json.loads(json.dumps(self.to_dict())))
+        wanted = _flatten(plain(self.to_dict()))
         defaults = {f.name: _before(f) for f in fields(self) if f.name not in SECTIONS}
         for name, section in SECTIONS.items():
             defaults.update({f"{name}.{f.name}": _before(f) for f in fields(section)})
-        completed = {**json.loads(json.dumps(defaults)), **_flatten(json.loads(json.dumps(saved)))}
+        completed = {**plain(defaults), **_flatten(plain(saved))}
         return sorted(k for k in set(wanted) | set(completed) if wanted.get(k) != completed.get(k))
+
+
+def plain(data):
+    """JSON round trip: tuples become lists, so configs compare equal after a save and load."""
+    return json.loads(json.dumps(data))
 
 
 def merged(settings: dict[str, Any], *changes: dict[str, Any]) -> dict[str, Any]:
@@ -212,7 +219,6 @@ def _check_across_sections(config: OptimizeConfig) -> None:
         return
     # torch: validation runs in the worker and the CLI, never on import.
     from optimizer.estimators import estimator_parts
-    from optimizer.psi import REPARAMETERISED_PARTS, PsiConfig
 
     bins = psi.initial.get("azimuth_bins", PsiConfig.azimuth_bins)
     if outer.estimator == "lookahead":

@@ -10,9 +10,10 @@ import torch
 
 from optimizer.baselines import azimuth_total_variation
 from optimizer.best_detector import best_iteration
+from optimizer.config import plain
 from optimizer.psi import Psi
 from optimizer.report import plot_history, plot_psi_before_after, write_json_atomic
-from optimizer.result import OptimizeResult, plain
+from optimizer.result import OptimizeResult
 from optimizer.uniform_baseline import psi_before_after
 
 if TYPE_CHECKING:

@@ -40,7 +40,7 @@ from detector.train import FinetuneState
 from optimizer.baselines import azimuth_total_variation
 from optimizer.best_detector import keep_if_best
 from optimizer.checkpoint import LoopState, load_checkpoint, save_checkpoint
-from optimizer.config import OptimizeConfig, Progress
+from optimizer.config import OptimizeConfig, Progress, plain
 from optimizer.context import LoopContext, resolve_device
 from optimizer.divergence import TrainingDivergedError
 from optimizer.final_stage import FinalStage
@@ -48,7 +48,7 @@ from optimizer.final_training import WARMUP_DETECTOR, detector_config, train_fin
 from optimizer.psi import OptimizerError
 from optimizer.real_training import photo_backgrounds
 from optimizer.report import sample_paths, save_sample_images, write_json_atomic
-from optimizer.result import OptimizeResult, completed_result, plain
+from optimizer.result import OptimizeResult, completed_result
 from optimizer.uniform_baseline import hold_out
 from optimizer.validation import validation_loss_and_gradient
 from optimizer.warmup import warm_up, warmup_images
@@ -57,7 +57,7 @@ from renderer.scene_renderer import SceneRenderer
 from renderer.scene_spec import SceneSpec, read_scene_spec, scene_renderer
 
 __all__ = [
-    "OptimizeResult", "TrainingDivergedError", "detector_config", "job_renderer", "resolve_device", "run_loop",
+    "TrainingDivergedError", "detector_config", "job_renderer", "resolve_device", "run_loop",
     "run_optimization", "train_final_detector",
 ]
 
@@ -151,23 +151,13 @@ class _Loop(LoopContext):
         self.finetune_state = FinetuneState(optimizer={})
         self.history = []
         self.images_rendered = 0
-        warm_up(self, self.warmup_cache, self.warmup_key_settings())
+        warm_up(self)
         if config.final.init == "warmup":
             # Before the first checkpoint, so a resumed run always finds it.
             partial = self.out_dir / f"{WARMUP_DETECTOR}.partial"
             save_detector(self.detector, partial).replace(self.out_dir / WARMUP_DETECTOR)
         val_loss, _ = validation_loss_and_gradient(self.detector, self.val_batch, config.detector.val_batch_size, False)
         return self.state(iteration=0, val_loss_start=val_loss)
-
-    def warmup_key_settings(self) -> dict:
-        """What keys the warm-up cache: the settings the warm-up reads
-        (OptimizeConfig.warmup_settings), torch's thread count (other counts round differently)
-        and the photos' priors (the warm-up's psi depends on them too)."""
-        settings = plain(self.config.warmup_settings())
-        settings["torch_threads"] = torch.get_num_threads()
-        if self.priors is not None and self.priors["values"]:
-            settings["priors"] = self.priors["values"]
-        return settings
 
     def state(self, iteration: int, val_loss_start: float | None) -> LoopState:
         def cpu(state: dict) -> dict:

@@ -31,9 +31,12 @@ class Preset:
     settings: Mapping[str, Any]
     """OuterConfig fields it sets (a subset of PRESET_FIELDS); the job's explicit fields win."""
 
+    def config_settings(self) -> dict[str, Any]:
+        """``settings`` as a config holds them (JSON's lists, not the tuples kept here immutable)."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in self.settings.items()}
+
     def to_dict(self) -> dict[str, Any]:
-        settings = {key: list(value) if isinstance(value, tuple) else value for key, value in self.settings.items()}
-        return {"name": self.name, "description": self.description, "settings": settings}
+        return {"name": self.name, "description": self.description, "settings": self.config_settings()}
 
 
 PRESET_FIELDS: tuple[str, ...] = ("method", "estimator", "enumerate_bins", "alignment_objective",
@@ -89,5 +92,5 @@ def preset(name: str) -> Preset:
 def resolve(name: str, explicit: Mapping[str, Any]) -> dict[str, Any]:
     """The PRESET_FIELDS values of a job: preset ``name``'s settings, then the job's ``explicit``
     ones (None: not set) on top."""
-    chosen = {key: list(value) if isinstance(value, tuple) else value for key, value in preset(name).settings.items()}
+    chosen = preset(name).config_settings()
     return {key: chosen[key] if explicit.get(key) is None else explicit[key] for key in PRESET_FIELDS}

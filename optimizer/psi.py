@@ -143,10 +143,6 @@ class Psi(nn.Module):
         """The parameters of each learnable part (e.g. for per-part optimiser groups)."""
         return {part: [getattr(self, name) for name in PSI_PARTS[part].tensors] for part in self.learnable_parts}
 
-    def azimuth_bin_edges(self) -> Float[Tensor, "K+1"]:
-        """Bin edges in radians, 0 .. 2pi."""
-        return azimuth.PART.bin_edges(self)
-
     def azimuth_probs(self) -> Float[Tensor, "C K"]:
         return azimuth.PART.probs(self)
 

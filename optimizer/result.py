@@ -57,8 +57,3 @@ def completed_result(out_dir: Path, config: OptimizeConfig) -> OptimizeResult | 
         report=out_dir / "report.json", detector=detector if detector.is_file() else None,
         dataset=dataset if dataset.is_dir() else None,
     )
-
-
-def plain(data):
-    """JSON round trip: tuples become lists, so configs compare equal after a save and load."""
-    return json.loads(json.dumps(data))

@@ -182,8 +182,6 @@ class PsiSettings(Section):
     """Weight of the azimuth-bin entropy bonus that guards against collapse onto one bin."""
 
     def check(self) -> None:
-        from optimizer.psi import PARTS  # torch; optimizer.parts once psi's parts have their own module
-
         unknown = sorted(set(self.learnable) - set(PARTS))
         if unknown:
             fail("psi.learnable", f"unknown parts {unknown}; the parts are {list(PARTS)}")

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal, get_args
 
+from optimizer.errors import OptimizerError
+
 Method = Literal["neural-sim", "uniform", "random-search", "reinforce", "oracle"]
 Estimator = Literal["pathwise", "score", "both", "lookahead"]
 InverseHessian = Literal["identity", "neumann", "cg"]
@@ -29,8 +31,6 @@ FinalInit = Literal["initial", "warmup"]
 
 def fail(name: str, problem: str) -> None:
     """Raise OptimizerError naming the setting ``name`` ('section.field')."""
-    from optimizer.psi import OptimizerError  # imports torch, which the API does without
-
     raise OptimizerError(f"OptimizeConfig.{name}: {problem}")
 
 

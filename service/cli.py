@@ -106,7 +106,6 @@ def cmd_render(args: argparse.Namespace) -> None:
 
 def cmd_optimize(args: argparse.Namespace) -> None:
     from nerfsim_client.spec import JobSpec
-    from pydantic import ValidationError
 
     from optimizer.loop import run_optimization
     from service.job_config import loop_config, resolve, stored_records
@@ -127,7 +126,7 @@ def cmd_optimize(args: argparse.Namespace) -> None:
         spec = JobSpec.model_validate(data)
         records = stored_records(Storage(_service_settings(args).storage_root), args.tenant)
         config = loop_config(spec, resolve(spec, records, base=args.config.parent), name=args.config.stem)
-    except (TypeError, ValueError, ValidationError) as error:
+    except (TypeError, ValueError) as error:  # (pydantic's ValidationError is a ValueError)
         raise ValueError(f"{args.config}: {error}") from error
     print(f"preset {config.preset}: method {config.outer.method}, estimator {config.outer.estimator}", file=sys.stderr)
     view = StageProgress()  # one bar per stage (the loop's own bars and Ultralytics' logs stay off)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import redis
 
-from optimizer.checkpoint import set_aside_other_run
 from optimizer.config import OptimizeConfig
 from service import attempts, metrics
 from service.archives import zip_folder
@@ -162,6 +161,7 @@ def run_job(tenant: str, job_id: str) -> str:
         record = store.update(JobRecord, tenant, job_id, start)
         publish(connection, job_id, "status", {"status": "running", "attempt": record.attempts})
         log.info("job started", extra={"attempt": record.attempts})
+        from optimizer.checkpoint import set_aside_other_run  # torch: the API imports this module
         from optimizer.loop import TrainingDivergedError, run_optimization
 
         try:

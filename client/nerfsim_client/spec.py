@@ -258,7 +258,8 @@ class DetectorSection(Strict):
         None, description="Weights the detector starts from: an id of uploaded weights (POST /v1/weights) sharing "
                           "a class name with the assets (with nerfsim optimize also a .pt path). Default: a random "
                           "initialisation of `arch`.")
-    image_size: int = Field(64, ge=32, le=1280, description="Image side of the loop's renders (a multiple of 32).")
+    image_size: int = Field(64, ge=32, le=1280, multiple_of=32,
+                            description="Image side of the loop's renders (a multiple of 32: the detector's stride).")
     inner_learning_rate: Optional[float] = Field(None, gt=0, le=1)
     inner_optimizer: Optional[Literal["sgd", "adamw"]] = None
     inner_batch_size: Optional[int] = Field(None, ge=1, le=4096, description="Unset: all of the iteration's images.")
@@ -266,13 +267,6 @@ class DetectorSection(Strict):
     val_batch_size: Optional[int] = Field(None, ge=1, le=1024)
     val_map_every: Optional[int] = Field(None, ge=0, le=10_000)
     sample_images: Optional[int] = Field(None, ge=0, le=64)
-
-    @field_validator("image_size")
-    @classmethod
-    def _stride_multiple(cls, value: int) -> int:
-        if value % 32:
-            raise ValueError("image_size must be a multiple of 32 (the detector's stride)")
-        return value
 
 
 class FinalSection(Strict):

@@ -36,10 +36,6 @@ class Azimuth(PsiPart):
     def probs(self, psi: Psi) -> Tensor:
         return psi.azimuth_logits.softmax(-1)
 
-    def bin_edges(self, psi: Psi) -> Tensor:
-        """Bin edges in radians, 0 .. 2pi."""
-        return torch.linspace(0, 2 * math.pi, psi.config.azimuth_bins + 1, device=psi.device)
-
     def sample(self, psi: Psi, draws: Draws, drawn: dict[str, Tensor]) -> dict[str, Tensor]:
         gumbel = draws.gumbel(draws.n, draws.m, psi.config.azimuth_bins)
         return {"azimuth_gumbel": gumbel,
