@@ -33,9 +33,10 @@ Measured 2026-12-06, 2 shared cores (contended: load about 4), 1 torch thread, f
   320 px: 1.60 and 7.0).
 
 Measured 2026-12-06, session 13, with the default preset (azimuth bins by the look, the rest by
-the hypergradient, finite-difference products), --quick, 1 thread, machine otherwise quiet:
-``outer_iteration_s_128=8.7 outer_iteration_s_320=45.5 hypergradient_over_finetune=1.52
-hvp_over_train_step=2.27``.
+the hypergradient, finite-difference products), 1 thread, machine otherwise quiet: full mode
+``outer_iteration_s_128=8.4 outer_iteration_s_320=36.1 hypergradient_over_finetune=1.46
+hvp_over_train_step=1.23`` (1.8 min); --quick ``outer_iteration_s_128=8.7
+outer_iteration_s_320=45.5 hypergradient_over_finetune=1.52 hvp_over_train_step=2.27``.
 
 Measured 2026-12-06, session 13 (--quick --preset neural-sim: no warm-up iteration, first-call
 costs included; 2 shared cores, contended, 1 thread): finite-difference (now the default)
