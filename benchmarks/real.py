@@ -109,7 +109,7 @@ from optimizer.config import (
     SceneConfig,
     TargetsConfig,
 )
-from optimizer.presets import DEFAULT_PRESET  # noqa: E402
+from optimizer.presets import DEFAULT_PRESET, PRESETS  # noqa: E402
 from optimizer.dataset import render_dataset  # noqa: E402
 from optimizer.final_size import final_image_shape  # noqa: E402
 from optimizer.loop import job_renderer, run_optimization  # noqa: E402
@@ -120,9 +120,8 @@ from renderer.scene_spec import read_scene_spec  # noqa: E402
 
 CACHE = REPO / "benchmarks" / "cache" / "real"
 RESULTS = REPO / "benchmarks" / "results" / "real"
-ARMS = ("real", "fixed", "uniform", "optimised", "uniform+real", "optimised+real")
-PSI_ARMS = ("fixed", "uniform", "optimised")
-"""The arms whose renders come from a psi of their own (the +real arms reuse them)."""
+BASE_ARMS = ("real", "fixed", "uniform", "uniform+real")
+"""The arms every run trains; each preset of --presets adds ``<preset>`` and ``<preset>+real``."""
 REAL_SHARE = FinalConfig.real_share
 """The photos' share of a +real arm's epoch: the product's default, so the arm measures its mix."""
 
@@ -309,6 +308,20 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
     return summary
 
 
+def paired_gains(runs: dict[str, list[dict]], presets: list[str]) -> str:
+    """Per preset, its +real arm minus uniform+real in mAP50-95, seed by seed (the same photos,
+    draws and training seed: the seed's noise common to both arms cancels), with the mean,
+    stdev and how many seeds it won."""
+    lines = []
+    for preset in presets:
+        gains = [a["map50_95"] - b["map50_95"] for a, b in zip(runs[f"{preset}+real"], runs["uniform+real"])]
+        spread = statistics.stdev(gains) if len(gains) > 1 else 0.0
+        lines.append(f"{preset}+real - uniform+real: {statistics.fmean(gains):+.3f} ± {spread:.3f} "
+                     f"(won {sum(g > 0 for g in gains)} of {len(gains)} seeds: "
+                     + ", ".join(f"{g:+.3f}" for g in gains) + ")")
+    return "\n".join(lines)
+
+
 def table(summary: dict, names: list[str]) -> str:
     def cell(s: dict) -> str:
         return f"{s['mean']:.3f} ± {s['stdev']:.3f}"
@@ -327,6 +340,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, help="override the budget's training epochs (a smoke run)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--presets", nargs="+", choices=sorted(PRESETS),
+                        help=f"the presets whose learned psi are arms (default: the default, {DEFAULT_PRESET})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     budget = QUICK if args.quick else FULL
@@ -351,28 +366,30 @@ def main() -> None:
     print(f"classes {names}; {len(real)} photos, {len(test)} test photos, {len(backgrounds)} backgrounds; "
           f"assets ready after {time.perf_counter() - began:.0f} s", flush=True)
 
-    runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+    presets = args.presets or [DEFAULT_PRESET]
+    arms = [*BASE_ARMS, *presets, *(f"{p}+real" for p in presets)]
+    runs: dict[str, list[dict]] = {arm: [] for arm in arms}
     loop_seconds = []
     for seed in args.seeds:
         work = CACHE / f"{mode}_{budget.tag}" / f"seed{seed}"
         loop_began = time.perf_counter()
-        psis = {"fixed": fixed,
-                "uniform": learn_psi("uniform", scene, val, budget, seed, work / "loop_uniform"),
-                "optimised": learn_psi(DEFAULT_PRESET, scene, val, budget, seed, work / "loop_optimised")}
+        psis = {"fixed": fixed, "uniform": learn_psi("uniform", scene, val, budget, seed, work / "loop_uniform")}
+        for preset in presets:  # a loop folder per preset: a changed default never reuses another's psi
+            psis[preset] = learn_psi(preset, scene, val, budget, seed, work / f"loop_{preset}")
         loop_seconds.append(round(time.perf_counter() - loop_began, 1))
         data = {"real": write_real_only(real, work / "data" / "real", budget.renders).data_dir}
         # Renders at the photos' aspect, longer side budget.image_size (as a job's final dataset).
         shape = final_image_shape(OptimizeConfig(final=FinalConfig(image_size=budget.image_size)), photos[1])
         renders = f"{shape[1]}x{shape[0]}px"
         kept = round(budget.renders * (1 - REAL_SHARE))
-        for arm in PSI_ARMS:
+        for arm in psis:
             folder = work / "data" / f"renders_{arm}_{renders}_{budget.renders}"
             data[arm] = render_seed(renderer, psis[arm], names, budget, shape, seed, folder)
             if arm != "fixed":
                 kept_renders = first_renders(data[arm], kept, work / "data" / f"{arm}_kept")
                 data[f"{arm}+real"] = write_training_mix(kept_renders, real, work / "data" / f"{arm}_mix",
                                                          REAL_SHARE).data_dir
-        for arm in ARMS:
+        for arm in arms:
             # Arms with renders name their size: scores of the earlier square renders are not reused.
             arm_dir = work / (arm if arm == "real" else f"{arm.replace('+', '_')}_{renders}")
             runs[arm].append(run_arm(arm, data[arm], names, test, budget, seed, arm_dir))
@@ -390,12 +407,13 @@ def main() -> None:
     def mean(arm: str, key: str = "map50_95") -> float:
         return summary[arm][key]["mean"]
 
-    drill = summary["optimised+real"]["per_class_ap50"].get("power_drill", {"mean": float("nan")})["mean"]
+    print(paired_gains(runs, presets))
+    best = DEFAULT_PRESET if DEFAULT_PRESET in presets else presets[0]
+    drill = summary[f"{best}+real"]["per_class_ap50"].get("power_drill", {"mean": float("nan")})["mean"]
     print(f"minutes={(time.perf_counter() - began) / 60:.1f}")
-    print(f"real_gain_over_real_only={mean('optimised+real') / max(mean('real'), 1e-9):.3f} "
-          f"optimised_over_uniform={mean('optimised+real') / max(mean('uniform+real'), 1e-9):.3f} "
-          f"synthetic_only_map50={mean('optimised', 'map50'):.3f} power_drill_ap50={drill:.3f}")
-
+    print(f"preset={best} real_gain_over_real_only={mean(f'{best}+real') / max(mean('real'), 1e-9):.3f} "
+          f"optimised_over_uniform={mean(f'{best}+real') / max(mean('uniform+real'), 1e-9):.3f} "
+          f"synthetic_only_map50={mean(best, 'map50'):.3f} power_drill_ap50={drill:.3f}")
 
 if __name__ == "__main__":
     main()
