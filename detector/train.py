@@ -19,11 +19,13 @@ from torch import Tensor
 from tqdm import tqdm
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.tasks import DetectionModel
-from ultralytics.utils import LOGGER, USER_CONFIG_DIR
+from ultralytics.utils import LOGGER, RANK, USER_CONFIG_DIR
+from ultralytics.utils.torch_utils import init_seeds
 
 from detector.errors import DetectorError
 from detector.losses import BatchNormMode, detection_loss, trainable_parameters
 from detector.model import DetectorConfig, build_detector, save_detector
+from detector.process_state import restored_process_state
 from detector.targets import UltralyticsTargets, select_targets
 
 MAX_GRADIENT_NORM = 10.0
@@ -165,18 +167,14 @@ def train_on_dataset(
         "verbose": progress,
         **trainer_overrides,
     }
-    threads = torch.get_num_threads()
-    try:
-        with _ultralytics_logging(progress):
-            trainer = _LocalDetectionTrainer(overrides=arguments)
-            for event, functions in (callbacks or {}).items():
-                for function in functions:
-                    trainer.add_callback(event, function)
-            trainer.train()
-    finally:
-        # Ultralytics' select_device sets the process's torch threads to cpu_count - 1 for good:
-        # everything after a final training (the next run, its warm-up cache key) would change.
-        torch.set_num_threads(threads)
+    # Ultralytics changes the process for good (threads, random streams): everything after a
+    # final training (the next run, its warm-up cache key) would change.
+    with restored_process_state(), _ultralytics_logging(progress):
+        trainer = _LocalDetectionTrainer(overrides=arguments)
+        for event, functions in (callbacks or {}).items():
+            for function in functions:
+                trainer.add_callback(event, function)
+        trainer.train()
     return Path(trainer.best) if Path(trainer.best).is_file() else Path(trainer.last)
 
 
@@ -187,6 +185,10 @@ class _LocalDetectionTrainer(DetectionTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # Seeded again: the base class seeds before it imports the integrations, and the first
+        # import in a process draws from `random` (comet_ml's error-tracking sampling, rich), so
+        # a process's first training took other augmentations than every later one.
+        init_seeds(self.args.seed + 1 + RANK, deterministic=self.args.deterministic)
         # The validator copies these, so drop the integrations here too.
         self.callbacks = defaultdict(
             list, {event: [c for c in found if _is_local(c)] for event, found in self.callbacks.items()}
