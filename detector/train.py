@@ -137,6 +137,8 @@ def train_on_dataset(
     (e.g. ``on_train_batch_end``, ``on_fit_epoch_end``) to functions of the trainer, e.g. to
     report progress. ``trainer_overrides`` are further Ultralytics train arguments (e.g.
     ``mosaic=0.0``, ``plots=False``); none may name a file (:data:`FILE_ARGUMENTS`).
+    The same inputs give the same weights whatever ran before in the process, and the process
+    state Ultralytics changes is put back (:func:`detector.process_state.restored_process_state`).
     """
     named = sorted(k for k, v in trainer_overrides.items() if k in FILE_ARGUMENTS
                    and not (k == "pretrained" and isinstance(v, bool)) and not (k == "resume" and v is False))
