@@ -25,7 +25,7 @@ from service.archives import zip_folder
 from service.asset_tasks import asset_failed, build_asset  # noqa: F401  (build_asset: builds queued by its old name)
 from service.events import cancel_key, publish
 from service.interruption import JobCancelled, WorkerStopping, interruptible
-from service.job_config import TenantRecords, loop_config, resolve
+from service.job_config import TenantRecords, accepted_settings, loop_config, resolve
 from service.job_schemas import JobRecord
 from service.logs import job_context
 from service.portable import copy_portable, server_prefixes
@@ -45,11 +45,11 @@ ZIPPED_FOLDERS = {"dataset": "dataset.zip", "samples": "samples.zip", "plots": "
 
 
 def job_config(record: JobRecord, store: RecordStore) -> OptimizeConfig:
-    """The loop's config for a job: its spec with its records' paths in the tenant's storage
-    (the only way a job's assets, targets, background sets and weights get a path: a request
-    names them by id)."""
+    """The loop's config for a job: the settings it was accepted with (its spec's, for a record
+    stored before they were recorded) with its records' paths in the tenant's storage (the only
+    way a job's assets, targets, background sets and weights get a path: a request names them by id)."""
     records = TenantRecords(store.storage, record.tenant, store.get)
-    return loop_config(record.spec, resolve(record.spec, records), name=record.id)
+    return loop_config(record.spec, resolve(record.spec, records), name=record.id, accepted=record.config)
 
 
 class _Reporter:
@@ -166,6 +166,11 @@ def run_job(tenant: str, job_id: str) -> str:
 
         try:
             config = job_config(record, store)
+            if record.config is None:  # stored before the settings were recorded: they are from now on
+                def pin(current: JobRecord) -> None:
+                    current.config = current.config or accepted_settings(config)
+
+                record = store.update(JobRecord, tenant, job_id, pin)
             write_json_atomic(job_dir / "config.json", config.to_dict())
             # A checkpoint this job left under an older nerfsim (other config fields or defaults)
             # would fail the run: it starts over instead, and the job is kept.
