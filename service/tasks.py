@@ -13,6 +13,7 @@ whatever it produced is published to ``artifacts/`` (a failed job keeps its part
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -50,6 +51,25 @@ def job_config(record: JobRecord, store: RecordStore) -> OptimizeConfig:
     way a job's assets, targets, background sets and weights get a path: a request names them by id)."""
     records = TenantRecords(store.storage, record.tenant, store.get)
     return loop_config(record.spec, resolve(record.spec, records), name=record.id, accepted=record.config)
+
+
+def _with_settings(record: JobRecord, store: RecordStore, work: Path) -> JobRecord:
+    """``record`` with the settings it runs recorded. A record stored before they were gets those
+    of the run in its loop folder ``work`` (the loop's config.json beside the checkpoint it
+    resumes), else those its spec has today."""
+    if record.config is not None:
+        return record
+    try:
+        started = OptimizeConfig.from_saved(json.loads((work / "config.json").read_text()))
+    except (OSError, ValueError, TypeError, AttributeError):  # no run yet (or not the loop's file)
+        started = None
+    resumed = started is not None and (work / "checkpoint.pt").is_file()
+    accepted = accepted_settings(started if resumed else job_config(record, store))
+
+    def record_settings(current: JobRecord) -> None:
+        current.config = current.config or accepted
+
+    return store.update(JobRecord, record.tenant, record.id, record_settings)
 
 
 class _Reporter:
@@ -165,12 +185,8 @@ def run_job(tenant: str, job_id: str) -> str:
         from optimizer.loop import TrainingDivergedError, run_optimization
 
         try:
+            record = _with_settings(record, store, job_dir / WORK_DIR)
             config = job_config(record, store)
-            if record.config is None:  # stored before the settings were recorded: they are from now on
-                def pin(current: JobRecord) -> None:
-                    current.config = current.config or accepted_settings(config)
-
-                record = store.update(JobRecord, tenant, job_id, pin)
             write_json_atomic(job_dir / "config.json", config.to_dict())
             # A checkpoint this job left under an older nerfsim (other config fields or defaults)
             # would fail the run: it starts over instead, and the job is kept.

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from optimizer.config import FinalConfig, HypergradientConfig
 from optimizer.presets import DEFAULT_PRESET, PRESETS
 from service.job_schemas import JobRecord
 from service.records import RecordStore
@@ -58,7 +59,7 @@ def test_a_job_records_the_preset_and_settings_it_was_accepted_with(client, acce
     assert record.preset == record.spec.preset == record.config["preset"] == DEFAULT_PRESET
     chosen = PRESETS[DEFAULT_PRESET].config_settings()
     assert {k: v for k, v in record.config["outer"].items() if k in chosen} == chosen
-    assert record.config["final"]["real_share"] == pytest.approx(1 / 3)  # today's default, not in the request
+    assert record.config["final"]["real_share"] == FinalConfig().real_share != 0.0  # today's default, not requested
     # No paths: they are resolved when the job runs.
     assert "spec" not in record.config["scene"] and record.config["targets"] == {}
     assert "weights" not in record.config["detector"]
@@ -84,23 +85,47 @@ def test_a_job_runs_the_settings_it_was_accepted_with_not_todays_defaults(accept
     assert set_aside_other_run(work, config) is None and (work / "checkpoint.pt").is_file()
 
 
+def unrecorded(client, headers: dict, store: RecordStore, spec) -> JobRecord:
+    """A job of ``spec`` as a record stored before the settings were: none recorded, nor its
+    preset besides the spec's."""
+    job_id = client.post("/v1/jobs", headers=headers, json=json.loads(spec.model_dump_json())).json()["id"]
+    key = f"nerfsim:record:job:{job_id}"
+    store.redis.set(key, json.dumps({k: v for k, v in json.loads(store.redis.get(key)).items()
+                                     if k not in ("config", "preset")}))
+    return JobRecord.model_validate_json(store.redis.get(key))
+
+
 @pytest.mark.slow
 def test_a_worker_runs_the_recorded_settings_and_records_them_for_an_old_record(client, accepted, workers) -> None:
+    from optimizer.checkpoint import LoopState, save_checkpoint
+
     headers, store, pinned = accepted
     pinned = as_accepted_by_an_older_release(store, pinned)
-    # A record stored before the settings were: none recorded, nor its preset besides the spec's.
-    old = client.post("/v1/jobs", headers=headers, json=json.loads(pinned.spec.model_dump_json())).json()
-    key = f"nerfsim:record:job:{old['id']}"
-    stored = {k: v for k, v in json.loads(store.redis.get(key)).items() if k not in ("config", "preset")}
-    store.redis.set(key, json.dumps(stored))
-    # Both fail fast once their config is written: their validation set is gone.
+    fresh = unrecorded(client, headers, store, pinned.spec)
+    assert fresh.config is None and fresh.preset == OLD_PRESET  # (its spec's)
+    # An old record whose run (under the older release) left a checkpoint: it goes on with that run's settings.
+    resumed = unrecorded(client, headers, store, pinned.spec)
+    older = json.loads(json.dumps(job_config(resumed.model_copy(update={"config": pinned.config}), store).to_dict()))
+    del older["hypergradient"]["hessian_product"]
+    work = store.storage.record_dir("job", resumed.tenant, resumed.id) / WORK_DIR
+    save_checkpoint(LoopState(config=older, iteration=1, psi={}, detector={}, finetune={}), work)
+    (work / "config.json").write_text(json.dumps(older))
+    # Every job fails fast once its config is written: their validation set is gone.
     shutil.rmtree(store.storage.record_dir("target", pinned.tenant, pinned.spec.targets.val) / "data" / "images")
     workers.start()
-    for job_id in (pinned.id, old["id"]):
+    for job_id in (pinned.id, fresh.id, resumed.id):
         wait_for(lambda: store.get(JobRecord, pinned.tenant, job_id).status == "failed", 180, f"{job_id} to fail")
-    ran = json.loads((store.storage.record_dir("job", pinned.tenant, pinned.id) / "config.json").read_text())
-    assert (ran["preset"], ran["final"]["real_share"], ran["hypergradient"]["hessian_product"]) == \
-        (OLD_PRESET, 0.0, "double-backward")
-    recorded = store.get(JobRecord, pinned.tenant, old["id"])
-    assert recorded.preset == recorded.config["preset"] == OLD_PRESET  # its spec's, recorded at its run
-    assert recorded.config["final"]["real_share"] == pytest.approx(1 / 3)  # what it ran: today's defaults
+
+    def ran(record: JobRecord) -> tuple:
+        config = json.loads((store.storage.record_dir("job", record.tenant, record.id) / "config.json").read_text())
+        return config["preset"], config["final"]["real_share"], config["hypergradient"]["hessian_product"]
+
+    assert ran(pinned) == ran(resumed) == (OLD_PRESET, 0.0, "double-backward")
+    assert (work / "checkpoint.pt").is_file() and not list(work.glob("*.stale.pt"))  # resumable, not set aside
+    today = (FinalConfig().real_share, HypergradientConfig().hessian_product)
+    assert ran(fresh) == (OLD_PRESET, *today)  # no run yet: today's defaults
+    for record in (fresh, resumed):  # recorded at its run: the next one runs the same
+        recorded = store.get(JobRecord, record.tenant, record.id)
+        assert recorded.config is not None and ran(record) == (recorded.config["preset"],
+                                                               recorded.config["final"]["real_share"],
+                                                               recorded.config["hypergradient"]["hessian_product"])
