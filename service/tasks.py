@@ -182,7 +182,8 @@ def run_job(tenant: str, job_id: str) -> str:
         publish(connection, job_id, "status", {"status": "running", "attempt": record.attempts})
         log.info("job started", extra={"attempt": record.attempts})
         from optimizer.checkpoint import set_aside_other_run  # torch: the API imports this module
-        from optimizer.loop import TrainingDivergedError, run_optimization
+        from optimizer.divergence import TrainingDivergedError
+        from optimizer.loop import run_optimization
 
         try:
             record = _with_settings(record, store, job_dir / WORK_DIR)
