@@ -96,6 +96,8 @@ def test_a_saved_config_reads_back_as_the_run_it_was() -> None:
     del saved["outer"]["retired_setting"]
     assert config.differences(saved) == []
     assert OptimizeConfig.from_saved(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="from before the sections"):  # flat: its scene was a name
+        OptimizeConfig.from_saved({"scene": "demo", "target_val": "val.json", "method": "neural-sim"})
 
 
 def test_benchmarks_may_set_benchmark_only_fields() -> None:
