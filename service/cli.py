@@ -122,8 +122,9 @@ def cmd_optimize(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.config}: a job file is a JSON object: a JobSpec, as POST /v1/jobs takes")
     if args.preset is not None:
         data["preset"] = args.preset
-    elif data.get("preset") is None:
-        data["preset"] = _started_preset(Path(args.out))
+    elif data.get("preset") is None and (started := _started_preset(Path(args.out))):
+        data["preset"] = started
+        print(f"{args.out}: the run there started with preset {started}; it goes on with it", file=sys.stderr)
     try:
         spec = JobSpec.model_validate(data)
         records = stored_records(Storage(_service_settings(args).storage_root), args.tenant)

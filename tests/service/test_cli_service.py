@@ -72,7 +72,9 @@ def test_optimize_resumes_a_run_folder_with_the_preset_it_started_with(tmp_path:
     (tmp_path / "out").mkdir(exist_ok=True)
     (tmp_path / "out" / "config.json").write_text(json.dumps({"preset": "random-search"}))
     assert optimize(config) == 2
-    assert "preset random-search: method random-search" in capsys.readouterr().err
+    captured = capsys.readouterr().err
+    assert "the run there started with preset random-search" in captured
+    assert "preset random-search: method random-search" in captured
     config.write_text(json.dumps({**local_job, "preset": "uniform"}))  # a preset the job names wins
     assert optimize(config) == 2
     assert "preset uniform: method uniform" in capsys.readouterr().err
