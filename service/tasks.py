@@ -67,7 +67,8 @@ def _with_settings(record: JobRecord, store: RecordStore, work: Path) -> JobReco
     accepted = accepted_settings(started if resumed else job_config(record, store))
 
     def record_settings(current: JobRecord) -> None:
-        current.config = current.config or accepted
+        if current.config is None:
+            current.config, current.preset = accepted, accepted["preset"]
 
     return store.update(JobRecord, record.tenant, record.id, record_settings)
 

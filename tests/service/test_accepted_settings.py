@@ -40,7 +40,8 @@ def accepted(client, make_key, settings, asset_zip: Path, coco_zip: Path) -> tup
 
 def as_accepted_by_an_older_release(store: RecordStore, record: JobRecord) -> JobRecord:
     """The record as a release whose default preset was OLD_PRESET, whose final training used
-    no real photos and which had no hessian_product setting yet would have stored it."""
+    no real photos and which had no hessian_product setting yet would have stored it (the
+    request, which named no preset, as sent)."""
 
     def older(current: JobRecord) -> None:
         config = json.loads(json.dumps(current.config))
@@ -49,7 +50,7 @@ def as_accepted_by_an_older_release(store: RecordStore, record: JobRecord) -> Jo
         config["final"]["real_share"] = 0.0
         del config["hypergradient"]["hessian_product"]
         current.config, current.preset = config, OLD_PRESET
-        current.spec = current.spec.model_copy(update={"preset": OLD_PRESET})
+        current.spec = current.spec.model_copy(update={"preset": None})
 
     return store.update(JobRecord, record.tenant, record.id, older)
 
@@ -68,11 +69,13 @@ def test_a_job_records_the_preset_and_settings_it_was_accepted_with(client, acce
     assert client.get("/v1/jobs", headers=headers).json()["data"][0]["preset"] == DEFAULT_PRESET
 
 
-def test_a_job_runs_the_settings_it_was_accepted_with_not_todays_defaults(accepted) -> None:
+def test_a_job_runs_the_settings_it_was_accepted_with_not_todays_defaults(client, accepted) -> None:
     from optimizer.checkpoint import LoopState, save_checkpoint, set_aside_other_run
 
-    _, store, record = accepted
+    headers, store, record = accepted
     record = as_accepted_by_an_older_release(store, record)
+    shown = client.get(f"/v1/jobs/{record.id}", headers=headers).json()
+    assert shown["preset"] == OLD_PRESET and "preset" not in shown["spec"]  # the one it runs, not today's default
     config = job_config(record, store)
     assert (config.preset, config.outer.method, config.outer.alignment_objective) == (OLD_PRESET, "neural-sim", "mean")
     assert (config.final.real_share, config.hypergradient.hessian_product) == (0.0, "double-backward")
@@ -102,7 +105,7 @@ def test_a_worker_runs_the_recorded_settings_and_records_them_for_an_old_record(
     headers, store, pinned = accepted
     pinned = as_accepted_by_an_older_release(store, pinned)
     fresh = unrecorded(client, headers, store, pinned.spec)
-    assert fresh.config is None and fresh.preset == OLD_PRESET  # (its spec's)
+    assert fresh.config is None and fresh.preset == fresh.spec.preset == DEFAULT_PRESET  # (its spec's)
     # An old record whose run (under the older release) left a checkpoint: it goes on with that run's settings.
     resumed = unrecorded(client, headers, store, pinned.spec)
     older = json.loads(json.dumps(job_config(resumed.model_copy(update={"config": pinned.config}), store).to_dict()))
@@ -123,9 +126,9 @@ def test_a_worker_runs_the_recorded_settings_and_records_them_for_an_old_record(
     assert ran(pinned) == ran(resumed) == (OLD_PRESET, 0.0, "double-backward")
     assert (work / "checkpoint.pt").is_file() and not list(work.glob("*.stale.pt"))  # resumable, not set aside
     today = (FinalConfig().real_share, HypergradientConfig().hessian_product)
-    assert ran(fresh) == (OLD_PRESET, *today)  # no run yet: today's defaults
+    assert ran(fresh) == (DEFAULT_PRESET, *today)  # no run yet: today's defaults
     for record in (fresh, resumed):  # recorded at its run: the next one runs the same
         recorded = store.get(JobRecord, record.tenant, record.id)
-        assert recorded.config is not None and ran(record) == (recorded.config["preset"],
+        assert recorded.config is not None and ran(record) == (recorded.preset,
                                                                recorded.config["final"]["real_share"],
                                                                recorded.config["hypergradient"]["hessian_product"])
