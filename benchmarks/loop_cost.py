@@ -75,6 +75,7 @@ import optimizer.loop as loop_module  # noqa: E402
 import optimizer.strategies.neural_sim as neural_sim_module  # noqa: E402
 from detector.datasets import load_dataset  # noqa: E402
 from optimizer.config import OptimizeConfig, merged  # noqa: E402
+from optimizer.context import resolve_device  # noqa: E402
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig  # noqa: E402
 from renderer.scene_spec import load_scene, read_scene_spec  # noqa: E402
 from service.demo import render_target_set  # noqa: E402
@@ -171,7 +172,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = loop_module.resolve_device("auto")
+    device = resolve_device("auto")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     overrides = {"detector": {"warmup_steps": 0}, "budget": {"final_images": 0}, "hypergradient": {}}
     if args.hessian is not None:

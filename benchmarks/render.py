@@ -71,8 +71,8 @@ import torch
 
 from benchmarks.demo_splats import demo_splat_scene
 from detector import datasets
+from optimizer.context import resolve_device
 from optimizer.dataset import render_dataset
-from optimizer.loop import resolve_device
 from optimizer.psi import Psi, PsiConfig
 from renderer.scene_renderer import SceneRenderer, SceneRendererConfig
 from renderer.scene_spec import load_scene, read_scene_spec

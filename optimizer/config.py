@@ -141,6 +141,24 @@ class OptimizeConfig:
             built[name] = section(**settings)
         return cls(**built)
 
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> "OptimizeConfig":
+        """A config that ``to_dict()`` wrote under this or an older nerfsim (a job's config as
+        accepted): a setting it lacks (it predates the setting) is what that run did (the field's
+        ``before``, as in :meth:`differences`); one this nerfsim no longer has is dropped (it
+        cannot be honoured). ValueError for one saved before the sections (its ``scene`` was a
+        name). Values are not checked here: ``validate()`` does."""
+        if not all(isinstance(data.get(name, {}), dict) for name in SECTIONS):
+            raise ValueError("a saved config from before the sections: its settings are not in sections")
+
+        def values(kind: type, saved: dict[str, Any]) -> dict[str, Any]:
+            return {f.name: saved[f.name] if f.name in saved else _before(f) for f in fields(kind)}
+
+        built = {name: value for name, value in values(cls, data).items() if name not in SECTIONS}
+        for name, section in SECTIONS.items():
+            built[name] = section(**values(section, data.get(name, {})))
+        return cls(**built)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

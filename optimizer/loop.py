@@ -41,10 +41,9 @@ from optimizer.baselines import azimuth_total_variation
 from optimizer.best_detector import keep_if_best
 from optimizer.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from optimizer.config import OptimizeConfig, Progress, plain
-from optimizer.context import LoopContext, resolve_device
-from optimizer.divergence import TrainingDivergedError
+from optimizer.context import LoopContext
 from optimizer.final_stage import FinalStage
-from optimizer.final_training import WARMUP_DETECTOR, detector_config, train_final_detector
+from optimizer.final_training import WARMUP_DETECTOR, train_final_detector
 from optimizer.psi import OptimizerError
 from optimizer.real_training import photo_backgrounds
 from optimizer.report import sample_paths, save_sample_images, write_json_atomic
@@ -56,10 +55,7 @@ from renderer.resting import RestingConfig
 from renderer.scene_renderer import SceneRenderer
 from renderer.scene_spec import SceneSpec, read_scene_spec, scene_renderer
 
-__all__ = [
-    "TrainingDivergedError", "detector_config", "job_renderer", "resolve_device", "run_loop",
-    "run_optimization", "train_final_detector",
-]
+__all__ = ["job_renderer", "run_loop", "run_optimization", "train_final_detector"]
 
 
 def job_renderer(config: OptimizeConfig, spec: SceneSpec, val_set: LabelledSet) -> SceneRenderer:

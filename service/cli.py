@@ -122,6 +122,9 @@ def cmd_optimize(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.config}: a job file is a JSON object: a JobSpec, as POST /v1/jobs takes")
     if args.preset is not None:
         data["preset"] = args.preset
+    elif data.get("preset") is None and (started := _started_preset(Path(args.out))):
+        data["preset"] = started
+        print(f"{args.out}: the run there started with preset {started}; it goes on with it", file=sys.stderr)
     try:
         spec = JobSpec.model_validate(data)
         records = stored_records(Storage(_service_settings(args).storage_root), args.tenant)
@@ -135,6 +138,16 @@ def cmd_optimize(args: argparse.Namespace) -> None:
     finally:
         view.close()
     print(f"results: {args.out} (dataset/, psi.json, detector.pt, best_loop_detector.pt, report.json)")
+
+
+def _started_preset(out: Path) -> str | None:
+    """The preset of the run already in ``out`` (the loop's config.json), if any: resuming it
+    after an upgrade that changed the default preset runs the method it started with."""
+    try:
+        preset = json.loads((out / "config.json").read_text()).get("preset")
+    except (OSError, ValueError, AttributeError):  # none yet (or not the loop's)
+        return None
+    return preset if isinstance(preset, str) else None
 
 
 def cmd_presets(args: argparse.Namespace) -> None:

@@ -6,6 +6,11 @@ A spec names its assets, target sets, background sets and detector weights by re
 :func:`resolve` finds them (record ids in a tenant's storage; with ``nerfsim optimize`` also
 paths) and :func:`loop_config` puts the paths into the config, the scene inline in
 ``scene.spec`` (no scene.json is written).
+
+A job keeps the config it was accepted with (:func:`accepted_settings`, recorded by the API in
+``JobRecord.config``): the worker runs that, with the paths of today, so that a nerfsim release
+that changes a default (the default preset) changes no job already accepted, nor the checkpoint
+it resumes from.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nerfsim_client.spec import JobSpec
 
-from optimizer.config import OptimizeConfig
+from optimizer.config import OptimizeConfig, merged, plain
 from service.errors import Conflict, InvalidField, NotFound
 from service.records import RECORD_TYPES
 from service.schemas import AssetRecord, BackgroundsRecord, Record, TargetRecord, WeightsRecord
@@ -25,6 +31,9 @@ from service.storage import BACKGROUNDS_DIR, WEIGHTS_FILE, Storage
 
 SCENE_SETTINGS = ("harvest_backgrounds", "resting_poses", "canonical_pose_share", "several_objects")
 """Fields of the spec's scene section that are fields of the loop's scene section as they are."""
+RUN_TIME_SETTINGS = {"scene": ("spec",), "targets": ("val", "test"), "detector": ("weights",)}
+"""The loop's settings that hold the paths of a job's references (the scene with its objects'
+and backgrounds' paths): resolved whenever the job runs, never recorded."""
 
 
 @dataclass
@@ -48,9 +57,11 @@ def placeholders(spec: JobSpec) -> Resolved:
                     "weights.pt" if spec.detector.weights else None)
 
 
-def loop_config(spec: JobSpec, resolved: Resolved, name: str = "job") -> OptimizeConfig:
+def loop_config(spec: JobSpec, resolved: Resolved, name: str = "job",
+                accepted: dict[str, Any] | None = None) -> OptimizeConfig:
     """The loop's config of ``spec`` with its references at ``resolved``; ValueError naming a
-    setting the loop does not take."""
+    setting the loop does not take. With ``accepted`` (what :func:`accepted_settings` kept when
+    the job was accepted) the job's settings are those, whatever today's defaults are."""
     scene = spec.scene
     scene_spec = {"name": name, "fov_deg": scene.fov_deg, "objects": [{"name": n, "path": p} for n, p in resolved.objects],
                   "backgrounds": resolved.backgrounds, "procedural_backgrounds": scene.procedural_backgrounds}
@@ -63,12 +74,27 @@ def loop_config(spec: JobSpec, resolved: Resolved, name: str = "job") -> Optimiz
         "targets": {"val": resolved.target_val, "test": resolved.target_test},
         "detector": {**spec.detector.model_dump(exclude={"weights"}), "weights": resolved.weights},
     }
-    return OptimizeConfig.from_dict(nested)
+    if accepted is None:
+        return OptimizeConfig.from_dict(nested)
+    paths = {section: {name: nested[section][name] for name in names} for section, names in RUN_TIME_SETTINGS.items()}
+    return OptimizeConfig.from_saved(merged(accepted, paths))
 
 
-def check_spec(spec: JobSpec) -> None:
-    """InvalidField naming the first setting of ``spec`` that the loop refuses (its own
-    checks: one copy of the rules), before the job is queued."""
+def accepted_settings(config: OptimizeConfig) -> dict[str, Any]:
+    """What a job record keeps of its loop config (``JobRecord.config``): every setting with
+    the defaults of the nerfsim that accepted it (the preset's name and settings included), but
+    not the paths (RUN_TIME_SETTINGS)."""
+    settings = plain(config.to_dict())
+    for section, names in RUN_TIME_SETTINGS.items():
+        for name in names:
+            del settings[section][name]
+    return settings
+
+
+def check_spec(spec: JobSpec, accepted: dict[str, Any] | None = None) -> dict[str, Any]:
+    """InvalidField naming the first setting of ``spec`` (run with ``accepted``, a job's
+    recorded settings, when given) that the loop refuses (its own checks: one copy of the
+    rules), before the job is queued; else the settings to record (:func:`accepted_settings`)."""
     from optimizer.psi_config import PsiConfig
 
     try:
@@ -78,9 +104,11 @@ def check_spec(spec: JobSpec) -> None:
     except ValueError as error:
         raise InvalidField(f"psi.initial: {str(error).removeprefix('PsiConfig.')}") from error
     try:
-        loop_config(spec, placeholders(spec)).validate()
+        config = loop_config(spec, placeholders(spec), accepted=accepted)
+        config.validate()
     except (TypeError, ValueError) as error:
         raise InvalidField(str(error).removeprefix("OptimizeConfig.")) from error
+    return accepted_settings(config)
 
 
 # --------------------------------------------------------------------------------------------

@@ -73,6 +73,8 @@ class JobPublic(BaseModel):
     id: str
     spec: JobSpec
     """What the job was asked to do: the request it was created with (the default preset filled in)."""
+    preset: str
+    """The method preset the job runs: the request's, else the service's default when it was accepted."""
     status: JobStatus
     attempts: int = 0
     """Runs started (interrupted ones included; see attempt_history)."""
@@ -96,6 +98,10 @@ class JobPublic(BaseModel):
 class JobRecord(Record, JobPublic):
     idempotency_key: str | None = None
     request_hash: str | None = None
+    config: dict[str, Any] | None = None
+    """The loop's settings as accepted (service.job_config.accepted_settings): what the worker
+    runs, whatever a later nerfsim defaults to. None in a record stored before them, until its
+    next run records the settings it runs."""
 
     @model_validator(mode="before")
     @classmethod
@@ -105,6 +111,9 @@ class JobRecord(Record, JobPublic):
                 data = {**data, "spec": spec_from_flat(data)}
             if "spec" in data:
                 data = {**data, "spec": drop_retired(data["spec"], JobSpec)}
+            if "preset" not in data:  # stored before the field: the preset its settings or its request name
+                named = [part.get("preset") for part in (data.get("config"), data.get("spec")) if isinstance(part, dict)]
+                data = {**data, "preset": next((name for name in named if name), DEFAULT_PRESET)}
         return data
 
 

@@ -13,6 +13,7 @@ whatever it produced is published to ``artifacts/`` (a failed job keeps its part
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -25,7 +26,7 @@ from service.archives import zip_folder
 from service.asset_tasks import asset_failed, build_asset  # noqa: F401  (build_asset: builds queued by its old name)
 from service.events import cancel_key, publish
 from service.interruption import JobCancelled, WorkerStopping, interruptible
-from service.job_config import TenantRecords, loop_config, resolve
+from service.job_config import TenantRecords, accepted_settings, loop_config, resolve
 from service.job_schemas import JobRecord
 from service.logs import job_context
 from service.portable import copy_portable, server_prefixes
@@ -45,11 +46,31 @@ ZIPPED_FOLDERS = {"dataset": "dataset.zip", "samples": "samples.zip", "plots": "
 
 
 def job_config(record: JobRecord, store: RecordStore) -> OptimizeConfig:
-    """The loop's config for a job: its spec with its records' paths in the tenant's storage
-    (the only way a job's assets, targets, background sets and weights get a path: a request
-    names them by id)."""
+    """The loop's config for a job: the settings it was accepted with (its spec's, for a record
+    stored before they were recorded) with its records' paths in the tenant's storage (the only
+    way a job's assets, targets, background sets and weights get a path: a request names them by id)."""
     records = TenantRecords(store.storage, record.tenant, store.get)
-    return loop_config(record.spec, resolve(record.spec, records), name=record.id)
+    return loop_config(record.spec, resolve(record.spec, records), name=record.id, accepted=record.config)
+
+
+def _with_settings(record: JobRecord, store: RecordStore, work: Path) -> JobRecord:
+    """``record`` with the settings it runs recorded. A record stored before they were gets those
+    of the run in its loop folder ``work`` (the loop's config.json beside the checkpoint it
+    resumes), else those its spec has today."""
+    if record.config is not None:
+        return record
+    try:
+        started = OptimizeConfig.from_saved(json.loads((work / "config.json").read_text()))
+    except (OSError, ValueError, TypeError, AttributeError):  # no run yet (or not the loop's file)
+        started = None
+    resumed = started is not None and (work / "checkpoint.pt").is_file()
+    accepted = accepted_settings(started if resumed else job_config(record, store))
+
+    def record_settings(current: JobRecord) -> None:
+        if current.config is None:
+            current.config, current.preset = accepted, accepted["preset"]
+
+    return store.update(JobRecord, record.tenant, record.id, record_settings)
 
 
 class _Reporter:
@@ -162,9 +183,11 @@ def run_job(tenant: str, job_id: str) -> str:
         publish(connection, job_id, "status", {"status": "running", "attempt": record.attempts})
         log.info("job started", extra={"attempt": record.attempts})
         from optimizer.checkpoint import set_aside_other_run  # torch: the API imports this module
-        from optimizer.loop import TrainingDivergedError, run_optimization
+        from optimizer.divergence import TrainingDivergedError
+        from optimizer.loop import run_optimization
 
         try:
+            record = _with_settings(record, store, job_dir / WORK_DIR)
             config = job_config(record, store)
             write_json_atomic(job_dir / "config.json", config.to_dict())
             # A checkpoint this job left under an older nerfsim (other config fields or defaults)

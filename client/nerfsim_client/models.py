@@ -175,8 +175,8 @@ class JobData:
 
     @property
     def preset(self) -> Optional[str]:
-        """The method preset the job runs."""
-        return self.data["spec"].get("preset")
+        """The method preset the job runs (a service before 2026-12 answered it in the spec alone)."""
+        return self.data.get("preset") or self.data["spec"].get("preset")
 
     @property
     def baseline(self) -> Optional[BaselineComparison]:

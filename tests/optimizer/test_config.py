@@ -82,6 +82,24 @@ def test_from_dict_names_what_it_does_not_know(data: dict, message: str) -> None
         OptimizeConfig.from_dict(data)
 
 
+def test_a_saved_config_reads_back_as_the_run_it_was() -> None:
+    # A job's config saved under an older nerfsim: its own values stay (not today's defaults), a
+    # setting it predates is what runs did before it (the field's "before", as a checkpoint
+    # is compared), one since retired is dropped.
+    saved = json.loads(json.dumps(OptimizeConfig.from_dict({"preset": "neural-sim", "seed": 3}).to_dict()))
+    saved["final"]["real_share"] = 0.0
+    del saved["hypergradient"]["hessian_product"]
+    saved["outer"]["retired_setting"] = True
+    config = OptimizeConfig.from_saved(saved)
+    assert (config.preset, config.seed, config.outer.method, config.final.real_share) == ("neural-sim", 3, "neural-sim", 0.0)
+    assert config.hypergradient.hessian_product == "double-backward" != HypergradientConfig().hessian_product
+    del saved["outer"]["retired_setting"]
+    assert config.differences(saved) == []
+    assert OptimizeConfig.from_saved(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="from before the sections"):  # flat: its scene was a name
+        OptimizeConfig.from_saved({"scene": "demo", "target_val": "val.json", "method": "neural-sim"})
+
+
 def test_benchmarks_may_set_benchmark_only_fields() -> None:
     config = OptimizeConfig.from_dict({"outer": {"estimator": "lookahead", "lookahead_bin_share": 0.5}},
                                       benchmark=True)

@@ -15,7 +15,8 @@ from detector.datasets import LabelledSet
 from detector.model import DetectorConfig, build_detector, load_detector
 from optimizer.checkpoint import load_checkpoint, set_aside_other_run
 from optimizer.config import OptimizeConfig, Progress, merged
-from optimizer.loop import TrainingDivergedError, run_loop, run_optimization
+from optimizer.divergence import TrainingDivergedError
+from optimizer.loop import run_loop, run_optimization
 from optimizer.psi import OptimizerError, Psi, PsiConfig
 from renderer.resting import RestingConfig, field_pose_table
 from renderer.scene_renderer import SceneRenderer

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import renderer.accelerators as accelerators
-from optimizer.loop import resolve_device
+from optimizer.context import resolve_device
 from optimizer.psi import OptimizerError
 from renderer.accelerators import TCNN_HASH_GRID, AcceleratorError, CudaPath, unavailable_reason, use_cuda_path
 from renderer.object_field import ObjectAssetMeta, ObjectField, ObjectFieldConfig

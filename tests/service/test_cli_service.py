@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from optimizer.presets import DEFAULT_PRESET
 from service.cli import main
 from tests.service.jobs import merged, setup_job_inputs, tiny_job
 
@@ -59,6 +60,24 @@ def test_optimize_chooses_a_preset_by_name_and_refuses_unknown_or_benchmark_only
     assert optimize(config, "--preset", "uniform") == 2
     captured = capsys.readouterr().err
     assert "preset uniform: method uniform" in captured and "val.json" in captured
+
+
+def test_optimize_resumes_a_run_folder_with_the_preset_it_started_with(tmp_path: Path, local_job: dict,
+                                                                       capsys) -> None:
+    config = tmp_path / "job.json"
+    config.write_text(json.dumps(local_job))  # no preset: a new folder's run gets today's default
+    assert optimize(config) == 2  # (each run gets as far as reading the target set)
+    assert f"preset {DEFAULT_PRESET}: " in capsys.readouterr().err
+    # The run in --out started under a nerfsim whose default was another preset: it goes on with that one.
+    (tmp_path / "out").mkdir(exist_ok=True)
+    (tmp_path / "out" / "config.json").write_text(json.dumps({"preset": "random-search"}))
+    assert optimize(config) == 2
+    captured = capsys.readouterr().err
+    assert "the run there started with preset random-search" in captured
+    assert "preset random-search: method random-search" in captured
+    config.write_text(json.dumps({**local_job, "preset": "uniform"}))  # a preset the job names wins
+    assert optimize(config) == 2
+    assert "preset uniform: method uniform" in capsys.readouterr().err
 
 
 def test_a_rest_body_saved_to_a_file_runs_unchanged(client, make_key, settings, asset_zip: Path, coco_zip: Path,

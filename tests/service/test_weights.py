@@ -10,7 +10,7 @@ import redis
 import torch
 
 from detector.model import DetectorConfig, build_detector, save_detector
-from optimizer.loop import detector_config
+from optimizer.final_training import detector_config
 from service.records import RecordStore
 from service.job_schemas import JobRecord
 from service.storage import Storage

@@ -44,9 +44,10 @@ FILE_CONTENT = {"content": {**{media: {"schema": {"type": "string", "format": "b
 """Media types of downloaded files (by their suffix; JSON files hold any JSON)."""
 
 
-def _check_references(job: JobSpec, tenant: str, store, settings) -> None:
+def _check_references(job: JobSpec, tenant: str, store, settings, accepted: dict | None = None) -> dict:
     """Assets ready, names unique, targets of the right role and classes the assets provide, a
-    device the workers offer, settings the loop takes."""
+    device the workers offer, settings the loop takes (``accepted``: a job's recorded ones);
+    returns the settings to record (service.job_config.check_spec)."""
     offered = worker_devices(settings)
     if job.device not in ("auto", *offered):
         raise InvalidField(f"device: {job.device!r} is not offered by this deployment's workers (they offer "
@@ -72,7 +73,7 @@ def _check_references(job: JobSpec, tenant: str, store, settings) -> None:
     if job.detector.weights is not None:
         _check_weights(job.detector.weights, names, tenant, store)
     _check_backgrounds(job.scene.backgrounds, tenant, store, settings.max_background_images)
-    check_spec(job)  # the loop's own checks, so a bad job fails here, not later
+    return check_spec(job, accepted)  # the loop's own checks, so a bad job fails here, not later
 
 
 def _check_weights(weights_id: str, asset_names: list[str], tenant: str, store) -> None:
@@ -106,7 +107,7 @@ def create_job(
     """Create and enqueue a job. With an ``Idempotency-Key``, repeating the request returns the
     job it created (200) instead of creating another; the same key with a different request is
     a conflict (409)."""
-    _check_references(job, tenant, store, settings)
+    accepted = _check_references(job, tenant, store, settings)
     request_hash = hashlib.sha256(job.model_dump_json().encode()).hexdigest()
     job_id = new_id("job")
     if idempotency_key_header:
@@ -118,7 +119,7 @@ def create_job(
             response.status_code = status.HTTP_200_OK
             return existing
     record = JobRecord(id=job_id, tenant=tenant, status="queued", idempotency_key=idempotency_key_header,
-                       request_hash=request_hash, spec=job.model_dump())
+                       request_hash=request_hash, spec=job.model_dump(), preset=job.preset, config=accepted)
     store.create(record)
     publish(store.redis, job_id, "status", {"status": "queued"}, settings.progress_stream_length)
     enqueue(queue, RUN_JOB, tenant, job_id, settings, description=f"job {job_id}")
@@ -294,7 +295,8 @@ def retry_job(job_id: str, tenant: TenantDep, store: StoreDep, queue: QueueDep, 
         raise Conflict(f"job {job_id} is {record.status}; only a failed or cancelled job can be retried")
     if is_active(store.redis, job_id):
         raise Conflict(f"job {job_id} is still being wound up by its worker; retry it in a few seconds")
-    _check_references(record.spec, tenant, store, settings)  # its assets, targets, weights or backgrounds may be gone
+    # Its assets, targets, weights or backgrounds may be gone.
+    _check_references(record.spec, tenant, store, settings, record.config)
 
     def again(current: JobRecord) -> None:
         if current.status not in RETRYABLE:  # (another request retried it meanwhile)
