@@ -3,7 +3,9 @@ default preset's): every learnable part of psi descends the MMD between its imag
 validation photos, with no detector gradient. The azimuth bins, when every scene is rendered
 at every bin (``enumerate_bins``), take the exact gradient of :mod:`optimizer.appearance`
 over every iteration's crops; the other parts the score-function or exact gradients of
-:mod:`optimizer.appearance_parts` on this batch, weighted back to psi's bin probabilities.
+:mod:`optimizer.appearance_parts` on this batch, weighted back to psi's bin probabilities, or,
+for the parts the estimator differentiates through the renderer (exposure and colour gain
+under ``both``), the pathwise gradient of :mod:`optimizer.appearance_pathwise`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import Tensor
 
 from detector.targets import ImageBatch
 from optimizer.appearance import AppearanceStatistics, crop_bandwidth, object_crops
+from optimizer.appearance_pathwise import RenderRows, pathwise_part_gradients
 from optimizer.appearance_parts import (
     SceneFeatures,
     appearance_part_gradients,
@@ -59,11 +62,14 @@ class AppearanceTargets:
 def appearance_step(
     psi: Psi, batch: ImageBatch, noise: PsiNoise, parts: Collection[str], pose_group: int,
     targets: AppearanceTargets, bins: AppearanceStatistics | None,
+    pathwise: Collection[str] = (), render: RenderRows | None = None, chunk: int = 8,
 ) -> dict:
     """Accumulate the MMD^2's gradient of every one of ``parts`` into psi's ``.grad`` for the
     images ``batch`` drawn as ``noise`` (consecutive groups of ``pose_group`` images are one
     scene); with ``bins`` (the enumerated bins' statistics, updated here) the azimuth by
-    :class:`optimizer.appearance.AppearanceStatistics`. Returns diagnostics."""
+    :class:`optimizer.appearance.AppearanceStatistics`; those of ``parts`` in ``pathwise``
+    through ``render`` (``chunk`` images a call: :mod:`optimizer.appearance_pathwise`), the
+    rest by the score function. Returns diagnostics."""
     found: dict = {}
     scenes = torch.div(torch.arange(noise.batch_size), pose_group, rounding_mode="floor")
     parts = set(parts)
@@ -77,7 +83,11 @@ def appearance_step(
         parts -= {"azimuth"}
         weights = enumerated_bin_weights(psi, noise)
     if parts:
-        found.update(appearance_part_gradients(psi, noise, scene_features(batch), targets.features,
-                                               targets.bandwidths, parts, scenes, weights))
+        features, pathwise = scene_features(batch), parts & set(pathwise)
+        found.update(appearance_part_gradients(psi, noise, features, targets.features,
+                                               targets.bandwidths, parts - pathwise, scenes, weights))
         found.update(exact_part_gradients(psi, targets.features, parts))
+        if pathwise:
+            pathwise_part_gradients(features, targets.features, targets.bandwidths, pathwise, batch, render, chunk,
+                                    scenes, weights)
     return found

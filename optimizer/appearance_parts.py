@@ -127,12 +127,12 @@ def scene_features(batch: ImageBatch) -> SceneFeatures:
     return SceneFeatures(
         objects={name: value.cpu() for name, value in objects.items()},
         classes=batch.classes[rows, slots].cpu(), rows=rows.cpu(),
-        images={"context": _context(images, batch.boxes.detach(), batch.keep).cpu()},
+        images={"context": context_features(images, batch.boxes.detach(), batch.keep).cpu()},
         counts=batch.keep.sum(1).cpu(),
     )
 
 
-def _context(images: Float[Tensor, "B 3 S S"], boxes: Float[Tensor, "B M 4"], keep: Bool[Tensor, "B M"]
+def context_features(images: Float[Tensor, "B 3 S S"], boxes: Float[Tensor, "B M 4"], keep: Bool[Tensor, "B M"]
              ) -> Float[Tensor, "B 10"]:
     """Per image: mean and standard deviation of each channel, and the texture (mean absolute
     luminance difference of neighbours 1 and 2 pixels apart, across and down), over the pixels

@@ -133,6 +133,14 @@ class NeuralSim(GradientStrategy):
             batch = resample_by_psi(self.loop, batch, noise, t)
         return self.train_loop_detector(t, batch)
 
+    def render_again(self, noise: PsiNoise, rows: slice, parts: set[str], iteration: int) -> Tensor:
+        """Rows ``rows`` of the iteration's images rendered again from their draws, with
+        gradients to psi's ``parts`` (bit for bit the images the detector saw)."""
+        loop = self.loop
+        draws = loop.psi.replay(noise.index(rows), parts)
+        rgb = loop.renderer.render(draws, self.config.detector.image_size).rgb.clamp(0, 1)
+        return loop.photograph(rgb, iteration, 0, rows.start)
+
     def outer_step_direction(self, batch: ImageBatch, noise: PsiNoise, iteration: int) -> tuple[float, dict]:
         """Accumulate the estimated dL_val/dpsi into psi's .grad; returns the validation loss
         and diagnostics."""
@@ -141,8 +149,11 @@ class NeuralSim(GradientStrategy):
         pathwise, score = self.pathwise_parts, self.score_parts
         diagnostics: dict = {}
         if self.by_appearance:
-            diagnostics.update(appearance_step(psi, batch, noise, self.appearance_parts, self.pose_group,
-                                               self.appearance_targets, self.appearance))
+            by_look = self.appearance_parts & pathwise  # differentiated through the renderer
+            diagnostics.update(appearance_step(
+                psi, batch, noise, self.appearance_parts, self.pose_group, self.appearance_targets, self.appearance,
+                pathwise=by_look, render=lambda rows: self.render_again(noise, rows, by_look, iteration),
+                chunk=loop.renderer.config.chunk_images))
             pathwise, score = pathwise - self.appearance_parts, score - self.appearance_parts
             if not (pathwise or score):  # nothing else learns: no detector gradient is needed
                 return loop.val_loss(model, iteration), diagnostics
@@ -167,9 +178,7 @@ class NeuralSim(GradientStrategy):
             step = loop.renderer.config.chunk_images
             for start in range(0, noise.batch_size, step):
                 rows = slice(start, start + step)
-                draws = psi.replay(noise.index(rows), pathwise)
-                rgb = loop.renderer.render(draws, config.detector.image_size).rgb.clamp(0, 1)
-                rgb = loop.photograph(rgb, iteration, 0, start)
+                rgb = self.render_again(noise, rows, pathwise, iteration)
                 pathwise_backward(rgb, lambda _u, g=image_grad[rows]: [g], u)
         if score:
             if self.alignment_kept is not None:
