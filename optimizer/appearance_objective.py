@@ -88,6 +88,6 @@ def appearance_step(
                                                targets.bandwidths, parts - pathwise, scenes, weights))
         found.update(exact_part_gradients(psi, targets.features, parts))
         if pathwise:
-            pathwise_part_gradients(features, targets.features, targets.bandwidths, pathwise, batch, render, chunk,
-                                    scenes, weights)
+            found.update(pathwise_part_gradients(features, targets.features, targets.bandwidths, pathwise, batch,
+                                                 render, chunk, scenes, weights))
     return found

@@ -26,7 +26,14 @@ from torchvision.ops import roi_align
 
 from detector.targets import ImageBatch
 from optimizer.appearance import CROP_SIZE, normalised_crops
-from optimizer.appearance_parts import IMAGE_GROUPS, PART_FEATURES, SceneFeatures, context_features, multiscale_kernel
+from optimizer.appearance_parts import (
+    IMAGE_GROUPS,
+    PART_FEATURES,
+    SceneFeatures,
+    context_features,
+    group_witness,
+    multiscale_kernel,
+)
 
 RenderRows = Callable[[slice], Float[Tensor, "b 3 S S"]]
 """Renders rows of the batch again from their recorded draws, with gradients to psi's pathwise
@@ -53,16 +60,18 @@ def live_object_features(images: Float[Tensor, "b 3 S S"], batch: ImageBatch, ro
 def pathwise_part_gradients(
     features: SceneFeatures, val: SceneFeatures, bandwidths: Mapping[str, float | Tensor], parts: Collection[str],
     batch: ImageBatch, render: RenderRows, chunk: int, scenes: Int[Tensor, "B"], weights: Float[Tensor, "B"] | None,
-) -> None:
+) -> dict[str, float]:
     """Accumulate ``d MMD^2 / d psi`` of the feature groups ``parts`` change (PART_FEATURES)
     into psi's ``.grad`` through ``render`` (which gives gradients to ``parts`` alone), ``chunk``
-    images at a time. ``features``: the batch's detached features (scene_features);
-    ``scenes``, ``weights`` as in :func:`optimizer.appearance_parts.group_witness`."""
+    images at a time; returns each group's MMD^2 estimate as ``appearance_mmd_<group>`` (as
+    :func:`optimizer.appearance_parts.appearance_part_gradients`). ``features``: the batch's
+    detached features (scene_features); ``scenes``, ``weights`` as in
+    :func:`optimizer.appearance_parts.group_witness`."""
     groups = sorted({group for part in parts for group in PART_FEATURES[part]})
-    if not groups:
-        return
     weights = torch.ones(features.image_count) if weights is None else weights.detach().float().cpu()
     scenes = scenes.cpu()
+    diagnostics = {f"appearance_mmd_{group}": group_witness(features, val, group, bandwidths[group], scenes, weights)[2]
+                   for group in groups}
     for start in range(0, features.image_count, chunk):
         rows = slice(start, min(start + chunk, features.image_count))
         images = render(rows)
@@ -81,6 +90,7 @@ def pathwise_part_gradients(
                                                  bandwidths[group], scenes, weights, total.clamp_min(1e-12))
         if surrogate.requires_grad:
             surrogate.backward()
+    return diagnostics
 
 
 def _witness_sum(live: Tensor, live_rows: Tensor, ours: Tensor, own_rows: Tensor, theirs: Tensor,

@@ -515,6 +515,20 @@ def test_the_appearance_objective_moves_the_distance_toward_the_validation_objec
     assert "alignment_mean" not in history[0] and history[0]["appearance_mmd_size"] > history[-1]["appearance_mmd_size"]
 
 
+def test_the_appearance_objective_moves_the_exposure_through_the_renderer(tmp_path: Path, val_set: LabelledSet) -> None:
+    """Exposure by the pathwise MMD gradient (estimator 'both'): images one stop darker than
+    the validation objects' come brighter at every step, and the gradient took no detector."""
+    config = tiny_config(psi={"learnable": ["exposure"], "initial": {**PSI, "exposure_mean": -1.0}, "learning_rate": 0.2},
+                         outer={"enumerate_bins": True, "alignment_objective": "appearance",
+                                "appearance_parts": ["exposure"]},
+                         budget={"images_per_iteration": 12, "outer_iterations": 3},
+                         detector={"sample_images": 0, "val_map_every": 0})
+    history = _run(config, val_set, tmp_path / "run").history
+    means = [record["psi"]["exposure_stops"]["mean"][0] for record in history]
+    assert means[-1] > -1.0 + 0.3 and means == sorted(means), means
+    assert "alignment_mean" not in history[0] and history[0]["appearance_mmd_colour"] > history[-1]["appearance_mmd_colour"]
+
+
 def test_alignment_ignores_leaves_those_parameters_out_of_the_per_image_rewards(
     tmp_path: Path, val_set: LabelledSet
 ) -> None:
