@@ -38,7 +38,7 @@ def test_errors_are_typed_and_name_the_problem(service, asset_zip: Path, coco_zi
             client.get_job("job-0000000000000000")
         with pytest.raises(pydantic.ValidationError, match=r"image_size\n.*multiple of 32"):  # checked here
             client.create_job(tiny_job(asset, target, detector={"image_size": 48}))
-        with pytest.raises(ValidationError, match=r"preset: Input should be 'neural-sim-appearance'") as caught:
+        with pytest.raises(ValidationError, match=r"preset: Input should be 'appearance', 'neural-sim-appearance'") as caught:
             client.create_job(tiny_job(asset, target), preset="magic")  # checked by the service
         assert caught.value.status_code == 422 and isinstance(caught.value.detail, list)
         test_only = client.upload_target(yolo_zip, name="held-out", role="test")

@@ -55,7 +55,7 @@ def test_a_job_from_upload_to_download(service, workers, box_asset: Path, coco_z
         bar = capsys.readouterr().err
         assert job.status == "succeeded" and {"dataset.zip", "detector.pt", "report.json"} <= set(job.artifacts)
         # The preset it ran, and its final detector against its own uniform baseline, as typed fields.
-        assert job.preset == spec.preset == "neural-sim" and [p.name for p in client.list_presets()][0] == "neural-sim-appearance"
+        assert job.preset == spec.preset == "neural-sim" and [p.name for p in client.list_presets()][0] == "appearance"
         comparison = job.baseline
         assert isinstance(comparison, BaselineComparison)
         assert comparison.difference == pytest.approx(comparison.final_map50_95 - comparison.baseline_map50_95)

@@ -48,7 +48,7 @@ def test_optimize_chooses_a_preset_by_name_and_refuses_unknown_or_benchmark_only
     config = tmp_path / "job.json"
     config.write_text(json.dumps(local_job))
     assert optimize(config, "--preset", "magic") == 2
-    assert "job.json: preset: unknown preset 'magic'; use one of ['neural-sim-appearance'" in capsys.readouterr().err
+    assert "job.json: preset: unknown preset 'magic'; use one of ['appearance', 'neural-sim-appearance'" in capsys.readouterr().err
     config.write_text(json.dumps(merged(local_job, {"outer": {"lookahead_bin_share": 0.5}})))
     assert optimize(config) == 2
     assert "outer.lookahead_bin_share\n  Extra inputs are not permitted" in capsys.readouterr().err
@@ -97,4 +97,4 @@ def test_a_rest_body_saved_to_a_file_runs_unchanged(client, make_key, settings, 
 def test_presets_are_listed(capsys) -> None:
     assert main(["presets"]) == 0
     listed = capsys.readouterr().out
-    assert listed.startswith("neural-sim-appearance (default): ") and "\nuniform: " in listed
+    assert listed.startswith("appearance (default): ") and "\nuniform: " in listed

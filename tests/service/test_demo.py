@@ -42,4 +42,4 @@ def test_demo_writes_dataset_detector_and_report(box_asset: Path, tmp_path: Path
     report = json.loads((out / "report.json").read_text())
     # ...and the demo says what the loop gained over uniform psi on it.
     assert report["baseline"]["evaluated_on"] == "test set" and "optimised - uniform:" in printed
-    assert job["spec"]["preset"] == "neural-sim-appearance"  # the default preset
+    assert job["spec"]["preset"] == "appearance"  # the default preset

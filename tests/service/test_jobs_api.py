@@ -86,7 +86,7 @@ def test_jobs_are_listed_by_status_and_page(client, inputs) -> None:
         ({"preset": "neural-sim-appearance", "budget": {"images_per_iteration": 12}}, 422,
          "images_per_iteration: enumerate_bins renders every scene at each of the 8 azimuth bins"),
         ({"outer": {"estimator": "lookahead"}}, 422, "'estimator'], 'msg': \"Input should be 'pathwise', 'score' or 'both'\""),
-        ({"preset": "magic"}, 422, "'preset'], 'msg': \"Input should be 'neural-sim-appearance'"),
+        ({"preset": "magic"}, 422, "'preset'], 'msg': \"Input should be 'appearance', 'neural-sim-appearance'"),
         ({"outer": {"lookahead_bin_share": 0.5}}, 422, "'lookahead_bin_share'], 'msg': 'Extra inputs are not permitted'"),
         ({"scene": {"assets": []}}, 422, "assets"),
     ],

@@ -66,7 +66,7 @@ def headers(make_key) -> dict:
     (("scene", "photometric"), {"noise": 1}, "Input should be a valid boolean"),
     (("outer", "alignment_ignores"), ["model.22.cv3"], "Extra inputs are not permitted"),  # benchmarks only
     (("final", "uniform_baseline"), "no", "Input should be a valid boolean"),
-    (("preset",), "neural-sim-magic", "Input should be 'neural-sim-appearance', 'appearance', 'neural-sim'"),
+    (("preset",), "neural-sim-magic", "Input should be 'appearance', 'neural-sim-appearance', 'neural-sim'"),
     (("psi", "initial", "azimuth_bins"), 10_000_000, "less than or equal to 72"),
     (("psi", "initial", "azimuth_bins"), 0, "greater than or equal to 1"),
     (("psi", "initial", "azimuth_bins"), -3, "greater than or equal to 1"),
