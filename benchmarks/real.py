@@ -11,12 +11,14 @@ its seeded random initialisation), training settings, images per epoch and seeds
 - ``uniform``: renders from a job's starting psi, no loop: what ``run_optimization`` starts
   from for a job with ``val/`` as its validation set (preset 'uniform', no outer iteration),
   i.e. whatever priors from the photos the product applies by default;
-- ``optimised``: renders from the psi that ``run_optimization`` learns with the product's
-  default preset (optimizer.presets.DEFAULT_PRESET; until 2026-12-06 the paper's
-  ``neural-sim``), ``val/`` as target (``Budget.loop``: a job's budget, searching at a lower
-  resolution; ``final_images=0``, so the loop only learns psi and never sees ``test/``);
-- ``uniform+real``, ``optimised+real``: the first two thirds of those renders plus the photos
+- one arm per preset of ``--presets`` (default: the product's default preset,
+  optimizer.presets.DEFAULT_PRESET): renders from the psi that ``run_optimization`` learns with
+  it, ``val/`` as target (``Budget.loop``: a job's budget, searching at a lower resolution;
+  ``final_images=0``, so the loop only learns psi and never sees ``test/``);
+- ``uniform+real``, ``<preset>+real``: the first two thirds of those renders plus the photos
   repeated to a third of the epoch (detector.mixing: the product's final-training mix).
+  Printed too: each preset's +real arm minus uniform+real seed by seed (paired: the same
+  photos, draws and training seed).
 
 Renders have the photos' aspect with the longer side ``Budget.image_size`` (640x480 photos:
 160x120 renders at 160), as a job's final dataset (optimizer.final_size); every arm trains and
@@ -33,16 +35,18 @@ arm's scores are cached under benchmarks/cache/real/<mode>_<budget hash>/ (an in
 resumes; delete that folder after a change to the renderer or the loop). Writes
 benchmarks/results/real/<mode>/results.json and table.md.
 
-    python benchmarks/real.py [--quick] [--seeds 0 1 2] [--epochs N]
+    python benchmarks/real.py [--quick] [--seeds 0 1 2] [--presets appearance ...] [--epochs N]
 
-Last line: ``real_gain_over_real_only=<optimised+real / real mAP50-95>
-optimised_over_uniform=<optimised+real / uniform+real mAP50-95>
-synthetic_only_map50=<optimised> power_drill_ap50=<optimised+real>``.
+Last line: ``preset=<the default, or the first of --presets> real_gain_over_real_only=<its +real
+/ real mAP50-95> optimised_over_uniform=<its +real / uniform+real mAP50-95>
+synthetic_only_map50=<its renders alone> power_drill_ap50=<its +real>``.
 
-Measured again 2026-12-06, session 13 (--quick, the real, fixed and uniform arms reused; 6 min
-per optimised arm): the default preset rerun: optimised + photos 0.134 +- 0.092 (0.194 the run
-before: the same method moves by 0.06 between runs); the ``appearance`` preset as the default:
-0.099 +- 0.033, ``real_gain_over_real_only=4.112 optimised_over_uniform=0.794``.
+Measured 2026-12-06, session 14 (--quick, seeds 0-5, ``--presets appearance
+neural-sim-appearance``; seeds 0-2's real, fixed and uniform arms from the session-13 run; 2
+shared cores): ``preset=appearance real_gain_over_real_only=4.600 optimised_over_uniform=0.950
+synthetic_only_map50=0.441 power_drill_ap50=0.098``; +real minus uniform+real, paired:
+appearance -0.009 +- 0.137, neural-sim-appearance -0.036 +- 0.175 (optimised_over_uniform
+0.799). No preset beats the starting psi beyond the noise of 20 test frames (README).
 
 Measured 2026-12-06 (--quick, seeds 0 1 2, 2 shared CPU cores with other jobs, one thread; the
 real and fixed arms and the assets cached: 13.6 minutes). The product's defaults of this

@@ -63,35 +63,19 @@ oracle, neural-sim-appearance, REINFORCE; 100 validation and 300 test images, 20
 steps, 6 outer iterations of 96 images, 240 final images for 24 epochs, 2 final detectors per
 run) took 14.7 minutes.
 
-Measured 2026-12-06, session 13 (--quick, seed 0, --final-detectors 2, 2 shared cores,
-contended, one thread; the first call, with assets, target sets and warm-ups to build, took
-25.5 min; a later one with uniform / oracle reused 8 min). Default preset (session 12: the
-appearance objective for the bins only, the detector's hypergradient for the rest, the steps of
-SHIFTS; still the default) -> every part by the appearance objective (now the ``appearance``
-method, the preset of that name; psi_step_scale 3): gap
-closed / psi distance per part: azimuth 0.56 / 0.423 -> 0.86 / 0.423 (the same psi: what
-moved is the final detectors' noise, about 0.02 per detector), distance 0.87 / 0.101 m ->
-0.49 / 0.052 m (overshot: median 0.278 m for a target of 0.33), exposure 0.29 / 1.358 ->
-1.09 / 0.093 stops, elevation -0.24 / 27.6 -> 1.15 / 7.8 deg, colour -1.20 / 0.456 -> 0.91 /
-0.128, background 0.02 / 0.783 -> 1.02 / 0.233, class mix (two classes, RENAMED) 0.91 /
-0.014 after (uniform 0.667). Last line: ``default_gap_closed_min=-1.196`` ->
-``default_gap_closed_min=0.489 gap_closed_azimuth=0.858 gap_closed_distance=0.489
-gap_closed_exposure=1.091 gap_closed_elevation=1.154 gap_closed_color_gain=0.915
-gap_closed_class_mix=0.911 gap_closed_background=1.020 ... no_gap=-``.
-
-Issue 27 (2026-12-06, session 13, --quick, seeds 0 and 1, one final detector per run, 2
-shared cores, contended, one thread; 12-13 min per seed): neural-sim-cg -> neural-sim-cg-fd,
-gap closed on the means over both seeds / psi distance: azimuth 0.69 / 0.752 -> 0.72 / 0.737,
-distance 0.27 / 0.071 -> 0.41 / 0.100 m, exposure 0.45 / 1.16 -> 0.34 / 1.44 stops, elevation
--0.22 / 18.7 -> -0.94 / 23.4 deg, colour -1.22 / 0.927 -> -0.94 / 0.568, background 0.46 /
-0.854 -> 0.86 / 0.834, class mix 0.31 / 0.554 -> 0.38 / 0.540; worst part -1.22 -> -0.94.
-Default preset, seed 1 alone: ``default_gap_closed_min=-0.651 gap_closed_exposure=0.904
-gap_closed_distance=0.993 gap_closed_elevation=0.187 gap_closed_color_gain=-0.651
-gap_closed_background=1.795 gap_closed_class_mix=0.641 gap_closed_azimuth=0.236``.
-
-Writes benchmarks/results/shift/<mode>/: results.json, table.md, map.png, pose_histograms.png.
-Last line: ``default_gap_closed_min=<worst part> gap_closed_<part>=<x> ... psi_distance_<part>=<y> ...``
-for the default preset (for --headline's method when --methods leaves out ``default``).
+Measured 2026-12-06, session 14 (--quick, seeds 0 1 2, one final detector per run, 2 shared
+cores, contended, one thread; 40 min for uniform / oracle / default / appearance with the
+target sets to build, 6.4 min for the default alone after that). The default preset is now
+``appearance`` (every part by the look; exposure and colour gain by the pathwise MMD gradient):
+``default_gap_closed_min=0.440 gap_closed_azimuth=0.689 gap_closed_distance=0.794
+gap_closed_exposure=0.857 gap_closed_elevation=1.057 gap_closed_color_gain=0.440
+gap_closed_class_mix=0.931 gap_closed_background=1.431``, psi distances 0.397 (TV), 0.065 m,
+0.244 stops, 8.6 deg, 0.138, 0.014 (TV), 0.287 (TV) against uniform's 0.750, 0.270, 1.5, 25,
+0.256, 0.667, 0.714: every part nearer its target on every seed. The previous default
+(``neural-sim-appearance``) in the same run: min -1.710 (colour gain, 0.981 from its target),
+azimuth 0.689, distance 0.449, exposure 0.636, elevation 0.227, class mix 0.714, background
+0.883. Its runs reproduced the ``appearance`` method's bit for bit (same config, deterministic
+final trainings). Session 13: docs/findings.md.
 """
 
 from __future__ import annotations
