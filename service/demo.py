@@ -33,10 +33,11 @@ SEEDS = {"validation": 7, "test": 8}
 
 
 def demo_budget(quick: bool) -> dict:
-    """Job settings sized for 2 CPU cores (the full demo: 8.1 minutes with the real-only
-    baseline, measured 2026-12-06 on 2 shared, contended cores; it left that baseline out
-    since: the demo's "real" photos are renders, so a detector trained on them alone says
-    nothing a user would ask)."""
+    """Job settings sized for 2 CPU cores (the full demo, ``bash scripts/demo.sh`` after set-up:
+    3.2 minutes with the ``appearance`` default preset, which takes no detector gradient, on 2
+    shared cores with a test run beside it, 2026-12-06; 8.1 minutes with the previous default
+    and the real-only baseline, which it leaves out: the demo's "real" photos are renders, so
+    a detector trained on them alone says nothing a user would ask)."""
     final = {"real_only_baseline": False}
     if quick:
         return {"budget": {"outer_iterations": 3, "images_per_iteration": 16, "inner_steps": 4, "final_images": 32,
