@@ -26,8 +26,8 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 from detector.targets import ImageBatch
-from optimizer.appearance import CROP_SIZE, normalised_crops
-from optimizer.appearance_parts import PART_FEATURES, SceneFeatures, group_witness, multiscale_kernel
+from optimizer.appearance import CROP_SIZE
+from optimizer.appearance_parts import PART_FEATURES, SceneFeatures, group_witness, multiscale_kernel, object_features
 from optimizer.errors import OptimizerError
 from optimizer.part_names import DISCRETE_PARTS, GEOMETRIC_PARTS, REPARAMETERISED_PARTS
 
@@ -50,11 +50,7 @@ def live_object_features(images: Float[Tensor, "b 3 S S"], batch: ImageBatch, ro
     local, slots = keep.nonzero(as_tuple=True)
     regions = torch.cat([local[:, None].to(images.dtype), boxes[local, slots].to(images.dtype)], 1)
     crops = roi_align(images, regions, CROP_SIZE, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-    quarter = CROP_SIZE // 4
-    centre = crops[..., quarter:CROP_SIZE - quarter, quarter:CROP_SIZE - quarter]
-    sides = (boxes[local, slots, 2:] - boxes[local, slots, :2]).clamp_min(1.0) / images.shape[-1]
-    features = {"shape": normalised_crops(crops), "colour": centre.mean((2, 3)).clamp_min(1 / 255).log(),
-                "size": sides.log()}
+    features = object_features(crops, boxes[local, slots].float(), images.shape[-1])
     return features, (local + rows.start).cpu(), batch.classes[rows][local, slots].cpu()
 
 
