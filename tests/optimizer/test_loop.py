@@ -665,3 +665,10 @@ def test_in_loop_photometric_effects_reach_the_detector_and_the_pathwise_rerende
     assert all(not torch.allclose(a, b, atol=1e-3) for a, (_, b) in zip(plain, trained))
     rendered, rerendered = outputs[(0, 0, 0)]  # the iteration's images, then the pathwise re-render
     assert torch.allclose(rendered, rerendered, atol=1e-5)
+    outputs.clear()  # the appearance objective's re-render (exposure by the look) draws the same too
+    by_look = tiny_config(outer={"enumerate_bins": True, "alignment_objective": "appearance", "appearance_parts": ["exposure"]},
+                          psi={"learnable": ["exposure"]}, scene={"photometric": {"in_loop": True}},
+                          budget={"outer_iterations": 1}, detector={"val_map_every": 0, "sample_images": 0})
+    _run(by_look, val_set, tmp_path / "by_look")
+    chunks = [found for (iteration, _, _), found in outputs.items() if iteration == 0]
+    assert chunks and all(len(found) == 2 and torch.allclose(*found, atol=1e-5) for found in chunks)
