@@ -640,7 +640,8 @@ def test_in_loop_photometric_effects_reach_the_detector_and_the_pathwise_rerende
     tmp_path: Path, val_set: LabelledSet, trained: list, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With PhotometricConfig.in_loop the detector trains on photo-like renders, and the
-    pathwise hypergradient's re-render of a chunk gets the very effects the detector saw."""
+    pathwise hypergradient's re-render of a chunk (and the appearance objective's) gets the very
+    effects the detector saw."""
     from optimizer import loop as loop_module
 
     outputs: dict[tuple, list] = {}
