@@ -76,6 +76,10 @@ gap_closed_class_mix=0.931 gap_closed_background=1.431``, psi distances 0.397 (T
 azimuth 0.689, distance 0.449, exposure 0.636, elevation 0.227, class mix 0.714, background
 0.883. Its runs reproduced the ``appearance`` method's bit for bit (same config, deterministic
 final trainings). Session 13: docs/findings.md.
+
+Writes benchmarks/results/shift/<mode>/: results.json, table.md, map.png, pose_histograms.png.
+Last line: ``default_gap_closed_min=<worst part> gap_closed_<part>=<x> ... psi_distance_<part>=<y> ...``
+for the default preset (for --headline's method when --methods leaves out ``default``).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ validation photos, with no detector gradient. The azimuth bins, when every scene
 at every bin (``enumerate_bins``), take the exact gradient of :mod:`optimizer.appearance`
 over every iteration's crops; the other parts the score-function or exact gradients of
 :mod:`optimizer.appearance_parts` on this batch, weighted back to psi's bin probabilities, or,
-for the parts the estimator differentiates through the renderer (exposure and colour gain
-under ``both``), the pathwise gradient of :mod:`optimizer.appearance_pathwise`.
+for exposure and colour gain where the estimator differentiates them through the renderer
+(``both``, ``pathwise``), the pathwise gradient of :mod:`optimizer.appearance_pathwise`.
 """
 
 from __future__ import annotations

@@ -114,22 +114,23 @@ class SceneFeatures:
 def scene_features(batch: ImageBatch) -> SceneFeatures:
     """The features of the module docstring for every image and kept object of ``batch``."""
     images = batch.images.detach().float()
-    size = images.shape[-1]
     crops, rows, slots = raw_object_crops(images, batch.boxes, batch.keep)
-    centre = crops[..., CROP_SIZE // 4 : CROP_SIZE - CROP_SIZE // 4, CROP_SIZE // 4 : CROP_SIZE - CROP_SIZE // 4]
-    boxes = batch.boxes.detach().float()[rows, slots]
-    sides = (boxes[:, 2:] - boxes[:, :2]).clamp_min(1.0) / size
-    objects = {
-        "shape": normalised_crops(crops),
-        "colour": centre.mean((2, 3)).clamp_min(_DARKEST).log(),
-        "size": sides.log(),
-    }
+    objects = object_features(crops, batch.boxes.detach().float()[rows, slots], images.shape[-1])
     return SceneFeatures(
         objects={name: value.cpu() for name, value in objects.items()},
         classes=batch.classes[rows, slots].cpu(), rows=rows.cpu(),
         images={"context": context_features(images, batch.boxes.detach(), batch.keep).cpu()},
         counts=batch.keep.sum(1).cpu(),
     )
+
+
+def object_features(crops: Float[Tensor, "N 3 R R"], boxes: Float[Tensor, "N 4"], size: int) -> dict[str, Tensor]:
+    """The OBJECT_GROUPS features (module docstring) of objects cut out as ``crops``
+    (:func:`optimizer.appearance.raw_object_crops`) from their ``boxes`` in images of side
+    ``size``; differentiable in ``crops``."""
+    centre = crops[..., CROP_SIZE // 4 : CROP_SIZE - CROP_SIZE // 4, CROP_SIZE // 4 : CROP_SIZE - CROP_SIZE // 4]
+    sides = (boxes[:, 2:] - boxes[:, :2]).clamp_min(1.0) / size
+    return {"shape": normalised_crops(crops), "colour": centre.mean((2, 3)).clamp_min(_DARKEST).log(), "size": sides.log()}
 
 
 def context_features(images: Float[Tensor, "B 3 S S"], boxes: Float[Tensor, "B M 4"], keep: Bool[Tensor, "B M"]

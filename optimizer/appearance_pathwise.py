@@ -1,5 +1,6 @@
 """The appearance objective's reparameterised (pathwise) gradient, for the parts the renderer
-differentiates (exposure and colour gain under the ``both`` estimator).
+differentiates that do not move the boxes (exposure and colour gain, PATHWISE_PARTS, under the
+``both`` or ``pathwise`` estimator).
 
 The score-function estimate of :mod:`optimizer.appearance_parts` weighs each image's witness
 by ``d log p / d psi = (x - mu) / sigma^2``: for a narrow distribution (a colour gain's log
@@ -25,15 +26,15 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 from detector.targets import ImageBatch
-from optimizer.appearance import CROP_SIZE, normalised_crops
-from optimizer.appearance_parts import (
-    IMAGE_GROUPS,
-    PART_FEATURES,
-    SceneFeatures,
-    context_features,
-    group_witness,
-    multiscale_kernel,
-)
+from optimizer.appearance import CROP_SIZE
+from optimizer.appearance_parts import PART_FEATURES, SceneFeatures, group_witness, multiscale_kernel, object_features
+from optimizer.errors import OptimizerError
+from optimizer.part_names import DISCRETE_PARTS, GEOMETRIC_PARTS, REPARAMETERISED_PARTS
+
+PATHWISE_PARTS: frozenset[str] = REPARAMETERISED_PARTS - DISCRETE_PARTS - GEOMETRIC_PARTS
+"""The parts whose appearance gradient can go through the renderer (exposure and colour gain):
+the features are taken at the recorded boxes, so a part that moves the object (and its box)
+would be seen moving inside a box that stays put, and its box sizes would give it none."""
 
 RenderRows = Callable[[slice], Float[Tensor, "b 3 S S"]]
 """Renders rows of the batch again from their recorded draws, with gradients to psi's pathwise
@@ -49,11 +50,7 @@ def live_object_features(images: Float[Tensor, "b 3 S S"], batch: ImageBatch, ro
     local, slots = keep.nonzero(as_tuple=True)
     regions = torch.cat([local[:, None].to(images.dtype), boxes[local, slots].to(images.dtype)], 1)
     crops = roi_align(images, regions, CROP_SIZE, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-    quarter = CROP_SIZE // 4
-    centre = crops[..., quarter:CROP_SIZE - quarter, quarter:CROP_SIZE - quarter]
-    sides = (boxes[local, slots, 2:] - boxes[local, slots, :2]).clamp_min(1.0) / images.shape[-1]
-    features = {"shape": normalised_crops(crops), "colour": centre.mean((2, 3)).clamp_min(1 / 255).log(),
-                "size": sides.log()}
+    features = object_features(crops, boxes[local, slots].float(), images.shape[-1])
     return features, (local + rows.start).cpu(), batch.classes[rows][local, slots].cpu()
 
 
@@ -66,7 +63,11 @@ def pathwise_part_gradients(
     images at a time; returns each group's MMD^2 estimate as ``appearance_mmd_<group>`` (as
     :func:`optimizer.appearance_parts.appearance_part_gradients`). ``features``: the batch's
     detached features (scene_features); ``scenes``, ``weights`` as in
-    :func:`optimizer.appearance_parts.group_witness`."""
+    :func:`optimizer.appearance_parts.group_witness`. OptimizerError for a part not in
+    PATHWISE_PARTS."""
+    if not set(parts) <= PATHWISE_PARTS:
+        raise OptimizerError(f"pathwise_part_gradients: {sorted(set(parts) - PATHWISE_PARTS)} cannot be differentiated "
+                             f"through the renderer here; only {sorted(PATHWISE_PARTS)} can")
     groups = sorted({group for part in parts for group in PART_FEATURES[part]})
     weights = torch.ones(features.image_count) if weights is None else weights.detach().float().cpu()
     scenes = scenes.cpu()
@@ -77,33 +78,25 @@ def pathwise_part_gradients(
         images = render(rows)
         objects, object_rows, object_classes = live_object_features(images, batch, rows)
         surrogate = images.new_zeros(())
-        for group in groups:
-            if group in IMAGE_GROUPS:
-                live = context_features(images, batch.boxes[rows].detach(), batch.keep[rows])
-                live_rows, own_rows, classes = torch.arange(rows.start, rows.stop), torch.arange(len(weights)), None
-                ours, theirs, total = features.images[group], val.images[group], weights.sum()
-            else:
-                live, live_rows, own_rows = objects[group], object_rows, features.rows
-                classes = (object_classes, features.classes, val.classes)
-                ours, theirs, total = features.objects[group], val.objects[group], weights[features.rows].sum()
-            surrogate = surrogate + _witness_sum(live.cpu(), live_rows, ours, own_rows, theirs, classes,
-                                                 bandwidths[group], scenes, weights, total.clamp_min(1e-12))
+        classes = (object_classes, features.classes, val.classes)
+        total = weights[features.rows].sum().clamp_min(1e-12)
+        for group in groups:  # (object groups alone: those of PATHWISE_PARTS)
+            surrogate = surrogate + _witness_sum(objects[group].cpu(), object_rows, features.objects[group],
+                                                 features.rows, val.objects[group], classes, bandwidths[group],
+                                                 scenes, weights, total)
         if surrogate.requires_grad:
             surrogate.backward()
     return diagnostics
 
 
 def _witness_sum(live: Tensor, live_rows: Tensor, ours: Tensor, own_rows: Tensor, theirs: Tensor,
-                 classes: tuple[Tensor, Tensor, Tensor] | None, bandwidth: float | Tensor, scenes: Tensor,
+                 classes: tuple[Tensor, Tensor, Tensor], bandwidth: float | Tensor, scenes: Tensor,
                  weights: Tensor, total: Tensor) -> Tensor:
-    """``2 / n sum_i weight_i w(live_i)``: the witness of each live feature against the batch's
-    other scenes' features ``ours`` (held fixed) and the photos' ``theirs``."""
-    to_ours = multiscale_kernel(live, ours, bandwidth)
-    to_theirs = multiscale_kernel(live, theirs, bandwidth)
-    if classes is not None:
-        live_classes, our_classes, their_classes = classes
-        to_ours = to_ours * (live_classes[:, None] == our_classes[None, :])
-        to_theirs = to_theirs * (live_classes[:, None] == their_classes[None, :])
+    """``2 / n sum_i weight_i w(live_i)``: the witness of each live object feature against the
+    batch's other scenes' objects of its class ``ours`` (held fixed) and the photos' ``theirs``."""
+    live_classes, our_classes, their_classes = classes
+    to_ours = multiscale_kernel(live, ours, bandwidth) * (live_classes[:, None] == our_classes[None, :])
+    to_theirs = multiscale_kernel(live, theirs, bandwidth) * (live_classes[:, None] == their_classes[None, :])
     other_scene = (scenes[live_rows][:, None] != scenes[own_rows][None, :]).float() * weights[own_rows][None, :]
     witness = (to_ours * other_scene).sum(1) / other_scene.sum(1).clamp_min(torch.finfo(torch.float32).tiny)
     witness = witness - to_theirs.mean(1)

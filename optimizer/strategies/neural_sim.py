@@ -31,6 +31,7 @@ from detector.model import build_detector
 from detector.targets import ImageBatch
 from optimizer.appearance import AppearanceStatistics
 from optimizer.appearance_objective import AppearanceTargets, appearance_step
+from optimizer.appearance_pathwise import PATHWISE_PARTS
 from optimizer.checkpoint import LoopState
 from optimizer.direction import inverse_hessian_direction
 from optimizer.divergence import check_finite
@@ -149,7 +150,8 @@ class NeuralSim(GradientStrategy):
         pathwise, score = self.pathwise_parts, self.score_parts
         diagnostics: dict = {}
         if self.by_appearance:
-            by_look = self.appearance_parts & pathwise  # differentiated through the renderer
+            # Differentiated through the renderer; a geometric part by the score function (its boxes).
+            by_look = self.appearance_parts & pathwise & PATHWISE_PARTS
             diagnostics.update(appearance_step(
                 psi, batch, noise, self.appearance_parts, self.pose_group, self.appearance_targets, self.appearance,
                 pathwise=by_look, render=lambda rows: self.render_again(noise, rows, by_look, iteration),

@@ -3,11 +3,13 @@ one the loop learnt, or the 'optimised' arm would measure some other psi."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from benchmarks.real import psi_from_run
+from benchmarks.real import main, psi_from_run
 from optimizer.checkpoint import load_checkpoint
 from optimizer.config import BudgetConfig, DetectorSection, HypergradientConfig, OptimizeConfig, PsiSettings
 from optimizer.loop import run_loop
@@ -39,3 +41,12 @@ def test_psi_from_run_is_the_psi_the_loop_learnt(tmp_path: Path) -> None:
         assert torch.allclose(state[name].double(), torch.nan_to_num(value.double(), neginf=-1e4)), name
     start = Psi(rebuilt.config).state_dict()
     assert any(not torch.equal(value, start[name]) for name, value in state.items()), "the loop moved psi"
+
+
+def test_uniform_is_no_preset_arm(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """'uniform' is always an arm: named in --presets it would be trained twice a seed, refused
+    before any work with the option named."""
+    monkeypatch.setattr(sys, "argv", ["real.py", "--presets", "appearance", "uniform"])
+    with pytest.raises(SystemExit):
+        main()
+    assert "--presets: invalid choice: 'uniform'" in capsys.readouterr().err

@@ -4,12 +4,13 @@ MMD^2 estimate (the same draws at both ends), and it points the gain toward the 
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from detector.targets import ImageBatch
 from optimizer.appearance_parts import feature_bandwidths, group_witness, scene_features
 from optimizer.appearance_pathwise import pathwise_part_gradients
-from optimizer.psi import PARTS, Psi, PsiConfig
+from optimizer.psi import PARTS, OptimizerError, Psi, PsiConfig
 
 SIZE, BOX = 32, torch.tensor([8.0, 8.0, 24.0, 24.0])
 BASE = torch.tensor([0.5, 0.4, 0.3])
@@ -57,3 +58,12 @@ def test_colour_gain_gradient_matches_finite_differences_and_points_to_the_photo
     exact = torch.tensor(exact)
     torch.testing.assert_close(estimate, exact, atol=0.02 * float(exact.norm()), rtol=0)
     assert estimate[0] < 0 < estimate[2]  # descending it raises red and lowers blue, as the photos are
+
+
+def test_a_part_that_moves_the_boxes_is_refused() -> None:
+    """The features are taken at the recorded boxes: the distance would get no gradient."""
+    batch = _batch(torch.zeros(2, 3))
+    features = scene_features(batch)
+    with pytest.raises(OptimizerError, match=r"\['distance'\] cannot be differentiated through the renderer"):
+        pathwise_part_gradients(features, features, feature_bandwidths(features), {"distance", "exposure"}, batch,
+                                lambda rows: batch.images[rows], 2, torch.arange(2), None)

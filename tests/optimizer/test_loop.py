@@ -498,15 +498,17 @@ def test_the_appearance_objective_moves_the_bins_toward_the_validation_objects_w
         _run(tiny_config(outer={"alignment_objective": "appearance"}), val_set, tmp_path / "bad")
 
 
+@pytest.mark.parametrize("estimator", ["both", "pathwise"])
 def test_the_appearance_objective_moves_the_distance_toward_the_validation_objects(
-    tmp_path: Path, val_set: LabelledSet
+    tmp_path: Path, val_set: LabelledSet, estimator: str
 ) -> None:
     """With the azimuth not learnt (no enumerated bins), 'appearance' still moves the distance:
     psi starts twice as far as the validation objects (0.7 m vs 0.35 m) and comes nearer, by
-    the box sizes' MMD alone."""
+    the box sizes' MMD alone; by the score function under either estimator (the boxes are the
+    recorded ones, so a pathwise derivative through the pixels gives the size none)."""
     config = tiny_config(psi={"learnable": ["distance"], "initial": {**PSI, "distance_median": 0.7}, "learning_rate": 0.1},
                          outer={"enumerate_bins": True, "alignment_objective": "appearance",
-                                "appearance_parts": ["distance"]},
+                                "appearance_parts": ["distance"], "estimator": estimator},
                          budget={"images_per_iteration": 12, "outer_iterations": 3},
                          detector={"sample_images": 0, "val_map_every": 0})
     history = _run(config, val_set, tmp_path / "run").history
@@ -638,7 +640,8 @@ def test_in_loop_photometric_effects_reach_the_detector_and_the_pathwise_rerende
     tmp_path: Path, val_set: LabelledSet, trained: list, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With PhotometricConfig.in_loop the detector trains on photo-like renders, and the
-    pathwise hypergradient's re-render of a chunk gets the very effects the detector saw."""
+    pathwise hypergradient's re-render of a chunk (and the appearance objective's) gets the very
+    effects the detector saw."""
     from optimizer import loop as loop_module
 
     outputs: dict[tuple, list] = {}
@@ -663,3 +666,10 @@ def test_in_loop_photometric_effects_reach_the_detector_and_the_pathwise_rerende
     assert all(not torch.allclose(a, b, atol=1e-3) for a, (_, b) in zip(plain, trained))
     rendered, rerendered = outputs[(0, 0, 0)]  # the iteration's images, then the pathwise re-render
     assert torch.allclose(rendered, rerendered, atol=1e-5)
+    outputs.clear()  # the appearance objective's re-render (exposure by the look) draws the same too
+    by_look = tiny_config(outer={"enumerate_bins": True, "alignment_objective": "appearance", "appearance_parts": ["exposure"]},
+                          psi={"learnable": ["exposure"]}, scene={"photometric": {"in_loop": True}},
+                          budget={"outer_iterations": 1}, detector={"val_map_every": 0, "sample_images": 0})
+    _run(by_look, val_set, tmp_path / "by_look")
+    chunks = [found for (iteration, _, _), found in outputs.items() if iteration == 0]
+    assert chunks and all(len(found) == 2 and torch.allclose(*found, atol=1e-5) for found in chunks)
