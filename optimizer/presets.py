@@ -4,10 +4,11 @@ A job chooses a preset by name (``OptimizeConfig.preset``); the preset sets the 
 ``outer`` section named in ``PRESET_FIELDS`` and the job's own explicit fields go on top. Which
 preset is the default, and why, is in docs/findings.md (2026-12-06, session 14, "the default
 preset"): on the shift benchmark ``appearance`` moved every part of psi toward its target on
-every seed (the previous default, ``neural-sim-appearance``, moved the colour gain and the
-elevation away), and on the real-photo benchmark it scored as well as any preset (6 seeds; no
-preset beats the starting psi there beyond the benchmark's noise). It also takes no detector
-gradient, so its outer iterations cost least.
+every seed (the previous default, ``neural-sim-appearance``, moved the colour gain away and the
+elevation hardly), and on the real-photo benchmark it scored as well as any preset (6 seeds; no
+preset beats the starting psi there beyond the benchmark's noise). It takes no detector
+gradient: an outer iteration at 128 px took 4.8 s against the previous default's 8.3 s
+(benchmarks/loop_cost.py --quick).
 
 Torch-free on purpose: the API lists the presets (``GET /v1/presets``) without the optimizer.
 """
