@@ -75,7 +75,11 @@ gap_closed_class_mix=0.931 gap_closed_background=1.431``, psi distances 0.397 (T
 (``neural-sim-appearance``) in the same run: min -1.710 (colour gain, 0.981 from its target),
 azimuth 0.689, distance 0.449, exposure 0.636, elevation 0.227, class mix 0.714, background
 0.883. Its runs reproduced the ``appearance`` method's bit for bit (same config, deterministic
-final trainings). Session 13: docs/findings.md.
+final trainings). Full budget, 3 seeds, default / uniform / oracle (two processes split by
+shift, 35 min): ``default_gap_closed_min=0.501 gap_closed_azimuth=1.172 gap_closed_distance=0.501
+gap_closed_exposure=0.913 gap_closed_elevation=0.750 gap_closed_color_gain=0.891
+gap_closed_class_mix=0.986 gap_closed_background=0.710`` (psi distances 0.047, 0.072 m, 0.220
+stops, 8.4 deg, 0.040, 0.001, 0.076). Session 13: docs/findings.md.
 
 Writes benchmarks/results/shift/<mode>/: results.json, table.md, map.png, pose_histograms.png.
 Last line: ``default_gap_closed_min=<worst part> gap_closed_<part>=<x> ... psi_distance_<part>=<y> ...``
