@@ -202,20 +202,35 @@ def group_witness(
     ours = features.images[group] if image_level else features.objects[group]
     theirs = val.images[group] if image_level else val.objects[group]
     rows = torch.arange(features.image_count) if image_level else features.rows
-    to_ours = multiscale_kernel(ours, ours, bandwidth)
-    to_theirs = multiscale_kernel(ours, theirs, bandwidth)
-    if not image_level:
-        to_ours = to_ours * (features.classes[:, None] == features.classes[None, :])
-        to_theirs = to_theirs * (features.classes[:, None] == val.classes[None, :])
-    other_scene = (scenes[rows][:, None] != scenes[rows][None, :]).float() * weights[rows][None, :]
-    witness = (to_ours * other_scene).sum(1) / other_scene.sum(1).clamp_min(torch.finfo(torch.float32).tiny)
-    witness = witness - to_theirs.mean(1)
+    classes = None if image_level else (features.classes, features.classes, val.classes)
+    witness, to_photos = witness_terms(ours, rows, ours, rows, theirs, classes, bandwidth, scenes, weights)
     per_image = torch.zeros(features.image_count).index_add_(0, rows, witness)
     objects = torch.zeros(features.image_count).index_add_(0, rows, torch.ones_like(witness))
     has = objects > 0
     object_weights = weights[rows]
-    mmd = float((object_weights * (witness - to_theirs.mean(1))).sum() / object_weights.sum().clamp_min(1e-12))
+    mmd = float((object_weights * (witness - to_photos)).sum() / object_weights.sum().clamp_min(1e-12))
     return per_image / objects.clamp_min(1), has, mmd
+
+
+def witness_terms(
+    live: Float[Tensor, "N D"], live_rows: Int[Tensor, "N"], ours: Float[Tensor, "K D"], rows: Int[Tensor, "K"],
+    theirs: Float[Tensor, "V D"], classes: tuple[Tensor, Tensor, Tensor] | None, bandwidth: float | Tensor,
+    scenes: Int[Tensor, "B"], weights: Float[Tensor, "B"],
+) -> tuple[Float[Tensor, "N"], Float[Tensor, "N"]]:
+    """For features ``live`` of images ``live_rows``: the witness (the weighted kernel mean to the
+    batch's features ``ours`` of images ``rows`` in other scenes, minus the mean to the photos'
+    ``theirs``) and that mean to the photos. ``classes``: (live, ours, theirs) classes for object
+    groups, whose kernel pairs only objects of one class; None for image groups."""
+    to_ours = multiscale_kernel(live, ours, bandwidth)
+    to_theirs = multiscale_kernel(live, theirs, bandwidth)
+    if classes is not None:
+        live_classes, our_classes, their_classes = classes
+        to_ours = to_ours * (live_classes[:, None] == our_classes[None, :])
+        to_theirs = to_theirs * (live_classes[:, None] == their_classes[None, :])
+    other_scene = (scenes[live_rows][:, None] != scenes[rows][None, :]).float() * weights[rows][None, :]
+    to_photos = to_theirs.mean(1)
+    witness = (to_ours * other_scene).sum(1) / other_scene.sum(1).clamp_min(torch.finfo(torch.float32).tiny)
+    return witness - to_photos, to_photos
 
 
 def appearance_part_gradients(

@@ -27,7 +27,7 @@ from torchvision.ops import roi_align
 
 from detector.targets import ImageBatch
 from optimizer.appearance import CROP_SIZE
-from optimizer.appearance_parts import PART_FEATURES, SceneFeatures, group_witness, multiscale_kernel, object_features
+from optimizer.appearance_parts import PART_FEATURES, SceneFeatures, group_witness, object_features, witness_terms
 from optimizer.errors import OptimizerError
 from optimizer.part_names import DISCRETE_PARTS, GEOMETRIC_PARTS, REPARAMETERISED_PARTS
 
@@ -73,31 +73,18 @@ def pathwise_part_gradients(
     scenes = scenes.cpu()
     diagnostics = {f"appearance_mmd_{group}": group_witness(features, val, group, bandwidths[group], scenes, weights)[2]
                    for group in groups}
+    total = weights[features.rows].sum().clamp_min(1e-12)
     for start in range(0, features.image_count, chunk):
         rows = slice(start, min(start + chunk, features.image_count))
         images = render(rows)
         objects, object_rows, object_classes = live_object_features(images, batch, rows)
         surrogate = images.new_zeros(())
         classes = (object_classes, features.classes, val.classes)
-        total = weights[features.rows].sum().clamp_min(1e-12)
         for group in groups:  # (object groups alone: those of PATHWISE_PARTS)
-            surrogate = surrogate + _witness_sum(objects[group].cpu(), object_rows, features.objects[group],
-                                                 features.rows, val.objects[group], classes, bandwidths[group],
-                                                 scenes, weights, total)
+            # (2 / n) sum_i weight_i w(f_i), the other images' features held fixed
+            witness, _ = witness_terms(objects[group].cpu(), object_rows, features.objects[group], features.rows,
+                                       val.objects[group], classes, bandwidths[group], scenes, weights)
+            surrogate = surrogate + 2 * (weights[object_rows] * witness).sum() / total
         if surrogate.requires_grad:
             surrogate.backward()
     return diagnostics
-
-
-def _witness_sum(live: Tensor, live_rows: Tensor, ours: Tensor, own_rows: Tensor, theirs: Tensor,
-                 classes: tuple[Tensor, Tensor, Tensor], bandwidth: float | Tensor, scenes: Tensor,
-                 weights: Tensor, total: Tensor) -> Tensor:
-    """``2 / n sum_i weight_i w(live_i)``: the witness of each live object feature against the
-    batch's other scenes' objects of its class ``ours`` (held fixed) and the photos' ``theirs``."""
-    live_classes, our_classes, their_classes = classes
-    to_ours = multiscale_kernel(live, ours, bandwidth) * (live_classes[:, None] == our_classes[None, :])
-    to_theirs = multiscale_kernel(live, theirs, bandwidth) * (live_classes[:, None] == their_classes[None, :])
-    other_scene = (scenes[live_rows][:, None] != scenes[own_rows][None, :]).float() * weights[own_rows][None, :]
-    witness = (to_ours * other_scene).sum(1) / other_scene.sum(1).clamp_min(torch.finfo(torch.float32).tiny)
-    witness = witness - to_theirs.mean(1)
-    return 2 * (weights[live_rows] * witness).sum() / total
